@@ -1,0 +1,58 @@
+# Ferry's developer entry points. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/ferry
+PKGS := ./...
+FUZZTIME ?= 30s
+STATICCHECK := $(shell command -v staticcheck || echo $$($(GO) env GOPATH)/bin/staticcheck)
+ROOT := $(shell [ $$(id -u) -eq 0 ] && echo 1)
+
+.PHONY: help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+deps: ## install apt packages, Go modules and tools this repo needs (idempotent)
+	scripts/install-deps
+
+build: ## build bin/ferry
+	$(GO) build -o $(BIN) ./cmd/ferry
+
+test: deps lint unit ## the full test suite: lint, unit tests, then privileged tests when root
+ifeq ($(ROOT),1)
+	$(MAKE) test-privileged
+else
+	@echo "make test: not root, privileged tests (BPF, netns, testbed) not run; use sudo make test"
+endif
+
+unit: ## unit tests with the race detector (privileged tests skip here)
+	$(GO) test -race -count=1 $(PKGS)
+
+test-privileged: build ## root-only tests: BPF, netlink, netns testbed, end to end
+	PRIVILEGED_TESTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run 'Privileged' $(PKGS)
+
+e2e: test-privileged ## alias: the end-to-end tests are the privileged ones
+
+vet: ## go vet
+	$(GO) vet $(PKGS)
+
+lint: vet ## go vet and staticcheck
+	$(STATICCHECK) $(PKGS)
+
+generate: ## regenerate bpf2go output with Debian's clang
+	$(GO) generate ./bpf/...
+
+check-generate: generate ## fail if regenerating changes committed files
+	git diff --exit-code -- bpf/
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	scripts/fuzz $(FUZZTIME)
+
+bench: build ## the benchmark suite; writes bench/results.json
+	scripts/bench
+
+demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
+	scripts/demo
+
+cleanup: build ## remove every kernel object Ferry owns in this network namespace
+	$(BIN) cleanup
