@@ -1,0 +1,168 @@
+package inventory
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const manifests = `apiVersion: v1
+kind: Namespace
+metadata:
+  name: foo
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: httpbin
+  namespace: foo
+  labels: {app: httpbin}
+spec:
+  nodeName: node-a
+  serviceAccountName: httpbin
+  containers: [{name: httpbin, image: x}]
+status:
+  podIP: 198.18.1.2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: curl, namespace: foo}
+spec: {nodeName: node-b}
+status: {podIP: 198.18.2.2}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-foo, namespace: foo, labels: {team: x}}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/foo/sa/curl"]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+`
+
+func TestLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.yaml")
+	if err := os.WriteFile(path, []byte(manifests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Errors) != 0 {
+		t.Fatalf("errors: %v", s.Errors)
+	}
+	if got := s.Namespaces["foo"].Labels["istio.io/dataplane-mode"]; got != "ambient" {
+		t.Errorf("namespace label = %q", got)
+	}
+	if len(s.Pods) != 2 {
+		t.Fatalf("pods = %d, want 2", len(s.Pods))
+	}
+	p := s.Pods[0]
+	if p.Name != "httpbin" || p.Namespace != "foo" || p.ServiceAccount != "httpbin" || p.NodeName != "node-a" ||
+		p.IP != netip.MustParseAddr("198.18.1.2") || p.Labels["app"] != "httpbin" {
+		t.Errorf("pod = %+v", p)
+	}
+	if s.Pods[1].ServiceAccount != "default" {
+		t.Errorf("default service account = %q", s.Pods[1].ServiceAccount)
+	}
+	if len(s.AuthorizationPolicies) != 1 || s.AuthorizationPolicies[0].Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/foo/sa/curl" {
+		t.Errorf("policies = %+v", s.AuthorizationPolicies)
+	}
+	if len(s.PeerAuthentications) != 1 || s.PeerAuthentications[0].Spec.MTLS.Mode != "STRICT" {
+		t.Errorf("peer authentications = %+v", s.PeerAuthentications)
+	}
+}
+
+func TestLoadRejectsMalformedNamingFileAndObject(t *testing.T) {
+	for _, tc := range []struct{ name, doc, want string }{
+		{"misspelt spec field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rulez: []}\n", `AuthorizationPolicy "p": spec: json: unknown field "rulez"`},
+		{"bad pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIP: 300.1.1.1}\n", `Pod "web": status.podIP`},
+		{"not yaml", "kind: [\n", "document 1"},
+		{"no name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			bad := filepath.Join(dir, "bad.yaml")
+			os.WriteFile(bad, []byte(tc.doc), 0o644)
+			os.WriteFile(filepath.Join(dir, "good.yaml"), []byte(manifests), 0o644)
+			s, err := Load(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s.Errors) != 1 || !strings.Contains(s.Errors[0].Error(), tc.want) || !strings.Contains(s.Errors[0].Error(), bad) {
+				t.Fatalf("errors = %v, want one naming %s and containing %q", s.Errors, bad, tc.want)
+			}
+			if len(s.Pods) != 2 {
+				t.Errorf("the good file's pods are gone: %d", len(s.Pods))
+			}
+		})
+	}
+}
+
+// TestFileKeepsLastGood edits a manifest from good to bad to good again and
+// checks that the bad version never replaces the good objects.
+func TestFileKeepsLastGood(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.yaml")
+	os.WriteFile(path, []byte(manifests), 0o644)
+	var mu sync.Mutex
+	var snaps []*Snapshot
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- (&File{Path: path, Interval: 10 * time.Millisecond}).Run(ctx, func(s *Snapshot) {
+			mu.Lock()
+			snaps = append(snaps, s)
+			mu.Unlock()
+		})
+	}()
+	waitFor := func(what string, ok func(*Snapshot) bool) {
+		t.Helper()
+		for range 500 {
+			mu.Lock()
+			n := len(snaps)
+			var last *Snapshot
+			if n > 0 {
+				last = snaps[n-1]
+			}
+			mu.Unlock()
+			if last != nil && ok(last) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	waitFor("first snapshot", func(s *Snapshot) bool { return len(s.Pods) == 2 })
+	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: nope}\n"), 0o644)
+	waitFor("error snapshot", func(s *Snapshot) bool { return len(s.Errors) == 1 && len(s.Pods) == 2 })
+	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: 198.18.3.3}\n"), 0o644)
+	waitFor("fixed snapshot", func(s *Snapshot) bool { return len(s.Errors) == 0 && len(s.Pods) == 3 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFileMissingPath(t *testing.T) {
+	err := (&File{Path: filepath.Join(t.TempDir(), "nope")}).Run(t.Context(), func(*Snapshot) {})
+	if err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("err = %v", err)
+	}
+}
