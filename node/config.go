@@ -1,0 +1,98 @@
+package node
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/ferrymesh/ferry/certs"
+)
+
+// Redirect modes.
+const (
+	// RedirectEBPF captures enrolled pods' TCP with the sk_lookup program and
+	// policy routing; the agent runs in the node's network namespace.
+	RedirectEBPF = "ebpf"
+	// RedirectNone captures nothing: the original destination of an outbound
+	// connection is its local address. For user-space tests on loopback.
+	RedirectNone = "none"
+)
+
+// Config is the agent's configuration. The zero value of each field means the
+// default given by RegisterFlags.
+type Config struct {
+	NodeName        string // this node's name, as pods' spec.nodeName says
+	Manifests       string // local mode: a manifests file or directory
+	CACert, CAKey   string // local CA root certificate and key (PEM files)
+	TrustDomain     string
+	SystemNamespace string // Istio's root namespace: mesh-wide policies, the agent's own pods
+	Redirect        string // RedirectEBPF or RedirectNone
+	BPFPinDir       string
+
+	OutboundAddr, InboundAddr, HBONEAddr string
+	AdminAddr, MetricsAddr, ReadinessAddr string
+
+	// DrainTimeout bounds how long SIGTERM waits for open connections.
+	DrainTimeout time.Duration
+}
+
+// RegisterFlags registers the agent's flags, with their defaults, on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node", "", "this node's name (pods' spec.nodeName); default $NODE_NAME")
+	fs.StringVar(&c.Manifests, "manifests", "", "local mode: file or directory of Namespace, Pod, AuthorizationPolicy and PeerAuthentication YAML, reloaded on change")
+	fs.StringVar(&c.CACert, "ca-cert", "", "local CA root certificate (PEM); see `ferry ca init`")
+	fs.StringVar(&c.CAKey, "ca-key", "", "local CA root key (PEM)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
+	fs.StringVar(&c.SystemNamespace, "system-namespace", "istio-system", "root namespace: its policies apply mesh-wide")
+	fs.StringVar(&c.Redirect, "redirect", RedirectEBPF, "traffic capture: ebpf (sk_lookup + policy routing) or none (user-space tests)")
+	fs.StringVar(&c.BPFPinDir, "bpf-pin-dir", "/sys/fs/bpf/ferry", "bpffs directory for Ferry's pinned maps and links (one per agent)")
+	fs.StringVar(&c.OutboundAddr, "outbound-addr", "0.0.0.0:15001", "outbound capture listener")
+	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:15006", "inbound plaintext capture listener")
+	fs.StringVar(&c.HBONEAddr, "hbone-addr", "0.0.0.0:15008", "inbound HBONE listener")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (loopback only)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint")
+	fs.StringVar(&c.ReadinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may run before they are closed")
+}
+
+// hbonePort is the port peers' HBONE listeners use, taken from HBONEAddr.
+func (c *Config) hbonePort() uint16 {
+	ap, err := netip.ParseAddrPort(c.HBONEAddr)
+	if err != nil {
+		return 15008
+	}
+	return ap.Port()
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("--node (or $NODE_NAME) is required"))
+	}
+	if c.Manifests == "" {
+		errs = append(errs, errors.New("--manifests is required (Kubernetes mode is --kube)"))
+	}
+	if c.CACert == "" || c.CAKey == "" {
+		errs = append(errs, errors.New("--ca-cert and --ca-key are required (create them with `ferry ca init --out DIR`)"))
+	}
+	if c.Redirect != RedirectEBPF && c.Redirect != RedirectNone {
+		errs = append(errs, fmt.Errorf("--redirect %q: want ebpf or none", c.Redirect))
+	}
+	if c.TrustDomain == "" {
+		errs = append(errs, errors.New("--trust-domain must not be empty"))
+	}
+	if ap, err := netip.ParseAddrPort(c.AdminAddr); err != nil || !ap.Addr().IsLoopback() {
+		errs = append(errs, fmt.Errorf("--admin-addr %q: must be a loopback address:port", c.AdminAddr))
+	}
+	for name, a := range map[string]string{"--outbound-addr": c.OutboundAddr, "--inbound-addr": c.InboundAddr, "--hbone-addr": c.HBONEAddr} {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want ip:port", name, a))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("node: config: %w", err)
+	}
+	return nil
+}

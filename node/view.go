@@ -1,0 +1,95 @@
+package node
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/node/inventory"
+)
+
+// Workload is one pod as the agent sees it.
+type Workload struct {
+	inventory.Pod
+	Identity certs.Identity
+	Enrolled bool
+	Local    bool // scheduled on this agent's node
+}
+
+// view is the agent's compiled picture of the cluster, rebuilt from each
+// inventory snapshot and then only read. It is safe for concurrent readers.
+type view struct {
+	snap  *inventory.Snapshot
+	byIP  map[netip.Addr]*Workload
+	local []*Workload // enrolled pods on this node, sorted by IP
+	// identities are the service accounts with an enrolled pod on this node.
+	identities []certs.Identity
+	// conflicts names pod IPs claimed by more than one pod; such IPs are
+	// treated as unknown (fail closed).
+	conflicts []error
+}
+
+// newView indexes snap for the agent on nodeName.
+func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace string) *view {
+	v := &view{snap: snap, byIP: make(map[netip.Addr]*Workload, len(snap.Pods))}
+	dup := map[netip.Addr]bool{}
+	for _, p := range snap.Pods {
+		if !p.IP.IsValid() || p.HostNetwork {
+			continue // host-network pods share the node's IP: not workload addresses
+		}
+		w := &Workload{
+			Pod:      p,
+			Identity: certs.Identity{TrustDomain: trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount},
+			Enrolled: Enrolled(p, snap.Namespaces[p.Namespace], systemNamespace),
+			Local:    p.NodeName == nodeName,
+		}
+		if old, ok := v.byIP[p.IP]; ok || dup[p.IP] {
+			if ok {
+				v.conflicts = append(v.conflicts, fmt.Errorf("node: pod IP %s claimed by %s/%s and %s/%s: treated as unknown", p.IP, old.Namespace, old.Name, p.Namespace, p.Name))
+			}
+			dup[p.IP] = true
+			delete(v.byIP, p.IP)
+			continue
+		}
+		v.byIP[p.IP] = w
+	}
+	ids := map[certs.Identity]bool{}
+	for _, w := range v.byIP {
+		if w.Local && w.Enrolled {
+			v.local = append(v.local, w)
+			ids[w.Identity] = true
+		}
+	}
+	slices.SortFunc(v.local, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
+	for id := range ids {
+		v.identities = append(v.identities, id)
+	}
+	slices.SortFunc(v.identities, func(a, b certs.Identity) int { return strings.Compare(a.String(), b.String()) })
+	return v
+}
+
+// workload returns the pod with address ip, if any.
+func (v *view) workload(ip netip.Addr) (*Workload, bool) {
+	w, ok := v.byIP[ip.Unmap()]
+	return w, ok
+}
+
+// localEnrolled returns the enrolled pod with address ip on this node, if any.
+func (v *view) localEnrolled(ip netip.Addr) (*Workload, bool) {
+	w, ok := v.workload(ip)
+	if !ok || !w.Local || !w.Enrolled {
+		return nil, false
+	}
+	return w, true
+}
+
+// localIPs returns the addresses of the enrolled pods on this node.
+func (v *view) localIPs() []netip.Addr {
+	ips := make([]netip.Addr, len(v.local))
+	for i, w := range v.local {
+		ips[i] = w.IP
+	}
+	return ips
+}
