@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 )
 
@@ -74,17 +75,30 @@ func (id Identity) Principal() string {
 }
 
 // PeerIdentity returns the identity of the first SPIFFE URI SAN of the verified
-// peer leaf certificate in cs.
+// peer leaf certificate in cs. It does not verify anything itself: call it on
+// a ConnectionState that VerifyPeer (or the Store's TLS configurations) has
+// already checked.
 func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 	if len(cs.PeerCertificates) == 0 {
 		return Identity{}, ErrNoPeerIdentity
 	}
 	for _, u := range cs.PeerCertificates[0].URIs {
 		if u.Scheme == "spiffe" {
-			return ParseIdentity(u.String())
+			return identityFromURI(u)
 		}
 	}
 	return Identity{}, ErrNoPeerIdentity
+}
+
+// identityFromURI converts a URI SAN to an Identity. It accepts only the
+// canonical form: no user info, port, query, fragment or escaped characters,
+// so that exactly one byte string maps to each Identity.
+func identityFromURI(u *url.URL) (Identity, error) {
+	if u.Scheme != "spiffe" || u.Opaque != "" || u.User != nil || u.RawPath != "" ||
+		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "" || u.OmitHost {
+		return Identity{}, fmt.Errorf("certs: URI SAN %q is not a canonical SPIFFE ID", u.Redacted())
+	}
+	return ParseIdentity("spiffe://" + u.Host + u.Path)
 }
 
 // validTrustDomain allows lowercase letters, digits, '.', '-' and '_' (SPIFFE).
