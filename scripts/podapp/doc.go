@@ -1,0 +1,22 @@
+// Command podapp is the test workload of Ferry's netns testbed: an HTTP server
+// that reports the client address it saw, and a client that prints a status
+// code and body, playing the httpbin and curl pods of Istio's samples.
+//
+// Usage:
+//
+//	podapp serve [--addr :8000] [--name NS/POD]
+//	podapp get URL [--timeout 5s] [--expect-code 200] [--data N]
+//
+// The server answers:
+//
+//	/ip         the client IP it saw, one line (the address of the TCP peer)
+//	/addr       the client IP:port it saw
+//	/           "hostname=H pod=NS/POD"
+//	/bytes?n=N  N bytes (at most 1 GiB)
+//	/echo       the request body (POST)
+//
+// get prints the status code on the first line and the body after it. When
+// the request fails before a response it prints 000 (as curl does) and the
+// error on stderr. It exits 0 when the code equals --expect-code (default:
+// any 2xx), 1 otherwise.
+package main
