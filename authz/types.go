@@ -12,6 +12,8 @@ type ObjectMeta struct {
 	Name              string    `json:"name"`
 	Namespace         string    `json:"namespace"`
 	CreationTimestamp time.Time `json:"creationTimestamp,omitzero"`
+	// Annotations is read for istio.io/dry-run only.
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // AuthorizationPolicy is a security.istio.io/v1 AuthorizationPolicy.

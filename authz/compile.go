@@ -1,0 +1,596 @@
+package authz
+
+import (
+	"cmp"
+	"errors"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// DefaultRootNamespace is Istio's default MeshConfig.rootNamespace.
+const DefaultRootNamespace = "istio-system"
+
+// Config tunes Compile. The zero value is ready to use.
+type Config struct {
+	// RootNamespace holds mesh-wide policies. Empty means
+	// DefaultRootNamespace.
+	RootNamespace string
+	// TrustDomain is the mesh's trust domain (e.g. "cluster.local"). When
+	// set, Compile warns about principals naming another trust domain:
+	// Istio ambient does not translate trust-domain aliases, so they never
+	// match. Empty disables the check; matching never depends on it.
+	TrustDomain string
+}
+
+// Compile validates and compiles AuthorizationPolicy and PeerAuthentication
+// objects into an Engine. It never returns a nil Engine: an object with an
+// error Diagnostic is left out and the rest still applies. Warnings name
+// objects that apply with parts ignored. Compile does not retain aps or pas.
+func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*Engine, []Diagnostic) {
+	if cfg.RootNamespace == "" {
+		cfg.RootNamespace = DefaultRootNamespace
+	}
+	var ds []Diagnostic
+	e := &Engine{
+		root:   cfg.RootNamespace,
+		byNS:   map[string]*scopeSet{},
+		nsPA:   map[string]*peerAuth{},
+		wlPA:   map[string]*paIndex{},
+		global: &scopeSet{},
+	}
+
+	seen := map[string]bool{}
+	for i := range aps {
+		ap := &aps[i]
+		d := diags{kind: KindAuthorizationPolicy, ns: ap.Metadata.Namespace, name: ap.Metadata.Name, out: &ds}
+		p := compileAuthorizationPolicy(cfg, ap, &d)
+		if p == nil {
+			continue
+		}
+		if seen[p.key] {
+			d.errorf("metadata.name", "duplicate AuthorizationPolicy %s: only the first is used", p.key)
+			continue
+		}
+		seen[p.key] = true
+		e.policies = append(e.policies, p)
+	}
+	slices.SortFunc(e.policies, func(a, b *policy) int {
+		return cmp.Or(cmp.Compare(a.ns, b.ns), cmp.Compare(a.name, b.name))
+	})
+	for i, p := range e.policies {
+		p.ord = int32(i)
+		e.index(p)
+	}
+
+	clear(seen)
+	var compiled []*peerAuth
+	for i := range pas {
+		pa := &pas[i]
+		d := diags{kind: KindPeerAuthentication, ns: pa.Metadata.Namespace, name: pa.Metadata.Name, out: &ds}
+		p := compilePeerAuthentication(cfg, pa, &d)
+		if p == nil {
+			continue
+		}
+		if seen[p.key] {
+			d.errorf("metadata.name", "duplicate PeerAuthentication %s: only the first is used", p.key)
+			continue
+		}
+		seen[p.key] = true
+		compiled = append(compiled, p)
+	}
+	e.indexPeerAuthentications(compiled)
+	return e, ds
+}
+
+// metadata checks name and namespace; an empty namespace becomes "default",
+// as kubectl does for a manifest without one.
+func metadata(m *ObjectMeta, d *diags) (ns string, ok bool) {
+	ok = true
+	if m.Name == "" {
+		d.errorf("metadata.name", "must not be empty")
+		ok = false
+	}
+	ns = m.Namespace
+	if ns == "" {
+		ns = "default"
+		d.ns = ns
+		d.warnf("metadata.namespace", "empty: using \"default\", as kubectl does")
+	}
+	return ns, ok
+}
+
+func checkSelector(sel *WorkloadSelector, d *diags) {
+	if sel == nil {
+		return
+	}
+	for _, k := range sortedKeys(sel.MatchLabels) {
+		v := sel.MatchLabels[k]
+		if k == "" {
+			d.errorf("selector.matchLabels", "empty label key")
+		}
+		if strings.Contains(k, "*") || strings.Contains(v, "*") {
+			d.errorf("selector.matchLabels["+k+"]", "wildcards are not supported in selectors (%s=%s)", k, v)
+		}
+	}
+}
+
+// labelKV is one selector label.
+type labelKV struct{ k, v string }
+
+func selectorPairs(m map[string]string) []labelKV {
+	out := make([]labelKV, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, labelKV{k, m[k]})
+	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// selects reports whether labels carry every selector label.
+func selects(sel []labelKV, labels map[string]string) bool {
+	for _, kv := range sel {
+		if v, ok := labels[kv.k]; !ok || v != kv.v {
+			return false
+		}
+	}
+	return true
+}
+
+type action uint8
+
+const (
+	actionAllow action = iota
+	actionDeny
+)
+
+func (a action) String() string {
+	if a == actionDeny {
+		return "DENY"
+	}
+	return "ALLOW"
+}
+
+// Scope of a policy, as ztunnel names it.
+const (
+	ScopeMesh      = "mesh"      // root namespace, no selector
+	ScopeNamespace = "namespace" // no selector
+	ScopeWorkload  = "workload"  // selector
+)
+
+// policy is a compiled AuthorizationPolicy.
+type policy struct {
+	ord      int32 // rank in (namespace, name) order; ties between matches go to the lowest
+	key      string
+	ns, name string
+	action   action
+	scope    string
+	selector []labelKV // scope == ScopeWorkload only; never empty
+	rules    []rule
+}
+
+// match returns the first rule of p that matches c, or nil.
+func (p *policy) match(c *conn) *rule {
+	for i := range p.rules {
+		if p.rules[i].matches(c) {
+			return &p.rules[i]
+		}
+	}
+	return nil
+}
+
+const dryRunAnnotation = "istio.io/dry-run"
+
+func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *policy {
+	ns, _ := metadata(&ap.Metadata, d)
+	spec := &ap.Spec
+	checkSelector(spec.Selector, d)
+	set := 0
+	if spec.Selector != nil {
+		set++
+	}
+	if spec.TargetRef != nil {
+		set++
+	}
+	if len(spec.TargetRefs) > 0 {
+		set++
+	}
+	if set > 1 {
+		d.errorf("targetRefs", "only one of selector, targetRef or targetRefs may be set")
+	}
+	var act action
+	switch spec.Action {
+	case "", "ALLOW":
+		act = actionAllow
+	case "DENY":
+		act = actionDeny
+	case "AUDIT", "CUSTOM":
+	default:
+		d.errorf("action", "unknown action %q (want ALLOW, DENY, AUDIT or CUSTOM)", spec.Action)
+	}
+	if spec.Provider != nil && spec.Action != "CUSTOM" {
+		d.errorf("provider", "only allowed with action CUSTOM")
+	}
+	if spec.Action == "DENY" && len(spec.Rules) == 0 {
+		d.errorf("rules", "a DENY policy without rules never matches; add an empty rule {} to deny everything")
+	}
+	for i := range spec.Rules {
+		checkRule(cfg, &spec.Rules[i], sprintf("rules[%d]", i), d)
+	}
+	if d.errs > 0 {
+		return nil
+	}
+
+	switch spec.Action {
+	case "AUDIT", "CUSTOM":
+		d.warnf("action", "%s is not supported at L4 (ztunnel does not support it either): policy ignored", spec.Action)
+		return nil
+	}
+	if v, ok := ap.Metadata.Annotations[dryRunAnnotation]; ok {
+		dry, err := strconv.ParseBool(v)
+		switch {
+		case err != nil:
+			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "not a boolean (%q): policy enforced", v)
+		case dry:
+			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "dry-run policies are not enforced at L4 (as in Istio ambient by default): policy ignored")
+			return nil
+		}
+	}
+	if spec.TargetRef != nil || len(spec.TargetRefs) > 0 {
+		d.warnf("targetRefs", "targetRefs policies are enforced by waypoints, not by the node agent: policy ignored")
+		return nil
+	}
+
+	p := &policy{
+		key:    ns + "/" + ap.Metadata.Name,
+		ns:     ns,
+		name:   ap.Metadata.Name,
+		action: act,
+		scope:  ScopeNamespace,
+	}
+	switch {
+	case spec.Selector != nil && len(spec.Selector.MatchLabels) == 0:
+		d.warnf("selector", "selector without labels: Istio ambient attaches such a policy to no workload, so it has no effect")
+		p.scope = ScopeWorkload
+	case spec.Selector != nil:
+		p.scope = ScopeWorkload
+		p.selector = selectorPairs(spec.Selector.MatchLabels)
+	case ns == cfg.RootNamespace:
+		p.scope = ScopeMesh
+	}
+
+	dead := 0
+	for i := range spec.Rules {
+		r, l7, ok := compileRule(&spec.Rules[i], ns)
+		field := sprintf("rules[%d]", i)
+		switch {
+		case act == actionAllow && len(l7) > 0:
+			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: within an ALLOW policy the rule is dropped and never matches (more restrictive than requested)",
+				strings.Join(l7, ", "))
+			continue
+		case !ok:
+			dead++
+			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: without them a from, to or when clause is empty, so this DENY rule never matches",
+				strings.Join(l7, ", "))
+			continue
+		case len(l7) > 0:
+			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: this DENY rule is enforced without them (more restrictive than requested)",
+				strings.Join(l7, ", "))
+		}
+		r.index = i
+		verb := "allowed"
+		if act == actionDeny {
+			verb = "denied"
+		}
+		r.reason = sprintf("%s by %s policy %s (rules[%d] matched)", verb, act, p.key, i)
+		p.rules = append(p.rules, r)
+	}
+	if act == actionDeny && len(spec.Rules) > 0 && dead == len(spec.Rules) {
+		d.warnf("rules", "no rule of this DENY policy can match at L4: the policy has no effect")
+	}
+	return p
+}
+
+// compileRule builds the ztunnel clauses of one rule: one for the to list,
+// one for the from list, one per when condition. l7 names the HTTP-only
+// fields found (dropped from the matches). ok is false when some clause has
+// no non-empty match left, i.e. the rule can never match.
+func compileRule(r *Rule, policyNS string) (out rule, l7 []string, ok bool) {
+	ok = true
+	addL7 := func(name string, n int) {
+		if n > 0 && !slices.Contains(l7, name) {
+			l7 = append(l7, name)
+		}
+	}
+	addClause := func(ms []match) {
+		cl := clause{}
+		for _, m := range ms {
+			if !m.empty() {
+				cl.matches = append(cl.matches, m)
+			}
+		}
+		if len(cl.matches) == 0 {
+			ok = false
+		}
+		out.clauses = append(out.clauses, cl)
+	}
+	if len(r.To) > 0 {
+		ms := make([]match, 0, len(r.To))
+		for _, to := range r.To {
+			op := &to.Operation
+			addL7("hosts", len(op.Hosts))
+			addL7("notHosts", len(op.NotHosts))
+			addL7("methods", len(op.Methods))
+			addL7("notMethods", len(op.NotMethods))
+			addL7("paths", len(op.Paths))
+			addL7("notPaths", len(op.NotPaths))
+			ms = append(ms, match{ports: mustPorts(op.Ports), notPorts: mustPorts(op.NotPorts)})
+		}
+		addClause(ms)
+	}
+	if len(r.From) > 0 {
+		ms := make([]match, 0, len(r.From))
+		for _, from := range r.From {
+			s := &from.Source
+			addL7("remoteIpBlocks", len(s.RemoteIPBlocks))
+			addL7("notRemoteIpBlocks", len(s.NotRemoteIPBlocks))
+			addL7("requestPrincipals", len(s.RequestPrincipals))
+			addL7("notRequestPrincipals", len(s.NotRequestPrincipals))
+			ms = append(ms, match{
+				principals: newStrSet(s.Principals), notPrincipals: newStrSet(s.NotPrincipals),
+				namespaces: newStrSet(s.Namespaces), notNamespaces: newStrSet(s.NotNamespaces),
+				sas: mustSAs(s.ServiceAccounts, policyNS), notSAs: mustSAs(s.NotServiceAccounts, policyNS),
+				srcIPs: mustPrefixes(s.IPBlocks), notSrcIPs: mustPrefixes(s.NotIPBlocks),
+			})
+		}
+		addClause(ms)
+	}
+	for _, w := range r.When {
+		var m match
+		switch w.Key {
+		case "source.ip":
+			m.srcIPs, m.notSrcIPs = mustPrefixes(w.Values), mustPrefixes(w.NotValues)
+		case "destination.ip":
+			m.dstIPs, m.notDstIPs = mustPrefixes(w.Values), mustPrefixes(w.NotValues)
+		case "destination.port":
+			m.ports, m.notPorts = mustPorts(w.Values), mustPorts(w.NotValues)
+		case "source.namespace":
+			m.namespaces, m.notNamespaces = newStrSet(w.Values), newStrSet(w.NotValues)
+		case "source.principal":
+			m.principals, m.notPrincipals = newStrSet(w.Values), newStrSet(w.NotValues)
+		default:
+			addL7("when "+w.Key, 1)
+		}
+		addClause([]match{m})
+	}
+	return out, l7, ok
+}
+
+// checkRule reports every invalid value of one rule, as Istio's validating
+// webhook would reject it (plus principals that can never match).
+func checkRule(cfg Config, r *Rule, field string, d *diags) {
+	for j := range r.From {
+		f := sprintf("%s.from[%d].source", field, j)
+		s := &r.From[j].Source
+		n := len(s.Principals) + len(s.NotPrincipals) + len(s.RequestPrincipals) + len(s.NotRequestPrincipals) +
+			len(s.Namespaces) + len(s.NotNamespaces) + len(s.ServiceAccounts) + len(s.NotServiceAccounts) +
+			len(s.IPBlocks) + len(s.NotIPBlocks) + len(s.RemoteIPBlocks) + len(s.NotRemoteIPBlocks)
+		if n == 0 {
+			d.errorf(f, "must not be empty")
+		}
+		if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 &&
+			len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
+			d.errorf(f, "serviceAccounts cannot be combined with principals or namespaces")
+		}
+		checkPrincipals(cfg, s.Principals, f+".principals", d)
+		checkPrincipals(cfg, s.NotPrincipals, f+".notPrincipals", d)
+		checkNonEmpty(s.RequestPrincipals, f+".requestPrincipals", d)
+		checkNonEmpty(s.NotRequestPrincipals, f+".notRequestPrincipals", d)
+		checkNonEmpty(s.Namespaces, f+".namespaces", d)
+		checkNonEmpty(s.NotNamespaces, f+".notNamespaces", d)
+		checkSAs(s.ServiceAccounts, f+".serviceAccounts", d)
+		checkSAs(s.NotServiceAccounts, f+".notServiceAccounts", d)
+		checkIPs(s.IPBlocks, f+".ipBlocks", d)
+		checkIPs(s.NotIPBlocks, f+".notIpBlocks", d)
+		checkIPs(s.RemoteIPBlocks, f+".remoteIpBlocks", d)
+		checkIPs(s.NotRemoteIPBlocks, f+".notRemoteIpBlocks", d)
+	}
+	for j := range r.To {
+		f := sprintf("%s.to[%d].operation", field, j)
+		op := &r.To[j].Operation
+		if len(op.Hosts)+len(op.NotHosts)+len(op.Ports)+len(op.NotPorts)+len(op.Methods)+len(op.NotMethods)+
+			len(op.Paths)+len(op.NotPaths) == 0 {
+			d.errorf(f, "must not be empty")
+		}
+		checkPorts(op.Ports, f+".ports", d)
+		checkPorts(op.NotPorts, f+".notPorts", d)
+		checkNonEmpty(op.Hosts, f+".hosts", d)
+		checkNonEmpty(op.NotHosts, f+".notHosts", d)
+		checkNonEmpty(op.Methods, f+".methods", d)
+		checkNonEmpty(op.NotMethods, f+".notMethods", d)
+		checkNonEmpty(op.Paths, f+".paths", d)
+		checkNonEmpty(op.NotPaths, f+".notPaths", d)
+	}
+	for j := range r.When {
+		f := sprintf("%s.when[%d]", field, j)
+		w := &r.When[j]
+		if w.Key == "" {
+			d.errorf(f+".key", "must not be empty")
+			continue
+		}
+		if len(w.Values) == 0 && len(w.NotValues) == 0 {
+			d.errorf(f, "at least one of values or notValues must be set for key %s", w.Key)
+			continue
+		}
+		checkWhen(cfg, w.Key, w.Values, f+".values", d)
+		checkWhen(cfg, w.Key, w.NotValues, f+".notValues", d)
+	}
+}
+
+func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
+	switch {
+	case key == "source.ip", key == "destination.ip", key == "remote.ip":
+		checkIPs(values, f, d)
+	case key == "destination.port":
+		checkPorts(values, f, d)
+	case key == "source.principal":
+		checkPrincipals(cfg, values, f, d)
+	case key == "source.serviceAccount":
+		checkSAs(values, f, d)
+	case key == "source.namespace", key == "source.trustDomain", key == "connection.sni",
+		key == "request.auth.principal", key == "request.auth.audiences", key == "request.auth.presenter":
+		checkNonEmpty(values, f, d)
+	case strings.HasPrefix(key, "request.headers"), strings.HasPrefix(key, "request.auth.claims"),
+		strings.HasPrefix(key, "experimental.envoy.filters."):
+		open := strings.Index(key, "[")
+		if !strings.HasSuffix(key, "]") || open <= 0 || open >= len(key)-2 {
+			d.errorf(f, "bad key %q: want the form a[b]", key)
+			return
+		}
+		checkNonEmpty(values, f, d)
+	case key == "destination.namespace":
+		d.errorf(f, "key %s is replaced by metadata.namespace", key)
+	case strings.HasPrefix(key, "destination.labels"):
+		d.errorf(f, "key %s is replaced by the workload selector", key)
+	case key == "destination.name", key == "destination.user":
+		d.errorf(f, "key %s is only supported in v1alpha1", key)
+	default:
+		d.errorf(f, "unknown key %q", key)
+	}
+}
+
+func checkNonEmpty(values []string, f string, d *diags) {
+	for i, v := range values {
+		if v == "" {
+			d.errorf(sprintf("%s[%d]", f, i), "empty value")
+		}
+	}
+}
+
+// checkPrincipals rejects principals that can never match a peer identity:
+// empty, with a "spiffe://" prefix (Istio compares identities without it),
+// with a wildcard elsewhere than at one end, or, without a wildcard, not of
+// the form <trust domain>/ns/<namespace>/sa/<service account>.
+func checkPrincipals(cfg Config, values []string, f string, d *diags) {
+	for i, v := range values {
+		fi := sprintf("%s[%d]", f, i)
+		stars := strings.Count(v, "*")
+		switch {
+		case v == "":
+			d.errorf(fi, "empty value")
+		case strings.HasPrefix(v, "spiffe://"):
+			d.errorf(fi, "malformed principal %q: write it without the spiffe:// prefix", v)
+		case stars > 1 || stars == 1 && v != "*" && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*"):
+			d.errorf(fi, "malformed principal %q: one wildcard at most, at the start or the end", v)
+		case stars == 0:
+			if _, _, _, ok := parsePrincipal(v); !ok {
+				d.errorf(fi, "malformed principal %q: want <trust domain>/ns/<namespace>/sa/<service account>", v)
+			} else if td, _, _ := strings.Cut(v, "/"); cfg.TrustDomain != "" && td != cfg.TrustDomain {
+				d.warnf(fi, "trust domain %q is not the mesh's (%q): this principal never matches a local identity", td, cfg.TrustDomain)
+			}
+		}
+	}
+}
+
+func checkSAs(values []string, f string, d *diags) {
+	if len(values) > 16 {
+		d.errorf(f, "at most 16 values")
+	}
+	for i, v := range values {
+		fi := sprintf("%s[%d]", f, i)
+		ns, sa, cut := strings.Cut(v, "/")
+		switch {
+		case v == "":
+			d.errorf(fi, "empty value")
+		case strings.Contains(v, "*"):
+			d.errorf(fi, "wildcards are not allowed in service accounts (%q)", v)
+		case len(v) > 320:
+			d.errorf(fi, "longer than 320 characters")
+		case strings.Count(v, "/") > 1, cut && (ns == "" || sa == ""):
+			d.errorf(fi, "malformed service account %q: want <service account> or <namespace>/<service account>", v)
+		}
+	}
+}
+
+func checkIPs(values []string, f string, d *diags) {
+	for i, v := range values {
+		if _, err := parseIPBlock(v); err != nil {
+			d.errorf(sprintf("%s[%d]", f, i), "%v", err)
+		}
+	}
+}
+
+func checkPorts(values []string, f string, d *diags) {
+	for i, v := range values {
+		if _, err := parsePort(v); err != nil {
+			d.errorf(sprintf("%s[%d]", f, i), "%v", err)
+		}
+	}
+}
+
+// parseIPBlock parses an IP address or a CIDR into a masked prefix.
+func parseIPBlock(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, errors.New(sprintf("invalid CIDR %q", s))
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, errors.New(sprintf("invalid IP address %q", s))
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, errors.New(sprintf("invalid port %q", s))
+	}
+	return uint16(p), nil
+}
+
+// The must* helpers run after validation, so they never see a bad value.
+func mustPrefixes(values []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, v := range values {
+		if p, err := parseIPBlock(v); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func mustPorts(values []string) []uint16 {
+	var out []uint16
+	for _, v := range values {
+		if p, err := parsePort(v); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// mustSAs resolves "sa" to the policy's namespace and "ns/sa" to itself.
+func mustSAs(values []string, policyNS string) []saRef {
+	var out []saRef
+	for _, v := range values {
+		if ns, sa, ok := strings.Cut(v, "/"); ok {
+			out = append(out, saRef{ns, sa})
+		} else {
+			out = append(out, saRef{policyNS, v})
+		}
+	}
+	return out
+}

@@ -1,0 +1,330 @@
+package authz
+
+import (
+	"net/netip"
+	"strconv"
+)
+
+// Engine answers authorization questions for one compiled policy set. It is
+// immutable: Decide and Explain may be called from many goroutines at once.
+// Obtain one from Compile; a policy change means compiling a new Engine.
+type Engine struct {
+	root string
+
+	policies []*policy // all compiled AuthorizationPolicies, by (namespace, name)
+	global   *scopeSet // root-namespace policies: apply in every namespace
+	byNS     map[string]*scopeSet
+
+	peerAuths  []*peerAuth // by age
+	meshPA     *peerAuth   // oldest mesh-level policy
+	meshRootPA *peerAuth   // same, for workloads in the root namespace
+	nsPA       map[string]*peerAuth
+	wlPA       map[string]*paIndex
+}
+
+// scopeSet holds the AuthorizationPolicies of one namespace (or of the root
+// namespace, for every namespace), split by action and scope.
+type scopeSet struct {
+	allow, deny       []*policy // no selector; by ord
+	selAllow, selDeny selIndex[*policy]
+}
+
+// selIndex finds selector policies from a workload's labels: each policy sits
+// in the bucket of its first selector label (sorted by key), so a lookup
+// touches only policies sharing at least one label with the workload.
+type selIndex[T any] struct {
+	m map[labelKV][]T // each bucket in ascending ord
+}
+
+func (x *selIndex[T]) add(kv labelKV, v T) {
+	if x.m == nil {
+		x.m = map[labelKV][]T{}
+	}
+	x.m[kv] = append(x.m[kv], v)
+}
+
+// firstPeerAuth returns the oldest workload PeerAuthentication selecting
+// labels, or nil.
+func firstPeerAuth(x *paIndex, labels map[string]string) *peerAuth {
+	var best *peerAuth
+	bucket := func(b []*peerAuth) {
+		for _, p := range b {
+			if best != nil && p.ord >= best.ord {
+				return
+			}
+			if selects(p.selector, labels) {
+				best = p
+				return
+			}
+		}
+	}
+	if len(x.m) < len(labels) {
+		for kv, b := range x.m {
+			if v, ok := labels[kv.k]; ok && v == kv.v {
+				bucket(b)
+			}
+		}
+		return best
+	}
+	for k, v := range labels {
+		if b := x.m[labelKV{k, v}]; b != nil {
+			bucket(b)
+		}
+	}
+	return best
+}
+
+func (e *Engine) index(p *policy) {
+	set := e.global
+	if p.ns != e.root {
+		set = e.byNS[p.ns]
+		if set == nil {
+			set = &scopeSet{}
+			e.byNS[p.ns] = set
+		}
+	}
+	switch {
+	case p.scope == ScopeWorkload && len(p.selector) == 0:
+		// An empty selector attaches to no workload in ambient mode.
+	case p.scope == ScopeWorkload && p.action == actionAllow:
+		set.selAllow.add(p.selector[0], p)
+	case p.scope == ScopeWorkload:
+		set.selDeny.add(p.selector[0], p)
+	case p.action == actionAllow:
+		set.allow = append(set.allow, p)
+	default:
+		set.deny = append(set.deny, p)
+	}
+}
+
+// Request describes one inbound connection at the destination's node.
+type Request struct {
+	// SourcePrincipal is the verified peer identity,
+	// "<trust domain>/ns/<namespace>/sa/<service account>" (a "spiffe://"
+	// prefix is accepted and ignored); empty when the connection has no
+	// peer identity (plaintext).
+	SourcePrincipal string `json:"sourcePrincipal,omitempty"`
+	// SourceIP is the client's address. IPv4-mapped IPv6 addresses are
+	// compared as IPv4. The zero Addr matches no ipBlocks.
+	SourceIP netip.Addr `json:"sourceIP,omitzero"`
+	// Namespace and Labels describe the destination workload.
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// DestinationIP and DestinationPort are the workload's address and
+	// port the client asked for (for HBONE, the CONNECT target, not 15008).
+	DestinationIP   netip.Addr `json:"destinationIP,omitzero"`
+	DestinationPort uint16     `json:"destinationPort"`
+}
+
+// Decision is the answer for one Request.
+type Decision struct {
+	Allow bool `json:"allow"`
+	// Policy is "namespace/name" of the policy that decided, empty when
+	// the default decided (no ALLOW policy selects the workload, or ALLOW
+	// policies exist and none matched).
+	Policy string `json:"policy,omitempty"`
+	// Kind is KindAuthorizationPolicy or KindPeerAuthentication, empty
+	// with Policy.
+	Kind string `json:"kind,omitempty"`
+	// Reason says why, in words for an operator.
+	Reason string `json:"reason"`
+}
+
+// Reasons of the default decisions.
+const (
+	ReasonNoAllowPolicy      = "allowed: no ALLOW policy selects the workload"
+	ReasonNoAllowMatched     = "denied: ALLOW policies select the workload, but none matched"
+	ReasonMalformedPrincipal = "denied: malformed source principal (want <trust domain>/ns/<namespace>/sa/<service account>)"
+)
+
+func newConn(r *Request) (conn, bool) {
+	c := conn{src: r.SourceIP.Unmap(), dst: r.DestinationIP.Unmap(), port: r.DestinationPort}
+	if r.SourcePrincipal != "" {
+		p, ns, sa, ok := parsePrincipal(r.SourcePrincipal)
+		if !ok {
+			return c, false
+		}
+		c.identity, c.principal, c.ns, c.sa = true, p, ns, sa
+	}
+	return c, true
+}
+
+// Decide applies Istio ambient's L4 order: a connection without a peer
+// identity is denied where PeerAuthentication makes the port STRICT; then
+// any matching DENY policy denies; then, if no ALLOW policy selects the
+// workload, the connection is allowed; else some ALLOW policy must match.
+// When several policies match, the first by (namespace, name) is reported.
+// Decide does not allocate.
+func (e *Engine) Decide(r Request) Decision {
+	c, ok := newConn(&r)
+	if !ok {
+		return Decision{Reason: ReasonMalformedPrincipal}
+	}
+	if !c.identity {
+		if v := e.peerAuthFor(r.Namespace, r.Labels, c.port); v.mode == modeStrict {
+			return Decision{Policy: v.policy.key, Kind: KindPeerAuthentication, Reason: v.reason(c.port)}
+		}
+	}
+	nss := e.byNS[r.Namespace]
+	if r.Namespace == e.root {
+		nss = nil // root-namespace policies are all in e.global
+	}
+
+	s := search{c: &c, labels: r.Labels}
+	s.list(e.global.deny)
+	s.sel(&e.global.selDeny)
+	if nss != nil {
+		s.list(nss.deny)
+		s.sel(&nss.selDeny)
+	}
+	if s.best != nil {
+		return Decision{Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
+	}
+
+	s = search{c: &c, labels: r.Labels}
+	s.list(e.global.allow)
+	s.sel(&e.global.selAllow)
+	if nss != nil {
+		s.list(nss.allow)
+		s.sel(&nss.selAllow)
+	}
+	switch {
+	case s.best != nil:
+		return Decision{Allow: true, Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
+	case !s.selected:
+		return Decision{Allow: true, Reason: ReasonNoAllowPolicy}
+	}
+	return Decision{Reason: ReasonNoAllowMatched}
+}
+
+// search finds the matching policy of lowest ord among candidates.
+type search struct {
+	c        *conn
+	labels   map[string]string
+	selected bool // some candidate selects the workload
+	best     *policy
+	rule     *rule
+}
+
+func (s *search) consider(p *policy) {
+	s.selected = true
+	if r := p.match(s.c); r != nil {
+		s.best, s.rule = p, r
+	}
+}
+
+func (s *search) list(ps []*policy) {
+	for _, p := range ps {
+		if s.best != nil && p.ord >= s.best.ord {
+			return
+		}
+		s.consider(p)
+	}
+}
+
+func (s *search) sel(x *selIndex[*policy]) {
+	if len(x.m) == 0 || len(s.labels) == 0 {
+		return
+	}
+	if len(x.m) < len(s.labels) {
+		for kv, b := range x.m {
+			if v, ok := s.labels[kv.k]; ok && v == kv.v {
+				s.bucket(b)
+			}
+		}
+		return
+	}
+	for k, v := range s.labels {
+		if b := x.m[labelKV{k, v}]; b != nil {
+			s.bucket(b)
+		}
+	}
+}
+
+func (s *search) bucket(b []*policy) {
+	for _, p := range b {
+		if s.best != nil && p.ord >= s.best.ord {
+			return
+		}
+		if selects(p.selector, s.labels) {
+			s.consider(p)
+		}
+	}
+}
+
+// Explanation is a Decision with the evidence behind it, for
+// `ferry policy check -o json` and the admin endpoint.
+type Explanation struct {
+	Decision Decision `json:"decision"`
+	// PeerAuthentication is the effective mTLS mode on the port.
+	PeerAuthentication PeerAuthenticationResult `json:"peerAuthentication"`
+	// Policies lists every AuthorizationPolicy that selects the workload,
+	// by (namespace, name).
+	Policies []PolicyResult `json:"policies"`
+}
+
+// PeerAuthenticationResult is the effective mTLS mode for a request.
+type PeerAuthenticationResult struct {
+	// Mode is STRICT, PERMISSIVE or DISABLE (which acts as PERMISSIVE).
+	Mode string `json:"mode"`
+	// Policy is "namespace/name" of the PeerAuthentication that set the
+	// mode, empty when none did (PERMISSIVE by default).
+	Policy string `json:"policy,omitempty"`
+	// Field is "mtls.mode" or "portLevelMtls[N]".
+	Field string `json:"field,omitempty"`
+}
+
+// PolicyResult is how one AuthorizationPolicy judged a request.
+type PolicyResult struct {
+	Policy  string `json:"policy"`
+	Action  string `json:"action"`
+	Scope   string `json:"scope"` // ScopeMesh, ScopeNamespace or ScopeWorkload
+	Matched bool   `json:"matched"`
+	// Rule is the spec.rules index of the first matching rule, -1 if none.
+	Rule int `json:"rule"`
+	// Rules is the number of rules enforced at L4 (ALLOW rules with HTTP
+	// attributes and DENY rules that cannot match are not counted).
+	Rules int `json:"rules"`
+}
+
+// Explain returns Decide's answer together with the effective mTLS mode and
+// every AuthorizationPolicy that selects the workload. Unlike Decide, it
+// allocates.
+func (e *Engine) Explain(r Request) Explanation {
+	x := Explanation{Decision: e.Decide(r)}
+	v := e.peerAuthFor(r.Namespace, r.Labels, r.DestinationPort)
+	x.PeerAuthentication.Mode = v.mode.String()
+	if v.policy != nil {
+		x.PeerAuthentication.Policy = v.policy.key
+		x.PeerAuthentication.Field = "mtls.mode"
+		if v.port {
+			x.PeerAuthentication.Field = "portLevelMtls[" + strconv.Itoa(int(r.DestinationPort)) + "]"
+		}
+	}
+	c, ok := newConn(&r)
+	for _, p := range e.candidates(r.Namespace, r.Labels) {
+		res := PolicyResult{Policy: p.key, Action: p.action.String(), Scope: p.scope, Rule: -1, Rules: len(p.rules)}
+		if ok {
+			if rl := p.match(&c); rl != nil {
+				res.Matched, res.Rule = true, rl.index
+			}
+		}
+		x.Policies = append(x.Policies, res)
+	}
+	return x
+}
+
+// candidates lists the policies selecting a workload, by ord.
+func (e *Engine) candidates(ns string, labels map[string]string) []*policy {
+	var out []*policy
+	for _, p := range e.policies {
+		if p.ns != e.root && p.ns != ns {
+			continue
+		}
+		if p.scope == ScopeWorkload && (len(p.selector) == 0 || !selects(p.selector, labels)) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
