@@ -431,32 +431,30 @@ func checkRule(cfg Config, r *Rule, field string, d *diags) {
 			d.errorf(f, "at least one of values or notValues must be set for key %s", w.Key)
 			continue
 		}
-		checkWhen(cfg, w.Key, w.Values, f+".values", d)
-		checkWhen(cfg, w.Key, w.NotValues, f+".notValues", d)
+		if checkWhenKey(w.Key, f+".key", d) {
+			checkWhen(cfg, w.Key, w.Values, f+".values", d)
+			checkWhen(cfg, w.Key, w.NotValues, f+".notValues", d)
+		}
 	}
 }
 
-func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
+// checkWhenKey accepts the condition keys Istio knows: the L4 ones and the
+// HTTP ones (which Compile then treats as L7).
+func checkWhenKey(key, f string, d *diags) bool {
 	switch {
-	case key == "source.ip", key == "destination.ip", key == "remote.ip":
-		checkIPs(values, f, d)
-	case key == "destination.port":
-		checkPorts(values, f, d)
-	case key == "source.principal":
-		checkPrincipals(cfg, values, f, d)
-	case key == "source.serviceAccount":
-		checkSAs(values, f, d)
-	case key == "source.namespace", key == "source.trustDomain", key == "connection.sni",
+	case key == "source.ip", key == "destination.ip", key == "remote.ip", key == "destination.port",
+		key == "source.principal", key == "source.serviceAccount", key == "source.namespace",
+		key == "source.trustDomain", key == "connection.sni",
 		key == "request.auth.principal", key == "request.auth.audiences", key == "request.auth.presenter":
-		checkNonEmpty(values, f, d)
+		return true
 	case strings.HasPrefix(key, "request.headers"), strings.HasPrefix(key, "request.auth.claims"),
 		strings.HasPrefix(key, "experimental.envoy.filters."):
 		open := strings.Index(key, "[")
 		if !strings.HasSuffix(key, "]") || open <= 0 || open >= len(key)-2 {
 			d.errorf(f, "bad key %q: want the form a[b]", key)
-			return
+			return false
 		}
-		checkNonEmpty(values, f, d)
+		return true
 	case key == "destination.namespace":
 		d.errorf(f, "key %s is replaced by metadata.namespace", key)
 	case strings.HasPrefix(key, "destination.labels"):
@@ -465,6 +463,22 @@ func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
 		d.errorf(f, "key %s is only supported in v1alpha1", key)
 	default:
 		d.errorf(f, "unknown key %q", key)
+	}
+	return false
+}
+
+func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
+	switch key {
+	case "source.ip", "destination.ip", "remote.ip":
+		checkIPs(values, f, d)
+	case "destination.port":
+		checkPorts(values, f, d)
+	case "source.principal":
+		checkPrincipals(cfg, values, f, d)
+	case "source.serviceAccount":
+		checkSAs(values, f, d)
+	default:
+		checkNonEmpty(values, f, d)
 	}
 }
 

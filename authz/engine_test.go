@@ -1,0 +1,558 @@
+package authz
+
+import (
+	"strings"
+	"testing"
+)
+
+// Fixtures from Istio's documentation (reference/istio-api.md §2.5).
+const (
+	// F1: ambient getting started, "Enforce Layer 4 authorization policy".
+	fixtureF1 = `
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: productpage-viewer
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals:
+        - cluster.local/ns/default/sa/bookinfo-gateway-istio
+`
+	// F2: the original ambient getting started, "Secure Application Access".
+	fixtureF2 = `
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+ name: productpage-viewer
+ namespace: default
+spec:
+ selector:
+   matchLabels:
+     app: productpage
+ action: ALLOW
+ rules:
+ - from:
+   - source:
+       principals: ["cluster.local/ns/default/sa/sleep", "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"]
+`
+	// F3: the L4 policy of the ambient L4 guide, then the same with an L7
+	// attribute (applied with kubectl -n ambient-demo).
+	fixtureF3 = `
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+ name: allow-sleep-to-httpbin
+ namespace: ambient-demo
+spec:
+ selector:
+   matchLabels:
+     app: httpbin
+ action: ALLOW
+ rules:
+ - from:
+   - source:
+       principals:
+       - cluster.local/ns/ambient-demo/sa/sleep
+`
+	fixtureF3L7 = `
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+ name: allow-sleep-to-httpbin
+ namespace: ambient-demo
+spec:
+ selector:
+   matchLabels:
+     app: httpbin
+ action: ALLOW
+ rules:
+ - from:
+   - source:
+       principals:
+       - cluster.local/ns/ambient-demo/sa/sleep
+   to:
+   - operation:
+       methods: ["GET"]
+`
+	// F4: the TCP task's policy, and its L7 variants.
+	fixtureF4 = `
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: tcp-policy
+  namespace: foo
+spec:
+  selector:
+    matchLabels:
+      app: tcp-echo
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        ports: ["9000", "9001"]
+`
+	fixtureF4AllowL7 = `
+---
+kind: AuthorizationPolicy
+metadata: {name: tcp-policy, namespace: foo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  action: ALLOW
+  rules:
+  - to:
+    - operation: {methods: ["GET"], ports: ["9000"]}
+`
+	fixtureF4DenyL7 = `
+---
+kind: AuthorizationPolicy
+metadata: {name: tcp-policy, namespace: foo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {methods: ["GET"], ports: ["9000"]}
+`
+	fixtureF4DenyMethodsOnly = `
+---
+kind: AuthorizationPolicy
+metadata: {name: tcp-policy, namespace: foo}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {methods: ["GET"]}
+`
+	// F5: the API reference's examples.
+	fixtureF5AllowNothing = `
+---
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: foo}
+spec: {}
+`
+	fixtureF5AllowAll = `
+---
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: foo}
+spec:
+  rules:
+  - {}
+`
+	fixtureF5MeshAllowNothingV1 = `
+---
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing-v1, namespace: istio-system}
+spec:
+  selector: {matchLabels: {version: v1}}
+`
+	fixtureF5StrictFoo = `
+---
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec:
+  mtls: {mode: STRICT}
+`
+	fixtureF5Finance = `
+---
+kind: PeerAuthentication
+metadata: {name: finance, namespace: foo}
+spec:
+  selector: {matchLabels: {app: finance}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: DISABLE}
+`
+	meshStrict = `
+---
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+`
+)
+
+// Principals used throughout.
+const (
+	pSleep   = "cluster.local/ns/default/sa/sleep"
+	pNoSleep = "cluster.local/ns/default/sa/notsleep"
+	pGateway = "cluster.local/ns/default/sa/bookinfo-gateway-istio"
+	pIngress = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+	pFooA    = "cluster.local/ns/foo/sa/a"
+	pBarA    = "cluster.local/ns/bar/sa/a"
+	pBarAdm  = "cluster.local/ns/bar/sa/admin"
+)
+
+type scenario struct {
+	name     string
+	cfg      Config
+	policies string
+	req      Request
+	want     Decision
+	// diags lists substrings, one per expected Diagnostic (in order);
+	// nil means Compile must report nothing.
+	diags []string
+}
+
+func ap(ns, name, spec string) string {
+	return "\n---\nkind: AuthorizationPolicy\nmetadata: {name: " + name + ", namespace: " + ns + "}\nspec:\n" + indent(spec) + "\n"
+}
+
+func pa(ns, name, created, spec string) string {
+	ts := ""
+	if created != "" {
+		ts = ", creationTimestamp: \"" + created + "\""
+	}
+	return "\n---\nkind: PeerAuthentication\nmetadata: {name: " + name + ", namespace: " + ns + ts + "}\nspec:\n" + indent(spec) + "\n"
+}
+
+func indent(s string) string {
+	s = strings.Trim(s, "\n")
+	lines := strings.Split(s, "\n")
+	// Remove the common tab indentation of raw strings in the table.
+	for i, l := range lines {
+		lines[i] = "  " + strings.TrimLeft(l, "\t")
+	}
+	return strings.Join(lines, "\n")
+}
+
+var scenarios = []scenario{
+	// Defaults and the ALLOW/DENY order.
+	{name: "no policy allows", req: rq(pSleep, "foo", "x", 80), want: allowDefault},
+	{name: "no policy allows plaintext", req: rq("", "foo", "x", 80), want: allowDefault},
+	{name: "F5 allow-nothing denies in its namespace", policies: fixtureF5AllowNothing,
+		req: rq(pSleep, "foo", "x", 80), want: denyNoMatch},
+	{name: "F5 allow-nothing does not reach another namespace", policies: fixtureF5AllowNothing,
+		req: rq(pSleep, "bar", "x", 80), want: allowDefault},
+	{name: "F5 allow-all allows", policies: fixtureF5AllowAll,
+		req: rq("", "foo", "x", 80), want: allowBy("foo/allow-all")},
+	{name: "allow-all with allow-nothing allows", policies: fixtureF5AllowAll + "\n---\n" + fixtureF5AllowNothing,
+		req: rq(pSleep, "foo", "x", 80), want: allowBy("foo/allow-all")},
+	{name: "deny-all denies", policies: ap("foo", "deny-all", "action: DENY\nrules: [{}]"),
+		req: rq(pSleep, "foo", "x", 80), want: denyBy("foo/deny-all")},
+	{name: "DENY beats a matching ALLOW", policies: fixtureF5AllowAll + ap("foo", "deny-9000", `
+		action: DENY
+		rules: [{to: [{operation: {ports: ["9000"]}}]}]`),
+		req: rq(pSleep, "foo", "x", 9000), want: denyBy("foo/deny-9000")},
+	{name: "non-matching DENY falls through to ALLOW", policies: fixtureF5AllowAll + ap("foo", "deny-9000", `
+		action: DENY
+		rules: [{to: [{operation: {ports: ["9000"]}}]}]`),
+		req: rq(pSleep, "foo", "x", 9001), want: allowBy("foo/allow-all")},
+	{name: "DENY alone does not make ALLOW required", policies: ap("foo", "deny-9000", `
+		action: DENY
+		rules: [{to: [{operation: {ports: ["9000"]}}]}]`),
+		req: rq(pSleep, "foo", "x", 80), want: allowDefault},
+	{name: "two matching DENY: first by namespace/name decides", policies: ap("foo", "z-deny", "action: DENY\nrules: [{}]") +
+		ap("istio-system", "mesh-deny", "action: DENY\nrules: [{}]") + ap("foo", "a-deny", "action: DENY\nrules: [{}]"),
+		req: rq(pSleep, "foo", "x", 80), want: denyBy("foo/a-deny")},
+
+	// Scope: mesh, namespace, selector.
+	{name: "mesh-wide allow-nothing applies in every namespace", policies: ap("istio-system", "allow-nothing", "{}"),
+		req: rq(pSleep, "bar", "x", 80), want: denyNoMatch},
+	{name: "mesh-wide ALLOW matches in another namespace", policies: ap("istio-system", "allow-sleep", `
+		rules: [{from: [{source: {principals: ["`+pSleep+`"]}}]}]`),
+		req: rq(pSleep, "bar", "x", 80), want: allowBy("istio-system/allow-sleep")},
+	{name: "root namespace is configurable", cfg: Config{RootNamespace: "mesh-root"}, policies: ap("mesh-root", "allow-nothing", "{}"),
+		req: rq(pSleep, "bar", "x", 80), want: denyNoMatch},
+	{name: "F5 mesh selector allow-nothing hits version v1", policies: fixtureF5MeshAllowNothingV1,
+		req: rq(pSleep, "bar", "x", 80).label("version", "v1"), want: denyNoMatch},
+	{name: "F5 mesh selector allow-nothing spares version v2", policies: fixtureF5MeshAllowNothingV1,
+		req: rq(pSleep, "bar", "x", 80).label("version", "v2"), want: allowDefault},
+	{name: "selector policy spares other workloads of its namespace", policies: fixtureF1,
+		req: rq(pSleep, "default", "reviews", 9080), want: allowDefault},
+	{name: "selector policy in another namespace does not apply", policies: fixtureF1,
+		req: rq(pSleep, "other", "productpage", 9080), want: allowDefault},
+	{name: "selector needs every label", policies: ap("foo", "v1-only", `
+		selector: {matchLabels: {app: x, version: v1}}`),
+		req: rq(pSleep, "foo", "x", 80), want: allowDefault},
+	{name: "selector with every label selects", policies: ap("foo", "v1-only", `
+		selector: {matchLabels: {app: x, version: v1}}`),
+		req: rq(pSleep, "foo", "x", 80).label("version", "v1"), want: denyNoMatch},
+	{name: "empty selector attaches to nothing", policies: ap("foo", "empty-sel", "selector: {}"),
+		req: rq(pSleep, "foo", "x", 80), want: allowDefault, diags: []string{"selector without labels"}},
+
+	// Fixtures F1, F2, F3 (principals).
+	{name: "F1 gateway allowed", policies: fixtureF1,
+		req: rq(pGateway, "default", "productpage", 9080), want: allowBy("default/productpage-viewer")},
+	{name: "F1 curl denied", policies: fixtureF1,
+		req: rq("cluster.local/ns/default/sa/curl", "default", "productpage", 9080), want: denyNoMatch},
+	{name: "F1 plaintext denied", policies: fixtureF1,
+		req: rq("", "default", "productpage", 9080), want: denyNoMatch},
+	{name: "F2 sleep allowed", policies: fixtureF2,
+		req: rq(pSleep, "default", "productpage", 9080), want: allowBy("default/productpage-viewer")},
+	{name: "F2 ingress gateway allowed", policies: fixtureF2,
+		req: rq(pIngress, "default", "productpage", 9080), want: allowBy("default/productpage-viewer")},
+	{name: "F2 notsleep denied", policies: fixtureF2,
+		req: rq(pNoSleep, "default", "productpage", 9080), want: denyNoMatch},
+	{name: "F3 sleep allowed", policies: fixtureF3,
+		req: rq("cluster.local/ns/ambient-demo/sa/sleep", "ambient-demo", "httpbin", 8000), want: allowBy("ambient-demo/allow-sleep-to-httpbin")},
+	{name: "F3 with methods denies sleep (ALLOW rule with L7 dropped)", policies: fixtureF3L7,
+		req: rq("cluster.local/ns/ambient-demo/sa/sleep", "ambient-demo", "httpbin", 8000), want: denyNoMatch,
+		diags: []string{"rules[0]: warning: uses HTTP attributes (methods)"}},
+	{name: "principal spiffe:// prefix in the request is accepted", policies: fixtureF1,
+		req: rq("spiffe://"+pGateway, "default", "productpage", 9080), want: allowBy("default/productpage-viewer")},
+	{name: "principal prefix pattern", policies: ap("foo", "from-bar", `rules: [{from: [{source: {principals: ["cluster.local/ns/bar/*"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/from-bar")},
+	{name: "principal prefix pattern misses", policies: ap("foo", "from-bar", `rules: [{from: [{source: {principals: ["cluster.local/ns/bar/*"]}}]}]`),
+		req: rq(pFooA, "foo", "x", 80), want: denyNoMatch},
+	{name: "principal suffix pattern", policies: ap("foo", "admins", `rules: [{from: [{source: {principals: ["*/sa/admin"]}}]}]`),
+		req: rq(pBarAdm, "foo", "x", 80), want: allowBy("foo/admins")},
+	{name: "principal * matches any identity", policies: ap("foo", "any-id", `rules: [{from: [{source: {principals: ["*"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/any-id")},
+	{name: "principal * does not match plaintext", policies: ap("foo", "any-id", `rules: [{from: [{source: {principals: ["*"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: denyNoMatch},
+	{name: "notPrincipals * DENY denies plaintext", policies: ap("foo", "deny-plain", `
+		action: DENY
+		rules: [{from: [{source: {notPrincipals: ["*"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: denyBy("foo/deny-plain")},
+	{name: "notPrincipals * DENY spares mTLS", policies: ap("foo", "deny-plain", `
+		action: DENY
+		rules: [{from: [{source: {notPrincipals: ["*"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault},
+	{name: "notPrincipals exact: other identity matches", policies: ap("foo", "not-a", `rules: [{from: [{source: {notPrincipals: ["`+pBarA+`"]}}]}]`),
+		req: rq(pFooA, "foo", "x", 80), want: allowBy("foo/not-a")},
+	{name: "notPrincipals exact: listed identity does not match", policies: ap("foo", "not-a", `rules: [{from: [{source: {notPrincipals: ["`+pBarA+`"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch},
+	{name: "principals values OR", policies: ap("foo", "two", `rules: [{from: [{source: {principals: ["`+pFooA+`", "`+pBarA+`"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/two")},
+
+	// Namespaces and service accounts come from the identity.
+	{name: "namespaces exact", policies: ap("foo", "from-bar", `rules: [{from: [{source: {namespaces: ["bar"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/from-bar")},
+	{name: "namespaces other namespace", policies: ap("foo", "from-bar", `rules: [{from: [{source: {namespaces: ["bar"]}}]}]`),
+		req: rq(pFooA, "foo", "x", 80), want: denyNoMatch},
+	{name: "namespaces never match plaintext", policies: ap("foo", "from-bar", `rules: [{from: [{source: {namespaces: ["*"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: denyNoMatch},
+	{name: "notNamespaces match plaintext", policies: ap("foo", "not-bar", `rules: [{from: [{source: {notNamespaces: ["bar"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: allowBy("foo/not-bar")},
+	{name: "namespaces prefix pattern", policies: ap("foo", "teams", `rules: [{from: [{source: {namespaces: ["ba*"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/teams")},
+	{name: "serviceAccounts bare name means the policy namespace", policies: ap("foo", "sa-a", `rules: [{from: [{source: {serviceAccounts: ["a"]}}]}]`),
+		req: rq(pFooA, "foo", "x", 80), want: allowBy("foo/sa-a")},
+	{name: "serviceAccounts bare name does not match another namespace", policies: ap("foo", "sa-a", `rules: [{from: [{source: {serviceAccounts: ["a"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch},
+	{name: "serviceAccounts ns/sa", policies: ap("foo", "sa-bar-a", `rules: [{from: [{source: {serviceAccounts: ["bar/a"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/sa-bar-a")},
+	{name: "serviceAccounts ignore the trust domain", policies: ap("foo", "sa-bar-a", `rules: [{from: [{source: {serviceAccounts: ["bar/a"]}}]}]`),
+		req: rq("other.td/ns/bar/sa/a", "foo", "x", 80), want: allowBy("foo/sa-bar-a")},
+	{name: "notServiceAccounts match plaintext", policies: ap("foo", "not-sa", `rules: [{from: [{source: {notServiceAccounts: ["bar/a"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: allowBy("foo/not-sa")},
+	{name: "mesh policy bare serviceAccount is the root namespace", policies: ap("istio-system", "sa-gw", `rules: [{from: [{source: {serviceAccounts: ["istio-ingressgateway-service-account"]}}]}]`),
+		req: rq(pIngress, "foo", "x", 80), want: allowBy("istio-system/sa-gw")},
+
+	// ipBlocks, ports, destination.
+	{name: "ipBlocks CIDR", policies: ap("foo", "clients", `rules: [{from: [{source: {ipBlocks: ["10.1.0.0/16"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: allowBy("foo/clients")},
+	{name: "ipBlocks CIDR misses", policies: ap("foo", "clients", `rules: [{from: [{source: {ipBlocks: ["10.9.0.0/16"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: denyNoMatch},
+	{name: "ipBlocks single IP", policies: ap("foo", "one", `rules: [{from: [{source: {ipBlocks: ["10.1.0.5"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: allowBy("foo/one")},
+	{name: "notIpBlocks excludes", policies: ap("foo", "not-one", `rules: [{from: [{source: {notIpBlocks: ["10.1.0.5"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: denyNoMatch},
+	{name: "ipBlocks match an IPv4-mapped source", policies: ap("foo", "clients", `rules: [{from: [{source: {ipBlocks: ["10.1.0.0/16"]}}]}]`),
+		req: rq("", "foo", "x", 80).from("::ffff:10.1.2.3"), want: allowBy("foo/clients")},
+	{name: "ipBlocks IPv6", policies: ap("foo", "v6", `rules: [{from: [{source: {ipBlocks: ["fd00::/8"]}}]}]`),
+		req: rq("", "foo", "x", 80).from("fd00::1"), want: allowBy("foo/v6")},
+	{name: "F4 port 9000 allowed", policies: fixtureF4,
+		req: rq(pSleep, "foo", "tcp-echo", 9000), want: allowBy("foo/tcp-policy")},
+	{name: "F4 port 9001 allowed", policies: fixtureF4,
+		req: rq(pSleep, "foo", "tcp-echo", 9001), want: allowBy("foo/tcp-policy")},
+	{name: "F4 port 9002 denied", policies: fixtureF4,
+		req: rq(pSleep, "foo", "tcp-echo", 9002), want: denyNoMatch},
+	{name: "notPorts", policies: ap("foo", "not-22", `rules: [{to: [{operation: {notPorts: ["22"]}}]}]`),
+		req: rq(pSleep, "foo", "x", 22), want: denyNoMatch},
+	{name: "F4 ALLOW methods+ports denies 9000", policies: fixtureF4AllowL7,
+		req: rq(pSleep, "foo", "tcp-echo", 9000), want: denyNoMatch, diags: []string{"rule is dropped"}},
+	{name: "F4 DENY methods+ports denies 9000", policies: fixtureF4DenyL7,
+		req: rq(pSleep, "foo", "tcp-echo", 9000), want: denyBy("foo/tcp-policy"), diags: []string{"enforced without them"}},
+	{name: "F4 DENY methods+ports allows 9001", policies: fixtureF4DenyL7,
+		req: rq(pSleep, "foo", "tcp-echo", 9001), want: allowDefault, diags: []string{"enforced without them"}},
+	{name: "F4 DENY methods only is a no-op in ambient", policies: fixtureF4DenyMethodsOnly,
+		req: rq(pSleep, "foo", "tcp-echo", 9000), want: allowDefault,
+		diags: []string{"this DENY rule never matches", "the policy has no effect"}},
+	{name: "DENY L7 from entry is skipped, the L4 entry applies", policies: ap("foo", "deny-mixed", `
+		action: DENY
+		rules: [{from: [{source: {requestPrincipals: ["iss/sub"]}}, {source: {namespaces: ["bar"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyBy("foo/deny-mixed"), diags: []string{"requestPrincipals"}},
+
+	// when conditions.
+	{name: "when source.ip", policies: ap("foo", "w", `rules: [{when: [{key: source.ip, values: ["10.1.0.0/24"]}]}]`),
+		req: rq("", "foo", "x", 80), want: allowBy("foo/w")},
+	{name: "when source.ip notValues", policies: ap("foo", "w", `rules: [{when: [{key: source.ip, notValues: ["10.1.0.0/24"]}]}]`),
+		req: rq("", "foo", "x", 80), want: denyNoMatch},
+	{name: "when destination.port", policies: ap("foo", "w", `rules: [{when: [{key: destination.port, values: ["80", "443"]}]}]`),
+		req: rq("", "foo", "x", 443), want: allowBy("foo/w")},
+	{name: "when destination.ip", policies: ap("foo", "w", `rules: [{when: [{key: destination.ip, values: ["10.2.0.0/16"]}]}]`),
+		req: rq("", "foo", "x", 80).to("10.3.0.1"), want: denyNoMatch},
+	{name: "when source.namespace", policies: ap("foo", "w", `rules: [{when: [{key: source.namespace, values: ["bar"]}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/w")},
+	{name: "when source.principal notValues", policies: ap("foo", "w", `rules: [{when: [{key: source.principal, notValues: ["`+pBarA+`"]}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch},
+	{name: "when with an L7 key drops the ALLOW rule", policies: ap("foo", "w", `rules: [{when: [{key: "request.headers[x-id]", values: ["1"]}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch, diags: []string{"when request.headers[x-id]"}},
+	{name: "when with an L7 key makes the DENY rule inert", policies: ap("foo", "w", `
+		action: DENY
+		rules: [{from: [{source: {namespaces: ["bar"]}}], when: [{key: connection.sni, values: ["a"]}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"never matches", "no effect"}},
+
+	// Rules OR, fields AND.
+	{name: "rules OR: second rule matches", policies: ap("foo", "two-rules", `
+		rules:
+		- from: [{source: {namespaces: ["nope"]}}]
+		- to: [{operation: {ports: ["80"]}}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/two-rules")},
+	{name: "fields AND: from matches, to does not", policies: ap("foo", "and", `
+		rules:
+		- from: [{source: {namespaces: ["bar"]}}]
+		  to: [{operation: {ports: ["8080"]}}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch},
+	{name: "fields AND inside one source", policies: ap("foo", "and", `
+		rules: [{from: [{source: {namespaces: ["bar"], ipBlocks: ["10.9.0.0/16"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch},
+	{name: "from entries OR", policies: ap("foo", "or", `
+		rules: [{from: [{source: {namespaces: ["nope"]}}, {source: {ipBlocks: ["10.1.0.0/16"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/or")},
+
+	// PeerAuthentication.
+	{name: "mesh STRICT denies plaintext", policies: meshStrict,
+		req: rq("", "foo", "x", 80), want: strictBy("istio-system/default")},
+	{name: "mesh STRICT allows mTLS", policies: meshStrict,
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault},
+	{name: "F5 namespace STRICT denies plaintext in foo", policies: fixtureF5StrictFoo,
+		req: rq("", "foo", "x", 80), want: strictBy("foo/default")},
+	{name: "F5 namespace STRICT spares bar", policies: fixtureF5StrictFoo,
+		req: rq("", "bar", "x", 80), want: allowDefault},
+	{name: "namespace PERMISSIVE overrides mesh STRICT", policies: meshStrict + pa("foo", "perm", "", "mtls: {mode: PERMISSIVE}"),
+		req: rq("", "foo", "x", 80), want: allowDefault},
+	{name: "namespace UNSET inherits mesh STRICT", policies: meshStrict + pa("foo", "unset", "", "mtls: {}"),
+		req: rq("", "foo", "x", 80), want: strictBy("istio-system/default")},
+	{name: "workload PERMISSIVE overrides namespace STRICT", policies: fixtureF5StrictFoo + pa("foo", "x-perm", "", "selector: {matchLabels: {app: x}}\nmtls: {mode: PERMISSIVE}"),
+		req: rq("", "foo", "x", 80), want: allowDefault},
+	{name: "workload STRICT over namespace PERMISSIVE", policies: pa("foo", "ns", "", "mtls: {mode: PERMISSIVE}") + pa("foo", "x-strict", "", "selector: {matchLabels: {app: x}}\nmtls: {mode: STRICT}"),
+		req: rq("", "foo", "x", 80), want: strictBy("foo/x-strict")},
+	{name: "DISABLE acts as PERMISSIVE", policies: pa("istio-system", "default", "", "mtls: {mode: DISABLE}"),
+		req: rq("", "foo", "x", 80), want: allowDefault, diags: []string{"treated as PERMISSIVE"}},
+	{name: "F5 finance portLevelMtls DISABLE exempts 8080", policies: fixtureF5Finance,
+		req: rq("", "foo", "finance", 8080), want: allowDefault, diags: []string{"treated as PERMISSIVE"}},
+	{name: "F5 finance STRICT on other ports", policies: fixtureF5Finance,
+		req: rq("", "foo", "finance", 8443), want: strictBy("foo/finance"), diags: []string{"treated as PERMISSIVE"}},
+	{name: "port-level STRICT under mesh PERMISSIVE", policies: pa("foo", "db", "", "selector: {matchLabels: {app: db}}\nportLevelMtls: {\"5432\": {mode: STRICT}}"),
+		req: rq("", "foo", "db", 5432), want: strictBy("foo/db")},
+	{name: "port-level STRICT leaves other ports PERMISSIVE", policies: pa("foo", "db", "", "selector: {matchLabels: {app: db}}\nportLevelMtls: {\"5432\": {mode: STRICT}}"),
+		req: rq("", "foo", "db", 80), want: allowDefault},
+	{name: "port-level PERMISSIVE under inherited STRICT", policies: meshStrict + pa("foo", "db", "", "selector: {matchLabels: {app: db}}\nportLevelMtls: {\"9090\": {mode: PERMISSIVE}}"),
+		req: rq("", "foo", "db", 9090), want: allowDefault},
+	{name: "oldest namespace PeerAuthentication wins", policies: pa("foo", "b-new-strict", "2024-06-01T00:00:00Z", "mtls: {mode: STRICT}") +
+		pa("foo", "z-old-permissive", "2023-01-01T00:00:00Z", "mtls: {mode: PERMISSIVE}"),
+		req: rq("", "foo", "x", 80), want: allowDefault},
+	{name: "same age: first name wins", policies: pa("foo", "b-permissive", "2024-01-01T00:00:00Z", "mtls: {mode: PERMISSIVE}") +
+		pa("foo", "a-strict", "2024-01-01T00:00:00Z", "mtls: {mode: STRICT}"),
+		req: rq("", "foo", "x", 80), want: strictBy("foo/a-strict")},
+	{name: "oldest workload PeerAuthentication wins", policies: pa("foo", "new", "2025-01-01T00:00:00Z", "selector: {matchLabels: {app: x}}\nmtls: {mode: PERMISSIVE}") +
+		pa("foo", "old", "2020-01-01T00:00:00Z", "selector: {matchLabels: {tier: web}}\nmtls: {mode: STRICT}"),
+		req: rq("", "foo", "x", 80).label("tier", "web"), want: strictBy("foo/old")},
+	{name: "root-namespace selector PeerAuthentication ignored", policies: pa("istio-system", "sel", "", "selector: {matchLabels: {app: x}}\nmtls: {mode: STRICT}"),
+		req: rq("", "foo", "x", 80), want: allowDefault, diags: []string{"root namespace is ignored"}},
+	{name: "STRICT then AuthorizationPolicy for mTLS", policies: meshStrict + fixtureF1,
+		req: rq(pSleep, "default", "productpage", 9080), want: denyNoMatch},
+	{name: "STRICT is reported before a DENY", policies: meshStrict + ap("foo", "deny-all", "action: DENY\nrules: [{}]"),
+		req: rq("", "foo", "x", 80), want: strictBy("istio-system/default")},
+
+	// Invalid objects are rejected; the rest applies.
+	{name: "bad CIDR rejects the DENY", policies: ap("foo", "bad", `
+		action: DENY
+		rules: [{from: [{source: {ipBlocks: ["10.1.0.0/16", "10.0.0/33"]}}]}]`),
+		req: rq("", "foo", "x", 80), want: allowDefault,
+		diags: []string{`authz: AuthorizationPolicy foo/bad: rules[0].from[0].source.ipBlocks[1]: invalid CIDR "10.0.0/33"`}},
+	{name: "bad ALLOW rejected, valid DENY still applies", policies: ap("foo", "bad-allow", `rules: [{to: [{operation: {ports: ["http"]}}]}]`) +
+		ap("foo", "deny-bar", "action: DENY\nrules: [{from: [{source: {namespaces: [bar]}}]}]"),
+		req: rq(pBarA, "foo", "x", 80), want: denyBy("foo/deny-bar"), diags: []string{`rules[0].to[0].operation.ports[0]: invalid port "http"`}},
+	{name: "unknown action rejected", policies: ap("foo", "bad", "action: REJECT\nrules: [{}]"),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{`action: unknown action "REJECT"`}},
+	{name: "principal with spiffe:// rejected", policies: ap("foo", "bad", `rules: [{from: [{source: {principals: ["spiffe://`+pBarA+`"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"principals[0]: malformed principal"}},
+	{name: "principal with a middle wildcard rejected", policies: ap("foo", "bad", `rules: [{from: [{source: {principals: ["cluster.local/ns/*/sa/a"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"one wildcard at most"}},
+	{name: "principal without ns/sa rejected", policies: ap("foo", "bad", `rules: [{from: [{source: {principals: ["bar-a"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"want <trust domain>/ns/"}},
+	{name: "unknown when key rejected", policies: ap("foo", "bad", `rules: [{when: [{key: source.color, values: [red]}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{`unknown key "source.color"`}},
+	{name: "DENY without rules rejected", policies: ap("foo", "bad", "action: DENY"),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"DENY policy without rules"}},
+	{name: "bad PeerAuthentication mode rejected", policies: pa("foo", "bad", "", "mtls: {mode: strict}"),
+		req: rq("", "foo", "x", 80), want: allowDefault, diags: []string{`mtls.mode: unknown mode "strict"`}},
+	{name: "namespace PeerAuthentication with portLevelMtls rejected", policies: pa("foo", "bad", "", "mtls: {mode: STRICT}\nportLevelMtls: {\"80\": {mode: PERMISSIVE}}"),
+		req: rq("", "foo", "x", 80), want: allowDefault, diags: []string{"cannot have port-level mTLS"}},
+
+	// Ignored with a warning.
+	{name: "AUDIT ignored", policies: ap("foo", "audit", "action: AUDIT\nrules: [{}]"),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"AUDIT is not supported at L4"}},
+	{name: "CUSTOM ignored", policies: ap("foo", "ext", "action: CUSTOM\nprovider: {name: opa}\nrules: [{}]"),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"CUSTOM is not supported at L4"}},
+	{name: "targetRefs ignored", policies: ap("foo", "wp", "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\nrules: [{}]\naction: DENY"),
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"targetRefs policies are enforced by waypoints"}},
+	{name: "dry-run ignored", policies: "\n---\nkind: AuthorizationPolicy\nmetadata: {name: dry, namespace: foo, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n",
+		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"dry-run policies are not enforced"}},
+
+	// Requests.
+	{name: "malformed request principal denied", req: rq("cluster.local/sa/x", "foo", "x", 80),
+		want: Decision{Reason: ReasonMalformedPrincipal}},
+}
+
+func TestDecide(t *testing.T) {
+	if len(scenarios) < 60 {
+		t.Fatalf("only %d scenarios", len(scenarios))
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			aps, pas := load(t, sc.policies)
+			e, ds := Compile(sc.cfg, aps, pas)
+			checkDiags(t, ds, sc.diags)
+			got := e.Decide(sc.req)
+			if got.Allow != sc.want.Allow || got.Policy != sc.want.Policy || got.Kind != sc.want.Kind {
+				t.Fatalf("Decide = %+v\nwant %+v", got, sc.want)
+			}
+			if sc.want.Reason != "" && got.Reason != sc.want.Reason {
+				t.Errorf("Reason = %q, want %q", got.Reason, sc.want.Reason)
+			}
+			if got.Reason == "" {
+				t.Errorf("empty Reason")
+			}
+			if sc.want.Policy != "" && !strings.Contains(got.Reason, sc.want.Policy) {
+				t.Errorf("Reason %q does not name %s", got.Reason, sc.want.Policy)
+			}
+			// Explain agrees with Decide.
+			if x := e.Explain(sc.req); x.Decision != got {
+				t.Errorf("Explain().Decision = %+v, Decide = %+v", x.Decision, got)
+			}
+		})
+	}
+}
+
+func checkDiags(t *testing.T, ds []Diagnostic, want []string) {
+	t.Helper()
+	if len(ds) != len(want) {
+		t.Errorf("got %d diagnostics, want %d:", len(ds), len(want))
+		for _, d := range ds {
+			t.Errorf("  %v", d)
+		}
+		return
+	}
+	for i, d := range ds {
+		if !strings.Contains(d.Error(), want[i]) {
+			t.Errorf("diagnostic %d = %q, want it to contain %q", i, d.Error(), want[i])
+		}
+	}
+}
