@@ -1,0 +1,20 @@
+package deploy
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed kustomization.yaml crds/*.yaml base/*.yaml
+var manifests embed.FS
+
+// FS returns the manifests, rooted at this directory: kustomization.yaml,
+// crds/*.yaml and base/*.yaml. The returned file system is read-only and safe
+// for concurrent use.
+func FS() fs.FS { return manifests }
+
+// CRDFiles lists, in FS, the CustomResourceDefinitions Ferry reads: Istio's
+// security.istio.io AuthorizationPolicy and PeerAuthentication.
+func CRDFiles() []string {
+	return []string{"crds/authorizationpolicies.yaml", "crds/peerauthentications.yaml"}
+}

@@ -1,0 +1,167 @@
+package kubetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/restmapper"
+
+	"github.com/ferrymesh/ferry/deploy"
+)
+
+// FieldManager is the server-side apply field manager Apply uses.
+const FieldManager = "kubetest"
+
+// ApplyOptions tune Apply.
+type ApplyOptions struct {
+	// DryRun asks the API server to validate, default and admit every object
+	// (schema, RBAC, admission plugins) without persisting it.
+	DryRun bool
+}
+
+// Apply server-side applies every object in the YAML (or JSON) documents of
+// manifests, in order, and returns them as the server answered. It stops at
+// the first error, which names the object.
+func (c *Cluster) Apply(ctx context.Context, manifests []byte, opts ApplyOptions) ([]*unstructured.Unstructured, error) {
+	objs, err := DecodeYAML(manifests)
+	if err != nil {
+		return nil, err
+	}
+	disco, err := discovery.NewDiscoveryClientForConfig(c.Config)
+	if err != nil {
+		return nil, err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
+	var out []*unstructured.Unstructured
+	for _, obj := range objs {
+		gvk := obj.GroupVersionKind()
+		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if meta.IsNoMatchError(err) {
+			mapper.Reset() // a CRD applied just before
+			mapping, err = mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		}
+		if err != nil {
+			return out, fmt.Errorf("kubetest: %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		ri := c.Dynamic.Resource(mapping.Resource)
+		var res *unstructured.Unstructured
+		ao := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
+		if opts.DryRun {
+			ao.DryRun = []string{metav1.DryRunAll}
+		}
+		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+			if obj.GetNamespace() == "" {
+				obj.SetNamespace("default")
+			}
+			res, err = ri.Namespace(obj.GetNamespace()).Apply(ctx, obj.GetName(), obj, ao)
+		} else {
+			res, err = ri.Apply(ctx, obj.GetName(), obj, ao)
+		}
+		if err != nil {
+			return out, fmt.Errorf("kubetest: apply %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// DecodeYAML splits a multi-document YAML or JSON stream into objects,
+// skipping empty documents. Every object must have apiVersion and kind.
+func DecodeYAML(manifests []byte) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifests), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		err := dec.Decode(&m)
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kubetest: decode manifests: %w", err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		obj := &unstructured.Unstructured{Object: m}
+		if obj.GetAPIVersion() == "" || obj.GetKind() == "" {
+			return nil, fmt.Errorf("kubetest: object %q has no apiVersion or kind", obj.GetName())
+		}
+		objs = append(objs, obj)
+	}
+}
+
+// InstallCRDs applies deploy/crds (Istio's AuthorizationPolicy and
+// PeerAuthentication) and waits until both are established and served.
+// Start calls it.
+func (c *Cluster) InstallCRDs(ctx context.Context) error {
+	var all []byte
+	for _, name := range deploy.CRDFiles() {
+		b, err := fs.ReadFile(deploy.FS(), name)
+		if err != nil {
+			return err
+		}
+		all = append(append(all, b...), "\n---\n"...)
+	}
+	crds, err := c.Apply(ctx, all, ApplyOptions{})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, crd := range crds {
+		group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+		plural, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "plural")
+		gvr := schema.GroupVersionResource{Group: group, Version: "v1", Resource: plural}
+		for {
+			err := c.crdServed(ctx, crd.GetName(), gvr)
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("kubetest: CRD %s not served: %w", crd.GetName(), err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// crdServed returns nil once the CRD is Established and a list of its
+// resource succeeds.
+func (c *Cluster) crdServed(ctx context.Context, name string, gvr schema.GroupVersionResource) error {
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	crd, err := c.Dynamic.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+	established := false
+	for _, cond := range conds {
+		m, _ := cond.(map[string]any)
+		if m["type"] == "Established" && m["status"] == "True" {
+			established = true
+		}
+	}
+	if !established {
+		return errors.New("not established")
+	}
+	_, err = c.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1})
+	if apierrors.IsNotFound(err) {
+		return errors.New("not served yet")
+	}
+	return err
+}

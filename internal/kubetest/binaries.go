@@ -1,0 +1,82 @@
+package kubetest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// AssetsEnv names the environment variable that points at a directory holding
+// etcd and kube-apiserver, bypassing scripts/kube-test-binaries.
+const AssetsEnv = "FERRY_KUBE_ASSETS"
+
+// Binaries returns the directory holding the etcd and kube-apiserver
+// executables: $FERRY_KUBE_ASSETS when set, else the cache maintained by
+// scripts/kube-test-binaries, which it runs (building on first use; the
+// script is idempotent, locked and takes under a second when warm). It fails
+// t when the binaries cannot be provisioned.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	if dir := os.Getenv(AssetsEnv); dir != "" {
+		for _, name := range []string{"etcd", "kube-apiserver"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+				t.Fatalf("kubetest: $%s: %v", AssetsEnv, err)
+			}
+		}
+		return dir
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatalf("kubetest: %v", err)
+	}
+	script := filepath.Join(root, "scripts", "kube-test-binaries")
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(t.Context(), script)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kubetest: %s: %v\n%s", script, err, tail(stderr.Bytes(), 60))
+	}
+	if stderr.Len() > 0 {
+		t.Logf("kubetest: %s:\n%s", script, tail(stderr.Bytes(), 20))
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	dir := lines[len(lines)-1]
+	if !filepath.IsAbs(dir) {
+		t.Fatalf("kubetest: %s printed %q, want a directory", script, stdout.String())
+	}
+	return dir
+}
+
+// moduleRoot finds the directory of Ferry's go.mod above the working
+// directory (a test's working directory is its package directory).
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(b, []byte("module github.com/ferrymesh/ferry\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("ferry's go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// tail returns the last n lines of b.
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("[... %d lines]", len(lines)-n)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
