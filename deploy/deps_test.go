@@ -16,6 +16,6 @@ func TestDeps(t *testing.T) {
 		"github.com/ferrymesh/ferry/certs/...":  "deploy only embeds manifests",
 		"github.com/ferrymesh/ferry/authz/...":  "deploy only embeds manifests",
 		"github.com/ferrymesh/ferry/bpf/...":    "deploy only embeds manifests",
-		"k8s.io/...":                     "deploy only embeds manifests",
+		"k8s.io/...":                            "deploy only embeds manifests",
 	})
 }
