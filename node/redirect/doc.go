@@ -1,0 +1,23 @@
+// Package redirect computes and applies the policy routing that delivers
+// enrolled pods' TCP to the Ferry agent in the node's network namespace, and
+// provides the transparent sockets the agent uses on both ends.
+//
+// The plan is pure: NewPlan turns the set of enrolled pod addresses and a
+// Config into the rules, routes and BPF map entries that must exist. Apply
+// converges the calling thread's network namespace to a plan through netlink,
+// touching only objects tagged with Ferry's protocol number (Protocol);
+// Cleanup removes every such object and nothing else.
+//
+// Together with the sk_lookup program of package bpf this gives TPROXY
+// semantics without iptables:
+//
+//	pref 99  iif lo lookup main                          node-originated traffic is never captured
+//	pref 100 from <pod>/32 ipproto tcp lookup 15001      outbound: pod TCP is delivered locally
+//	pref 101 ipproto tcp lookup 15006                    inbound: TCP to enrolled pods is delivered locally
+//	table 15001: local 0.0.0.0/0 dev lo
+//	table 15006: local <pod>/32 dev lo (one per enrolled pod)
+//
+// Locally delivered connections then meet the sk_lookup program, which hands
+// them to the agent's listeners; the agent sees the original destination as
+// the accepted connection's local address.
+package redirect

@@ -1,0 +1,240 @@
+package redirect
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Protocol is the routing protocol number (RTPROT_*, FRA_PROTOCOL) carried by
+// every rule and route Ferry installs. It is how Apply and Cleanup recognise
+// Ferry's objects, so nothing else may use it. 153 (0x99) is not assigned in
+// the kernel's or iproute2's protocol tables (which stop at 99 below the
+// routing daemons' 186–192); `ip rule` and `ip route` show it as "proto 153".
+//
+// `ip rule show protocol 153` does not filter (iproute2 6.1 lists every rule):
+// filter in code.
+const Protocol = 153
+
+// Defaults for Config. The table numbers echo the outbound (15001) and inbound
+// (15006) capture ports and stay clear of the ranges CNIs allocate from
+// (Calico 1–250, Cilium 2004–2005, AWS VPC CNI per-ENI tables) and of the
+// kernel's own tables (253–255).
+const (
+	DefaultCaptureTable = 15001
+	DefaultInboundTable = 15006
+	DefaultPriority     = 99
+)
+
+// NumPriorities is the size of Ferry's reserved rule priority range,
+// [Config.Priority, Config.Priority+NumPriorities).
+const NumPriorities = 3
+
+// Config chooses Ferry's routing table numbers and rule priorities. The zero
+// value means the defaults.
+type Config struct {
+	// CaptureTable holds the single route `local 0.0.0.0/0 dev lo`;
+	// enrolled pods' TCP is looked up there. 0 means DefaultCaptureTable.
+	CaptureTable int
+	// InboundTable holds `local <pod>/32 dev lo` for each enrolled pod.
+	// 0 means DefaultInboundTable.
+	InboundTable int
+	// Priority is the first of NumPriorities consecutive rule priorities
+	// reserved for Ferry: Priority (node-originated traffic to main),
+	// Priority+1 (per-pod outbound capture), Priority+2 (inbound capture).
+	// They must come before the main table's rule (32766) and after the
+	// local table's (0). 0 means DefaultPriority.
+	Priority int
+}
+
+// RegisterFlags registers c's fields as flags on fs, with their defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.IntVar(&c.CaptureTable, "redirect-capture-table", DefaultCaptureTable, "routing table for enrolled pods' outbound TCP (local 0.0.0.0/0 dev lo)")
+	fs.IntVar(&c.InboundTable, "redirect-inbound-table", DefaultInboundTable, "routing table holding local <podIP>/32 routes for inbound capture")
+	fs.IntVar(&c.Priority, "redirect-rule-priority", DefaultPriority, fmt.Sprintf("first of %d consecutive ip rule priorities reserved for Ferry", NumPriorities))
+}
+
+func (c Config) withDefaults() Config {
+	if c.CaptureTable == 0 {
+		c.CaptureTable = DefaultCaptureTable
+	}
+	if c.InboundTable == 0 {
+		c.InboundTable = DefaultInboundTable
+	}
+	if c.Priority == 0 {
+		c.Priority = DefaultPriority
+	}
+	return c
+}
+
+// Kernel tables and rule priorities Ferry must never take.
+const (
+	tableMain    = 254
+	tableDefault = 253
+	tableLocal   = 255
+	prioMain     = 32766
+)
+
+func (c Config) validate() error {
+	var errs []error
+	for _, t := range []struct {
+		name string
+		n    int
+	}{{"capture", c.CaptureTable}, {"inbound", c.InboundTable}} {
+		if t.n < 1 || t.n >= tableDefault && t.n <= tableLocal || int64(t.n) > 1<<32-1 {
+			errs = append(errs, fmt.Errorf("%s table %d: want 1–252 or 256–4294967295", t.name, t.n))
+		}
+	}
+	if c.CaptureTable == c.InboundTable {
+		errs = append(errs, fmt.Errorf("capture and inbound tables are both %d", c.CaptureTable))
+	}
+	if c.Priority < 1 || c.Priority+NumPriorities > prioMain {
+		errs = append(errs, fmt.Errorf("rule priority %d: want 1–%d", c.Priority, prioMain-NumPriorities))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("redirect: config: %w", err)
+	}
+	return nil
+}
+
+// Rule is one policy routing rule: `ip rule add pref Priority [from Src]
+// [iif IIF] [ipproto IPProto] lookup Table proto 153`.
+type Rule struct {
+	Priority int
+	Src      netip.Prefix // the zero Prefix matches any source
+	IIF      string       // "" matches any input interface
+	IPProto  uint8        // 0 matches any protocol
+	Table    int
+}
+
+func (r Rule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "pref %d from ", r.Priority)
+	if r.Src.IsValid() {
+		b.WriteString(r.Src.String())
+	} else {
+		b.WriteString("all")
+	}
+	if r.IIF != "" {
+		fmt.Fprintf(&b, " iif %s", r.IIF)
+	}
+	if r.IPProto != 0 {
+		fmt.Fprintf(&b, " ipproto %s", protoName(r.IPProto))
+	}
+	fmt.Fprintf(&b, " lookup %s proto %d", tableName(r.Table), Protocol)
+	return b.String()
+}
+
+// Route is one `local` route: `ip route add local Dst dev lo table Table
+// proto 153` (scope host). Ferry installs no other kind.
+type Route struct {
+	Table int
+	Dst   netip.Prefix
+}
+
+func (r Route) String() string {
+	return fmt.Sprintf("local %s dev lo table %d proto %d scope host", r.Dst, r.Table, Protocol)
+}
+
+// Plan is the state the node's network namespace must be in for a set of
+// enrolled pods: Ferry's rules and routes, and the addresses the BPF
+// ferry_pods map must hold. Apply installs Rules and Routes; the caller puts
+// Pods in the map (bpf.Objects.SetPods).
+type Plan struct {
+	Rules  []Rule
+	Routes []Route
+	// Pods are the enrolled IPv4 addresses, sorted and without duplicates.
+	Pods []netip.Addr
+	// Skipped are addresses given to NewPlan that Ferry cannot capture
+	// (IPv6 today), for the caller to report. Sorted.
+	Skipped []netip.Addr
+}
+
+// NewPlan computes the plan for the enrolled pod addresses pods. It is pure.
+// With no (IPv4) pod the plan is empty: Ferry leaves no trace in a namespace
+// that has nothing to capture. The error reports an invalid Config.
+func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return Plan{}, err
+	}
+	var p Plan
+	for _, a := range pods {
+		a = a.Unmap()
+		if a.Is4() {
+			p.Pods = append(p.Pods, a)
+		} else {
+			p.Skipped = append(p.Skipped, a)
+		}
+	}
+	slices.SortFunc(p.Pods, netip.Addr.Compare)
+	p.Pods = slices.Compact(p.Pods)
+	slices.SortFunc(p.Skipped, netip.Addr.Compare)
+	p.Skipped = slices.Compact(p.Skipped)
+	if len(p.Pods) == 0 {
+		return p, nil
+	}
+
+	const tcp = 6
+	p.Rules = append(p.Rules, Rule{Priority: cfg.Priority, IIF: "lo", Table: tableMain})
+	for _, a := range p.Pods {
+		p.Rules = append(p.Rules, Rule{Priority: cfg.Priority + 1, Src: netip.PrefixFrom(a, 32), IPProto: tcp, Table: cfg.CaptureTable})
+	}
+	p.Rules = append(p.Rules, Rule{Priority: cfg.Priority + 2, IPProto: tcp, Table: cfg.InboundTable})
+
+	p.Routes = append(p.Routes, Route{Table: cfg.CaptureTable, Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0)})
+	for _, a := range p.Pods {
+		p.Routes = append(p.Routes, Route{Table: cfg.InboundTable, Dst: netip.PrefixFrom(a, 32)})
+	}
+	return p, nil
+}
+
+// String renders p one object per line, in a stable order: the golden-file
+// form.
+func (p Plan) String() string {
+	var b strings.Builder
+	b.WriteString("# ip rules\n")
+	for _, r := range p.Rules {
+		b.WriteString(r.String() + "\n")
+	}
+	b.WriteString("# ip routes\n")
+	for _, r := range p.Routes {
+		b.WriteString(r.String() + "\n")
+	}
+	b.WriteString("# bpf ferry_pods\n")
+	for _, a := range p.Pods {
+		b.WriteString(a.String() + "\n")
+	}
+	if len(p.Skipped) > 0 {
+		b.WriteString("# not captured (not IPv4)\n")
+		for _, a := range p.Skipped {
+			b.WriteString(a.String() + "\n")
+		}
+	}
+	return b.String()
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}
+
+func tableName(t int) string {
+	switch t {
+	case tableMain:
+		return "main"
+	case tableLocal:
+		return "local"
+	case tableDefault:
+		return "default"
+	}
+	return fmt.Sprint(t)
+}

@@ -1,0 +1,70 @@
+package redirect
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ListenTransparent opens a TCP (IPv4) listener for captured connections:
+// IP_TRANSPARENT, so it may accept connections addressed to any IP (the
+// original destination is the accepted conn's LocalAddr) and answer from it;
+// SO_REUSEPORT, so an upgraded agent can bind the same address while the old
+// one drains; and never MPTCP (Go listeners are MPTCP by default since Go 1.24,
+// and a SOCKMAP refuses MPTCP sockets). Needs CAP_NET_ADMIN (or NET_RAW).
+func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return setsockopts(c, true)
+	}}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(ctx, "tcp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("redirect: listen transparent: %w", err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// DialTransparent dials dst from the address src, which need not be local
+// (IP_TRANSPARENT, bound to src:0): the agent dials a pod as the original
+// client, or a peer's HBONE port as the source pod. Replies come back to the
+// socket through the inbound and capture routes Apply installs, so src must
+// be an enrolled pod (for the capture rule) or dst one (for the inbound
+// route). The zero src dials from the namespace's own address as usual.
+func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return setsockopts(c, false)
+	}}
+	d.SetMultipathTCP(false)
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src.Unmap(), 0))
+	}
+	c, err := d.DialContext(ctx, "tcp4", dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("redirect: dial %v from %v: %w", dst, src, err)
+	}
+	return c, nil
+}
+
+func setsockopts(c syscall.RawConn, reuseport bool) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		if serr != nil {
+			serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+			return
+		}
+		if reuseport {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+				serr = fmt.Errorf("SO_REUSEPORT: %w", serr)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
