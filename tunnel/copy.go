@@ -1,0 +1,141 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// Copy buffers start at copyStart and double, up to maxBufSize, while reads
+// fill them; they shrink again when reads come back small. A buffer is held
+// only while bytes move: an idle connection holds none.
+const copyStart = 16 << 10
+
+// halfCloser is a connection that can end its write side alone.
+type halfCloser interface{ CloseWrite() error }
+
+// pair joins two connections: src faces the connection's source (client),
+// dst its destination. It aborts both at most once.
+type pair struct {
+	src, dst  net.Conn
+	abortOnce sync.Once
+}
+
+// abort resets both connections, so both copy directions end at once.
+func (p *pair) abort() {
+	p.abortOnce.Do(func() {
+		abortConn(p.src)
+		abortConn(p.dst)
+	})
+}
+
+// abortConn closes c so that its peer sees a reset, not an orderly end.
+func abortConn(c net.Conn) {
+	switch c := c.(type) {
+	case *Stream:
+		c.abort()
+	case *net.TCPConn:
+		c.SetLinger(0)
+		c.Close()
+	default:
+		c.Close()
+	}
+}
+
+// copyResult is how a proxied connection ended.
+type copyResult struct {
+	err error // first copy error; nil when both directions ended cleanly
+}
+
+// run copies both ways until both directions end, carrying half-closes
+// across, then closes both connections. A failing direction aborts both.
+// recv and sent count bytes src→dst and dst→src, once per chunk.
+func (p *pair) run(recv, sent func(int)) copyResult {
+	errc := make(chan error, 1)
+	go func() { errc <- p.half(p.dst, p.src, recv) }()
+	err := p.half(p.src, p.dst, sent)
+	err2 := <-errc
+	p.src.Close()
+	p.dst.Close()
+	return copyResult{err: errors.Join(err, err2)}
+}
+
+// half copies from → to until EOF, then half-closes to. On an error it
+// aborts the pair and returns the error.
+func (p *pair) half(to, from net.Conn, count func(int)) error {
+	err := copyOne(to, from, count)
+	if err != nil {
+		p.abort()
+		return err
+	}
+	if hc, ok := to.(halfCloser); ok {
+		if err := hc.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.abort()
+			return err
+		}
+	} else {
+		to.Close()
+	}
+	return nil
+}
+
+// copyOne moves bytes until from reports EOF (nil) or an error.
+func copyOne(to, from net.Conn, count func(int)) error {
+	if s, ok := from.(*Stream); ok {
+		return copyFromStream(to, s, count)
+	}
+	size := copyStart
+	full := false
+	for {
+		if !full {
+			// Wait until there is something to read before taking a buffer.
+			if err := waitReadable(from); err != nil {
+				return err
+			}
+		}
+		buf := getBuf(size)[:size]
+		n, err := from.Read(buf)
+		if n > 0 {
+			if _, werr := to.Write(buf[:n]); werr != nil {
+				putBuf(buf)
+				return werr
+			}
+			count(n)
+		}
+		putBuf(buf)
+		full = n == size
+		switch {
+		case full && size < maxBufSize:
+			size *= 2
+		case n < size/4 && size > copyStart:
+			size /= 2
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// copyFromStream writes a stream's received chunks straight to to.
+func copyFromStream(to net.Conn, s *Stream, count func(int)) error {
+	for {
+		data, base, err := s.nextChunk()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		_, werr := to.Write(data)
+		putBuf(base)
+		s.consumed(len(data))
+		if werr != nil {
+			return werr
+		}
+		count(len(data))
+	}
+}

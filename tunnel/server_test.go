@@ -1,0 +1,489 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrymesh/ferry/certs"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestConnectEcho(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	msg := []byte("hello through HBONE")
+	if _, err := st.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(st, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("got %q, want %q", got, msg)
+	}
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := io.Copy(io.Discard, st); err != nil || n != 0 {
+		t.Fatalf("after CloseWrite: %d bytes, %v; want EOF", n, err)
+	}
+}
+
+// TestHalfCloseClientToServer: the client's CloseWrite reaches the upstream
+// as EOF while the upstream's response still flows back.
+func TestHalfCloseClientToServer(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, func(c *net.TCPConn) {
+		data, err := io.ReadAll(c) // until the client's half-close
+		if err != nil {
+			return
+		}
+		// Answer only after EOF: proves the EOF arrived with the write side open.
+		c.Write([]byte("got " + string(data)))
+		c.CloseWrite()
+	})
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Write([]byte("request"))
+	st.CloseWrite()
+	resp, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(resp) != "got request" {
+		t.Fatalf("response %q", resp)
+	}
+}
+
+// TestHalfCloseServerToClient: the upstream's CloseWrite reaches the client
+// as EOF while the client can still send.
+func TestHalfCloseServerToClient(t *testing.T) {
+	e := newEnv(t)
+	got := make(chan string, 1)
+	b := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("banner"))
+		c.CloseWrite()
+		data, _ := io.ReadAll(c)
+		got <- string(data)
+	})
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	banner, err := io.ReadAll(st)
+	if err != nil || string(banner) != "banner" {
+		t.Fatalf("banner %q, %v", banner, err)
+	}
+	if _, err := st.Write([]byte("still talking")); err != nil {
+		t.Fatalf("write after server half-close: %v", err)
+	}
+	st.CloseWrite()
+	if s := <-got; s != "still talking" {
+		t.Fatalf("upstream got %q", s)
+	}
+}
+
+// rawConnect opens a stream with arbitrary request headers on a pooled
+// connection and returns the response status.
+func rawConnect(t *testing.T, e *env, fields []hpack.HeaderField) int {
+	t.Helper()
+	key := poolKey{src: idClient, dst: idServer, srcIP: netip.MustParseAddr("127.0.0.1"), hbone: e.hbone}
+	c, err := e.cli.conn(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.openStream(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	err = st.awaitResponse(t.Context())
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 200
+}
+
+func TestStatusCodes(t *testing.T) {
+	b := newBackend(t, echo)
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closedAddr := addrPort(closed.Addr())
+	closed.Close()
+	deny := netip.MustParseAddrPort("127.0.0.9:9")
+
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) {
+		s.Destinations = DestinationsFunc(func(a netip.Addr) bool { return a.Is4() && a.IsLoopback() })
+		s.Authorizer = AuthorizerFunc(func(_ context.Context, r Request) error {
+			if r.Dst == deny {
+				return errors.New("policy says no")
+			}
+			if r.Peer != idClient {
+				return errors.New("wrong peer")
+			}
+			return nil
+		})
+	})
+	connect := func(auth string) []hpack.HeaderField {
+		return []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: auth}}
+	}
+	for _, tc := range []struct {
+		name   string
+		fields []hpack.HeaderField
+		want   int
+	}{
+		{"ok", connect(b.addr.String()), 200},
+		{"GET", []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/"}, {Name: ":authority", Value: b.addr.String()}}, 400},
+		{"hostname authority", connect("example.com:80"), 400},
+		{"no port", connect("127.0.0.1"), 400},
+		{"missing authority", []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}}, 400},
+		{"not local", connect("[::1]:80"), 503},
+		{"dial fails", connect(closedAddr.String()), 503},
+		{"denied", connect(deny.String()), 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.dials.Load()
+			if got := rawConnect(t, e, tc.fields); got != tc.want {
+				t.Fatalf("status %d, want %d", got, tc.want)
+			}
+			if tc.want == 401 || tc.want == 400 {
+				if e.dials.Load() != before {
+					t.Fatal("upstream dialed for a refused CONNECT")
+				}
+			}
+		})
+	}
+	// The client surfaces the status as *StatusError.
+	_, err := e.dial(t.Context(), deny)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 401 {
+		t.Fatalf("Dial to denied destination: %v", err)
+	}
+}
+
+func TestAuthorityMismatch(t *testing.T) {
+	b := newBackend(t, echo)
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) { s.CheckAuthority = true })
+	// The HBONE listener is 127.0.0.1; an authority on 127.0.0.2 is a mismatch.
+	other := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), b.addr.Port())
+	_, err := e.dial(t.Context(), other)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != 400 {
+		t.Fatalf("mismatched authority: %v, want 400", err)
+	}
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatalf("matching authority: %v", err)
+	}
+	st.Close()
+}
+
+func TestIdentityChecks(t *testing.T) {
+	b := newBackend(t, echo)
+	otherCA := newTestCA(t)
+	for _, name := range []string{"wrong server identity", "wrong trust domain", "untrusted client", "expired client", "untrusted server"} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			want := idServer
+			switch name {
+			case "wrong server identity":
+				want = certs.Identity{TrustDomain: "cluster.local", Namespace: "b", ServiceAccount: "other"}
+			case "wrong trust domain":
+				cert := e.ca.issue(t, certs.Identity{TrustDomain: "evil.local", Namespace: "a", ServiceAccount: "client"})
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+			case "untrusted client":
+				cert := otherCA.issue(t, idClient)
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+			case "expired client":
+				cert := e.ca.issueAt(t, idClient, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+			case "untrusted server":
+				cert := e.ca.issue(t, idClient)
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return otherCA.clientTLS(cert, w), nil }
+			}
+			_, err := e.cli.Dial(t.Context(), DialRequest{Src: idClient, Dst: want, HBONEAddr: e.hbone, Authority: b.addr})
+			if err == nil {
+				t.Fatal("Dial succeeded")
+			}
+			if e.dials.Load() != 0 {
+				t.Fatal("server dialed upstream")
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func TestPoolReuseAndLimit(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	var streams []*Stream
+	defer func() {
+		for _, s := range streams {
+			s.Close()
+		}
+	}()
+	for range 100 {
+		st, err := e.dial(t.Context(), b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, st)
+	}
+	if n := e.tcpDial.Load(); n != 1 {
+		t.Fatalf("100 streams used %d connections, want 1", n)
+	}
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams = append(streams, st)
+	if n := e.tcpDial.Load(); n != 2 {
+		t.Fatalf("101 streams used %d connections, want 2", n)
+	}
+	// Closing a stream frees its slot on the first connection.
+	streams[0].Close()
+	st, err = e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams = append(streams, st)
+	if n := e.tcpDial.Load(); n != 2 {
+		t.Fatalf("after a slot freed: %d connections, want 2", n)
+	}
+	// A different source IP is a different pool key.
+	st, err = e.cli.Dial(t.Context(), DialRequest{Src: idClient, Dst: idServer, SrcAddr: netip.MustParseAddrPort("127.0.0.2:1"), HBONEAddr: e.hbone, Authority: b.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams = append(streams, st)
+	if n := e.tcpDial.Load(); n != 3 {
+		t.Fatalf("new source IP: %d connections, want 3", n)
+	}
+}
+
+func TestOneDialPerKey(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	streams := make(chan *Stream, 50)
+	for range 50 {
+		wg.Go(func() {
+			st, err := e.dial(t.Context(), b.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			streams <- st
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(streams)
+	for err := range errs {
+		t.Error(err)
+	}
+	for st := range streams {
+		st.Close()
+	}
+	if n := e.tcpDial.Load(); n != 1 {
+		t.Fatalf("50 concurrent dials opened %d connections, want 1", n)
+	}
+}
+
+func TestReauthorize(t *testing.T) {
+	var mu sync.Mutex
+	allowed := true
+	policy := func(r Request) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !allowed {
+			return errors.New("revoked")
+		}
+		return nil
+	}
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) {
+		s.Authorizer = AuthorizerFunc(func(_ context.Context, r Request) error { return policy(r) })
+	})
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Write([]byte("x"))
+	io.ReadFull(st, make([]byte, 1))
+	conns := e.srv.Connections()
+	if len(conns) != 1 || conns[0].SrcIdentity != idClient || conns[0].Dst != b.addr || conns[0].BytesReceived != 1 {
+		t.Fatalf("Connections() = %+v", conns)
+	}
+	if n := e.srv.Reauthorize(policy); n != 0 {
+		t.Fatalf("Reauthorize closed %d connections under the same policy", n)
+	}
+	mu.Lock()
+	allowed = false
+	mu.Unlock()
+	if n := e.srv.Reauthorize(policy); n != 1 {
+		t.Fatalf("Reauthorize closed %d, want 1", n)
+	}
+	if _, err := io.ReadAll(st); err == nil {
+		t.Fatal("stream still readable after its connection was revoked")
+	}
+}
+
+// TestLargeTransfer moves 48 MiB each way at once, beyond every window, and
+// checks both checksums.
+func TestLargeTransfer(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const size = 48 << 20
+	src := rand.NewChaCha8([32]byte{1})
+	sent := sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 100_003)
+		for n := 0; n < size; {
+			k := min(len(buf), size-n)
+			src.Read(buf[:k])
+			sent.Write(buf[:k])
+			if _, err := st.Write(buf[:k]); err != nil {
+				errc <- err
+				return
+			}
+			n += k
+		}
+		errc <- st.CloseWrite()
+	}()
+	got := sha256.New()
+	n, err := io.Copy(got, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if n != size || !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
+		t.Fatalf("echoed %d bytes, checksum match %v", n, bytes.Equal(got.Sum(nil), sent.Sum(nil)))
+	}
+}
+
+// TestSlowReaderDoesNotBlockOthers: a stream whose reader stops must not
+// stall another stream on the same connection.
+func TestSlowReaderDoesNotBlockOthers(t *testing.T) {
+	e := newEnv(t)
+	flood := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	b := newBackend(t, echo)
+	slow, err := e.dial(t.Context(), flood.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	// Let the flood fill the slow stream's window (never read).
+	time.Sleep(200 * time.Millisecond)
+	fast, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	if e.tcpDial.Load() != 1 {
+		t.Fatal("streams not on one connection")
+	}
+	msg := bytes.Repeat([]byte("z"), 1<<20)
+	go fast.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(fast, got); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestServeStopsOnCancel(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Write([]byte("x"))
+	io.ReadFull(st, make([]byte, 1))
+	e.cancel()
+	if err := <-e.done; err != nil {
+		t.Fatal(err)
+	}
+	e.cancel = nil
+	e.cli.Close()
+	if _, err := st.Read(make([]byte, 1)); err == nil || err == io.EOF {
+		t.Fatalf("read on a stream of a stopped server: %v", err)
+	}
+	if len(e.srv.Connections()) != 0 {
+		t.Fatal("connections left in the registry")
+	}
+}
+
+func TestDrain(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- e.srv.Drain(t.Context()) }()
+	// The open stream keeps working during the drain.
+	time.Sleep(50 * time.Millisecond)
+	st.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(st, buf); err != nil {
+		t.Fatalf("stream during drain: %v", err)
+	}
+	st.CloseWrite()
+	io.ReadAll(st)
+	st.Close()
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.dial(t.Context(), b.addr); err == nil || !strings.Contains(err.Error(), "") {
+		t.Fatal("dial after drain succeeded")
+	}
+}

@@ -1,0 +1,380 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// ErrWriteClosed is returned by Stream.Write after CloseWrite.
+var ErrWriteClosed = errors.New("tunnel: write after CloseWrite")
+
+// Stream is one HBONE CONNECT stream: a net.Conn whose bytes travel as
+// HTTP/2 DATA frames. CloseWrite half-closes it (END_STREAM), as
+// (*net.TCPConn).CloseWrite does a TCP connection. Read and Write may be
+// called concurrently with each other; Close may be called at any time and
+// fails pending operations. Close with unread data or an open write side
+// resets the stream, like closing a TCP socket with unread data.
+type Stream struct {
+	c  *h2conn
+	id uint32
+
+	// Guarded by c.mu.
+	sendWindow  int64
+	recvAvail   int64
+	unacked     int64
+	recv        recvBuf
+	recvDone    bool  // END_STREAM received
+	sentEnd     bool  // END_STREAM sent or queued
+	err         error // reset, connection closed or Close called
+	closedLocal bool  // Close called
+	responded   bool  // server: response headers sent
+	gotResponse bool  // client: response headers received (or never will be)
+	status      int
+	respFields  []hpack.HeaderField
+	reqFields   []hpack.HeaderField
+	rdl, wdl    deadline
+
+	respReady    chan struct{} // client: closed when the response arrives
+	rwake, wwake chan struct{}
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+func (s *Stream) wakeRead() {
+	select {
+	case s.rwake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Stream) wakeWrite() {
+	select {
+	case s.wwake <- struct{}{}:
+	default:
+	}
+}
+
+// endRecvLocked records END_STREAM from the peer.
+func (s *Stream) endRecvLocked() {
+	s.recvDone = true
+	if s.sentEnd && s.c.streams[s.id] == s {
+		delete(s.c.streams, s.id)
+	}
+	s.wakeRead()
+}
+
+// Read reads data the peer sent; it returns io.EOF after the peer's
+// END_STREAM (its CloseWrite) once the buffer is drained.
+func (s *Stream) Read(p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	for {
+		if s.recv.n > 0 {
+			n := s.recv.read(p)
+			c.creditLocked(s, int64(n))
+			c.mu.Unlock()
+			return n, nil
+		}
+		if s.err != nil {
+			err := s.err
+			c.mu.Unlock()
+			return 0, err
+		}
+		if s.recvDone {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		if len(p) == 0 {
+			c.mu.Unlock()
+			return 0, nil
+		}
+		if s.rdl.expired() {
+			c.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		c.mu.Unlock()
+		<-s.rwake
+		c.mu.Lock()
+	}
+}
+
+// nextChunk waits for received data and takes the oldest buffered chunk out
+// of the stream, so it can be written on without another copy. The caller
+// returns base to the pool with putBuf and reports the bytes with consumed.
+func (s *Stream) nextChunk() (data, base []byte, err error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if s.recv.n > 0 {
+			data, base = s.recv.pop()
+			return data, base, nil
+		}
+		if s.err != nil {
+			return nil, nil, s.err
+		}
+		if s.recvDone {
+			return nil, nil, io.EOF
+		}
+		if s.rdl.expired() {
+			return nil, nil, os.ErrDeadlineExceeded
+		}
+		c.mu.Unlock()
+		<-s.rwake
+		c.mu.Lock()
+	}
+}
+
+// consumed returns n bytes taken with nextChunk to the flow-control windows.
+func (s *Stream) consumed(n int) {
+	s.c.mu.Lock()
+	if s.err == nil {
+		s.c.creditLocked(s, int64(n))
+	} else {
+		s.c.creditLocked(nil, int64(n))
+	}
+	s.c.mu.Unlock()
+}
+
+// Write sends p as DATA frames, waiting for flow-control credit.
+func (s *Stream) Write(p []byte) (int, error) {
+	c := s.c
+	written := 0
+	for len(p) > 0 {
+		c.mu.Lock()
+		var n int64
+		for {
+			if s.err != nil {
+				err := s.err
+				c.mu.Unlock()
+				return written, err
+			}
+			if s.sentEnd {
+				c.mu.Unlock()
+				return written, ErrWriteClosed
+			}
+			if s.wdl.expired() {
+				c.mu.Unlock()
+				return written, os.ErrDeadlineExceeded
+			}
+			n = min(int64(len(p)), s.sendWindow, c.sendWindow, int64(min(c.peerMaxFrame, maxWriteChunk)))
+			if n > 0 {
+				break
+			}
+			c.mu.Unlock()
+			<-s.wwake
+			c.mu.Lock()
+		}
+		s.sendWindow -= n
+		c.sendWindow -= n
+		c.mu.Unlock()
+		if err := c.writeData(s.id, p[:n]); err != nil {
+			return written, err
+		}
+		written += int(n)
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// CloseWrite half-closes the stream: the peer reads EOF, and this side can
+// still read.
+func (s *Stream) CloseWrite() error {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.err != nil {
+		return s.err
+	}
+	if s.sentEnd {
+		return nil
+	}
+	s.sentEnd = true
+	c.queueLocked(ctlFrame{typ: http2.FrameData, stream: s.id})
+	if s.recvDone && c.streams[s.id] == s {
+		delete(c.streams, s.id)
+	}
+	return nil
+}
+
+// Close releases the stream. A stream both sides finished closes silently;
+// one with nothing left to read sends END_STREAM first; otherwise the
+// stream is reset.
+func (s *Stream) Close() error { return s.close(false) }
+
+// abort resets the stream (RST_STREAM CANCEL), like closing a TCP socket
+// with SO_LINGER 0; used when the other half of a proxied pair failed.
+func (s *Stream) abort() error { return s.close(true) }
+
+func (s *Stream) close(abort bool) error {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.closedLocal {
+		return nil
+	}
+	s.closedLocal = true
+	if s.err == nil {
+		switch {
+		case abort:
+			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+		case !s.sentEnd && s.recv.n == 0:
+			s.sentEnd = true
+			c.queueLocked(ctlFrame{typ: http2.FrameData, stream: s.id})
+			if !s.recvDone {
+				c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+			}
+		case !s.sentEnd:
+			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+		case !s.recvDone:
+			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeNo)})
+		}
+	}
+	c.forgetLocked(s, net.ErrClosed)
+	s.rdl.stop()
+	s.wdl.stop()
+	c.releaseLocked()
+	return nil
+}
+
+// LocalAddr returns the local address of the carrying connection.
+func (s *Stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote address of the carrying connection.
+func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline makes Read fail with os.ErrDeadlineExceeded after t.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.rdl.set(t, s.wakeRead)
+	return nil
+}
+
+// SetWriteDeadline makes Write fail with os.ErrDeadlineExceeded after t.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.wdl.set(t, s.wakeWrite)
+	return nil
+}
+
+// deadline is a settable point in time that wakes a waiter when it passes.
+type deadline struct {
+	t     time.Time
+	timer *time.Timer
+}
+
+func (d *deadline) set(t time.Time, wake func()) {
+	d.stop()
+	d.t = t
+	if t.IsZero() {
+		wake()
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		d.timer = time.AfterFunc(dur, wake)
+	} else {
+		wake()
+	}
+}
+
+func (d *deadline) stop() {
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+}
+
+func (d *deadline) expired() bool { return !d.t.IsZero() && !time.Now().Before(d.t) }
+
+// recvBuf queues received bytes in pooled chunks that are returned as soon
+// as they are read, so an idle stream holds no buffer.
+type recvBuf struct {
+	chunks []rchunk
+	n      int
+}
+
+type rchunk struct {
+	buf []byte // pooled; buf[r:] is unread
+	r   int
+}
+
+// push appends p. With own, p is a pooled buffer handed over; otherwise p is
+// copied.
+func (b *recvBuf) push(p []byte, own bool) {
+	b.n += len(p)
+	if own {
+		b.chunks = append(b.chunks, rchunk{buf: p})
+		return
+	}
+	if k := len(b.chunks); k > 0 {
+		last := &b.chunks[k-1]
+		if len(last.buf)+len(p) <= cap(last.buf) {
+			last.buf = append(last.buf, p...)
+			return
+		}
+	}
+	size := minBufSize
+	if len(b.chunks) > 0 {
+		size = 16 << 10
+	}
+	nb := append(getBuf(max(len(p), size))[:0], p...)
+	b.chunks = append(b.chunks, rchunk{buf: nb})
+}
+
+// read copies into p and releases drained chunks.
+func (b *recvBuf) read(p []byte) int {
+	n := 0
+	for n < len(p) && len(b.chunks) > 0 {
+		h := &b.chunks[0]
+		k := copy(p[n:], h.buf[h.r:])
+		h.r += k
+		n += k
+		if h.r == len(h.buf) {
+			putBuf(h.buf)
+			b.chunks[0] = rchunk{}
+			b.chunks = b.chunks[1:]
+		}
+	}
+	b.n -= n
+	if len(b.chunks) == 0 {
+		b.chunks = nil
+	}
+	return n
+}
+
+// pop takes the oldest chunk out: its unread bytes and its pooled base.
+func (b *recvBuf) pop() (data, base []byte) {
+	h := b.chunks[0]
+	b.chunks[0] = rchunk{}
+	b.chunks = b.chunks[1:]
+	if len(b.chunks) == 0 {
+		b.chunks = nil
+	}
+	data = h.buf[h.r:]
+	b.n -= len(data)
+	return data, h.buf
+}
+
+// release drops every chunk and reports how many unread bytes it held.
+func (b *recvBuf) release() int {
+	n := b.n
+	for _, h := range b.chunks {
+		putBuf(h.buf)
+	}
+	b.chunks, b.n = nil, 0
+	return n
+}
