@@ -23,6 +23,11 @@ const DefaultPinDir = "/sys/fs/bpf/ferry"
 // connections to an enrolled pod, as in Istio's ztunnel.
 const DefaultHBONEPort = 15008
 
+// ErrNotSupported is wrapped by errors caused by a kernel that lacks a
+// feature the program needs (sk_lookup needs Linux 5.9). Match it with
+// errors.Is.
+var ErrNotSupported = ebpf.ErrNotSupported
+
 // linkPinName is the name of the pinned sk_lookup netns link in the pin
 // directory. Maps are pinned under their own (ferry_*) names.
 const linkPinName = "ferry_sk_lookup_link"
