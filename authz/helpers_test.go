@@ -92,8 +92,8 @@ func rq(principal, ns, app string, port uint16) Request {
 	return r
 }
 
-func (r Request) from(s string) Request       { r.SourceIP = ip(s); return r }
-func (r Request) to(s string) Request         { r.DestinationIP = ip(s); return r }
+func (r Request) from(s string) Request { r.SourceIP = ip(s); return r }
+func (r Request) to(s string) Request   { r.DestinationIP = ip(s); return r }
 func (r Request) label(k, v string) Request {
 	l := map[string]string{k: v}
 	for k2, v2 := range r.Labels {
@@ -103,8 +103,10 @@ func (r Request) label(k, v string) Request {
 	return r
 }
 
-func allowBy(p string) Decision { return Decision{Allow: true, Policy: p, Kind: KindAuthorizationPolicy} }
-func denyBy(p string) Decision  { return Decision{Policy: p, Kind: KindAuthorizationPolicy} }
+func allowBy(p string) Decision {
+	return Decision{Allow: true, Policy: p, Kind: KindAuthorizationPolicy}
+}
+func denyBy(p string) Decision { return Decision{Policy: p, Kind: KindAuthorizationPolicy} }
 func strictBy(p string) Decision {
 	return Decision{Policy: p, Kind: KindPeerAuthentication}
 }
