@@ -15,9 +15,9 @@ type Direction string
 
 // Directions of proxied connections.
 const (
-	Inbound          Direction = "inbound"           // HBONE, port 15008
-	InboundPlaintext Direction = "inbound-plaintext" // captured plaintext, port 15006
-	Outbound         Direction = "outbound"          // captured from a local pod, port 15001
+	DirInbound          Direction = "inbound"           // HBONE, port 15008
+	DirInboundPlaintext Direction = "inbound-plaintext" // captured plaintext, port 15006
+	DirOutbound         Direction = "outbound"          // captured from a local pod, port 15001
 )
 
 // ConnInfo describes one proxied connection.

@@ -375,7 +375,7 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	authority := headerValue(st.reqFields, ":authority")
 	dst, status, reason := s.check(method, authority, local)
 	req := Request{Peer: peer, Src: remote, Dst: dst}
-	info := ConnInfo{Direction: Inbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
+	info := ConnInfo{Direction: DirInbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
 	if status == 0 {
 		if s.cfg.Observer != nil {

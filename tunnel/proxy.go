@@ -1,0 +1,356 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ferrymesh/ferry/certs"
+)
+
+// Mode says how the outbound proxy carries a connection.
+type Mode int
+
+// Outbound modes.
+const (
+	// Deny refuses the connection (the zero value: fail closed).
+	Deny Mode = iota
+	// HBONE tunnels the connection to the destination's node.
+	HBONE
+	// Passthrough dials the destination directly, in plaintext. Only for
+	// destinations outside the mesh.
+	Passthrough
+)
+
+func (m Mode) String() string {
+	switch m {
+	case HBONE:
+		return "hbone"
+	case Passthrough:
+		return "passthrough"
+	default:
+		return "deny"
+	}
+}
+
+// Route is the outbound decision for one connection.
+type Route struct {
+	Mode Mode
+	// Src is the source workload's identity; Dst the identity the HBONE
+	// server must prove.
+	Src, Dst certs.Identity
+	// HBONEAddr is where to tunnel, normally <destination pod IP>:15008.
+	HBONEAddr netip.AddrPort
+	// Reason explains a Deny.
+	Reason string
+	// Baggage is sent with the CONNECT when set.
+	Baggage string
+}
+
+// Router picks the route of an outbound connection from src to its
+// original destination dst.
+type Router interface {
+	Route(src, dst netip.AddrPort) (Route, error)
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(src, dst netip.AddrPort) (Route, error)
+
+// Route calls f.
+func (f RouterFunc) Route(src, dst netip.AddrPort) (Route, error) { return f(src, dst) }
+
+// OutboundConfig configures the outbound proxy (port 15001).
+type OutboundConfig struct {
+	// Client opens HBONE streams (required).
+	Client *Client
+	// Routes decides each connection (required).
+	Routes Router
+	// OriginalDst recovers a captured connection's destination; nil uses
+	// conn.LocalAddr(), right for --redirect none and sk_lookup capture.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// Dial opens passthrough connections; nil dials without binding src.
+	Dial DialFunc
+	// Registry records open connections; nil gives the proxy its own.
+	Registry *Registry
+	// Observer sees every proxied connection; nil means none.
+	Observer Observer
+	// DialTimeout bounds each HBONE or passthrough dial.
+	DialTimeout time.Duration
+}
+
+// Outbound proxies connections captured from local pods.
+type Outbound struct {
+	cfg OutboundConfig
+	log *slog.Logger
+	l   loop
+}
+
+// NewOutbound validates cfg and returns the proxy. It starts nothing.
+func NewOutbound(cfg OutboundConfig, log *slog.Logger) (*Outbound, error) {
+	if cfg.Client == nil || cfg.Routes == nil {
+		return nil, errors.New("tunnel: outbound needs a Client and Routes")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OriginalDst == nil {
+		cfg.OriginalDst = localDst
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = plainDial
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewRegistry()
+	}
+	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
+	return &Outbound{cfg: cfg, log: log}, nil
+}
+
+func localDst(c net.Conn) (netip.AddrPort, error) {
+	ap := addrPort(c.LocalAddr())
+	if !ap.IsValid() {
+		return ap, fmt.Errorf("tunnel: no original destination for %s", c.LocalAddr())
+	}
+	return ap, nil
+}
+
+// Connections returns the open proxied connections.
+func (o *Outbound) Connections() []ConnInfo { return o.cfg.Registry.Connections() }
+
+// Serve accepts on ln until ctx is done, then aborts every connection. It
+// returns nil after ctx is done once its goroutines have exited, or the
+// accept error that stopped it.
+func (o *Outbound) Serve(ctx context.Context, ln net.Listener) error {
+	return o.l.serve(ctx, ln, o.log, o.handle)
+}
+
+func (o *Outbound) handle(ctx context.Context, c net.Conn) {
+	src := addrPort(c.RemoteAddr())
+	dst, err := o.cfg.OriginalDst(c)
+	if err != nil {
+		o.log.Debug("tunnel: outbound", "src", src, "err", err)
+		abortConn(c)
+		return
+	}
+	route, err := o.cfg.Routes.Route(src, dst)
+	if err != nil {
+		route = Route{Mode: Deny, Reason: err.Error()}
+	}
+	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, SrcIdentity: route.Src, DstIdentity: route.Dst, Mode: route.Mode.String(), Start: time.Now()}
+	var obs ConnObserver = nopConnObserver{}
+	if o.cfg.Observer != nil {
+		obs = o.cfg.Observer.Opened(info)
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.cfg.DialTimeout)
+	var up net.Conn
+	switch route.Mode {
+	case HBONE:
+		var st *Stream
+		st, err = o.cfg.Client.Dial(dctx, DialRequest{
+			Src: route.Src, Dst: route.Dst, SrcAddr: src,
+			HBONEAddr: route.HBONEAddr, Authority: dst, Baggage: route.Baggage,
+		})
+		if err == nil {
+			up = st
+		}
+	case Passthrough:
+		up, err = o.cfg.Dial(dctx, src, dst)
+	default:
+		err = fmt.Errorf("tunnel: denied: %s", route.Reason)
+	}
+	cancel()
+	if err != nil {
+		o.log.Debug("tunnel: outbound refused", "src", src, "dst", dst, "err", err)
+		abortConn(c)
+		result := "error"
+		if route.Mode == Deny {
+			result = "denied"
+		}
+		obs.Closed(result, err.Error())
+		return
+	}
+	p := &pair{src: c, dst: up}
+	t := o.cfg.Registry.add(info, Request{}, false, p.abort)
+	res := p.run(func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
+	o.cfg.Registry.remove(t)
+	closed(obs, res)
+}
+
+func closed(obs ConnObserver, res copyResult) {
+	if res.err != nil {
+		obs.Closed("error", res.err.Error())
+	} else {
+		obs.Closed("ok", "")
+	}
+}
+
+// PlaintextConfig configures the inbound plaintext proxy (port 15006):
+// connections captured toward a local pod without HBONE.
+type PlaintextConfig struct {
+	// Authorizer decides each connection; it sees Request.Plaintext set and
+	// no peer identity, so PeerAuthentication STRICT refuses (required).
+	Authorizer Authorizer
+	// Destinations answers whether the destination is local (required).
+	Destinations Destinations
+	// OriginalDst as in OutboundConfig.
+	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// Dial opens the upstream connection from the client's address.
+	Dial DialFunc
+	// Registry and Observer as in ServerConfig.
+	Registry *Registry
+	Observer Observer
+	// DialTimeout bounds each upstream dial.
+	DialTimeout time.Duration
+}
+
+// Plaintext proxies captured plaintext connections to local pods.
+type Plaintext struct {
+	cfg PlaintextConfig
+	log *slog.Logger
+	l   loop
+}
+
+// NewPlaintext validates cfg and returns the proxy. It starts nothing.
+func NewPlaintext(cfg PlaintextConfig, log *slog.Logger) (*Plaintext, error) {
+	if cfg.Authorizer == nil || cfg.Destinations == nil {
+		return nil, errors.New("tunnel: plaintext proxy needs an Authorizer and Destinations")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OriginalDst == nil {
+		cfg.OriginalDst = localDst
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = plainDial
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = NewRegistry()
+	}
+	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
+	return &Plaintext{cfg: cfg, log: log}, nil
+}
+
+// Connections returns the open proxied connections.
+func (p *Plaintext) Connections() []ConnInfo { return p.cfg.Registry.Connections() }
+
+// Reauthorize closes open connections that allow now refuses.
+func (p *Plaintext) Reauthorize(allow func(Request) error) int {
+	return p.cfg.Registry.Reauthorize(allow)
+}
+
+// Serve accepts on ln until ctx is done, like Outbound.Serve.
+func (p *Plaintext) Serve(ctx context.Context, ln net.Listener) error {
+	return p.l.serve(ctx, ln, p.log, p.handle)
+}
+
+func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
+	src := addrPort(c.RemoteAddr())
+	dst, err := p.cfg.OriginalDst(c)
+	if err == nil && !p.cfg.Destinations.Local(dst.Addr()) {
+		err = fmt.Errorf("tunnel: %s is not a local workload", dst)
+	}
+	if err != nil {
+		p.log.Debug("tunnel: plaintext", "src", src, "err", err)
+		abortConn(c)
+		return
+	}
+	req := Request{Src: src, Dst: dst, Plaintext: true}
+	info := ConnInfo{Direction: DirInboundPlaintext, Src: src, Dst: dst, Mode: "plaintext", Start: time.Now()}
+	var obs ConnObserver = nopConnObserver{}
+	if p.cfg.Observer != nil {
+		obs = p.cfg.Observer.Opened(info)
+	}
+	if err := p.cfg.Authorizer.Authorize(ctx, req); err != nil {
+		p.log.Debug("tunnel: plaintext denied", "src", src, "dst", dst, "err", err)
+		abortConn(c)
+		obs.Closed("denied", err.Error())
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	up, err := p.cfg.Dial(dctx, src, dst)
+	cancel()
+	if err != nil {
+		abortConn(c)
+		obs.Closed("error", err.Error())
+		return
+	}
+	pr := &pair{src: c, dst: up}
+	t := p.cfg.Registry.add(info, req, true, pr.abort)
+	res := pr.run(func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
+	p.cfg.Registry.remove(t)
+	closed(obs, res)
+}
+
+// loop is the accept loop shared by the plain proxies: one goroutine per
+// connection, every connection aborted when ctx ends.
+type loop struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(context.Context, net.Conn)) error {
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		l.mu.Lock()
+		for c := range l.conns {
+			abortConn(c)
+		}
+		l.mu.Unlock()
+	})
+	defer stop()
+	var err error
+	var delay time.Duration
+	for {
+		c, aerr := ln.Accept()
+		if aerr != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if isTemporary(aerr) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				log.Warn("tunnel: accept", "err", aerr)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+					continue
+				case <-ctx.Done():
+					t.Stop()
+				}
+				break
+			}
+			err = fmt.Errorf("tunnel: accept: %w", aerr)
+			stop()
+			ln.Close()
+			l.mu.Lock()
+			for c := range l.conns {
+				abortConn(c)
+			}
+			l.mu.Unlock()
+			break
+		}
+		delay = 0
+		l.mu.Lock()
+		if l.conns == nil {
+			l.conns = make(map[net.Conn]struct{})
+		}
+		l.conns[c] = struct{}{}
+		l.mu.Unlock()
+		wg.Go(func() {
+			handle(ctx, c)
+			l.mu.Lock()
+			delete(l.conns, c)
+			l.mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return err
+}
