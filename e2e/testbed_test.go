@@ -507,27 +507,40 @@ func (c *capture) stop(t testing.TB) []packet {
 // then discarded, so no goroutine ever runs in the wrong namespace; the
 // connection is usable from any goroutine.
 func dialFrom(ctx context.Context, netns, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	f, err := os.Open("/var/run/netns/" + netns)
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
-		f, err := os.Open("/var/run/netns/" + netns)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns %s: %w", netns, err)}
-			return
-		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp4", addr)
-		ch <- result{c, err}
-	}()
+	defer f.Close()
+	ch := make(chan dialResult, 1)
+	go dialLocked(ctx, int(f.Fd()), addr, ch)
 	r := <-ch
 	return r.c, r.err
+}
+
+type dialResult struct {
+	c   net.Conn
+	err error
+}
+
+// dialLocked joins the namespace nsfd on a locked thread it never unlocks, so
+// the runtime ends that thread with the goroutine. It never runs on the main
+// thread, which the runtime cannot end and which decides the namespace other
+// tools see for this process.
+func dialLocked(ctx context.Context, nsfd int, addr string, ch chan<- dialResult) {
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		inner := make(chan dialResult, 1)
+		go dialLocked(ctx, nsfd, addr, inner)
+		ch <- <-inner
+		runtime.UnlockOSThread()
+		return
+	}
+	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+		ch <- dialResult{nil, fmt.Errorf("setns: %w", err)}
+		return
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp4", addr)
+	ch <- dialResult{c, err}
 }

@@ -28,7 +28,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: podapp serve|get ...")
+		return errors.New("usage: podapp serve|get [flags]")
 	}
 	switch args[0] {
 	case "serve":
