@@ -5,6 +5,7 @@ package bpf
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
@@ -424,4 +426,146 @@ func TestPrivilegedCapture(t *testing.T) {
 	if err := Remove(dir); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
+}
+
+// TestPrivilegedAttachReplacesForeignAndDefunctLinks covers a pin directory
+// whose pinned link belongs to another namespace (replaced, and that
+// namespace stops being captured) or to a namespace that no longer exists.
+func TestPrivilegedAttachReplacesForeignAndDefunctLinks(t *testing.T) {
+	testutil.Privileged(t)
+	dir := pinDir(t)
+	o := load(t, Config{PinDir: dir})
+	a, b := testutil.NewNetNS(t), testutil.NewNetNS(t)
+	if err := o.AttachNetNS(a.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if got := attachedTo(t, dir); got != inode(t, a.Path()) {
+		t.Fatalf("link attached to netns %d, want a (%d)", got, inode(t, a.Path()))
+	}
+	if err := o.AttachNetNS(b.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if got := attachedTo(t, dir); got != inode(t, b.Path()) {
+		t.Fatalf("link attached to netns %d, want b (%d)", got, inode(t, b.Path()))
+	}
+	if n := netnsLinks(t, inode(t, a.Path())); n != 0 {
+		t.Errorf("namespace a still has %d sk_lookup links", n)
+	}
+
+	// A namespace that goes away leaves a defunct pinned link behind.
+	c := testutil.NewNetNS(t)
+	if err := o.AttachNetNS(c.Path()); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	o.link.Close()
+	o.link = nil
+	if err := o.AttachNetNS(b.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if got := attachedTo(t, dir); got != inode(t, b.Path()) {
+		t.Fatalf("link attached to netns %d, want b (%d)", got, inode(t, b.Path()))
+	}
+}
+
+// TestPrivilegedLoadReplacesIncompatiblePins simulates pins left by another
+// version of the program.
+func TestPrivilegedLoadReplacesIncompatiblePins(t *testing.T) {
+	testutil.Privileged(t)
+	dir := pinDir(t)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ferry_pods", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(filepath.Join(dir, "ferry_pods")); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	o := load(t, Config{PinDir: dir})
+	if err := o.SetPods([]netip.Addr{podA}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := o.objs.FerryPods.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ValueSize != 4 || info.MaxEntries != 65536 {
+		t.Errorf("pods map is %+v: the incompatible pin was reused", info)
+	}
+}
+
+func TestLoadErrorFormat(t *testing.T) {
+	inner := errors.New("line one")
+	e := &loadError{op: "load redirect", err: detailed{inner}}
+	if got := e.Error(); got != "bpf: load redirect: line one" {
+		t.Errorf("Error() = %q", got)
+	}
+	if got := fmt.Sprintf("%v", e); got != "bpf: load redirect: line one" {
+		t.Errorf("%%v = %q", got)
+	}
+	if got := fmt.Sprintf("%+v", e); got != "bpf: load redirect: line one\nfull log" {
+		t.Errorf("%%+v = %q", got)
+	}
+	if !errors.Is(e, inner) {
+		t.Error("loadError does not unwrap")
+	}
+}
+
+// detailed formats like *ebpf.VerifierError: more with %+v.
+type detailed struct{ error }
+
+func (d detailed) Unwrap() error { return d.error }
+func (d detailed) Format(f fmt.State, verb rune) {
+	fmt.Fprint(f, d.Error())
+	if f.Flag('+') {
+		fmt.Fprint(f, "\nfull log")
+	}
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// attachedTo returns the netns inode of the link pinned in dir.
+func attachedTo(t *testing.T, dir string) uint64 {
+	t.Helper()
+	l, err := link.LoadPinnedLink(filepath.Join(dir, linkPinName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(info.NetNs().NetnsInode)
+}
+
+// netnsLinks counts the sk_lookup links attached to the netns with inode ino.
+func netnsLinks(t *testing.T, ino uint64) int {
+	t.Helper()
+	n := 0
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if ns := info.NetNs(); ns != nil && uint64(ns.NetnsInode) == ino {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -28,8 +29,18 @@ func NewNetNS(t testing.TB) *NetNS {
 	if err != nil {
 		t.Fatalf("testutil: new netns: %v", err)
 	}
-	t.Cleanup(func() { ns.f.Close() })
+	t.Cleanup(func() { ns.Close() })
 	return ns
+}
+
+// Close releases the test's reference to the namespace before the test ends;
+// the kernel destroys it once nothing else (a socket, a process) uses it.
+// Do fails after Close. Close is idempotent.
+func (ns *NetNS) Close() error {
+	if err := ns.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("testutil: close netns: %w", err)
+	}
+	return nil
 }
 
 func newNetNS() (*NetNS, error) {
