@@ -25,7 +25,10 @@ func Apply(p Plan) error {
 		return fmt.Errorf("redirect: apply: netlink: %w", err)
 	}
 	defer h.Close()
-	return apply(h, p)
+	if err := apply(h, p); err != nil {
+		return fmt.Errorf("redirect: apply: %w", err)
+	}
+	return nil
 }
 
 // Cleanup removes every rule and route carrying Ferry's protocol tag from the
@@ -38,25 +41,26 @@ func Cleanup() error {
 	}
 	defer h.Close()
 	if err := apply(h, Plan{}); err != nil {
-		return fmt.Errorf("redirect: cleanup: %w", errors.Unwrap(err))
+		return fmt.Errorf("redirect: cleanup: %w", err)
 	}
 	return nil
 }
 
+// apply converges the handle's namespace to p; its errors carry no prefix.
 func apply(h *netlink.Handle, p Plan) error {
 	lo, err := h.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("redirect: apply: %w", err)
+		return err
 	}
 	ifindex := lo.Attrs().Index
 
 	rules, err := ownRules(h)
 	if err != nil {
-		return fmt.Errorf("redirect: apply: %w", err)
+		return err
 	}
 	routes, err := ownRoutes(h, ifindex)
 	if err != nil {
-		return fmt.Errorf("redirect: apply: %w", err)
+		return err
 	}
 
 	var errs []error
@@ -113,10 +117,7 @@ func apply(h *netlink.Handle, p Plan) error {
 			errs = append(errs, fmt.Errorf("delete route %v: %w", nr, err))
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("redirect: apply: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // owned sorts Ferry-tagged kernel objects into those that are exactly one of
