@@ -8,8 +8,10 @@
 // touching only objects tagged with Ferry's protocol number (Protocol);
 // Cleanup removes every such object and nothing else.
 //
-// The agent's loop is: plan, err := NewPlan(localPodIPs, cfg); Apply(plan);
-// objs.SetPods(plan.Pods) (package bpf). Apply and Cleanup are not safe to
+// The agent's loop is: plan, err := NewPlan(localPodIPs, cfg); then
+// Converge(plan, objs) with the *bpf.Objects, which orders the map updates
+// and Apply so a pod is never routed to the node's sockets while the BPF map
+// does not know it. Apply, Converge and Cleanup are not safe to
 // run concurrently with each other on one namespace; each call is otherwise
 // self-contained (its own netlink socket, in the calling thread's namespace).
 // bpf/README.md is the contract for every object Ferry owns in the kernel.
