@@ -32,14 +32,22 @@ func TestPrivilegedMesh(t *testing.T) {
 	legacy, legacyRemote := tb.pod(t, "plain/client"), tb.pod(t, "plain/remote")
 	node1, node2 := tb.node(t, "node1"), tb.node(t, "node2")
 
-	// mtlsAt counts connections node's agent accepted over HBONE from src to dst.
+	// mtlsAt counts connections node's agent accepted over HBONE (mutual TLS)
+	// from src's identity for dst's workload.
 	mtlsAt := func(t *testing.T, node tbNode, src, dst tbPod) float64 {
-		return sum(tb.metrics(t, node), opened, map[string]string{
-			"reporter":                   "destination",
-			"connection_security_policy": "mutual_tls",
-			"source_principal":           src.Principal(),
-			"destination_principal":      dst.Principal(),
+		m := tb.metrics(t, node)
+		n := sum(m, opened, map[string]string{
+			"reporter":                       "destination",
+			"connection_security_policy":     "mutual_tls",
+			"source_principal":               src.Principal(),
+			"destination_workload":           dst.Name,
+			"destination_workload_namespace": dst.Namespace,
 		})
+		// Istio labels the destination's own identity on the destination side too.
+		if n > 0 && sum(m, opened, map[string]string{"reporter": "destination", "source_principal": src.Principal(), "destination_principal": dst.Principal()}) == 0 {
+			t.Errorf("%s: reporter=destination samples for %s → %s lack destination_principal=%q", node.Name, src, dst, dst.Principal())
+		}
+		return n
 	}
 
 	t.Run("cross-node", func(t *testing.T) {
@@ -70,9 +78,10 @@ func TestPrivilegedMesh(t *testing.T) {
 	t.Run("plaintext-inbound", func(t *testing.T) {
 		plain := func() float64 {
 			return sum(tb.metrics(t, node2), opened, map[string]string{
-				"reporter":                   "destination",
-				"connection_security_policy": "unknown",
-				"destination_principal":      remote.Principal(),
+				"reporter":                       "destination",
+				"connection_security_policy":     "unknown",
+				"destination_workload":           remote.Name,
+				"destination_workload_namespace": remote.Namespace,
 			})
 		}
 		before := plain()

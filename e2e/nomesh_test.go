@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
 	"testing"
 
@@ -24,7 +25,10 @@ pod plain/d node2
 func TestPrivilegedTestbedNoMesh(t *testing.T) {
 	testutil.Privileged(t)
 	rootBefore := rootNetState(t)
-	bins := binaries{podapp: build(t, "./scripts/podapp")[0]}
+	bins := binaries{podapp: os.Getenv("PODAPP_BIN")}
+	if bins.podapp == "" {
+		bins.podapp = build(t, "./scripts/podapp")[0]
+	}
 	t.Run("testbed", func(t *testing.T) {
 		tb := startTestbed(t, bins, tbOptions{spec: noMeshSpec, noMesh: true})
 		for _, from := range tb.Pods {

@@ -101,13 +101,18 @@ func build(t testing.TB, pkgs ...string) []string {
 	return out
 }
 
-// buildAll builds ferry and podapp, and skips the test while the ferry binary
-// has no agent command yet (the data plane is built in parallel with these
-// tests); any other problem fails the test.
+// buildAll builds ferry and podapp (or takes prebuilt ones from $FERRY_BIN
+// and $PODAPP_BIN), and skips the test while the ferry binary has no agent
+// command yet; any other problem fails the test.
 func buildAll(t testing.TB) binaries {
 	t.Helper()
-	bins := build(t, "./cmd/ferry", "./scripts/podapp")
-	b := binaries{ferry: bins[0], podapp: bins[1]}
+	b := binaries{ferry: os.Getenv("FERRY_BIN"), podapp: os.Getenv("PODAPP_BIN")}
+	if b.ferry == "" {
+		b.ferry = build(t, "./cmd/ferry")[0]
+	}
+	if b.podapp == "" {
+		b.podapp = build(t, "./scripts/podapp")[0]
+	}
 	out, _ := exec.Command(b.ferry, "agent", "--help").CombinedOutput()
 	if bytes.Contains(out, []byte(`unknown command "agent"`)) {
 		t.Skipf("ferry has no agent command yet: %s", bytes.TrimSpace(out))
@@ -445,7 +450,7 @@ func (tb *testbed) startCapture(t testing.TB) *capture {
 	c := &capture{file: filepath.Join(t.TempDir(), "fabric.pcap"), done: make(chan error, 1)}
 	// -Z root: the file is in a root-only temp dir; timeout bounds a forgotten capture.
 	c.cmd = exec.Command("nsenter", "--net=/var/run/netns/"+tb.FabricNetns, "--",
-		"timeout", "60", "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-s", "0", "-c", "20000", "-Z", "root", "-w", c.file, "tcp")
+		"timeout", "60", "tcpdump", "-i", "any", "-Q", "in", "-n", "-U", "--immediate-mode", "-s", "0", "-c", "20000", "-Z", "root", "-w", c.file, "tcp")
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
