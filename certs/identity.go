@@ -23,18 +23,28 @@ type Identity struct {
 // ErrNoPeerIdentity reports a TLS peer whose certificate carries no SPIFFE URI SAN.
 var ErrNoPeerIdentity = errors.New("certs: peer certificate has no SPIFFE identity")
 
-// ParseIdentity parses a SPIFFE ID of the form spiffe://td/ns/NS/sa/SA.
+// ParseIdentity parses a SPIFFE ID of the form spiffe://td/ns/NS/sa/SA. It
+// accepts exactly the strings Identity.String returns for valid identities.
 func ParseIdentity(s string) (Identity, error) {
+	id, err := parseIdentity(s)
+	if err != nil {
+		return Identity{}, fmt.Errorf("certs: %w", err)
+	}
+	return id, nil
+}
+
+// parseIdentity is ParseIdentity with errors not prefixed by the package name.
+func parseIdentity(s string) (Identity, error) {
 	rest, ok := strings.CutPrefix(s, "spiffe://")
 	if !ok {
-		return Identity{}, fmt.Errorf("certs: identity %q: want spiffe://<trust domain>/ns/<namespace>/sa/<service account>", s)
+		return Identity{}, fmt.Errorf("identity %q: want spiffe://<trust domain>/ns/<namespace>/sa/<service account>", s)
 	}
 	parts := strings.Split(rest, "/")
 	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" {
-		return Identity{}, fmt.Errorf("certs: identity %q: want spiffe://<trust domain>/ns/<namespace>/sa/<service account>", s)
+		return Identity{}, fmt.Errorf("identity %q: want spiffe://<trust domain>/ns/<namespace>/sa/<service account>", s)
 	}
 	id := Identity{TrustDomain: parts[0], Namespace: parts[2], ServiceAccount: parts[4]}
-	if err := id.Validate(); err != nil {
+	if err := id.validate(); err != nil {
 		return Identity{}, err
 	}
 	return id, nil
@@ -42,14 +52,21 @@ func ParseIdentity(s string) (Identity, error) {
 
 // Validate reports whether every part of id is a valid, non-empty name.
 func (id Identity) Validate() error {
+	if err := id.validate(); err != nil {
+		return fmt.Errorf("certs: %w", err)
+	}
+	return nil
+}
+
+func (id Identity) validate() error {
 	if !validTrustDomain(id.TrustDomain) {
-		return fmt.Errorf("certs: identity %s: invalid trust domain %q", id, id.TrustDomain)
+		return fmt.Errorf("identity %q: invalid trust domain %q", id.String(), id.TrustDomain)
 	}
 	if !validSegment(id.Namespace) {
-		return fmt.Errorf("certs: identity %s: invalid namespace %q", id, id.Namespace)
+		return fmt.Errorf("identity %q: invalid namespace %q", id.String(), id.Namespace)
 	}
 	if !validSegment(id.ServiceAccount) {
-		return fmt.Errorf("certs: identity %s: invalid service account %q", id, id.ServiceAccount)
+		return fmt.Errorf("identity %q: invalid service account %q", id.String(), id.ServiceAccount)
 	}
 	return nil
 }
@@ -84,10 +101,23 @@ func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 	}
 	for _, u := range cs.PeerCertificates[0].URIs {
 		if u.Scheme == "spiffe" {
-			return identityFromURI(u)
+			id, err := identityFromURI(u)
+			if err != nil {
+				return Identity{}, fmt.Errorf("certs: peer: %w", err)
+			}
+			return id, nil
 		}
 	}
 	return Identity{}, ErrNoPeerIdentity
+}
+
+// url returns id as a URL for a certificate's URI SAN.
+func (id Identity) url() (*url.URL, error) {
+	u, err := url.Parse(id.String())
+	if err != nil {
+		return nil, fmt.Errorf("certs: identity %s: %w", id, err)
+	}
+	return u, nil
 }
 
 // identityFromURI converts a URI SAN to an Identity. It accepts only the
@@ -96,9 +126,9 @@ func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 func identityFromURI(u *url.URL) (Identity, error) {
 	if u.Scheme != "spiffe" || u.Opaque != "" || u.User != nil || u.RawPath != "" ||
 		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "" || u.OmitHost {
-		return Identity{}, fmt.Errorf("certs: URI SAN %q is not a canonical SPIFFE ID", u.Redacted())
+		return Identity{}, fmt.Errorf("URI SAN %q is not a canonical SPIFFE ID", u.Redacted())
 	}
-	return ParseIdentity("spiffe://" + u.Host + u.Path)
+	return parseIdentity("spiffe://" + u.Host + u.Path)
 }
 
 // validTrustDomain allows lowercase letters, digits, '.', '-' and '_' (SPIFFE).
