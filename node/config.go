@@ -31,7 +31,7 @@ type Config struct {
 	Redirect        string // RedirectEBPF or RedirectNone
 	BPFPinDir       string
 
-	OutboundAddr, InboundAddr, HBONEAddr string
+	OutboundAddr, InboundAddr, HBONEAddr  string
 	AdminAddr, MetricsAddr, ReadinessAddr string
 
 	// DrainTimeout bounds how long SIGTERM waits for open connections.

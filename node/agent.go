@@ -1,0 +1,473 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/node/inventory"
+	"github.com/ferrymesh/ferry/tunnel"
+)
+
+// Deps are the agent's injected collaborators. Zero values get defaults.
+type Deps struct {
+	Log     *slog.Logger
+	Level   *slog.LevelVar // the level behind Log, changed through /logging
+	Version string
+	// Source overrides the inventory source built from Config (tests, Kubernetes).
+	Source inventory.Source
+}
+
+// Agent is the node agent. New validates; Run does the work.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	level   *slog.LevelVar
+	version string
+	source  inventory.Source
+	metrics *Metrics
+	ready   *readiness
+
+	state atomic.Pointer[state]
+
+	// Set up by Run.
+	store    *certs.Store
+	conns    *tunnel.Registry
+	redirect *redirection // nil with --redirect none
+}
+
+// state is what one inventory snapshot compiles to. It is replaced whole.
+type state struct {
+	view   *view
+	engine *authz.Engine
+	diags  []authz.Diagnostic
+	at     time.Time
+}
+
+// New validates cfg and returns an agent that does nothing until Run.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: deps.Log, level: deps.Level, version: deps.Version, source: deps.Source}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.version == "" {
+		a.version = "dev"
+	}
+	if a.source == nil {
+		a.source = &inventory.File{Path: cfg.Manifests, Log: a.log}
+	}
+	a.metrics = NewMetrics(a.version)
+	tasks := []string{TaskInventory, TaskCertificates, TaskListeners}
+	if cfg.Redirect == RedirectEBPF {
+		tasks = append(tasks, TaskRedirection)
+	}
+	a.ready = newReadiness(tasks...)
+	return a, nil
+}
+
+// Metrics returns the agent's metrics (for tests).
+func (a *Agent) Metrics() *Metrics { return a.metrics }
+
+// Run serves until ctx is done, then drains open connections for at most
+// Config.DrainTimeout. All goroutines it starts have exited when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	ca, err := certs.LoadLocalCA(a.cfg.CACert, a.cfg.CAKey)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Root())
+	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots}, ca, a.log.With("component", "certs"))
+	if err != nil {
+		return err
+	}
+	a.conns = tunnel.NewRegistry()
+
+	lns, err := a.listen(ctx)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+	if a.cfg.Redirect == RedirectEBPF {
+		a.redirect, err = newRedirection(a.cfg, lns, a.log.With("component", "redirect"))
+		if err != nil {
+			return err
+		}
+		defer a.redirect.Close()
+	}
+	a.ready.set(TaskListeners, true, "")
+
+	obs := &observer{a: a}
+	server, err := tunnel.NewServer(tunnel.ServerConfig{
+		TLS:            a.store.ServerConfig(a.identityForLocal),
+		TrustDomain:    a.cfg.TrustDomain,
+		Authorizer:     a,
+		Destinations:   a,
+		Dial:           a.dialPod,
+		CheckAuthority: true,
+		Registry:       a.conns,
+		Observer:       obs,
+	}, a.log.With("component", "hbone"))
+	if err != nil {
+		return err
+	}
+	client, err := tunnel.NewClient(tunnel.ClientConfig{
+		TLS: func(src, want certs.Identity) (*tls.Config, error) {
+			return a.store.ClientConfig(src, want), nil
+		},
+		DialTCP: a.dialHBONE,
+	}, a.log.With("component", "pool"))
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	outbound, err := tunnel.NewOutbound(tunnel.OutboundConfig{
+		Routes:   a,
+		Client:   client,
+		Dial:     a.dialPassthrough,
+		Registry: a.conns,
+		Observer: obs,
+	}, a.log.With("component", "outbound"))
+	if err != nil {
+		return err
+	}
+	plaintext, err := tunnel.NewPlaintext(tunnel.PlaintextConfig{
+		Authorizer:   a,
+		Destinations: a,
+		Dial:         a.dialPod,
+		Registry:     a.conns,
+		Observer:     obs,
+	}, a.log.With("component", "inbound"))
+	if err != nil {
+		return err
+	}
+
+	snaps := make(chan *inventory.Snapshot, 1)
+	// The data plane runs on its own context, cancelled after the drain that
+	// follows ctx's end, so open connections can finish.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error {
+		return a.source.Run(gctx, func(s *inventory.Snapshot) {
+			// Keep only the newest snapshot: the reconcile loop is level-triggered.
+			for {
+				select {
+				case snaps <- s:
+					return
+				default:
+				}
+				select {
+				case <-snaps:
+				default:
+				}
+			}
+		})
+	})
+	g.Go(func() error { return a.reconcile(gctx, snaps) })
+	g.Go(func() error { return a.store.Run(gctx) })
+	g.Go(func() error { return a.watchCertificates(gctx) })
+	g.Go(func() error { return server.Serve(gctx, lns.hbone) })
+	g.Go(func() error { return outbound.Serve(gctx, lns.outbound) })
+	g.Go(func() error { return plaintext.Serve(gctx, lns.inbound) })
+	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
+	g.Go(func() error { return serveHTTP(gctx, lns.metrics, a.metricsHandler()) })
+	g.Go(func() error { return serveHTTP(gctx, lns.readiness, a.readinessHandler()) })
+	g.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-ctx.Done():
+		}
+		a.drain(ctx, server, client)
+		stopRun()
+		return nil
+	})
+	a.log.Info("agent started", "node", a.cfg.NodeName, "redirect", a.cfg.Redirect, "version", a.version,
+		"outbound", lns.outbound.Addr(), "inbound", lns.inbound.Addr(), "hbone", lns.hbone.Addr(), "admin", lns.admin.Addr())
+	err = g.Wait()
+	a.log.Info("agent stopped", "err", err)
+	return err
+}
+
+// drain stops taking HBONE connections, sends GOAWAY to peers and clients,
+// and waits up to DrainTimeout for open connections to finish.
+func (a *Agent) drain(ctx context.Context, server *tunnel.Server, client *tunnel.Client) {
+	a.ready.set("shutting down", false, "")
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.DrainTimeout)
+	defer cancel()
+	open := len(a.conns.Connections())
+	a.log.Info("draining", "open", open, "deadline", a.cfg.DrainTimeout)
+	go server.Drain(dctx)
+	go client.Drain(dctx)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for len(a.conns.Connections()) > 0 {
+		select {
+		case <-dctx.Done():
+			a.log.Warn("drain deadline reached, closing open connections", "open", len(a.conns.Connections()))
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile applies each inventory snapshot: policy, identities, redirection,
+// and re-authorization of open connections.
+func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot) error {
+	var retry <-chan time.Time
+	var last *inventory.Snapshot
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case last = <-snaps:
+		case <-retry:
+		}
+		retry = nil
+		if err := a.apply(last); err != nil {
+			a.log.Warn("applying inventory, will retry", "err", err)
+			retry = time.After(time.Second)
+		}
+	}
+}
+
+func (a *Agent) apply(snap *inventory.Snapshot) error {
+	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
+	engine, diags := authz.Compile(authz.Config{RootNamespace: a.cfg.SystemNamespace}, snap.AuthorizationPolicies, snap.PeerAuthentications)
+	for _, d := range diags {
+		a.log.Warn("policy problem", "err", d.Error())
+	}
+	for _, e := range v.conflicts {
+		a.log.Warn("inventory conflict", "err", e)
+	}
+	a.metrics.InventoryError.Set(float64(len(snap.Errors) + len(v.conflicts)))
+	a.state.Store(&state{view: v, engine: engine, diags: diags, at: time.Now()})
+	a.store.SetIdentities(v.identities)
+	a.metrics.EnrolledPods.Set(float64(len(v.local)))
+	a.ready.set(TaskInventory, true, "")
+	// Close open connections the new policy or inventory no longer allows.
+	a.conns.Reauthorize(func(r tunnel.Request) error { return a.authorize(r) })
+	if a.redirect != nil {
+		if err := a.redirect.Apply(v.localIPs()); err != nil {
+			a.ready.set(TaskRedirection, false, err.Error())
+			return err
+		}
+		a.ready.set(TaskRedirection, true, "")
+	}
+	return nil
+}
+
+// watchCertificates keeps the certificate readiness task and expiry metrics current.
+func (a *Agent) watchCertificates(ctx context.Context) error {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		var missing []string
+		for _, c := range a.store.Snapshot() {
+			if c.State != certs.CertValid {
+				missing = append(missing, c.ID)
+				continue
+			}
+			a.metrics.CertExpiry.WithLabelValues(c.Identity.String()).Set(float64(c.NotAfter.Unix()))
+		}
+		if len(missing) == 0 {
+			a.ready.set(TaskCertificates, true, "")
+		} else {
+			a.ready.set(TaskCertificates, false, fmt.Sprintf("%d identities waiting", len(missing)))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) current() *state { return a.state.Load() }
+
+// identityForLocal chooses the certificate the HBONE server presents: the
+// identity of the local enrolled pod the connection was addressed to.
+func (a *Agent) identityForLocal(local netip.Addr) (certs.Identity, error) {
+	s := a.current()
+	if s == nil {
+		return certs.Identity{}, errors.New("node: inventory not synced yet")
+	}
+	w, ok := s.view.localEnrolled(local)
+	if !ok {
+		return certs.Identity{}, fmt.Errorf("node: %s is not an enrolled pod on node %s", local, a.cfg.NodeName)
+	}
+	return w.Identity, nil
+}
+
+// Local implements tunnel.Destinations: dst is an enrolled pod on this node.
+func (a *Agent) Local(dst netip.Addr) bool {
+	s := a.current()
+	if s == nil {
+		return false
+	}
+	_, ok := s.view.localEnrolled(dst)
+	return ok
+}
+
+// Authorize implements tunnel.Authorizer with the compiled policy.
+func (a *Agent) Authorize(ctx context.Context, r tunnel.Request) error {
+	return a.authorize(r)
+}
+
+func (a *Agent) authorize(r tunnel.Request) error {
+	direction := "inbound"
+	if r.Plaintext {
+		direction = "inbound-plaintext"
+	}
+	s := a.current()
+	if s == nil {
+		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "not synced").Inc()
+		return errors.New("node: inventory not synced: deny")
+	}
+	w, ok := s.view.localEnrolled(r.Dst.Addr())
+	if !ok {
+		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "unknown destination").Inc()
+		return fmt.Errorf("node: %s is not an enrolled pod on this node", r.Dst.Addr())
+	}
+	d := s.engine.Decide(authzRequest(r.Peer, r.Src, w, r.Dst.Port()))
+	if d.Allow {
+		a.metrics.PolicyDecision.WithLabelValues(direction, "allow", "").Inc()
+		return nil
+	}
+	a.metrics.PolicyDecision.WithLabelValues(direction, "deny", d.Kind).Inc()
+	a.log.Info("connection denied", "src", r.Src, "peer", r.Peer.String(), "dst", r.Dst, "pod", w.Namespace+"/"+w.Name,
+		"policy", d.Policy, "reason", d.Reason)
+	return &DeniedError{Decision: d}
+}
+
+// DeniedError is a policy denial; its message is the decision's reason.
+type DeniedError struct{ Decision authz.Decision }
+
+func (e *DeniedError) Error() string {
+	if e.Decision.Policy != "" {
+		return fmt.Sprintf("denied by %s %s: %s", e.Decision.Kind, e.Decision.Policy, e.Decision.Reason)
+	}
+	return "denied: " + e.Decision.Reason
+}
+
+// Route implements tunnel.Routes: where an outbound connection from a
+// captured local pod goes.
+func (a *Agent) Route(src, dst netip.AddrPort) (tunnel.Route, error) {
+	s := a.current()
+	if s == nil {
+		return tunnel.Route{}, errors.New("node: inventory not synced: deny")
+	}
+	from, ok := s.view.localEnrolled(src.Addr())
+	if !ok {
+		return tunnel.Route{}, fmt.Errorf("node: source %s is not an enrolled pod on node %s: deny", src.Addr(), a.cfg.NodeName)
+	}
+	to, ok := s.view.workload(dst.Addr())
+	if !ok || !to.Enrolled {
+		// Outside the mesh: pass through in plaintext, as Istio does for
+		// destinations that do not speak HBONE.
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity}, nil
+	}
+	return tunnel.Route{
+		Mode:      tunnel.HBONE,
+		Src:       from.Identity,
+		Dst:       to.Identity,
+		HBONEAddr: netip.AddrPortFrom(dst.Addr(), a.cfg.hbonePort()),
+	}, nil
+}
+
+// dialPod dials a local pod for inbound delivery. With eBPF redirection it
+// dials from the client's own address, so the pod sees the real client IP.
+func (a *Agent) dialPod(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	if a.redirect != nil {
+		return a.redirect.dialFrom(ctx, src.Addr(), dst)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", dst.String())
+}
+
+// dialHBONE dials a peer agent's HBONE port, from the source pod's address
+// when capture is on.
+func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if a.redirect != nil {
+		return a.redirect.dialFrom(ctx, src, dst)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", dst.String())
+}
+
+// dialPassthrough dials a destination outside the mesh.
+func (a *Agent) dialPassthrough(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	return a.dialPod(ctx, src, dst)
+}
+
+func (a *Agent) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	h := promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{})
+	mux.Handle("/metrics", h)
+	mux.Handle("/stats/prometheus", h)
+	return mux
+}
+
+func (a *Agent) readinessHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/healthz/ready", a.ready)
+	return mux
+}
+
+// serveHTTP serves h on ln until ctx is done, then shuts down gracefully.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// listeners are the agent's sockets.
+type listeners struct {
+	outbound, inbound, hbone  *net.TCPListener
+	admin, metrics, readiness net.Listener
+	once                      sync.Once
+}
+
+func (l *listeners) close() {
+	l.once.Do(func() {
+		for _, c := range []net.Listener{l.outbound, l.inbound, l.hbone, l.admin, l.metrics, l.readiness} {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+}

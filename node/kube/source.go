@@ -1,0 +1,326 @@
+package kube
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/node/inventory"
+)
+
+// The Istio security resources the Source watches, in group security.istio.io
+// version v1.
+const (
+	authorizationPolicies = "authorizationpolicies"
+	peerAuthentications   = "peerauthentications"
+)
+
+// Source is an inventory.Source fed by informers on the Kubernetes API: all
+// Pods (stripped to the fields Ferry uses), Namespaces, and
+// security.istio.io/v1 AuthorizationPolicy and PeerAuthentication.
+//
+// Run publishes a first snapshot once every informer has synced. If the
+// Istio CRDs are missing or the agent may not read them, it keeps waiting
+// (and logs why) rather than publishing a policy-less snapshot that would
+// allow what a policy denies. After that it publishes a whole new snapshot
+// after each change, coalescing bursts: at most one per MinInterval, each one
+// Coalesce after the change that triggered it. Updates that touch no field
+// Ferry uses (a container's restart count, conditions) publish nothing.
+//
+// A policy whose spec does not decode into authz's types (a misspelt or
+// mistyped field), or that is marked istio.io/dry-run, is left out and
+// reported in Snapshot.Errors, naming the object; the rest still applies.
+//
+// Pods in phase Succeeded or Failed are left out: their IPs may already
+// belong to new pods. Pods without an IP are included, with the zero IP.
+//
+// Set the exported fields before Run; a Source runs once.
+type Source struct {
+	client kubernetes.Interface
+	dyn    dynamic.Interface
+	log    *slog.Logger
+
+	// Coalesce is how long Run waits after a change for further changes
+	// before it publishes; zero means 100ms.
+	Coalesce time.Duration
+	// MinInterval is the least time between two snapshots; zero means 1s.
+	MinInterval time.Duration
+}
+
+// NewSource returns a Source reading from client (pods, namespaces) and dyn
+// (the Istio policies). It starts nothing; Run does.
+func NewSource(client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logger) *Source {
+	return &Source{client: client, dyn: dyn, log: log}
+}
+
+// Run implements inventory.Source. It returns nil when ctx is done, after its
+// informers have stopped.
+func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) error {
+	coalesce := cmp.Or(s.Coalesce, 100*time.Millisecond)
+	minInterval := cmp.Or(s.MinInterval, time.Second)
+
+	pods := cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return s.client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, &corev1.Pod{}, 0, cache.Indexers{})
+	namespaces := cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return s.client.CoreV1().Namespaces().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return s.client.CoreV1().Namespaces().Watch(ctx, o)
+		},
+	}, &corev1.Namespace{}, 0, cache.Indexers{})
+	aps := s.policyInformer(authorizationPolicies)
+	pas := s.policyInformer(peerAuthentications)
+
+	trigger := make(chan struct{}, 1)
+	changed := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { changed() },
+		UpdateFunc: func(oldObj, newObj any) {
+			if o, ok := oldObj.(*podInfo); ok {
+				if n, ok := newObj.(*podInfo); ok && o.sameAs(n) {
+					return
+				}
+			}
+			changed()
+		},
+		DeleteFunc: func(any) { changed() },
+	}
+	informers := []struct {
+		name string
+		inf  cache.SharedIndexInformer
+		fn   cache.TransformFunc
+	}{
+		{"pods", pods, transformPod},
+		{"namespaces", namespaces, transformNamespace},
+		{authorizationPolicies, aps, transformPolicy},
+		{peerAuthentications, pas, transformPolicy},
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, i := range informers {
+		if err := i.inf.SetTransform(i.fn); err != nil {
+			return fmt.Errorf("kube: %s informer: %w", i.name, err)
+		}
+		if _, err := i.inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("kube: %s informer: %w", i.name, err)
+		}
+		name := i.name
+		if err := i.inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			if ctx.Err() == nil {
+				s.log.Warn("kubernetes watch failed, retrying", "resource", name, "err", err)
+			}
+		}); err != nil {
+			return fmt.Errorf("kube: %s informer: %w", i.name, err)
+		}
+		wg.Go(func() { i.inf.RunWithContext(ctx) })
+	}
+
+	if !s.waitForSync(ctx, pods, namespaces, aps, pas) {
+		return nil
+	}
+	s.log.Info("kubernetes inventory synced")
+	var last time.Time
+	for {
+		snap := buildSnapshot(pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
+		for _, err := range snap.Errors {
+			s.log.Warn("policy rejected", "err", err)
+		}
+		publish(snap)
+		last = time.Now()
+
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-trigger:
+		}
+		wait := coalesce
+		if d := time.Until(last.Add(minInterval)); d > wait {
+			wait = d
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		// Events that arrived while waiting are in this snapshot.
+		select {
+		case <-trigger:
+		default:
+		}
+	}
+}
+
+func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
+	ri := s.dyn.Resource(schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: resource})
+	return cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return ri.Namespace(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return ri.Namespace(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, &unstructured.Unstructured{}, 0, cache.Indexers{})
+}
+
+// waitForSync waits until every informer has synced, logging which ones are
+// still missing every 10 seconds. It returns false if ctx ends first.
+func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInformer) bool {
+	names := []string{"pods", "namespaces", authorizationPolicies, peerAuthentications}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	nextLog := start.Add(10 * time.Second)
+	for {
+		var missing []string
+		for i, inf := range infs {
+			if !inf.HasSynced() {
+				missing = append(missing, names[i])
+			}
+		}
+		if len(missing) == 0 {
+			return true
+		}
+		if now := time.Now(); now.After(nextLog) {
+			s.log.Warn("waiting for kubernetes informers to sync (are the security.istio.io CRDs installed, and may the agent list them?)",
+				"missing", missing, "waited", now.Sub(start).Round(time.Second))
+			nextLog = now.Add(10 * time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// buildSnapshot reads the informers' stores into a new Snapshot. The label
+// maps are shared with the stores, which never modify an object in place.
+func buildSnapshot(pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
+	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
+	for _, obj := range namespaces.List() {
+		ns, ok := obj.(*corev1.Namespace)
+		if !ok {
+			continue
+		}
+		snap.Namespaces[ns.Name] = inventory.Namespace{Name: ns.Name, Labels: ns.Labels}
+	}
+
+	podObjs := pods.List()
+	snap.Pods = make([]inventory.Pod, 0, len(podObjs))
+	for _, obj := range podObjs {
+		p, ok := obj.(*podInfo)
+		if !ok || p.terminal() {
+			continue
+		}
+		snap.Pods = append(snap.Pods, inventory.Pod{
+			Name:           p.Name,
+			Namespace:      p.Namespace,
+			UID:            string(p.UID),
+			ServiceAccount: p.serviceAccount,
+			NodeName:       p.nodeName,
+			IP:             p.ip,
+			HostNetwork:    p.hostNetwork,
+			Labels:         p.Labels,
+			Annotations:    p.Annotations,
+		})
+	}
+	slices.SortFunc(snap.Pods, func(a, b inventory.Pod) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+
+	for _, u := range sortedObjects(aps) {
+		var ap authz.AuthorizationPolicy
+		if err := convertPolicy(u, &ap.Metadata, &ap.Spec); err != nil {
+			snap.Errors = append(snap.Errors, err)
+			continue
+		}
+		snap.AuthorizationPolicies = append(snap.AuthorizationPolicies, ap)
+	}
+	for _, u := range sortedObjects(pas) {
+		var pa authz.PeerAuthentication
+		if err := convertPolicy(u, &pa.Metadata, &pa.Spec); err != nil {
+			snap.Errors = append(snap.Errors, err)
+			continue
+		}
+		snap.PeerAuthentications = append(snap.PeerAuthentications, pa)
+	}
+	return snap
+}
+
+func sortedObjects(store cache.Store) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, obj := range store.List() {
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	return out
+}
+
+// convertPolicy decodes an Istio policy object into authz's types: metadata
+// as is, spec strictly, so a misspelt field is an error instead of a silently
+// wider or narrower policy. Errors name the object.
+func convertPolicy(u *unstructured.Unstructured, meta *authz.ObjectMeta, spec any) error {
+	*meta = authz.ObjectMeta{
+		Name:              u.GetName(),
+		Namespace:         u.GetNamespace(),
+		CreationTimestamp: u.GetCreationTimestamp().Time,
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("kube: %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+	}
+	if u.GetAnnotations()[DryRunAnnotation] == "true" {
+		return fail(errors.New("istio.io/dry-run policies are not supported (as in Istio ambient by default): policy ignored"))
+	}
+	raw, ok := u.Object["spec"]
+	if !ok || raw == nil {
+		return nil
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return fail(err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(spec); err != nil {
+		return fail(fmt.Errorf("spec: %w (check the field names against security.istio.io/v1)", err))
+	}
+	return nil
+}

@@ -1,0 +1,236 @@
+package kube
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ferrymesh/ferry/authz"
+)
+
+// fullPod is a pod as the API server sends it: a spec, a status, managed
+// fields and annotations Ferry has no use for.
+func fullPod(i int) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            fmt.Sprintf("web-7d9f8c6b5-%05d", i),
+			Namespace:       "shop",
+			UID:             types.UID(fmt.Sprintf("0b9f4c1e-2c33-4a8e-9a61-%012d", i)),
+			ResourceVersion: "12345",
+			Labels: map[string]string{
+				"app": "web", "version": "v1", "pod-template-hash": "7d9f8c6b5",
+				"app.kubernetes.io/part-of": "shop",
+			},
+			Annotations: map[string]string{
+				RedirectionAnnotation:                              RedirectionEnabled,
+				SidecarStatusAnnotation:                            `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"]}`,
+				"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 2000),
+			},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8c6b5"}},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kubelet", Operation: "Update"}},
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "web",
+			NodeName:           "node-3",
+			Containers: []corev1.Container{{
+				Name: "web", Image: "registry.example/web:1.2.3",
+				Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("100m"),
+				}},
+			}},
+		},
+		Status: corev1.PodStatus{
+			Phase: corev1.PodRunning,
+			PodIP: fmt.Sprintf("10.1.%d.%d", i/250, i%250+1),
+			Conditions: []corev1.PodCondition{{
+				Type: corev1.PodReady, Status: corev1.ConditionTrue,
+			}},
+			ContainerStatuses: []corev1.ContainerStatus{{Name: "web", Ready: true, RestartCount: 2}},
+		},
+	}
+}
+
+func TestTransformPod(t *testing.T) {
+	obj, err := transformPod(fullPod(7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := obj.(*podInfo)
+	want := podInfo{
+		serviceAccount: "web", nodeName: "node-3", ip: netip.MustParseAddr("10.1.0.8"), phase: corev1.PodRunning,
+	}
+	if p.Name != "web-7d9f8c6b5-00007" || p.Namespace != "shop" || p.UID == "" || p.ResourceVersion != "12345" ||
+		p.serviceAccount != want.serviceAccount || p.nodeName != want.nodeName || p.ip != want.ip || p.phase != want.phase {
+		t.Errorf("transformed pod = %+v", p)
+	}
+	if len(p.Labels) != 4 || p.Labels["app"] != "web" {
+		t.Errorf("labels = %v", p.Labels)
+	}
+	wantAnn := map[string]string{RedirectionAnnotation: RedirectionEnabled, SidecarStatusAnnotation: ""}
+	if !maps.Equal(p.Annotations, wantAnn) {
+		t.Errorf("annotations = %v, want %v", p.Annotations, wantAnn)
+	}
+	if p.OwnerReferences != nil || p.ManagedFields != nil {
+		t.Errorf("metadata not stripped: %+v", p.ObjectMeta)
+	}
+
+	// Idempotent, and tombstones pass through.
+	again, err := transformPod(p)
+	if err != nil || again != any(p) {
+		t.Errorf("transform of a transformed pod = %v, %v", again, err)
+	}
+	if !p.sameAs(p.DeepCopyObject().(*podInfo)) {
+		t.Error("DeepCopyObject differs")
+	}
+
+	// Defaults and odd values.
+	bare, _ := transformPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "y"}, Status: corev1.PodStatus{PodIP: "not-an-ip"}})
+	if b := bare.(*podInfo); b.serviceAccount != "default" || b.ip.IsValid() || b.Annotations != nil {
+		t.Errorf("bare pod = %+v", b)
+	}
+}
+
+func TestPodSameAs(t *testing.T) {
+	base, _ := transformPod(fullPod(1))
+	for name, mutate := range map[string]func(*corev1.Pod){
+		"resourceVersion": func(p *corev1.Pod) { p.ResourceVersion = "99" },
+		"restart count":   func(p *corev1.Pod) { p.Status.ContainerStatuses[0].RestartCount++ },
+		"conditions":      func(p *corev1.Pod) { p.Status.Conditions = nil },
+		"other annotation": func(p *corev1.Pod) {
+			p.Annotations["kubectl.kubernetes.io/restartedAt"] = "now"
+		},
+	} {
+		pod := fullPod(1)
+		mutate(pod)
+		got, _ := transformPod(pod)
+		if !base.(*podInfo).sameAs(got.(*podInfo)) {
+			t.Errorf("%s: want no change", name)
+		}
+	}
+	for name, mutate := range map[string]func(*corev1.Pod){
+		"ip":          func(p *corev1.Pod) { p.Status.PodIP = "10.9.9.9" },
+		"phase":       func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed },
+		"label":       func(p *corev1.Pod) { p.Labels["istio.io/dataplane-mode"] = "none" },
+		"redirection": func(p *corev1.Pod) { delete(p.Annotations, RedirectionAnnotation) },
+		"node":        func(p *corev1.Pod) { p.Spec.NodeName = "node-4" },
+	} {
+		pod := fullPod(1)
+		mutate(pod)
+		got, _ := transformPod(pod)
+		if base.(*podInfo).sameAs(got.(*podInfo)) {
+			t.Errorf("%s: change not seen", name)
+		}
+	}
+}
+
+// TestPodMemory bounds what the pod informer holds per pod, measured on the
+// heap over 100k transformed pods (four labels each, as a Deployment's pods
+// have). It logs the figure.
+func TestPodMemory(t *testing.T) {
+	const n = 100_000
+	src := make([]*corev1.Pod, n)
+	for i := range src {
+		src[i] = fullPod(i)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	kept := make([]any, n)
+	for i, p := range src {
+		kept[i], _ = transformPod(p)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := int(after.HeapAlloc-before.HeapAlloc) / n
+	runtime.KeepAlive(kept)
+	runtime.KeepAlive(src)
+	t.Logf("%d bytes per pod in the informer (%d MB for %d pods)", per, per*n>>20, n)
+	if per > 1024 {
+		t.Errorf("%d bytes per pod, want under 1 KiB", per)
+	}
+}
+
+func TestConvertPolicy(t *testing.T) {
+	obj := func(spec map[string]any, ann map[string]string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "p", "namespace": "shop"},
+		}}
+		if spec != nil {
+			u.Object["spec"] = spec
+		}
+		u.SetAnnotations(ann)
+		return u
+	}
+	var ap authz.AuthorizationPolicy
+	good := obj(map[string]any{
+		"action":   "ALLOW",
+		"selector": map[string]any{"matchLabels": map[string]any{"app": "web"}},
+		"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
+			"principals": []any{"cluster.local/ns/shop/sa/front"},
+		}}}}},
+	}, map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"})
+	if _, err := transformPolicy(good); err != nil {
+		t.Fatal(err)
+	}
+	if good.GetAnnotations() != nil {
+		t.Errorf("annotations kept: %v", good.GetAnnotations())
+	}
+	if err := convertPolicy(good, &ap.Metadata, &ap.Spec); err != nil {
+		t.Fatal(err)
+	}
+	if ap.Metadata.Name != "p" || ap.Metadata.Namespace != "shop" || ap.Spec.Action != "ALLOW" ||
+		ap.Spec.Selector.MatchLabels["app"] != "web" || ap.Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/shop/sa/front" {
+		t.Errorf("converted = %+v", ap)
+	}
+	if err := convertPolicy(obj(nil, nil), &ap.Metadata, &ap.Spec); err != nil {
+		t.Errorf("no spec: %v", err)
+	}
+
+	for name, u := range map[string]*unstructured.Unstructured{
+		"misspelt": obj(map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
+			"principal": []any{"x"},
+		}}}}}}, nil),
+		"mistyped": obj(map[string]any{"action": 3}, nil),
+		"dry-run":  obj(map[string]any{"action": "DENY"}, map[string]string{DryRunAnnotation: "true"}),
+	} {
+		if _, err := transformPolicy(u); err != nil {
+			t.Fatal(err)
+		}
+		err := convertPolicy(u, &ap.Metadata, &ap.Spec)
+		if err == nil || !strings.Contains(err.Error(), "AuthorizationPolicy shop/p") {
+			t.Errorf("%s: err = %v, want one naming AuthorizationPolicy shop/p", name, err)
+		}
+	}
+}
+
+func TestParseServiceAccountUser(t *testing.T) {
+	for user, want := range map[string]string{
+		"system:serviceaccount:istio-system:ferry-agent": "istio-system/ferry-agent",
+		"system:serviceaccount:ns:":                      "",
+		"system:serviceaccount:ns":                       "",
+		"system:serviceaccount::sa":                      "",
+		"system:serviceaccount:ns:sa:extra":              "",
+		"system:node:node-1":                             "",
+		"admin":                                          "",
+	} {
+		ns, sa, ok := parseServiceAccountUser(user)
+		got := ""
+		if ok {
+			got = ns + "/" + sa
+		}
+		if got != want {
+			t.Errorf("parseServiceAccountUser(%q) = %q, want %q", user, got, want)
+		}
+	}
+}

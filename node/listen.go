@@ -1,0 +1,58 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+)
+
+// listen opens the agent's sockets. Data-plane listeners are plain TCP (never
+// MPTCP: a SOCKMAP refuses MPTCP sockets) and, with eBPF redirection,
+// IP_TRANSPARENT so they accept connections addressed to pods.
+func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
+	l = &listeners{}
+	defer func() {
+		if err != nil {
+			l.close()
+		}
+	}()
+	tcp := func(name, addr string) (*net.TCPListener, error) {
+		var ln net.Listener
+		var err error
+		if a.cfg.Redirect == RedirectEBPF {
+			ln, err = listenTransparent(ctx, addr)
+		} else {
+			lc := net.ListenConfig{}
+			lc.SetMultipathTCP(false)
+			ln, err = lc.Listen(ctx, "tcp4", addr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("node: %s listener on %s: %w", name, addr, err)
+		}
+		return ln.(*net.TCPListener), nil
+	}
+	plain := func(name, addr string) (net.Listener, error) {
+		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("node: %s listener on %s: %w", name, addr, err)
+		}
+		return ln, nil
+	}
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	var e error
+	l.outbound, e = tcp("outbound", a.cfg.OutboundAddr)
+	add(e)
+	l.inbound, e = tcp("inbound", a.cfg.InboundAddr)
+	add(e)
+	l.hbone, e = tcp("hbone", a.cfg.HBONEAddr)
+	add(e)
+	l.admin, e = plain("admin", a.cfg.AdminAddr)
+	add(e)
+	l.metrics, e = plain("metrics", a.cfg.MetricsAddr)
+	add(e)
+	l.readiness, e = plain("readiness", a.cfg.ReadinessAddr)
+	add(e)
+	return l, errors.Join(errs...)
+}

@@ -1,0 +1,134 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymesh/ferry/tunnel"
+)
+
+// observer turns the tunnel's connection events into Istio metrics and one
+// access-log line per connection.
+type observer struct{ a *Agent }
+
+// connObserver is one connection's metric handles and access-log fields.
+type connObserver struct {
+	a          *Agent
+	info       tunnel.ConnInfo
+	labels     TrafficLabels
+	counters   *ConnCounters
+	sent, recv atomic.Int64
+}
+
+// Opened implements tunnel.Observer.
+func (o *observer) Opened(info tunnel.ConnInfo) tunnel.ConnObserver {
+	l := o.a.trafficLabels(info)
+	return &connObserver{a: o.a, info: info, labels: l, counters: o.a.metrics.Open(l)}
+}
+
+// trafficLabels derives Istio's labels for a connection. Principals come only
+// from verified identities: the peer certificate inbound, the local pod's own
+// certificate outbound.
+func (a *Agent) trafficLabels(info tunnel.ConnInfo) TrafficLabels {
+	l := TrafficLabels{Reporter: ReporterSource, SecurityPolicy: SecurityUnknown}
+	if info.Direction != tunnel.DirOutbound {
+		l.Reporter = ReporterDest
+	}
+	if info.Mode == "hbone" {
+		l.SecurityPolicy = SecurityMutualTLS
+		l.SourcePrincipal = info.SrcIdentity.String()
+		l.DestinationPrincipal = info.DstIdentity.String()
+	}
+	if s := a.current(); s != nil {
+		if w, ok := s.view.workload(info.Src.Addr()); ok {
+			l.SourceWorkload, l.SourceNamespace = workloadName(w), w.Namespace
+			l.SourceApp, l.SourceVersion = appLabels(w.Labels)
+		}
+		if w, ok := s.view.workload(info.Dst.Addr()); ok {
+			l.DestinationWorkload, l.DestinationNamespace = workloadName(w), w.Namespace
+			l.DestinationApp, l.DestinationVersion = appLabels(w.Labels)
+		}
+	}
+	return l
+}
+
+// workloadName is the pod's workload: its canonical name label if set, else
+// its app label, else the pod name.
+func workloadName(w *Workload) string {
+	for _, k := range []string{"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"} {
+		if v := w.Labels[k]; v != "" {
+			return v
+		}
+	}
+	return w.Name
+}
+
+func appLabels(labels map[string]string) (app, version string) {
+	app = labels["app"]
+	if app == "" {
+		app = labels["app.kubernetes.io/name"]
+	}
+	version = labels["version"]
+	if version == "" {
+		version = labels["app.kubernetes.io/version"]
+	}
+	return app, version
+}
+
+func (c *connObserver) Received(n int) {
+	c.recv.Add(int64(n))
+	c.counters.Received(n)
+}
+
+func (c *connObserver) Sent(n int) {
+	c.sent.Add(int64(n))
+	c.counters.Sent(n)
+}
+
+// Closed counts the close and writes the connection's access-log line.
+func (c *connObserver) Closed(result, reason string) {
+	c.counters.Close()
+	level := slog.LevelInfo
+	if result != "ok" {
+		level = slog.LevelWarn
+	}
+	c.a.log.LogAttrs(context.Background(), level, "connection complete",
+		slog.String("direction", string(c.info.Direction)),
+		slog.String("mode", c.info.Mode),
+		slog.String("src.addr", c.info.Src.String()),
+		slog.String("src.workload", c.labels.SourceWorkload),
+		slog.String("src.namespace", c.labels.SourceNamespace),
+		slog.String("src.identity", c.info.SrcIdentity.String()),
+		slog.String("dst.addr", c.info.Dst.String()),
+		slog.String("dst.workload", c.labels.DestinationWorkload),
+		slog.String("dst.namespace", c.labels.DestinationNamespace),
+		slog.String("dst.identity", c.info.DstIdentity.String()),
+		slog.Int64("bytes_sent", c.sent.Load()),
+		slog.Int64("bytes_recv", c.recv.Load()),
+		slog.Duration("duration", time.Since(c.info.Start).Round(time.Microsecond)),
+		slog.String("result", result),
+		slog.String("reason", reason),
+	)
+}
+
+// connections implements adminSource.
+func (a *Agent) connections() []ConnectionDump {
+	out := []ConnectionDump{}
+	if a.conns == nil {
+		return out
+	}
+	for _, c := range a.conns.Connections() {
+		proto := "TCP"
+		if c.Mode == "hbone" {
+			proto = "HBONE"
+		}
+		out = append(out, ConnectionDump{
+			Direction: string(c.Direction), Source: c.Src.String(), Destination: c.Dst.String(),
+			SourceID: c.SrcIdentity.String(), DestID: c.DstIdentity.String(), Protocol: proto,
+			BytesSent: c.BytesSent, BytesRecv: c.BytesReceived, Started: c.Start,
+		})
+	}
+	return out
+}
