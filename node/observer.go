@@ -49,6 +49,11 @@ func (a *Agent) trafficLabels(info tunnel.ConnInfo) TrafficLabels {
 		if w, ok := s.view.workload(info.Dst.Addr()); ok {
 			l.DestinationWorkload, l.DestinationNamespace = workloadName(w), w.Namespace
 			l.DestinationApp, l.DestinationVersion = appLabels(w.Labels)
+			if info.Mode == "hbone" && info.Direction == tunnel.DirInbound && w.Local {
+				// Inbound, the destination principal is our own pod's, whose
+				// certificate this agent presented.
+				l.DestinationPrincipal = w.Identity.String()
+			}
 		}
 	}
 	return l
