@@ -1,7 +1,13 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
@@ -65,6 +71,49 @@ func TestPrivilegedMesh(t *testing.T) {
 		if s.hbone == 0 || s.tlsRecords == 0 {
 			t.Errorf("no TLS on port 15008 on the fabric: %+v", s)
 		}
+	})
+
+	t.Run("connections", func(t *testing.T) {
+		// An open connection shows in the destination agent's admin state as
+		// HBONE with the client's verified identity and address.
+		c, err := dialFrom(t.Context(), client.Netns, remote.IP+":8000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("GET /ip HTTP/1.1\r\nHost: remote\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close() // the connection stays open (keep-alive)
+		var conns []struct {
+			Direction string `json:"direction"`
+			Src       string `json:"src"`
+			Dst       string `json:"dst"`
+			SrcID     string `json:"srcIdentity"`
+			Protocol  string `json:"protocol"`
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		out, err := inNetns(ctx, node2.Netns, tb.Podapp, "get", "http://127.0.0.1:15000/connections", "--expect-code", "200")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, body, _ := strings.Cut(out, "\n")
+		if err := json.Unmarshal([]byte(body), &conns); err != nil {
+			t.Fatalf("/connections: %v: %s", err, body)
+		}
+		for _, x := range conns {
+			if x.Direction == "inbound" && x.Protocol == "HBONE" && x.SrcID == client.Principal() &&
+				strings.HasPrefix(x.Src, client.IP+":") && x.Dst == remote.IP+":8000" {
+				return
+			}
+		}
+		t.Errorf("node2 /connections has no inbound HBONE connection from %s (%s) to %s:8000: %s", client.Principal(), client.IP, remote.IP, body)
 	})
 
 	t.Run("same-node", func(t *testing.T) {
