@@ -23,6 +23,8 @@ type ConfigDump struct {
 	Workloads    []WorkloadDump `json:"workloads"`
 	Policies     []PolicyDump   `json:"policies"`
 	Certificates []CertDump     `json:"certificates"`
+	// BPFPods are the addresses in the kernel's enrolled-pods map (eBPF mode).
+	BPFPods []string `json:"bpfPods,omitempty"`
 	// Errors lists rejected inventory objects and other problems an operator must fix.
 	Errors []string `json:"errors,omitempty"`
 }

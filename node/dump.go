@@ -40,6 +40,11 @@ func (a *Agent) configDump() ConfigDump {
 			d.Errors = append(d.Errors, e.Error())
 		}
 	}
+	if a.redirect != nil {
+		for _, ip := range a.redirect.pods() {
+			d.BPFPods = append(d.BPFPods, ip.String())
+		}
+	}
 	if a.store != nil {
 		for _, c := range a.store.Snapshot() {
 			d.Certificates = append(d.Certificates, CertDump{Identity: c.ID, State: string(c.State), Serial: c.Serial,

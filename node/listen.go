@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // listen opens the agent's sockets. Data-plane listeners are plain TCP (never
@@ -33,7 +36,14 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 		return ln.(*net.TCPListener), nil
 	}
 	plain := func(name, addr string) (net.Listener, error) {
-		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+		// SO_REUSEPORT: during an upgrade the new agent binds while the old
+		// one drains.
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+			return errors.Join(err, serr)
+		}}
+		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("node: %s listener on %s: %w", name, addr, err)
 		}

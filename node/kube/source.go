@@ -115,15 +115,16 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		},
 		DeleteFunc: func(any) { changed() },
 	}
+	tr := &transformer{}
 	informers := []struct {
 		name string
 		inf  cache.SharedIndexInformer
 		fn   cache.TransformFunc
 	}{
-		{"pods", pods, transformPod},
-		{"namespaces", namespaces, transformNamespace},
-		{authorizationPolicies, aps, transformPolicy},
-		{peerAuthentications, pas, transformPolicy},
+		{"pods", pods, tr.pod},
+		{"namespaces", namespaces, tr.namespace},
+		{authorizationPolicies, aps, tr.policy},
+		{peerAuthentications, pas, tr.policy},
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -254,8 +255,8 @@ func buildSnapshot(pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
 			NodeName:       p.nodeName,
 			IP:             p.ip,
 			HostNetwork:    p.hostNetwork,
-			Labels:         p.Labels,
-			Annotations:    p.Annotations,
+			Labels:         p.labels.get(),
+			Annotations:    p.annotations.get(),
 		})
 	}
 	slices.SortFunc(snap.Pods, func(a, b inventory.Pod) int {

@@ -1,14 +1,19 @@
 package kube
 
 import (
+	"encoding/binary"
 	"maps"
 	"net/netip"
+	"runtime"
+	"slices"
+	"sync"
 	"unique"
+	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
@@ -30,11 +35,13 @@ const (
 )
 
 // podInfo is the informer's copy of a v1 Pod: what Ferry uses and nothing
-// else (about a fifth of a decoded corev1.Pod before labels). Strings that
-// repeat across pods (namespace, service account, node, label keys and
-// values) are interned.
+// else. Strings that repeat across pods (namespace, service account, node,
+// label keys and values) are interned, and pods with equal labels (a
+// Deployment's replicas) or equal kept annotations share one map.
 type podInfo struct {
-	metav1.ObjectMeta // name, namespace, uid, resourceVersion, labels, kept annotations
+	metav1.ObjectMeta // name, namespace, uid, resourceVersion, deletionTimestamp only
+	labels            *sharedMap
+	annotations       *sharedMap // only the annotations Ferry reads
 	serviceAccount    string
 	nodeName          string
 	ip                netip.Addr
@@ -45,8 +52,9 @@ type podInfo struct {
 // GetObjectKind implements runtime.Object.
 func (p *podInfo) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
-// DeepCopyObject implements runtime.Object.
-func (p *podInfo) DeepCopyObject() runtime.Object {
+// DeepCopyObject implements runtime.Object. The shared maps are immutable and
+// stay shared.
+func (p *podInfo) DeepCopyObject() kruntime.Object {
 	c := *p
 	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	return &c
@@ -64,12 +72,18 @@ func (p *podInfo) sameAs(q *podInfo) bool {
 	return p.Name == q.Name && p.Namespace == q.Namespace && p.UID == q.UID &&
 		p.serviceAccount == q.serviceAccount && p.nodeName == q.nodeName && p.ip == q.ip &&
 		p.hostNetwork == q.hostNetwork && p.phase == q.phase &&
-		maps.Equal(p.Labels, q.Labels) && maps.Equal(p.Annotations, q.Annotations)
+		maps.Equal(p.labels.get(), q.labels.get()) && maps.Equal(p.annotations.get(), q.annotations.get())
 }
 
-// transformPod is the pod informer's TransformFunc: *corev1.Pod → *podInfo.
+// transformer strips informer objects; it owns the map interner of one
+// Source run.
+type transformer struct {
+	maps mapInterner
+}
+
+// pod is the pod informer's TransformFunc: *corev1.Pod → *podInfo.
 // Anything else (tombstones, an already transformed pod) passes unchanged.
-func transformPod(obj any) (any, error) {
+func (tr *transformer) pod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
@@ -81,8 +95,8 @@ func transformPod(obj any) (any, error) {
 			UID:               pod.UID,
 			ResourceVersion:   pod.ResourceVersion,
 			DeletionTimestamp: pod.DeletionTimestamp,
-			Labels:            internMap(pod.Labels),
 		},
+		labels:         tr.maps.intern(pod.Labels),
 		serviceAccount: intern(pod.Spec.ServiceAccountName),
 		nodeName:       intern(pod.Spec.NodeName),
 		hostNetwork:    pod.Spec.HostNetwork,
@@ -96,24 +110,26 @@ func transformPod(obj any) (any, error) {
 		// one: it cannot be enrolled or routed to.
 		p.ip, _ = netip.ParseAddr(pod.Status.PodIP)
 	}
+	var kept map[string]string
 	for _, k := range []string{RedirectionAnnotation, BypassInboundCaptureAnnotation, SidecarStatusAnnotation} {
 		v, ok := pod.Annotations[k]
 		if !ok {
 			continue
 		}
-		if p.Annotations == nil {
-			p.Annotations = make(map[string]string, 1)
+		if kept == nil {
+			kept = make(map[string]string, 1)
 		}
 		if k == SidecarStatusAnnotation {
 			v = ""
 		}
-		p.Annotations[k] = intern(v)
+		kept[k] = v
 	}
+	p.annotations = tr.maps.intern(kept)
 	return p, nil
 }
 
-// transformNamespace keeps a namespace's name, uid, resourceVersion and labels.
-func transformNamespace(obj any) (any, error) {
+// namespace keeps a namespace's name, uid, resourceVersion and labels.
+func (tr *transformer) namespace(obj any) (any, error) {
 	ns, ok := obj.(*corev1.Namespace)
 	if !ok {
 		return obj, nil
@@ -126,10 +142,10 @@ func transformNamespace(obj any) (any, error) {
 	}}, nil
 }
 
-// transformPolicy drops what a policy's conversion never reads: managed
+// policy drops what a policy's conversion never reads: managed
 // fields, status, and every annotation but istio.io/dry-run (the last-applied
 // configuration annotation alone doubles an object's size).
-func transformPolicy(obj any) (any, error) {
+func (tr *transformer) policy(obj any) (any, error) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return obj, nil
@@ -154,13 +170,75 @@ func intern(s string) string {
 	return unique.Make(s).Value()
 }
 
-func internMap(m map[string]string) map[string]string {
+// sharedMap is an immutable string map shared by every pod with the same
+// contents. A nil *sharedMap is the empty map.
+type sharedMap struct{ m map[string]string }
+
+func (s *sharedMap) get() map[string]string {
+	if s == nil {
+		return nil
+	}
+	return s.m
+}
+
+// mapInterner hands out one sharedMap per distinct contents, holding them
+// weakly: a map no pod uses any more is collected and forgotten. It is safe
+// for concurrent use; the zero value is ready.
+type mapInterner struct {
+	mu      sync.Mutex
+	entries map[string]weak.Pointer[sharedMap]
+}
+
+// intern returns the sharedMap with m's contents (nil for an empty m). m is
+// not retained.
+func (in *mapInterner) intern(m map[string]string) *sharedMap {
 	if len(m) == 0 {
 		return nil
 	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[intern(k)] = intern(v)
+	key := mapKey(m)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if s := in.entries[key].Value(); s != nil {
+		return s
 	}
-	return out
+	cp := make(map[string]string, len(m))
+	for k, v := range m {
+		cp[intern(k)] = intern(v)
+	}
+	s := &sharedMap{m: cp}
+	if in.entries == nil {
+		in.entries = map[string]weak.Pointer[sharedMap]{}
+	}
+	in.entries[key] = weak.Make(s)
+	runtime.AddCleanup(s, in.forget, key)
+	return s
+}
+
+// forget drops key's entry once its map has been collected, unless a new map
+// took its place meanwhile.
+func (in *mapInterner) forget(key string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.entries[key].Value() == nil {
+		delete(in.entries, key)
+	}
+}
+
+func (in *mapInterner) len() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.entries)
+}
+
+// mapKey encodes m's contents unambiguously, in key order.
+func mapKey(m map[string]string) string {
+	keys := slices.Sorted(maps.Keys(m))
+	var b []byte
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(m[k])))
+		b = append(b, m[k]...)
+	}
+	return string(b)
 }
