@@ -170,8 +170,8 @@ func TestPrivilegedMesh(t *testing.T) {
 		tb.mustFail(t, legacyRemote, local) // inbound to an enrolled pod
 		tb.mustGetIP(t, legacy, legacyRemote)
 		tb.testbedCmd(t, "agent", "start", "node1")
-		tb.eventuallyGetIP(t, client, remote)
-		tb.mustGetIP(t, client, local)
-		tb.mustGetIP(t, legacyRemote, local)
+		tb.eventuallyGetIP(t, client, remote) // outbound resumes
+		tb.mustGetIP(t, legacyRemote, local)  // inbound resumes
+		tb.mustGetIP(t, legacyRemote, remote) // the other node was never affected
 	})
 }
