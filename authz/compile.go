@@ -61,8 +61,10 @@ func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*
 	})
 	for i, p := range e.policies {
 		p.ord = int32(i)
+		e.emit(p)
 		e.index(p)
 	}
+	e.prog.intern, e.prog.key = nil, nil
 
 	clear(seen)
 	var compiled []*peerAuth
@@ -175,14 +177,50 @@ type policy struct {
 	action   action
 	scope    string
 	selector []labelKV // scope == ScopeWorkload only; never empty
-	rules    []rule
+	rules    span      // in prog.rules
+
+	// Principal filter (see prog.emit): skip the policy when
+	// needPrincipal and the peer's principalBit is not in bloom.
+	needPrincipal bool
+	bloom         uint64
+
+	src  *AuthorizationPolicy // until laid out in the prog
+	keep []int                // spec.rules indexes to lay out
+}
+
+// emit lays out p's rules in e.prog and sets its principal filter: when
+// every rule needs the peer principal to be one of a few exact values,
+// bloom has their bits and needPrincipal is true, so Decide can skip the
+// policy for other peers without reading its rules.
+func (e *Engine) emit(p *policy) {
+	pr := &e.prog
+	p.rules.lo = int32(len(pr.rules))
+	p.needPrincipal = true
+	verb := "allowed"
+	if p.action == actionDeny {
+		verb = "denied"
+	}
+	for _, i := range p.keep {
+		cs, b := pr.emitRule(&p.src.Spec.Rules[i], p.ns)
+		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(i),
+			reason: verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(i) + "] matched)"})
+		if b == 0 {
+			p.needPrincipal = false
+		}
+		p.bloom |= b
+	}
+	p.rules.hi = int32(len(pr.rules))
+	p.src, p.keep = nil, nil
 }
 
 // match returns the first rule of p that matches c, or nil.
-func (p *policy) match(c *conn) *rule {
-	for i := range p.rules {
-		if p.rules[i].matches(c) {
-			return &p.rules[i]
+func (p *policy) match(pr *prog, c *conn) *rule {
+	if p.needPrincipal && p.bloom&c.bloom == 0 {
+		return nil
+	}
+	for i := p.rules.lo; i < p.rules.hi; i++ {
+		if pr.ruleMatches(&pr.rules[i], c) {
+			return &pr.rules[i]
 		}
 	}
 	return nil
@@ -224,7 +262,7 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 		d.errorf("rules", "a DENY policy without rules never matches; add an empty rule {} to deny everything")
 	}
 	for i := range spec.Rules {
-		checkRule(cfg, &spec.Rules[i], sprintf("rules[%d]", i), d)
+		checkRule(cfg, &spec.Rules[i], i, d)
 	}
 	if d.errs > 0 {
 		return nil
@@ -270,14 +308,14 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 
 	dead := 0
 	for i := range spec.Rules {
-		r, l7, ok := compileRule(&spec.Rules[i], ns)
-		field := sprintf("rules[%d]", i)
+		l7, isDead := ruleShape(&spec.Rules[i])
+		field := "rules[" + strconv.Itoa(i) + "]"
 		switch {
 		case act == actionAllow && len(l7) > 0:
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: within an ALLOW policy the rule is dropped and never matches (more restrictive than requested)",
 				strings.Join(l7, ", "))
 			continue
-		case !ok:
+		case isDead:
 			dead++
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: without them a from, to or when clause is empty, so this DENY rule never matches",
 				strings.Join(l7, ", "))
@@ -286,161 +324,110 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: this DENY rule is enforced without them (more restrictive than requested)",
 				strings.Join(l7, ", "))
 		}
-		r.index = i
-		verb := "allowed"
-		if act == actionDeny {
-			verb = "denied"
-		}
-		r.reason = sprintf("%s by %s policy %s (rules[%d] matched)", verb, act, p.key, i)
-		p.rules = append(p.rules, r)
+		p.keep = append(p.keep, i)
 	}
 	if act == actionDeny && len(spec.Rules) > 0 && dead == len(spec.Rules) {
 		d.warnf("rules", "no rule of this DENY policy can match at L4: the policy has no effect")
 	}
+	p.src = ap
 	return p
 }
 
-// compileRule builds the ztunnel clauses of one rule: one for the to list,
-// one for the from list, one per when condition. l7 names the HTTP-only
-// fields found (dropped from the matches). ok is false when some clause has
-// no non-empty match left, i.e. the rule can never match.
-func compileRule(r *Rule, policyNS string) (out rule, l7 []string, ok bool) {
-	ok = true
-	addL7 := func(name string, n int) {
-		if n > 0 && !slices.Contains(l7, name) {
-			l7 = append(l7, name)
-		}
-	}
-	addClause := func(ms []match) {
-		cl := clause{}
-		for _, m := range ms {
-			if !m.empty() {
-				cl.matches = append(cl.matches, m)
-			}
-		}
-		if len(cl.matches) == 0 {
-			ok = false
-		}
-		out.clauses = append(out.clauses, cl)
-	}
-	if len(r.To) > 0 {
-		ms := make([]match, 0, len(r.To))
-		for _, to := range r.To {
-			op := &to.Operation
-			addL7("hosts", len(op.Hosts))
-			addL7("notHosts", len(op.NotHosts))
-			addL7("methods", len(op.Methods))
-			addL7("notMethods", len(op.NotMethods))
-			addL7("paths", len(op.Paths))
-			addL7("notPaths", len(op.NotPaths))
-			ms = append(ms, match{ports: mustPorts(op.Ports), notPorts: mustPorts(op.NotPorts)})
-		}
-		addClause(ms)
-	}
-	if len(r.From) > 0 {
-		ms := make([]match, 0, len(r.From))
-		for _, from := range r.From {
-			s := &from.Source
-			addL7("remoteIpBlocks", len(s.RemoteIPBlocks))
-			addL7("notRemoteIpBlocks", len(s.NotRemoteIPBlocks))
-			addL7("requestPrincipals", len(s.RequestPrincipals))
-			addL7("notRequestPrincipals", len(s.NotRequestPrincipals))
-			ms = append(ms, match{
-				principals: newStrSet(s.Principals), notPrincipals: newStrSet(s.NotPrincipals),
-				namespaces: newStrSet(s.Namespaces), notNamespaces: newStrSet(s.NotNamespaces),
-				sas: mustSAs(s.ServiceAccounts, policyNS), notSAs: mustSAs(s.NotServiceAccounts, policyNS),
-				srcIPs: mustPrefixes(s.IPBlocks), notSrcIPs: mustPrefixes(s.NotIPBlocks),
-			})
-		}
-		addClause(ms)
-	}
-	for _, w := range r.When {
-		var m match
-		switch w.Key {
-		case "source.ip":
-			m.srcIPs, m.notSrcIPs = mustPrefixes(w.Values), mustPrefixes(w.NotValues)
-		case "destination.ip":
-			m.dstIPs, m.notDstIPs = mustPrefixes(w.Values), mustPrefixes(w.NotValues)
-		case "destination.port":
-			m.ports, m.notPorts = mustPorts(w.Values), mustPorts(w.NotValues)
-		case "source.namespace":
-			m.namespaces, m.notNamespaces = newStrSet(w.Values), newStrSet(w.NotValues)
-		case "source.principal":
-			m.principals, m.notPrincipals = newStrSet(w.Values), newStrSet(w.NotValues)
-		default:
-			addL7("when "+w.Key, 1)
-		}
-		addClause([]match{m})
-	}
-	return out, l7, ok
+// loc is the path of a field inside a rule, turned into a string only when
+// a diagnostic needs it.
+type loc struct {
+	rule  int
+	part  string // "from", "to" or "when"
+	j     int
+	field string
 }
+
+func (l loc) with(field string) loc { l.field = field; return l }
+
+func (l loc) String() string {
+	s := "rules[" + strconv.Itoa(l.rule) + "]"
+	switch l.part {
+	case "from":
+		s += ".from[" + strconv.Itoa(l.j) + "].source"
+	case "to":
+		s += ".to[" + strconv.Itoa(l.j) + "].operation"
+	case "when":
+		s += ".when[" + strconv.Itoa(l.j) + "]"
+	}
+	if l.field != "" {
+		s += "." + l.field
+	}
+	return s
+}
+
+func (l loc) at(i int) string { return l.String() + "[" + strconv.Itoa(i) + "]" }
 
 // checkRule reports every invalid value of one rule, as Istio's validating
 // webhook would reject it (plus principals that can never match).
-func checkRule(cfg Config, r *Rule, field string, d *diags) {
+func checkRule(cfg Config, r *Rule, i int, d *diags) {
 	for j := range r.From {
-		f := sprintf("%s.from[%d].source", field, j)
+		f := loc{rule: i, part: "from", j: j}
 		s := &r.From[j].Source
 		n := len(s.Principals) + len(s.NotPrincipals) + len(s.RequestPrincipals) + len(s.NotRequestPrincipals) +
 			len(s.Namespaces) + len(s.NotNamespaces) + len(s.ServiceAccounts) + len(s.NotServiceAccounts) +
 			len(s.IPBlocks) + len(s.NotIPBlocks) + len(s.RemoteIPBlocks) + len(s.NotRemoteIPBlocks)
 		if n == 0 {
-			d.errorf(f, "must not be empty")
+			d.errorf(f.String(), "must not be empty")
 		}
 		if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 &&
 			len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
-			d.errorf(f, "serviceAccounts cannot be combined with principals or namespaces")
+			d.errorf(f.String(), "serviceAccounts cannot be combined with principals or namespaces")
 		}
-		checkPrincipals(cfg, s.Principals, f+".principals", d)
-		checkPrincipals(cfg, s.NotPrincipals, f+".notPrincipals", d)
-		checkNonEmpty(s.RequestPrincipals, f+".requestPrincipals", d)
-		checkNonEmpty(s.NotRequestPrincipals, f+".notRequestPrincipals", d)
-		checkNonEmpty(s.Namespaces, f+".namespaces", d)
-		checkNonEmpty(s.NotNamespaces, f+".notNamespaces", d)
-		checkSAs(s.ServiceAccounts, f+".serviceAccounts", d)
-		checkSAs(s.NotServiceAccounts, f+".notServiceAccounts", d)
-		checkIPs(s.IPBlocks, f+".ipBlocks", d)
-		checkIPs(s.NotIPBlocks, f+".notIpBlocks", d)
-		checkIPs(s.RemoteIPBlocks, f+".remoteIpBlocks", d)
-		checkIPs(s.NotRemoteIPBlocks, f+".notRemoteIpBlocks", d)
+		checkPrincipals(cfg, s.Principals, f.with("principals"), d)
+		checkPrincipals(cfg, s.NotPrincipals, f.with("notPrincipals"), d)
+		checkNonEmpty(s.RequestPrincipals, f.with("requestPrincipals"), d)
+		checkNonEmpty(s.NotRequestPrincipals, f.with("notRequestPrincipals"), d)
+		checkNonEmpty(s.Namespaces, f.with("namespaces"), d)
+		checkNonEmpty(s.NotNamespaces, f.with("notNamespaces"), d)
+		checkSAs(s.ServiceAccounts, f.with("serviceAccounts"), d)
+		checkSAs(s.NotServiceAccounts, f.with("notServiceAccounts"), d)
+		checkIPs(s.IPBlocks, f.with("ipBlocks"), d)
+		checkIPs(s.NotIPBlocks, f.with("notIpBlocks"), d)
+		checkIPs(s.RemoteIPBlocks, f.with("remoteIpBlocks"), d)
+		checkIPs(s.NotRemoteIPBlocks, f.with("notRemoteIpBlocks"), d)
 	}
 	for j := range r.To {
-		f := sprintf("%s.to[%d].operation", field, j)
+		f := loc{rule: i, part: "to", j: j}
 		op := &r.To[j].Operation
 		if len(op.Hosts)+len(op.NotHosts)+len(op.Ports)+len(op.NotPorts)+len(op.Methods)+len(op.NotMethods)+
 			len(op.Paths)+len(op.NotPaths) == 0 {
-			d.errorf(f, "must not be empty")
+			d.errorf(f.String(), "must not be empty")
 		}
-		checkPorts(op.Ports, f+".ports", d)
-		checkPorts(op.NotPorts, f+".notPorts", d)
-		checkNonEmpty(op.Hosts, f+".hosts", d)
-		checkNonEmpty(op.NotHosts, f+".notHosts", d)
-		checkNonEmpty(op.Methods, f+".methods", d)
-		checkNonEmpty(op.NotMethods, f+".notMethods", d)
-		checkNonEmpty(op.Paths, f+".paths", d)
-		checkNonEmpty(op.NotPaths, f+".notPaths", d)
+		checkPorts(op.Ports, f.with("ports"), d)
+		checkPorts(op.NotPorts, f.with("notPorts"), d)
+		checkNonEmpty(op.Hosts, f.with("hosts"), d)
+		checkNonEmpty(op.NotHosts, f.with("notHosts"), d)
+		checkNonEmpty(op.Methods, f.with("methods"), d)
+		checkNonEmpty(op.NotMethods, f.with("notMethods"), d)
+		checkNonEmpty(op.Paths, f.with("paths"), d)
+		checkNonEmpty(op.NotPaths, f.with("notPaths"), d)
 	}
 	for j := range r.When {
-		f := sprintf("%s.when[%d]", field, j)
+		f := loc{rule: i, part: "when", j: j}
 		w := &r.When[j]
 		if w.Key == "" {
-			d.errorf(f+".key", "must not be empty")
+			d.errorf(f.with("key").String(), "must not be empty")
 			continue
 		}
 		if len(w.Values) == 0 && len(w.NotValues) == 0 {
-			d.errorf(f, "at least one of values or notValues must be set for key %s", w.Key)
+			d.errorf(f.String(), "at least one of values or notValues must be set for key %s", w.Key)
 			continue
 		}
-		if checkWhenKey(w.Key, f+".key", d) {
-			checkWhen(cfg, w.Key, w.Values, f+".values", d)
-			checkWhen(cfg, w.Key, w.NotValues, f+".notValues", d)
+		if checkWhenKey(w.Key, f.with("key"), d) {
+			checkWhen(cfg, w.Key, w.Values, f.with("values"), d)
+			checkWhen(cfg, w.Key, w.NotValues, f.with("notValues"), d)
 		}
 	}
 }
 
 // checkWhenKey accepts the condition keys Istio knows: the L4 ones and the
 // HTTP ones (which Compile then treats as L7).
-func checkWhenKey(key, f string, d *diags) bool {
+func checkWhenKey(key string, f loc, d *diags) bool {
 	switch {
 	case key == "source.ip", key == "destination.ip", key == "remote.ip", key == "destination.port",
 		key == "source.principal", key == "source.serviceAccount", key == "source.namespace",
@@ -451,23 +438,23 @@ func checkWhenKey(key, f string, d *diags) bool {
 		strings.HasPrefix(key, "experimental.envoy.filters."):
 		open := strings.Index(key, "[")
 		if !strings.HasSuffix(key, "]") || open <= 0 || open >= len(key)-2 {
-			d.errorf(f, "bad key %q: want the form a[b]", key)
+			d.errorf(f.String(), "bad key %q: want the form a[b]", key)
 			return false
 		}
 		return true
 	case key == "destination.namespace":
-		d.errorf(f, "key %s is replaced by metadata.namespace", key)
+		d.errorf(f.String(), "key %s is replaced by metadata.namespace", key)
 	case strings.HasPrefix(key, "destination.labels"):
-		d.errorf(f, "key %s is replaced by the workload selector", key)
+		d.errorf(f.String(), "key %s is replaced by the workload selector", key)
 	case key == "destination.name", key == "destination.user":
-		d.errorf(f, "key %s is only supported in v1alpha1", key)
+		d.errorf(f.String(), "key %s is only supported in v1alpha1", key)
 	default:
-		d.errorf(f, "unknown key %q", key)
+		d.errorf(f.String(), "unknown key %q", key)
 	}
 	return false
 }
 
-func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
+func checkWhen(cfg Config, key string, values []string, f loc, d *diags) {
 	switch key {
 	case "source.ip", "destination.ip", "remote.ip":
 		checkIPs(values, f, d)
@@ -482,10 +469,10 @@ func checkWhen(cfg Config, key string, values []string, f string, d *diags) {
 	}
 }
 
-func checkNonEmpty(values []string, f string, d *diags) {
+func checkNonEmpty(values []string, f loc, d *diags) {
 	for i, v := range values {
 		if v == "" {
-			d.errorf(sprintf("%s[%d]", f, i), "empty value")
+			d.errorf(f.at(i), "empty value")
 		}
 	}
 }
@@ -494,59 +481,59 @@ func checkNonEmpty(values []string, f string, d *diags) {
 // empty, with a "spiffe://" prefix (Istio compares identities without it),
 // with a wildcard elsewhere than at one end, or, without a wildcard, not of
 // the form <trust domain>/ns/<namespace>/sa/<service account>.
-func checkPrincipals(cfg Config, values []string, f string, d *diags) {
+func checkPrincipals(cfg Config, values []string, f loc, d *diags) {
 	for i, v := range values {
-		fi := sprintf("%s[%d]", f, i)
+		fi := func() string { return f.at(i) }
 		stars := strings.Count(v, "*")
 		switch {
 		case v == "":
-			d.errorf(fi, "empty value")
+			d.errorf(fi(), "empty value")
 		case strings.HasPrefix(v, "spiffe://"):
-			d.errorf(fi, "malformed principal %q: write it without the spiffe:// prefix", v)
+			d.errorf(fi(), "malformed principal %q: write it without the spiffe:// prefix", v)
 		case stars > 1 || stars == 1 && v != "*" && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*"):
-			d.errorf(fi, "malformed principal %q: one wildcard at most, at the start or the end", v)
+			d.errorf(fi(), "malformed principal %q: one wildcard at most, at the start or the end", v)
 		case stars == 0:
 			if _, _, _, ok := parsePrincipal(v); !ok {
-				d.errorf(fi, "malformed principal %q: want <trust domain>/ns/<namespace>/sa/<service account>", v)
+				d.errorf(fi(), "malformed principal %q: want <trust domain>/ns/<namespace>/sa/<service account>", v)
 			} else if td, _, _ := strings.Cut(v, "/"); cfg.TrustDomain != "" && td != cfg.TrustDomain {
-				d.warnf(fi, "trust domain %q is not the mesh's (%q): this principal never matches a local identity", td, cfg.TrustDomain)
+				d.warnf(fi(), "trust domain %q is not the mesh's (%q): this principal never matches a local identity", td, cfg.TrustDomain)
 			}
 		}
 	}
 }
 
-func checkSAs(values []string, f string, d *diags) {
+func checkSAs(values []string, f loc, d *diags) {
 	if len(values) > 16 {
-		d.errorf(f, "at most 16 values")
+		d.errorf(f.String(), "at most 16 values")
 	}
 	for i, v := range values {
-		fi := sprintf("%s[%d]", f, i)
+		fi := func() string { return f.at(i) }
 		ns, sa, cut := strings.Cut(v, "/")
 		switch {
 		case v == "":
-			d.errorf(fi, "empty value")
+			d.errorf(fi(), "empty value")
 		case strings.Contains(v, "*"):
-			d.errorf(fi, "wildcards are not allowed in service accounts (%q)", v)
+			d.errorf(fi(), "wildcards are not allowed in service accounts (%q)", v)
 		case len(v) > 320:
-			d.errorf(fi, "longer than 320 characters")
+			d.errorf(fi(), "longer than 320 characters")
 		case strings.Count(v, "/") > 1, cut && (ns == "" || sa == ""):
-			d.errorf(fi, "malformed service account %q: want <service account> or <namespace>/<service account>", v)
+			d.errorf(fi(), "malformed service account %q: want <service account> or <namespace>/<service account>", v)
 		}
 	}
 }
 
-func checkIPs(values []string, f string, d *diags) {
+func checkIPs(values []string, f loc, d *diags) {
 	for i, v := range values {
 		if _, err := parseIPBlock(v); err != nil {
-			d.errorf(sprintf("%s[%d]", f, i), "%v", err)
+			d.errorf(f.at(i), "%v", err)
 		}
 	}
 }
 
-func checkPorts(values []string, f string, d *diags) {
+func checkPorts(values []string, f loc, d *diags) {
 	for i, v := range values {
 		if _, err := parsePort(v); err != nil {
-			d.errorf(sprintf("%s[%d]", f, i), "%v", err)
+			d.errorf(f.at(i), "%v", err)
 		}
 	}
 }
@@ -573,38 +560,4 @@ func parsePort(s string) (uint16, error) {
 		return 0, errors.New(sprintf("invalid port %q", s))
 	}
 	return uint16(p), nil
-}
-
-// The must* helpers run after validation, so they never see a bad value.
-func mustPrefixes(values []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, v := range values {
-		if p, err := parseIPBlock(v); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-func mustPorts(values []string) []uint16 {
-	var out []uint16
-	for _, v := range values {
-		if p, err := parsePort(v); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// mustSAs resolves "sa" to the policy's namespace and "ns/sa" to itself.
-func mustSAs(values []string, policyNS string) []saRef {
-	var out []saRef
-	for _, v := range values {
-		if ns, sa, ok := strings.Cut(v, "/"); ok {
-			out = append(out, saRef{ns, sa})
-		} else {
-			out = append(out, saRef{policyNS, v})
-		}
-	}
-	return out
 }

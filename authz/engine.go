@@ -10,6 +10,7 @@ import (
 // Obtain one from Compile; a policy change means compiling a new Engine.
 type Engine struct {
 	root string
+	prog prog
 
 	policies []*policy // all compiled AuthorizationPolicies, by (namespace, name)
 	global   *scopeSet // root-namespace policies: apply in every namespace
@@ -33,14 +34,24 @@ type scopeSet struct {
 // in the bucket of its first selector label (sorted by key), so a lookup
 // touches only policies sharing at least one label with the workload.
 type selIndex[T any] struct {
-	m map[labelKV][]T // each bucket in ascending ord
+	m    map[labelKV][]T // each bucket in ascending ord
+	keys []labelKV       // the keys of m, to avoid ranging over a map
 }
 
 func (x *selIndex[T]) add(kv labelKV, v T) {
 	if x.m == nil {
 		x.m = map[labelKV][]T{}
 	}
+	if _, ok := x.m[kv]; !ok {
+		x.keys = append(x.keys, kv)
+	}
 	x.m[kv] = append(x.m[kv], v)
+}
+
+// byKeys says whether to look each index key up in the labels (true) or each
+// label up in the index.
+func (x *selIndex[T]) byKeys(labels map[string]string) bool {
+	return len(x.keys) <= len(labels) || len(x.keys) <= 4
 }
 
 // firstPeerAuth returns the oldest workload PeerAuthentication selecting
@@ -52,16 +63,16 @@ func firstPeerAuth(x *paIndex, labels map[string]string) *peerAuth {
 			if best != nil && p.ord >= best.ord {
 				return
 			}
-			if selects(p.selector, labels) {
+			if selects(p.selector[1:], labels) {
 				best = p
 				return
 			}
 		}
 	}
-	if len(x.m) < len(labels) {
-		for kv, b := range x.m {
+	if x.byKeys(labels) {
+		for _, kv := range x.keys {
 			if v, ok := labels[kv.k]; ok && v == kv.v {
-				bucket(b)
+				bucket(x.m[kv])
 			}
 		}
 		return best
@@ -144,7 +155,7 @@ func newConn(r *Request) (conn, bool) {
 		if !ok {
 			return c, false
 		}
-		c.identity, c.principal, c.ns, c.sa = true, p, ns, sa
+		c.identity, c.principal, c.ns, c.sa, c.bloom = true, p, ns, sa, principalBit(p)
 	}
 	return c, true
 }
@@ -170,7 +181,7 @@ func (e *Engine) Decide(r Request) Decision {
 		nss = nil // root-namespace policies are all in e.global
 	}
 
-	s := search{c: &c, labels: r.Labels}
+	s := search{pr: &e.prog, c: &c, labels: r.Labels}
 	s.list(e.global.deny)
 	s.sel(&e.global.selDeny)
 	if nss != nil {
@@ -181,7 +192,7 @@ func (e *Engine) Decide(r Request) Decision {
 		return Decision{Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
 	}
 
-	s = search{c: &c, labels: r.Labels}
+	s = search{pr: &e.prog, c: &c, labels: r.Labels}
 	s.list(e.global.allow)
 	s.sel(&e.global.selAllow)
 	if nss != nil {
@@ -199,6 +210,7 @@ func (e *Engine) Decide(r Request) Decision {
 
 // search finds the matching policy of lowest ord among candidates.
 type search struct {
+	pr       *prog
 	c        *conn
 	labels   map[string]string
 	selected bool // some candidate selects the workload
@@ -208,7 +220,7 @@ type search struct {
 
 func (s *search) consider(p *policy) {
 	s.selected = true
-	if r := p.match(s.c); r != nil {
+	if r := p.match(s.pr, s.c); r != nil {
 		s.best, s.rule = p, r
 	}
 }
@@ -226,10 +238,10 @@ func (s *search) sel(x *selIndex[*policy]) {
 	if len(x.m) == 0 || len(s.labels) == 0 {
 		return
 	}
-	if len(x.m) < len(s.labels) {
-		for kv, b := range x.m {
+	if x.byKeys(s.labels) {
+		for _, kv := range x.keys {
 			if v, ok := s.labels[kv.k]; ok && v == kv.v {
-				s.bucket(b)
+				s.bucket(x.m[kv])
 			}
 		}
 		return
@@ -246,7 +258,8 @@ func (s *search) bucket(b []*policy) {
 		if s.best != nil && p.ord >= s.best.ord {
 			return
 		}
-		if selects(p.selector, s.labels) {
+		// The bucket key is selector[0]: the workload has it.
+		if selects(p.selector[1:], s.labels) {
 			s.consider(p)
 		}
 	}
@@ -303,10 +316,10 @@ func (e *Engine) Explain(r Request) Explanation {
 	}
 	c, ok := newConn(&r)
 	for _, p := range e.candidates(r.Namespace, r.Labels) {
-		res := PolicyResult{Policy: p.key, Action: p.action.String(), Scope: p.scope, Rule: -1, Rules: len(p.rules)}
+		res := PolicyResult{Policy: p.key, Action: p.action.String(), Scope: p.scope, Rule: -1, Rules: int(p.rules.hi - p.rules.lo)}
 		if ok {
-			if rl := p.match(&c); rl != nil {
-				res.Matched, res.Rule = true, rl.index
+			if rl := p.match(&e.prog, &c); rl != nil {
+				res.Matched, res.Rule = true, int(rl.index)
 			}
 		}
 		x.Policies = append(x.Policies, res)

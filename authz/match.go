@@ -2,6 +2,8 @@ package authz
 
 import (
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -10,6 +12,7 @@ type conn struct {
 	identity  bool   // a verified peer identity is present
 	principal string // "td/ns/NS/sa/SA", "" without identity
 	ns, sa    string // from the principal, "" without identity
+	bloom     uint64 // principalBit(principal); 0 without identity
 	src, dst  netip.Addr
 	port      uint16
 }
@@ -30,11 +33,25 @@ func parsePrincipal(s string) (principal, ns, sa string, ok bool) {
 	return s, ns, sa, true
 }
 
+// principalBit hashes a principal to one bit of a 64-bit Bloom filter.
+func principalBit(s string) uint64 {
+	h := uint64(14695981039346656037) // FNV-1a
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	// FNV's high bits barely depend on the last bytes, which is where
+	// principals differ: finish with murmur3's mixer.
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return 1 << (h >> 58)
+}
+
 // strSet is a compiled list of Istio string patterns: exact "abc", prefix
 // "abc*", suffix "*abc" and presence "*" (non-empty). It matches when any
 // pattern does.
 type strSet struct {
-	n        int // number of patterns; 0 = field not set
 	presence bool
 	exact    []string
 	exactSet map[string]struct{} // replaces exact when the list is long
@@ -46,7 +63,7 @@ type strSet struct {
 const exactMapMin = 8
 
 func newStrSet(values []string) strSet {
-	s := strSet{n: len(values)}
+	var s strSet
 	for _, v := range values {
 		switch {
 		case v == "*":
@@ -99,132 +116,352 @@ func (s *strSet) any(v string) bool {
 // saRef is a serviceAccounts entry resolved to (namespace, name).
 type saRef struct{ ns, sa string }
 
-// match is one L4 match entry (ztunnel's Match): every field that is set must
-// match; inside a field any value may. A not* field matches when none of its
-// values does.
-type match struct {
-	principals, notPrincipals strSet
-	namespaces, notNamespaces strSet
-	sas, notSAs               []saRef
-	srcIPs, notSrcIPs         []netip.Prefix
-	dstIPs, notDstIPs         []netip.Prefix
-	ports, notPorts           []uint16
+// span is a range [lo, hi) of one of prog's arrays.
+type span struct{ lo, hi int32 }
+
+// The kinds of check, in the order a match evaluates them (cheapest and
+// most selective first).
+const (
+	checkPort uint8 = iota
+	checkDstIP
+	checkSrcIP
+	checkSA
+	checkPrincipal
+	checkNamespace
+)
+
+// check is one field of a match: kind says which, data indexes prog.ports,
+// prog.ips, prog.sas (a range) or prog.strs (data.lo). neg marks a not*
+// field, which holds when no value matches.
+type check struct {
+	kind uint8
+	neg  bool
+	data span
 }
 
-func (m *match) empty() bool {
-	return m.principals.n == 0 && m.notPrincipals.n == 0 && m.namespaces.n == 0 && m.notNamespaces.n == 0 &&
-		len(m.sas) == 0 && len(m.notSAs) == 0 && len(m.srcIPs) == 0 && len(m.notSrcIPs) == 0 &&
-		len(m.dstIPs) == 0 && len(m.notDstIPs) == 0 && len(m.ports) == 0 && len(m.notPorts) == 0
-}
-
-func (m *match) matches(c *conn) bool {
-	return matchPrefixes(m.dstIPs, m.notDstIPs, c.dst) &&
-		matchPrefixes(m.srcIPs, m.notSrcIPs, c.src) &&
-		matchPorts(m.ports, m.notPorts, c.port) &&
-		matchSAs(m.sas, m.notSAs, c) &&
-		matchPrincipal(&m.principals, &m.notPrincipals, c) &&
-		matchStr(&m.namespaces, &m.notNamespaces, c.ns)
-}
-
-func matchPrefixes(pos, neg []netip.Prefix, a netip.Addr) bool {
-	if len(pos) > 0 && !anyPrefix(pos, a) {
-		return false
-	}
-	return len(neg) == 0 || !anyPrefix(neg, a)
-}
-
-func anyPrefix(ps []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func matchPorts(pos, neg []uint16, p uint16) bool {
-	if len(pos) > 0 && !anyPort(pos, p) {
-		return false
-	}
-	return len(neg) == 0 || !anyPort(neg, p)
-}
-
-func anyPort(ps []uint16, p uint16) bool {
-	for _, q := range ps {
-		if q == p {
-			return true
-		}
-	}
-	return false
-}
-
-// matchSAs: a serviceAccounts entry never matches a connection without a
-// peer identity (so notServiceAccounts always does).
-func matchSAs(pos, neg []saRef, c *conn) bool {
-	if len(pos) > 0 && !anySA(pos, c) {
-		return false
-	}
-	return len(neg) == 0 || !anySA(neg, c)
-}
-
-func anySA(refs []saRef, c *conn) bool {
-	if !c.identity {
-		return false
-	}
-	for _, r := range refs {
-		if r.ns == c.ns && r.sa == c.sa {
-			return true
-		}
-	}
-	return false
-}
-
-// matchPrincipal: like ztunnel, no pattern (not even "*") matches a
-// connection without a peer identity, so notPrincipals always does.
-func matchPrincipal(pos, neg *strSet, c *conn) bool {
-	if pos.n > 0 && (!c.identity || !pos.any(c.principal)) {
-		return false
-	}
-	return neg.n == 0 || !c.identity || !neg.any(c.principal)
-}
-
-func matchStr(pos, neg *strSet, v string) bool {
-	if pos.n > 0 && !pos.any(v) {
-		return false
-	}
-	return neg.n == 0 || !neg.any(v)
-}
-
-// clause is one from, to or when clause: it matches when any of its match
-// entries does. Entries that were empty (after L7 fields were removed) are
-// not stored: like ztunnel, an empty entry never matches, so a clause whose
-// entries were all empty never matches and its rule is dead.
-type clause struct {
-	matches []match
-}
-
-func (cl *clause) match(c *conn) bool {
-	for i := range cl.matches {
-		if cl.matches[i].matches(c) {
-			return true
-		}
-	}
-	return false
-}
-
-// rule is one compiled spec.rules entry: every clause must match; a rule
-// without clauses (`{}`) matches everything.
+// rule is one compiled spec.rules entry: every clause in clauses (a range of
+// prog.clauses) must match; a rule without clauses (`{}`) matches
+// everything. A clause is a range of prog.matches and holds when any of
+// them does; a match is a range of prog.checks and holds when all do.
+//
+// Like ztunnel, a match entry left empty (after HTTP fields are removed) is
+// skipped, never stored: a clause whose entries were all empty would never
+// match, so its rule is dead and Compile drops it (see ruleShape).
 type rule struct {
-	index   int // position in spec.rules
-	clauses []clause
+	clauses span
+	index   int32  // position in spec.rules
 	reason  string // Decision.Reason when this rule decides
 }
 
-func (r *rule) matches(c *conn) bool {
-	for i := range r.clauses {
-		if !r.clauses[i].match(c) {
+// prog holds every compiled rule of an Engine in flat arrays, policies in
+// (namespace, name) order, so evaluation reads memory mostly in sequence.
+type prog struct {
+	rules   []rule
+	clauses []span
+	matches []span
+	checks  []check
+	strs    []strSet
+	ips     []netip.Prefix
+	ports   []uint16
+	sas     []saRef
+
+	intern map[string]int32 // compile time only: strSet dedup
+	key    []byte
+}
+
+func (pr *prog) ruleMatches(r *rule, c *conn) bool {
+	for ci := r.clauses.lo; ci < r.clauses.hi; ci++ {
+		if !pr.clauseMatches(pr.clauses[ci], c) {
 			return false
 		}
 	}
 	return true
+}
+
+func (pr *prog) clauseMatches(cl span, c *conn) bool {
+	for mi := cl.lo; mi < cl.hi; mi++ {
+		if pr.matchMatches(pr.matches[mi], c) {
+			return true
+		}
+	}
+	return false
+}
+
+func (pr *prog) matchMatches(m span, c *conn) bool {
+	for ki := m.lo; ki < m.hi; ki++ {
+		k := &pr.checks[ki]
+		if pr.checkAny(k, c) == k.neg {
+			return false
+		}
+	}
+	return true
+}
+
+// checkAny reports whether any value of k matches c. Like ztunnel, no
+// principal or service account matches a connection without a peer
+// identity (so their not* forms always hold), and a namespace pattern is
+// matched against "" then, which no valid pattern matches.
+func (pr *prog) checkAny(k *check, c *conn) bool {
+	switch k.kind {
+	case checkPort:
+		for _, p := range pr.ports[k.data.lo:k.data.hi] {
+			if p == c.port {
+				return true
+			}
+		}
+	case checkDstIP:
+		for _, p := range pr.ips[k.data.lo:k.data.hi] {
+			if p.Contains(c.dst) {
+				return true
+			}
+		}
+	case checkSrcIP:
+		for _, p := range pr.ips[k.data.lo:k.data.hi] {
+			if p.Contains(c.src) {
+				return true
+			}
+		}
+	case checkSA:
+		if !c.identity {
+			return false
+		}
+		for _, r := range pr.sas[k.data.lo:k.data.hi] {
+			if r.ns == c.ns && r.sa == c.sa {
+				return true
+			}
+		}
+	case checkPrincipal:
+		return c.identity && pr.strs[k.data.lo].any(c.principal)
+	case checkNamespace:
+		return pr.strs[k.data.lo].any(c.ns)
+	}
+	return false
+}
+
+// The emit methods lay validated rules out in the prog. They run after
+// validation, so parse errors cannot happen there.
+
+// fromHasL4 reports whether a from entry keeps a field at L4.
+func fromHasL4(s *Source) bool {
+	return len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces)+len(s.ServiceAccounts)+
+		len(s.NotServiceAccounts)+len(s.IPBlocks)+len(s.NotIPBlocks) > 0
+}
+
+// toHasL4 reports whether a to entry keeps a field at L4.
+func toHasL4(op *Operation) bool { return len(op.Ports)+len(op.NotPorts) > 0 }
+
+func isL4When(key string) bool {
+	switch key {
+	case "source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port":
+		return true
+	}
+	return false
+}
+
+// ruleShape inspects a rule as ztunnel receives it: l7 names its HTTP-only
+// fields; dead says some from, to or when clause keeps no L4 entry, so the
+// rule can never match.
+func ruleShape(r *Rule) (l7 []string, dead bool) {
+	add := func(name string, n int) {
+		if n > 0 && !slices.Contains(l7, name) {
+			l7 = append(l7, name)
+		}
+	}
+	if len(r.To) > 0 {
+		live := false
+		for i := range r.To {
+			op := &r.To[i].Operation
+			add("hosts", len(op.Hosts))
+			add("notHosts", len(op.NotHosts))
+			add("methods", len(op.Methods))
+			add("notMethods", len(op.NotMethods))
+			add("paths", len(op.Paths))
+			add("notPaths", len(op.NotPaths))
+			live = live || toHasL4(op)
+		}
+		dead = dead || !live
+	}
+	if len(r.From) > 0 {
+		live := false
+		for i := range r.From {
+			s := &r.From[i].Source
+			add("remoteIpBlocks", len(s.RemoteIPBlocks))
+			add("notRemoteIpBlocks", len(s.NotRemoteIPBlocks))
+			add("requestPrincipals", len(s.RequestPrincipals))
+			add("notRequestPrincipals", len(s.NotRequestPrincipals))
+			live = live || fromHasL4(s)
+		}
+		dead = dead || !live
+	}
+	for _, w := range r.When {
+		if !isL4When(w.Key) {
+			add("when "+w.Key, 1)
+			dead = true
+		}
+	}
+	return l7, dead
+}
+
+// emitRule lays out a live rule: a clause for the to list, one for the from
+// list, one per when condition; entries without L4 fields are skipped. It
+// returns the rule's clauses and its principal Bloom bits (0 unless some
+// clause needs the principal to be one of exact values).
+func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
+	cs.lo = int32(len(pr.clauses))
+	if len(r.To) > 0 {
+		cl := span{lo: int32(len(pr.matches))}
+		for i := range r.To {
+			op := &r.To[i].Operation
+			if !toHasL4(op) {
+				continue
+			}
+			m := span{lo: int32(len(pr.checks))}
+			pr.addPorts(false, op.Ports)
+			pr.addPorts(true, op.NotPorts)
+			m.hi = int32(len(pr.checks))
+			pr.matches = append(pr.matches, m)
+		}
+		cl.hi = int32(len(pr.matches))
+		pr.clauses = append(pr.clauses, cl)
+	}
+	if len(r.From) > 0 {
+		cl := span{lo: int32(len(pr.matches))}
+		var b uint64
+		exact := true
+		for i := range r.From {
+			s := &r.From[i].Source
+			if !fromHasL4(s) {
+				continue
+			}
+			m := span{lo: int32(len(pr.checks))}
+			pr.addIPs(checkSrcIP, false, s.IPBlocks)
+			pr.addIPs(checkSrcIP, true, s.NotIPBlocks)
+			pr.addSAs(false, s.ServiceAccounts, policyNS)
+			pr.addSAs(true, s.NotServiceAccounts, policyNS)
+			pr.addStrs(checkPrincipal, false, s.Principals)
+			pr.addStrs(checkPrincipal, true, s.NotPrincipals)
+			pr.addStrs(checkNamespace, false, s.Namespaces)
+			pr.addStrs(checkNamespace, true, s.NotNamespaces)
+			m.hi = int32(len(pr.checks))
+			pr.matches = append(pr.matches, m)
+			b, exact = exactBloom(b, exact, s.Principals)
+		}
+		cl.hi = int32(len(pr.matches))
+		pr.clauses = append(pr.clauses, cl)
+		if exact {
+			bloom = b
+		}
+	}
+	for _, w := range r.When {
+		cl := span{lo: int32(len(pr.matches))}
+		m := span{lo: int32(len(pr.checks))}
+		switch w.Key {
+		case "source.ip":
+			pr.addIPs(checkSrcIP, false, w.Values)
+			pr.addIPs(checkSrcIP, true, w.NotValues)
+		case "destination.ip":
+			pr.addIPs(checkDstIP, false, w.Values)
+			pr.addIPs(checkDstIP, true, w.NotValues)
+		case "destination.port":
+			pr.addPorts(false, w.Values)
+			pr.addPorts(true, w.NotValues)
+		case "source.namespace":
+			pr.addStrs(checkNamespace, false, w.Values)
+			pr.addStrs(checkNamespace, true, w.NotValues)
+		case "source.principal":
+			pr.addStrs(checkPrincipal, false, w.Values)
+			pr.addStrs(checkPrincipal, true, w.NotValues)
+			if b, exact := exactBloom(0, true, w.Values); exact && bloom == 0 {
+				bloom = b
+			}
+		}
+		m.hi = int32(len(pr.checks))
+		pr.matches = append(pr.matches, m)
+		cl.hi = int32(len(pr.matches))
+		pr.clauses = append(pr.clauses, cl)
+	}
+	cs.hi = int32(len(pr.clauses))
+	return cs, bloom
+}
+
+// exactBloom folds one match entry's principals into a clause's filter:
+// the clause keeps a filter only while every entry requires the principal
+// to be one of exact values.
+func exactBloom(b uint64, exact bool, principals []string) (uint64, bool) {
+	if len(principals) == 0 {
+		return 0, false
+	}
+	for _, p := range principals {
+		if strings.Contains(p, "*") {
+			return 0, false
+		}
+		b |= principalBit(p)
+	}
+	return b, exact
+}
+
+func (pr *prog) addPorts(neg bool, values []string) {
+	if len(values) == 0 {
+		return
+	}
+	d := span{lo: int32(len(pr.ports))}
+	for _, v := range values {
+		p, _ := parsePort(v)
+		pr.ports = append(pr.ports, p)
+	}
+	d.hi = int32(len(pr.ports))
+	pr.checks = append(pr.checks, check{kind: checkPort, neg: neg, data: d})
+}
+
+func (pr *prog) addIPs(kind uint8, neg bool, values []string) {
+	if len(values) == 0 {
+		return
+	}
+	d := span{lo: int32(len(pr.ips))}
+	for _, v := range values {
+		p, _ := parseIPBlock(v)
+		pr.ips = append(pr.ips, p)
+	}
+	d.hi = int32(len(pr.ips))
+	pr.checks = append(pr.checks, check{kind: kind, neg: neg, data: d})
+}
+
+// addSAs resolves "sa" to the policy's namespace and "ns/sa" to itself.
+func (pr *prog) addSAs(neg bool, values []string, policyNS string) {
+	if len(values) == 0 {
+		return
+	}
+	d := span{lo: int32(len(pr.sas))}
+	for _, v := range values {
+		if ns, sa, ok := strings.Cut(v, "/"); ok {
+			pr.sas = append(pr.sas, saRef{ns, sa})
+		} else {
+			pr.sas = append(pr.sas, saRef{policyNS, v})
+		}
+	}
+	d.hi = int32(len(pr.sas))
+	pr.checks = append(pr.checks, check{kind: checkSA, neg: neg, data: d})
+}
+
+// addStrs adds a pattern check; identical pattern lists share one strSet.
+func (pr *prog) addStrs(kind uint8, neg bool, values []string) {
+	if len(values) == 0 {
+		return
+	}
+	pr.key = pr.key[:0]
+	for _, v := range values {
+		pr.key = strconv.AppendInt(pr.key, int64(len(v)), 10)
+		pr.key = append(pr.key, ':')
+		pr.key = append(pr.key, v...)
+	}
+	i, ok := pr.intern[string(pr.key)]
+	if !ok {
+		if pr.intern == nil {
+			pr.intern = map[string]int32{}
+		}
+		i = int32(len(pr.strs))
+		pr.strs = append(pr.strs, newStrSet(values))
+		pr.intern[string(pr.key)] = i
+	}
+	pr.checks = append(pr.checks, check{kind: kind, neg: neg, data: span{lo: i}})
 }
