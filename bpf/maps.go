@@ -12,65 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Listener names a slot of the listener SOCKMAP. Values equal the C enum
-// ferry_listener.
-type Listener uint32
-
-// The agent's three capture listeners.
-const (
-	ListenerOutbound Listener = iota // connections from enrolled pods (15001)
-	ListenerInbound                  // plaintext connections to enrolled pods (15006)
-	ListenerHBONE                    // connections to an enrolled pod's HBONE port (15008)
-)
-
-func (l Listener) String() string {
-	switch l {
-	case ListenerOutbound:
-		return "outbound"
-	case ListenerInbound:
-		return "inbound"
-	case ListenerHBONE:
-		return "hbone"
-	}
-	return fmt.Sprintf("Listener(%d)", uint32(l))
-}
-
-// Verdict names a counter kept by the program, per decision. Values equal the
-// C enum ferry_verdict.
-type Verdict uint32
-
-// Verdicts counted by the program. Connections that are not Ferry's are not
-// counted.
-const (
-	VerdictOutbound     Verdict = iota // assigned to the outbound listener
-	VerdictInbound                     // assigned to the inbound listener
-	VerdictHBONE                       // assigned to the HBONE listener
-	VerdictNoListener                  // refused: no listener in the slot
-	VerdictAssignFailed                // refused: the kernel rejected the socket
-	numVerdicts
-)
-
-// Verdicts lists every Verdict, in order.
-func Verdicts() []Verdict {
-	return []Verdict{VerdictOutbound, VerdictInbound, VerdictHBONE, VerdictNoListener, VerdictAssignFailed}
-}
-
-func (v Verdict) String() string {
-	switch v {
-	case VerdictOutbound:
-		return "outbound"
-	case VerdictInbound:
-		return "inbound"
-	case VerdictHBONE:
-		return "hbone"
-	case VerdictNoListener:
-		return "no_listener"
-	case VerdictAssignFailed:
-		return "assign_failed"
-	}
-	return fmt.Sprintf("Verdict(%d)", uint32(v))
-}
-
 // SetListeners puts the three listening sockets in the SOCKMAP, replacing
 // what was there, so new captured connections go to them. Each must be a
 // listening TCP socket that is not MPTCP (Go listeners are MPTCP by default

@@ -14,35 +14,9 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 )
 
-// DefaultPinDir is where the agent pins its maps and its netns link unless
-// told otherwise. Several agents on one machine (the netns testbed) use one
-// directory each.
-const DefaultPinDir = "/sys/fs/bpf/ferry"
-
-// DefaultHBONEPort is the port that selects the HBONE listener for
-// connections to an enrolled pod, as in Istio's ztunnel.
-const DefaultHBONEPort = 15008
-
-// ErrNotSupported is wrapped by errors caused by a kernel that lacks a
-// feature the program needs (sk_lookup needs Linux 5.9). Match it with
-// errors.Is.
-var ErrNotSupported = ebpf.ErrNotSupported
-
 // linkPinName is the name of the pinned sk_lookup netns link in the pin
 // directory. Maps are pinned under their own (ferry_*) names.
 const linkPinName = "ferry_sk_lookup_link"
-
-// Config configures Load. The zero value is usable.
-type Config struct {
-	// PinDir is the directory on a BPF filesystem where maps and the link
-	// are pinned. "" means DefaultPinDir. If nothing is mounted there,
-	// Load mounts a bpffs on its parent directory.
-	PinDir string
-	// HBONEPort is the destination port that sends connections to an
-	// enrolled pod to the HBONE listener rather than the inbound plaintext
-	// one. 0 means DefaultHBONEPort.
-	HBONEPort uint16
-}
 
 // Objects is Ferry's loaded redirect program and its maps. Its methods are
 // safe for concurrent use (each is a few independent syscalls); SetPods calls

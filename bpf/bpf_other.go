@@ -1,0 +1,47 @@
+//go:build !linux
+
+package bpf
+
+import (
+	"fmt"
+	"net/netip"
+	"syscall"
+)
+
+// Objects is Ferry's loaded redirect program and its maps. Outside Linux it
+// cannot be created.
+type Objects struct{}
+
+// Load fails outside Linux.
+func Load(cfg Config) (*Objects, error) {
+	return nil, fmt.Errorf("bpf: load: %w", ErrNotSupported)
+}
+
+// Remove has nothing to remove outside Linux.
+func Remove(pinDir string) error { return nil }
+
+// PinDir is empty outside Linux.
+func (o *Objects) PinDir() string { return "" }
+
+// Close does nothing outside Linux.
+func (o *Objects) Close() error { return nil }
+
+// AttachNetNS fails outside Linux.
+func (o *Objects) AttachNetNS(nsPath string) error { return ErrNotSupported }
+
+// SetListeners fails outside Linux.
+func (o *Objects) SetListeners(outbound, inbound, hbone syscall.Conn) error {
+	return ErrNotSupported
+}
+
+// SetListener fails outside Linux.
+func (o *Objects) SetListener(l Listener, c syscall.Conn) error { return ErrNotSupported }
+
+// SetPods fails outside Linux.
+func (o *Objects) SetPods(ips []netip.Addr) error { return ErrNotSupported }
+
+// Pods fails outside Linux.
+func (o *Objects) Pods() ([]netip.Addr, error) { return nil, ErrNotSupported }
+
+// Counters fails outside Linux.
+func (o *Objects) Counters() (map[Verdict]uint64, error) { return nil, ErrNotSupported }

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Apply fails outside Linux.
+func Apply(p Plan) error { return fmt.Errorf("redirect: apply: %w", errors.ErrUnsupported) }
+
+// Cleanup has nothing to remove outside Linux.
+func Cleanup() error { return nil }
+
+// ListenTransparent fails outside Linux.
+func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, error) {
+	return nil, fmt.Errorf("redirect: listen transparent: %w", errors.ErrUnsupported)
+}
+
+// DialTransparent fails outside Linux.
+func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	return nil, fmt.Errorf("redirect: dial transparent: %w", errors.ErrUnsupported)
+}
