@@ -28,8 +28,16 @@ type Deps struct {
 	Log     *slog.Logger
 	Level   *slog.LevelVar // the level behind Log, changed through /logging
 	Version string
-	// Source overrides the inventory source built from Config (tests, Kubernetes).
+	// Source overrides the inventory source built from Config (tests).
 	Source inventory.Source
+	// Annotator, when set, records captured pods on the Kubernetes API.
+	Annotator Annotator
+}
+
+// Annotator records whether a pod's traffic is captured, as Istio's
+// ambient.istio.io/redirection annotation.
+type Annotator interface {
+	SetRedirection(ctx context.Context, pod inventory.Pod, enabled bool) error
 }
 
 // Agent is the node agent. New validates; Run does the work.
@@ -39,10 +47,14 @@ type Agent struct {
 	level   *slog.LevelVar
 	version string
 	source  inventory.Source
+	annot   Annotator
 	metrics *Metrics
 	ready   *readiness
 
 	state atomic.Pointer[state]
+	// annotated is what this agent last wrote on each pod (by UID); only
+	// the reconcile loop touches it.
+	annotated map[string]bool
 
 	// Set up by Run.
 	store    *certs.Store
@@ -63,7 +75,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: deps.Log, level: deps.Level, version: deps.Version, source: deps.Source}
+	a := &Agent{cfg: cfg, log: deps.Log, level: deps.Level, version: deps.Version, source: deps.Source, annot: deps.Annotator}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -71,9 +83,13 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		a.version = "dev"
 	}
 	if a.source == nil {
+		if cfg.Kube {
+			return nil, errors.New("node: --kube needs a Kubernetes source (built by cmd/ferry)")
+		}
 		a.source = &inventory.File{Path: cfg.Manifests, Log: a.log}
 	}
 	a.metrics = NewMetrics(a.version)
+	a.annotated = map[string]bool{}
 	tasks := []string{TaskInventory, TaskCertificates, TaskListeners}
 	if cfg.Redirect == RedirectEBPF {
 		tasks = append(tasks, TaskRedirection)
@@ -242,7 +258,11 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 		case <-retry:
 		}
 		retry = nil
-		if err := a.apply(last); err != nil {
+		err := a.apply(last)
+		if err == nil {
+			err = a.annotate(ctx)
+		}
+		if err != nil {
 			a.log.Warn("applying inventory, will retry", "err", err)
 			retry = time.After(time.Second)
 		}
@@ -273,6 +293,44 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 		a.ready.set(TaskRedirection, true, "")
 	}
 	return nil
+}
+
+// annotate converges the redirection annotation of this node's pods to their
+// capture state (Kubernetes mode only). It is level-triggered: it compares
+// each local pod's annotation (or what this agent last wrote, which the
+// snapshot may not show yet) with whether the pod is captured.
+func (a *Agent) annotate(ctx context.Context) error {
+	if a.annot == nil {
+		return nil
+	}
+	s := a.current()
+	var errs []error
+	seen := map[string]bool{}
+	for _, w := range s.view.byIP {
+		if !w.Local || w.UID == "" {
+			continue
+		}
+		seen[w.UID] = true
+		want := w.Enrolled && (a.redirect == nil || a.redirect.Captured(w.IP))
+		has, written := a.annotated[w.UID]
+		if !written {
+			has = w.Annotations[RedirectionAnnotation] == "enabled"
+		}
+		if want == has {
+			continue
+		}
+		if err := a.annot.SetRedirection(ctx, w.Pod, want); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		a.annotated[w.UID] = want
+	}
+	for uid := range a.annotated {
+		if !seen[uid] {
+			delete(a.annotated, uid) // the pod is gone
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // watchCertificates keeps the certificate readiness task and expiry metrics current.

@@ -25,6 +25,8 @@ const (
 type Config struct {
 	NodeName        string // this node's name, as pods' spec.nodeName says
 	Manifests       string // local mode: a manifests file or directory
+	Kube            bool   // read the inventory from the Kubernetes API instead
+	Kubeconfig      string // with Kube: a kubeconfig file; "" means in-cluster
 	CACert, CAKey   string // local CA root certificate and key (PEM files)
 	TrustDomain     string
 	SystemNamespace string // Istio's root namespace: mesh-wide policies, the agent's own pods
@@ -42,6 +44,8 @@ type Config struct {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeName, "node", "", "this node's name (pods' spec.nodeName); default $NODE_NAME")
 	fs.StringVar(&c.Manifests, "manifests", "", "local mode: file or directory of Namespace, Pod, AuthorizationPolicy and PeerAuthentication YAML, reloaded on change")
+	fs.BoolVar(&c.Kube, "kube", false, "read pods, namespaces and Istio policies from the Kubernetes API (in-cluster, or --kubeconfig)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --kube: kubeconfig file (default: in-cluster service account)")
 	fs.StringVar(&c.CACert, "ca-cert", "", "local CA root certificate (PEM); see `ferry ca init`")
 	fs.StringVar(&c.CAKey, "ca-key", "", "local CA root key (PEM)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
@@ -71,8 +75,8 @@ func (c *Config) validate() error {
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("--node (or $NODE_NAME) is required"))
 	}
-	if c.Manifests == "" {
-		errs = append(errs, errors.New("--manifests is required (Kubernetes mode is --kube)"))
+	if (c.Manifests == "") == !c.Kube {
+		errs = append(errs, errors.New("exactly one of --manifests (local mode) and --kube is required"))
 	}
 	if c.CACert == "" || c.CAKey == "" {
 		errs = append(errs, errors.New("--ca-cert and --ca-key are required (create them with `ferry ca init --out DIR`)"))

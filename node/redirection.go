@@ -52,13 +52,8 @@ func (r *redirection) Apply(pods []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	// Routes first, then the map: a pod's traffic reaches the agent only once
-	// both are in place, and the listener is already there.
-	if err := redirect.Apply(plan); err != nil {
-		return fmt.Errorf("node: apply routing: %w", err)
-	}
-	if err := r.objs.SetPods(pods); err != nil {
-		return fmt.Errorf("node: update enrolled pods map: %w", err)
+	if err := redirect.Converge(plan, r.objs); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

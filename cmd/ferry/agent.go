@@ -38,7 +38,13 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("--log-format %q: want text or json", *logFormat)
 	}
 	log := slog.New(h)
-	a, err := node.New(cfg, node.Deps{Log: log, Level: &level, Version: version})
+	deps := node.Deps{Log: log, Level: &level, Version: version}
+	if cfg.Kube {
+		if err := kubeDeps(cfg, &deps, log); err != nil {
+			return err
+		}
+	}
+	a, err := node.New(cfg, deps)
 	if err != nil {
 		return err
 	}
