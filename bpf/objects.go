@@ -18,9 +18,10 @@ import (
 // directory. Maps are pinned under their own (ferry_*) names.
 const linkPinName = "ferry_sk_lookup_link"
 
-// Objects is Ferry's loaded redirect program and its maps. Its methods are
-// safe for concurrent use (each is a few independent syscalls); SetPods calls
-// should not race each other.
+// Objects is Ferry's loaded redirect program and its maps. SetListener(s),
+// Pods and Counters are safe for concurrent use; SetPods is too, but two
+// concurrent SetPods calls may interleave (one writer should own the pod
+// set); AttachNetNS and Close must not run concurrently with other methods.
 //
 // Close releases the process's handles but leaves the pins, so capture (and
 // the fail-closed behaviour when the agent is gone) survives a restart.
