@@ -60,6 +60,7 @@ type Agent struct {
 	store    *certs.Store
 	conns    *tunnel.Registry
 	redirect *redirection // nil with --redirect none
+	local    *localHBONE  // same-node HBONE, in process
 }
 
 // state is what one inventory snapshot compiles to. It is replaced whole.
@@ -121,6 +122,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer lns.close()
+	a.local = newLocalHBONE()
+	defer a.local.Close()
 	if a.cfg.Redirect == RedirectEBPF {
 		a.redirect, err = newRedirection(a.cfg, lns, a.log.With("component", "redirect"))
 		if err != nil {
@@ -154,6 +157,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer client.Close()
+	collector := newStateCollector(a, client)
+	a.metrics.Registry.MustRegister(collector)
+	defer a.metrics.Registry.Unregister(collector)
 	outbound, err := tunnel.NewOutbound(tunnel.OutboundConfig{
 		Routes:   a,
 		Client:   client,
@@ -201,6 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.store.Run(gctx) })
 	g.Go(func() error { return a.watchCertificates(gctx) })
 	g.Go(func() error { return server.Serve(gctx, lns.hbone) })
+	g.Go(func() error { return server.Serve(gctx, a.local) })
 	g.Go(func() error { return outbound.Serve(gctx, lns.outbound) })
 	g.Go(func() error { return plaintext.Serve(gctx, lns.inbound) })
 	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
@@ -464,6 +471,9 @@ func (a *Agent) dialPod(ctx context.Context, src, dst netip.AddrPort) (net.Conn,
 // dialHBONE dials a peer agent's HBONE port, from the source pod's address
 // when capture is on.
 func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if a.Local(dst.Addr()) {
+		return a.local.dial(ctx, src, dst)
+	}
 	if a.redirect != nil {
 		return a.redirect.dialFrom(ctx, src, dst)
 	}
@@ -471,8 +481,15 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPor
 	return d.DialContext(ctx, "tcp", dst.String())
 }
 
-// dialPassthrough dials a destination outside the mesh.
+// dialPassthrough dials a destination outside the mesh, from the pod's own
+// address unless the destination is an address of this node: a transparent
+// dial to a local address would be captured again by the sk_lookup program
+// (its source is an enrolled pod) and loop back into the agent.
 func (a *Agent) dialPassthrough(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	if a.redirect != nil && isLocalAddr(dst.Addr()) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", dst.String())
+	}
 	return a.dialPod(ctx, src, dst)
 }
 

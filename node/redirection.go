@@ -10,6 +10,9 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrymesh/ferry/bpf"
 	"github.com/ferrymesh/ferry/node/redirect"
 )
@@ -109,4 +112,17 @@ func Cleanup(pinDir string) error {
 // listenTransparent opens an IP_TRANSPARENT data-plane listener.
 func listenTransparent(ctx context.Context, addr string) (net.Listener, error) {
 	return redirect.ListenTransparent(ctx, addr)
+}
+
+// isLocalAddr reports whether ip is an address of this network namespace (a
+// route lookup that resolves to the local table).
+func isLocalAddr(ip netip.Addr) bool {
+	if ip.IsLoopback() {
+		return true
+	}
+	routes, err := netlink.RouteGet(ip.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return false
+	}
+	return routes[0].Type == unix.RTN_LOCAL
 }

@@ -254,9 +254,7 @@ spec: {mtls: {mode: STRICT}}
 	// deleted one too.
 	c.SetPodStatus(t, "other", "solo", corev1.PodSucceeded, "198.18.2.11")
 	wait("solo finished", func(s *inventory.Snapshot) bool { _, ok := findPod(s, "other", "solo"); return !ok })
-	if err := c.Client.CoreV1().Pods("shop").Delete(ctx, "pending-0", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.DeletePod(t, "shop", "pending-0")
 	wait("pending-0 deleted", func(s *inventory.Snapshot) bool { _, ok := findPod(s, "shop", "pending-0"); return !ok })
 
 	// Unlabel the namespace: enrolment is undone.
@@ -369,13 +367,11 @@ func TestPrivilegedKubeAnnotator(t *testing.T) {
 	})
 
 	// A pod recreated under the same name is not touched with the old UID.
-	if err := c.Client.CoreV1().Pods("shop").Delete(ctx, "web-0", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.DeletePod(t, "shop", "web-0")
 	if err := a.SetRedirection(ctx, ref, false); err != nil {
 		t.Errorf("removing from a deleted pod: %v", err)
 	}
-	if err := a.SetRedirection(ctx, ref, true); !apierrors.IsNotFound(errors.Unwrap(err)) {
+	if err := a.SetRedirection(ctx, ref, true); !apierrors.IsNotFound(err) {
 		t.Errorf("annotating a deleted pod: err = %v, want NotFound", err)
 	}
 	c.CreatePod(t, kubetest.Pod{Namespace: "shop", Name: "web-0", Node: "node-1", IP: "198.18.1.11"})
@@ -457,9 +453,7 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	}
 
 	// Once the agent's pod is gone (or replaced), its token is worthless.
-	if err := c.Client.CoreV1().Pods("istio-system").Delete(ctx, "ferry-abcde", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.DeletePod(t, "istio-system", "ferry-abcde")
 	if _, err := auth.Authenticate(ctx, tok); !errors.Is(err, kube.ErrUnauthenticated) {
 		t.Errorf("token of a deleted pod: err = %v, want ErrUnauthenticated", err)
 	}
