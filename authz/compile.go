@@ -34,11 +34,10 @@ func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*
 	}
 	var ds []Diagnostic
 	e := &Engine{
-		root:   cfg.RootNamespace,
-		byNS:   map[string]*scopeSet{},
-		nsPA:   map[string]*peerAuth{},
-		wlPA:   map[string]*paIndex{},
-		global: &scopeSet{},
+		root: cfg.RootNamespace,
+		byNS: map[string]*scopeSet{},
+		nsPA: map[string]*peerAuth{},
+		wlPA: map[string]*paIndex{},
 	}
 
 	seen := map[string]bool{}

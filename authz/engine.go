@@ -8,12 +8,13 @@ import (
 // Engine answers authorization questions for one compiled policy set. It is
 // immutable: Decide and Explain may be called from many goroutines at once.
 // Obtain one from Compile; a policy change means compiling a new Engine.
+// The zero Engine holds no policy, so it allows every connection.
 type Engine struct {
 	root string
 	prog prog
 
 	policies []*policy // all compiled AuthorizationPolicies, by (namespace, name)
-	global   *scopeSet // root-namespace policies: apply in every namespace
+	global   scopeSet  // root-namespace policies: apply in every namespace
 	byNS     map[string]*scopeSet
 
 	peerAuths  []*peerAuth // by age
@@ -86,7 +87,7 @@ func firstPeerAuth(x *paIndex, labels map[string]string) *peerAuth {
 }
 
 func (e *Engine) index(p *policy) {
-	set := e.global
+	set := &e.global
 	if p.ns != e.root {
 		set = e.byNS[p.ns]
 		if set == nil {

@@ -1,6 +1,8 @@
 package authz
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -553,6 +555,47 @@ func checkDiags(t *testing.T, ds []Diagnostic, want []string) {
 	for i, d := range ds {
 		if !strings.Contains(d.Error(), want[i]) {
 			t.Errorf("diagnostic %d = %q, want it to contain %q", i, d.Error(), want[i])
+		}
+	}
+}
+
+func TestZeroEngineAllows(t *testing.T) {
+	var e Engine
+	if d := e.Decide(rq("", "foo", "x", 80)); !d.Allow || d.Reason != ReasonNoAllowPolicy {
+		t.Fatalf("zero Engine: %+v", d)
+	}
+}
+
+func TestExplain(t *testing.T) {
+	aps, pas := load(t, meshStrict+fixtureF4+
+		ap("foo", "deny-9000", `
+		action: DENY
+		rules: [{to: [{operation: {ports: ["9000"]}}]}]`)+
+		ap("istio-system", "mesh-allow", `rules: [{from: [{source: {namespaces: ["bar"]}}]}]`)+
+		ap("foo", "other-app", "selector: {matchLabels: {app: other}}")+
+		pa("foo", "tcp-echo", "", "selector: {matchLabels: {app: tcp-echo}}\nportLevelMtls: {\"9001\": {mode: PERMISSIVE}}"))
+	e, ds := Compile(Config{}, aps, pas)
+	checkDiags(t, ds, nil)
+	got := e.Explain(rq(pBarA, "foo", "tcp-echo", 9001))
+	want := Explanation{
+		Decision:           Decision{Allow: true, Policy: "foo/tcp-policy", Kind: KindAuthorizationPolicy, Reason: "allowed by ALLOW policy foo/tcp-policy (rules[0] matched)"},
+		PeerAuthentication: PeerAuthenticationResult{Mode: "PERMISSIVE", Policy: "foo/tcp-echo", Field: "portLevelMtls[9001]"},
+		Policies: []PolicyResult{
+			{Policy: "foo/deny-9000", Action: "DENY", Scope: ScopeNamespace, Rule: -1, Rules: 1},
+			{Policy: "foo/tcp-policy", Action: "ALLOW", Scope: ScopeWorkload, Matched: true, Rule: 0, Rules: 1},
+			{Policy: "istio-system/mesh-allow", Action: "ALLOW", Scope: ScopeMesh, Matched: true, Rule: 0, Rules: 1},
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Explain =\n%+v\nwant\n%+v", got, want)
+	}
+	js, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"decision":{"allow":true,"policy":"foo/tcp-policy"`, `"peerAuthentication":{"mode":"PERMISSIVE"`, `"matched":true,"rule":0`} {
+		if !strings.Contains(string(js), key) {
+			t.Errorf("JSON %s lacks %s", js, key)
 		}
 	}
 }
