@@ -58,6 +58,9 @@ func TestManifests(t *testing.T) {
 			t.Errorf("%s is in no kustomization.yaml", f)
 		}
 	}
+	if !slices.Equal(deploy.Files(), files) {
+		t.Errorf("deploy.Files() = %q, kustomization order is %q", deploy.Files(), files)
+	}
 	for _, f := range deploy.CRDFiles() {
 		if !slices.Contains(files, f) {
 			t.Errorf("CRDFiles lists %s, which no kustomization applies", f)
@@ -130,16 +133,8 @@ func TestPrivilegedKubeManifestsDryRun(t *testing.T) {
 func TestPrivilegedKubeRBAC(t *testing.T) {
 	testutil.Privileged(t)
 	c := kubetest.Start(t)
+	c.ApplyDeploy(t)
 	ctx := t.Context()
-	for _, f := range manifestFiles(t, ".") {
-		b, err := fs.ReadFile(deploy.FS(), f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Apply(ctx, b, kubetest.ApplyOptions{}); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-	}
 	const (
 		agent = "system:serviceaccount:istio-system:ferry-agent"
 		ca    = "system:serviceaccount:istio-system:ferry-ca"

@@ -18,3 +18,10 @@ func FS() fs.FS { return manifests }
 func CRDFiles() []string {
 	return []string{"crds/authorizationpolicies.yaml", "crds/peerauthentications.yaml"}
 }
+
+// Files lists every manifest in FS in the order `kubectl apply -k` applies
+// them (CRDs, namespace, agent, CA). A test keeps it in step with the
+// kustomization files.
+func Files() []string {
+	return append(CRDFiles(), "base/namespace.yaml", "base/agent.yaml", "base/ca.yaml")
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"testing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -164,4 +165,22 @@ func (c *Cluster) crdServed(ctx context.Context, name string, gvr schema.GroupVe
 		return errors.New("not served yet")
 	}
 	return err
+}
+
+// ApplyDeploy applies every manifest of deploy/ for real, in kustomization
+// order: the CRDs, the istio-system namespace, the agent's and the CA's
+// service accounts, RBAC and workloads (whose pods never run: there is no
+// kubelet). Tests then act as ferry-agent or ferry-ca with ClientAs to
+// exercise exactly the RBAC an operator installs. It fails t on error.
+func (c *Cluster) ApplyDeploy(t testing.TB) {
+	t.Helper()
+	for _, f := range deploy.Files() {
+		b, err := fs.ReadFile(deploy.FS(), f)
+		if err != nil {
+			t.Fatalf("kubetest: %v", err)
+		}
+		if _, err := c.Apply(t.Context(), b, ApplyOptions{}); err != nil {
+			t.Fatalf("kubetest: %s: %v", f, err)
+		}
+	}
 }

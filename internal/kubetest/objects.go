@@ -176,3 +176,24 @@ func (c *Cluster) ClientAs(t testing.TB, namespace, serviceAccount string) kuber
 	}
 	return cs
 }
+
+// DeletePod deletes a pod at once, as a kubelet confirming the container's
+// exit would (without a kubelet, a graceful delete of a scheduled pod never
+// completes), and waits until it is gone. It fails t on error.
+func (c *Cluster) DeletePod(t testing.TB, namespace, name string) {
+	t.Helper()
+	ctx := t.Context()
+	zero := int64(0)
+	err := c.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Fatalf("kubetest: delete pod %s/%s: %v", namespace, name, err)
+	}
+	for range 100 {
+		_, err := c.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("kubetest: pod %s/%s still there after deletion", namespace, name)
+}
