@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -256,6 +258,57 @@ func (ca *LocalCA) NewIntermediate(key crypto.Signer, commonName string, ttl tim
 		return nil, fmt.Errorf("certs: intermediate certificate: %w", err)
 	}
 	return NewLocalCA(append([]*x509.Certificate{c}, ca.chain...), key, WithMaxTTL(ca.maxTTL))
+}
+
+// ServingCertificate issues a TLS server certificate, with a new P-256 key,
+// for the DNS names and IP addresses in names: for a CA service's own
+// endpoint. The chain holds the leaf and any intermediates, not the root.
+func (ca *LocalCA) ServingCertificate(names []string, ttl time.Duration) (*tls.Certificate, error) {
+	if len(names) == 0 {
+		return nil, errors.New("certs: serving certificate: no names")
+	}
+	key, err := GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now.Add(-ClockSkew),
+		NotAfter:              now.Add(min(ttl, ca.maxTTL)),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	for _, n := range names {
+		if ip, err := netip.ParseAddr(n); err == nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip.AsSlice())
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	tmpl.Subject.CommonName = names[0]
+	issuer := ca.chain[0]
+	if tmpl.NotAfter.After(issuer.NotAfter) {
+		tmpl.NotAfter = issuer.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), ca.signer)
+	if err != nil {
+		return nil, fmt.Errorf("certs: serving certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("certs: serving certificate: %w", err)
+	}
+	out := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	for _, c := range ca.chain[:len(ca.chain)-1] {
+		out.Certificate = append(out.Certificate, c.Raw)
+	}
+	return out, nil
 }
 
 // CheckCSR parses csrPEM and checks it is a request for id: a valid

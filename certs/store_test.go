@@ -325,7 +325,9 @@ func TestStoreRefusesBadIssuance(t *testing.T) {
 		want string
 	}{
 		{"empty chain", func(env) badIssuer {
-			return func(context.Context, certs.Identity, []byte, time.Duration) ([]*x509.Certificate, error) { return nil, nil }
+			return func(context.Context, certs.Identity, []byte, time.Duration) ([]*x509.Certificate, error) {
+				return nil, nil
+			}
 		}, "no certificate"},
 		{"other key", func(e env) badIssuer {
 			leaf := e.ca.Leaf(e.t, e.id).Leaf
