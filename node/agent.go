@@ -80,6 +80,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
+	if a.level == nil {
+		a.level = new(slog.LevelVar) // nothing reads it: /logging reports info
+	}
 	if a.version == "" {
 		a.version = "dev"
 	}

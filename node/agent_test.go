@@ -105,6 +105,11 @@ func logger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+func leveledLogger(t testing.TB) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: lv})), lv
+}
+
 type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
@@ -137,7 +142,8 @@ func startAgent(t *testing.T, manifests string) *harness {
 		ReadinessAddr: netip.AddrPortFrom(lo, freePort(t, lo)).String(),
 		DrainTimeout:  2 * time.Second,
 	}
-	a, err := New(cfg, Deps{Log: logger(t), Version: "test"})
+	log, level := leveledLogger(t)
+	a, err := New(cfg, Deps{Log: log, Level: level, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
