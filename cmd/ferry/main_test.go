@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/node"
+)
+
+func ferry(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), args, &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+func TestPolicyCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		allow     bool
+		wantLines []string
+	}{
+		{"allowed principal", []string{"--from", "spiffe://cluster.local/ns/foo/sa/curl"}, true,
+			[]string{"ALLOW  spiffe://cluster.local/ns/foo/sa/curl (198.18.1.2) -> bar/httpbin (198.18.2.2:8000)", "decided by: AuthorizationPolicy bar/only-foo-curl"}},
+		{"other principal", []string{"--from", "spiffe://cluster.local/ns/bar/sa/curl"}, false,
+			[]string{"DENY  spiffe://cluster.local/ns/bar/sa/curl", "reason:"}},
+		{"plaintext under mesh-wide STRICT", []string{"--from", "none"}, false,
+			[]string{"DENY  none (plaintext)", "decided by: PeerAuthentication istio-system/strict"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"policy", "check", "--manifests", "testdata/policy.yaml", "--from-ip", "198.18.1.2",
+				"--to-pod", "bar/httpbin", "--port", "8000"}, tc.args...)
+			out, err := ferry(t, args...)
+			if tc.allow != (err == nil) || (err != nil && !errors.Is(err, errDenied)) {
+				t.Fatalf("allow=%v err=%v\n%s", tc.allow, err, out)
+			}
+			for _, l := range tc.wantLines {
+				if !strings.Contains(out, l) {
+					t.Errorf("output lacks %q:\n%s", l, out)
+				}
+			}
+		})
+	}
+	out, _ := ferry(t, "policy", "check", "--manifests", "testdata/policy.yaml", "--from", "none", "--from-ip", "198.18.1.2",
+		"--to", "198.18.2.2", "--port", "8000", "-o", "json")
+	var res node.CheckResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Decision.Allow || res.Decision.Kind != "PeerAuthentication" {
+		t.Errorf("json: %v %+v\n%s", err, res, out)
+	}
+	if _, err := ferry(t, "policy", "check", "--manifests", "testdata/policy.yaml", "--from", "spiffe://x", "--from-ip", "198.18.1.2",
+		"--to-pod", "bar/httpbin", "--port", "8000"); err == nil || !strings.Contains(err.Error(), "--from") {
+		t.Errorf("malformed --from: err = %v", err)
+	}
+	if _, err := ferry(t, "policy", "check", "--manifests", "testdata/policy.yaml", "--from", "none", "--from-ip", "198.18.1.2",
+		"--to-pod", "bar/nope", "--port", "8000"); err == nil || !strings.Contains(err.Error(), "bar/nope") {
+		t.Errorf("unknown pod: err = %v", err)
+	}
+}
+
+// startAgent runs a local-mode agent on loopback and returns its admin address.
+func startAgent(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := certs.InitCA(filepath.Join(dir, "ca")); err != nil {
+		t.Fatal(err)
+	}
+	manifests := filepath.Join(dir, "m.yaml")
+	os.WriteFile(manifests, []byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: foo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: foo}
+spec: {nodeName: a, serviceAccountName: web}
+status: {podIP: 127.0.40.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: bar}
+spec: {nodeName: b}
+status: {podIP: 127.0.41.2}
+`), 0o644)
+	port := func() string {
+		ln, err := net.Listen("tcp", "127.0.40.2:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	cfg := node.Config{
+		NodeName: "a", Manifests: manifests, CACert: filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
+		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: node.RedirectNone,
+		OutboundAddr: port(), InboundAddr: port(), HBONEAddr: port(),
+		AdminAddr: strings.Replace(port(), "127.0.40.2", "127.0.0.1", 1), MetricsAddr: port(), ReadinessAddr: port(),
+		DrainTimeout: time.Second,
+	}
+	a, err := node.New(cfg, node.Deps{Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	for range 200 {
+		if resp, err := http.Get("http://" + cfg.ReadinessAddr + "/healthz/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cfg.AdminAddr
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("agent never ready")
+	return ""
+}
+
+func TestAdminCommands(t *testing.T) {
+	admin := startAgent(t)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"status"}, []string{"Node:        a", "Readiness:   ready", "Workloads:   2 known, 1 captured on this node"}},
+		{[]string{"workloads"}, []string{"NAMESPACE  POD NAME  ADDRESS     NODE  PROTOCOL  CAPTURED  IDENTITY",
+			"bar        db        127.0.41.2  b     TCP       false     spiffe://cluster.local/ns/bar/sa/default",
+			"foo        web       127.0.40.2  a     HBONE     true      spiffe://cluster.local/ns/foo/sa/web"}},
+		{[]string{"workloads", "--namespace", "bar"}, []string{"bar        db"}},
+		{[]string{"certs"}, []string{"spiffe://cluster.local/ns/foo/sa/web  valid"}},
+		{[]string{"policies"}, []string{"NAMESPACE  POLICY NAME  KIND  ACTION  SCOPE  PROBLEMS"}},
+		{[]string{"connections"}, []string{"DIRECTION  SOURCE"}},
+		{[]string{"log"}, []string{"current log level is info"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, err := ferry(t, append(tc.args, "--admin", admin)...)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			if slices.Contains(tc.args, "--namespace") && strings.Contains(out, "foo        web") {
+				t.Errorf("--namespace filter ignored:\n%s", out)
+			}
+		})
+	}
+	out, err := ferry(t, "workloads", "-o", "json", "--admin", admin)
+	var ws []node.WorkloadDump
+	if err != nil || json.Unmarshal([]byte(out), &ws) != nil || len(ws) != 2 {
+		t.Errorf("workloads -o json: %v\n%s", err, out)
+	}
+	if out, err := ferry(t, "status", "-o", "yaml", "--admin", admin); err != nil || !strings.Contains(out, "ready: true") {
+		t.Errorf("status -o yaml: %v\n%s", err, out)
+	}
+	if _, err := ferry(t, "status", "--admin", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "is the agent running") {
+		t.Errorf("no agent: err = %v", err)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	if _, err := ferry(t, "frobnicate"); err == nil || !strings.Contains(err.Error(), "frobnicate") {
+		t.Fatalf("err = %v", err)
+	}
+	if out, err := ferry(t, "version"); err != nil || out != "ferry dev\n" {
+		t.Fatalf("version: %q %v", out, err)
+	}
+}
