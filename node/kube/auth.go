@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ferrymesh/ferry/certs"
 )
 
 // ErrUnauthenticated is wrapped by every error of Authenticate that means
@@ -28,25 +30,14 @@ const (
 	extraNodeName = "authentication.kubernetes.io/node-name"
 )
 
-// Caller is who presented a token, as the API server vouches.
-type Caller struct {
-	Namespace      string // the service account's namespace
-	ServiceAccount string
-	// PodName, PodUID and NodeName are set when the token is bound to a pod
-	// (projected service-account tokens are) that still exists with that UID
-	// and service account; NodeName is the pod's spec.nodeName as the API
-	// server has it now. They are empty for tokens bound to no pod.
-	PodName, PodUID string
-	NodeName        string
-}
-
-// TokenReviewAuthenticator authenticates bearer tokens with the TokenReview
-// API and looks pods up, for `ferry ca`. It is safe for concurrent use.
+// TokenReviewAuthenticator is the certs.Authenticator of `ferry ca`: it
+// authenticates bearer tokens with the TokenReview API and looks pods up. It
+// is safe for concurrent use.
 //
 // The CA's flow for a request to sign for identity ns/sa: caller :=
 // Authenticate(token); if caller is not one of the trusted agent service
-// accounts, it may only ask for its own identity; otherwise caller.NodeName
-// must be set and ServiceAccountOnNode(caller.NodeName, ns, sa) true.
+// accounts, it may only ask for its own identity; otherwise caller.Node must
+// be set and ServiceAccountOnNode(caller.Node, ns, sa) true.
 type TokenReviewAuthenticator struct {
 	client    kubernetes.Interface
 	audiences []string
@@ -59,19 +50,27 @@ func NewTokenReviewAuthenticator(client kubernetes.Interface, audiences []string
 	return &TokenReviewAuthenticator{client: client, audiences: slices.Clone(audiences)}
 }
 
-// Authenticate reviews token. A token that is not a live service-account
-// token for the expected audiences, or whose bound pod is gone, recreated or
-// runs as another service account, yields an error wrapping
-// ErrUnauthenticated.
-func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token string) (Caller, error) {
+var _ certs.Authenticator = (*TokenReviewAuthenticator)(nil)
+
+// Authenticate reviews token and returns its service account (without a
+// trust domain: the CA has its own). When the token is bound to a pod
+// (projected service-account tokens are), Caller.Node is the node that pod
+// is scheduled on, as the API server has it now; it is empty for tokens bound
+// to no pod, which therefore cannot impersonate.
+//
+// A token that is not a live service-account token for the expected
+// audiences, or whose bound pod is gone, recreated or runs as another service
+// account, yields an error wrapping ErrUnauthenticated; an error that does
+// not means the API server could not answer.
+func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token string) (certs.Caller, error) {
 	if token == "" {
-		return Caller{}, fmt.Errorf("%w: no token", ErrUnauthenticated)
+		return certs.Caller{}, fmt.Errorf("%w: no token", ErrUnauthenticated)
 	}
 	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return Caller{}, fmt.Errorf("kube: token review: %w", err)
+		return certs.Caller{}, fmt.Errorf("kube: token review: %w", err)
 	}
 	st := tr.Status
 	if !st.Authenticated {
@@ -79,37 +78,37 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token strin
 		if reason == "" {
 			reason = "token rejected"
 		}
-		return Caller{}, fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
+		return certs.Caller{}, fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
 	}
 	if len(a.audiences) > 0 && !slices.ContainsFunc(st.Audiences, func(aud string) bool { return slices.Contains(a.audiences, aud) }) {
-		return Caller{}, fmt.Errorf("%w: token audiences %q, want one of %q", ErrUnauthenticated, st.Audiences, a.audiences)
+		return certs.Caller{}, fmt.Errorf("%w: token audiences %q, want one of %q", ErrUnauthenticated, st.Audiences, a.audiences)
 	}
 	ns, sa, ok := parseServiceAccountUser(st.User.Username)
 	if !ok {
-		return Caller{}, fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
+		return certs.Caller{}, fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
 	}
-	c := Caller{Namespace: ns, ServiceAccount: sa}
+	c := certs.Caller{Identity: certs.Identity{Namespace: ns, ServiceAccount: sa}}
 	podName, podUID := extra(st.User, extraPodName), extra(st.User, extraPodUID)
 	if podName == "" {
 		return c, nil
 	}
 	pod, err := a.client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return Caller{}, fmt.Errorf("%w: token's pod %s/%s no longer exists", ErrUnauthenticated, ns, podName)
+		return certs.Caller{}, fmt.Errorf("%w: token's pod %s/%s no longer exists", ErrUnauthenticated, ns, podName)
 	}
 	if err != nil {
-		return Caller{}, fmt.Errorf("kube: token's pod: %w", err)
+		return certs.Caller{}, fmt.Errorf("kube: token's pod: %w", err)
 	}
 	if string(pod.UID) != podUID {
-		return Caller{}, fmt.Errorf("%w: token's pod %s/%s was recreated (uid %s, token has %s)", ErrUnauthenticated, ns, podName, pod.UID, podUID)
+		return certs.Caller{}, fmt.Errorf("%w: token's pod %s/%s was recreated (uid %s, token has %s)", ErrUnauthenticated, ns, podName, pod.UID, podUID)
 	}
 	if pod.Spec.ServiceAccountName != sa {
-		return Caller{}, fmt.Errorf("%w: token's pod %s/%s runs as %q, token is for %q", ErrUnauthenticated, ns, podName, pod.Spec.ServiceAccountName, sa)
+		return certs.Caller{}, fmt.Errorf("%w: token's pod %s/%s runs as %q, token is for %q", ErrUnauthenticated, ns, podName, pod.Spec.ServiceAccountName, sa)
 	}
 	if node := extra(st.User, extraNodeName); node != "" && node != pod.Spec.NodeName {
-		return Caller{}, fmt.Errorf("%w: token's pod %s/%s is on node %q, token says %q", ErrUnauthenticated, ns, podName, pod.Spec.NodeName, node)
+		return certs.Caller{}, fmt.Errorf("%w: token's pod %s/%s is on node %q, token says %q", ErrUnauthenticated, ns, podName, pod.Spec.NodeName, node)
 	}
-	c.PodName, c.PodUID, c.NodeName = pod.Name, string(pod.UID), pod.Spec.NodeName
+	c.Node = pod.Spec.NodeName
 	return c, nil
 }
 

@@ -11,7 +11,8 @@
 //     agent captures it, and removes it on unenrolment, as istio-cni does;
 //     istiod and other ztunnels only send HBONE to annotated pods.
 //   - TokenReviewAuthenticator answers the two questions `ferry ca` asks the
-//     API server: who presented this token (service account, pod, node), and
+//     API server (it implements certs.Authenticator): who presented this
+//     token (service account, and node for pod-bound tokens), and
 //     does a service account have a pod on a given node.
 //
 // The RBAC each needs is in deploy/base: list/watch on pods, namespaces and

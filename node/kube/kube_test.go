@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -412,14 +413,14 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := kube.Caller{Namespace: "istio-system", ServiceAccount: "ferry-agent", PodName: "ferry-abcde", PodUID: string(agentPod.UID), NodeName: "node-1"}
+	want := certs.Caller{Identity: certs.Identity{Namespace: "istio-system", ServiceAccount: "ferry-agent"}, Node: "node-1"}
 	if caller != want {
 		t.Errorf("caller = %+v, want %+v", caller, want)
 	}
 
 	// A token bound to no pod identifies the service account, not a node.
 	unbound := c.Token(t, "shop", "web", kubetest.TokenOptions{Audiences: []string{"istio-ca"}})
-	if caller, err := auth.Authenticate(ctx, unbound); err != nil || caller != (kube.Caller{Namespace: "shop", ServiceAccount: "web"}) {
+	if caller, err := auth.Authenticate(ctx, unbound); err != nil || caller != (certs.Caller{Identity: certs.Identity{Namespace: "shop", ServiceAccount: "web"}}) {
 		t.Errorf("unbound token: %+v, %v", caller, err)
 	}
 
