@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,13 +109,12 @@ func (a *Agent) Metrics() *Metrics { return a.metrics }
 // Run serves until ctx is done, then drains open connections for at most
 // Config.DrainTimeout. All goroutines it starts have exited when it returns.
 func (a *Agent) Run(ctx context.Context) error {
-	ca, err := certs.LoadLocalCA(a.cfg.CACert, a.cfg.CAKey)
+	issuer, roots, closeIssuer, err := a.issuer()
 	if err != nil {
 		return err
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Root())
-	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots}, ca, a.log.With("component", "certs"))
+	defer closeIssuer()
+	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots}, issuer, a.log.With("component", "certs"))
 	if err != nil {
 		return err
 	}
@@ -231,6 +231,49 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = g.Wait()
 	a.log.Info("agent stopped", "err", err)
 	return err
+}
+
+// issuer returns where certificates come from: the embedded local CA, or an
+// Istio CA over gRPC. Requests are counted in ferry_certs_ca_requests_total.
+func (a *Agent) issuer() (certs.Issuer, *x509.CertPool, func(), error) {
+	if a.cfg.CAAddr == "" {
+		ca, err := certs.LoadLocalCA(a.cfg.CACert, a.cfg.CAKey)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(ca.Root())
+		return countingIssuer{ca, a.metrics}, roots, func() {}, nil
+	}
+	pem, err := os.ReadFile(a.cfg.CARoot)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("node: --ca-root: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, nil, nil, fmt.Errorf("node: --ca-root %s: no PEM certificate", a.cfg.CARoot)
+	}
+	client, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return countingIssuer{client, a.metrics}, roots, func() { client.Close() }, nil
+}
+
+// countingIssuer counts CA requests by result.
+type countingIssuer struct {
+	certs.Issuer
+	m *Metrics
+}
+
+func (c countingIssuer) Issue(ctx context.Context, id certs.Identity, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+	chain, err := c.Issuer.Issue(ctx, id, csrPEM, ttl)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.m.CARequests.WithLabelValues(result).Inc()
+	return chain, err
 }
 
 // drain stops taking HBONE connections, sends GOAWAY to peers and clients,

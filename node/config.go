@@ -28,6 +28,9 @@ type Config struct {
 	Kube            bool   // read the inventory from the Kubernetes API instead
 	Kubeconfig      string // with Kube: a kubeconfig file; "" means in-cluster
 	CACert, CAKey   string // local CA root certificate and key (PEM files)
+	CAAddr          string // Istio CA protocol endpoint (istiod or `ferry ca serve`), instead of a local CA
+	CARoot          string // with CAAddr: the mesh's root certificate(s), PEM
+	CATokenFile     string // with CAAddr: the bearer token (audience istio-ca), re-read per request
 	TrustDomain     string
 	SystemNamespace string // Istio's root namespace: mesh-wide policies, the agent's own pods
 	Redirect        string // RedirectEBPF or RedirectNone
@@ -48,6 +51,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --kube: kubeconfig file (default: in-cluster service account)")
 	fs.StringVar(&c.CACert, "ca-cert", "", "local CA root certificate (PEM); see `ferry ca init`")
 	fs.StringVar(&c.CAKey, "ca-key", "", "local CA root key (PEM)")
+	fs.StringVar(&c.CAAddr, "ca-addr", "", "Istio CA endpoint host:port (istiod:15012 or `ferry ca serve`), instead of --ca-cert/--ca-key")
+	fs.StringVar(&c.CARoot, "ca-root", "", "with --ca-addr: PEM file of the mesh's root certificate(s)")
+	fs.StringVar(&c.CATokenFile, "ca-token-file", "/var/run/secrets/tokens/istio-token", "with --ca-addr: service-account token (audience istio-ca) sent to the CA")
 	fs.StringVar(&c.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "istio-system", "root namespace: its policies apply mesh-wide")
 	fs.StringVar(&c.Redirect, "redirect", RedirectEBPF, "traffic capture: ebpf (sk_lookup + policy routing) or none (user-space tests)")
@@ -78,8 +84,16 @@ func (c *Config) validate() error {
 	if (c.Manifests == "") == !c.Kube {
 		errs = append(errs, errors.New("exactly one of --manifests (local mode) and --kube is required"))
 	}
-	if c.CACert == "" || c.CAKey == "" {
-		errs = append(errs, errors.New("--ca-cert and --ca-key are required (create them with `ferry ca init --out DIR`)"))
+	switch {
+	case c.CAAddr != "":
+		if c.CARoot == "" {
+			errs = append(errs, errors.New("--ca-addr needs --ca-root (the mesh's root certificate)"))
+		}
+		if c.CACert != "" || c.CAKey != "" {
+			errs = append(errs, errors.New("--ca-addr and --ca-cert/--ca-key exclude each other"))
+		}
+	case c.CACert == "" || c.CAKey == "":
+		errs = append(errs, errors.New("--ca-cert and --ca-key (a local CA: `ferry ca init --out DIR`) or --ca-addr and --ca-root are required"))
 	}
 	if c.Redirect != RedirectEBPF && c.Redirect != RedirectNone {
 		errs = append(errs, fmt.Errorf("--redirect %q: want ebpf or none", c.Redirect))

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"strings"
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node"
+	"github.com/ferrymesh/ferry/node/kube"
 )
 
 func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -52,8 +55,11 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "serve" {
+		return runCAServe(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintln(stderr, "usage: ferry ca init --out DIR")
+		fmt.Fprintln(stderr, "usage: ferry ca init --out DIR\n       ferry ca serve --ca-cert F --ca-key F [flags]")
 		return errUsage
 	}
 	fs := newFlagSet("ca init", stderr)
@@ -69,4 +75,53 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s/root-cert.pem and %s/root-key.pem\n", *out, *out)
 	return nil
+}
+
+// runCAServe serves Istio's CA protocol for the cluster, authenticating
+// callers with Kubernetes TokenReviews.
+func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("ca serve", stderr)
+	listen := fs.String("listen", ":15012", "gRPC (TLS) listen address")
+	caCert := fs.String("ca-cert", "", "signing certificate PEM (a root, or an intermediate followed by its chain)")
+	caKey := fs.String("ca-key", "", "signing key PEM")
+	trustDomain := fs.String("trust-domain", certs.DefaultTrustDomain, "the mesh's trust domain")
+	agents := fs.String("node-agents", "istio-system/ferry", "comma-separated NAMESPACE/SERVICEACCOUNT of node agents allowed to request other service accounts' certificates")
+	names := fs.String("server-names", "ferry-ca.istio-system.svc", "comma-separated DNS names and IPs of the CA's own serving certificate")
+	maxTTL := fs.Duration("max-ttl", certs.DefaultCertTTL, "longest certificate lifetime granted")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *caCert == "" || *caKey == "" {
+		return fmt.Errorf("ca serve: --ca-cert and --ca-key are required")
+	}
+	ca, err := certs.LoadLocalCA(*caCert, *caKey, certs.WithMaxTTL(*maxTTL))
+	if err != nil {
+		return err
+	}
+	var nodeAgents []certs.Identity
+	for _, a := range strings.Split(*agents, ",") {
+		ns, sa, ok := strings.Cut(strings.TrimSpace(a), "/")
+		if !ok {
+			return fmt.Errorf("ca serve: --node-agents %q: want NAMESPACE/SERVICEACCOUNT", a)
+		}
+		nodeAgents = append(nodeAgents, certs.Identity{TrustDomain: *trustDomain, Namespace: ns, ServiceAccount: sa})
+	}
+	client, _, err := kubeClients(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	srv, err := certs.NewCAServer(certs.CAServerConfig{
+		TrustDomain: *trustDomain, NodeAgents: nodeAgents, MaxTTL: *maxTTL, ServerNames: strings.Split(*names, ","),
+	}, ca, kube.NewTokenReviewAuthenticator(client, []string{"istio-ca"}), log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("ca serve: %w", err)
+	}
+	log.Info("CA serving", "addr", ln.Addr(), "trustDomain", *trustDomain)
+	return srv.Serve(ctx, ln)
 }

@@ -38,7 +38,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"agent", "--node NAME --manifests PATH --ca-cert F --ca-key F [flags]", "run the node agent", runAgent},
-		{"ca", "init --out DIR", "create a local CA root certificate and key", runCA},
+		{"ca", "init --out DIR | serve --ca-cert F --ca-key F [flags]", "create a local CA root; or serve the Istio CA protocol for a cluster", runCA},
 		{"status", "[--admin ADDR] [-o table|json|yaml]", "the local agent's state: readiness, counts, problems", runStatus},
 		{"workloads", "[--namespace NS] [--node NODE] [-o ...]", "workloads the local agent knows, and which are captured", runWorkloads},
 		{"policies", "[--namespace NS] [-o ...]", "policies the local agent enforces, with warnings", runPolicies},
