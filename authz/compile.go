@@ -307,17 +307,27 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 
 	dead := 0
 	for i := range spec.Rules {
-		l7, isDead := ruleShape(&spec.Rules[i])
+		r := &spec.Rules[i]
 		field := "rules[" + strconv.Itoa(i) + "]"
+		for j := range r.From {
+			if s := &r.From[j].Source; len(s.TrustDomains)+len(s.NotTrustDomains) > 0 {
+				d.warnf(loc{rule: i, part: "from", j: j}.String(), "trustDomains and notTrustDomains are not enforced by ztunnel: ignored")
+			}
+		}
+		l7, isDead := ruleShape(r)
 		switch {
 		case act == actionAllow && len(l7) > 0:
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: within an ALLOW policy the rule is dropped and never matches (more restrictive than requested)",
 				strings.Join(l7, ", "))
 			continue
-		case isDead:
+		case isDead && len(l7) > 0:
 			dead++
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: without them a from, to or when clause is empty, so this DENY rule never matches",
 				strings.Join(l7, ", "))
+			continue
+		case isDead:
+			dead++
+			d.warnf(field, "a from clause holds only fields ztunnel ignores, so this rule never matches")
 			continue
 		case len(l7) > 0:
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: this DENY rule is enforced without them (more restrictive than requested)",
@@ -369,7 +379,8 @@ func checkRule(cfg Config, r *Rule, i int, d *diags) {
 		s := &r.From[j].Source
 		n := len(s.Principals) + len(s.NotPrincipals) + len(s.RequestPrincipals) + len(s.NotRequestPrincipals) +
 			len(s.Namespaces) + len(s.NotNamespaces) + len(s.ServiceAccounts) + len(s.NotServiceAccounts) +
-			len(s.IPBlocks) + len(s.NotIPBlocks) + len(s.RemoteIPBlocks) + len(s.NotRemoteIPBlocks)
+			len(s.IPBlocks) + len(s.NotIPBlocks) + len(s.RemoteIPBlocks) + len(s.NotRemoteIPBlocks) +
+			len(s.TrustDomains) + len(s.NotTrustDomains)
 		if n == 0 {
 			d.errorf(f.String(), "must not be empty")
 		}
@@ -389,6 +400,8 @@ func checkRule(cfg Config, r *Rule, i int, d *diags) {
 		checkIPs(s.NotIPBlocks, f.with("notIpBlocks"), d)
 		checkIPs(s.RemoteIPBlocks, f.with("remoteIpBlocks"), d)
 		checkIPs(s.NotRemoteIPBlocks, f.with("notRemoteIpBlocks"), d)
+		checkTrustDomains(s.TrustDomains, f.with("trustDomains"), d)
+		checkTrustDomains(s.NotTrustDomains, f.with("notTrustDomains"), d)
 	}
 	for j := range r.To {
 		f := loc{rule: i, part: "to", j: j}
@@ -497,6 +510,20 @@ func checkPrincipals(cfg Config, values []string, f loc, d *diags) {
 			} else if td, _, _ := strings.Cut(v, "/"); cfg.TrustDomain != "" && td != cfg.TrustDomain {
 				d.warnf(fi(), "trust domain %q is not the mesh's (%q): this principal never matches a local identity", td, cfg.TrustDomain)
 			}
+		}
+	}
+}
+
+func checkTrustDomains(values []string, f loc, d *diags) {
+	for i, v := range values {
+		stars := strings.Count(v, "*")
+		switch {
+		case v == "":
+			d.errorf(f.at(i), "empty value")
+		case stars > 1 || stars == 1 && v != "*" && !strings.HasPrefix(v, "*") && !strings.HasSuffix(v, "*"):
+			d.errorf(f.at(i), "one wildcard at most, at the start or the end (%q)", v)
+		case strings.Contains(v, "/"):
+			d.errorf(f.at(i), "a trust domain has no '/' (%q)", v)
 		}
 	}
 }

@@ -535,6 +535,11 @@ var scenarios = []scenario{
 		req: rq(pGateway, "default", "productpage", 9080), want: allowBy("default/productpage-viewer"),
 		diags: []string{`trust domain "cluster.local" is not the mesh's ("example.org")`}},
 
+	{name: "trustDomains are ignored, as by ztunnel", policies: ap("foo", "td", `rules: [{from: [{source: {principals: ["`+pBarA+`"], trustDomains: ["other.org"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: allowBy("foo/td"), diags: []string{"rules[0].from[0].source: warning: trustDomains and notTrustDomains are not enforced"}},
+	{name: "trustDomains alone leave an ALLOW rule that never matches", policies: ap("foo", "td", `rules: [{from: [{source: {trustDomains: ["cluster.local"]}}]}]`),
+		req: rq(pBarA, "foo", "x", 80), want: denyNoMatch, diags: []string{"not enforced", "only fields ztunnel ignores"}},
+
 	// More invalid objects.
 	{name: "selector wildcard rejected", policies: ap("foo", "bad", "selector: {matchLabels: {app: \"x*\"}}"),
 		req: rq(pBarA, "foo", "x", 80), want: allowDefault, diags: []string{"selector.matchLabels[app]: wildcards are not supported"}},

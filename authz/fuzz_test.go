@@ -421,7 +421,7 @@ func (g *gen) rule() Rule {
 	var r Rule
 	for range g.n(3) {
 		var s Source
-		switch g.n(6) {
+		switch g.n(7) {
 		case 0:
 			s.Principals = g.some(genPrincipals)
 		case 1:
@@ -435,6 +435,9 @@ func (g *gen) rule() Rule {
 		case 5:
 			s.RequestPrincipals = []string{"iss/sub"}
 			s.Principals = g.some(genPrincipals)
+		case 6:
+			s.TrustDomains = []string{"cluster.local"}
+			s.IPBlocks = g.some(genIPs)
 		}
 		r.From = append(r.From, From{Source: s})
 	}

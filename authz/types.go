@@ -77,6 +77,10 @@ type Source struct {
 	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
 	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
 	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+	// TrustDomains and NotTrustDomains are accepted but not enforced:
+	// ztunnel ignores them too (Compile warns).
+	TrustDomains    []string `json:"trustDomains,omitempty"`
+	NotTrustDomains []string `json:"notTrustDomains,omitempty"`
 }
 
 // To holds one Operation.
