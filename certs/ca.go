@@ -110,7 +110,7 @@ func NewLocalCA(chain []*x509.Certificate, key crypto.Signer, opts ...LocalCAOpt
 	if key == nil {
 		return nil, errors.New("certs: CA: no private key")
 	}
-	if err := checkPublicKey(key.Public()); err != nil {
+	if err := checkCAKey(key.Public()); err != nil {
 		return nil, fmt.Errorf("certs: CA key: %w", err)
 	}
 	pub, ok := chain[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool })

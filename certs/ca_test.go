@@ -373,3 +373,42 @@ func TestNewLocalCARejects(t *testing.T) {
 		}
 	})
 }
+
+// TestLocalCAKeyTypes: a plugged-in CA may use P-384 or RSA; the leaves it
+// signs still carry the workload's P-256 key.
+func TestLocalCAKeyTypes(t *testing.T) {
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsa3072, _ := rsa.GenerateKey(rand.Reader, 3072)
+	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	for name, key := range map[string]crypto.Signer{"P-384": p384, "RSA 3072": rsa3072} {
+		t.Run(name, func(t *testing.T) {
+			root, err := certs.NewRootCertificate(key, name, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ca, err := certs.NewLocalCA([]*x509.Certificate{root}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id := certs.Identity{TrustDomain: "td", Namespace: "ns", ServiceAccount: "sa"}
+			wk, _ := certs.GenerateKey()
+			csr, _ := certs.NewCSR(id, wk)
+			chain, err := ca.Issue(t.Context(), id, csr, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			roots := x509.NewCertPool()
+			roots.AddCert(root)
+			if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	root, err := certs.NewRootCertificate(p224, "P-224", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certs.NewLocalCA([]*x509.Certificate{root}, p224); err == nil || !strings.Contains(err.Error(), "P-224") {
+		t.Errorf("P-224 CA key: %v", err)
+	}
+}

@@ -68,6 +68,19 @@ func checkPublicKey(pub any) error {
 	}
 }
 
+// checkCAKey accepts the keys a CA (possibly one plugged in from elsewhere)
+// may sign with: ECDSA on P-256, P-384 or P-521, and RSA of 2048 to 8192 bits.
+func checkCAKey(pub any) error {
+	if k, ok := pub.(*ecdsa.PublicKey); ok {
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return nil
+		}
+		return fmt.Errorf("ECDSA key on curve %s", k.Curve.Params().Name)
+	}
+	return checkPublicKey(pub)
+}
+
 // randomSerial returns a uniformly random, positive 128-bit serial number.
 func randomSerial() (*big.Int, error) {
 	b := make([]byte, 16)
@@ -109,7 +122,7 @@ func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 		if !ok {
 			return nil, fmt.Errorf("%s: key type %T cannot sign", block.Type, key)
 		}
-		if err := checkPublicKey(s.Public()); err != nil {
+		if err := checkCAKey(s.Public()); err != nil {
 			return nil, err
 		}
 		return s, nil
