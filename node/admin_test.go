@@ -3,11 +3,13 @@ package node
 import (
 	"encoding/json"
 	"flag"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -163,5 +165,43 @@ func TestReadinessNamesPending(t *testing.T) {
 	r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz/ready", nil))
 	if rec.Code != http.StatusOK {
 		t.Fatalf("%d %q", rec.Code, rec.Body.String())
+	}
+}
+
+// TestDashboardMetricsExist keeps deploy/grafana's dashboard in step with the
+// metrics the agent exports.
+func TestDashboardMetricsExist(t *testing.T) {
+	h := startAgent(t, baseManifests)
+	m := h.agent.metrics
+	// Give every labelled family a child so Gather lists it.
+	m.Open(TrafficLabels{Reporter: ReporterSource}).Close()
+	m.CARequests.WithLabelValues("ok")
+	m.PolicyDecision.WithLabelValues("inbound", "allow", "")
+	m.TunnelRejects.WithLabelValues("test")
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range fams {
+		have[f.GetName()] = true
+	}
+	// Families only an eBPF-mode agent exports.
+	sc := newStateCollector(h.agent, nil)
+	for _, d := range []*prometheus.Desc{sc.bpfPods, sc.bpfVerdicts} {
+		have[regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())[1]] = true
+	}
+	b, err := os.ReadFile("../deploy/grafana/ferry-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`\b((?:istio|ferry|process|go)_[a-z_]+)\{`).FindAllStringSubmatch(string(b), -1)
+	if len(names) < 10 {
+		t.Fatalf("found only %d metric references in the dashboard", len(names))
+	}
+	for _, n := range names {
+		if !have[n[1]] {
+			t.Errorf("dashboard uses %s, which the agent does not export", n[1])
+		}
 	}
 }

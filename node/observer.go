@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -95,6 +96,12 @@ func (c *connObserver) Sent(n int) {
 // Closed counts the close and writes the connection's access-log line.
 func (c *connObserver) Closed(result, reason string) {
 	c.counters.Close()
+	switch {
+	case result == "denied":
+		c.a.metrics.TunnelRejects.WithLabelValues("policy").Inc()
+	case strings.HasPrefix(reason, "dial:"):
+		c.a.metrics.TunnelRejects.WithLabelValues("upstream unavailable").Inc()
+	}
 	level := slog.LevelInfo
 	if result != "ok" {
 		level = slog.LevelWarn
