@@ -302,14 +302,29 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 	return l7, dead
 }
 
-// emitRule lays out a live rule: a clause for the from list, one for the to
-// list, one per when condition; entries without L4 fields are skipped. The
-// from clause goes first because it usually names few clients, so it fails
-// first for most connections. It
+// emitRule lays out a live rule: a clause for the to list, one for the from
+// list, one per when condition (cheapest first: ports compare fastest);
+// entries without L4 fields are skipped. It
 // returns the rule's clauses and its principal Bloom bits (0 unless some
 // clause needs the principal to be one of exact values).
 func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
 	cs.lo = int32(len(pr.clauses))
+	if len(r.To) > 0 {
+		cl := span{lo: int32(len(pr.matches))}
+		for i := range r.To {
+			op := &r.To[i].Operation
+			if !toHasL4(op) {
+				continue
+			}
+			m := span{lo: int32(len(pr.checks))}
+			pr.addPorts(false, op.Ports)
+			pr.addPorts(true, op.NotPorts)
+			m.hi = int32(len(pr.checks))
+			pr.matches = append(pr.matches, m)
+		}
+		cl.hi = int32(len(pr.matches))
+		pr.clauses = append(pr.clauses, cl)
+	}
 	if len(r.From) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
 		var b uint64
@@ -337,22 +352,6 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
 		if exact {
 			bloom = b
 		}
-	}
-	if len(r.To) > 0 {
-		cl := span{lo: int32(len(pr.matches))}
-		for i := range r.To {
-			op := &r.To[i].Operation
-			if !toHasL4(op) {
-				continue
-			}
-			m := span{lo: int32(len(pr.checks))}
-			pr.addPorts(false, op.Ports)
-			pr.addPorts(true, op.NotPorts)
-			m.hi = int32(len(pr.checks))
-			pr.matches = append(pr.matches, m)
-		}
-		cl.hi = int32(len(pr.matches))
-		pr.clauses = append(pr.clauses, cl)
 	}
 	for _, w := range r.When {
 		cl := span{lo: int32(len(pr.matches))}
