@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/certstest"
 )
 
 func TestMain(m *testing.M) {
@@ -209,7 +211,8 @@ func TestAuthorityMismatch(t *testing.T) {
 
 func TestIdentityChecks(t *testing.T) {
 	b := newBackend(t, echo)
-	otherCA := newTestCA(t)
+	otherCA := certstest.NewCA(t)
+	otherStore := otherCA.Store(t, idClient)
 	for _, name := range []string{"wrong server identity", "wrong trust domain", "untrusted client", "expired client", "untrusted server"} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
@@ -218,17 +221,16 @@ func TestIdentityChecks(t *testing.T) {
 			case "wrong server identity":
 				want = certs.Identity{TrustDomain: "cluster.local", Namespace: "b", ServiceAccount: "other"}
 			case "wrong trust domain":
-				cert := e.ca.issue(t, certs.Identity{TrustDomain: "evil.local", Namespace: "a", ServiceAccount: "client"})
-				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+				cert := e.ca.Leaf(t, certs.Identity{TrustDomain: "evil.local", Namespace: "a", ServiceAccount: "client"})
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tls.Config, error) { return certstest.PeerConfig(cert), nil }
 			case "untrusted client":
-				cert := otherCA.issue(t, idClient)
-				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+				cert := otherCA.Leaf(t, idClient)
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tls.Config, error) { return certstest.PeerConfig(cert), nil }
 			case "expired client":
-				cert := e.ca.issueAt(t, idClient, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
-				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return e.ca.clientTLS(cert, w), nil }
+				cert := e.ca.Leaf(t, idClient, certstest.Expired())
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tls.Config, error) { return certstest.PeerConfig(cert), nil }
 			case "untrusted server":
-				cert := e.ca.issue(t, idClient)
-				e.cli.cfg.TLS = func(_, w certs.Identity) (*tlsConfig, error) { return otherCA.clientTLS(cert, w), nil }
+				e.cli.cfg.TLS = func(s, w certs.Identity) (*tls.Config, error) { return otherStore.ClientConfig(s, w), nil }
 			}
 			_, err := e.cli.Dial(t.Context(), DialRequest{Src: idClient, Dst: want, HBONEAddr: e.hbone, Authority: b.addr})
 			if err == nil {
