@@ -235,21 +235,17 @@ func (p *proc) waitHTTP(c *http.Client, url string, timeout time.Duration) error
 	}
 }
 
-// stop sends SIGTERM to the process group, then SIGKILL after 10 seconds.
-// It is idempotent.
+// stop kills the process group and waits for the process to exit. Nothing
+// a test cluster holds outlives the test, so there is no graceful shutdown
+// (kube-apiserver's takes seconds). It is idempotent.
 func (p *proc) stop() {
 	select {
 	case <-p.exited:
 		return
 	default:
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.exited
-	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.exited
 }
 
 func (p *proc) logTail(n int) string {
