@@ -45,96 +45,104 @@ func mustURL(t *testing.T, s string) *url.URL {
 func TestIssueLeaf(t *testing.T) {
 	for _, inter := range []bool{false, true} {
 		t.Run(map[bool]string{false: "root", true: "intermediate"}[inter], func(t *testing.T) {
-			var opts []certstest.Option
-			if inter {
-				opts = append(opts, certstest.WithIntermediate())
-			}
-			ca := certstest.NewCA(t, opts...)
-			id := ca.Identity("default", "app")
-			key, err := certs.GenerateKey()
-			if err != nil {
-				t.Fatal(err)
-			}
-			csr, err := certs.NewCSR(id, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			before := time.Now()
-			chain, err := ca.Issuer().Issue(t.Context(), id, csr, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wantLen := 2
-			if inter {
-				wantLen = 3
-			}
-			if len(chain) != wantLen {
-				t.Fatalf("chain of %d, want %d", len(chain), wantLen)
-			}
-			leaf := chain[0]
-			if !chain[len(chain)-1].Equal(ca.Root()) {
-				t.Error("chain does not end with the root")
-			}
-			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() || len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 {
-				t.Errorf("SANs: URIs %v DNS %v IP %v email %v", leaf.URIs, leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
-			}
-			if leaf.IsCA || !leaf.BasicConstraintsValid {
-				t.Error("leaf is a CA or lacks basic constraints")
-			}
-			if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || leaf.KeyUsage&x509.KeyUsageCertSign != 0 {
-				t.Errorf("key usage %b", leaf.KeyUsage)
-			}
-			if len(leaf.ExtKeyUsage) != 2 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth || leaf.ExtKeyUsage[1] != x509.ExtKeyUsageClientAuth {
-				t.Errorf("ext key usage %v", leaf.ExtKeyUsage)
-			}
-			if leaf.SerialNumber.Sign() <= 0 || leaf.SerialNumber.BitLen() > 128 || leaf.SerialNumber.BitLen() < 64 {
-				t.Errorf("serial %x: want a random positive 128-bit number", leaf.SerialNumber)
-			}
-			if !leaf.NotBefore.Before(before.Add(-time.Minute)) {
-				t.Errorf("NotBefore %s is not backdated", leaf.NotBefore)
-			}
-			if d := leaf.NotAfter.Sub(before); d < 24*time.Hour-time.Minute || d > 24*time.Hour+time.Minute {
-				t.Errorf("lifetime from now %s, want the 24h default", d)
-			}
-			if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(key.Public()) {
-				t.Error("leaf is not for the CSR's key")
-			}
-			inters := x509.NewCertPool()
-			for _, c := range chain[1 : len(chain)-1] {
-				inters.AddCert(c)
-			}
-			for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-				if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Roots(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{u}}); err != nil {
-					t.Errorf("verify for %v: %v", u, err)
-				}
-			}
-			// Serials differ.
-			chain2, err := ca.Issuer().Issue(t.Context(), id, csr, time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if chain2[0].SerialNumber.Cmp(leaf.SerialNumber) == 0 {
-				t.Error("two leaves with the same serial")
-			}
-			if d := chain2[0].NotAfter.Sub(chain2[0].NotBefore); d != time.Hour+certs.ClockSkew {
-				t.Errorf("1h request: lifetime %s", d)
-			}
+			synctest.Test(t, func(t *testing.T) { testIssueLeaf(t, inter) })
 		})
 	}
 }
 
-func TestIssueCapsTTL(t *testing.T) {
-	ca := certstest.NewCA(t, certstest.WithMaxTTL(48*time.Hour))
-	id := ca.Identity("ns", "sa")
-	key, _ := certs.GenerateKey()
-	csr, _ := certs.NewCSR(id, key)
-	chain, err := ca.Issuer().Issue(t.Context(), id, csr, 365*24*time.Hour)
+// testIssueLeaf runs in a synctest bubble, so that validity periods can be
+// checked exactly.
+func testIssueLeaf(t *testing.T, inter bool) {
+	var opts []certstest.Option
+	if inter {
+		opts = append(opts, certstest.WithIntermediate())
+	}
+	ca := certstest.NewCA(t, opts...)
+	id := ca.Identity("default", "app")
+	key, err := certs.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Until(chain[0].NotAfter); d > 48*time.Hour {
-		t.Errorf("lifetime %s above the 48h cap", d)
+	csr, err := certs.NewCSR(id, key)
+	if err != nil {
+		t.Fatal(err)
 	}
+	before := time.Now()
+	chain, err := ca.Issuer().Issue(t.Context(), id, csr, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLen := 2
+	if inter {
+		wantLen = 3
+	}
+	if len(chain) != wantLen {
+		t.Fatalf("chain of %d, want %d", len(chain), wantLen)
+	}
+	leaf := chain[0]
+	if !chain[len(chain)-1].Equal(ca.Root()) {
+		t.Error("chain does not end with the root")
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() || len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 {
+		t.Errorf("SANs: URIs %v DNS %v IP %v email %v", leaf.URIs, leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
+	}
+	if leaf.IsCA || !leaf.BasicConstraintsValid {
+		t.Error("leaf is a CA or lacks basic constraints")
+	}
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || leaf.KeyUsage&x509.KeyUsageCertSign != 0 {
+		t.Errorf("key usage %b", leaf.KeyUsage)
+	}
+	if len(leaf.ExtKeyUsage) != 2 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth || leaf.ExtKeyUsage[1] != x509.ExtKeyUsageClientAuth {
+		t.Errorf("ext key usage %v", leaf.ExtKeyUsage)
+	}
+	if leaf.SerialNumber.Sign() <= 0 || leaf.SerialNumber.BitLen() > 128 || leaf.SerialNumber.BitLen() < 64 {
+		t.Errorf("serial %x: want a random positive 128-bit number", leaf.SerialNumber)
+	}
+	if !leaf.NotBefore.Equal(before.Add(-certs.ClockSkew)) {
+		t.Errorf("NotBefore %s, want %s backdated by %s", leaf.NotBefore, before, certs.ClockSkew)
+	}
+	if !leaf.NotAfter.Equal(before.Add(certs.DefaultCertTTL)) {
+		t.Errorf("NotAfter %s, want the 24h default from %s", leaf.NotAfter, before)
+	}
+	if !leaf.PublicKey.(*ecdsa.PublicKey).Equal(key.Public()) {
+		t.Error("leaf is not for the CSR's key")
+	}
+	inters := x509.NewCertPool()
+	for _, c := range chain[1 : len(chain)-1] {
+		inters.AddCert(c)
+	}
+	for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Roots(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{u}}); err != nil {
+			t.Errorf("verify for %v: %v", u, err)
+		}
+	}
+	// Serials differ.
+	chain2, err := ca.Issuer().Issue(t.Context(), id, csr, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain2[0].SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+		t.Error("two leaves with the same serial")
+	}
+	if d := chain2[0].NotAfter.Sub(chain2[0].NotBefore); d != time.Hour+certs.ClockSkew {
+		t.Errorf("1h request: lifetime %s", d)
+	}
+}
+
+func TestIssueCapsTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := certstest.NewCA(t, certstest.WithMaxTTL(48*time.Hour))
+		id := ca.Identity("ns", "sa")
+		key, _ := certs.GenerateKey()
+		csr, _ := certs.NewCSR(id, key)
+		chain, err := ca.Issuer().Issue(t.Context(), id, csr, 365*24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Until(chain[0].NotAfter); d != 48*time.Hour {
+			t.Errorf("lifetime %s, want the 48h cap", d)
+		}
+	})
 }
 
 func TestIssueCancelled(t *testing.T) {
