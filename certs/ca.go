@@ -82,23 +82,29 @@ func LoadLocalCA(certFile, keyFile string, opts ...LocalCAOption) (*LocalCA, err
 	if err != nil {
 		return nil, fmt.Errorf("certs: load CA: %w", err)
 	}
-	chain, err := parseCertificatesPEM(certPEM)
-	if err != nil {
-		return nil, fmt.Errorf("certs: load CA %s: %w", certFile, err)
-	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("certs: load CA: %w", err)
 	}
-	key, err := parsePrivateKeyPEM(keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("certs: load CA key %s: %w", keyFile, err)
-	}
-	ca, err := NewLocalCA(chain, key, opts...)
+	ca, err := ParseLocalCA(certPEM, keyPEM, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (%s, %s)", err, certFile, keyFile)
 	}
 	return ca, nil
+}
+
+// ParseLocalCA is LoadLocalCA for PEM data already in memory, for example
+// the entries of a Kubernetes Secret.
+func ParseLocalCA(certPEM, keyPEM []byte, opts ...LocalCAOption) (*LocalCA, error) {
+	chain, err := parseCertificatesPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("certs: CA certificate: %w", err)
+	}
+	key, err := parsePrivateKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("certs: CA key: %w", err)
+	}
+	return NewLocalCA(chain, key, opts...)
 }
 
 // NewLocalCA returns a LocalCA that signs with key. chain[0] is key's
