@@ -178,19 +178,22 @@ type policy struct {
 	selector []labelKV // scope == ScopeWorkload only; never empty
 	rules    span      // in prog.rules
 
-	// Principal filter (see prog.emit): skip the policy when
-	// needPrincipal and the peer's principalBit is not in bloom.
+	// Quick rejects (see Engine.emit): skip the policy when needPrincipal
+	// and the peer's principalBit is not in bloom, or when its port's
+	// portBit is not in ports.
 	needPrincipal bool
 	bloom         uint64
+	ports         uint64
 
 	src  *AuthorizationPolicy // until laid out in the prog
 	keep []int                // spec.rules indexes to lay out
 }
 
-// emit lays out p's rules in e.prog and sets its principal filter: when
-// every rule needs the peer principal to be one of a few exact values,
-// bloom has their bits and needPrincipal is true, so Decide can skip the
-// policy for other peers without reading its rules.
+// emit lays out p's rules in e.prog and sets its quick rejects: when every
+// rule needs the peer principal to be one of a few exact values, bloom has
+// their bits and needPrincipal is true; ports has the bits of every port
+// some rule can match (all ones when a rule matches any port). Decide then
+// skips the policy for other peers or ports without reading its rules.
 func (e *Engine) emit(p *policy) {
 	pr := &e.prog
 	p.rules.lo = int32(len(pr.rules))
@@ -200,7 +203,11 @@ func (e *Engine) emit(p *policy) {
 		verb = "denied"
 	}
 	for _, i := range p.keep {
-		cs, b := pr.emitRule(&p.src.Spec.Rules[i], p.ns)
+		cs, b, ports := pr.emitRule(&p.src.Spec.Rules[i], p.ns)
+		if ports == 0 {
+			ports = ^uint64(0) // the rule matches any port
+		}
+		p.ports |= ports
 		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(i),
 			reason: verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(i) + "] matched)"})
 		if b == 0 {
@@ -214,7 +221,7 @@ func (e *Engine) emit(p *policy) {
 
 // match returns the first rule of p that matches c, or nil.
 func (p *policy) match(pr *prog, c *conn) *rule {
-	if p.needPrincipal && p.bloom&c.bloom == 0 {
+	if p.needPrincipal && p.bloom&c.bloom == 0 || p.ports&c.portBit == 0 {
 		return nil
 	}
 	for i := p.rules.lo; i < p.rules.hi; i++ {

@@ -150,7 +150,7 @@ const (
 )
 
 func newConn(r *Request) (conn, bool) {
-	c := conn{src: r.SourceIP.Unmap(), dst: r.DestinationIP.Unmap(), port: r.DestinationPort}
+	c := conn{src: r.SourceIP.Unmap(), dst: r.DestinationIP.Unmap(), port: r.DestinationPort, portBit: portBit(r.DestinationPort)}
 	if r.SourcePrincipal != "" {
 		p, ns, sa, ok := parsePrincipal(r.SourcePrincipal)
 		if !ok {

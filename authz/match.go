@@ -13,6 +13,7 @@ type conn struct {
 	principal string // "td/ns/NS/sa/SA", "" without identity
 	ns, sa    string // from the principal, "" without identity
 	bloom     uint64 // principalBit(principal); 0 without identity
+	portBit   uint64 // portBit(port)
 	src, dst  netip.Addr
 	port      uint16
 }
@@ -42,6 +43,13 @@ func principalBit(s string) uint64 {
 	}
 	// FNV's high bits barely depend on the last bytes, which is where
 	// principals differ: finish with murmur3's mixer.
+	return mixBit(h)
+}
+
+// portBit hashes a port to one bit of a 64-bit Bloom filter.
+func portBit(p uint16) uint64 { return mixBit(uint64(p)) }
+
+func mixBit(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
 	h ^= h >> 33
@@ -304,18 +312,22 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 
 // emitRule lays out a live rule: a clause for the to list, one for the from
 // list, one per when condition (cheapest first: ports compare fastest);
-// entries without L4 fields are skipped. It
+// entries without L4 fields are skipped. It also returns the rule's Bloom
+// bits for principals and ports: non-zero when some clause requires the
+// principal (or port) to be one of exact values. It
 // returns the rule's clauses and its principal Bloom bits (0 unless some
 // clause needs the principal to be one of exact values).
-func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
+func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64) {
 	cs.lo = int32(len(pr.clauses))
 	if len(r.To) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
+		var pb uint64
 		for i := range r.To {
 			op := &r.To[i].Operation
 			if !toHasL4(op) {
 				continue
 			}
+			pb = portBloom(pb, op.Ports)
 			m := span{lo: int32(len(pr.checks))}
 			pr.addPorts(false, op.Ports)
 			pr.addPorts(true, op.NotPorts)
@@ -324,6 +336,7 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
 		}
 		cl.hi = int32(len(pr.matches))
 		pr.clauses = append(pr.clauses, cl)
+		ports = pb
 	}
 	if len(r.From) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
@@ -366,6 +379,9 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
 		case "destination.port":
 			pr.addPorts(false, w.Values)
 			pr.addPorts(true, w.NotValues)
+			if ports == 0 || ports == ^uint64(0) {
+				ports = portBloom(0, w.Values)
+			}
 		case "source.namespace":
 			pr.addStrs(checkNamespace, false, w.Values)
 			pr.addStrs(checkNamespace, true, w.NotValues)
@@ -382,7 +398,21 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom uint64) {
 		pr.clauses = append(pr.clauses, cl)
 	}
 	cs.hi = int32(len(pr.clauses))
-	return cs, bloom
+	return cs, bloom, ports
+}
+
+// portBloom folds one match entry's ports into a clause's filter, which
+// stays usable only while every entry requires one of its ports: once an
+// entry has none, the clause filter is all ones.
+func portBloom(b uint64, ports []string) uint64 {
+	if len(ports) == 0 {
+		return ^uint64(0)
+	}
+	for _, v := range ports {
+		p, _ := parsePort(v)
+		b |= portBit(p)
+	}
+	return b
 }
 
 // exactBloom folds one match entry's principals into a clause's filter:
