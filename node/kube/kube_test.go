@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
@@ -226,6 +227,21 @@ spec: {mtls: {mode: STRICT}}
 `), kubetest.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// decide asks the policy engine built from a snapshot whether src may
+	// reach web-0:8080 over mTLS.
+	decide := func(s *inventory.Snapshot, src string) bool {
+		t.Helper()
+		e, _ := authz.Compile(authz.Config{TrustDomain: "cluster.local"}, s.AuthorizationPolicies, s.PeerAuthentications)
+		p, _ := findPod(s, "shop", "web-0")
+		return e.Decide(authz.Request{
+			SourcePrincipal: "cluster.local/ns/shop/sa/" + src,
+			Namespace:       p.Namespace, Labels: p.Labels,
+			DestinationIP: p.IP, DestinationPort: 8080,
+		}).Allow
+	}
+	if !decide(s, "other") {
+		t.Error("denied before any policy")
+	}
 	s = wait("the policies", func(s *inventory.Snapshot) bool {
 		return len(s.AuthorizationPolicies) == 1 && len(s.PeerAuthentications) == 1 && len(s.Errors) == 1
 	})
@@ -240,6 +256,9 @@ spec: {mtls: {mode: STRICT}}
 	}
 	if err := s.Errors[0].Error(); !strings.Contains(err, "AuthorizationPolicy shop/typo") || !strings.Contains(err, "principal") {
 		t.Errorf("error = %q, want it to name AuthorizationPolicy shop/typo and the field", err)
+	}
+	if !decide(s, "front") || decide(s, "other") {
+		t.Errorf("with the policy: front allowed %v (want true), other allowed %v (want false)", decide(s, "front"), decide(s, "other"))
 	}
 
 	// Fix the typo: the error goes, the policy comes.
