@@ -134,6 +134,10 @@ func (s *Store) curves() []tls.CurveID {
 // roots for client authentication and whose single SPIFFE ID is in the
 // Store's trust domain; read the identity afterwards with PeerIdentity.
 // Certificates are read at each handshake, so rotation needs no restart.
+//
+// crypto/tls does not let TLS 1.3 cipher suites be configured; on hardware
+// with AES instructions it picks AES-GCM, as ztunnel requires. Key exchange
+// is X25519 (or P-256) unless StoreConfig.PostQuantum is set.
 func (s *Store) ServerConfig(identityFor func(local netip.Addr) (Identity, error)) *tls.Config {
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
