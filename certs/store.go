@@ -27,6 +27,9 @@ const (
 	DefaultMinBackoff   = time.Second
 	DefaultMaxBackoff   = 2 * time.Minute
 	DefaultIssueTimeout = 30 * time.Second
+	// DefaultMaxConcurrentIssues bounds the requests a Store has in flight,
+	// so that a node full of new pods does not flood the CA.
+	DefaultMaxConcurrentIssues = 8
 )
 
 // StoreConfig configures a Store.
@@ -46,6 +49,9 @@ type StoreConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// IssueTimeout bounds one call to the Issuer (0 means DefaultIssueTimeout).
 	IssueTimeout time.Duration
+	// MaxConcurrentIssues bounds the calls to the Issuer in flight
+	// (0 means DefaultMaxConcurrentIssues).
+	MaxConcurrentIssues int
 	// PostQuantum offers the hybrid X25519MLKEM768 key exchange, which Go
 	// then prefers. It costs about a third more CPU per handshake than
 	// X25519, so it is off by default.
@@ -67,6 +73,7 @@ type Store struct {
 	log    *slog.Logger
 
 	kick chan struct{} // wakes Run after SetIdentities; capacity 1
+	sem  chan struct{} // one token per Issuer call in flight
 
 	mu      sync.Mutex
 	entries map[Identity]*entry
@@ -99,8 +106,8 @@ func NewStore(cfg StoreConfig, issuer Issuer, log *slog.Logger) (*Store, error) 
 	if log == nil {
 		return nil, errors.New("certs: store: no logger")
 	}
-	if cfg.TTL < 0 || cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.IssueTimeout < 0 {
-		return nil, errors.New("certs: store: negative duration")
+	if cfg.TTL < 0 || cfg.MinBackoff < 0 || cfg.MaxBackoff < 0 || cfg.IssueTimeout < 0 || cfg.MaxConcurrentIssues < 0 {
+		return nil, errors.New("certs: store: negative duration or limit")
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = DefaultCertTTL
@@ -117,11 +124,15 @@ func NewStore(cfg StoreConfig, issuer Issuer, log *slog.Logger) (*Store, error) 
 	if cfg.IssueTimeout == 0 {
 		cfg.IssueTimeout = DefaultIssueTimeout
 	}
+	if cfg.MaxConcurrentIssues == 0 {
+		cfg.MaxConcurrentIssues = DefaultMaxConcurrentIssues
+	}
 	return &Store{
 		cfg:     cfg,
 		issuer:  issuer,
 		log:     log,
 		kick:    make(chan struct{}, 1),
+		sem:     make(chan struct{}, cfg.MaxConcurrentIssues),
 		entries: make(map[Identity]*entry),
 		changed: make(chan struct{}),
 	}, nil
@@ -307,6 +318,12 @@ func (s *Store) issue(ctx context.Context, id Identity) (*tls.Certificate, []*x5
 	csr, err := NewCSR(id, key)
 	if err != nil {
 		return nil, nil, err
+	}
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
 	}
 	ictx, cancel := context.WithTimeout(ctx, s.cfg.IssueTimeout)
 	defer cancel()

@@ -443,3 +443,61 @@ func TestStoreBeforeRun(t *testing.T) {
 		t.Error("not ready after Run stopped")
 	}
 }
+
+// gateIssuer blocks every call until released, counting calls in flight.
+type gateIssuer struct {
+	next    certs.Issuer
+	release chan struct{}
+
+	mu                sync.Mutex
+	inFlight, maxSeen int
+}
+
+func (g *gateIssuer) Issue(ctx context.Context, id certs.Identity, csr []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+	g.mu.Lock()
+	g.inFlight++
+	g.maxSeen = max(g.maxSeen, g.inFlight)
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.inFlight--
+		g.mu.Unlock()
+	}()
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.next.Issue(ctx, id, csr, ttl)
+}
+
+func TestStoreBoundsConcurrentIssues(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := certstest.NewCA(t)
+		g := &gateIssuer{next: ca.Issuer(), release: make(chan struct{})}
+		cfg := ca.StoreConfig()
+		cfg.MaxConcurrentIssues = 2
+		s := ca.StoreWith(t, cfg, g)
+		var ids []certs.Identity
+		for _, sa := range []string{"a", "b", "c", "d", "e"} {
+			ids = append(ids, ca.Identity("ns", sa))
+		}
+		s.SetIdentities(ids)
+		synctest.Wait()
+		g.mu.Lock()
+		inFlight := g.inFlight
+		g.mu.Unlock()
+		if inFlight != 2 {
+			t.Fatalf("%d requests in flight, want the limit of 2", inFlight)
+		}
+		close(g.release)
+		for _, id := range ids {
+			if err := s.WaitReady(t.Context(), id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if g.maxSeen != 2 {
+			t.Errorf("at most %d requests were in flight, want 2", g.maxSeen)
+		}
+	})
+}
