@@ -153,11 +153,20 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	}
 	s.log.Info("kubernetes inventory synced")
 	var last time.Time
+	rejected := map[string]bool{} // logged once each, not on every snapshot
 	for {
 		snap := buildSnapshot(pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
+		now := make(map[string]bool, len(snap.Errors))
 		for _, err := range snap.Errors {
-			s.log.Warn("policy rejected", "err", err)
+			now[err.Error()] = true
+			if !rejected[err.Error()] {
+				s.log.Warn("policy rejected", "err", err)
+			}
 		}
+		rejected = now
+		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods),
+			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
+			"rejected", len(snap.Errors))
 		publish(snap)
 		last = time.Now()
 
