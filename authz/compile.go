@@ -178,22 +178,22 @@ type policy struct {
 	selector []labelKV // scope == ScopeWorkload only; never empty
 	rules    span      // in prog.rules
 
-	// Quick rejects (see Engine.emit): skip the policy when needPrincipal
-	// and the peer's principalBit is not in bloom, or when its port's
-	// portBit is not in ports.
+	// Quick rejects (see Engine.emit).
 	needPrincipal bool
 	bloom         uint64
 	ports         uint64
+	srcCover      cover
 
-	src  *AuthorizationPolicy // until laid out in the prog
+	obj  *AuthorizationPolicy // until laid out in the prog
 	keep []int                // spec.rules indexes to lay out
 }
 
 // emit lays out p's rules in e.prog and sets its quick rejects: when every
 // rule needs the peer principal to be one of a few exact values, bloom has
 // their bits and needPrincipal is true; ports has the bits of every port
-// some rule can match (all ones when a rule matches any port). Decide then
-// skips the policy for other peers or ports without reading its rules.
+// some rule can match (all ones when a rule matches any port); srcCover
+// holds every source address some rule can match. Decide then skips the
+// policy for other peers, ports or sources without reading its rules.
 func (e *Engine) emit(p *policy) {
 	pr := &e.prog
 	p.rules.lo = int32(len(pr.rules))
@@ -203,7 +203,8 @@ func (e *Engine) emit(p *policy) {
 		verb = "denied"
 	}
 	for _, i := range p.keep {
-		cs, b, ports := pr.emitRule(&p.src.Spec.Rules[i], p.ns)
+		cs, b, ports, src := pr.emitRule(&p.obj.Spec.Rules[i], p.ns)
+		p.srcCover = p.srcCover.union(src)
 		if ports == 0 {
 			ports = ^uint64(0) // the rule matches any port
 		}
@@ -216,12 +217,12 @@ func (e *Engine) emit(p *policy) {
 		p.bloom |= b
 	}
 	p.rules.hi = int32(len(pr.rules))
-	p.src, p.keep = nil, nil
+	p.obj, p.keep = nil, nil
 }
 
 // match returns the first rule of p that matches c, or nil.
 func (p *policy) match(pr *prog, c *conn) *rule {
-	if p.needPrincipal && p.bloom&c.bloom == 0 || p.ports&c.portBit == 0 {
+	if p.needPrincipal && p.bloom&c.bloom == 0 || p.ports&c.portBit == 0 || !p.srcCover.contains(c.src) {
 		return nil
 	}
 	for i := p.rules.lo; i < p.rules.hi; i++ {
@@ -345,7 +346,7 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 	if act == actionDeny && len(spec.Rules) > 0 && dead == len(spec.Rules) {
 		d.warnf("rules", "no rule of this DENY policy can match at L4: the policy has no effect")
 	}
-	p.src = ap
+	p.obj = ap
 	return p
 }
 

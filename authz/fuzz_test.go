@@ -648,3 +648,50 @@ func TestDecideMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+// TestCoverHoldsEveryBlock: a policy's source cover must contain every
+// address any of its blocks contains, or Decide would skip a policy that
+// matches.
+func TestCoverHoldsEveryBlock(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	randPrefix := func() netip.Prefix {
+		if rng.IntN(2) == 0 {
+			a := netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+			p, _ := a.Prefix(rng.IntN(33))
+			return p
+		}
+		var b [16]byte
+		b[0], b[1], b[15] = 0xfd, byte(rng.IntN(4)), byte(rng.IntN(256))
+		p, _ := netip.AddrFrom16(b).Prefix(rng.IntN(129))
+		return p
+	}
+	for range 2000 {
+		var blocks []string
+		for range 1 + rng.IntN(4) {
+			blocks = append(blocks, randPrefix().String())
+		}
+		c := cover{}.addAll(blocks)
+		for _, b := range blocks {
+			p := netip.MustParsePrefix(b)
+			if !c.contains(p.Addr()) || (p.Addr().Is4() && !c.contains(lastAddr(p))) {
+				t.Fatalf("cover %+v of %v misses %v", c, blocks, p)
+			}
+		}
+	}
+	if c := (cover{}); c.contains(netip.MustParseAddr("10.0.0.1")) {
+		t.Error("the empty cover holds an address")
+	}
+	if c := (cover{}).addAll(nil); !c.contains(netip.MustParseAddr("fd00::1")) {
+		t.Error("an entry without blocks must accept any address")
+	}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= uint32(1)<<(32-p.Bits()) - 1
+	if p.Bits() == 0 {
+		v = ^uint32(0)
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"math/bits"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -317,7 +318,8 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 // principal (or port) to be one of exact values. It
 // returns the rule's clauses and its principal Bloom bits (0 unless some
 // clause needs the principal to be one of exact values).
-func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64) {
+func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64, src cover) {
+	src = cover{all: true}
 	cs.lo = int32(len(pr.clauses))
 	if len(r.To) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
@@ -342,11 +344,13 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		cl := span{lo: int32(len(pr.matches))}
 		var b uint64
 		exact := true
+		var sc cover
 		for i := range r.From {
 			s := &r.From[i].Source
 			if !fromHasL4(s) {
 				continue
 			}
+			sc = sc.addAll(s.IPBlocks)
 			m := span{lo: int32(len(pr.checks))}
 			pr.addIPs(checkSrcIP, false, s.IPBlocks)
 			pr.addIPs(checkSrcIP, true, s.NotIPBlocks)
@@ -365,6 +369,7 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		if exact {
 			bloom = b
 		}
+		src = sc
 	}
 	for _, w := range r.When {
 		cl := span{lo: int32(len(pr.matches))}
@@ -373,6 +378,9 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		case "source.ip":
 			pr.addIPs(checkSrcIP, false, w.Values)
 			pr.addIPs(checkSrcIP, true, w.NotValues)
+			if src.all {
+				src = cover{}.addAll(w.Values)
+			}
 		case "destination.ip":
 			pr.addIPs(checkDstIP, false, w.Values)
 			pr.addIPs(checkDstIP, true, w.NotValues)
@@ -398,7 +406,58 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		pr.clauses = append(pr.clauses, cl)
 	}
 	cs.hi = int32(len(pr.clauses))
-	return cs, bloom, ports
+	return cs, bloom, ports, src
+}
+
+// cover is the smallest prefix holding a set of address blocks: a policy's
+// quick reject on source addresses. The zero cover holds nothing; all means
+// no restriction (also when IPv4 and IPv6 blocks mix).
+type cover struct {
+	p   netip.Prefix
+	set bool
+	all bool
+}
+
+func (c cover) contains(a netip.Addr) bool { return c.all || c.set && c.p.Contains(a) }
+
+// addAll adds one match entry's blocks; an entry without blocks accepts any
+// address.
+func (c cover) addAll(blocks []string) cover {
+	if len(blocks) == 0 {
+		return cover{all: true}
+	}
+	for _, v := range blocks {
+		p, _ := parseIPBlock(v)
+		c = c.union(cover{p: p, set: true})
+	}
+	return c
+}
+
+func (c cover) union(d cover) cover {
+	switch {
+	case c.all || d.all:
+		return cover{all: true}
+	case !c.set:
+		return d
+	case !d.set:
+		return c
+	case c.p.Addr().Is4() != d.p.Addr().Is4():
+		return cover{all: true}
+	}
+	x, y := c.p.Addr().As16(), d.p.Addr().As16()
+	common := 0
+	for i := range x {
+		if diff := x[i] ^ y[i]; diff != 0 {
+			common += bits.LeadingZeros8(diff)
+			break
+		}
+		common += 8
+	}
+	if c.p.Addr().Is4() {
+		common -= 96
+	}
+	p, _ := c.p.Addr().Prefix(min(common, c.p.Bits(), d.p.Bits()))
+	return cover{p: p, set: true}
 }
 
 // portBloom folds one match entry's ports into a clause's filter, which
