@@ -17,8 +17,7 @@ type Engine struct {
 	global   scopeSet  // root-namespace policies: apply in every namespace
 	byNS     map[string]*scopeSet
 
-	peerAuths  []*peerAuth // by age
-	meshPA     *peerAuth   // oldest mesh-level policy
+	meshPA     *peerAuth // oldest mesh-level policy
 	meshRootPA *peerAuth   // same, for workloads in the root namespace
 	nsPA       map[string]*peerAuth
 	wlPA       map[string]*paIndex

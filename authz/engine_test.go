@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -648,4 +649,29 @@ func TestExplain(t *testing.T) {
 			t.Errorf("JSON %s lacks %s", js, key)
 		}
 	}
+}
+
+// TestDecideConcurrent shares one Engine between goroutines (run with -race).
+func TestDecideConcurrent(t *testing.T) {
+	aps, pas := load(t, meshStrict+fixtureF2+fixtureF4+fixtureF5Finance)
+	e, _ := Compile(Config{}, aps, pas)
+	reqs := []Request{rq(pSleep, "default", "productpage", 9080), rq("", "foo", "finance", 8080), rq(pNoSleep, "foo", "tcp-echo", 9002)}
+	want := make([]Decision, len(reqs))
+	for i, r := range reqs {
+		want[i] = e.Decide(r)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 200 {
+				for i, r := range reqs {
+					if got := e.Decide(r); got != want[i] {
+						t.Errorf("Decide(%+v) = %+v, want %+v", r, got, want[i])
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

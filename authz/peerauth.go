@@ -170,7 +170,6 @@ func (e *Engine) indexPeerAuthentications(pas []*peerAuth) {
 			idx.add(p.selector[0], p)
 		}
 	}
-	e.peerAuths = pas
 }
 
 type paIndex = selIndex[*peerAuth]
