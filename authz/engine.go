@@ -18,7 +18,7 @@ type Engine struct {
 	byNS     map[string]*scopeSet
 
 	meshPA     *peerAuth // oldest mesh-level policy
-	meshRootPA *peerAuth   // same, for workloads in the root namespace
+	meshRootPA *peerAuth // same, for workloads in the root namespace
 	nsPA       map[string]*peerAuth
 	wlPA       map[string]*paIndex
 }
