@@ -161,29 +161,32 @@ func (s *Store) SetIdentities(ids []Identity) {
 		}
 		want[id] = true
 	}
+	var added, dropped []string
 	s.mu.Lock()
-	changed := false
 	for id, e := range s.entries {
 		if !want[id] {
 			if e.cancel != nil {
 				e.cancel()
 			}
 			delete(s.entries, id)
-			s.log.Info("certificate dropped", "identity", id.String())
-			changed = true
+			dropped = append(dropped, id.String())
 		}
 	}
 	for id := range want {
 		if s.entries[id] == nil {
 			s.entries[id] = &entry{id: id}
-			changed = true
+			added = append(added, id.String())
 		}
 	}
+	changed := len(added)+len(dropped) > 0
 	if changed {
 		s.notifyLocked()
 	}
 	s.mu.Unlock()
 	if changed {
+		slices.Sort(added)
+		slices.Sort(dropped)
+		s.log.Info("local identities changed", "added", added, "dropped", dropped)
 		select {
 		case s.kick <- struct{}{}:
 		default:
@@ -275,6 +278,9 @@ func (s *Store) renewLoop(ctx context.Context, e *entry) {
 // that certificates issued together are not renewed together.
 func renewTime(leaf *x509.Certificate) time.Time {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	if life <= 0 {
+		return leaf.NotBefore
+	}
 	jitter := time.Duration(rand.Int64N(int64(life/10) + 1))
 	return leaf.NotBefore.Add(life/2 - jitter)
 }
