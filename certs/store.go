@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,7 +40,7 @@ type StoreConfig struct {
 	// peers in it. Required.
 	TrustDomain string
 	// Roots are the mesh's trusted roots. Issued chains and peers must
-	// verify to one of them. Required.
+	// verify to one of them. Required; Store.SetRoots replaces them.
 	Roots *x509.CertPool
 	// TTL is the certificate lifetime requested from the Issuer
 	// (0 means DefaultCertTTL).
@@ -72,7 +73,8 @@ type Store struct {
 	issuer Issuer
 	log    *slog.Logger
 
-	kick chan struct{} // wakes Run after SetIdentities; capacity 1
+	roots atomic.Pointer[x509.CertPool]
+	kick  chan struct{} // wakes Run after SetIdentities; capacity 1
 	sem  chan struct{} // one token per Issuer call in flight
 
 	mu      sync.Mutex
@@ -127,7 +129,7 @@ func NewStore(cfg StoreConfig, issuer Issuer, log *slog.Logger) (*Store, error) 
 	if cfg.MaxConcurrentIssues == 0 {
 		cfg.MaxConcurrentIssues = DefaultMaxConcurrentIssues
 	}
-	return &Store{
+	s := &Store{
 		cfg:     cfg,
 		issuer:  issuer,
 		log:     log,
@@ -135,14 +137,31 @@ func NewStore(cfg StoreConfig, issuer Issuer, log *slog.Logger) (*Store, error) 
 		sem:     make(chan struct{}, cfg.MaxConcurrentIssues),
 		entries: make(map[Identity]*entry),
 		changed: make(chan struct{}),
-	}, nil
+	}
+	s.roots.Store(cfg.Roots)
+	return s, nil
 }
 
 // TrustDomain returns the Store's trust domain.
 func (s *Store) TrustDomain() string { return s.cfg.TrustDomain }
 
-// Roots returns the Store's trusted roots. The caller must not modify them.
-func (s *Store) Roots() *x509.CertPool { return s.cfg.Roots }
+// Roots returns the Store's current trusted roots. The caller must not
+// modify them.
+func (s *Store) Roots() *x509.CertPool { return s.roots.Load() }
+
+// SetRoots replaces the trusted roots, for a root rotation (for example when
+// Istio's root-cert.pem changes). Handshakes from then on verify peers
+// against roots, and new certificates must chain to them; connections
+// already established are not re-checked. The certificates held are kept:
+// renew them with the new CA before removing the old root.
+func (s *Store) SetRoots(roots *x509.CertPool) error {
+	if roots == nil {
+		return errors.New("certs: store: no trusted roots")
+	}
+	s.roots.Store(roots)
+	s.log.Info("trusted roots replaced")
+	return nil
+}
 
 // SetIdentities declares the complete set of local identities. A certificate
 // is fetched for each new identity (once Run is running); the certificate of
@@ -353,7 +372,7 @@ func (s *Store) issue(ctx context.Context, id Identity) (*tls.Certificate, []*x5
 	}
 	// The same certificate serves both ends of a tunnel.
 	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if err := verifyChain(leaf, chain[1:], s.cfg.Roots, time.Now(), usage); err != nil {
+		if err := verifyChain(leaf, chain[1:], s.Roots(), time.Now(), usage); err != nil {
 			return nil, nil, fmt.Errorf("certs: issue %s: issued certificate: %w", id, err)
 		}
 	}

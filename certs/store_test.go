@@ -2,6 +2,7 @@ package certs_test
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/x509"
 	"errors"
 	"log/slog"
@@ -500,4 +501,34 @@ func TestStoreBoundsConcurrentIssues(t *testing.T) {
 			t.Errorf("at most %d requests were in flight, want 2", g.maxSeen)
 		}
 	})
+}
+
+// TestSnapshotJSON pins the field names the admin endpoint and `ferry certs`
+// read.
+func TestSnapshotJSON(t *testing.T) {
+	ca := certstest.NewCA(t)
+	id := ca.Identity("ns", "a")
+	s := ca.Store(t, id)
+	b, err := json.Marshal(s.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("%s", b)
+	}
+	for _, k := range []string{"identity", "state", "serial", "notBefore", "notAfter", "nextAttempt", "chainPEM"} {
+		if _, ok := got[0][k]; !ok {
+			t.Errorf("no %q in %s", k, b)
+		}
+	}
+	if got[0]["identity"] != id.String() || got[0]["state"] != "valid" {
+		t.Errorf("identity %v, state %v", got[0]["identity"], got[0]["state"])
+	}
+	if _, ok := got[0]["lastError"]; ok {
+		t.Errorf("lastError present without an error: %s", b)
+	}
 }

@@ -160,7 +160,7 @@ func (s *Store) ServerConfig(identityFor func(local netip.Addr) (Identity, error
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("certs: client did not negotiate ALPN %q", ALPN)
 			}
-			_, err := verifyPeer(cs.PeerCertificates, s.cfg.Roots, s.cfg.TrustDomain, time.Now(), x509.ExtKeyUsageClientAuth)
+			_, err := verifyPeer(cs.PeerCertificates, s.Roots(), s.cfg.TrustDomain, time.Now(), x509.ExtKeyUsageClientAuth)
 			return err
 		},
 	}
@@ -191,7 +191,7 @@ func (s *Store) ClientConfig(src, want Identity) *tls.Config {
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("certs: server %s did not negotiate ALPN %q", want, ALPN)
 			}
-			got, err := verifyPeer(cs.PeerCertificates, s.cfg.Roots, "", time.Now(), x509.ExtKeyUsageServerAuth)
+			got, err := verifyPeer(cs.PeerCertificates, s.Roots(), "", time.Now(), x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}

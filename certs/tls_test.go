@@ -335,3 +335,38 @@ func TestVerifyPeer(t *testing.T) {
 		})
 	}
 }
+
+// TestRootRotation moves a Store to a new root while both roots are
+// trusted, then drops the old one.
+func TestRootRotation(t *testing.T) {
+	oldCA, newCA := certstest.NewCA(t), certstest.NewCA(t)
+	server, client := oldCA.Identity("ns", "server"), oldCA.Identity("ns", "client")
+	s := oldCA.Store(t, server)
+	handshake := func(ca *certstest.CA) error {
+		r := certstest.Handshake(t, certstest.PeerConfig(ca.Leaf(t, client)), s.ServerConfig(fixed(server)))
+		return r.ServerErr
+	}
+	if err := handshake(newCA); err == nil {
+		t.Fatal("new root trusted before rotation")
+	}
+	both := oldCA.Roots()
+	both.AddCert(newCA.Root())
+	if err := s.SetRoots(both); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(oldCA); err != nil {
+		t.Errorf("old root during rotation: %v", err)
+	}
+	if err := handshake(newCA); err != nil {
+		t.Errorf("new root during rotation: %v", err)
+	}
+	if err := s.SetRoots(newCA.Roots()); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(oldCA); err == nil || !strings.Contains(err.Error(), "untrusted root") {
+		t.Errorf("old root after rotation: %v", err)
+	}
+	if err := s.SetRoots(nil); err == nil {
+		t.Error("SetRoots(nil) accepted")
+	}
+}
