@@ -75,7 +75,7 @@ type Store struct {
 
 	roots atomic.Pointer[x509.CertPool]
 	kick  chan struct{} // wakes Run after SetIdentities; capacity 1
-	sem  chan struct{} // one token per Issuer call in flight
+	sem   chan struct{} // one token per Issuer call in flight
 
 	mu      sync.Mutex
 	entries map[Identity]*entry
@@ -261,27 +261,19 @@ func (s *Store) renewLoop(ctx context.Context, e *entry) {
 	}()
 	failures := 0
 	for {
-		leaf, err := s.renew(ctx, e)
+		leaf, wait, err := s.renew(ctx, e, failures)
 		if ctx.Err() != nil {
 			return
 		}
-		var wait time.Duration
 		if err == nil {
 			failures = 0
-			wait = max(time.Until(renewTime(leaf)), s.cfg.MinBackoff)
 			s.log.Info("certificate issued", "identity", e.id.String(), "serial", serialHex(leaf),
 				"notAfter", leaf.NotAfter, "renewIn", wait.Round(time.Second))
 		} else {
 			failures++
-			wait = s.backoff(failures)
 			s.log.Warn("certificate issuance failed", "identity", e.id.String(), "attempt", failures,
 				"retryIn", wait.Round(time.Millisecond), "error", err)
 		}
-		s.mu.Lock()
-		e.nextAttempt = time.Now().Add(wait)
-		s.notifyLocked()
-		s.mu.Unlock()
-
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -315,23 +307,32 @@ func (s *Store) backoff(n int) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
-// renew obtains a new certificate for e and installs it. On failure it
-// records the error and leaves the current certificate in place.
-func (s *Store) renew(ctx context.Context, e *entry) (*x509.Certificate, error) {
+// renew obtains a new certificate for e and installs it, or, on failure,
+// records the error and leaves the current certificate in place. failures
+// is the number of consecutive failures before this attempt. It returns the
+// new leaf and how long to wait before the next attempt, which it also
+// records, with the certificate, in one step.
+func (s *Store) renew(ctx context.Context, e *entry, failures int) (*x509.Certificate, time.Duration, error) {
 	cert, chain, err := s.issue(ctx, e.id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ctx.Err() != nil {
-		return nil, ctx.Err() // dropped or shutting down: install nothing
+		return nil, 0, ctx.Err() // dropped or shutting down: install nothing
 	}
+	var wait time.Duration
 	if err != nil {
+		wait = s.backoff(failures + 1)
 		e.lastErr = err
-		s.notifyLocked()
-		return nil, err
+	} else {
+		wait = max(time.Until(renewTime(cert.Leaf)), s.cfg.MinBackoff)
+		e.cert, e.chain, e.lastErr = cert, chain, nil
 	}
-	e.cert, e.chain, e.lastErr = cert, chain, nil
+	e.nextAttempt = time.Now().Add(wait)
 	s.notifyLocked()
-	return cert.Leaf, nil
+	if err != nil {
+		return nil, wait, err
+	}
+	return cert.Leaf, wait, nil
 }
 
 // issue generates a key and gets it certified, checking what comes back.

@@ -2,8 +2,8 @@ package certs_test
 
 import (
 	"context"
-	"encoding/json"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
