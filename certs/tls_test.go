@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferrymesh/ferry/certs"
@@ -369,4 +370,29 @@ func TestRootRotation(t *testing.T) {
 	if err := s.SetRoots(nil); err == nil {
 		t.Error("SetRoots(nil) accepted")
 	}
+}
+
+// TestRotationWithoutRestart: one tls.Config, built once, presents the
+// renewed certificate after rotation, on both sides.
+func TestRotationWithoutRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := certstest.NewCA(t)
+		a, b := ca.Identity("ns", "a"), ca.Identity("ns", "b")
+		s := ca.Store(t, a, b)
+		client, server := s.ClientConfig(a, b), s.ServerConfig(fixed(b))
+		serials := func() (string, string) {
+			r := certstest.Handshake(t, client, server)
+			if r.ClientErr != nil || r.ServerErr != nil {
+				t.Fatalf("handshake: %v, %v", r.ClientErr, r.ServerErr)
+			}
+			return r.Server.PeerCertificates[0].SerialNumber.Text(16), r.Client.PeerCertificates[0].SerialNumber.Text(16)
+		}
+		c1, s1 := serials()
+		time.Sleep(13 * time.Hour) // past half life
+		synctest.Wait()
+		c2, s2 := serials()
+		if c1 == c2 || s1 == s2 {
+			t.Errorf("client serial %s → %s, server serial %s → %s: not rotated", c1, c2, s1, s2)
+		}
+	})
 }
