@@ -1,0 +1,27 @@
+// Command ferrybench runs Ferry's performance benchmark suite (issue 8) and
+// writes bench/results.json and a table.
+//
+// It builds two "nodes" as network namespaces joined by a veth pair, node a
+// holding the client pod's address and node b the server pod's, and runs
+// every tunnel pair (the peers) as two separate processes, one per node: Ferry's agents
+// (--redirect none), the in-repo go-tls pair, ghostunnel, HAProxy, nginx
+// stream, stunnel and Istio's pkg/hbone when they are installed, plus direct
+// TCP. This process is the load generator (its client sockets live in node
+// a, bound to the client pod's address) and the sink (its listeners live in
+// node b at the server pod's address). Capture is policy routing: in node a
+// the server pod's address is also local, and a rule sends TCP to its ports
+// 20001-20099 to the local table, where each peer's client side listens;
+// everything else to it (the peers' server sides, direct TCP on port 20000)
+// crosses the veth. Every peer is run in each round, round-robin, and every
+// figure is reported as min/median/max over rounds; the headline figures are
+// ratios taken within a round.
+//
+// Peer processes' CPU is utime+stime of their process trees from /proc, RSS
+// is VmRSS, and the agents' Go heap is HeapAlloc after a forced GC from the
+// admin endpoint's /debug/pprof/heap?debug=1&gc=1.
+//
+// Usage (as root; scripts/bench installs the peers and calls it):
+//
+//	ferrybench [-rounds 3] [-duration 3s] [-smoke] [-out bench/results.json] [-ferry bin/ferry] ...
+//	ferrybench gotls client|server -listen ADDR -target ADDR -cert F -key F -ca F
+package main

@@ -1,0 +1,431 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The load protocol: a client writes one mode byte and an 8-byte argument,
+// then the mode's traffic.
+const (
+	modeUpload   = 'U' // arg: counter id; the sink reads and counts until EOF
+	modeDownload = 'D' // arg: duration in ns; the sink writes for that long, then closes
+	modeEcho     = 'E' // arg: message size; the sink echoes messages of that size
+	modeConnect  = 'C' // the sink writes one byte, then waits for EOF
+)
+
+const chunk = 64 << 10
+
+// sink is the server side of the load: listeners at the server pod's address
+// in node b, one per peer port. It shares counters with the load generator
+// (one process), so uploads need no end-of-stream signal from the tunnel.
+type sink struct {
+	counters sync.Map // uint64 → *atomic.Int64
+	nextID   atomic.Uint64
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	lns      []net.Listener
+}
+
+func newSink() *sink { return &sink{conns: map[net.Conn]struct{}{}} }
+
+// serve listens on each port and serves until ctx ends.
+func (s *sink) listen(ctx context.Context, ns string, ports []uint16) error {
+	for _, port := range ports {
+		ln, err := listenIn(ctx, ns, netip.AddrPortFrom(serverPod, port))
+		if err != nil {
+			return fmt.Errorf("sink: %w", err)
+		}
+		s.lns = append(s.lns, ln)
+		s.wg.Go(func() { s.accept(ln) })
+	}
+	return nil
+}
+
+func (s *sink) close() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+func (s *sink) accept(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Go(func() {
+			defer func() {
+				c.Close()
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			c.(*net.TCPConn).SetNoDelay(true)
+			s.handle(c)
+		})
+	}
+}
+
+func (s *sink) counter() (uint64, *atomic.Int64) {
+	id := s.nextID.Add(1)
+	n := new(atomic.Int64)
+	s.counters.Store(id, n)
+	return id, n
+}
+
+func (s *sink) handle(c net.Conn) {
+	var hdr [9]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	arg := binary.BigEndian.Uint64(hdr[1:])
+	switch hdr[0] {
+	case modeUpload:
+		v, ok := s.counters.Load(arg)
+		if !ok {
+			return
+		}
+		n := v.(*atomic.Int64)
+		buf := make([]byte, 256<<10)
+		for {
+			k, err := c.Read(buf)
+			n.Add(int64(k))
+			if err != nil {
+				return
+			}
+		}
+	case modeDownload:
+		buf := make([]byte, chunk)
+		end := time.Now().Add(time.Duration(arg))
+		for time.Now().Before(end) {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	case modeEcho:
+		if arg == 0 || arg > 1<<20 {
+			return
+		}
+		buf := make([]byte, arg)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	case modeConnect:
+		if _, err := c.Write([]byte{1}); err != nil {
+			return
+		}
+		io.Copy(io.Discard, c)
+	}
+}
+
+func header(mode byte, arg uint64) []byte {
+	h := make([]byte, 9)
+	h[0] = mode
+	binary.BigEndian.PutUint64(h[1:], arg)
+	return h
+}
+
+// target is how the load generator reaches one peer: from the client pod's
+// address in node a to the server pod's address at the peer's port.
+type target struct {
+	ns   string
+	dst  netip.AddrPort
+	sink *sink
+}
+
+func (t target) dial(ctx context.Context) (net.Conn, error) {
+	return dialFrom(ctx, t.ns, clientPod, t.dst)
+}
+
+// upload streams for d over one connection; it returns the bytes the sink
+// received and the time until it had them all.
+func (t target) upload(ctx context.Context, d time.Duration) (int64, time.Duration, error) {
+	res, err := t.uploadN(ctx, 1, d)
+	if err != nil {
+		return 0, 0, err
+	}
+	return res.total(), res.elapsed, nil
+}
+
+type multiResult struct {
+	perConn []int64
+	elapsed time.Duration
+}
+
+func (r multiResult) total() int64 {
+	var s int64
+	for _, n := range r.perConn {
+		s += n
+	}
+	return s
+}
+
+// uploadN streams for d over n concurrent connections.
+func (t target) uploadN(ctx context.Context, n int, d time.Duration) (multiResult, error) {
+	conns := make([]net.Conn, n)
+	counters := make([]*atomic.Int64, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i := range n {
+		c, err := t.dial(ctx)
+		if err != nil {
+			return multiResult{}, err
+		}
+		conns[i] = c
+		id, ctr := t.sink.counter()
+		defer t.sink.counters.Delete(id)
+		counters[i] = ctr
+		if _, err := c.Write(header(modeUpload, id)); err != nil {
+			return multiResult{}, err
+		}
+	}
+	// Let the header reach the sink so the timed window is the data only.
+	time.Sleep(20 * time.Millisecond)
+	start := time.Now()
+	end := start.Add(d)
+	written := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			buf := make([]byte, chunk)
+			for time.Now().Before(end) {
+				k, err := c.Write(buf)
+				written[i] += int64(k)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return multiResult{}, err
+	}
+	var want int64
+	for _, w := range written {
+		want += w
+	}
+	// Wait (bounded) until the sink has read everything written.
+	err := waitFor(ctx, 30*time.Second, func() error {
+		var got int64
+		for _, c := range counters {
+			got += c.Load()
+		}
+		if got < want {
+			return fmt.Errorf("upload: sink has %d of %d bytes", got, want)
+		}
+		return nil
+	})
+	elapsed := time.Since(start)
+	if err != nil {
+		return multiResult{}, err
+	}
+	return multiResult{perConn: written, elapsed: elapsed}, nil
+}
+
+// download asks the sink to stream for d; it returns the bytes received and
+// the time from the request to EOF.
+func (t target) download(ctx context.Context, d time.Duration) (int64, time.Duration, error) {
+	c, err := t.dial(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(d + 30*time.Second))
+	start := time.Now()
+	if _, err := c.Write(header(modeDownload, uint64(d))); err != nil {
+		return 0, 0, err
+	}
+	n, err := io.CopyBuffer(io.Discard, onlyReader{c}, make([]byte, 256<<10))
+	if err != nil {
+		return n, 0, fmt.Errorf("download: %w", err)
+	}
+	return n, time.Since(start), nil
+}
+
+type onlyReader struct{ io.Reader }
+
+// rr runs size-byte request/response exchanges on one connection for d (at
+// most maxN), after a short warm-up, and returns each exchange's latency.
+func (t target) rr(ctx context.Context, size int, d time.Duration, maxN int) ([]time.Duration, error) {
+	c, err := t.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return rrOn(c, size, d, maxN)
+}
+
+func rrOn(c net.Conn, size int, d time.Duration, maxN int) ([]time.Duration, error) {
+	c.SetDeadline(time.Now().Add(d + 30*time.Second))
+	if _, err := c.Write(header(modeEcho, uint64(size))); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, size)
+	lat := make([]time.Duration, 0, min(maxN, 1<<16))
+	for i := 0; i < 50; i++ { // warm-up
+		if _, err := c.Write(buf); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return nil, err
+		}
+	}
+	end := time.Now().Add(d)
+	for len(lat) < maxN {
+		t0 := time.Now()
+		if !t0.Before(end) {
+			break
+		}
+		if _, err := c.Write(buf); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return lat, nil
+}
+
+// connectRate opens connections with workers in parallel for d: each
+// connect, one byte from the sink, close. It returns the count.
+func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (int, error) {
+	var total atomic.Int64
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	hdr := header(modeConnect, 0)
+	for w := range workers {
+		wg.Go(func() {
+			errs[w] = inNetns(t.ns, func() error {
+				var one [1]byte
+				for time.Now().Before(end) {
+					c, err := dialHere(ctx, clientPod, t.dst)
+					if err != nil {
+						return err
+					}
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					_, err = c.Write(hdr)
+					if err == nil {
+						_, err = io.ReadFull(c, one[:])
+					}
+					c.Close()
+					if err != nil {
+						return err
+					}
+					total.Add(1)
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	return int(total.Load()), errors.Join(errs...)
+}
+
+// openIdle opens n connections that each completed an exchange with the
+// sink and then stay idle; the caller closes them.
+func (t target) openIdle(ctx context.Context, n int) ([]net.Conn, error) {
+	var conns []net.Conn
+	err := inNetns(t.ns, func() error {
+		var one [1]byte
+		hdr := header(modeConnect, 0)
+		for range n {
+			c, err := dialHere(ctx, clientPod, t.dst)
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(hdr); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(c, one[:]); err != nil {
+				return err
+			}
+			c.SetDeadline(time.Time{})
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range conns {
+			c.Close()
+		}
+		return nil, err
+	}
+	return conns, nil
+}
+
+// hol measures 1 KiB request/response latencies alone, then while a bulk
+// download runs on a second connection of the same peer (for HBONE, the
+// same pooled connection).
+func (t target) hol(ctx context.Context, d time.Duration) (alone, withBulk []time.Duration, err error) {
+	alone, err = t.rr(ctx, 1024, d, 1<<20)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := t.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close()
+	bulkDone := make(chan error, 1)
+	go func() {
+		_, _, err := t.download(ctx, d+500*time.Millisecond)
+		bulkDone <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let the bulk stream fill the windows
+	withBulk, err = rrOn(c, 1024, d, 1<<20)
+	if berr := <-bulkDone; err == nil && berr != nil {
+		err = fmt.Errorf("bulk: %w", berr)
+	}
+	return alone, withBulk, err
+}
+
+// percentile returns the p-th percentile (0..100) of sorted latencies.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+func sortedCopy(d []time.Duration) []time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s
+}

@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferrymesh/ferry/bench/gotls"
+)
+
+func main() {
+	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "gotls" {
+		os.Exit(runGoTLS(args[1:]))
+	}
+	if len(args) > 0 && args[0] == "run" {
+		args = args[1:]
+	}
+	os.Exit(run(args))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("ferrybench", flag.ExitOnError)
+	cfg := config{}
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds; every peer runs every benchmark once per round")
+	fs.DurationVar(&cfg.dur, "duration", 3*time.Second, "length of each timed measurement")
+	fs.IntVar(&cfg.idleConns, "idle-conns", 2000, "idle connections held per peer (memory per connection)")
+	fs.IntVar(&cfg.connWorkers, "connect-workers", 8, "parallel connectors (connect rate)")
+	fs.IntVar(&cfg.hsWorkers, "handshake-workers", 4, "parallel TLS handshakers")
+	fs.IntVar(&cfg.muxConns, "mux-conns", 8, "connections of the multiplexing benchmark")
+	smoke := fs.Bool("smoke", false, "one round of one second with tiny sizes (CI): checks that every benchmark runs")
+	out := fs.String("out", "bench/results.json", "results file")
+	dir := fs.String("dir", "", "run directory for configs and logs (default: a new temporary directory, removed unless -keep)")
+	keep := fs.Bool("keep", false, "keep the run directory")
+	ferryBin := fs.String("ferry", "bin/ferry", "ferry binary")
+	ghost := fs.String("ghostunnel", "", "ghostunnel binary (peer skipped when empty or missing)")
+	istio := fs.String("istio-hbone", "", "bench/istiohbone binary (peer skipped when empty or missing)")
+	only := fs.String("peers", "", "comma-separated peers to run (default: all available)")
+	verbose := fs.Bool("v", false, "debug logging")
+	fs.Parse(args)
+	if *smoke {
+		cfg.rounds, cfg.dur, cfg.idleConns, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, 50, 4, 2, 8
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if os.Geteuid() != 0 {
+		log.Error("ferrybench needs root (network namespaces)")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rec := newRecorder()
+	err := runSuite(ctx, log, cfg, rec, suiteOpts{dir: *dir, keep: *keep, ferry: *ferryBin, ghost: *ghost, istio: *istio, only: *only})
+	rec.Meta["smoke"] = *smoke
+	if werr := rec.write(*out); werr != nil {
+		log.Error("write results", "err", werr)
+		return 1
+	}
+	rec.table(os.Stdout, peerNames)
+	fmt.Printf("\nresults: %s\n", *out)
+	if err != nil {
+		log.Error("ferrybench", "err", err)
+		return 1
+	}
+	if len(rec.Errors) > 0 {
+		log.Error("some benchmarks failed", "count", len(rec.Errors))
+		return 1
+	}
+	return 0
+}
+
+// peerNames is the table order.
+var peerNames = []string{"direct", "ferry", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone"}
+
+type suiteOpts struct {
+	dir, ferry, ghost, istio, only string
+	keep                           bool
+}
+
+func absIf(p string) string {
+	if p == "" {
+		return ""
+	}
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return a
+}
+
+func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, o suiteOpts) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir := o.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "ferrybench-"); err != nil {
+			return err
+		}
+		if !o.keep {
+			defer os.RemoveAll(dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	pk, err := newPKI(dir)
+	if err != nil {
+		return err
+	}
+	t, err := newTopo(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	e := &env{topo: t, dir: dir, pki: pk, ferry: absIf(o.ferry), self: self, ghost: absIf(o.ghost), istio: absIf(o.istio)}
+	rec.Meta["started"] = time.Now().UTC().Format(time.RFC3339)
+	rec.Meta["go"] = runtime.Version()
+	rec.Meta["cpus"] = runtime.NumCPU()
+	rec.Meta["rounds"] = cfg.rounds
+	rec.Meta["duration_s"] = cfg.dur.Seconds()
+	rec.Meta["idle_conns"] = cfg.idleConns
+	rec.Meta["topology"] = "two network namespaces (nodes) joined by a veth pair; load generator in node a " +
+		"from the client pod address, sink in node b at the server pod address; each peer = client side in node a + server side in node b"
+	rec.Meta["definitions"] = map[string]string{
+		"path_1conn_up_vs_gotls":       "ferry ÷ go-tls MB/s, one connection, client→server, same round",
+		"path_1conn_down_vs_gotls":     "ferry ÷ go-tls MB/s, one connection, server→client",
+		"path_1conn_vs_best_peer":      "min over directions of ferry ÷ the fastest other tunnel peer in that direction",
+		"cpu_per_gb_vs_gotls":          "both agents' CPU per GB (up+down) ÷ go-tls's",
+		"rr1k_added_p50_vs_gotls":      "(ferry p50 − direct p50) ÷ (go-tls p50 − direct p50), 1 KiB request/response on one connection",
+		"cpu_us_per_rr1k":              "both agents' CPU µs per 1 KiB request/response (= vCPU per 1000 rps ×1000)",
+		"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",
+		"handshakes_per_s_core_x25519": "1 s ÷ node b agent's CPU per full mTLS handshake (X25519, P-256 certs, no resumption)",
+		"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection",
+		"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection",
+		"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
+		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download shares the HBONE connection ÷ p99 alone",
+	}
+
+	s := &suite{cfg: cfg, env: e, rec: rec, log: log, sink: newSink()}
+	var ports []uint16
+	want := map[string]bool{}
+	for _, n := range strings.Split(o.only, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			want[n] = true
+		}
+	}
+	defer func() {
+		for _, p := range s.peers {
+			p.stop()
+		}
+	}()
+	for _, spec := range peerSpecs(e) {
+		if len(want) > 0 && !want[spec.name] && spec.name != "direct" {
+			continue
+		}
+		if err := spec.available(e); err != nil {
+			log.Warn("peer skipped", "peer", spec.name, "why", err)
+			rec.Skipped[spec.name] = err.Error()
+			continue
+		}
+		ports = append(ports, spec.port)
+		p := &peer{name: spec.name, port: spec.port, perConnTLS: spec.perConnTLS}
+		log.Info("starting peer", "peer", spec.name)
+		if err := spec.start(ctx, e, p); err != nil {
+			p.stop()
+			msg := fmt.Sprintf("start %s: %v", spec.name, err)
+			for _, pr := range p.procs {
+				msg += "\n" + pr.name + ": " + pr.tail()
+			}
+			rec.Errors = append(rec.Errors, msg)
+			log.Error("peer failed to start", "peer", spec.name, "err", err)
+			continue
+		}
+		s.peers = append(s.peers, p)
+	}
+	if err := s.sink.listen(ctx, t.nsB, ports); err != nil {
+		return err
+	}
+	defer s.sink.close()
+	var names []string
+	for _, p := range s.peers {
+		names = append(names, p.name)
+	}
+	rec.Meta["peers"] = names
+	for r := range cfg.rounds {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.round(ctx, r)
+	}
+	rec.Meta["finished"] = time.Now().UTC().Format(time.RFC3339)
+	if s.peer("ferry") == nil {
+		return errors.New("the ferry peer did not run")
+	}
+	return nil
+}
+
+// runGoTLS is the go-tls peer process: `gotls client|server`.
+func runGoTLS(args []string) int {
+	if len(args) == 0 || (args[0] != "client" && args[0] != "server") {
+		fmt.Fprintln(os.Stderr, "usage: ferrybench gotls client|server -listen ADDR -target ADDR -cert F -key F -ca F [-debug-addr ADDR]")
+		return 2
+	}
+	side := args[0]
+	fs := flag.NewFlagSet("gotls "+side, flag.ExitOnError)
+	listen := fs.String("listen", "", "listen address")
+	target := fs.String("target", "", "where to forward")
+	cert := fs.String("cert", "", "certificate chain (PEM)")
+	key := fs.String("key", "", "key (PEM)")
+	ca := fs.String("ca", "", "roots (PEM)")
+	debug := fs.String("debug-addr", "", "serve /debug/pprof/ here")
+	fs.Parse(args[1:])
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tcfg, err := gotls.LoadConfig(*cert, *key, *ca, "localhost", side == "server")
+	if err != nil {
+		log.Error("gotls", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *debug != "" {
+		serveDebug(ctx, log, *debug)
+	}
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(ctx, "tcp4", *listen)
+	if err != nil {
+		log.Error("gotls", "err", err)
+		return 1
+	}
+	if side == "server" {
+		err = (&gotls.Server{Target: *target, TLS: tcfg, Log: log}).Serve(ctx, ln)
+	} else {
+		err = (&gotls.Client{Target: *target, TLS: tcfg, Log: log}).Serve(ctx, ln)
+	}
+	if err != nil {
+		log.Error("gotls", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serveDebug serves net/http/pprof on addr until ctx ends.
+func serveDebug(ctx context.Context, log *slog.Logger, addr string) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("debug server", "err", err)
+		}
+	}()
+	context.AfterFunc(ctx, func() { srv.Close() })
+}

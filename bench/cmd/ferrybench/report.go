@@ -1,0 +1,191 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// stat is one figure over rounds.
+type stat struct {
+	Min    float64   `json:"min"`
+	Median float64   `json:"median"`
+	Max    float64   `json:"max"`
+	Rounds []float64 `json:"rounds"`
+	Unit   string    `json:"unit,omitempty"`
+}
+
+func (s *stat) add(v float64) {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return
+	}
+	s.Rounds = append(s.Rounds, v)
+	sorted := slices.Clone(s.Rounds)
+	slices.Sort(sorted)
+	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
+	n := len(sorted)
+	if n%2 == 1 {
+		s.Median = sorted[n/2]
+	} else {
+		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+}
+
+// recorder collects raw figures (benchmark → peer → metric) and the
+// headline keys.
+type recorder struct {
+	Raw     map[string]map[string]map[string]*stat `json:"raw"`
+	Keys    map[string]*stat                       `json:"-"`
+	Skipped map[string]string                      `json:"skipped,omitempty"`
+	Errors  []string                               `json:"errors,omitempty"`
+	Meta    map[string]any                         `json:"meta"`
+}
+
+func newRecorder() *recorder {
+	return &recorder{Raw: map[string]map[string]map[string]*stat{}, Keys: map[string]*stat{}, Skipped: map[string]string{}, Meta: map[string]any{}}
+}
+
+func (r *recorder) raw(bench, peer, metric, unit string, v float64) {
+	if r.Raw[bench] == nil {
+		r.Raw[bench] = map[string]map[string]*stat{}
+	}
+	if r.Raw[bench][peer] == nil {
+		r.Raw[bench][peer] = map[string]*stat{}
+	}
+	s := r.Raw[bench][peer][metric]
+	if s == nil {
+		s = &stat{Unit: unit}
+		r.Raw[bench][peer][metric] = s
+	}
+	s.add(v)
+}
+
+func (r *recorder) key(name string, v float64) {
+	s := r.Keys[name]
+	if s == nil {
+		s = &stat{}
+		r.Keys[name] = s
+	}
+	s.add(v)
+}
+
+// keyOrder is the issue's list, with each key's target.
+var keyOrder = []struct{ name, target string }{
+	{"path_1conn_up_vs_gotls", ">= 1.0"},
+	{"path_1conn_down_vs_gotls", ">= 1.0"},
+	{"path_1conn_vs_best_peer", ">= 1.0"},
+	{"cpu_per_gb_vs_gotls", "<= 1.15"},
+	{"rr1k_added_p50_vs_gotls", "<= 1.15"},
+	{"cpu_us_per_rr1k", "<= 100"},
+	{"connect_rate_vs_tls_peers", ">= 3"},
+	{"handshakes_per_s_core_x25519", ">= 1500"},
+	{"idle_conn_rss_kib", "<= 24"},
+	{"idle_conn_heap_kib", "<= 32"},
+	{"mux8_vs_8tls", ">= 0.9"},
+	{"hol_p99_ratio", "<= 2"},
+}
+
+// write stores results.json: the keys at the top level, then raw, meta.
+func (r *recorder) write(path string) error {
+	out := map[string]any{}
+	for k, v := range r.Keys {
+		out[k] = v
+	}
+	out["raw"] = r.Raw
+	out["meta"] = r.Meta
+	if len(r.Skipped) > 0 {
+		out["skipped"] = r.Skipped
+	}
+	if len(r.Errors) > 0 {
+		out["errors"] = r.Errors
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func fmtStat(s *stat) string {
+	if s == nil || len(s.Rounds) == 0 {
+		return "-"
+	}
+	f := func(v float64) string {
+		switch a := math.Abs(v); {
+		case a >= 100:
+			return fmt.Sprintf("%.0f", v)
+		case a >= 10:
+			return fmt.Sprintf("%.1f", v)
+		default:
+			return fmt.Sprintf("%.2f", v)
+		}
+	}
+	if len(s.Rounds) == 1 {
+		return f(s.Median)
+	}
+	return f(s.Min) + "/" + f(s.Median) + "/" + f(s.Max)
+}
+
+// table prints the keys, then each benchmark's raw figures per peer.
+func (r *recorder) table(w io.Writer, peerOrder []string) {
+	fmt.Fprintf(w, "\nHeadline figures (Ferry ÷ peer, same round; min/median/max over rounds)\n")
+	fmt.Fprintf(w, "%-30s %-24s %s\n", "key", "value", "target")
+	for _, k := range keyOrder {
+		fmt.Fprintf(w, "%-30s %-24s %s\n", k.name, fmtStat(r.Keys[k.name]), k.target)
+	}
+	benches := make([]string, 0, len(r.Raw))
+	for b := range r.Raw {
+		benches = append(benches, b)
+	}
+	sort.Strings(benches)
+	for _, b := range benches {
+		metricSet := map[string]string{}
+		for _, ms := range r.Raw[b] {
+			for m, s := range ms {
+				metricSet[m] = s.Unit
+			}
+		}
+		metrics := make([]string, 0, len(metricSet))
+		for m := range metricSet {
+			metrics = append(metrics, m)
+		}
+		sort.Strings(metrics)
+		fmt.Fprintf(w, "\n%s\n%-12s", b, "peer")
+		for _, m := range metrics {
+			h := m
+			if u := metricSet[m]; u != "" {
+				h += " (" + u + ")"
+			}
+			fmt.Fprintf(w, " %-22s", h)
+		}
+		fmt.Fprintln(w)
+		for _, p := range peerOrder {
+			ms, ok := r.Raw[b][p]
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(w, "%-12s", p)
+			for _, m := range metrics {
+				fmt.Fprintf(w, " %-22s", fmtStat(ms[m]))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if len(r.Skipped) > 0 {
+		fmt.Fprintln(w, "\nskipped:")
+		for k, v := range r.Skipped {
+			fmt.Fprintf(w, "  %s: %s\n", k, strings.TrimSpace(v))
+		}
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintln(w, "\nerrors:")
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
+}

@@ -1,0 +1,400 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// config sizes a run.
+type config struct {
+	rounds      int
+	dur         time.Duration // each timed measurement
+	idleConns   int           // idle connections held per peer
+	connWorkers int           // parallel connectors (connect rate)
+	hsWorkers   int           // parallel TLS handshakers
+	muxConns    int
+}
+
+// suite runs the benchmarks over the started peers.
+type suite struct {
+	cfg   config
+	env   *env
+	peers []*peer
+	rec   *recorder
+	sink  *sink
+	log   *slog.Logger
+}
+
+func (s *suite) peer(name string) *peer {
+	for _, p := range s.peers {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+func (s *suite) target(p *peer) target {
+	return target{ns: s.env.topo.nsA, dst: netip.AddrPortFrom(serverPod, p.port), sink: s.sink}
+}
+
+func (s *suite) fail(bench string, p *peer, err error) {
+	msg := fmt.Sprintf("%s/%s: %v", bench, p.name, err)
+	if aerr := p.checkAlive(); aerr != nil {
+		msg += "; " + aerr.Error()
+	}
+	s.log.Error("benchmark failed", "bench", bench, "peer", p.name, "err", err)
+	s.rec.Errors = append(s.rec.Errors, msg)
+}
+
+// measure runs fn and returns the CPU time the peer's processes used.
+func measure(p *peer, fn func() error) (time.Duration, error) {
+	c0, _ := p.usage()
+	err := fn()
+	c1, _ := p.usage()
+	return c1 - c0, err
+}
+
+// settle gives the peers a moment between measurements (closing
+// connections, GC).
+func settle() { time.Sleep(150 * time.Millisecond) }
+
+// round runs every benchmark once for every peer, in the order of the
+// headline keys, except idle memory, which runs first so that RSS baselines
+// see as little freed-but-retained memory as possible.
+func (s *suite) round(ctx context.Context, r int) {
+	s.log.Info("round", "n", r+1, "of", s.cfg.rounds)
+	s.idle(ctx)
+	s.throughput(ctx)
+	s.rr(ctx, 1024, "path/rr-1k")
+	s.rr(ctx, 16384, "path/rr-16k")
+	s.connectRate(ctx)
+	s.handshakes(ctx)
+	s.mux(ctx)
+	s.hol(ctx)
+}
+
+type dirResult struct {
+	mbps, bytes float64
+	cpu         time.Duration
+}
+
+func (s *suite) throughput(ctx context.Context) {
+	res := map[string]map[string]dirResult{"up": {}, "down": {}}
+	for _, p := range s.peers {
+		for _, dir := range []string{"up", "down"} {
+			bench := "path/tput-1conn/" + dir
+			var n int64
+			var el time.Duration
+			cpu, err := measure(p, func() error {
+				var err error
+				if dir == "up" {
+					n, el, err = s.target(p).upload(ctx, s.cfg.dur)
+				} else {
+					n, el, err = s.target(p).download(ctx, s.cfg.dur)
+				}
+				return err
+			})
+			if err != nil {
+				s.fail(bench, p, err)
+				continue
+			}
+			mbps := float64(n) / el.Seconds() / 1e6
+			s.rec.raw(bench, p.name, "MB/s", "MB/s", mbps)
+			if p.tunnel() {
+				s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", cpu.Seconds()*1e3/(float64(n)/1e9))
+			}
+			res[dir][p.name] = dirResult{mbps: mbps, bytes: float64(n), cpu: cpu}
+			settle()
+		}
+	}
+	f, g := "ferry", "go-tls"
+	worst := math.Inf(1)
+	for _, dir := range []string{"up", "down"} {
+		rf, okf := res[dir][f]
+		rg, okg := res[dir][g]
+		if okf && okg {
+			s.rec.key("path_1conn_"+dir+"_vs_gotls", rf.mbps/rg.mbps)
+		}
+		best, bestName := 0.0, ""
+		for name, v := range res[dir] {
+			if name != f && name != "direct" && v.mbps > best {
+				best, bestName = v.mbps, name
+			}
+		}
+		if okf && best > 0 {
+			worst = min(worst, rf.mbps/best)
+			s.rec.raw("path/tput-1conn/"+dir, "ferry", "vs_best_peer", "ratio", rf.mbps/best)
+			s.log.Debug("best peer", "dir", dir, "peer", bestName)
+		}
+	}
+	if !math.IsInf(worst, 1) && len(res["up"]) > 0 && len(res["down"]) > 0 {
+		s.rec.key("path_1conn_vs_best_peer", worst)
+	}
+	cpuPerGB := func(name string) (float64, bool) {
+		u, ok1 := res["up"][name]
+		d, ok2 := res["down"][name]
+		if !ok1 || !ok2 {
+			return 0, false
+		}
+		return (u.cpu + d.cpu).Seconds() * 1e3 / ((u.bytes + d.bytes) / 1e9), true
+	}
+	if cf, ok := cpuPerGB(f); ok {
+		if cg, ok := cpuPerGB(g); ok && cg > 0 {
+			s.rec.key("cpu_per_gb_vs_gotls", cf/cg)
+		}
+	}
+}
+
+func (s *suite) rr(ctx context.Context, size int, bench string) {
+	p50 := map[string]float64{}
+	for _, p := range s.peers {
+		var lat []time.Duration
+		cpu, err := measure(p, func() error {
+			var err error
+			lat, err = s.target(p).rr(ctx, size, s.cfg.dur, 1_000_000)
+			return err
+		})
+		if err != nil || len(lat) == 0 {
+			s.fail(bench, p, fmt.Errorf("%d exchanges: %v", len(lat), err))
+			continue
+		}
+		sorted := sortedCopy(lat)
+		us := func(q float64) float64 { return float64(percentile(sorted, q)) / 1e3 }
+		s.rec.raw(bench, p.name, "p50", "us", us(50))
+		s.rec.raw(bench, p.name, "p90", "us", us(90))
+		s.rec.raw(bench, p.name, "p99", "us", us(99))
+		s.rec.raw(bench, p.name, "p99_over_p50", "ratio", us(99)/us(50))
+		if p.tunnel() {
+			s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", float64(cpu.Microseconds())/float64(len(lat)))
+		}
+		p50[p.name] = us(50)
+		if size == 1024 && p.name == "ferry" {
+			s.rec.key("cpu_us_per_rr1k", float64(cpu.Microseconds())/float64(len(lat)))
+		}
+		settle()
+	}
+	if size != 1024 {
+		return
+	}
+	d, okd := p50["direct"]
+	f, okf := p50["ferry"]
+	g, okg := p50["go-tls"]
+	if okd && okf && okg && g > d {
+		s.rec.key("rr1k_added_p50_vs_gotls", (f-d)/(g-d))
+		s.rec.raw(bench, "ferry", "added_p50_vs_direct", "us", f-d)
+		s.rec.raw(bench, "go-tls", "added_p50_vs_direct", "us", g-d)
+	}
+}
+
+func (s *suite) connectRate(ctx context.Context) {
+	const bench = "path/connect-rate"
+	rate := map[string]float64{}
+	for _, p := range s.peers {
+		var n int
+		cpu, err := measure(p, func() error {
+			var err error
+			n, err = s.target(p).connectRate(ctx, s.cfg.connWorkers, s.cfg.dur)
+			return err
+		})
+		if err != nil || n == 0 {
+			s.fail(bench, p, fmt.Errorf("%d connections: %v", n, err))
+			continue
+		}
+		rate[p.name] = float64(n) / s.cfg.dur.Seconds()
+		s.rec.raw(bench, p.name, "conns_per_s", "1/s", rate[p.name])
+		if p.tunnel() {
+			s.rec.raw(bench, p.name, "agents_cpu_us_per_conn", "us", float64(cpu.Microseconds())/float64(n))
+		}
+		// Let TIME_WAIT and the peers' closing work drain.
+		time.Sleep(500 * time.Millisecond)
+	}
+	best := 0.0
+	for _, p := range s.peers {
+		if p.perConnTLS {
+			best = max(best, rate[p.name])
+		}
+	}
+	if f, ok := rate["ferry"]; ok && best > 0 {
+		s.rec.key("connect_rate_vs_tls_peers", f/best)
+	}
+}
+
+// handshakes measures full mTLS handshakes (X25519, ECDSA P-256
+// certificates, no resumption) against Ferry's server side (node b's HBONE
+// listener), with that agent's CPU per handshake. Each handshake waits for
+// the server's first HTTP/2 frame, which it sends only after verifying the
+// client's certificate and Finished.
+func (s *suite) handshakes(ctx context.Context) {
+	const bench = "tls/handshake-x25519"
+	p := s.peer("ferry")
+	if p == nil {
+		return
+	}
+	cert, err := tls.LoadX509KeyPair(s.env.pki.cert, s.env.pki.key)
+	if err != nil {
+		s.fail(bench, p, err)
+		return
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"},
+		CurvePreferences: []tls.CurveID{tls.X25519}, InsecureSkipVerify: true, SessionTicketsDisabled: true,
+	}
+	server := p.procs[1] // node b's agent
+	dst := netip.AddrPortFrom(serverPod, hbonePort)
+	var count atomic.Int64
+	errs := make([]error, s.cfg.hsWorkers)
+	c0, _ := treeUsage([]int{server.pid()})
+	start := time.Now()
+	end := start.Add(s.cfg.dur)
+	var wg sync.WaitGroup
+	for w := range s.cfg.hsWorkers {
+		wg.Go(func() {
+			errs[w] = inNetns(s.env.topo.nsA, func() error {
+				var one [1]byte
+				for time.Now().Before(end) {
+					raw, err := dialHere(ctx, netip.Addr{}, dst)
+					if err != nil {
+						return err
+					}
+					raw.SetDeadline(time.Now().Add(10 * time.Second))
+					tc := tls.Client(raw, cfg)
+					if err = tc.Handshake(); err == nil {
+						_, err = tc.Read(one[:])
+					}
+					tc.Close()
+					if err != nil {
+						return err
+					}
+					count.Add(1)
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	c1, _ := treeUsage([]int{server.pid()})
+	n := count.Load()
+	if err := errors.Join(errs...); err != nil || n == 0 {
+		s.fail(bench, p, fmt.Errorf("%d handshakes: %v", n, err))
+		return
+	}
+	cpuPer := (c1 - c0).Seconds() * 1e6 / float64(n)
+	s.rec.raw(bench, p.name, "handshakes_per_s", "1/s", float64(n)/el.Seconds())
+	s.rec.raw(bench, p.name, "server_cpu_us_per_handshake", "us", cpuPer)
+	s.rec.raw(bench, p.name, "server_handshakes_per_s_core", "1/s", 1e6/cpuPer)
+	s.rec.key("handshakes_per_s_core_x25519", 1e6/cpuPer)
+	time.Sleep(500 * time.Millisecond)
+}
+
+func (s *suite) idle(ctx context.Context) {
+	bench := fmt.Sprintf("mem/idle-%d", s.cfg.idleConns)
+	for _, p := range s.peers {
+		if !p.tunnel() {
+			continue
+		}
+		time.Sleep(300 * time.Millisecond)
+		_, rss0 := p.usage()
+		heap0, hasHeap, err := p.heap(ctx, s.env.topo)
+		if err != nil {
+			s.fail(bench, p, fmt.Errorf("heap: %w", err))
+			hasHeap = false
+		}
+		conns, err := s.target(p).openIdle(ctx, s.cfg.idleConns)
+		if err != nil {
+			s.fail(bench, p, err)
+			continue
+		}
+		time.Sleep(500 * time.Millisecond)
+		_, rss1 := p.usage()
+		var heap1 uint64
+		if hasHeap {
+			if heap1, _, err = p.heap(ctx, s.env.topo); err != nil {
+				s.fail(bench, p, fmt.Errorf("heap: %w", err))
+				hasHeap = false
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		n := float64(len(conns))
+		rssPer := (float64(rss1) - float64(rss0)) / n
+		s.rec.raw(bench, p.name, "rss_kib_per_conn", "KiB", rssPer)
+		s.rec.raw(bench, p.name, "rss_mib_total", "MiB", float64(rss1)/1024)
+		if p.name == "ferry" {
+			s.rec.key("idle_conn_rss_kib", rssPer)
+		}
+		if hasHeap {
+			heapPer := (float64(heap1) - float64(heap0)) / 1024 / n
+			s.rec.raw(bench, p.name, "heap_kib_per_conn", "KiB", heapPer)
+			if p.name == "ferry" {
+				s.rec.key("idle_conn_heap_kib", heapPer)
+			}
+		}
+		// Wait (bounded) for the peer to release the connections.
+		time.Sleep(time.Second)
+	}
+}
+
+func (s *suite) mux(ctx context.Context) {
+	bench := fmt.Sprintf("path/tput-%dconn/up", s.cfg.muxConns)
+	agg := map[string]float64{}
+	for _, p := range s.peers {
+		var res multiResult
+		cpu, err := measure(p, func() error {
+			var err error
+			res, err = s.target(p).uploadN(ctx, s.cfg.muxConns, s.cfg.dur)
+			return err
+		})
+		if err != nil {
+			s.fail(bench, p, err)
+			continue
+		}
+		total := float64(res.total())
+		agg[p.name] = total / res.elapsed.Seconds() / 1e6
+		s.rec.raw(bench, p.name, "MB/s", "MB/s", agg[p.name])
+		s.rec.raw(bench, p.name, "fairness_min_over_max", "ratio", float64(slices.Min(res.perConn))/float64(slices.Max(res.perConn)))
+		if p.tunnel() {
+			s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", cpu.Seconds()*1e3/(total/1e9))
+		}
+		settle()
+	}
+	if f, g := agg["ferry"], agg["go-tls"]; f > 0 && g > 0 {
+		s.rec.key("mux8_vs_8tls", f/g)
+	}
+}
+
+func (s *suite) hol(ctx context.Context) {
+	const bench = "hol/bulk-plus-rr-1k"
+	for _, name := range []string{"ferry", "go-tls", "istio-hbone"} {
+		p := s.peer(name)
+		if p == nil {
+			continue
+		}
+		alone, bulk, err := s.target(p).hol(ctx, s.cfg.dur)
+		if err != nil || len(alone) == 0 || len(bulk) == 0 {
+			s.fail(bench, p, fmt.Errorf("%d/%d exchanges: %v", len(alone), len(bulk), err))
+			continue
+		}
+		a := float64(percentile(sortedCopy(alone), 99)) / 1e3
+		b := float64(percentile(sortedCopy(bulk), 99)) / 1e3
+		s.rec.raw(bench, name, "p99_alone", "us", a)
+		s.rec.raw(bench, name, "p99_with_bulk", "us", b)
+		s.rec.raw(bench, name, "p50_with_bulk", "us", float64(percentile(sortedCopy(bulk), 50))/1e3)
+		s.rec.raw(bench, name, "p99_ratio", "ratio", b/a)
+		if name == "ferry" {
+			s.rec.key("hol_p99_ratio", b/a)
+		}
+		settle()
+	}
+}
