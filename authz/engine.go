@@ -304,7 +304,7 @@ type PolicyResult struct {
 // every AuthorizationPolicy that selects the workload. Unlike Decide, it
 // allocates.
 func (e *Engine) Explain(r Request) Explanation {
-	x := Explanation{Decision: e.Decide(r)}
+	x := Explanation{Decision: e.Decide(r), Policies: []PolicyResult{}}
 	v := e.peerAuthFor(r.Namespace, r.Labels, r.DestinationPort)
 	x.PeerAuthentication.Mode = v.mode.String()
 	if v.policy != nil {
