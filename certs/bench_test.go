@@ -67,3 +67,18 @@ func BenchmarkCertificate(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkLocalCAIssue measures CSR checking plus signing, the work `ferry
+// ca` does per request.
+func BenchmarkLocalCAIssue(b *testing.B) {
+	ca := certstest.NewCA(b)
+	id := ca.Identity("ns", "sa")
+	key, _ := certs.GenerateKey()
+	csr, _ := certs.NewCSR(id, key)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ca.Issuer().Issue(b.Context(), id, csr, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
