@@ -77,22 +77,24 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	coalesce := cmp.Or(s.Coalesce, 100*time.Millisecond)
 	minInterval := cmp.Or(s.MinInterval, time.Second)
 
-	pods := cache.NewSharedIndexInformer(&cache.ListWatch{
+	// ToListWatcherWithWatchListSemantics lets a client that cannot stream
+	// initial events (a fake) say so; real clients use watch-list.
+	pods := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return s.client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
 		},
-	}, &corev1.Pod{}, 0, cache.Indexers{})
-	namespaces := cache.NewSharedIndexInformer(&cache.ListWatch{
+	}, s.client), &corev1.Pod{}, 0, cache.Indexers{})
+	namespaces := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return s.client.CoreV1().Namespaces().List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return s.client.CoreV1().Namespaces().Watch(ctx, o)
 		},
-	}, &corev1.Namespace{}, 0, cache.Indexers{})
+	}, s.client), &corev1.Namespace{}, 0, cache.Indexers{})
 	aps := s.policyInformer(authorizationPolicies)
 	pas := s.policyInformer(peerAuthentications)
 
@@ -155,6 +157,11 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	var last time.Time
 	rejected := map[string]bool{} // logged once each, not on every snapshot
 	for {
+		// Everything that happened until now is in this snapshot.
+		select {
+		case <-trigger:
+		default:
+		}
 		snap := buildSnapshot(pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
 		now := make(map[string]bool, len(snap.Errors))
 		for _, err := range snap.Errors {
@@ -186,24 +193,19 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 			return nil
 		case <-t.C:
 		}
-		// Events that arrived while waiting are in this snapshot.
-		select {
-		case <-trigger:
-		default:
-		}
 	}
 }
 
 func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
 	ri := s.dyn.Resource(schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: resource})
-	return cache.NewSharedIndexInformer(&cache.ListWatch{
+	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return ri.Namespace(metav1.NamespaceAll).List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return ri.Namespace(metav1.NamespaceAll).Watch(ctx, o)
 		},
-	}, &unstructured.Unstructured{}, 0, cache.Indexers{})
+	}, s.dyn), &unstructured.Unstructured{}, 0, cache.Indexers{})
 }
 
 // waitForSync waits until every informer has synced, logging which ones are
