@@ -176,6 +176,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 	// Give every labelled family a child so Gather lists it.
 	m.Open(TrafficLabels{Reporter: ReporterSource}).Close()
 	m.CARequests.WithLabelValues("ok")
+	m.CertExpiry.WithLabelValues("spiffe://cluster.local/ns/foo/sa/x")
 	m.PolicyDecision.WithLabelValues("inbound", "allow", "")
 	m.TunnelRejects.WithLabelValues("test")
 	fams, err := m.Registry.Gather()

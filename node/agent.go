@@ -324,7 +324,7 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 
 func (a *Agent) apply(snap *inventory.Snapshot) error {
 	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
-	engine, diags := authz.Compile(authz.Config{RootNamespace: a.cfg.SystemNamespace}, snap.AuthorizationPolicies, snap.PeerAuthentications)
+	engine, diags := authz.Compile(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap.AuthorizationPolicies, snap.PeerAuthentications)
 	for _, d := range diags {
 		a.log.Warn("policy problem", "err", d.Error())
 	}

@@ -22,6 +22,7 @@ type CheckRequest struct {
 // CheckResult is the answer: the decision plus what it was computed from.
 type CheckResult struct {
 	Decision    authz.Decision     `json:"decision"`
+	Explanation authz.Explanation  `json:"explanation"`
 	Source      string             `json:"source"`
 	SourceIP    string             `json:"sourceIP"`
 	Destination string             `json:"destination"` // namespace/name
@@ -68,14 +69,15 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 	default:
 		return CheckResult{}, fmt.Errorf("one of --to-pod or --to is required")
 	}
-	engine, diags := authz.Compile(authz.Config{RootNamespace: rootNamespace}, snap.AuthorizationPolicies, snap.PeerAuthentications)
-	d := engine.Decide(authzRequest(peer, netip.AddrPortFrom(q.FromIP, 0), w, q.Port))
+	engine, diags := authz.Compile(authz.Config{RootNamespace: rootNamespace, TrustDomain: trustDomain}, snap.AuthorizationPolicies, snap.PeerAuthentications)
+	ex := engine.Explain(authzRequest(peer, netip.AddrPortFrom(q.FromIP, 0), w, q.Port))
+	d := ex.Decision
 	src := peer.String()
 	if src == "" {
 		src = "none (plaintext)"
 	}
 	return CheckResult{
-		Decision: d, Source: src, SourceIP: q.FromIP.String(), Destination: w.Namespace + "/" + w.Name,
+		Decision: d, Explanation: ex, Source: src, SourceIP: q.FromIP.String(), Destination: w.Namespace + "/" + w.Name,
 		Address: netip.AddrPortFrom(w.IP, q.Port).String(), Enrolled: w.Enrolled, Diagnostics: diags,
 	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,18 +16,33 @@ import (
 type observer struct{ a *Agent }
 
 // connObserver is one connection's metric handles and access-log fields.
+//
+// The tunnel reports a connection before its authorization, so the connection
+// is counted as opened at its first byte or at its close, whichever comes
+// first: a refused connection is then counted once, with response_flags DENY,
+// as ztunnel reports it.
 type connObserver struct {
 	a          *Agent
 	info       tunnel.ConnInfo
 	labels     TrafficLabels
+	once       sync.Once
 	counters   *ConnCounters
 	sent, recv atomic.Int64
 }
 
 // Opened implements tunnel.Observer.
 func (o *observer) Opened(info tunnel.ConnInfo) tunnel.ConnObserver {
-	l := o.a.trafficLabels(info)
-	return &connObserver{a: o.a, info: info, labels: l, counters: o.a.metrics.Open(l)}
+	return &connObserver{a: o.a, info: info, labels: o.a.trafficLabels(info)}
+}
+
+// open counts the connection, once, with flags as its response_flags.
+func (c *connObserver) open(flags string) *ConnCounters {
+	c.once.Do(func() {
+		l := c.labels
+		l.ResponseFlags = flags
+		c.counters = c.a.metrics.Open(l)
+	})
+	return c.counters
 }
 
 // trafficLabels derives Istio's labels for a connection. Principals come only
@@ -85,23 +101,26 @@ func appLabels(labels map[string]string) (app, version string) {
 
 func (c *connObserver) Received(n int) {
 	c.recv.Add(int64(n))
-	c.counters.Received(n)
+	c.open("-").Received(n)
 }
 
 func (c *connObserver) Sent(n int) {
 	c.sent.Add(int64(n))
-	c.counters.Sent(n)
+	c.open("-").Sent(n)
 }
 
 // Closed counts the close and writes the connection's access-log line.
 func (c *connObserver) Closed(result, reason string) {
-	c.counters.Close()
+	flags := "-"
 	switch {
 	case result == "denied":
+		flags = "DENY"
 		c.a.metrics.TunnelRejects.WithLabelValues("policy").Inc()
 	case strings.HasPrefix(reason, "dial:"):
+		flags = "CONNECT"
 		c.a.metrics.TunnelRejects.WithLabelValues("upstream unavailable").Inc()
 	}
+	c.open(flags).Close()
 	level := slog.LevelInfo
 	if result != "ok" {
 		level = slog.LevelWarn

@@ -68,11 +68,16 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			verdict = "DENY"
 		}
 		fmt.Fprintf(stdout, "%s  %s (%s) -> %s (%s)\n", verdict, res.Source, res.SourceIP, res.Destination, res.Address)
-		by := "no policy (default)"
-		if res.Decision.Policy != "" {
+		by := "the default (no policy decided)"
+		switch {
+		case res.Decision.Policy != "":
 			by = res.Decision.Kind + " " + res.Decision.Policy
+		case !res.Decision.Allow:
+			by = "the default deny of workloads that ALLOW policies select"
 		}
+
 		fmt.Fprintf(stdout, "  decided by: %s\n  reason:     %s\n", by, res.Decision.Reason)
+		considered(stdout, res)
 		if !res.Enrolled {
 			fmt.Fprintf(stdout, "  note:       %s is not enrolled in the mesh: its node's agent does not enforce policy for it\n", res.Destination)
 		}
@@ -89,4 +94,15 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errDenied
 	}
 	return nil
+}
+
+// considered prints how each AuthorizationPolicy selecting the workload judged the request.
+func considered(w io.Writer, res node.CheckResult) {
+	for _, p := range res.Explanation.Policies {
+		verdict := "no rule matched"
+		if p.Matched {
+			verdict = fmt.Sprintf("rules[%d] matched", p.Rule)
+		}
+		fmt.Fprintf(w, "  considered: %s %s (%s scope, %d L4 rules): %s\n", p.Action, p.Policy, p.Scope, p.Rules, verdict)
+	}
 }
