@@ -52,7 +52,7 @@ bench: build ## the benchmark suite; writes bench/results.json
 	scripts/bench
 
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
-	scripts/demo
+	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
 
 cleanup: build ## remove every kernel object Ferry owns in this network namespace
 	$(BIN) cleanup
