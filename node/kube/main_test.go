@@ -12,8 +12,5 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		// klog's flush daemon, started by client-go's init.
 		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-		// Idle keep-alive connections of the integration tests' clients to
-		// their (killed) API servers.
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
 }
