@@ -7,6 +7,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
@@ -48,6 +50,26 @@ func TestPrivilegedKubeCluster(t *testing.T) {
 	_, err = c.ClientAs(t, "app", "web").CoreV1().Pods("app").List(ctx, metav1.ListOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("unbound service account listing pods: err = %v, want Forbidden", err)
+	}
+
+	// Kubeconfig files work for both kinds of credentials.
+	for _, token := range []string{"", tok} {
+		cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig(t, token))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = cs.CoreV1().Namespaces().Get(ctx, "app", metav1.GetOptions{})
+		if token == "" && err != nil {
+			t.Errorf("admin kubeconfig: %v", err)
+		}
+		if token != "" && !apierrors.IsUnauthorized(err) {
+			// An istio-ca token is not valid for the API server itself.
+			t.Errorf("token kubeconfig with an istio-ca token: err = %v, want Unauthorized", err)
+		}
 	}
 
 	// The Istio CRDs are installed.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -196,4 +197,42 @@ func (c *Cluster) DeletePod(t testing.TB, namespace, name string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("kubetest: pod %s/%s still there after deletion", namespace, name)
+}
+
+// Kubeconfig writes a kubeconfig file for the cluster and returns its path,
+// for processes the test starts (`ferry agent --kube --kubeconfig PATH`).
+// With an empty token it authenticates as the admin (system:masters);
+// otherwise with the bearer token (see Token). It fails t on error.
+func (c *Cluster) Kubeconfig(t testing.TB, token string) string {
+	t.Helper()
+	user := map[string]any{"token": token}
+	if token == "" {
+		user = map[string]any{
+			"client-certificate-data": c.Config.TLSClientConfig.CertData,
+			"client-key-data":         c.Config.TLSClientConfig.KeyData,
+		}
+	}
+	// JSON is YAML; []byte fields encode as base64, as kubeconfig wants.
+	b, err := json.Marshal(map[string]any{
+		"apiVersion": "v1",
+		"kind":       "Config",
+		"clusters": []any{map[string]any{"name": "kubetest", "cluster": map[string]any{
+			"server": c.Config.Host, "certificate-authority-data": c.Config.TLSClientConfig.CAData,
+		}}},
+		"users":           []any{map[string]any{"name": "kubetest", "user": user}},
+		"contexts":        []any{map[string]any{"name": "kubetest", "context": map[string]any{"cluster": "kubetest", "user": "kubetest"}}},
+		"current-context": "kubetest",
+	})
+	if err != nil {
+		t.Fatalf("kubetest: kubeconfig: %v", err)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "kubeconfig-*")
+	if err != nil {
+		t.Fatalf("kubetest: kubeconfig: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		t.Fatalf("kubetest: kubeconfig: %v", err)
+	}
+	return f.Name()
 }
