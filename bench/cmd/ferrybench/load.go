@@ -258,6 +258,13 @@ func (t target) uploadN(ctx context.Context, n int, d time.Duration) (multiResul
 // download asks the sink to stream for d; it returns the bytes received and
 // the time from the request to EOF.
 func (t target) download(ctx context.Context, d time.Duration) (int64, time.Duration, error) {
+	return t.downloadAt(ctx, d, 0)
+}
+
+// downloadAt is download with a consumer that reads at most rate bytes/s
+// (0: as fast as it can), so the sender fills every buffer and window on
+// the way.
+func (t target) downloadAt(ctx context.Context, d time.Duration, rate int64) (int64, time.Duration, error) {
 	c, err := t.dial(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -268,11 +275,28 @@ func (t target) download(ctx context.Context, d time.Duration) (int64, time.Dura
 	if _, err := c.Write(header(modeDownload, uint64(d))); err != nil {
 		return 0, 0, err
 	}
-	n, err := io.CopyBuffer(io.Discard, onlyReader{c}, make([]byte, 256<<10))
-	if err != nil {
-		return n, 0, fmt.Errorf("download: %w", err)
+	if rate == 0 {
+		n, err := io.CopyBuffer(io.Discard, onlyReader{c}, make([]byte, 256<<10))
+		if err != nil {
+			return n, 0, fmt.Errorf("download: %w", err)
+		}
+		return n, time.Since(start), nil
 	}
-	return n, time.Since(start), nil
+	var n int64
+	buf := make([]byte, 16<<10)
+	for {
+		k, err := c.Read(buf)
+		n += int64(k)
+		if err == io.EOF {
+			return n, time.Since(start), nil
+		}
+		if err != nil {
+			return n, 0, fmt.Errorf("download: %w", err)
+		}
+		if ahead := time.Duration(n*int64(time.Second)/rate) - time.Since(start); ahead > 0 {
+			time.Sleep(ahead)
+		}
+	}
 }
 
 type onlyReader struct{ io.Reader }
@@ -389,30 +413,44 @@ func (t target) openIdle(ctx context.Context, n int) ([]net.Conn, error) {
 	return conns, nil
 }
 
+// holBulkRate is the bulk consumer's read rate in the head-of-line test:
+// low enough that the CPU stays free, so only queueing (buffers, windows,
+// a stalled connection reader) can delay the small exchanges.
+const holBulkRate = 32 << 20
+
 // hol measures 1 KiB request/response latencies alone, then while a bulk
-// download runs on a second connection of the same peer (for HBONE, the
-// same pooled connection).
-func (t target) hol(ctx context.Context, d time.Duration) (alone, withBulk []time.Duration, err error) {
+// download with a slow consumer runs on a second connection of the same
+// peer (for HBONE, the same pooled connection).
+func (t target) hol(ctx context.Context, d time.Duration) (alone, withBulk []time.Duration, bulkMBps float64, err error) {
 	alone, err = t.rr(ctx, 1024, d, 1<<20)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	c, err := t.dial(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	defer c.Close()
-	bulkDone := make(chan error, 1)
-	go func() {
-		_, _, err := t.download(ctx, d+500*time.Millisecond)
-		bulkDone <- err
-	}()
-	time.Sleep(200 * time.Millisecond) // let the bulk stream fill the windows
-	withBulk, err = rrOn(c, 1024, d, 1<<20)
-	if berr := <-bulkDone; err == nil && berr != nil {
-		err = fmt.Errorf("bulk: %w", berr)
+	type bulk struct {
+		n   int64
+		el  time.Duration
+		err error
 	}
-	return alone, withBulk, err
+	bulkDone := make(chan bulk, 1)
+	go func() {
+		n, el, err := t.downloadAt(ctx, d+500*time.Millisecond, holBulkRate)
+		bulkDone <- bulk{n, el, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // let the bulk stream fill the buffers
+	withBulk, err = rrOn(c, 1024, d, 1<<20)
+	b := <-bulkDone
+	if err == nil && b.err != nil {
+		err = fmt.Errorf("bulk: %w", b.err)
+	}
+	if b.el > 0 {
+		bulkMBps = float64(b.n) / b.el.Seconds() / 1e6
+	}
+	return alone, withBulk, bulkMBps, err
 }
 
 // percentile returns the p-th percentile (0..100) of sorted latencies.

@@ -49,6 +49,7 @@ func run(args []string) int {
 	istio := fs.String("istio-hbone", "", "bench/istiohbone binary (peer skipped when empty or missing)")
 	only := fs.String("peers", "", "comma-separated peers to run (default: all available)")
 	verbose := fs.Bool("v", false, "debug logging")
+	fs.StringVar(&cfg.profileDir, "profile", "", "directory for CPU profiles of the Go peers' processes during each benchmark of the first round")
 	fs.Parse(args)
 	if *smoke {
 		cfg.rounds, cfg.dur, cfg.idleConns, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, 50, 4, 2, 8
@@ -61,6 +62,12 @@ func run(args []string) int {
 	if os.Geteuid() != 0 {
 		log.Error("ferrybench needs root (network namespaces)")
 		return 2
+	}
+	if cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			log.Error("profile dir", "err", err)
+			return 2
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -149,7 +156,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection",
 		"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection",
 		"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
-		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download shares the HBONE connection ÷ p99 alone",
+		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
 	}
 
 	s := &suite{cfg: cfg, env: e, rec: rec, log: log, sink: newSink()}

@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"math"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,16 +25,18 @@ type config struct {
 	connWorkers int           // parallel connectors (connect rate)
 	hsWorkers   int           // parallel TLS handshakers
 	muxConns    int
+	profileDir  string // CPU profiles of the Go peers, first round
 }
 
 // suite runs the benchmarks over the started peers.
 type suite struct {
-	cfg   config
-	env   *env
-	peers []*peer
-	rec   *recorder
-	sink  *sink
-	log   *slog.Logger
+	cfg     config
+	env     *env
+	peers   []*peer
+	rec     *recorder
+	sink    *sink
+	log     *slog.Logger
+	roundNo int
 }
 
 func (s *suite) peer(name string) *peer {
@@ -56,12 +61,41 @@ func (s *suite) fail(bench string, p *peer, err error) {
 	s.rec.Errors = append(s.rec.Errors, msg)
 }
 
-// measure runs fn and returns the CPU time the peer's processes used.
-func measure(p *peer, fn func() error) (time.Duration, error) {
+// measure runs fn and returns the CPU time the peer's processes used. With
+// -profile, the first round also records a CPU profile of each side of the
+// peers that serve /debug/pprof/ while fn runs.
+func (s *suite) measure(bench string, p *peer, fn func() error) (time.Duration, error) {
+	var wg sync.WaitGroup
+	if s.cfg.profileDir != "" && s.roundNo == 0 && p.adminA != "" {
+		secs := max(1, int(s.cfg.dur.Seconds()))
+		for _, side := range []struct{ name, ns, addr string }{{"a", s.env.topo.nsA, p.adminA}, {"b", s.env.topo.nsB, p.adminB}} {
+			wg.Go(func() {
+				name := strings.NewReplacer("/", "_").Replace(bench) + "-" + p.name + "-" + side.name + ".pprof"
+				if err := fetchProfile(context.Background(), side.ns, side.addr, secs, filepath.Join(s.cfg.profileDir, name)); err != nil {
+					s.log.Warn("profile", "bench", bench, "peer", p.name, "err", err)
+				}
+			})
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	c0, _ := p.usage()
 	err := fn()
 	c1, _ := p.usage()
+	wg.Wait()
 	return c1 - c0, err
+}
+
+// fetchProfile stores a CPU profile of secs seconds from a debug endpoint.
+func fetchProfile(ctx context.Context, ns, addr string, secs int, path string) error {
+	c, err := dialFrom(ctx, ns, netip.Addr{}, netip.MustParseAddrPort(addr))
+	if err != nil {
+		return err
+	}
+	b, err := httpGetOn(c, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // settle gives the peers a moment between measurements (closing
@@ -73,6 +107,7 @@ func settle() { time.Sleep(150 * time.Millisecond) }
 // see as little freed-but-retained memory as possible.
 func (s *suite) round(ctx context.Context, r int) {
 	s.log.Info("round", "n", r+1, "of", s.cfg.rounds)
+	s.roundNo = r
 	s.idle(ctx)
 	s.throughput(ctx)
 	s.rr(ctx, 1024, "path/rr-1k")
@@ -95,7 +130,7 @@ func (s *suite) throughput(ctx context.Context) {
 			bench := "path/tput-1conn/" + dir
 			var n int64
 			var el time.Duration
-			cpu, err := measure(p, func() error {
+			cpu, err := s.measure(bench, p, func() error {
 				var err error
 				if dir == "up" {
 					n, el, err = s.target(p).upload(ctx, s.cfg.dur)
@@ -159,7 +194,7 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 	p50 := map[string]float64{}
 	for _, p := range s.peers {
 		var lat []time.Duration
-		cpu, err := measure(p, func() error {
+		cpu, err := s.measure(bench, p, func() error {
 			var err error
 			lat, err = s.target(p).rr(ctx, size, s.cfg.dur, 1_000_000)
 			return err
@@ -201,7 +236,7 @@ func (s *suite) connectRate(ctx context.Context) {
 	rate := map[string]float64{}
 	for _, p := range s.peers {
 		var n int
-		cpu, err := measure(p, func() error {
+		cpu, err := s.measure(bench, p, func() error {
 			var err error
 			n, err = s.target(p).connectRate(ctx, s.cfg.connWorkers, s.cfg.dur)
 			return err
@@ -351,7 +386,7 @@ func (s *suite) mux(ctx context.Context) {
 	agg := map[string]float64{}
 	for _, p := range s.peers {
 		var res multiResult
-		cpu, err := measure(p, func() error {
+		cpu, err := s.measure(bench, p, func() error {
 			var err error
 			res, err = s.target(p).uploadN(ctx, s.cfg.muxConns, s.cfg.dur)
 			return err
@@ -381,7 +416,7 @@ func (s *suite) hol(ctx context.Context) {
 		if p == nil {
 			continue
 		}
-		alone, bulk, err := s.target(p).hol(ctx, s.cfg.dur)
+		alone, bulk, bulkMBps, err := s.target(p).hol(ctx, s.cfg.dur)
 		if err != nil || len(alone) == 0 || len(bulk) == 0 {
 			s.fail(bench, p, fmt.Errorf("%d/%d exchanges: %v", len(alone), len(bulk), err))
 			continue
@@ -392,6 +427,7 @@ func (s *suite) hol(ctx context.Context) {
 		s.rec.raw(bench, name, "p99_with_bulk", "us", b)
 		s.rec.raw(bench, name, "p50_with_bulk", "us", float64(percentile(sortedCopy(bulk), 50))/1e3)
 		s.rec.raw(bench, name, "p99_ratio", "ratio", b/a)
+		s.rec.raw(bench, name, "bulk_MB/s", "MB/s", bulkMBps)
 		if name == "ferry" {
 			s.rec.key("hol_p99_ratio", b/a)
 		}
