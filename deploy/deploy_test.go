@@ -136,7 +136,7 @@ func TestPrivilegedKubeRBAC(t *testing.T) {
 	c.ApplyDeploy(t)
 	ctx := t.Context()
 	const (
-		agent = "system:serviceaccount:istio-system:ferry-agent"
+		agent = "system:serviceaccount:istio-system:ferry"
 		ca    = "system:serviceaccount:istio-system:ferry-ca"
 	)
 	type access struct {

@@ -170,7 +170,7 @@ func (c *Cluster) crdServed(ctx context.Context, name string, gvr schema.GroupVe
 // ApplyDeploy applies every manifest of deploy/ for real, in kustomization
 // order: the CRDs, the istio-system namespace, the agent's and the CA's
 // service accounts, RBAC and workloads (whose pods never run: there is no
-// kubelet). Tests then act as ferry-agent or ferry-ca with ClientAs to
+// kubelet). Tests then act as ferry (the agent) or ferry-ca with ClientAs to
 // exercise exactly the RBAC an operator installs. It fails t on error.
 func (c *Cluster) ApplyDeploy(t testing.TB) {
 	t.Helper()

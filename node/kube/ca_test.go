@@ -28,9 +28,9 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	c.ApplyDeploy(t)
 	ctx := t.Context()
 
-	agent1 := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-node1", ServiceAccount: "ferry-agent",
+	agent1 := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-node1", ServiceAccount: "ferry",
 		Node: "node-1", IP: "198.18.0.1", HostNetwork: true, Labels: map[string]string{"app": "ferry"}})
-	agent2 := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-node2", ServiceAccount: "ferry-agent",
+	agent2 := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-node2", ServiceAccount: "ferry",
 		Node: "node-2", IP: "198.18.0.2", HostNetwork: true, Labels: map[string]string{"app": "ferry"}})
 	web := c.CreatePod(t, kubetest.Pod{Namespace: "shop", Name: "web-0", ServiceAccount: "web", Node: "node-1", IP: "198.18.1.10"})
 	c.CreatePod(t, kubetest.Pod{Namespace: "shop", Name: "db-0", ServiceAccount: "db", Node: "node-2", IP: "198.18.2.10"})
@@ -39,7 +39,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	td := ca.TrustDomain()
 	srv, err := certs.NewCAServer(certs.CAServerConfig{
 		TrustDomain: td,
-		NodeAgents:  []certs.Identity{{TrustDomain: td, Namespace: "istio-system", ServiceAccount: "ferry-agent"}},
+		NodeAgents:  []certs.Identity{{TrustDomain: td, Namespace: "istio-system", ServiceAccount: "ferry"}},
 		ServerNames: []string{"127.0.0.1"},
 	}, ca.Issuer(), kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), []string{"istio-ca"}), testLogger(t))
 	if err != nil {
@@ -95,10 +95,10 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	}
 
 	tokens := map[string]string{
-		"agent on node-1": c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent1}),
-		"agent on node-2": c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent2}),
-		"agent, unbound":  c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Audiences: []string{"istio-ca"}}),
-		"agent, API aud":  c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Pod: agent1}),
+		"agent on node-1": c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent1}),
+		"agent on node-2": c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent2}),
+		"agent, unbound":  c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}}),
+		"agent, API aud":  c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Pod: agent1}),
 		"workload web":    c.Token(t, "shop", "web", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: web}),
 		"garbage":         "garbage",
 	}
@@ -107,7 +107,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 		want          codes.Code
 	}{
 		{"agent on node-1", "shop", "web", codes.OK},                 // a local service account
-		{"agent on node-1", "istio-system", "ferry-agent", codes.OK}, // its own
+		{"agent on node-1", "istio-system", "ferry", codes.OK}, // its own
 		{"agent on node-1", "shop", "db", codes.PermissionDenied},    // db has no pod on node-1
 		{"agent on node-2", "shop", "db", codes.OK},
 		{"agent on node-2", "shop", "web", codes.PermissionDenied}, // wrong node

@@ -46,7 +46,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 // privileges an operator grants.
 func agentClients(t *testing.T, c *kubetest.Cluster) (kubernetes.Interface, dynamic.Interface) {
 	t.Helper()
-	cfg := c.ConfigForToken(c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{}))
+	cfg := c.ConfigForToken(c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{}))
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -416,7 +416,7 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	c.ApplyDeploy(t)
 	ctx := t.Context()
 
-	agentPod := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-abcde", ServiceAccount: "ferry-agent",
+	agentPod := c.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-abcde", ServiceAccount: "ferry",
 		Node: "node-1", IP: "198.18.0.1", HostNetwork: true, Labels: map[string]string{"app": "ferry"}})
 	c.CreatePod(t, kubetest.Pod{Namespace: "shop", Name: "web-0", ServiceAccount: "web", Node: "node-1", IP: "198.18.1.10"})
 	c.CreatePod(t, kubetest.Pod{Namespace: "shop", Name: "db-0", ServiceAccount: "db", Node: "node-2", IP: "198.18.2.10"})
@@ -427,12 +427,12 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	auth := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), []string{"istio-ca"})
 
 	// The agent's projected token: bound to its pod, audience istio-ca.
-	tok := c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agentPod})
+	tok := c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agentPod})
 	caller, err := auth.Authenticate(ctx, tok)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := certs.Caller{Identity: certs.Identity{Namespace: "istio-system", ServiceAccount: "ferry-agent"}, Node: "node-1"}
+	want := certs.Caller{Identity: certs.Identity{Namespace: "istio-system", ServiceAccount: "ferry"}, Node: "node-1"}
 	if caller != want {
 		t.Errorf("caller = %+v, want %+v", caller, want)
 	}
@@ -446,7 +446,7 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	for name, tok := range map[string]string{
 		"empty":          "",
 		"garbage":        "not-a-token",
-		"wrong audience": c.Token(t, "istio-system", "ferry-agent", kubetest.TokenOptions{Pod: agentPod}),
+		"wrong audience": c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Pod: agentPod}),
 		"forged":         tok[:len(tok)-4] + "AAAA",
 	} {
 		if _, err := auth.Authenticate(ctx, tok); !errors.Is(err, kube.ErrUnauthenticated) {

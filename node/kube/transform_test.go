@@ -257,7 +257,7 @@ func TestConvertPolicy(t *testing.T) {
 
 func TestParseServiceAccountUser(t *testing.T) {
 	for user, want := range map[string]string{
-		"system:serviceaccount:istio-system:ferry-agent": "istio-system/ferry-agent",
+		"system:serviceaccount:istio-system:ferry": "istio-system/ferry",
 		"system:serviceaccount:ns:":                      "",
 		"system:serviceaccount:ns":                       "",
 		"system:serviceaccount::sa":                      "",
