@@ -81,9 +81,9 @@ func newH2Peer(c net.Conn, settings ...http2.Setting) (*h2peer, error) {
 	return p, nil
 }
 
-// dialH2 is dialTLS then newH2Peer.
-func dialH2(ctx context.Context, addr netip.AddrPort, cfg *tls.Config) (*h2peer, error) {
-	tc, err := dialTLS(ctx, netip.Addr{}, addr, cfg)
+// dialH2 is dialTLS from src then newH2Peer.
+func dialH2(ctx context.Context, src netip.Addr, addr netip.AddrPort, cfg *tls.Config) (*h2peer, error) {
+	tc, err := dialTLS(ctx, src, addr, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +242,7 @@ type victim struct {
 }
 
 func newVictim(ctx context.Context, a *agent, echo *echoServer) (*victim, error) {
-	p, err := dialH2(ctx, a.hbone, a.peerTLS(a.leaf(fooID("remote"))))
+	p, err := dialH2(ctx, remotePod, a.hbone, a.peerTLS(a.leaf(fooID("remote"))))
 	if err != nil {
 		return nil, err
 	}
