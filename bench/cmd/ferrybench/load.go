@@ -345,9 +345,9 @@ func rrOn(c net.Conn, size int, d time.Duration, maxN int) ([]time.Duration, err
 }
 
 // connectRate opens connections with workers in parallel for d: each
-// connect, one byte from the sink, close. It returns the count.
-func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (int, error) {
-	var total atomic.Int64
+// connect, one byte from the sink, close. It returns each one's latency.
+func (t target) connectRate(ctx context.Context, workers int, d time.Duration) ([]time.Duration, error) {
+	lats := make([][]time.Duration, workers)
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	end := time.Now().Add(d)
@@ -357,6 +357,7 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 			errs[w] = inNetns(t.ns, func() error {
 				var one [1]byte
 				for time.Now().Before(end) {
+					t0 := time.Now()
 					c, err := dialHere(ctx, clientPod, t.dst)
 					if err != nil {
 						return err
@@ -370,14 +371,14 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 					if err != nil {
 						return err
 					}
-					total.Add(1)
+					lats[w] = append(lats[w], time.Since(t0))
 				}
 				return nil
 			})
 		})
 	}
 	wg.Wait()
-	return int(total.Load()), errors.Join(errs...)
+	return slices.Concat(lats...), errors.Join(errs...)
 }
 
 // openIdle opens n connections that each completed an exchange with the

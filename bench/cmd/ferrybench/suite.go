@@ -235,18 +235,22 @@ func (s *suite) connectRate(ctx context.Context) {
 	const bench = "path/connect-rate"
 	rate := map[string]float64{}
 	for _, p := range s.peers {
-		var n int
+		var lat []time.Duration
 		cpu, err := s.measure(bench, p, func() error {
 			var err error
-			n, err = s.target(p).connectRate(ctx, s.cfg.connWorkers, s.cfg.dur)
+			lat, err = s.target(p).connectRate(ctx, s.cfg.connWorkers, s.cfg.dur)
 			return err
 		})
+		n := len(lat)
 		if err != nil || n == 0 {
 			s.fail(bench, p, fmt.Errorf("%d connections: %v", n, err))
 			continue
 		}
 		rate[p.name] = float64(n) / s.cfg.dur.Seconds()
 		s.rec.raw(bench, p.name, "conns_per_s", "1/s", rate[p.name])
+		sorted := sortedCopy(lat)
+		s.rec.raw(bench, p.name, "conn_p50", "us", float64(percentile(sorted, 50))/1e3)
+		s.rec.raw(bench, p.name, "conn_p99", "us", float64(percentile(sorted, 99))/1e3)
 		if p.tunnel() {
 			s.rec.raw(bench, p.name, "agents_cpu_us_per_conn", "us", float64(cpu.Microseconds())/float64(n))
 		}
