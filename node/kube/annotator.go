@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -32,8 +33,10 @@ func NewAnnotator(client kubernetes.Interface, log *slog.Logger) *Annotator {
 // SetRedirection sets (enabled) or removes (!enabled) the redirection
 // annotation on pod, identified by namespace, name and, when pod.UID is set,
 // UID: a patch never lands on a newer pod that reuses the name (the API
-// server refuses it as Invalid, since the UID is immutable). Removing it from
-// a pod that no longer exists succeeds. Both directions are idempotent.
+// server refuses it, since the UID is immutable). Removing the annotation
+// from a pod that no longer exists, or that was replaced by one with the same
+// name, succeeds: that pod is not annotated. Setting it on such a pod fails.
+// Both directions are idempotent.
 //
 // Enrol: capture first, then SetRedirection(true). Unenrol: release first,
 // then SetRedirection(false), so peers switch to plaintext only once the pod
@@ -53,11 +56,29 @@ func (a *Annotator) SetRedirection(ctx context.Context, pod inventory.Pod, enabl
 	}
 	_, err = a.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "ferry-agent"}, "status")
 	if err != nil {
-		if !enabled && apierrors.IsNotFound(err) {
+		if !enabled && (apierrors.IsNotFound(err) || uidMismatch(err)) {
 			return nil
 		}
 		return fmt.Errorf("kube: annotate pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	a.log.Debug("pod annotated", "pod", pod.Namespace+"/"+pod.Name, RedirectionAnnotation, value)
 	return nil
+}
+
+// uidMismatch reports whether err is the API server refusing a patch because
+// its metadata.uid differs from the object's.
+func uidMismatch(err error) bool {
+	if !apierrors.IsInvalid(err) {
+		return false
+	}
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	for _, c := range status.Status().Details.Causes {
+		if c.Field == "metadata.uid" {
+			return true
+		}
+	}
+	return false
 }

@@ -398,6 +398,9 @@ func TestPrivilegedKubeAnnotator(t *testing.T) {
 	if err := a.SetRedirection(ctx, ref, true); err == nil {
 		t.Error("annotated a recreated pod through the old pod's UID")
 	}
+	if err := a.SetRedirection(ctx, ref, false); err != nil {
+		t.Errorf("removing through the old pod's UID: %v, want nil (that pod is not annotated)", err)
+	}
 	if got := annotations(); got[kube.RedirectionAnnotation] != "" {
 		t.Errorf("recreated pod annotated: %v", got)
 	}
