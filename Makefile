@@ -5,7 +5,6 @@ BIN := bin/ferry
 PKGS := ./...
 FUZZTIME ?= 30s
 STATICCHECK := $(shell command -v staticcheck || echo $$($(GO) env GOPATH)/bin/staticcheck)
-ROOT := $(shell [ $$(id -u) -eq 0 ] && echo 1)
 
 .PHONY: help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
 
@@ -18,12 +17,8 @@ deps: ## install apt packages, Go modules and tools this repo needs (idempotent)
 build: ## build bin/ferry
 	$(GO) build -o $(BIN) ./cmd/ferry
 
-test: deps lint unit ## the full test suite: lint, unit tests, then privileged tests when root
-ifeq ($(ROOT),1)
-	$(MAKE) test-privileged
-else
-	@echo "make test: not root, privileged tests (BPF, netns, testbed) not run; use sudo make test"
-endif
+test: ## the full suite: installs what it needs, then lint, unit, interop, bench smoke and (as root) privileged tests
+	scripts/test
 
 unit: ## unit tests with the race detector (privileged tests skip here)
 	$(GO) test -race -count=1 $(PKGS)
