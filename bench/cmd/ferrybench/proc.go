@@ -83,7 +83,6 @@ type procStat struct {
 	ppid      int
 	cpuTicks  uint64 // utime + stime
 	rssKiB    uint64
-	processes int
 }
 
 const clockTicks = 100 // USER_HZ on Linux

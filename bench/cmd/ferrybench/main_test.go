@@ -1,0 +1,73 @@
+package main
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStat(t *testing.T) {
+	var s stat
+	for _, v := range []float64{3, 1, 2, 10} {
+		s.add(v)
+	}
+	if s.Min != 1 || s.Max != 10 || s.Median != 2.5 || len(s.Rounds) != 4 || s.Rounds[0] != 3 {
+		t.Fatalf("stat = %+v", s)
+	}
+	s.add(math.NaN()) // dropped
+	if len(s.Rounds) != 4 {
+		t.Fatalf("NaN recorded: %+v", s)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i))
+	}
+	s := sortedCopy(d)
+	if p := percentile(s, 50); p != 50 {
+		t.Errorf("p50 = %d", p)
+	}
+	if p := percentile(s, 99); p != 99 {
+		t.Errorf("p99 = %d", p)
+	}
+	if p := percentile(nil, 50); p != 0 {
+		t.Errorf("p50 of nothing = %d", p)
+	}
+}
+
+func TestTreeUsage(t *testing.T) {
+	// Burn a little CPU so utime is not zero, then read our own process.
+	end := time.Now().Add(50 * time.Millisecond)
+	for time.Now().Before(end) {
+	}
+	cpu, rss := treeUsage([]int{os.Getpid()})
+	if cpu <= 0 || rss == 0 {
+		t.Fatalf("cpu %v rss %d KiB", cpu, rss)
+	}
+}
+
+func TestRecorderWrite(t *testing.T) {
+	r := newRecorder()
+	r.raw("path/x", "ferry", "MB/s", "MB/s", 100)
+	r.key("path_1conn_up_vs_gotls", 1.1)
+	p := filepath.Join(t.TempDir(), "r.json")
+	if err := r.write(p); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	for _, want := range []string{`"path_1conn_up_vs_gotls"`, `"median": 1.1`, `"raw"`, `"MB/s"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("results lack %s:\n%s", want, b)
+		}
+	}
+	var sb strings.Builder
+	r.table(&sb, peerNames)
+	if !strings.Contains(sb.String(), "path_1conn_up_vs_gotls") || !strings.Contains(sb.String(), "ferry") {
+		t.Errorf("table:\n%s", sb.String())
+	}
+}
