@@ -80,9 +80,9 @@ func (p *proc) tail() string {
 
 // procStat is what the suite reads of one process.
 type procStat struct {
-	ppid      int
-	cpuTicks  uint64 // utime + stime
-	rssKiB    uint64
+	ppid     int
+	cpuTicks uint64 // utime + stime
+	rssKiB   uint64
 }
 
 const clockTicks = 100 // USER_HZ on Linux
