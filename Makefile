@@ -6,7 +6,7 @@ PKGS := ./...
 FUZZTIME ?= 30s
 STATICCHECK := $(shell command -v staticcheck || echo $$($(GO) env GOPATH)/bin/staticcheck)
 
-.PHONY: help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
+.PHONY: image help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench: build ## the benchmark suite; writes bench/results.json
 
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
 	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
+
+image: ## build the container image (needs docker)
+	docker build -t ghcr.io/ferrymesh/ferry:dev .
 
 cleanup: build ## remove every kernel object Ferry owns in this network namespace
 	$(BIN) cleanup
