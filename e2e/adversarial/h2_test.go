@@ -137,6 +137,8 @@ type event struct {
 	data   []byte // DATA (a copy)
 	end    bool   // END_STREAM
 	err    error  // errReset, errGoAway, or a read error (stream 0)
+	// settings marks the server's first SETTINGS (stream 0, no error).
+	settings bool
 }
 
 // next reads frames until one concerns a stream or the connection as a
@@ -157,6 +159,8 @@ func (p *h2peer) next(deadline time.Time, starve bool) event {
 					if p.settings == nil {
 						p.settings = []http2.Setting{}
 					}
+					p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+					return event{settings: true}
 				}
 				p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
 			}

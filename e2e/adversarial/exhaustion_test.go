@@ -1,0 +1,518 @@
+package adversarial
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Budgets for one HTTP/2 attack against an agent that otherwise carries one
+// victim stream. Growth is measured from the agent's own metrics, peak
+// during the attack minus the baseline before it.
+const (
+	budgetGoroutines = 2500     // peak extra goroutines during any attack
+	budgetHeap       = 96 << 20 // peak extra heap in use during any attack
+	budgetFDs        = 1200     // peak extra open fds during any attack
+	settleG, settleF = 25, 25   // goroutines/fds above baseline once the attack is over
+	settleLimit      = 30 * time.Second
+)
+
+// attackEnv is an agent with an echo upstream and a victim stream.
+type attackEnv struct {
+	t    *testing.T
+	a    *agent
+	echo *echoServer
+	v    *victim
+	base usage
+}
+
+func newAttackEnv(t *testing.T) *attackEnv {
+	a := startAgent(t, baseManifests)
+	e := &attackEnv{t: t, a: a, echo: startEcho(t, serverPod)}
+	var err error
+	e.v, err = newVictim(t.Context(), a, e.echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.v.p.Close() })
+	if err := e.v.check(); err != nil {
+		t.Fatal(err)
+	}
+	e.base = a.usage()
+	return e
+}
+
+// attack runs fn while sampling the agent, checks the victim during and
+// after, and enforces the budgets. It returns the peak usage.
+func (e *attackEnv) attack(name string, fn func(ctx context.Context)) usage {
+	t := e.t
+	t.Helper()
+	base := e.a.usage()
+	m := e.a.monitor(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	var victimErr error
+	var checks int
+	stopVictim := make(chan struct{})
+	victimDone := make(chan struct{})
+	go func() {
+		defer close(victimDone)
+		for {
+			select {
+			case <-stopVictim:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := e.v.check(); err != nil {
+				victimErr = err
+				return
+			}
+			checks++
+		}
+	}()
+	fn(ctx)
+	close(stopVictim)
+	<-victimDone
+	peak, samples := m.Stop()
+	if victimErr != nil {
+		t.Errorf("%s: the victim stream failed during the attack: %v", name, victimErr)
+	} else if err := e.v.check(); err != nil {
+		t.Errorf("%s: the victim stream failed after the attack: %v", name, err)
+	}
+	t.Logf("%s: baseline %v; peak %v (%d samples, %d victim round trips)", name, base, peak, samples, checks)
+	if g := peak.goroutines - base.goroutines; g > budgetGoroutines {
+		t.Errorf("%s: %+.0f goroutines at peak, budget %d", name, g, budgetGoroutines)
+	}
+	if h := peak.heapInuse - base.heapInuse; h > budgetHeap {
+		t.Errorf("%s: %+.1f MiB heap at peak, budget %d MiB", name, h/(1<<20), budgetHeap>>20)
+	}
+	if f := peak.fds - base.fds; f > budgetFDs {
+		t.Errorf("%s: %+.0f fds at peak, budget %d", name, f, budgetFDs)
+	}
+	if !e.a.alive() {
+		t.Fatalf("%s: the agent died", name)
+	}
+	return peak
+}
+
+// settled checks that goroutines and fds return to the baseline.
+func (e *attackEnv) settled(name string) {
+	e.t.Helper()
+	u, ok := e.a.settle(e.base, settleG, settleF, settleLimit)
+	if !ok {
+		e.t.Errorf("%s: %v %s after the attack, baseline %v", name, u, "not settled", e.base)
+	}
+}
+
+// drain reads and discards p's frames until the connection fails, and
+// reports how it ended.
+func drain(p *h2peer, goaway *atomic.Int64, closed *atomic.Int64) {
+	for {
+		ev := p.next(time.Now().Add(60*time.Second), false)
+		if ev.err != nil && ev.stream == 0 {
+			var g errGoAway
+			if errors.As(ev.err, &g) {
+				goaway.Add(1)
+				continue
+			}
+			closed.Add(1)
+			return
+		}
+	}
+}
+
+// TestHTTP2RapidReset opens thousands of CONNECT streams and resets each at
+// once (CVE-2023-44487), on several connections at a time.
+func TestHTTP2RapidReset(t *testing.T) {
+	e := newAttackEnv(t)
+	const workers, rounds, streams = 8, 5, 1000
+	const conns = workers * rounds
+	var sent, goaway, closed atomic.Int64
+	e.attack("rapid reset", func(ctx context.Context) {
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				for range rounds {
+					rapidReset(ctx, t, e, streams, &sent, &goaway, &closed)
+				}
+			})
+		}
+		wg.Wait()
+	})
+	upstream := e.echo.accepted.Load() - 1 // minus the victim
+	t.Logf("rapid reset: %d HEADERS+RST_STREAM pairs written on %d connections; %d GOAWAYs, %d connections closed; %d upstream dials",
+		sent.Load(), conns, goaway.Load(), closed.Load(), upstream)
+	// A reset stream may still cost one upstream dial: the server refuses
+	// streams beyond its concurrency limit (100) while earlier ones are
+	// being authorized and dialed, and sends GOAWAY after 200 early resets.
+	// Budget: 250 upstream dials per attacking connection.
+	if upstream > conns*250 {
+		t.Errorf("%d upstream connections for %d reset streams: resets are not bounded", upstream, sent.Load())
+	}
+	e.settled("rapid reset")
+}
+
+// rapidReset runs one connection of the rapid-reset attack: streams
+// HEADERS+RST_STREAM pairs as fast as the socket takes them.
+func rapidReset(ctx context.Context, t *testing.T, e *attackEnv, streams int, sent, goaway, closed *atomic.Int64) {
+	p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer p.Close()
+	done := make(chan struct{})
+	go func() { drain(p, goaway, closed); close(done) }()
+	defer func() { p.Close(); <-done }()
+	block := func() []byte {
+		p.wmu.Lock()
+		defer p.wmu.Unlock()
+		return p.blockLocked(connectFields(e.echo.addr.String()))
+	}()
+	for i := range streams {
+		id := uint32(2*i + 1)
+		err := p.write(func(fr *http2.Framer) error {
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
+				return err
+			}
+			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		})
+		if err != nil {
+			return // the server gave up on us
+		}
+		sent.Add(1)
+	}
+	// Give the server a moment to act on the last frames, then go.
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+}
+
+// TestHTTP2HeaderFloods sends header blocks that never end or decode to far
+// more than the limit (CVE-2023-45288 CONTINUATION flood, HPACK
+// amplification, one oversized literal), on many connections at once.
+func TestHTTP2HeaderFloods(t *testing.T) {
+	e := newAttackEnv(t)
+	const conns = 30
+	filler := bytes.Repeat([]byte{0}, 16<<10)
+	for _, tc := range []struct {
+		name string
+		// flood writes the attack on p and returns the header bytes it got
+		// written before the server stopped it.
+		flood func(p *h2peer) (written int, err error)
+	}{
+		{"CONTINUATION flood", func(p *h2peer) (int, error) {
+			n := 0
+			err := p.write(func(fr *http2.Framer) error {
+				block := p.blockLocked(connectFields(e.echo.addr.String()))
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block}); err != nil {
+					return err
+				}
+				for n < 64<<20 {
+					if err := fr.WriteContinuation(1, false, filler); err != nil {
+						return err
+					}
+					n += len(filler)
+				}
+				return nil
+			})
+			return n, err
+		}},
+		{"empty CONTINUATION frames", func(p *h2peer) (int, error) {
+			n := 0
+			err := p.write(func(fr *http2.Framer) error {
+				block := p.blockLocked(connectFields(e.echo.addr.String()))
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block}); err != nil {
+					return err
+				}
+				for n < 1<<20 {
+					if err := fr.WriteContinuation(1, false, nil); err != nil {
+						return err
+					}
+					n += 9
+				}
+				return nil
+			})
+			return n, err
+		}},
+		{"HPACK amplification", func(p *h2peer) (int, error) {
+			// One 4 KiB header in the dynamic table, then a block that
+			// references it 4000 times: ~16 MiB decoded from ~4 KiB sent.
+			n := 0
+			err := p.write(func(fr *http2.Framer) error {
+				p.hbuf.Reset()
+				p.henc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+				p.henc.WriteField(hpack.HeaderField{Name: ":authority", Value: e.echo.addr.String()})
+				p.henc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("a", 4000)})
+				block := bytes.Clone(p.hbuf.Bytes())
+				// The newest dynamic entry has index 62: 0x80|62 is one byte.
+				block = append(block, bytes.Repeat([]byte{0x80 | 62}, 4000)...)
+				n = len(block)
+				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+			})
+			return n, err
+		}},
+		{"1 MiB literal", func(p *h2peer) (int, error) {
+			n := 0
+			err := p.write(func(fr *http2.Framer) error {
+				block := p.blockLocked(append(connectFields(e.echo.addr.String()),
+					hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 1<<20-64)}))
+				n = len(block)
+				if n > 1<<20 {
+					block = block[:1<<20]
+				}
+				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+			})
+			return n, err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			var mu sync.Mutex
+			var maxWritten int
+			outcomes := map[string]int{}
+			e.attack(tc.name, func(ctx context.Context) {
+				var wg sync.WaitGroup
+				for range conns {
+					wg.Go(func() {
+						p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						defer p.Close()
+						res := make(chan string, 1)
+						go func() { res <- outcome(p) }()
+						n, _ := tc.flood(p)
+						out := <-res
+						mu.Lock()
+						maxWritten = max(maxWritten, n)
+						outcomes[out]++
+						mu.Unlock()
+					})
+				}
+				wg.Wait()
+			})
+			t.Logf("%s: outcomes %v; at most %d header bytes written on one connection", tc.name, outcomes, maxWritten)
+			if outcomes["200"] > 0 {
+				t.Errorf("%s: %d streams were accepted", tc.name, outcomes["200"])
+			}
+			if outcomes["timeout"] > 0 {
+				t.Errorf("%s: %d connections got no answer within 30s", tc.name, outcomes["timeout"])
+			}
+		})
+	}
+	e.t = t
+	if n := e.echo.accepted.Load(); n != 1 {
+		t.Errorf("upstream accepted %d connections, want only the victim's", n)
+	}
+	e.settled("header floods")
+}
+
+// outcome reads p until the server answers stream 1 or ends the
+// connection: "200", "status N", "RST_STREAM code", "GOAWAY code", "closed"
+// or "timeout".
+func outcome(p *h2peer) string {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ev := p.next(deadline, false)
+		var g errGoAway
+		var r errReset
+		var ne net.Error
+		switch {
+		case errors.As(ev.err, &g):
+			p.conn.Close() // unblock the flooding writer
+			return "GOAWAY " + g.code.String()
+		case errors.As(ev.err, &r) && ev.stream == 1:
+			p.conn.Close()
+			return "RST_STREAM " + r.code.String()
+		case errors.As(ev.err, &ne) && ne.Timeout():
+			p.conn.Close()
+			return "timeout"
+		case ev.err != nil && ev.stream == 0:
+			p.conn.Close()
+			return "closed"
+		case ev.stream == 1 && ev.status == 200:
+			p.conn.Close()
+			return "200"
+		case ev.stream == 1 && ev.status != 0:
+			p.conn.Close()
+			return "status " + strconv.Itoa(ev.status)
+		}
+	}
+}
+
+// TestHTTP2StreamLimit opens more streams than the server advertises on
+// several connections and holds them: the excess is refused, the held
+// streams cost a bounded amount each.
+func TestHTTP2StreamLimit(t *testing.T) {
+	e := newAttackEnv(t)
+	const conns, extra = 5, 50
+	var held, refused, advertised atomic.Int64
+	var peak usage
+	var hold sync.WaitGroup
+	release := make(chan struct{})
+	peak = e.attack("stream limit", func(ctx context.Context) {
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Add(1)
+			hold.Go(func() {
+				p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+				if err != nil {
+					t.Error(err)
+					wg.Done()
+					return
+				}
+				defer p.Close()
+				// Read the server's SETTINGS first.
+				for p.settings == nil {
+					if ev := p.next(time.Now().Add(10*time.Second), false); ev.err != nil {
+						t.Error(ev.err)
+						wg.Done()
+						return
+					}
+				}
+				limit := uint32(0)
+				for _, s := range p.settings {
+					if s.ID == http2.SettingMaxConcurrentStreams {
+						limit = s.Val
+					}
+				}
+				advertised.Store(int64(limit))
+				total := int(limit) + extra
+				for i := range total {
+					p.connect(uint32(2*i+1), e.echo.addr.String())
+				}
+				ok, no := 0, 0
+				for ok+no < total {
+					ev := p.next(time.Now().Add(20*time.Second), false)
+					switch {
+					case ev.err != nil && ev.stream == 0:
+						t.Errorf("connection failed after %d accepted, %d refused: %v", ok, no, ev.err)
+						wg.Done()
+						return
+					case ev.err != nil:
+						no++
+					case ev.status == 200:
+						ok++
+					case ev.status != 0:
+						no++
+					}
+				}
+				held.Add(int64(ok))
+				refused.Add(int64(no))
+				wg.Done()
+				<-release // hold the streams while the peak is sampled
+			})
+		}
+		wg.Wait()
+		time.Sleep(time.Second)
+	})
+	close(release)
+	hold.Wait()
+	perStream := (peak.heapInuse - e.base.heapInuse) / float64(max(held.Load(), 1))
+	t.Logf("stream limit: advertised %d; %d streams held on %d connections, %d refused; %.1f KiB heap and %.2f goroutines per held stream",
+		advertised.Load(), held.Load(), conns, refused.Load(), perStream/1024, (peak.goroutines-e.base.goroutines)/float64(max(held.Load(), 1)))
+	if advertised.Load() == 0 {
+		t.Fatal("the server advertised no SETTINGS_MAX_CONCURRENT_STREAMS")
+	}
+	if held.Load() > conns*advertised.Load() {
+		t.Errorf("%d streams accepted, more than %d connections × %d advertised", held.Load(), conns, advertised.Load())
+	}
+	if refused.Load() < conns*extra {
+		t.Errorf("%d streams refused, want at least %d", refused.Load(), conns*extra)
+	}
+	e.settled("stream limit")
+}
+
+// TestHTTP2PeerNeverReads opens streams to an upstream that sends without
+// end and never reads the connection: the agent must buffer a bounded
+// amount (flow control), and other tenants keep working.
+func TestHTTP2PeerNeverReads(t *testing.T) {
+	e := newAttackEnv(t)
+	blaster := startBlaster(t)
+	const conns, streams = 4, 25
+	var opened atomic.Int64
+	peers := make(chan *h2peer, conns)
+	e.attack("never reads", func(ctx context.Context) {
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				peers <- p
+				for i := range streams {
+					p.connect(uint32(2*i+1), blaster.String())
+				}
+				// Read only up to the responses, then never again.
+				got := 0
+				for got < streams {
+					ev := p.next(time.Now().Add(10*time.Second), true)
+					if ev.err != nil && ev.stream == 0 {
+						t.Error(ev.err)
+						return
+					}
+					if ev.status == 200 {
+						got++
+					}
+				}
+				opened.Add(int64(got))
+			})
+		}
+		wg.Wait()
+		time.Sleep(5 * time.Second) // the upstreams keep sending; the agent must not keep reading
+	})
+	close(peers)
+	for p := range peers {
+		p.Close()
+	}
+	t.Logf("never reads: %d streams stalled with an upstream sending without end", opened.Load())
+	e.settled("never reads")
+}
+
+// startBlaster serves an upstream that writes random bytes until the
+// connection breaks, on serverPod.
+func startBlaster(t testing.TB) net.Addr {
+	t.Helper()
+	ln, err := net.Listen("tcp4", serverPod.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	buf := make([]byte, 64<<10)
+	rand.Read(buf)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return ln.Addr()
+}
