@@ -211,8 +211,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.watchCertificates(gctx) })
 	g.Go(func() error { return server.Serve(gctx, lns.hbone) })
 	g.Go(func() error { return server.Serve(gctx, a.local) })
-	g.Go(func() error { return outbound.Serve(gctx, lns.outbound) })
-	g.Go(func() error { return plaintext.Serve(gctx, lns.inbound) })
+	outboundLn, inboundLn := newDrainListener(lns.outbound), newDrainListener(lns.inbound)
+	g.Go(func() error { return outbound.Serve(gctx, outboundLn) })
+	g.Go(func() error { return plaintext.Serve(gctx, inboundLn) })
 	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
 	g.Go(func() error { return serveHTTP(gctx, lns.metrics, a.metricsHandler()) })
 	g.Go(func() error { return serveHTTP(gctx, lns.readiness, a.readinessHandler()) })
@@ -222,6 +223,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-ctx.Done():
 		}
+		outboundLn.drain()
+		inboundLn.drain()
 		a.drain(ctx, server, client)
 		stopRun()
 		return nil
@@ -276,8 +279,9 @@ func (c countingIssuer) Issue(ctx context.Context, id certs.Identity, csrPEM []b
 	return chain, err
 }
 
-// drain stops taking HBONE connections, sends GOAWAY to peers and clients,
-// and waits up to DrainTimeout for open connections to finish.
+// drain stops taking HBONE connections (the caller has stopped the outbound
+// and plaintext listeners), sends GOAWAY to peers and clients, and waits up to
+// DrainTimeout for open connections to finish.
 func (a *Agent) drain(ctx context.Context, server *tunnel.Server, client *tunnel.Client) {
 	a.ready.set("shutting down", false, "")
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.DrainTimeout)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -65,4 +66,44 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 	l.readiness, e = plain("readiness", a.cfg.ReadinessAddr)
 	add(e)
 	return l, errors.Join(errs...)
+}
+
+// drainListener lets the agent stop accepting on a listener at the start of a
+// drain without its Serve loop seeing an error: after drain, Accept waits
+// until the listener is closed (when the data plane stops) and then reports
+// net.ErrClosed.
+type drainListener struct {
+	net.Listener
+	draining, closed     chan struct{}
+	drainOnce, closeOnce sync.Once
+}
+
+func newDrainListener(ln net.Listener) *drainListener {
+	return &drainListener{Listener: ln, draining: make(chan struct{}), closed: make(chan struct{})}
+}
+
+// Accept implements net.Listener.
+func (l *drainListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		select {
+		case <-l.draining:
+			<-l.closed
+			return nil, net.ErrClosed
+		default:
+		}
+	}
+	return c, err
+}
+
+// drain stops accepting: the socket is closed (and leaves the SOCKMAP).
+func (l *drainListener) drain() {
+	l.drainOnce.Do(func() { close(l.draining) })
+	l.Listener.Close()
+}
+
+// Close implements net.Listener.
+func (l *drainListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }

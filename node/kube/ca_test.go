@@ -106,9 +106,9 @@ func TestPrivilegedKubeCA(t *testing.T) {
 		token, ns, sa string
 		want          codes.Code
 	}{
-		{"agent on node-1", "shop", "web", codes.OK},                 // a local service account
-		{"agent on node-1", "istio-system", "ferry", codes.OK}, // its own
-		{"agent on node-1", "shop", "db", codes.PermissionDenied},    // db has no pod on node-1
+		{"agent on node-1", "shop", "web", codes.OK},              // a local service account
+		{"agent on node-1", "istio-system", "ferry", codes.OK},    // its own
+		{"agent on node-1", "shop", "db", codes.PermissionDenied}, // db has no pod on node-1
 		{"agent on node-2", "shop", "db", codes.OK},
 		{"agent on node-2", "shop", "web", codes.PermissionDenied}, // wrong node
 		{"agent, unbound", "shop", "web", codes.PermissionDenied},  // no node to check against

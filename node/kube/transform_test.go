@@ -259,12 +259,12 @@ func TestConvertPolicy(t *testing.T) {
 func TestParseServiceAccountUser(t *testing.T) {
 	for user, want := range map[string]string{
 		"system:serviceaccount:istio-system:ferry": "istio-system/ferry",
-		"system:serviceaccount:ns:":                      "",
-		"system:serviceaccount:ns":                       "",
-		"system:serviceaccount::sa":                      "",
-		"system:serviceaccount:ns:sa:extra":              "",
-		"system:node:node-1":                             "",
-		"admin":                                          "",
+		"system:serviceaccount:ns:":                "",
+		"system:serviceaccount:ns":                 "",
+		"system:serviceaccount::sa":                "",
+		"system:serviceaccount:ns:sa:extra":        "",
+		"system:node:node-1":                       "",
+		"admin":                                    "",
 	} {
 		ns, sa, ok := parseServiceAccountUser(user)
 		got := ""
