@@ -1,0 +1,150 @@
+package adversarial
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// closeBound is how long any stalled or idle connection may live: the
+// agent's handshake and first-stream timeouts are 10 s, its keepalive 10 s
+// plus a 20 s PING timeout. A connection still open after this fails the
+// test.
+const closeBound = 60 * time.Second
+
+// TestSlowloris holds connections that stall at each stage before a stream
+// exists, plus established tunnels whose peer stops answering, and checks
+// that the agent closes every one within closeBound and returns to its
+// baseline goroutines and fds.
+func TestSlowloris(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, baseManifests)
+	echo := startEcho(t, serverPod)
+	base := a.usage()
+	cert := a.leaf(fooID("remote"))
+
+	type stage struct {
+		name string
+		n    int
+		// open returns a connection stalled at the stage.
+		open func() (net.Conn, error)
+	}
+	tcp := func() (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: remotePod.AsSlice()}, Timeout: 10 * time.Second}
+		return d.DialContext(t.Context(), "tcp4", a.hbone.String())
+	}
+	stages := []stage{
+		{"no ClientHello", 40, tcp},
+		{"partial ClientHello", 40, func() (net.Conn, error) {
+			c, err := tcp()
+			if err == nil {
+				_, err = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc}) // a record header and a few bytes
+			}
+			return c, err
+		}},
+		{"no preface after TLS", 20, func() (net.Conn, error) {
+			return dialTLS(t.Context(), remotePod, a.hbone, a.peerTLS(cert))
+		}},
+		{"no stream after SETTINGS", 20, func() (net.Conn, error) {
+			tc, err := dialTLS(t.Context(), remotePod, a.hbone, a.peerTLS(cert))
+			if err != nil {
+				return nil, err
+			}
+			if _, err := newH2Peer(tc); err != nil {
+				tc.Close()
+				return nil, err
+			}
+			return tc, nil
+		}},
+		{"tunnel peer stops answering", 10, func() (net.Conn, error) {
+			// An open tunnel whose peer then neither reads nor answers PINGs:
+			// half-open from the agent's point of view.
+			tc, err := dialTLS(t.Context(), remotePod, a.hbone, a.peerTLS(cert))
+			if err != nil {
+				return nil, err
+			}
+			p, err := newH2Peer(tc)
+			if err == nil {
+				err = p.connect(1, echo.addr.String())
+			}
+			if err == nil {
+				var st int
+				st, err = p.status(1, 10*time.Second)
+				if err == nil && st != 200 {
+					err = fmt.Errorf("CONNECT status %d", st)
+				}
+			}
+			if err != nil {
+				tc.Close()
+				return nil, err
+			}
+			return tc, nil
+		}},
+	}
+	type result struct {
+		stage  string
+		closed time.Duration // 0: still open at the bound
+	}
+	results := make(chan result, 200)
+	start := time.Now()
+	var wg sync.WaitGroup
+	total := 0
+	for _, s := range stages {
+		total += s.n
+		for range s.n {
+			c, err := s.open()
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			opened := time.Now()
+			wg.Go(func() {
+				defer c.Close()
+				// Wait for the agent to close, reading nothing that matters:
+				// for a TLS connection read the raw socket so no alert or
+				// PING is answered.
+				raw := c
+				if tc, ok := c.(*tls.Conn); ok {
+					raw = tc.NetConn()
+				}
+				raw.SetReadDeadline(opened.Add(closeBound))
+				buf := make([]byte, 4096)
+				for {
+					if _, err := raw.Read(buf); err != nil {
+						if ne, ok := err.(net.Error); ok && ne.Timeout() {
+							results <- result{s.name, 0}
+						} else {
+							results <- result{s.name, time.Since(opened)}
+						}
+						return
+					}
+				}
+			})
+		}
+	}
+	held := a.usage()
+	wg.Wait()
+	close(results)
+	worst := map[string][]time.Duration{}
+	for r := range results {
+		if r.closed == 0 {
+			t.Errorf("%s: a connection was still open after %v", r.stage, closeBound)
+			continue
+		}
+		worst[r.stage] = append(worst[r.stage], r.closed)
+	}
+	for _, s := range stages {
+		d := worst[s.name]
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		if len(d) > 0 {
+			t.Logf("%-28s %3d connections closed by the agent after %v … %v", s.name, len(d), d[0].Round(time.Millisecond), d[len(d)-1].Round(time.Millisecond))
+		}
+	}
+	t.Logf("slowloris: %d connections held for %v; agent while held %v (baseline %v)", total, time.Since(start).Round(time.Second), held, base)
+	if u, ok := a.settle(base, settleG, settleF, settleLimit); !ok {
+		t.Errorf("after slowloris: %v, baseline %v", u, base)
+	}
+}
