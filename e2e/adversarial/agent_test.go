@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -115,6 +116,7 @@ type agent struct {
 	t        testing.TB
 	ca       *certstest.CA
 	dir      string
+	caFiles  [2]string // root certificate and key, as the agent reads them
 	log      string
 	cmd      *exec.Cmd
 	done     chan error
@@ -151,11 +153,14 @@ func startAgent(t testing.TB, manifests string) *agent {
 	port := func(ip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(ip, freePort(t, ip)) }
 	a.hbone, a.outbound, a.inbound = port(serverPod), port(remotePod), port(serverPod)
 	a.admin, a.metrics, a.ready = port(loopback), port(loopback), port(loopback)
-	a.start(caCert, caKey)
+	a.caFiles = [2]string{caCert, caKey}
+	a.start()
 	return a
 }
 
-func (a *agent) start(caCert, caKey string) {
+// start runs the agent process (again, after kill) and waits until it is
+// ready.
+func (a *agent) start() {
 	t := a.t
 	t.Helper()
 	a.log = filepath.Join(a.dir, fmt.Sprintf("agent-%d.log", time.Now().UnixNano()))
@@ -164,7 +169,7 @@ func (a *agent) start(caCert, caKey string) {
 		t.Fatal(err)
 	}
 	a.cmd = exec.Command(ferryBin, "agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m"),
-		"--ca-cert", caCert, "--ca-key", caKey, "--redirect", "none", "--log-level", "info",
+		"--ca-cert", a.caFiles[0], "--ca-key", a.caFiles[1], "--redirect", "none", "--log-level", "info",
 		"--hbone-addr", a.hbone.String(), "--outbound-addr", a.outbound.String(), "--inbound-addr", a.inbound.String(),
 		"--admin-addr", a.admin.String(), "--metrics-addr", a.metrics.String(), "--readiness-addr", a.ready.String(),
 		"--drain-timeout", "1s")
@@ -174,8 +179,9 @@ func (a *agent) start(caCert, caKey string) {
 		t.Fatal(err)
 	}
 	logf.Close()
-	a.done = make(chan error, 1)
-	go func() { a.done <- a.cmd.Wait() }()
+	cmd, done := a.cmd, make(chan error, 1)
+	a.done = done
+	go func() { done <- cmd.Wait() }()
 	t.Cleanup(a.stop)
 	a.waitReady()
 }
@@ -578,3 +584,5 @@ func ctxTimeout(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
