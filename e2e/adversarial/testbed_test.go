@@ -1,0 +1,491 @@
+package adversarial
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/testutil"
+)
+
+// testbed is one scripts/testbed run, as its testbed.json describes it.
+type testbed struct {
+	Prefix string `json:"prefix"`
+	RunDir string `json:"run_dir"`
+	CACert string `json:"ca_cert"`
+	Podapp string `json:"podapp"`
+	Nodes  []struct {
+		Name   string `json:"name"`
+		Netns  string `json:"netns"`
+		IP     string `json:"ip"`
+		PinDir string `json:"pin_dir"`
+	} `json:"nodes"`
+	Pods []tbPod `json:"pods"`
+}
+
+type tbPod struct {
+	Namespace      string `json:"namespace"`
+	Name           string `json:"name"`
+	ServiceAccount string `json:"service_account"`
+	Node           string `json:"node"`
+	IP             string `json:"ip"`
+	Netns          string `json:"netns"`
+}
+
+func (p tbPod) addr(port uint16) string {
+	return netip.AddrPortFrom(netip.MustParseAddr(p.IP), port).String()
+}
+
+func (tb *testbed) pod(t testing.TB, name string) tbPod {
+	t.Helper()
+	for _, p := range tb.Pods {
+		if p.Namespace+"/"+p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("testbed has no pod %s", name)
+	return tbPod{}
+}
+
+func (tb *testbed) nodeNetns(name string) (netns, ip, pin string) {
+	for _, n := range tb.Nodes {
+		if n.Name == name {
+			return n.Netns, n.IP, n.PinDir
+		}
+	}
+	return "", "", ""
+}
+
+// startTestbed brings up a testbed from spec with a fresh prefix and tears
+// it down when the test ends, failing if anything named after the prefix
+// is left behind.
+func startTestbed(t *testing.T, spec string) *testbed {
+	t.Helper()
+	podapp := filepath.Join(t.TempDir(), "podapp")
+	build := exec.Command("go", "build", "-o", podapp, "./scripts/podapp")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build podapp: %v\n%s", err, out)
+	}
+	script, _ := filepath.Abs("../../scripts/testbed")
+	prefix := fmt.Sprintf("ftb%06x", rand.N(1<<24))
+	runDir := t.TempDir()
+	specFile := filepath.Join(t.TempDir(), "spec")
+	if err := os.WriteFile(specFile, []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(runDir, "logs", "agent-*.log"))
+			for _, f := range logs {
+				b, _ := os.ReadFile(f)
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				t.Logf("--- %s (tail):\n%s", filepath.Base(f), strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			}
+		}
+		if out, err := exec.Command(script, "down", "--prefix", prefix).CombinedOutput(); err != nil {
+			t.Errorf("testbed down: %v\n%s", err, out)
+		}
+		if left := leftovers(prefix); len(left) > 0 {
+			t.Errorf("testbed %s left behind: %s", prefix, strings.Join(left, ", "))
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, script, "up", "--prefix", prefix, "--run-dir", runDir, "--spec", specFile,
+		"--ferry", ferryBin, "--podapp", podapp).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testbed up: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "testbed.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := new(testbed)
+	if err := json.Unmarshal(b, tb); err != nil {
+		t.Fatal(err)
+	}
+	tb.RunDir = runDir
+	return tb
+}
+
+// leftovers lists network namespaces and BPF pins named after prefix.
+func leftovers(prefix string) []string {
+	var left []string
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		if name, _, _ := strings.Cut(strings.TrimSpace(line), " "); strings.HasPrefix(name, prefix+"-") {
+			left = append(left, "netns "+name)
+		}
+	}
+	pins, _ := filepath.Glob("/sys/fs/bpf/" + prefix + "-*")
+	for _, p := range pins {
+		left = append(left, "pin "+p)
+	}
+	return left
+}
+
+// agentCmd runs `testbed agent ACTION NODE`.
+func (tb *testbed) agentCmd(t testing.TB, action, node string) {
+	t.Helper()
+	script, _ := filepath.Abs("../../scripts/testbed")
+	out, err := exec.Command(script, "agent", action, node, "--prefix", tb.Prefix).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testbed agent %s %s: %v\n%s", action, node, err, out)
+	}
+}
+
+// inNetns runs argv in a network namespace and returns its stdout.
+func inNetns(ctx context.Context, netns string, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + netns, "--"}, argv...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.String(), nil
+}
+
+// dialFrom opens a TCP connection from inside a network namespace. The
+// socket is made on a fresh locked OS thread that joins the namespace and
+// is discarded with its goroutine; the connection works from any goroutine.
+func dialFrom(ctx context.Context, netns, addr string, timeout time.Duration) (net.Conn, error) {
+	f, err := os.Open("/var/run/netns/" + netns)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	var dial func()
+	dial = func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread must keep the process's namespace.
+			go dial()
+			return
+		}
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("setns %s: %w", netns, err)}
+			return
+		}
+		d := net.Dialer{Timeout: timeout}
+		c, err := d.DialContext(ctx, "tcp4", addr)
+		ch <- result{c, err}
+	}
+	go dial()
+	r := <-ch
+	return r.c, r.err
+}
+
+// httpGetFrom sends GET url from netns over a fresh connection and returns
+// the status and body.
+func httpGetFrom(ctx context.Context, netns, url string, timeout time.Duration) (int, string, error) {
+	c := http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dialFrom(ctx, netns, addr, timeout)
+		},
+	}}
+	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b), err
+}
+
+// scrapeNode reads a node agent's metrics from inside the node.
+func (tb *testbed) scrapeNode(t testing.TB, node string) samples {
+	t.Helper()
+	netns, ip, _ := tb.nodeNetns(node)
+	st, body, err := httpGetFrom(t.Context(), netns, "http://"+ip+":15020/metrics", 10*time.Second)
+	if err != nil || st != 200 {
+		t.Fatalf("scrape %s: %d %v", node, st, err)
+	}
+	s, err := parseMetrics(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// kernelObjects lists what Ferry owns in a node: policy rules, routes in
+// non-main tables, and BPF pins.
+func (tb *testbed) kernelObjects(t testing.TB, node string) []string {
+	t.Helper()
+	netns, _, pin := tb.nodeNetns(node)
+	var out []string
+	rules, err := inNetns(t.Context(), netns, "ip", "-4", "rule", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(rules), "\n") {
+		if p, _, _ := strings.Cut(l, ":"); p != "0" && p != "32766" && p != "32767" {
+			out = append(out, "rule "+strings.Join(strings.Fields(l), " "))
+		}
+	}
+	routes, err := inNetns(t.Context(), netns, "ip", "-4", "route", "show", "table", "all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(routes), "\n") {
+		if strings.Contains(l, "table ") && !strings.Contains(l, "table local") && !strings.Contains(l, "table main") {
+			out = append(out, "route "+strings.Join(strings.Fields(l), " "))
+		}
+	}
+	filepath.WalkDir(pin, func(p string, d os.DirEntry, err error) error {
+		if err == nil && p != pin {
+			out = append(out, "pin "+strings.TrimPrefix(p, pin))
+		}
+		return nil
+	})
+	slices.Sort(out)
+	return out
+}
+
+// podGet fetches url from a pod (one HTTP/1.0 request on its own
+// connection) and returns the status and body.
+func podGet(t testing.TB, from tbPod, url string) (int, string, error) {
+	t.Helper()
+	return httpGetFrom(t.Context(), from.Netns, url, 3*time.Second)
+}
+
+// testbedLeaf signs a certificate for id with the testbed's CA.
+func testbedLeaf(t testing.TB, tb *testbed, id certs.Identity) tls.Certificate {
+	t.Helper()
+	ca, err := certs.LoadLocalCA(filepath.Join(tb.RunDir, "ca", "root-cert.pem"), filepath.Join(tb.RunDir, "ca", "root-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ca.Sign(id, key.Public(), time.Hour)
+	if err != nil {
+		t.Fatalf("sign %s: %v", id, err)
+	}
+	c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, x := range chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+// hboneFrom opens TLS to dst:15008 from a pod's namespace and starts an
+// HTTP/2 peer on it.
+func hboneFrom(t testing.TB, from tbPod, dst tbPod, cert tls.Certificate) (*h2peer, error) {
+	t.Helper()
+	c, err := dialFrom(t.Context(), from.Netns, dst.addr(15008), 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}, InsecureSkipVerify: true,
+		Certificates: []tls.Certificate{cert}}
+	tc := tls.Client(c, cfg)
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	p, err := newH2Peer(tc)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	// TLS 1.3: the server checks our certificate after our Finished; its
+	// SETTINGS prove it accepted.
+	for p.settings == nil {
+		if ev := p.next(time.Now().Add(10*time.Second), false); ev.err != nil {
+			c.Close()
+			return nil, ev.err
+		}
+	}
+	return p, nil
+}
+
+const advSpec = `
+namespace mesh istio.io/dataplane-mode=ambient
+namespace plain
+pod mesh/client node1 sa=client
+pod mesh/server node2 sa=server
+pod plain/legacy node1 sa=legacy
+pod plain/attacker node2 sa=attacker
+`
+
+// TestPrivilegedAdversarialTestbed attacks a two-node testbed with eBPF
+// capture: hostile certificates and CONNECTs on the real 15008 path, the
+// admin endpoint from pods, and SIGKILL of an agent under traffic.
+func TestPrivilegedAdversarialTestbed(t *testing.T) {
+	testutil.Privileged(t)
+	tb := startTestbed(t, advSpec)
+	client, server := tb.pod(t, "mesh/client"), tb.pod(t, "mesh/server")
+	legacy, attacker := tb.pod(t, "plain/legacy"), tb.pod(t, "plain/attacker")
+	td := certs.DefaultTrustDomain
+	meshID := func(sa string) certs.Identity {
+		return certs.Identity{TrustDomain: td, Namespace: "mesh", ServiceAccount: sa}
+	}
+	// Sanity: the mesh works.
+	if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+		t.Fatalf("mesh/client → mesh/server: %d %q %v", st, body, err)
+	}
+
+	t.Run("identity on 15008", func(t *testing.T) {
+		// From a pod outside the mesh, straight at the captured HBONE port.
+		foreign := testbedLeaf(t, tb, certs.Identity{TrustDomain: "clusterset.local", Namespace: "mesh", ServiceAccount: "client"})
+		other := certstest.NewCA(t).Leaf(t, meshID("client"))
+		for name, cert := range map[string]tls.Certificate{"other trust domain": foreign, "untrusted root": other} {
+			if p, err := hboneFrom(t, attacker, server, cert); err == nil {
+				p.Close()
+				t.Errorf("%s: the handshake on %s:15008 succeeded", name, server.IP)
+			} else {
+				t.Logf("%s: refused: %v", name, err)
+			}
+		}
+		// Control: a valid certificate is accepted on the same path.
+		p, err := hboneFrom(t, attacker, server, testbedLeaf(t, tb, meshID("client")))
+		if err != nil {
+			t.Fatalf("control: %v", err)
+		}
+		p.Close()
+	})
+
+	t.Run("tunnel abuse", func(t *testing.T) {
+		p, err := hboneFrom(t, attacker, server, testbedLeaf(t, tb, meshID("client")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		before := tb.scrapeNode(t, "node2")
+		_, node2IP, _ := tb.nodeNetns("node2")
+		id := uint32(1)
+		refused := 0
+		for _, tc := range []struct {
+			name      string
+			authority string
+			want      int
+		}{
+			{"pod on another node", client.addr(8000), 400},
+			{"node address", node2IP + ":15000", 400},
+			{"agent outbound port", server.addr(15001), 503},
+			{"agent inbound port", server.addr(15006), 503},
+			{"agent HBONE port", server.addr(15008), 503},
+			{"agent admin port", server.addr(15000), 503},
+			{"agent metrics port", server.addr(15020), 503},
+			{"agent readiness port", server.addr(15021), 503},
+			{"malformed", "server.mesh:8000", 400},
+		} {
+			p.connect(id, tc.authority)
+			st, err := p.status(id, 10*time.Second)
+			id += 2
+			if err != nil || st != tc.want {
+				t.Errorf("%s (%s): status %d, %v; want %d", tc.name, tc.authority, st, err, tc.want)
+				continue
+			}
+			refused++
+		}
+		p.connect(id, server.addr(8000))
+		if st, err := p.status(id, 10*time.Second); st != 200 {
+			t.Errorf("good CONNECT after the abuse: %d %v", st, err)
+		}
+		after := tb.scrapeNode(t, "node2")
+		grew := after.sum("ferry_tunnel_rejected_total") - before.sum("ferry_tunnel_rejected_total")
+		t.Logf("%d refusals; ferry_tunnel_rejected_total +%v (%v upstream unavailable)", refused, grew,
+			after.sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable")-before.sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable"))
+		knownBug(t, grew >= float64(refused), "tunnel/server.go: 400 refusals are not counted (see TestTunnelAbuse/counted)")
+	})
+
+	t.Run("admin unreachable from pods", func(t *testing.T) {
+		_, node1IP, _ := tb.nodeNetns("node1")
+		for _, from := range []tbPod{client, legacy} {
+			for _, target := range []string{node1IP + ":15000", "127.0.0.1:15000", from.addr(15000), server.addr(15000)} {
+				st, body, err := podGet(t, from, "http://"+target+"/config_dump")
+				if err == nil {
+					t.Errorf("%s/%s reached %s/config_dump: %d %.80q", from.Namespace, from.Name, target, st, body)
+				} else {
+					t.Logf("%s/%s → %s: %v", from.Namespace, from.Name, target, err)
+				}
+			}
+		}
+	})
+
+	t.Run("agent SIGKILL under traffic", func(t *testing.T) {
+		objects := tb.kernelObjects(t, "node1")
+		if len(objects) == 0 {
+			t.Fatal("node1 has no Ferry kernel objects to compare")
+		}
+		t.Logf("node1 kernel objects before the kill: %d (%s)", len(objects), strings.Join(objects, "; "))
+		c, err := dialFrom(t.Context(), client.Netns, server.addr(8000), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /bytes?n=%d HTTP/1.0\r\n\r\n", 1<<30)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		if _, err := io.CopyN(io.Discard, br, 1<<20); err != nil {
+			t.Fatalf("download before the kill: %v", err)
+		}
+		tb.agentCmd(t, "kill", "node1")
+		// The stream stops: whatever was buffered drains, then an error.
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		n, err := io.Copy(io.Discard, br)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Logf("download stalled after the kill (%d more bytes), as a dead proxy leaves it", n)
+		} else {
+			t.Logf("download ended after the kill: %d more bytes, %v", n, err)
+		}
+		if n >= 1<<30-1<<20 {
+			t.Fatal("the download completed without the agent: traffic bypassed it")
+		}
+		// Fail closed: enrolled pods' new connections go nowhere.
+		if st, _, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err == nil {
+			t.Fatalf("mesh/client reached mesh/server with node1's agent dead: %d", st)
+		}
+		if st, _, err := podGet(t, legacy, "http://"+client.addr(8000)+"/ip"); err == nil {
+			t.Fatalf("plain/legacy reached mesh/client with node1's agent dead: %d", st)
+		}
+		tb.agentCmd(t, "start", "node1")
+		var st int
+		var body string
+		for range 40 {
+			if st, body, err = podGet(t, client, "http://"+server.addr(8000)+"/ip"); err == nil && st == 200 {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if st != 200 || strings.TrimSpace(body) != client.IP {
+			t.Fatalf("after restart: %d %q %v", st, body, err)
+		}
+		if got := tb.kernelObjects(t, "node1"); !slices.Equal(got, objects) {
+			t.Errorf("kernel objects changed across SIGKILL and restart:\nbefore %q\nafter  %q", objects, got)
+		}
+	})
+}
