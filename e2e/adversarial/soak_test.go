@@ -22,13 +22,13 @@ import (
 // Soak parameters. FERRY_SOAK overrides the duration (for example 10m).
 const (
 	soakDefault     = 75 * time.Second
-	soakClients     = 4         // HBONE connections carrying the long streams
-	soakStreams     = 8         // long streams per connection
-	soakStreamRate  = 1 << 20   // bytes/s each long stream sends
-	soakConnRate    = 25        // new HBONE connections per second
-	soakHeapGrowth  = 16 << 20  // heap in use after the soak, above the baseline
-	soakChunk       = 16 << 10  // write size of the long streams
-	soakHeapPerConn = 512 << 10 // peak heap per open stream, budget
+	soakClients     = 4        // HBONE connections carrying the long streams
+	soakStreams     = 8        // long streams per connection
+	soakStreamRate  = 1 << 20  // bytes/s each long stream sends
+	soakConnRate    = 25       // new HBONE connections per second
+	soakHeapGrowth  = 16 << 20 // heap in use after the soak, above the baseline
+	soakChunk       = 16 << 10 // write size of the long streams
+	soakHeapPerConn = 1 << 20  // peak heap per open stream, budget
 	soakGoroutines  = 8 * soakClients * soakStreams
 )
 
