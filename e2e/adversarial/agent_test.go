@@ -26,31 +26,44 @@ import (
 	"github.com/ferrymesh/ferry/certs/certstest"
 )
 
-// ferryBin is the agent binary under test, set once by TestMain.
-var ferryBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(run(m))
+// ferry builds the agent binary once per test process (or takes
+// $FERRY_BIN); TestMain removes the build directory.
+var ferry struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
 }
 
-func run(m *testing.M) int {
-	ferryBin = os.Getenv("FERRY_BIN")
-	if ferryBin == "" {
-		dir, err := os.MkdirTemp("", "ferry-adversarial-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ferry.dir != "" {
+		os.RemoveAll(ferry.dir)
+	}
+	os.Exit(code)
+}
+
+// ferryBinary returns the path of the ferry binary under test.
+func ferryBinary(t testing.TB) string {
+	t.Helper()
+	ferry.once.Do(func() {
+		if ferry.bin = os.Getenv("FERRY_BIN"); ferry.bin != "" {
+			return
 		}
-		defer os.RemoveAll(dir)
-		ferryBin = filepath.Join(dir, "ferry")
-		cmd := exec.Command("go", "build", "-o", ferryBin, "./cmd/ferry")
+		if ferry.dir, ferry.err = os.MkdirTemp("", "ferry-adversarial-"); ferry.err != nil {
+			return
+		}
+		ferry.bin = filepath.Join(ferry.dir, "ferry")
+		cmd := exec.Command("go", "build", "-o", ferry.bin, "./cmd/ferry")
 		cmd.Dir = "../.."
 		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "go build ./cmd/ferry: %v\n%s", err, out)
-			return 1
+			ferry.err = fmt.Errorf("go build ./cmd/ferry: %w\n%s", err, out)
 		}
+	})
+	if ferry.err != nil {
+		t.Fatal(ferry.err)
 	}
-	return m.Run()
+	return ferry.bin
 }
 
 // The loopback "cluster": node a runs the agent under test; node b is played
@@ -168,7 +181,7 @@ func (a *agent) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.cmd = exec.Command(ferryBin, "agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m"),
+	a.cmd = exec.Command(ferryBinary(t), "agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m"),
 		"--ca-cert", a.caFiles[0], "--ca-key", a.caFiles[1], "--redirect", "none", "--log-level", "info",
 		"--hbone-addr", a.hbone.String(), "--outbound-addr", a.outbound.String(), "--inbound-addr", a.inbound.String(),
 		"--admin-addr", a.admin.String(), "--metrics-addr", a.metrics.String(), "--readiness-addr", a.ready.String(),

@@ -113,7 +113,7 @@ func startTestbed(t *testing.T, spec string) *testbed {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, script, "up", "--prefix", prefix, "--run-dir", runDir, "--spec", specFile,
-		"--ferry", ferryBin, "--podapp", podapp).CombinedOutput()
+		"--ferry", ferryBinary(t), "--podapp", podapp).CombinedOutput()
 	if err != nil {
 		t.Fatalf("testbed up: %v\n%s", err, out)
 	}
