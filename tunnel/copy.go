@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -49,9 +50,12 @@ type copyResult struct {
 }
 
 // run copies both ways until both directions end, carrying half-closes
-// across, then closes both connections. A failing direction aborts both.
-// recv and sent count bytes src→dst and dst→src, once per chunk.
-func (p *pair) run(recv, sent func(int)) copyResult {
+// across, then closes both connections. A failing direction, or ctx ending,
+// aborts both. recv and sent count bytes src→dst and dst→src, once per
+// chunk.
+func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
+	stop := context.AfterFunc(ctx, p.abort)
+	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- p.half(p.dst, p.src, recv) }()
 	err := p.half(p.src, p.dst, sent)

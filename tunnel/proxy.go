@@ -176,7 +176,7 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn) {
 	}
 	p := &pair{src: c, dst: up}
 	t := o.cfg.Registry.add(info, Request{}, false, p.abort)
-	res := p.run(func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+	res := p.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
 		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
 	o.cfg.Registry.remove(t)
 	closed(obs, res)
@@ -283,7 +283,7 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
 	}
 	pr := &pair{src: c, dst: up}
 	t := p.cfg.Registry.add(info, req, true, pr.abort)
-	res := pr.run(func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+	res := pr.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
 		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
 	p.cfg.Registry.remove(t)
 	closed(obs, res)

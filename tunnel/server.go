@@ -412,14 +412,14 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		obs.Closed("error", "respond: "+err.Error())
 		return
 	}
-	s.proxy(st, up, info, req, obs)
+	s.proxy(ctx, st, up, info, req, obs)
 }
 
 // proxy copies between the stream and upstream and tracks the connection.
-func (s *Server) proxy(st *Stream, up net.Conn, info ConnInfo, req Request, obs ConnObserver) {
+func (s *Server) proxy(ctx context.Context, st *Stream, up net.Conn, info ConnInfo, req Request, obs ConnObserver) {
 	p := &pair{src: st, dst: up}
 	t := s.reg.add(info, req, true, p.abort)
-	res := p.run(func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+	res := p.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
 		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
 	s.reg.remove(t)
 	if res.err != nil {
