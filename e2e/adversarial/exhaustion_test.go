@@ -26,6 +26,7 @@ const (
 	budgetFDs        = 1200     // peak extra open fds during any attack
 	settleG, settleF = 25, 25   // goroutines/fds above baseline once the attack is over
 	settleLimit      = 30 * time.Second
+	controlFloodHeap = 16 << 20 // heap one control-frame flood connection may cost
 )
 
 // attackEnv is an agent with an echo upstream and a victim stream.
@@ -515,4 +516,61 @@ func startBlaster(t testing.TB) net.Addr {
 		}
 	})
 	return ln.Addr()
+}
+
+// TestHTTP2ControlFrameFlood sends frames that each oblige the server to
+// answer (PING, SETTINGS) while never reading a byte (CVE-2019-9512,
+// CVE-2019-9515): the answers must not pile up without bound in the agent.
+func TestHTTP2ControlFrameFlood(t *testing.T) {
+	e := newAttackEnv(t)
+	const frames = 1_500_000 // ~25 MiB on the wire per flood
+	for _, tc := range []struct {
+		name  string
+		frame func(fr *http2.Framer, i int) error
+	}{
+		{"PING", func(fr *http2.Framer, i int) error {
+			return fr.WritePing(false, [8]byte{byte(i), byte(i >> 8), byte(i >> 16)})
+		}},
+		{"SETTINGS", func(fr *http2.Framer, i int) error { return fr.WriteSettings() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.t = t
+			var written atomic.Int64
+			var werr error
+			base := e.a.usage()
+			peak := e.attack(tc.name+" flood", func(ctx context.Context) {
+				p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Close()
+				// Never read: the agent's answers back up into its own memory
+				// unless it bounds them.
+				p.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				werr = p.write(func(fr *http2.Framer) error {
+					for i := range frames {
+						if err := tc.frame(fr, i); err != nil {
+							return err
+						}
+						written.Add(1)
+					}
+					return nil
+				})
+				time.Sleep(500 * time.Millisecond) // let the agent catch up with what it read
+			})
+			grew := peak.heapInuse - base.heapInuse
+			t.Logf("%s flood: %d of %d frames written before the agent stopped reading or closed (%v); heap +%.1f MiB",
+				tc.name, written.Load(), frames, werr, grew/(1<<20))
+			// One connection may cost at most controlFloodHeap: the agent
+			// must cap its queue of unsent answers and drop the connection.
+			knownBug(t, grew <= controlFloodHeap,
+				"tunnel/h2conn.go h2conn.queueLocked appends every PING ACK / SETTINGS ACK / RST_STREAM to c.ctl without "+
+					"bound while the peer does not read: one connection of %d %s frames grew the agent's heap by %.0f MiB "+
+					"(budget %d MiB). Fix: cap len(c.ctl) (x/net/http2 uses 10000 queued control frames) and answer "+
+					"with connError(ErrCodeEnhanceYourCalm) and close when it is exceeded",
+				frames, tc.name, grew/(1<<20), controlFloodHeap>>20)
+		})
+	}
+	e.t = t
+	e.settled("control frame floods")
 }
