@@ -17,16 +17,17 @@ import (
 
 // HTTP/2 parameters, as ztunnel uses them (DESIGN §4).
 const (
-	streamWindow       = 4 << 20  // receive window advertised per stream
-	connWindow         = 16 << 20 // receive window of the whole connection
-	advertisedMaxFrame = 1 << 20  // SETTINGS_MAX_FRAME_SIZE we accept
-	maxWriteChunk      = 64 << 10 // largest DATA payload we send
-	maxHeaderListSize  = 16 << 10 // decoded header list, HEADERS+CONTINUATION
-	maxHeaderFrames    = 32       // frames in one header block
-	defaultMaxStreams  = 100      // concurrent streams per connection
-	initialWindow      = 65535    // RFC 9113 default window
-	flushThreshold     = 64 << 10 // write out the buffer once it holds this much
-	smallRead          = 1 << 10  // DATA payloads up to this size are coalesced
+	streamWindow       = 4 << 20   // receive window advertised per stream
+	connWindow         = 16 << 20  // receive window of the whole connection
+	advertisedMaxFrame = 1 << 20   // SETTINGS_MAX_FRAME_SIZE we accept
+	maxWriteChunk      = 256 << 10 // largest DATA payload we send
+	directWrite        = 16 << 10  // payloads from this size skip the output buffer
+	maxHeaderListSize  = 16 << 10  // decoded header list, HEADERS+CONTINUATION
+	maxHeaderFrames    = 32        // frames in one header block
+	defaultMaxStreams  = 100       // concurrent streams per connection
+	initialWindow      = 65535     // RFC 9113 default window
+	flushThreshold     = 64 << 10  // write out the buffer once it holds this much
+	smallRead          = 1 << 10   // DATA payloads up to this size are coalesced
 	maxStreamID        = 1<<31 - 1
 )
 
@@ -1021,6 +1022,19 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 	h[3] = byte(http2.FrameData)
 	h[5], h[6], h[7], h[8] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
 	c.appendLocked(h[:])
+	if len(p) >= directWrite {
+		// Large payloads go out as they are: one write of what is buffered
+		// (ending with this frame's header), one of the payload, and no copy.
+		if err := c.flushLocked(); err != nil {
+			return err
+		}
+		if _, err := c.nc.Write(p); err != nil {
+			c.werr = err
+			c.close(err)
+			return err
+		}
+		return nil
+	}
 	c.appendLocked(p)
 	if len(c.wbuf) >= flushThreshold {
 		return c.flushLocked()
