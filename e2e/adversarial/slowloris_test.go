@@ -3,7 +3,10 @@ package adversarial
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"sort"
 	"sync"
 	"testing"
@@ -37,7 +40,20 @@ func TestSlowloris(t *testing.T) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: remotePod.AsSlice()}, Timeout: 10 * time.Second}
 		return d.DialContext(t.Context(), "tcp4", a.hbone.String())
 	}
+	httpPort := func(addr netip.AddrPort, partial string) func() (net.Conn, error) {
+		return func() (net.Conn, error) {
+			c, err := net.DialTimeout("tcp4", addr.String(), 10*time.Second)
+			if err == nil && partial != "" {
+				_, err = io.WriteString(c, partial)
+			}
+			return c, err
+		}
+	}
 	stages := []stage{
+		{"metrics port, idle", 10, httpPort(a.metrics, "")},
+		{"metrics port, partial request", 10, httpPort(a.metrics, "GET /metrics HTTP/1.1\r\nHost: x\r\n")},
+		{"readiness port, partial request", 10, httpPort(a.ready, "GET /healthz/ready HTT")},
+		{"admin port, partial request", 10, httpPort(a.admin, "GET /config_dump HTTP/1.1\r\n")},
 		{"no ClientHello", 40, tcp},
 		{"partial ClientHello", 40, func() (net.Conn, error) {
 			c, err := tcp()
@@ -45,6 +61,23 @@ func TestSlowloris(t *testing.T) {
 				_, err = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc}) // a record header and a few bytes
 			}
 			return c, err
+		}},
+		{"ClientHello trickled 1 B/s", 10, func() (net.Conn, error) {
+			c, err := tcp()
+			if err != nil {
+				return nil, err
+			}
+			hello := []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03}
+			hello = append(hello, make([]byte, 200)...)
+			go func() {
+				for _, b := range hello {
+					if _, err := c.Write([]byte{b}); err != nil {
+						return
+					}
+					time.Sleep(time.Second)
+				}
+			}()
+			return c, nil
 		}},
 		{"no preface after TLS", 20, func() (net.Conn, error) {
 			return dialTLS(t.Context(), remotePod, a.hbone, a.peerTLS(cert))
@@ -126,6 +159,12 @@ func TestSlowloris(t *testing.T) {
 		}
 	}
 	held := a.usage()
+	// Readiness and metrics still answer while the agent holds all of them.
+	if resp, err := http.Get("http://" + a.ready.String() + "/healthz/ready"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("readiness during slowloris: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	wg.Wait()
 	close(results)
 	worst := map[string][]time.Duration{}
