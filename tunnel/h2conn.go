@@ -184,6 +184,17 @@ func newH2Conn(nc net.Conn, opt connOptions) *h2conn {
 // handshake writes the preface (client) and our SETTINGS, then, on a
 // server, reads the client preface. The peer's SETTINGS are read by run.
 func (c *h2conn) handshake() error {
+	if !c.opt.client {
+		// Read first: over an unbuffered transport both sides writing at
+		// once would wait for each other.
+		var p [len(http2.ClientPreface)]byte
+		if _, err := io.ReadFull(c.nc, p[:]); err != nil {
+			return fmt.Errorf("tunnel: read client preface: %w", err)
+		}
+		if string(p[:]) != http2.ClientPreface {
+			return errors.New("tunnel: bad HTTP/2 client preface")
+		}
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.opt.client {
@@ -205,19 +216,7 @@ func (c *h2conn) handshake() error {
 	if err := c.fr.WriteWindowUpdate(0, connWindow-initialWindow); err != nil {
 		return err
 	}
-	if err := c.flushLocked(); err != nil {
-		return err
-	}
-	if !c.opt.client {
-		var p [len(http2.ClientPreface)]byte
-		if _, err := io.ReadFull(c.nc, p[:]); err != nil {
-			return fmt.Errorf("tunnel: read client preface: %w", err)
-		}
-		if string(p[:]) != http2.ClientPreface {
-			return errors.New("tunnel: bad HTTP/2 client preface")
-		}
-	}
-	return nil
+	return c.flushLocked()
 }
 
 // run reads frames until the connection fails or closes, then waits for the
@@ -226,11 +225,43 @@ func (c *h2conn) run() error {
 	var wg sync.WaitGroup
 	wg.Go(c.ctlLoop)
 	err := c.readLoop()
+	var pe *protocolError
+	if errors.As(err, &pe) {
+		c.linger()
+	}
 	c.close(err)
 	wg.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closeErr
+}
+
+// protocolError is a connection error we answered with GOAWAY.
+type protocolError struct {
+	code http2.ErrCode
+	msg  string
+}
+
+func (e *protocolError) Error() string {
+	return fmt.Sprintf("tunnel: HTTP/2 %s: %s", e.code, e.msg)
+}
+
+// lingerTime bounds how long a connection ended by a protocol error keeps
+// reading after its GOAWAY, so the peer gets to read the GOAWAY rather than
+// a TCP reset.
+const lingerTime = time.Second
+
+// linger writes the queued GOAWAY, ends our write side and drains what the
+// peer still sends for a moment before the connection is closed.
+func (c *h2conn) linger() {
+	c.writeCtl()
+	c.wmu.Lock()
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && c.werr == nil {
+		cw.CloseWrite()
+	}
+	c.wmu.Unlock()
+	c.nc.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, io.LimitReader(c.nc, 4<<20))
 }
 
 // readLoop dispatches frames until an error.
@@ -282,7 +313,7 @@ func (c *h2conn) readError(err error) error {
 
 // connError sends GOAWAY with code and reports a connection error.
 func (c *h2conn) connError(code http2.ErrCode, msg string) error {
-	err := fmt.Errorf("tunnel: HTTP/2 %s: %s", code, msg)
+	err := &protocolError{code: code, msg: msg}
 	c.mu.Lock()
 	c.goingAway = true
 	c.queueLocked(ctlFrame{typ: http2.FrameGoAway, val: c.lastPeerID, data: [8]byte{byte(code >> 24), byte(code >> 16), byte(code >> 8), byte(code)}})
@@ -415,20 +446,22 @@ func (c *h2conn) handleReset(f *http2.RSTStreamFrame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.streams[f.StreamID]
+	if !c.opt.client && (s == nil || !s.responded) {
+		// Resets of streams not yet answered (or refused) cost us work for
+		// nothing: a client doing little else is abusive (CVE-2023-44487).
+		c.earlyResets++
+		if c.earlyResets > 200 && c.earlyResets > c.opened/2 && !c.closeOnIdle {
+			c.goingAway = true
+			c.queueLocked(ctlFrame{typ: http2.FrameGoAway, val: c.lastPeerID, data: codeBytes(http2.ErrCodeEnhanceYourCalm)})
+			c.closeOnIdle = true
+		}
+	}
 	if s == nil {
 		return
 	}
 	var err error = &StreamResetError{Code: f.ErrCode}
 	if f.ErrCode == http2.ErrCodeRefusedStream {
 		err = errRefused
-	}
-	if !c.opt.client && !s.responded {
-		c.earlyResets++
-		if c.earlyResets > 200 && c.earlyResets > c.opened/2 {
-			c.goingAway = true
-			c.queueLocked(ctlFrame{typ: http2.FrameGoAway, val: c.lastPeerID, data: codeBytes(http2.ErrCodeEnhanceYourCalm)})
-			c.closeOnIdle = true
-		}
 	}
 	c.forgetLocked(s, err)
 }
@@ -698,6 +731,9 @@ func (c *h2conn) forgetLocked(s *Stream, err error) {
 	if s.err == nil {
 		s.err = err
 	}
+	if s.cancel != nil {
+		s.cancel()
+	}
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
@@ -772,7 +808,6 @@ func (c *h2conn) writeCtl() {
 	}
 	c.writers.Add(1)
 	c.wmu.Lock()
-	var goAway bool
 	for _, f := range q {
 		if c.werr != nil {
 			break
@@ -795,17 +830,12 @@ func (c *h2conn) writeCtl() {
 		case http2.FrameGoAway:
 			code := http2.ErrCode(uint32(f.data[0])<<24 | uint32(f.data[1])<<16 | uint32(f.data[2])<<8 | uint32(f.data[3]))
 			err = c.fr.WriteGoAway(f.val, code, nil)
-			goAway = code != http2.ErrCodeNo
 		}
 		if err != nil {
 			c.werr = err
 		}
 	}
 	c.unlockW()
-	if goAway {
-		// A GOAWAY with an error code ends the connection once written.
-		c.close(errors.New("tunnel: connection closed after protocol error"))
-	}
 }
 
 // tick runs the timers and returns when it wants to run next.
@@ -1028,12 +1058,7 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 		if err := c.flushLocked(); err != nil {
 			return err
 		}
-		if _, err := c.nc.Write(p); err != nil {
-			c.werr = err
-			c.close(err)
-			return err
-		}
-		return nil
+		return c.writeNet(p)
 	}
 	c.appendLocked(p)
 	if len(c.wbuf) >= flushThreshold {
@@ -1062,13 +1087,25 @@ func (c *h2conn) flushLocked() error {
 	b := c.wbuf
 	c.wbuf = nil
 	if c.werr == nil && len(b) > 0 {
-		if _, err := c.nc.Write(b); err != nil {
-			c.werr = err
-			c.close(err)
-		}
+		c.writeNet(b)
 	}
 	putBuf(b)
 	return c.werr
+}
+
+// writeNet writes b to the network. A peer that accepts nothing for the
+// keepalive timeout is dead: the write fails and the connection closes,
+// which also frees every writer queued behind this one.
+func (c *h2conn) writeNet(b []byte) error {
+	if c.opt.keepaliveTimeout > 0 {
+		c.nc.SetWriteDeadline(time.Now().Add(c.opt.keepaliveTimeout))
+	}
+	if _, err := c.nc.Write(b); err != nil {
+		c.werr = err
+		c.close(fmt.Errorf("tunnel: write: %w", err))
+		return err
+	}
+	return nil
 }
 
 // unlockW releases wmu; the last writer out flushes.

@@ -72,13 +72,12 @@ func NewRegistry() *Registry {
 
 // tracked is one registered connection.
 type tracked struct {
-	info      ConnInfo
-	req       Request
-	hasReq    bool // authorized against req (inbound paths)
-	recv      atomic.Int64
-	sent      atomic.Int64
-	closeOnce sync.Once
-	kill      func() // aborts both halves
+	info   ConnInfo
+	req    Request
+	hasReq bool // authorized against req (inbound paths)
+	recv   atomic.Int64
+	sent   atomic.Int64
+	kill   func() // aborts both halves
 }
 
 // add registers a connection; kill aborts it. hasReq marks connections

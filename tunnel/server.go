@@ -318,7 +318,12 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			firstStreamTimeout: s.cfg.FirstStreamTimeout,
 			log:                log,
 			onStream: func(st *Stream) {
-				handlers.Go(func() { s.handle(ctx, st, peer, local, remote, log) })
+				sctx, cancel := context.WithCancel(ctx)
+				st.cancel = cancel
+				handlers.Go(func() {
+					defer cancel()
+					s.handle(sctx, st, peer, local, remote, log)
+				})
 			},
 		})
 		err = c.handshake()

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -39,6 +40,7 @@ type Stream struct {
 	respFields  []hpack.HeaderField
 	reqFields   []hpack.HeaderField
 	rdl, wdl    deadline
+	cancel      context.CancelFunc // server: ends the handler's context
 
 	respReady    chan struct{} // client: closed when the response arrives
 	rwake, wwake chan struct{}
