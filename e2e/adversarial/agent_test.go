@@ -129,7 +129,7 @@ type agent struct {
 	t        testing.TB
 	ca       *certstest.CA
 	dir      string
-	caFiles  [2]string // root certificate and key, as the agent reads them
+	caArgs   []string // how the agent gets certificates: a local CA or --ca-addr
 	log      string
 	cmd      *exec.Cmd
 	done     chan error
@@ -157,8 +157,18 @@ func freePort(t testing.TB, ip netip.Addr) uint16 {
 // checks it exits cleanly) when the test ends.
 func startAgent(t testing.TB, manifests string) *agent {
 	t.Helper()
-	a := &agent{t: t, ca: certstest.NewCA(t), dir: t.TempDir()}
+	a := newAgent(t, manifests)
 	caCert, caKey := a.ca.WriteFiles(t, a.dir)
+	a.caArgs = []string{"--ca-cert", caCert, "--ca-key", caKey}
+	a.start()
+	return a
+}
+
+// newAgent prepares an agent's CA, manifests and addresses without
+// starting it.
+func newAgent(t testing.TB, manifests string) *agent {
+	t.Helper()
+	a := &agent{t: t, ca: certstest.NewCA(t), dir: t.TempDir()}
 	if err := os.MkdirAll(filepath.Join(a.dir, "m"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +176,6 @@ func startAgent(t testing.TB, manifests string) *agent {
 	port := func(ip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(ip, freePort(t, ip)) }
 	a.hbone, a.outbound, a.inbound = port(serverPod), port(remotePod), port(serverPod)
 	a.admin, a.metrics, a.ready = port(loopback), port(loopback), port(loopback)
-	a.caFiles = [2]string{caCert, caKey}
-	a.start()
 	return a
 }
 
@@ -181,11 +189,11 @@ func (a *agent) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.cmd = exec.Command(ferryBinary(t), "agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m"),
-		"--ca-cert", a.caFiles[0], "--ca-key", a.caFiles[1], "--redirect", "none", "--log-level", "info",
+	args := append([]string{"agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m")}, a.caArgs...)
+	a.cmd = exec.Command(ferryBinary(t), append(args, "--redirect", "none", "--log-level", "info",
 		"--hbone-addr", a.hbone.String(), "--outbound-addr", a.outbound.String(), "--inbound-addr", a.inbound.String(),
 		"--admin-addr", a.admin.String(), "--metrics-addr", a.metrics.String(), "--readiness-addr", a.ready.String(),
-		"--drain-timeout", "1s")
+		"--drain-timeout", "1s")...)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		logf.Close()
