@@ -72,7 +72,6 @@ var (
 	serverPod = netip.MustParseAddr("127.0.10.2") // foo/server, node a
 	clientPod = netip.MustParseAddr("127.0.10.3") // foo/client, node a
 	remotePod = netip.MustParseAddr("127.0.20.2") // foo/remote, node b
-	plainPod  = netip.MustParseAddr("127.0.30.9") // bar/legacy, node b, not enrolled
 	loopback  = netip.MustParseAddr("127.0.0.1")
 )
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -265,11 +264,4 @@ func newVictim(ctx context.Context, a *agent, echo *echoServer) (*victim, error)
 func (v *victim) check() error {
 	v.n++
 	return v.p.roundTrip(v.id, fmt.Appendf(nil, "ping %d", v.n), 10*time.Second)
-}
-
-// isGoAwayOrClosed reports whether err ends the connection: GOAWAY, EOF or
-// a reset socket.
-func isGoAwayOrClosed(err error) bool {
-	var g errGoAway
-	return errors.As(err, &g) || isClosedErr(err)
 }
