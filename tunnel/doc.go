@@ -3,4 +3,31 @@
 // pooled client, the outbound, inbound and plaintext proxy loops, and the byte
 // copier. Its collaborators (identity, policy, workload lookup, dialing) come in
 // through small interfaces it defines.
+//
+// The HTTP/2 layer is our own, on golang.org/x/net/http2's Framer and hpack,
+// because x/net's server cannot end a CONNECT response while still reading
+// the request (TCP half-close must travel both ways) and its Transport pins
+// up to 512 KiB per open stream. One connection type serves both roles:
+//
+//   - Settings as ztunnel: 4 MiB stream and 16 MiB connection receive
+//     windows, returned with WINDOW_UPDATE once half is consumed by the
+//     reader; 1 MiB maximum frame accepted, DATA frames of at most 256 KiB
+//     sent; 16 KiB header lists; 100 concurrent streams.
+//   - Received DATA goes straight into pooled chunks that are released as soon
+//     as they are read or forwarded, so an idle stream holds no buffer.
+//     Proxying from a stream writes those chunks on without another copy;
+//     proxying to a stream first waits for the socket to be readable, then
+//     takes a buffer (16 KiB, growing to 256 KiB while reads fill it).
+//   - Writers append frames to one pooled output buffer under a mutex and
+//     the last writer out flushes, so frames queued together leave in one
+//     TLS write; payloads of 16 KiB and more are written without a copy.
+//     The read loop never writes: control frames (SETTINGS ACK, PING,
+//     WINDOW_UPDATE, RST_STREAM, GOAWAY) go through a queue to a control
+//     writer, which also runs the keepalive, idle and first-stream timers.
+//   - END_STREAM is CloseWrite; closing a stream with unread data or an open
+//     write side resets it, as closing a TCP socket would.
+//   - Protocol errors are answered with GOAWAY; header blocks beyond 16 KiB
+//     or 32 frames (CONTINUATION floods), peers resetting most of the
+//     streams they open (rapid reset) and silent peers (PING timeout, write
+//     timeout) end the connection.
 package tunnel

@@ -323,3 +323,57 @@ func TestRapidReset(t *testing.T) {
 		t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 	}
 }
+
+// TestFirstStreamTimeout: a client that connects but never opens a stream
+// is disconnected.
+func TestFirstStreamTimeout(t *testing.T) {
+	ca := certstest.NewCA(t)
+	synctest.Test(t, func(t *testing.T) {
+		e := newBubbleEnv(t, ca, func(s *ServerConfig, _ *ClientConfig) { s.FirstStreamTimeout = 10 * time.Second })
+		key := poolKey{src: idClient, dst: idServer, hbone: netip.MustParseAddrPort("127.0.0.1:15008")}
+		c, err := e.cli.conn(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.unreserve()
+		time.Sleep(9 * time.Second)
+		synctest.Wait()
+		if n := e.cli.Conns(); n != 1 {
+			t.Fatalf("%d connections before the timeout, want 1", n)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if n := e.cli.Conns(); n != 0 {
+			t.Fatalf("%d connections after the first-stream timeout, want 0", n)
+		}
+	})
+}
+
+// TestDialCancelUnwinds: a Dial whose context ends while the server is
+// still deciding returns at once, and the server's handler unwinds (goleak
+// checks no goroutine is left).
+func TestDialCancelUnwinds(t *testing.T) {
+	ca := certstest.NewCA(t)
+	synctest.Test(t, func(t *testing.T) {
+		unwound := make(chan struct{})
+		e := newBubbleEnv(t, ca, func(s *ServerConfig, _ *ClientConfig) {
+			s.Authorizer = AuthorizerFunc(func(ctx context.Context, r Request) error {
+				<-ctx.Done() // a policy lookup that never finishes
+				close(unwound)
+				return ctx.Err()
+			})
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := e.dial(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Dial: %v, want deadline exceeded", err)
+		}
+		synctest.Wait()
+		select {
+		case <-unwound:
+		default:
+			t.Fatal("server handler still waiting after the client gave up")
+		}
+	})
+}
