@@ -574,3 +574,91 @@ func TestHTTP2ControlFrameFlood(t *testing.T) {
 	e.t = t
 	e.settled("control frame floods")
 }
+
+// TestHTTP2FlowControlViolation sends DATA far beyond the windows the agent
+// granted, towards an application that never reads: the agent must stop
+// the peer at its windows (4 MiB per stream, 16 MiB per connection), not
+// buffer what it is sent.
+func TestHTTP2FlowControlViolation(t *testing.T) {
+	e := newAttackEnv(t)
+	sink := startSink(t)
+	const conns, perConn = 10, 64 << 20
+	frame := make([]byte, 1<<20)
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	var maxWritten int64
+	e.attack("flow control violation", func(ctx context.Context) {
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				p, err := dialH2(ctx, remotePod, e.a.hbone, e.a.peerTLS(e.a.leaf(fooID("remote"))))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer p.Close()
+				p.connect(1, sink.String())
+				if st, err := p.status(1, 10*time.Second); st != 200 {
+					t.Errorf("CONNECT to the sink: %d %v", st, err)
+					return
+				}
+				res := make(chan string, 1)
+				go func() { res <- outcome(p) }()
+				var n int64
+				p.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+				p.write(func(fr *http2.Framer) error {
+					for n < perConn {
+						if err := fr.WriteData(1, false, frame); err != nil {
+							return err
+						}
+						n += int64(len(frame))
+					}
+					return nil
+				})
+				out := <-res
+				mu.Lock()
+				outcomes[out]++
+				maxWritten = max(maxWritten, n)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+	})
+	t.Logf("flow control violation: outcomes %v; at most %d MiB written on one connection", outcomes, maxWritten>>20)
+	if outcomes["timeout"] > 0 || outcomes["200"] > 0 {
+		t.Errorf("%d connections were not stopped", outcomes["timeout"])
+	}
+	e.settled("flow control violation")
+}
+
+// startSink serves an application on serverPod that accepts and never
+// reads.
+func startSink(t testing.TB) net.Addr {
+	t.Helper()
+	ln, err := net.Listen("tcp4", serverPod.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	return ln.Addr()
+}
