@@ -436,7 +436,57 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		}
 	})
 
+	t.Run("plaintext has no identity", func(t *testing.T) {
+		// Only mesh/client's identity may reach mesh/server. plain/legacy
+		// speaks plaintext from outside the mesh and carries no identity,
+		// whatever its address; mesh/client still gets through.
+		policy := filepath.Join(tb.RunDir, "manifests", "zz-only-client.yaml")
+		doc := `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-client, namespace: mesh}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/mesh/sa/client"]}}]}]
+`
+		if err := os.WriteFile(policy, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			os.Remove(policy)
+			for range 40 { // wait for the agents to drop the policy
+				if st, _, err := podGet(t, legacy, "http://"+server.addr(8000)+"/ip"); err == nil && st == 200 {
+					return
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+			t.Error("the policy was never dropped")
+		}()
+		before := tb.scrapeNode(t, "node2")
+		denied := false
+		for range 40 {
+			if _, _, err := podGet(t, legacy, "http://"+server.addr(8000)+"/ip"); err != nil {
+				denied = true
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if !denied {
+			t.Fatal("plain/legacy still reaches mesh/server under a principal-only policy")
+		}
+		if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+			t.Fatalf("mesh/client under the policy: %d %q %v", st, body, err)
+		}
+		after := tb.scrapeNode(t, "node2")
+		d := after.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny") -
+			before.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
+		if d < 1 {
+			t.Errorf("node2 counted %v plaintext denials", d)
+		}
+	})
+
 	t.Run("agent SIGKILL under traffic", func(t *testing.T) {
+		mapEntries := func() float64 { return tb.scrapeNode(t, "node1").sum("ferry_bpf_enrolled_pods_map_entries") }
+		entries := mapEntries()
 		objects := tb.kernelObjects(t, "node1")
 		if len(objects) == 0 {
 			t.Fatal("node1 has no Ferry kernel objects to compare")
@@ -486,6 +536,9 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		}
 		if got := tb.kernelObjects(t, "node1"); !slices.Equal(got, objects) {
 			t.Errorf("kernel objects changed across SIGKILL and restart:\nbefore %q\nafter  %q", objects, got)
+		}
+		if got := mapEntries(); got != entries || entries == 0 {
+			t.Errorf("enrolled-pods map entries: %v before SIGKILL, %v after restart", entries, got)
 		}
 	})
 }
