@@ -101,11 +101,11 @@ func copyOne(to, from net.Conn, count func(int)) error {
 		buf := getBuf(size)[:size]
 		n, err := from.Read(buf)
 		if n > 0 {
+			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {
 				putBuf(buf)
 				return werr
 			}
-			count(n)
 		}
 		putBuf(buf)
 		full = n == size
@@ -134,12 +134,12 @@ func copyFromStream(to net.Conn, s *Stream, count func(int)) error {
 		if err != nil {
 			return err
 		}
+		count(len(data))
 		_, werr := to.Write(data)
 		putBuf(base)
 		s.consumed(len(data))
 		if werr != nil {
 			return werr
 		}
-		count(len(data))
 	}
 }

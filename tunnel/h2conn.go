@@ -463,6 +463,14 @@ func (c *h2conn) handleReset(f *http2.RSTStreamFrame) {
 	if f.ErrCode == http2.ErrCodeRefusedStream {
 		err = errRefused
 	}
+	if s.recvDone {
+		// The peer finished sending and now refuses more data (RFC 9113
+		// §8.1): what it sent stays readable; only writes fail.
+		s.wreset = err
+		delete(c.streams, s.id)
+		s.wakeWrite()
+		return
+	}
 	c.forgetLocked(s, err)
 }
 

@@ -33,6 +33,7 @@ type Stream struct {
 	recvDone    bool  // END_STREAM received
 	sentEnd     bool  // END_STREAM sent or queued
 	err         error // reset, connection closed or Close called
+	wreset      error // peer reset the stream after its END_STREAM: writes fail
 	closedLocal bool  // Close called
 	responded   bool  // server: response headers sent
 	gotResponse bool  // client: response headers received (or never will be)
@@ -157,6 +158,11 @@ func (s *Stream) Write(p []byte) (int, error) {
 				c.mu.Unlock()
 				return written, err
 			}
+			if s.wreset != nil {
+				err := s.wreset
+				c.mu.Unlock()
+				return written, err
+			}
 			if s.sentEnd {
 				c.mu.Unlock()
 				return written, ErrWriteClosed
@@ -194,6 +200,9 @@ func (s *Stream) CloseWrite() error {
 	if s.err != nil {
 		return s.err
 	}
+	if s.wreset != nil {
+		return s.wreset
+	}
 	if s.sentEnd {
 		return nil
 	}
@@ -222,7 +231,7 @@ func (s *Stream) close(abort bool) error {
 		return nil
 	}
 	s.closedLocal = true
-	if s.err == nil {
+	if s.err == nil && s.wreset == nil {
 		switch {
 		case abort:
 			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
