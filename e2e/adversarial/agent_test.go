@@ -567,6 +567,19 @@ func startEcho(t testing.TB, ip netip.Addr) *echoServer {
 	return e
 }
 
+// waitAccepted waits up to a second for the accept count to reach n (the
+// agent answers 200 once its dial completed, which can be before Accept
+// returns here) and returns the count.
+func (e *echoServer) waitAccepted(n int64) int64 {
+	for range 100 {
+		if e.accepted.Load() >= n {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return e.accepted.Load()
+}
+
 // closeAll closes every open connection: the pod going away mid-stream.
 func (e *echoServer) closeAll() int {
 	e.mu.Lock()

@@ -38,8 +38,8 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 	if err := tryConnect(t, a, a.peerTLS(a.leaf(remote)), echo); err != nil {
 		t.Fatalf("control (valid certificate): %v", err)
 	}
-	if echo.accepted.Load() != 1 {
-		t.Fatalf("control: upstream accepted %d connections, want 1", echo.accepted.Load())
+	if n := echo.waitAccepted(1); n != 1 {
+		t.Fatalf("control: upstream accepted %d connections, want 1", n)
 	}
 	echo.accepted.Store(0)
 
@@ -94,6 +94,9 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 				t.Fatalf("upstream accepted %d connections", n)
 			}
 		})
+	}
+	if n := echo.waitAccepted(1); n != 0 {
+		t.Fatalf("upstream accepted %d connections from refused clients", n)
 	}
 	if !a.alive() {
 		t.Fatal("agent died")
