@@ -169,13 +169,45 @@ func tlsEcho(b *testing.B, store *certs.Store) netip.AddrPort {
 	return addrPort(ln.Addr())
 }
 
+// tlsProxy serves mutual TLS on loopback and forwards each connection to
+// dst over TCP: a plain Go mTLS hop in front of the same upstream as HBONE.
+func tlsProxy(b *testing.B, store *certs.Store, dst netip.AddrPort) netip.AddrPort {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", store.ServerConfig(func(netip.Addr) (certs.Identity, error) { return idServer, nil }))
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				up, err := net.Dial("tcp", dst.String())
+				if err != nil {
+					c.Close()
+					return
+				}
+				p := &pair{src: c, dst: up}
+				p.run(context.Background(), func(int) {}, func(int) {})
+			}()
+		}
+	}()
+	b.Cleanup(func() { ln.Close(); <-done })
+	return addrPort(ln.Addr())
+}
+
 // BenchmarkRR1K measures 1 KiB request/response round trips on a persistent
-// connection: direct TCP to an echo, one mTLS hop to a TLS echo, and through
-// an HBONE client → server → TCP echo. Metrics: p50 and p99 in µs.
+// connection: direct TCP to an echo, one mTLS hop to a TLS echo, an mTLS
+// proxy in front of the TCP echo (the fair baseline), and through an HBONE
+// client → server → TCP echo. Metrics: p50 and p99 in µs.
 func BenchmarkRR1K(b *testing.B) {
 	e := newEnv(b)
 	backend := newBackend(b, echo)
 	echoTLS := tlsEcho(b, e.store)
+	proxyTLS := tlsProxy(b, e.store, backend.addr)
 	dialers := []struct {
 		name string
 		dial func() (net.Conn, error)
@@ -183,6 +215,9 @@ func BenchmarkRR1K(b *testing.B) {
 		{"direct", func() (net.Conn, error) { return net.Dial("tcp", backend.addr.String()) }},
 		{"tls", func() (net.Conn, error) {
 			return tls.Dial("tcp", echoTLS.String(), e.store.ClientConfig(idClient, idServer))
+		}},
+		{"tls-proxy", func() (net.Conn, error) {
+			return tls.Dial("tcp", proxyTLS.String(), e.store.ClientConfig(idClient, idServer))
 		}},
 		{"hbone", func() (net.Conn, error) { return e.dial(context.Background(), backend.addr) }},
 	}

@@ -90,16 +90,8 @@ func copyOne(to, from net.Conn, count func(int)) error {
 		return copyFromStream(to, s, count)
 	}
 	size := copyStart
-	full := false
 	for {
-		if !full {
-			// Wait until there is something to read before taking a buffer.
-			if err := waitReadable(from); err != nil {
-				return err
-			}
-		}
-		buf := getBuf(size)[:size]
-		n, err := from.Read(buf)
+		buf, n, err := readPooled(from, size)
 		if n > 0 {
 			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {
@@ -107,10 +99,11 @@ func copyOne(to, from net.Conn, count func(int)) error {
 				return werr
 			}
 		}
-		putBuf(buf)
-		full = n == size
+		if buf != nil {
+			putBuf(buf)
+		}
 		switch {
-		case full && size < maxBufSize:
+		case n == size && size < maxBufSize:
 			size *= 2
 		case n < size/4 && size > copyStart:
 			size /= 2

@@ -4,5 +4,9 @@ package tunnel
 
 import "net"
 
-// waitReadable returns at once where readiness can't be asked for.
-func waitReadable(net.Conn) error { return nil }
+// readPooled reads from c into a pooled buffer of the class for size.
+func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
+	buf = getBuf(size)[:size]
+	n, err = c.Read(buf)
+	return buf, n, err
+}
