@@ -1,34 +1,12 @@
 package redirect
 
 import (
-	"fmt"
 	"os"
 	"testing"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // TestMain fails the run if the tests leak file descriptors (netlink sockets,
 // listeners, connections).
-func TestMain(m *testing.M) {
-	// Start the runtime's network poller first: it keeps descriptors of its
-	// own once started.
-	r, w, err := os.Pipe()
-	if err == nil {
-		r.Close()
-		w.Close()
-	}
-	before := openFDs()
-	code := m.Run()
-	if after := openFDs(); code == 0 && after > before {
-		fmt.Fprintf(os.Stderr, "FAIL: %d file descriptors leaked\n", after-before)
-		code = 1
-	}
-	os.Exit(code)
-}
-
-func openFDs() int {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return 0
-	}
-	return len(entries)
-}
+func TestMain(m *testing.M) { os.Exit(testutil.RunCheckingFDs(m)) }
