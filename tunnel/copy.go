@@ -119,6 +119,8 @@ func copyOne(to, from net.Conn, count func(int)) error {
 
 // copyFromStream writes a stream's received chunks straight to to.
 func copyFromStream(to net.Conn, s *Stream, count func(int)) error {
+	s.setSink(to, count)
+	defer s.setSink(nil, nil)
 	for {
 		data, base, err := s.nextChunk()
 		if err == io.EOF {

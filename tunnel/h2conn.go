@@ -687,6 +687,42 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		}
 		return
 	}
+	if s.sink != nil && !s.copyBusy && s.recv.n == 0 && s.sinkErr == nil {
+		// The copier is idle and nothing is queued: hand the bytes to the
+		// destination socket from here if it takes them without blocking,
+		// which saves a goroutine wake-up per message.
+		s.inlineBusy = true
+		sink, count := s.sink, s.sinkCount
+		c.mu.Unlock()
+		k, err := tryWrite(sink, p)
+		if k > 0 {
+			count(k)
+		}
+		c.mu.Lock()
+		s.inlineBusy = false
+		if err != nil {
+			s.sinkErr = err
+		}
+		if k > 0 {
+			c.creditLocked(s, int64(k))
+		}
+		if k == len(p) || err != nil || s.err != nil || s.closedLocal {
+			if k < len(p) {
+				c.creditLocked(nil, int64(len(p)-k))
+			}
+			if own {
+				putBuf(p)
+			}
+			s.wakeRead()
+			return
+		}
+		s.recv.push(p[k:], false)
+		if own {
+			putBuf(p)
+		}
+		s.wakeRead()
+		return
+	}
 	s.recv.push(p, own)
 	s.wakeRead()
 }

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"syscall"
 	"errors"
 	"io"
 	"net"
@@ -42,6 +43,14 @@ type Stream struct {
 	reqFields   []hpack.HeaderField
 	rdl, wdl    deadline
 	cancel      context.CancelFunc // server: ends the handler's context
+
+	// The copier's destination socket, when it forwards this stream to TCP:
+	// the read loop writes to it directly while the copier is idle.
+	sink       syscall.RawConn
+	sinkCount  func(int)
+	inlineBusy bool  // the read loop is writing to the sink
+	copyBusy   bool  // the copier is writing a chunk it took
+	sinkErr    error // a direct write failed
 
 	respReady    chan struct{} // client: closed when the response arrives
 	rwake, wwake chan struct{}
@@ -115,14 +124,19 @@ func (s *Stream) nextChunk() (data, base []byte, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		if s.recv.n > 0 {
+		if s.sinkErr != nil {
+			return nil, nil, s.sinkErr
+		}
+		if s.inlineBusy {
+			// The read loop is writing to the sink; wait for it to finish
+			// so bytes stay in order.
+		} else if s.recv.n > 0 {
 			data, base = s.recv.pop()
+			s.copyBusy = true
 			return data, base, nil
-		}
-		if s.err != nil {
+		} else if s.err != nil {
 			return nil, nil, s.err
-		}
-		if s.recvDone {
+		} else if s.recvDone {
 			return nil, nil, io.EOF
 		}
 		if s.rdl.expired() {
@@ -134,9 +148,28 @@ func (s *Stream) nextChunk() (data, base []byte, err error) {
 	}
 }
 
+// setSink lets the read loop write received bytes straight to to while
+// the copier is idle; count is told about them. A nil to unregisters.
+func (s *Stream) setSink(to net.Conn, count func(int)) {
+	var rc syscall.RawConn
+	if tc, ok := to.(*net.TCPConn); ok {
+		rc, _ = tc.SyscallConn()
+	}
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.sink, s.sinkCount = rc, count
+	for s.inlineBusy && rc == nil {
+		// Wait out a direct write in flight before the caller moves on.
+		s.c.mu.Unlock()
+		<-s.rwake
+		s.c.mu.Lock()
+	}
+}
+
 // consumed returns n bytes taken with nextChunk to the flow-control windows.
 func (s *Stream) consumed(n int) {
 	s.c.mu.Lock()
+	s.copyBusy = false
 	if s.err == nil {
 		s.c.creditLocked(s, int64(n))
 	} else {

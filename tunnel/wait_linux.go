@@ -52,3 +52,28 @@ func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
 	}
 	return buf, n, nil
 }
+
+// tryWrite writes as much of p to rc as the socket takes without blocking.
+func tryWrite(rc syscall.RawConn, p []byte) (int, error) {
+	var n int
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), p)
+			if werr == syscall.EINTR {
+				continue
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	if werr == syscall.EAGAIN {
+		return 0, nil
+	}
+	if werr != nil {
+		return 0, os.NewSyscallError("write", werr)
+	}
+	return n, nil
+}
