@@ -2,11 +2,11 @@ package tunnel
 
 import (
 	"context"
-	"syscall"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
