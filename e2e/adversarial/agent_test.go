@@ -514,10 +514,24 @@ func (a *agent) settle(base usage, slackG, slackFD float64, limit time.Duration)
 			return u, true
 		}
 		if time.Now().After(deadline) {
+			a.logGoroutines()
 			return u, false
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// logGoroutines logs the agent's goroutine profile from its admin
+// endpoint (/debug/pprof/goroutine?debug=1), to explain a leak.
+func (a *agent) logGoroutines() {
+	resp, err := http.Get("http://" + a.admin.String() + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		a.t.Logf("goroutine profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	a.t.Logf("agent goroutines:\n%s", b)
 }
 
 // --- upstream applications ---------------------------------------------------
