@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrymesh/ferry/certs"
@@ -434,6 +435,93 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 				}
 			}
 		}
+	})
+
+	t.Run("HTTP/2 abuse spares other pods", func(t *testing.T) {
+		// A pod holding a stolen mesh/client certificate attacks node2's
+		// agent through the real capture path: streams held beyond the
+		// advertised limit and a rapid reset, while mesh/client's own
+		// requests must keep succeeding and node2's agent stays in budget.
+		cert := testbedLeaf(t, tb, meshID("client"))
+		base := usageOf(tb.scrapeNode(t, "node2"))
+		var peers []*h2peer
+		defer func() {
+			for _, p := range peers {
+				p.Close()
+			}
+		}()
+		held, refused := 0, 0
+		for range 3 {
+			p, err := hboneFrom(t, attacker, server, cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			peers = append(peers, p)
+			for i := range 150 {
+				p.connect(uint32(2*i+1), server.addr(8000))
+			}
+			for n := 0; n < 150; {
+				ev := p.next(time.Now().Add(20*time.Second), false)
+				switch {
+				case ev.err != nil && ev.stream == 0:
+					t.Fatalf("attacker connection: %v", ev.err)
+				case ev.err != nil || (ev.status != 0 && ev.status != 200):
+					refused++
+					n++
+				case ev.status == 200:
+					held++
+					n++
+				}
+			}
+		}
+		for range 3 {
+			p, err := hboneFrom(t, attacker, server, cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			peers = append(peers, p)
+			p.write(func(fr *http2.Framer) error {
+				block := p.blockLocked(connectFields(server.addr(8000)))
+				for i := range 1000 {
+					id := uint32(2*i + 1)
+					if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
+						return err
+					}
+					if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		during := usageOf(tb.scrapeNode(t, "node2"))
+		for i := range 10 {
+			if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+				t.Fatalf("mesh/client request %d during the attack: %d %q %v", i, st, body, err)
+			}
+		}
+		t.Logf("node2 agent: baseline %v; holding %d attacker streams (%d refused) plus 3000 reset: %v", base, held, refused, during)
+		if held > 3*100 {
+			t.Errorf("node2 accepted %d streams on 3 connections", held)
+		}
+		if g := during.goroutines - base.goroutines; g > budgetGoroutines {
+			t.Errorf("node2 agent: %+.0f goroutines, budget %d", g, budgetGoroutines)
+		}
+		if h := during.heapInuse - base.heapInuse; h > budgetHeap {
+			t.Errorf("node2 agent: %+.1f MiB heap, budget %d MiB", h/(1<<20), budgetHeap>>20)
+		}
+		for _, p := range peers {
+			p.Close()
+		}
+		peers = nil
+		var after usage
+		for range 100 {
+			if after = usageOf(tb.scrapeNode(t, "node2")); after.goroutines <= base.goroutines+settleG && after.fds <= base.fds+settleF {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Errorf("node2 agent after the attack: %v, baseline %v", after, base)
 	})
 
 	t.Run("plaintext has no identity", func(t *testing.T) {
