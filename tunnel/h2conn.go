@@ -284,6 +284,18 @@ func (c *h2conn) readLoop() error {
 			continue
 		}
 		f, err := c.fr.ReadFrameForHeader(fh)
+		var se http2.StreamError
+		if errors.As(err, &se) && se.StreamID != 0 {
+			// A malformed frame for one stream ends only that stream.
+			c.mu.Lock()
+			if s := c.streams[se.StreamID]; s != nil {
+				c.resetLocked(s, se.Code, &StreamResetError{Code: se.Code})
+			} else {
+				c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: se.StreamID, val: uint32(se.Code)})
+			}
+			c.mu.Unlock()
+			continue
+		}
 		if err != nil {
 			return c.readError(err)
 		}
@@ -379,6 +391,9 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 	setTable := false
 	c.mu.Lock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
 		switch s.ID {
 		case http2.SettingMaxFrameSize:
 			c.peerMaxFrame = s.Val
