@@ -363,3 +363,107 @@ func idleMemory(b *testing.B, n int) (heap, stack float64) {
 	h1, s1 := measure()
 	return float64(int64(h1)-int64(h0)) / float64(n), float64(int64(s1)-int64(s0)) / float64(n)
 }
+
+// tlsClientProxy forwards each accepted TCP connection over mutual TLS to
+// the tlsProxy at dst: with tlsProxy, the plain Go mTLS tunnel pair.
+func tlsClientProxy(b *testing.B, store *certs.Store, dst netip.AddrPort) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				up, err := tls.Dial("tcp", dst.String(), store.ClientConfig(idClient, idServer))
+				if err != nil {
+					c.Close()
+					return
+				}
+				p := &pair{src: c, dst: up}
+				p.run(context.Background(), func(int) {}, func(int) {})
+			}()
+		}
+	}()
+	b.Cleanup(func() { ln.Close(); <-done })
+	return addrPort(ln.Addr())
+}
+
+// BenchmarkPath moves 64 MiB per iteration through the whole path, app →
+// outbound proxy → HBONE client → HBONE server → app, and through a plain
+// Go mTLS tunnel pair built from the same copier, interleaved. Metrics:
+// MB/s of each and the ratio (HBONE ÷ TLS pair).
+func BenchmarkPath(b *testing.B) {
+	e := newEnv(b)
+	sinkLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The far app: "up" reads everything; "down" writes n bytes then closes.
+	conns := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := sinkLn.Accept()
+			if err != nil {
+				close(conns)
+				return
+			}
+			conns <- c
+		}
+	}()
+	b.Cleanup(func() { sinkLn.Close() })
+	sink := addrPort(sinkLn.Addr())
+	out, err := NewOutbound(OutboundConfig{
+		Client: e.cli,
+		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
+		}),
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return sink, nil },
+	}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- out.Serve(ctx, ln) }()
+	b.Cleanup(func() { cancel(); <-served })
+	hboneAddr := addrPort(ln.Addr())
+	pairAddr := tlsClientProxy(b, e.store, tlsProxy(b, e.store, sink))
+
+	const size = 64 << 20
+	for _, dir := range []string{"up", "down"} {
+		b.Run(dir, func(b *testing.B) {
+			run := func(addr netip.AddrPort) time.Duration {
+				c, err := net.Dial("tcp", addr.String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				far := <-conns
+				defer far.Close()
+				if dir == "up" {
+					return transfer(c, far, size)
+				}
+				return transfer(far, c, size)
+			}
+			var hb, tl time.Duration
+			for b.Loop() {
+				hb += run(hboneAddr)
+				tl += run(pairAddr)
+			}
+			mb := float64(size) * float64(b.N) / 1e6
+			b.ReportMetric(mb/hb.Seconds(), "hbone-MB/s")
+			b.ReportMetric(mb/tl.Seconds(), "tlspair-MB/s")
+			b.ReportMetric(tl.Seconds()/hb.Seconds(), "hbone/tlspair")
+		})
+	}
+}
