@@ -507,10 +507,14 @@ func (m *monitor) Stop() (usage, int) {
 // of base, for at most limit, and returns the last usage seen.
 func (a *agent) settle(base usage, slackG, slackFD float64, limit time.Duration) (usage, bool) {
 	a.t.Helper()
-	deadline := time.Now().Add(limit)
+	start := time.Now()
+	deadline := start.Add(limit)
 	for {
 		u := a.usage()
 		if u.goroutines <= base.goroutines+slackG && u.fds <= base.fds+slackFD {
+			if d := time.Since(start); d > 2*time.Second {
+				a.t.Logf("settled after %v", d.Round(100*time.Millisecond))
+			}
 			return u, true
 		}
 		if time.Now().After(deadline) {

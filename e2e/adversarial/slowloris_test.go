@@ -11,6 +11,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/ferrymesh/ferry/certs/certstest"
 )
 
 // closeBound is how long any stalled or idle connection may live: the
@@ -185,5 +189,114 @@ func TestSlowloris(t *testing.T) {
 	t.Logf("slowloris: %d connections held for %v; agent while held %v (baseline %v)", total, time.Since(start).Round(time.Second), held, base)
 	if u, ok := a.settle(base, settleG, settleF, settleLimit); !ok {
 		t.Errorf("after slowloris: %v, baseline %v", u, base)
+	}
+}
+
+// TestSlowPeerServer turns slowloris around: the peer node's HBONE server
+// accepts and then stalls, before TLS or after it (answering PINGs but
+// never a CONNECT). The agent's outbound connections to it must end within
+// closeBound, with no data, and leave nothing behind.
+func TestSlowPeerServer(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, baseManifests)
+	base := a.usage()
+	peerAddr := netip.AddrPortFrom(remotePod, a.hbone.Port())
+	peerCert := a.leaf(fooID("remote")) // the right identity: only the stall is wrong
+	for _, tc := range []struct {
+		name  string
+		serve func(c net.Conn) // holds c until it fails
+	}{
+		{"no TLS", func(c net.Conn) { io.Copy(io.Discard, c) }},
+		{"never answers CONNECT", func(c net.Conn) {
+			tc := tls.Server(c, certstest.PeerConfig(peerCert))
+			if tc.Handshake() != nil {
+				return
+			}
+			preface := make([]byte, len(http2.ClientPreface))
+			if _, err := io.ReadFull(tc, preface); err != nil {
+				return
+			}
+			fr := http2.NewFramer(tc, tc)
+			fr.WriteSettings()
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					return
+				}
+				switch f := f.(type) {
+				case *http2.SettingsFrame:
+					if !f.IsAck() {
+						fr.WriteSettingsAck()
+					}
+				case *http2.PingFrame:
+					if !f.IsAck() {
+						fr.WritePing(true, f.Data)
+					}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp4", peerAddr.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			defer func() { ln.Close(); wg.Wait() }()
+			var mu sync.Mutex
+			var held []net.Conn
+			defer func() {
+				mu.Lock()
+				for _, c := range held {
+					c.Close()
+				}
+				mu.Unlock()
+			}()
+			wg.Go(func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					held = append(held, c)
+					mu.Unlock()
+					wg.Go(func() { tc.serve(c) })
+				}
+			})
+			const n = 20
+			closed := make(chan time.Duration, n)
+			for range n {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: clientPod.AsSlice()}, Timeout: 5 * time.Second}
+				c, err := d.DialContext(t.Context(), "tcp4", a.outbound.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				start := time.Now()
+				go func() {
+					defer c.Close()
+					c.Write([]byte("hello"))
+					c.SetReadDeadline(start.Add(closeBound))
+					k, err := c.Read(make([]byte, 1))
+					if ne, ok := err.(net.Error); (ok && ne.Timeout()) || k > 0 {
+						closed <- 0
+						return
+					}
+					closed <- time.Since(start)
+				}()
+			}
+			var worst time.Duration
+			for range n {
+				d := <-closed
+				if d == 0 {
+					t.Fatalf("a client connection through a stalled peer was still open (or got data) after %v", closeBound)
+				}
+				worst = max(worst, d)
+			}
+			t.Logf("%s: %d client connections closed by the agent within %v", tc.name, n, worst.Round(time.Millisecond))
+		})
+	}
+	if u, ok := a.settle(base, settleG, settleF, settleLimit); !ok {
+		t.Errorf("after stalled peers: %v, baseline %v", u, base)
 	}
 }
