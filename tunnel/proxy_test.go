@@ -166,3 +166,28 @@ func TestPlaintext(t *testing.T) {
 		t.Fatalf("dialed %d upstreams, want 1", dialed)
 	}
 }
+
+func TestRequestHeaders(t *testing.T) {
+	got := map[string]string{}
+	for _, f := range requestHeaders(DialRequest{
+		SrcAddr:   netip.MustParseAddrPort("[fd00::1]:4000"),
+		Authority: netip.MustParseAddrPort("[fd00::2]:8080"),
+		Baggage:   "k8s.namespace.name=a",
+	}) {
+		got[f.Name] = f.Value
+	}
+	want := map[string]string{
+		":method":    "CONNECT",
+		":authority": "[fd00::2]:8080",
+		"forwarded":  `for="[fd00::1]:4000"`,
+		"baggage":    "k8s.namespace.name=a",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	if tp := got["traceparent"]; len(tp) != 55 || tp[:3] != "00-" || tp[52:] != "-00" {
+		t.Errorf("traceparent %q is not W3C-shaped", tp)
+	}
+}

@@ -41,7 +41,9 @@ type ConnInfo struct {
 // Observer is told about every proxied connection, for metrics and access
 // logs. Methods may be called concurrently from many connections.
 type Observer interface {
-	// Opened is called once the connection is established and authorized.
+	// Opened is called for each connection once its source and destination
+	// are known and valid, before policy and the upstream dial; every
+	// Opened is followed by exactly one Closed.
 	Opened(ConnInfo) ConnObserver
 }
 
@@ -51,8 +53,9 @@ type Observer interface {
 type ConnObserver interface {
 	Received(n int)
 	Sent(n int)
-	// Closed reports how the connection ended: result is "ok" or "error",
-	// reason a short cause ("" when ok).
+	// Closed reports how the connection ended: result is "ok", "denied"
+	// (policy or route refused it) or "error"; reason is a short cause (""
+	// when ok).
 	Closed(result, reason string)
 }
 
