@@ -695,6 +695,12 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 // deliverLocked appends p to s's receive buffer, or credits it back when the
 // stream is already gone. With own, p is a pooled buffer handed over.
 func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
+	if len(p) == 0 {
+		if own {
+			putBuf(p)
+		}
+		return
+	}
 	if s.err != nil || s.closedLocal {
 		c.creditLocked(nil, int64(len(p)))
 		if own {
