@@ -8,16 +8,34 @@
 // hand-driven HTTP/2 peer (x/net/http2 Framer and hpack). Budgets are read
 // from the agent's own Prometheus endpoint (go_goroutines,
 // go_memstats_heap_inuse_bytes, process_open_fds), so the test process never
-// counts against them.
+// counts against them; when an agent does not return to its baseline the
+// test logs its /debug/pprof/goroutine?debug=1 profile.
 //
-// TestPrivileged* tests run on the netns testbed (scripts/testbed, eBPF
-// capture, one agent per node) and need root and PRIVILEGED_TESTS=1.
+// What each test covers:
 //
-//	go test ./e2e/adversarial                          # loopback suite (~3 min)
-//	PRIVILEGED_TESTS=1 go test ./e2e/adversarial       # plus the testbed
+//	identity    TestHandshakeRefusesHostileClientCerts, TestClientRefusesImpostorServer
+//	spoofing    TestSpoofedSourceIPHasNoIdentity, TestForgedHeadersChangeNothing
+//	abuse       TestTunnelAbuse
+//	HTTP/2      TestHTTP2RapidReset, TestHTTP2HeaderFloods, TestHTTP2StreamLimit,
+//	            TestHTTP2PeerNeverReads, TestHTTP2ControlFrameFlood, TestHTTP2FlowControlViolation
+//	slowloris   TestSlowloris, TestSlowPeerServer
+//	faults      TestAgentKilledMidStream, TestInventorySourceGone, TestDestinationGoneMidStream,
+//	            TestCAUnavailable
+//	soak        TestSoak (75 s; FERRY_SOAK=10m for longer, 10 s with -short)
+//	fuzz        FuzzHBONERequest (make fuzz)
+//	testbed     TestPrivilegedAdversarialTestbed: the same attacks through eBPF capture on
+//	            two nodes, the admin endpoint from pods, SIGKILL under traffic and the
+//	            kernel objects before and after
+//
+// TestPrivileged* tests run on the netns testbed (scripts/testbed) and need
+// root and PRIVILEGED_TESTS=1.
+//
+//	go test ./e2e/adversarial                          # loopback suite (~2.5 min)
+//	PRIVILEGED_TESTS=1 go test ./e2e/adversarial       # plus the testbed (~20 s more)
 //	FERRY_SOAK=10m go test -run Soak ./e2e/adversarial # a longer soak
 //
-// FERRY_BIN names a prebuilt ferry binary; otherwise TestMain builds one.
-// Known bugs in code this package does not own are documented by tests that
-// skip with a "BUG:" message until the fix lands (see knownBug).
+// FERRY_BIN names a prebuilt ferry binary; otherwise the first test that
+// needs one builds ./cmd/ferry. Known bugs in code this package does not own
+// are asserted all the same, but reported as skips with a "BUG:" message
+// (knownBug) until the fix lands, after which the checks pass by themselves.
 package adversarial
