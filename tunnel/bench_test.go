@@ -467,3 +467,70 @@ func BenchmarkPath(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHOL measures 1 KiB round trips on one stream alone and while a
+// bulk upload shares its HTTP/2 connection. Metrics: p50 and p99 of each and
+// the p99 ratio (with bulk ÷ alone).
+func BenchmarkHOL(b *testing.B) {
+	e := newEnv(b)
+	backend := newBackend(b, echo)
+	drain := newBackend(b, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	rr, err := e.dial(context.Background(), backend.addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rr.Close()
+	msg, resp := make([]byte, 1024), make([]byte, 1024)
+	measure := func(n int) (p50, p99 time.Duration) {
+		lat := make([]time.Duration, 0, n)
+		for range n {
+			t0 := time.Now()
+			if _, err := rr.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(rr, resp); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		slices.Sort(lat)
+		return lat[n/2], lat[n*99/100]
+	}
+	for b.Loop() {
+		a50, a99 := measure(2000)
+		bulk, err := e.dial(context.Background(), drain.addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 256<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := bulk.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(20 * time.Millisecond)
+		w50, w99 := measure(2000)
+		close(stop)
+		bulk.Close()
+		<-done
+		if e.tcpDial.Load() != 1 {
+			b.Fatal("bulk and RR streams not on one connection")
+		}
+		us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+		b.ReportMetric(us(a50), "alone-p50-µs")
+		b.ReportMetric(us(a99), "alone-p99-µs")
+		b.ReportMetric(us(w50), "bulk-p50-µs")
+		b.ReportMetric(us(w99), "bulk-p99-µs")
+		b.ReportMetric(float64(w99)/float64(a99), "p99-ratio")
+	}
+}

@@ -93,7 +93,7 @@ type h2conn struct {
 	start time.Time
 
 	// Write side, guarded by wmu.
-	wmu     sync.Mutex
+	wmu     fifoLock
 	wbuf    []byte // pending output, pooled; nil when empty
 	henc    *hpack.Encoder
 	hbuf    headerBuffer
@@ -137,6 +137,14 @@ type h2conn struct {
 	pingSeq       uint64
 }
 
+// fifoLock is a mutex that hands itself to waiters in arrival order (a
+// channel's queued senders are served first come, first served), so a bulk
+// writer can't barge ahead of a small one again and again.
+type fifoLock chan struct{}
+
+func (l fifoLock) Lock()   { l <- struct{}{} }
+func (l fifoLock) Unlock() { <-l }
+
 // headerBuffer collects hpack output.
 type headerBuffer struct{ b []byte }
 
@@ -161,6 +169,7 @@ func newH2Conn(nc net.Conn, opt connOptions) *h2conn {
 		nc:            nc,
 		opt:           opt,
 		start:         time.Now(),
+		wmu:           make(fifoLock, 1),
 		ctlWake:       make(chan struct{}, 1),
 		done:          make(chan struct{}),
 		streams:       make(map[uint32]*Stream),
