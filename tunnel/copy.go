@@ -122,14 +122,16 @@ func copyFromStream(to net.Conn, s *Stream, count func(int)) error {
 	s.setSink(to, count)
 	defer s.setSink(nil, nil)
 	for {
-		data, base, err := s.nextChunk()
+		data, base, fresh, err := s.nextChunk()
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		count(len(data))
+		if fresh > 0 {
+			count(fresh)
+		}
 		_, werr := to.Write(data)
 		putBuf(base)
 		s.consumed(len(data))

@@ -724,10 +724,8 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		s.inlineBusy = true
 		sink, count := s.sink, s.sinkCount
 		c.mu.Unlock()
+		count(len(p)) // counted when read, before the peer can answer
 		k, err := tryWrite(sink, p)
-		if k > 0 {
-			count(k)
-		}
 		c.mu.Lock()
 		s.inlineBusy = false
 		if err != nil {
@@ -747,6 +745,7 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 			return
 		}
 		s.recv.push(p[k:], false)
+		s.precounted += len(p) - k
 		if own {
 			putBuf(p)
 		}

@@ -51,6 +51,7 @@ type Stream struct {
 	inlineBusy bool  // the read loop is writing to the sink
 	copyBusy   bool  // the copier is writing a chunk it took
 	sinkErr    error // a direct write failed
+	precounted int   // queued bytes already reported to sinkCount
 
 	respReady    chan struct{} // client: closed when the response arrives
 	rwake, wwake chan struct{}
@@ -118,14 +119,15 @@ func (s *Stream) Read(p []byte) (int, error) {
 
 // nextChunk waits for received data and takes the oldest buffered chunk out
 // of the stream, so it can be written on without another copy. The caller
-// returns base to the pool with putBuf and reports the bytes with consumed.
-func (s *Stream) nextChunk() (data, base []byte, err error) {
+// returns base to the pool with putBuf and reports the bytes with consumed;
+// fresh is how many of them have not been counted yet.
+func (s *Stream) nextChunk() (data, base []byte, fresh int, err error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
 		if s.sinkErr != nil {
-			return nil, nil, s.sinkErr
+			return nil, nil, 0, s.sinkErr
 		}
 		if s.inlineBusy {
 			// The read loop is writing to the sink; wait for it to finish
@@ -133,14 +135,16 @@ func (s *Stream) nextChunk() (data, base []byte, err error) {
 		} else if s.recv.n > 0 {
 			data, base = s.recv.pop()
 			s.copyBusy = true
-			return data, base, nil
+			counted := min(s.precounted, len(data))
+			s.precounted -= counted
+			return data, base, len(data) - counted, nil
 		} else if s.err != nil {
-			return nil, nil, s.err
+			return nil, nil, 0, s.err
 		} else if s.recvDone {
-			return nil, nil, io.EOF
+			return nil, nil, 0, io.EOF
 		}
 		if s.rdl.expired() {
-			return nil, nil, os.ErrDeadlineExceeded
+			return nil, nil, 0, os.ErrDeadlineExceeded
 		}
 		c.mu.Unlock()
 		<-s.rwake
