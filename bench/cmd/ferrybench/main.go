@@ -92,7 +92,7 @@ func run(args []string) int {
 }
 
 // peerNames is the table order.
-var peerNames = []string{"direct", "ferry", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone"}
+var peerNames = []string{"direct", "ferry", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct"}
 
 type suiteOpts struct {
 	dir, ferry, ghost, istio, only string
@@ -200,6 +200,12 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		return err
 	}
 	defer s.sink.close()
+	if ip, err := newInproc(ctx, pk, slog.New(slog.DiscardHandler)); err != nil {
+		rec.Errors = append(rec.Errors, "hbone/stream-1: "+err.Error())
+	} else {
+		s.inproc = ip
+		defer ip.stop()
+	}
 	var names []string
 	for _, p := range s.peers {
 		names = append(names, p.name)

@@ -37,6 +37,7 @@ type suite struct {
 	sink    *sink
 	log     *slog.Logger
 	roundNo int
+	inproc  *inproc // B3; nil when it could not start
 }
 
 func (s *suite) peer(name string) *peer {
@@ -109,9 +110,11 @@ func (s *suite) round(ctx context.Context, r int) {
 	s.log.Info("round", "n", r+1, "of", s.cfg.rounds)
 	s.roundNo = r
 	s.idle(ctx)
+	s.stream(ctx)
 	s.throughput(ctx)
 	s.rr(ctx, 1024, "path/rr-1k")
 	s.rr(ctx, 16384, "path/rr-16k")
+	s.fixedRate(ctx)
 	s.connectRate(ctx)
 	s.handshakes(ctx)
 	s.mux(ctx)
@@ -228,6 +231,36 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 		s.rec.key("rr1k_added_p50_vs_gotls", (f-d)/(g-d))
 		s.rec.raw(bench, "ferry", "added_p50_vs_direct", "us", f-d)
 		s.rec.raw(bench, "go-tls", "added_p50_vs_direct", "us", g-d)
+	}
+}
+
+// fixedRate is Istio's published set-up: 1000 rps of 1 KiB over 4
+// connections; it reports both sides' vCPU and RSS and the latency
+// percentiles.
+func (s *suite) fixedRate(ctx context.Context) {
+	const bench = "path/rr-1k-1000rps"
+	for _, p := range s.peers {
+		var lat []time.Duration
+		cpu, err := s.measure(bench, p, func() error {
+			var err error
+			lat, err = s.target(p).fixedRate(ctx, 4, 1000, s.cfg.dur)
+			return err
+		})
+		if err != nil || len(lat) == 0 {
+			s.fail(bench, p, fmt.Errorf("%d exchanges: %v", len(lat), err))
+			continue
+		}
+		sorted := sortedCopy(lat)
+		us := func(q float64) float64 { return float64(percentile(sorted, q)) / 1e3 }
+		s.rec.raw(bench, p.name, "p50", "us", us(50))
+		s.rec.raw(bench, p.name, "p90", "us", us(90))
+		s.rec.raw(bench, p.name, "p99", "us", us(99))
+		if p.tunnel() {
+			_, rss := p.usage()
+			s.rec.raw(bench, p.name, "agents_vcpu", "vCPU", cpu.Seconds()/s.cfg.dur.Seconds())
+			s.rec.raw(bench, p.name, "agents_rss_mib", "MiB", float64(rss)/1024)
+		}
+		settle()
 	}
 }
 
