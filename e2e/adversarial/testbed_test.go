@@ -171,6 +171,12 @@ func inNetns(ctx context.Context, netns string, argv ...string) (string, error) 
 // socket is made on a fresh locked OS thread that joins the namespace and
 // is discarded with its goroutine; the connection works from any goroutine.
 func dialFrom(ctx context.Context, netns, addr string, timeout time.Duration) (net.Conn, error) {
+	return dialFromAddr(ctx, netns, "", addr, timeout)
+}
+
+// dialFromAddr is dialFrom with the socket bound to src when it is not
+// empty.
+func dialFromAddr(ctx context.Context, netns, src, addr string, timeout time.Duration) (net.Conn, error) {
 	f, err := os.Open("/var/run/netns/" + netns)
 	if err != nil {
 		return nil, err
@@ -194,6 +200,9 @@ func dialFrom(ctx context.Context, netns, addr string, timeout time.Duration) (n
 			return
 		}
 		d := net.Dialer{Timeout: timeout}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		}
 		c, err := d.DialContext(ctx, "tcp4", addr)
 		ch <- result{c, err}
 	}
@@ -339,6 +348,7 @@ pod mesh/client node1 sa=client
 pod mesh/server node2 sa=server
 pod plain/legacy node1 sa=legacy
 pod plain/attacker node2 sa=attacker
+pod mesh/mallory node1 sa=mallory
 `
 
 // TestPrivilegedAdversarialTestbed attacks a two-node testbed with eBPF
@@ -524,6 +534,45 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		t.Errorf("node2 agent after the attack: %v, baseline %v", after, base)
 	})
 
+	t.Run("outbound source IP spoofing", func(t *testing.T) {
+		// mesh/mallory, enrolled on mesh/client's node, sends with
+		// mesh/client's address to borrow its identity. The agent answers
+		// the real mesh/client, so the connection never completes, and
+		// node2 sees no new connection from mesh/client's principal.
+		mallory := tb.pod(t, "mesh/mallory")
+		if _, err := inNetns(t.Context(), mallory.Netns, "ip", "addr", "add", client.IP+"/32", "dev", "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		defer inNetns(context.Background(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
+		fromClient := func() float64 {
+			return tb.scrapeNode(t, "node2").sum("istio_tcp_connections_opened_total", "reporter", "destination",
+				"source_principal", "spiffe://cluster.local/ns/mesh/sa/client")
+		}
+		before := fromClient()
+		for range 3 {
+			c, err := dialFromAddr(t.Context(), mallory.Netns, client.IP, server.addr(8000), 3*time.Second)
+			if err == nil {
+				c.SetDeadline(time.Now().Add(3 * time.Second))
+				fmt.Fprintf(c, "GET /ip HTTP/1.0\r\n\r\n")
+				n, rerr := c.Read(make([]byte, 64))
+				c.Close()
+				if n > 0 {
+					t.Fatalf("mesh/mallory, spoofing mesh/client's address, got an answer")
+				}
+				err = fmt.Errorf("connected, then %w", rerr)
+			}
+			t.Logf("spoofed connection failed: %v", err)
+		}
+		if after := fromClient(); after != before {
+			t.Fatalf("node2 counted %v new connections from mesh/client's principal during the spoofing", after-before)
+		}
+		// Without the spoofed address mallory is itself.
+		inNetns(t.Context(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
+		if st, body, err := podGet(t, mallory, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != mallory.IP {
+			t.Fatalf("mesh/mallory as itself: %d %q %v", st, body, err)
+		}
+	})
+
 	t.Run("plaintext has no identity", func(t *testing.T) {
 		// Only mesh/client's identity may reach mesh/server. plain/legacy
 		// speaks plaintext from outside the mesh and carries no identity,
@@ -592,6 +641,10 @@ spec:
 			t.Fatalf("download before the kill: %v", err)
 		}
 		tb.agentCmd(t, "kill", "node1")
+		// Fail closed: the capture rules and BPF objects stay while the agent is dead.
+		if dead := tb.kernelObjects(t, "node1"); !slices.Equal(dead, objects) {
+			t.Errorf("kernel objects changed when the agent died:\nbefore %q\nwhile dead %q", objects, dead)
+		}
 		// The stream stops: whatever was buffered drains, then an error.
 		c.SetReadDeadline(time.Now().Add(15 * time.Second))
 		n, err := io.Copy(io.Discard, br)
