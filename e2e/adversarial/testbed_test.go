@@ -18,6 +18,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -618,6 +620,61 @@ spec:
 			before.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
 		if d < 1 {
 			t.Errorf("node2 counted %v plaintext denials", d)
+		}
+	})
+
+	t.Run("bounded churn", func(t *testing.T) {
+		// 15 s of new connections mesh/client → mesh/server (cross node) and
+		// plain/legacy → mesh/server (plaintext capture), 4 at a time, about
+		// 200 per second (the machine is shared): every
+		// request answers, and afterwards both agents are back at their
+		// baseline and the kernel objects are what they were.
+		base1, base2 := usageOf(tb.scrapeNode(t, "node1")), usageOf(tb.scrapeNode(t, "node2"))
+		objs1, objs2 := tb.kernelObjects(t, "node1"), tb.kernelObjects(t, "node2")
+		ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+		defer cancel()
+		var ok, failed atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 4 {
+			from := client
+			if i%2 == 1 {
+				from = legacy
+			}
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					st, body, err := httpGetFrom(ctx, from.Netns, "http://"+server.addr(8000)+"/ip", 5*time.Second)
+					switch {
+					case ctx.Err() != nil:
+					case err != nil || st != 200 || strings.TrimSpace(body) != from.IP:
+						failed.Add(1)
+						t.Errorf("%s/%s → mesh/server: %d %q %v", from.Namespace, from.Name, st, body, err)
+					default:
+						ok.Add(1)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("churn: %d requests on fresh connections in 15 s (%d failed)", ok.Load(), failed.Load())
+		for _, n := range []struct {
+			node string
+			base usage
+			objs []string
+		}{{"node1", base1, objs1}, {"node2", base2, objs2}} {
+			var u usage
+			for range 100 {
+				if u = usageOf(tb.scrapeNode(t, n.node)); u.goroutines <= n.base.goroutines+settleG && u.fds <= n.base.fds+settleF {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if u.goroutines > n.base.goroutines+settleG || u.fds > n.base.fds+settleF {
+				t.Errorf("%s agent after the churn: %v, baseline %v", n.node, u, n.base)
+			}
+			if got := tb.kernelObjects(t, n.node); !slices.Equal(got, n.objs) {
+				t.Errorf("%s kernel objects changed by the churn:\nbefore %q\nafter  %q", n.node, n.objs, got)
+			}
 		}
 	})
 
