@@ -339,7 +339,6 @@ func (c *h2conn) connError(code http2.ErrCode, msg string) error {
 	c.goingAway = true
 	c.queueLocked(ctlFrame{typ: http2.FrameGoAway, val: c.lastPeerID, data: [8]byte{byte(code >> 24), byte(code >> 16), byte(code >> 8), byte(code)}})
 	c.mu.Unlock()
-	c.flushCtl()
 	return err
 }
 
@@ -845,9 +844,6 @@ func (c *h2conn) signalCtl() {
 	default:
 	}
 }
-
-// flushCtl nudges the control writer.
-func (c *h2conn) flushCtl() { c.signalCtl() }
 
 // ctlLoop writes queued control frames and runs the connection's timers:
 // keepalive PINGs, the idle timeout and the first-stream timeout.
