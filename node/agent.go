@@ -146,6 +146,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		CheckAuthority: true,
 		Registry:       a.conns,
 		Observer:       obs,
+		Rejected: func(_ int, reason string) {
+			a.metrics.TunnelRejects.WithLabelValues(reason).Inc()
+		},
 	}, a.log.With("component", "hbone"))
 	if err != nil {
 		return err

@@ -311,6 +311,12 @@ func TestAgentInboundRefusals(t *testing.T) {
 			}
 		})
 	}
+	body := scrape(t, h.cfg.MetricsAddr)
+	for _, want := range []string{`ferry_tunnel_rejected_total{reason="bad request"} 1`, `ferry_tunnel_rejected_total{reason="upstream unavailable"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(body, "ferry_tunnel_rejected_total"))
+		}
+	}
 }
 
 func TestAgentOutboundHBONE(t *testing.T) {

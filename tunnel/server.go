@@ -91,6 +91,11 @@ type ServerConfig struct {
 	Registry *Registry
 	// Observer sees every proxied connection; nil means none.
 	Observer Observer
+	// Rejected, when set, is told of every connection refused before it
+	// reached the Authorizer: a failed TLS or HTTP/2 handshake (status 0) or
+	// a CONNECT answered 400 or 503 by the request checks. reason is a short
+	// fixed phrase, fit for a metric label.
+	Rejected func(status int, reason string)
 	// MaxConcurrentStreams bounds streams per connection (default 100).
 	MaxConcurrentStreams int
 	// HandshakeTimeout bounds the TLS handshake and HTTP/2 preface.
@@ -337,6 +342,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	if err != nil {
 		s.mu.Unlock()
 		log.Debug("tunnel: HBONE handshake", "err", err)
+		if err != errConnClosed {
+			s.rejected(0, "handshake")
+		}
 		nc.Close()
 		return
 	}
@@ -353,6 +361,12 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		s.idle = make(chan struct{})
 	}
 	s.mu.Unlock()
+}
+
+func (s *Server) rejected(status int, reason string) {
+	if s.cfg.Rejected != nil {
+		s.cfg.Rejected(status, reason)
+	}
 }
 
 // handshake runs TLS and checks the client's identity.
@@ -382,6 +396,12 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	req := Request{Peer: peer, Src: remote, Dst: dst}
 	info := ConnInfo{Direction: DirInbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
+	switch status {
+	case 400:
+		s.rejected(status, "bad request")
+	case 503:
+		s.rejected(status, "unknown destination")
+	}
 	if status == 0 {
 		if s.cfg.Observer != nil {
 			obs = s.cfg.Observer.Opened(info)
