@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"strings"
@@ -135,7 +136,7 @@ func (c *connObserver) Closed(result, reason string) {
 		slog.String("dst.addr", c.info.Dst.String()),
 		slog.String("dst.workload", c.labels.DestinationWorkload),
 		slog.String("dst.namespace", c.labels.DestinationNamespace),
-		slog.String("dst.identity", c.info.DstIdentity.String()),
+		slog.String("dst.identity", cmp.Or(c.info.DstIdentity.String(), c.labels.DestinationPrincipal)),
 		slog.Int64("bytes_sent", c.sent.Load()),
 		slog.Int64("bytes_recv", c.recv.Load()),
 		slog.Duration("duration", time.Since(c.info.Start).Round(time.Microsecond)),
