@@ -675,3 +675,53 @@ func startSink(t testing.TB) net.Addr {
 	}()
 	return ln.Addr()
 }
+
+// TestHandshakeFlood completes mTLS handshakes as fast as four clients can
+// and drops each connection at once: the CPU-bound attack on 15008. Other
+// tenants keep working; the test reports what one handshake costs the
+// agent in CPU.
+func TestHandshakeFlood(t *testing.T) {
+	e := newAttackEnv(t)
+	cert := e.a.leaf(fooID("remote"))
+	cpu := func() float64 { return e.a.mustScrape().sum("process_cpu_seconds_total") }
+	var done, failed atomic.Int64
+	cpu0 := cpu()
+	start := time.Now()
+	e.attack("handshake flood", func(ctx context.Context) {
+		end := time.Now().Add(5 * time.Second)
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for time.Now().Before(end) {
+					tc, err := dialTLS(ctx, remotePod, e.a.hbone, e.a.peerTLS(cert))
+					if err != nil {
+						if failed.Add(1) <= 3 {
+							t.Logf("handshake failed: %v", err)
+						}
+						continue
+					}
+					// Wait for the server's SETTINGS so the handshake counts
+					// as accepted, then drop the connection.
+					if p, err := newH2Peer(tc); err == nil {
+						for p.settings == nil {
+							if ev := p.next(time.Now().Add(5*time.Second), false); ev.err != nil {
+								break
+							}
+						}
+					}
+					tc.Close()
+					done.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+	})
+	elapsed := time.Since(start)
+	used := cpu() - cpu0
+	t.Logf("handshake flood: %d handshakes in %v (%.0f/s), %d failed; agent CPU %.2f s, %.2f ms per handshake",
+		done.Load(), elapsed.Round(time.Millisecond), float64(done.Load())/elapsed.Seconds(), failed.Load(), used, 1000*used/float64(max(done.Load(), 1)))
+	if failed.Load() > 0 {
+		t.Errorf("%d handshakes failed", failed.Load())
+	}
+	e.settled("handshake flood")
+}
