@@ -13,19 +13,23 @@
 //
 // What each test covers:
 //
-//	identity    TestHandshakeRefusesHostileClientCerts, TestClientRefusesImpostorServer
+//	identity    TestHandshakeRefusesHostileClientCerts, TestClientRefusesImpostorServer,
+//	            TestClientRefusesForgedServerCerts
 //	spoofing    TestSpoofedSourceIPHasNoIdentity, TestForgedHeadersChangeNothing
 //	abuse       TestTunnelAbuse
 //	HTTP/2      TestHTTP2RapidReset, TestHTTP2HeaderFloods, TestHTTP2StreamLimit,
-//	            TestHTTP2PeerNeverReads, TestHTTP2ControlFrameFlood, TestHTTP2FlowControlViolation
+//	            TestHTTP2PeerNeverReads, TestHTTP2ControlFrameFlood, TestHTTP2FlowControlViolation,
+//	            TestHandshakeFlood
 //	slowloris   TestSlowloris, TestSlowPeerServer
 //	faults      TestAgentKilledMidStream, TestInventorySourceGone, TestDestinationGoneMidStream,
 //	            TestCAUnavailable
 //	soak        TestSoak (75 s; FERRY_SOAK=10m for longer, 10 s with -short)
 //	fuzz        FuzzHBONERequest (make fuzz)
-//	testbed     TestPrivilegedAdversarialTestbed: the same attacks through eBPF capture on
-//	            two nodes, the admin endpoint from pods, SIGKILL under traffic and the
-//	            kernel objects before and after
+//	testbed     TestPrivilegedAdversarialTestbed: attacks through eBPF capture on two
+//	            nodes (15008 identities, CONNECT abuse, HTTP/2 abuse, outbound source-IP
+//	            spoofing, plaintext under a principal policy), the admin endpoint from
+//	            pods, bounded churn, SIGKILL under traffic and the kernel objects
+//	            before, during and after
 //
 // TestPrivileged* tests run on the netns testbed (scripts/testbed) and need
 // root and PRIVILEGED_TESTS=1.

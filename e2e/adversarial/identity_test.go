@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -239,4 +240,107 @@ func (l *countingListener) Accept() (net.Conn, error) {
 		l.n.Add(1)
 	}
 	return c, err
+}
+
+// TestClientRefusesForgedServerCerts: the peer node's HBONE server presents
+// certificates that must not pass for foo/remote. The agent must abort the
+// handshake before it sends the CONNECT (no HEADERS frame reaches the
+// server). The control, with foo/remote's valid certificate, receives the
+// CONNECT.
+func TestClientRefusesForgedServerCerts(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, baseManifests)
+	remote := fooID("remote")
+	peerAddr := netip.AddrPortFrom(remotePod, a.hbone.Port())
+	other := certstest.NewCA(t)
+	// serve runs a raw TLS server with cert at peerAddr for one client
+	// connection through the agent, and returns how many TCP connections
+	// it accepted and how many HEADERS frames arrived.
+	serve := func(cert tls.Certificate) (accepts, headers int) {
+		ln, err := net.Listen("tcp4", peerAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var mu sync.Mutex
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				accepts++
+				mu.Unlock()
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					tc := tls.Server(c, certstest.PeerConfig(cert))
+					if tc.Handshake() != nil {
+						return
+					}
+					if _, err := io.ReadFull(tc, make([]byte, len(http2.ClientPreface))); err != nil {
+						return
+					}
+					fr := http2.NewFramer(tc, tc)
+					fr.WriteSettings()
+					for {
+						f, err := fr.ReadFrame()
+						if err != nil {
+							return
+						}
+						if _, ok := f.(*http2.HeadersFrame); ok {
+							mu.Lock()
+							headers++
+							mu.Unlock()
+							return // enough: close, so the client gives up at once
+						}
+					}
+				}()
+			}
+		}()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: clientPod.AsSlice()}, Timeout: 5 * time.Second}
+		// The agent may reset the client's connection before connect returns.
+		if c, err := d.DialContext(t.Context(), "tcp4", a.outbound.String()); err == nil {
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			c.Write([]byte("hello"))
+			if n, _ := c.Read(make([]byte, 16)); n > 0 {
+				t.Errorf("the client pod got %d bytes back", n)
+			}
+			c.Close()
+		} else if !isClosedErr(err) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		return accepts, headers
+	}
+	if _, h := serve(a.leaf(remote)); h == 0 {
+		t.Fatal("control: the honest server never received the CONNECT")
+	}
+	for _, tc := range []struct {
+		name string
+		cert tls.Certificate
+	}{
+		{"untrusted root", other.Leaf(t, remote)},
+		{"expired", a.leaf(remote, certstest.Expired())},
+		{"not yet valid", a.leaf(remote, certstest.NotYetValid())},
+		{"other trust domain", a.leaf(certs.Identity{}, certstest.URIs("spiffe://clusterset.local/ns/foo/sa/remote"))},
+		{"no SAN", a.leaf(remote, certstest.NoSAN())},
+		{"DNS SAN only", a.leaf(remote, certstest.NoSAN(), certstest.DNSNames("remote.foo.svc.cluster.local"))},
+		{"wrong identity", a.leaf(fooID("impostor"))},
+		{"non-CA intermediate", a.leaf(remote, certstest.NonCAIntermediate())},
+		{"client-auth only", a.leaf(remote, certstest.ExtKeyUsage(x509.ExtKeyUsageClientAuth))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			accepts, h := serve(tc.cert)
+			if h != 0 {
+				t.Fatalf("the agent sent a CONNECT to a server presenting %s", tc.name)
+			}
+			if accepts == 0 {
+				t.Fatal("the agent never dialed the server: the check is vacuous")
+			}
+		})
+	}
 }
