@@ -70,6 +70,8 @@ type ConnectionDump struct {
 	Direction   string    `json:"direction"` // outbound, inbound (HBONE) or inbound-plaintext
 	Source      string    `json:"src"`
 	Destination string    `json:"dst"`
+	SourceNS    string    `json:"srcNamespace,omitempty"` // the source pod's namespace, if known
+	DestNS      string    `json:"dstNamespace,omitempty"`
 	SourceID    string    `json:"srcIdentity,omitempty"`
 	DestID      string    `json:"dstIdentity,omitempty"`
 	Protocol    string    `json:"protocol"` // HBONE or TCP

@@ -341,6 +341,7 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 	a.metrics.InventoryError.Set(float64(len(snap.Errors) + len(v.conflicts)))
 	a.state.Store(&state{view: v, engine: engine, diags: diags, at: time.Now()})
 	a.store.SetIdentities(v.identities)
+	a.checkCertificates()
 	a.metrics.EnrolledPods.Set(float64(len(v.local)))
 	a.ready.set(TaskInventory, true, "")
 	// Close open connections the new policy or inventory no longer allows.
@@ -393,29 +394,45 @@ func (a *Agent) annotate(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// watchCertificates keeps the certificate readiness task and expiry metrics current.
+// watchCertificates keeps the certificate readiness task and expiry metrics
+// current.
 func (a *Agent) watchCertificates(ctx context.Context) error {
-	t := time.NewTicker(500 * time.Millisecond)
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
-		var missing []string
-		for _, c := range a.store.Snapshot() {
-			if c.State != certs.CertValid {
-				missing = append(missing, c.ID)
-				continue
-			}
-			a.metrics.CertExpiry.WithLabelValues(c.Identity.String()).Set(float64(c.NotAfter.Unix()))
-		}
-		if len(missing) == 0 {
-			a.ready.set(TaskCertificates, true, "")
-		} else {
-			a.ready.set(TaskCertificates, false, fmt.Sprintf("%d identities waiting", len(missing)))
-		}
+		a.checkCertificates()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// checkCertificates marks certificates ready once every identity with an
+// enrolled pod on this node has a valid one (and never before the inventory
+// has said which identities those are).
+func (a *Agent) checkCertificates() {
+	for _, c := range a.store.Snapshot() {
+		if c.State == certs.CertValid {
+			a.metrics.CertExpiry.WithLabelValues(c.ID).Set(float64(c.NotAfter.Unix()))
+		}
+	}
+	s := a.current()
+	if s == nil {
+		a.ready.set(TaskCertificates, false, "waiting for the inventory")
+		return
+	}
+	missing := 0
+	for _, id := range s.view.identities {
+		if !a.store.Ready(id) {
+			missing++
+		}
+	}
+	if missing == 0 {
+		a.ready.set(TaskCertificates, true, "")
+	} else {
+		a.ready.set(TaskCertificates, false, fmt.Sprintf("%d identities waiting", missing))
 	}
 }
 

@@ -13,15 +13,16 @@ type stateCollector struct {
 	a      *Agent
 	client *tunnel.Client
 
-	poolConns, openConns, bpfPods, bpfVerdicts *prometheus.Desc
+	poolConns, poolStreams, openConns, bpfPods, bpfVerdicts *prometheus.Desc
 }
 
 func newStateCollector(a *Agent, client *tunnel.Client) *stateCollector {
 	return &stateCollector{
 		a: a, client: client,
-		poolConns: prometheus.NewDesc("ferry_tunnel_pool_connections", "HBONE client connections in the pool.", nil, nil),
-		openConns: prometheus.NewDesc("ferry_tunnel_open_connections", "Open proxied connections, by direction.", []string{"direction"}, nil),
-		bpfPods:   prometheus.NewDesc("ferry_bpf_enrolled_pods_map_entries", "Entries in the BPF enrolled-pods map.", nil, nil),
+		poolConns:   prometheus.NewDesc("ferry_tunnel_pool_connections", "HBONE client connections in the pool.", nil, nil),
+		poolStreams: prometheus.NewDesc("ferry_tunnel_pool_streams", "HBONE streams open on the pool's connections.", nil, nil),
+		openConns:   prometheus.NewDesc("ferry_tunnel_open_connections", "Open proxied connections, by direction.", []string{"direction"}, nil),
+		bpfPods:     prometheus.NewDesc("ferry_bpf_enrolled_pods_map_entries", "Entries in the BPF enrolled-pods map.", nil, nil),
 		bpfVerdicts: prometheus.NewDesc("ferry_bpf_lookups_total", "Connections the sk_lookup program handled, by verdict.",
 			[]string{"verdict"}, nil),
 	}
@@ -30,6 +31,7 @@ func newStateCollector(a *Agent, client *tunnel.Client) *stateCollector {
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.poolConns
+	ch <- c.poolStreams
 	ch <- c.openConns
 	ch <- c.bpfPods
 	ch <- c.bpfVerdicts
@@ -39,9 +41,14 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.poolConns, prometheus.GaugeValue, float64(c.client.Conns()))
 	open := map[tunnel.Direction]int{tunnel.DirOutbound: 0, tunnel.DirInbound: 0, tunnel.DirInboundPlaintext: 0}
+	streams := 0
 	for _, ci := range c.a.conns.Connections() {
 		open[ci.Direction]++
+		if ci.Direction == tunnel.DirOutbound && ci.Mode == "hbone" {
+			streams++ // each outbound HBONE connection is one stream in the pool
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(c.poolStreams, prometheus.GaugeValue, float64(streams))
 	for d, n := range open {
 		ch <- prometheus.MustNewConstMetric(c.openConns, prometheus.GaugeValue, float64(n), string(d))
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,16 @@ func (a *Agent) connections() []ConnectionDump {
 	if a.conns == nil {
 		return out
 	}
+	s := a.current()
+	ns := func(ap netip.AddrPort) string {
+		if s == nil {
+			return ""
+		}
+		if w, ok := s.view.workload(ap.Addr()); ok {
+			return w.Namespace
+		}
+		return ""
+	}
 	for _, c := range a.conns.Connections() {
 		proto := "TCP"
 		if c.Mode == "hbone" {
@@ -158,6 +169,7 @@ func (a *Agent) connections() []ConnectionDump {
 		}
 		out = append(out, ConnectionDump{
 			Direction: string(c.Direction), Source: c.Src.String(), Destination: c.Dst.String(),
+			SourceNS: ns(c.Src), DestNS: ns(c.Dst),
 			SourceID: c.SrcIdentity.String(), DestID: c.DstIdentity.String(), Protocol: proto,
 			BytesSent: c.BytesSent, BytesRecv: c.BytesReceived, Started: c.Start,
 		})

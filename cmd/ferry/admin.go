@@ -183,13 +183,21 @@ func runCerts(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func runConnections(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, err := adminCommand("connections", false, args, stderr)
+	f, err := adminCommand("connections", true, args, stderr)
 	if err != nil {
 		return err
 	}
-	var cs []node.ConnectionDump
-	if err := f.get(ctx, "/connections", &cs); err != nil {
+	var all, cs []node.ConnectionDump
+	if err := f.get(ctx, "/connections", &all); err != nil {
 		return err
+	}
+	if f.node != "" {
+		return fmt.Errorf("connections: --node does not apply: connections are this agent's own")
+	}
+	for _, c := range all {
+		if f.namespace == "" || c.SourceNS == f.namespace || c.DestNS == f.namespace {
+			cs = append(cs, c)
+		}
 	}
 	return f.print(stdout, cs, func(tw *tabwriter.Writer) {
 		fmt.Fprintln(tw, "DIRECTION\tSOURCE\tDESTINATION\tPROTOCOL\tSOURCE IDENTITY\tDESTINATION IDENTITY\tSENT\tRECEIVED\tAGE")

@@ -43,7 +43,7 @@ func commands() []command {
 		{"workloads", "[--namespace NS] [--node NODE] [-o ...]", "workloads the local agent knows, and which are captured", runWorkloads},
 		{"policies", "[--namespace NS] [-o ...]", "policies the local agent enforces, with warnings", runPolicies},
 		{"certs", "[-o ...]", "certificates the local agent holds, per identity", runCerts},
-		{"connections", "[-o ...]", "open tunnelled connections", runConnections},
+		{"connections", "[--namespace NS] [-o ...]", "open tunnelled connections", runConnections},
 		{"log", "[LEVEL]", "show or set the local agent's log level", runLog},
 		{"policy", "check --manifests PATH --from ID|none --from-ip IP (--to-pod NS/NAME | --to IP) --port N [-o json]", "explain an authorization decision offline", runPolicy},
 		{"cleanup", "[--bpf-pin-dir DIR]", "remove every kernel object Ferry owns in this network namespace", runCleanup},
