@@ -49,8 +49,21 @@ func run(args []string) int {
 	istio := fs.String("istio-hbone", "", "bench/istiohbone binary (peer skipped when empty or missing)")
 	only := fs.String("peers", "", "comma-separated peers to run (default: all available)")
 	verbose := fs.Bool("v", false, "debug logging")
+	benchmarks := fs.String("benchmarks", "", "comma-separated benchmarks to run (default all): "+benchmarkNames)
 	fs.StringVar(&cfg.profileDir, "profile", "", "directory for CPU profiles of the Go peers' processes during each benchmark of the first round")
 	fs.Parse(args)
+	for _, b := range strings.Split(*benchmarks, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			if !strings.Contains(","+benchmarkNames+",", ","+b+",") {
+				fmt.Fprintf(os.Stderr, "ferrybench: unknown benchmark %q (want %s)\n", b, benchmarkNames)
+				return 2
+			}
+			if cfg.benchmarks == nil {
+				cfg.benchmarks = map[string]bool{}
+			}
+			cfg.benchmarks[b] = true
+		}
+	}
 	if *smoke {
 		cfg.rounds, cfg.dur, cfg.idleConns, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, 50, 4, 2, 8
 	}
