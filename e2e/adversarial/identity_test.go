@@ -43,6 +43,8 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 		t.Fatalf("control: upstream accepted %d connections, want 1", n)
 	}
 	echo.accepted.Store(0)
+	rejectedBefore := a.mustScrape().sum("ferry_tunnel_rejected_total", "reason", "handshake")
+	refused := 0
 
 	for _, tc := range []struct {
 		name string
@@ -91,6 +93,7 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 				t.Fatalf("the handshake completed (the server sent HTTP/2 frames): %v", err)
 			}
 			t.Logf("refused: %v", err)
+			refused++
 			if n := echo.accepted.Load(); n != 0 {
 				t.Fatalf("upstream accepted %d connections", n)
 			}
@@ -98,6 +101,17 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 	}
 	if n := echo.waitAccepted(1); n != 0 {
 		t.Fatalf("upstream accepted %d connections from refused clients", n)
+	}
+	// Each refusal is counted (reason "handshake").
+	var counted float64
+	for range 50 {
+		if counted = a.mustScrape().sum("ferry_tunnel_rejected_total", "reason", "handshake") - rejectedBefore; counted >= float64(refused) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if counted < float64(refused) {
+		t.Errorf("ferry_tunnel_rejected_total{reason=\"handshake\"} grew by %v for %d refused handshakes", counted, refused)
 	}
 	if !a.alive() {
 		t.Fatal("agent died")
