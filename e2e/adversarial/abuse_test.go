@@ -2,7 +2,10 @@ package adversarial
 
 import (
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,4 +115,29 @@ func TestTunnelAbuse(t *testing.T) {
 
 func portOf(ap netip.AddrPort) string {
 	return strconv.Itoa(int(ap.Port()))
+}
+
+// TestAdminAddrMustBeLoopback: the agent refuses to serve its admin
+// endpoint (config_dump, certificates, pprof) on an address a pod could
+// reach.
+func TestAdminAddrMustBeLoopback(t *testing.T) {
+	t.Parallel()
+	a := newAgent(t, baseManifests)
+	caCert, caKey := a.ca.WriteFiles(t, a.dir)
+	for _, addr := range []string{"0.0.0.0:15000", ":15000", "[::]:15000", "198.18.0.1:15000"} {
+		t.Run(addr, func(t *testing.T) {
+			ctx := ctxTimeout(t, 20*time.Second)
+			cmd := exec.CommandContext(ctx, ferryBinary(t), "agent", "--node", "a", "--manifests", filepath.Join(a.dir, "m"),
+				"--ca-cert", caCert, "--ca-key", caKey, "--redirect", "none",
+				"--hbone-addr", a.hbone.String(), "--outbound-addr", a.outbound.String(), "--inbound-addr", a.inbound.String(),
+				"--metrics-addr", a.metrics.String(), "--readiness-addr", a.ready.String(), "--admin-addr", addr)
+			out, err := cmd.CombinedOutput()
+			if err == nil || ctx.Err() != nil {
+				t.Fatalf("the agent ran with --admin-addr %s: %v\n%s", addr, err, out)
+			}
+			if !strings.Contains(string(out), "loopback") {
+				t.Errorf("the refusal does not say why: %s", out)
+			}
+		})
+	}
 }
