@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -141,14 +142,22 @@ type agent struct {
 }
 
 // freePort returns a TCP port free on ip right now.
+//
+// Ports come from below the kernel's ephemeral range (32768 and up by
+// default), so the many client sockets these tests open cannot take a port
+// between this check and the agent's bind.
 func freePort(t testing.TB, ip netip.Addr) uint16 {
 	t.Helper()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(ip, 0).String())
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := uint16(20000 + rand.N(12000))
+		ln, err := net.Listen("tcp4", netip.AddrPortFrom(ip, port).String())
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // startAgent runs an agent for node a with the given manifests, its CA
