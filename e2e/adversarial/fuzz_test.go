@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -40,7 +41,22 @@ func startFuzzServer(t testing.TB) *fuzzServer {
 	t.Helper()
 	ca := certstest.NewCA(t)
 	server, peer := fooID("server"), fooID("remote")
-	store := ca.Store(t, server)
+	// Not ca.Store: its logger writes to t, and a *testing.F must not be
+	// used once fuzzing starts.
+	store, err := certs.NewStore(ca.StoreConfig(), ca.Issuer(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	sdone := make(chan error, 1)
+	go func() { sdone <- store.Run(sctx) }()
+	t.Cleanup(func() { scancel(); <-sdone })
+	store.SetIdentities([]certs.Identity{server})
+	wctx, wcancel := context.WithTimeout(sctx, time.Minute)
+	defer wcancel()
+	if err := store.WaitReady(wctx, server); err != nil {
+		t.Fatal(err)
+	}
 	fs := &fuzzServer{cert: ca.Leaf(t, peer)}
 	srv, err := tunnel.NewServer(tunnel.ServerConfig{
 		TLS:            store.ServerConfig(func(netip.Addr) (certs.Identity, error) { return server, nil }),
