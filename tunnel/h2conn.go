@@ -27,6 +27,7 @@ const (
 	defaultMaxStreams  = 100       // concurrent streams per connection
 	initialWindow      = 65535     // RFC 9113 default window
 	flushThreshold     = 64 << 10  // write out the buffer once it holds this much
+	maxQueuedControl   = 1024      // control frames waiting for a peer that does not read
 	smallRead          = 1 << 10   // DATA payloads up to this size are coalesced
 	maxStreamID        = 1<<31 - 1
 )
@@ -310,6 +311,14 @@ func (c *h2conn) readLoop() error {
 		}
 		if err := c.handleFrame(f); err != nil {
 			return err
+		}
+		c.mu.Lock()
+		queued := len(c.ctl)
+		c.mu.Unlock()
+		if queued > maxQueuedControl {
+			// The peer sends PINGs, SETTINGS or resets faster than it reads
+			// our answers: stop reading before the queue costs more memory.
+			return c.connError(http2.ErrCodeEnhanceYourCalm, "peer does not read its control frames")
 		}
 	}
 }
