@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -393,6 +394,9 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	method := headerValue(st.reqFields, ":method")
 	authority := headerValue(st.reqFields, ":authority")
 	dst, status, reason := s.check(method, authority, local)
+	if err := checkPseudoHeaders(st.reqFields); err != nil {
+		dst, status, reason = netip.AddrPort{}, 400, err.Error()
+	}
 	req := Request{Peer: peer, Src: remote, Dst: dst}
 	info := ConnInfo{Direction: DirInbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
@@ -455,6 +459,29 @@ func (s *Server) proxy(ctx context.Context, st *Stream, up net.Conn, info ConnIn
 }
 
 // check validates a CONNECT; status 0 means it may proceed to policy.
+// checkPseudoHeaders enforces RFC 9113 §8.3 on a request's header block:
+// every pseudo-header at most once and before the regular fields. A repeated
+// :authority would otherwise let two readers of the request disagree about
+// its destination.
+func checkPseudoHeaders(fields []hpack.HeaderField) error {
+	seen := map[string]bool{}
+	regular := false
+	for _, f := range fields {
+		if !strings.HasPrefix(f.Name, ":") {
+			regular = true
+			continue
+		}
+		if regular {
+			return fmt.Errorf("pseudo-header %s after a regular field", f.Name)
+		}
+		if seen[f.Name] {
+			return fmt.Errorf("repeated pseudo-header %s", f.Name)
+		}
+		seen[f.Name] = true
+	}
+	return nil
+}
+
 func (s *Server) check(method, authority string, local netip.AddrPort) (netip.AddrPort, int, string) {
 	if method != "CONNECT" {
 		return netip.AddrPort{}, 400, "method " + method
