@@ -618,19 +618,6 @@ func (e *echoServer) closeAll() int {
 	return n
 }
 
-// --- known bugs --------------------------------------------------------------
-
-// knownBug skips the test with a "BUG:" message when ok is false: the
-// expected behaviour is asserted, but a failure caused by a bug in code this
-// package does not own is reported as a skip until the fix lands, after
-// which the check passes by itself.
-func knownBug(t testing.TB, ok bool, format string, args ...any) {
-	t.Helper()
-	if !ok {
-		t.Skipf("BUG: "+format, args...)
-	}
-}
-
 // isClosedErr reports errors that mean the peer closed or reset the
 // connection.
 func isClosedErr(err error) bool {

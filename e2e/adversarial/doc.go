@@ -39,7 +39,5 @@
 //	FERRY_SOAK=10m go test -run Soak ./e2e/adversarial # a longer soak
 //
 // FERRY_BIN names a prebuilt ferry binary; otherwise the first test that
-// needs one builds ./cmd/ferry. Known bugs in code this package does not own
-// are asserted all the same, but reported as skips with a "BUG:" message
-// (knownBug) until the fix lands, after which the checks pass by themselves.
+// needs one builds ./cmd/ferry.
 package adversarial

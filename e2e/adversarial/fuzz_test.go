@@ -180,5 +180,38 @@ func FuzzHBONERequest(f *testing.F) {
 		if len(fs.authorized) != 1 || len(fs.dialed) != 1 || fs.authorized[0] != fs.dialed[0] || fs.dialed[0].Addr() != serverPod {
 			t.Fatalf("200 with authorized %v, dialed %v", fs.authorized, fs.dialed)
 		}
+		// The reference: a 200 needs a well-formed request (RFC 9113 §8.3)
+		// whose single :authority is what was dialed.
+		var methods, authorities []string
+		regular, misplaced := false, false
+		dec := hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
+			switch {
+			case hf.Name == ":method":
+				methods = append(methods, hf.Value)
+			case hf.Name == ":authority":
+				authorities = append(authorities, hf.Value)
+			case len(hf.Name) > 0 && hf.Name[0] != ':':
+				regular = true
+				return
+			}
+			if regular {
+				misplaced = true
+			}
+		})
+		if _, err := dec.Write(block); err != nil {
+			t.Fatalf("200 for a header block that does not decode: %v", err)
+		}
+		if len(methods) != 1 || methods[0] != "CONNECT" || len(authorities) != 1 || misplaced ||
+			!sameAddrPort(authorities[0], fs.dialed[0]) {
+			t.Fatalf("200 for :method %q, :authority %q (pseudo-header after a regular one: %v); dialed %v",
+				methods, authorities, misplaced, fs.dialed[0])
+		}
 	})
+}
+
+// sameAddrPort reports whether authority is ip:port for ap, an
+// IPv4-mapped IPv6 form of ap's address included.
+func sameAddrPort(authority string, ap netip.AddrPort) bool {
+	a, err := netip.ParseAddrPort(authority)
+	return err == nil && netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) == ap
 }
