@@ -71,6 +71,18 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 			return &c
 		}},
 		{"NUL byte in SAN", func() *tls.Certificate { c := a.leaf(remote, certstest.NoSAN(), certstest.URL(withNUL)); return &c }},
+		{"SPIFFE ID without ns/sa", func() *tls.Certificate {
+			c := a.leaf(remote, certstest.URIs("spiffe://cluster.local/workload/remote"))
+			return &c
+		}},
+		{"SPIFFE ID with a query", func() *tls.Certificate {
+			c := a.leaf(remote, certstest.URIs("spiffe://cluster.local/ns/foo/sa/remote?admin=1"))
+			return &c
+		}},
+		{"SPIFFE ID with dot segments", func() *tls.Certificate {
+			c := a.leaf(remote, certstest.URIs("spiffe://cluster.local/ns/foo/sa/../../ns/kube-system/sa/admin"))
+			return &c
+		}},
 		{"non-CA intermediate", func() *tls.Certificate { c := a.leaf(remote, certstest.NonCAIntermediate()); return &c }},
 		{"server-auth only", func() *tls.Certificate {
 			c := a.leaf(remote, certstest.ExtKeyUsage(x509.ExtKeyUsageServerAuth))
