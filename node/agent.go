@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -497,10 +498,12 @@ func (a *Agent) authorize(r tunnel.Request) error {
 type DeniedError struct{ Decision authz.Decision }
 
 func (e *DeniedError) Error() string {
+	// The tunnel says "denied: " before this; authz's reasons say it too.
+	reason := strings.TrimPrefix(e.Decision.Reason, "denied: ")
 	if e.Decision.Policy != "" {
-		return fmt.Sprintf("denied by %s %s: %s", e.Decision.Kind, e.Decision.Policy, e.Decision.Reason)
+		return fmt.Sprintf("by %s %s: %s", e.Decision.Kind, e.Decision.Policy, reason)
 	}
-	return "denied: " + e.Decision.Reason
+	return reason
 }
 
 // Route implements tunnel.Routes: where an outbound connection from a
