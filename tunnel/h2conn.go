@@ -22,6 +22,7 @@ const (
 	advertisedMaxFrame = 1 << 20   // SETTINGS_MAX_FRAME_SIZE we accept
 	maxWriteChunk      = 256 << 10 // largest DATA payload we send
 	directWrite        = 16 << 10  // payloads from this size skip the output buffer
+	tlsRecord          = 16 << 10  // largest TLS record payload
 	maxHeaderListSize  = 16 << 10  // decoded header list, HEADERS+CONTINUATION
 	maxHeaderFrames    = 32        // frames in one header block
 	defaultMaxStreams  = 100       // concurrent streams per connection
@@ -1131,9 +1132,15 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 	h[5], h[6], h[7], h[8] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
 	c.appendLocked(h[:])
 	if len(p) >= directWrite {
-		// Large payloads go out as they are: one write of what is buffered
-		// (ending with this frame's header), one of the payload, and no copy.
-		if err := c.flushLocked(); err != nil {
+		// Large payloads go out mostly as they are: what is buffered, this
+		// frame's header and the payload's first bytes up to a full TLS
+		// record in one write (a header alone would cost a record and a
+		// system call of its own), then the rest without a copy.
+		if n := min(len(p), tlsRecord-len(c.wbuf)%tlsRecord); n > 0 {
+			c.appendLocked(p[:n])
+			p = p[n:]
+		}
+		if err := c.flushLocked(); err != nil || len(p) == 0 {
 			return err
 		}
 		return c.writeNet(p)
