@@ -95,20 +95,27 @@ func NewOutbound(cfg OutboundConfig, log *slog.Logger) (*Outbound, error) {
 	if cfg.Client == nil || cfg.Routes == nil {
 		return nil, errors.New("tunnel: outbound needs a Client and Routes")
 	}
+	log = proxyDefaults(log, &cfg.OriginalDst, &cfg.Dial, &cfg.Registry, &cfg.DialTimeout)
+	return &Outbound{cfg: cfg, log: log}, nil
+}
+
+// proxyDefaults fills the settings the outbound and plaintext proxies share
+// and returns the logger to use.
+func proxyDefaults(log *slog.Logger, originalDst *func(net.Conn) (netip.AddrPort, error), dial *DialFunc, reg **Registry, dialTimeout *time.Duration) *slog.Logger {
+	if *originalDst == nil {
+		*originalDst = localDst
+	}
+	if *dial == nil {
+		*dial = plainDial
+	}
+	if *reg == nil {
+		*reg = NewRegistry()
+	}
+	setDefault(dialTimeout, DefaultDialTimeout)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.OriginalDst == nil {
-		cfg.OriginalDst = localDst
-	}
-	if cfg.Dial == nil {
-		cfg.Dial = plainDial
-	}
-	if cfg.Registry == nil {
-		cfg.Registry = NewRegistry()
-	}
-	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
-	return &Outbound{cfg: cfg, log: log}, nil
+	return log
 }
 
 func localDst(c net.Conn) (netip.AddrPort, error) {
@@ -221,19 +228,7 @@ func NewPlaintext(cfg PlaintextConfig, log *slog.Logger) (*Plaintext, error) {
 	if cfg.Authorizer == nil || cfg.Destinations == nil {
 		return nil, errors.New("tunnel: plaintext proxy needs an Authorizer and Destinations")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if cfg.OriginalDst == nil {
-		cfg.OriginalDst = localDst
-	}
-	if cfg.Dial == nil {
-		cfg.Dial = plainDial
-	}
-	if cfg.Registry == nil {
-		cfg.Registry = NewRegistry()
-	}
-	setDefault(&cfg.DialTimeout, DefaultDialTimeout)
+	log = proxyDefaults(log, &cfg.OriginalDst, &cfg.Dial, &cfg.Registry, &cfg.DialTimeout)
 	return &Plaintext{cfg: cfg, log: log}, nil
 }
 
