@@ -104,9 +104,6 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// Metrics returns the agent's metrics (for tests).
-func (a *Agent) Metrics() *Metrics { return a.metrics }
-
 // Run serves until ctx is done, then drains open connections for at most
 // Config.DrainTimeout. All goroutines it starts have exited when it returns.
 func (a *Agent) Run(ctx context.Context) error {
