@@ -528,27 +528,34 @@ func (a *Agent) Route(src, dst netip.AddrPort) (tunnel.Route, error) {
 	}, nil
 }
 
-// dialPod dials a local pod for inbound delivery. With eBPF redirection it
-// dials from the client's own address, so the pod sees the real client IP.
-func (a *Agent) dialPod(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+// dialFrom dials dst from src's address when capture is on (IP_TRANSPARENT),
+// plainly otherwise.
+func (a *Agent) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if a.redirect != nil {
-		return a.redirect.dialFrom(ctx, src.Addr(), dst)
+		return a.redirect.dialFrom(ctx, src, dst)
 	}
+	return dialPlain(ctx, dst)
+}
+
+// dialPlain dials dst from an address of the node.
+func dialPlain(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", dst.String())
 }
 
+// dialPod dials a local pod for inbound delivery, from the client's own
+// address when capture is on, so the pod sees the real client IP.
+func (a *Agent) dialPod(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	return a.dialFrom(ctx, src.Addr(), dst)
+}
+
 // dialHBONE dials a peer agent's HBONE port, from the source pod's address
-// when capture is on.
+// when capture is on; a pod of this node is reached in process.
 func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if a.Local(dst.Addr()) {
 		return a.local.dial(ctx, src, dst)
 	}
-	if a.redirect != nil {
-		return a.redirect.dialFrom(ctx, src, dst)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", dst.String())
+	return a.dialFrom(ctx, src, dst)
 }
 
 // dialPassthrough dials a destination outside the mesh, from the pod's own
@@ -557,10 +564,9 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPor
 // (its source is an enrolled pod) and loop back into the agent.
 func (a *Agent) dialPassthrough(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
 	if a.redirect != nil && isLocalAddr(dst.Addr()) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", dst.String())
+		return dialPlain(ctx, dst)
 	}
-	return a.dialPod(ctx, src, dst)
+	return a.dialFrom(ctx, src.Addr(), dst)
 }
 
 func (a *Agent) metricsHandler() http.Handler {
