@@ -288,7 +288,8 @@ func (cl *Client) dialConn(ctx context.Context, key poolKey) (*h2conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial %s: %w", key.hbone, err)
 	}
-	tc := tls.Client(nc, tcfg)
+	records := newRecordCoalescer(nc)
+	tc := tls.Client(records, tcfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("tunnel: TLS handshake with %s: %w", key.hbone, err)
@@ -309,6 +310,7 @@ func (cl *Client) dialConn(ctx context.Context, key poolKey) (*h2conn, error) {
 		keepaliveTimeout: cl.cfg.KeepaliveTimeout,
 		idleTimeout:      cl.cfg.IdleTimeout,
 		log:              cl.log,
+		records:          records,
 	})
 	if d, ok := dctx.Deadline(); ok {
 		nc.SetWriteDeadline(d)

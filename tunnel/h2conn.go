@@ -71,6 +71,9 @@ type connOptions struct {
 	// It must not block; it owns s and must Close it.
 	onStream func(s *Stream)
 	log      *slog.Logger
+	// records, when set, is the socket under nc's TLS; large writes
+	// gather their records there into one system call.
+	records *recordCoalescer
 }
 
 // ctlFrame is a frame queued for the control writer: the read loop never
@@ -96,7 +99,8 @@ type h2conn struct {
 
 	// Write side, guarded by wmu.
 	wmu     fifoLock
-	wbuf    []byte // pending output, pooled; nil when empty
+	wbuf    []byte    // pending output, pooled; nil when empty
+	wdl     time.Time // write deadline last set on nc
 	henc    *hpack.Encoder
 	hbuf    headerBuffer
 	werr    error
@@ -194,6 +198,7 @@ func newH2Conn(nc net.Conn, opt connOptions) *h2conn {
 
 // handshake writes the preface (client) and our SETTINGS, then, on a
 // server, reads the client preface. The peer's SETTINGS are read by run.
+// The caller clears nc's deadlines afterwards.
 func (c *h2conn) handshake() error {
 	if !c.opt.client {
 		// Read first: over an unbuffered transport both sides writing at
@@ -227,7 +232,9 @@ func (c *h2conn) handshake() error {
 	if err := c.fr.WriteWindowUpdate(0, connWindow-initialWindow); err != nil {
 		return err
 	}
-	return c.flushLocked()
+	err := c.flushLocked(nil)
+	c.wdl = time.Time{}
+	return err
 }
 
 // run reads frames until the connection fails or closes, then waits for the
@@ -743,6 +750,16 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		if k > 0 {
 			c.creditLocked(s, int64(k))
 		}
+		if k == len(p) && err == nil && !s.inlineWait && s.err == nil && !s.closedLocal {
+			// All written and nothing else changed: the copier, if it waits,
+			// has nothing new to see, and waking it would cost a goroutine
+			// switch per message.
+			if own {
+				putBuf(p)
+			}
+			return
+		}
+		s.inlineWait = false
 		if k == len(p) || err != nil || s.err != nil || s.closedLocal {
 			if k < len(p) {
 				c.creditLocked(nil, int64(len(p)-k))
@@ -1140,14 +1157,11 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 			c.appendLocked(p[:n])
 			p = p[n:]
 		}
-		if err := c.flushLocked(); err != nil || len(p) == 0 {
-			return err
-		}
-		return c.writeNet(p)
+		return c.flushLocked(p)
 	}
 	c.appendLocked(p)
 	if len(c.wbuf) >= flushThreshold {
-		return c.flushLocked()
+		return c.flushLocked(nil)
 	}
 	return nil
 }
@@ -1156,7 +1170,7 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 // not fit.
 func (c *h2conn) appendLocked(p []byte) {
 	if c.wbuf != nil && len(c.wbuf)+len(p) > cap(c.wbuf) {
-		c.flushLocked()
+		c.flushLocked(nil)
 	}
 	if c.wbuf == nil {
 		c.wbuf = getBuf(max(len(p), 16<<10))[:0]
@@ -1164,28 +1178,52 @@ func (c *h2conn) appendLocked(p []byte) {
 	c.wbuf = append(c.wbuf, p...)
 }
 
-// flushLocked writes the output buffer to the network and releases it.
-func (c *h2conn) flushLocked() error {
-	if c.wbuf == nil {
-		return c.werr
-	}
+// flushLocked writes the output buffer, then tail, to the network and
+// releases the buffer.
+func (c *h2conn) flushLocked(tail []byte) error {
 	b := c.wbuf
 	c.wbuf = nil
-	if c.werr == nil && len(b) > 0 {
-		c.writeNet(b)
+	if c.werr == nil && len(b)+len(tail) > 0 {
+		c.writeNet(b, tail)
 	}
-	putBuf(b)
+	if b != nil {
+		putBuf(b)
+	}
 	return c.werr
 }
 
-// writeNet writes b to the network. A peer that accepts nothing for the
-// keepalive timeout is dead: the write fails and the connection closes,
-// which also frees every writer queued behind this one.
-func (c *h2conn) writeNet(b []byte) error {
-	if c.opt.keepaliveTimeout > 0 {
-		c.nc.SetWriteDeadline(time.Now().Add(c.opt.keepaliveTimeout))
+// writeNet writes head, then tail, to the network; when they span more
+// than one TLS record, the records leave in one system call. A peer that
+// accepts nothing for the keepalive timeout is dead: the write fails and
+// the connection closes, which also frees every writer queued behind this
+// one.
+func (c *h2conn) writeNet(head, tail []byte) error {
+	if t := c.opt.keepaliveTimeout; t > 0 {
+		// Moving a deadline wakes the runtime's network poller, which costs
+		// a system call and a thread wake-up; so the deadline moves only
+		// once a quarter of it is used, and a write that makes no progress
+		// fails after between 3/4 and all of the timeout.
+		if now := time.Now(); c.wdl.Sub(now) < t*3/4 {
+			c.wdl = now.Add(t)
+			c.nc.SetWriteDeadline(c.wdl)
+		}
 	}
-	if _, err := c.nc.Write(b); err != nil {
+	batch := c.opt.records != nil && len(head)+len(tail) > tlsRecord
+	if batch {
+		c.opt.records.begin()
+	}
+	var err error
+	for _, b := range [2][]byte{head, tail} {
+		if len(b) > 0 && err == nil {
+			_, err = c.nc.Write(b)
+		}
+	}
+	if batch {
+		if eerr := c.opt.records.end(); err == nil {
+			err = eerr
+		}
+	}
+	if err != nil {
 		c.werr = err
 		c.close(fmt.Errorf("tunnel: write: %w", err))
 		return err
@@ -1196,7 +1234,7 @@ func (c *h2conn) writeNet(b []byte) error {
 // unlockW releases wmu; the last writer out flushes.
 func (c *h2conn) unlockW() {
 	if c.writers.Add(-1) == 0 {
-		c.flushLocked()
+		c.flushLocked(nil)
 	}
 	c.wmu.Unlock()
 }

@@ -310,7 +310,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	local := addrPort(nc.LocalAddr())
 	log := s.log.With("peer", remote)
 
-	tc := tls.Server(nc, s.tls)
+	records := newRecordCoalescer(nc)
+	tc := tls.Server(records, s.tls)
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	peer, err := s.handshake(tc)
 	var c *h2conn
@@ -323,6 +324,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			idleTimeout:        s.cfg.IdleTimeout,
 			firstStreamTimeout: s.cfg.FirstStreamTimeout,
 			log:                log,
+			records:            records,
 			onStream: func(st *Stream) {
 				sctx, cancel := context.WithCancel(ctx)
 				st.cancel = cancel

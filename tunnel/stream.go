@@ -49,6 +49,7 @@ type Stream struct {
 	sink       syscall.RawConn
 	sinkCount  func(int)
 	inlineBusy bool  // the read loop is writing to the sink
+	inlineWait bool  // setSink waits for that write to finish
 	copyBusy   bool  // the copier is writing a chunk it took
 	sinkErr    error // a direct write failed
 	precounted int   // queued bytes already reported to sinkCount
@@ -164,6 +165,7 @@ func (s *Stream) setSink(to net.Conn, count func(int)) {
 	s.sink, s.sinkCount = rc, count
 	for s.inlineBusy && rc == nil {
 		// Wait out a direct write in flight before the caller moves on.
+		s.inlineWait = true
 		s.c.mu.Unlock()
 		<-s.rwake
 		s.c.mu.Lock()
