@@ -30,6 +30,7 @@ const (
 	flushThreshold     = 64 << 10  // write out the buffer once it holds this much
 	maxQueuedControl   = 1024      // control frames waiting for a peer that does not read
 	smallRead          = 1 << 10   // DATA payloads up to this size are coalesced
+	maxInline          = 64 << 10  // largest chunk the read loop writes to a stream's socket itself
 	maxStreamID        = 1<<31 - 1
 )
 
@@ -733,10 +734,13 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		}
 		return
 	}
-	if s.sink != nil && !s.copyBusy && s.recv.n == 0 && s.sinkErr == nil {
+	if len(p) <= maxInline && s.sink != nil && !s.copyBusy && s.recv.n == 0 && s.sinkErr == nil {
 		// The copier is idle and nothing is queued: hand the bytes to the
 		// destination socket from here if it takes them without blocking,
-		// which saves a goroutine wake-up per message.
+		// which saves a goroutine wake-up per message. Bulk chunks go to
+		// the copier instead, so that the read loop decrypts the next
+		// frame while they are written, and streams sharing the
+		// connection are written out in parallel.
 		s.inlineBusy = true
 		sink, count := s.sink, s.sinkCount
 		c.mu.Unlock()
