@@ -52,13 +52,22 @@ type copyResult struct {
 // run copies both ways until both directions end, carrying half-closes
 // across, then closes both connections. A failing direction, or ctx ending,
 // aborts both. recv and sent count bytes src→dst and dst→src, once per
-// chunk.
+// chunk. A stream's direction into a TCP socket is forwarded without a
+// goroutine of its own while idle (see forward); the other direction runs
+// on the caller's.
 func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
 	stop := context.AfterFunc(ctx, p.abort)
 	defer stop()
 	errc := make(chan error, 1)
-	go func() { errc <- p.half(p.dst, p.src, recv) }()
-	err := p.half(p.src, p.dst, sent)
+	var err error
+	if s, ok := p.src.(*Stream); ok && p.forward(p.dst, s, recv, errc) {
+		err = p.half(p.src, p.dst, sent)
+	} else if s, ok := p.dst.(*Stream); ok && p.forward(p.src, s, sent, errc) {
+		err = p.half(p.dst, p.src, recv)
+	} else {
+		go func() { errc <- p.half(p.dst, p.src, recv) }()
+		err = p.half(p.src, p.dst, sent)
+	}
 	err2 := <-errc
 	p.src.Close()
 	p.dst.Close()
@@ -68,7 +77,11 @@ func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
 // half copies from → to until EOF, then half-closes to. On an error it
 // aborts the pair and returns the error.
 func (p *pair) half(to, from net.Conn, count func(int)) error {
-	err := copyOne(to, from, count)
+	return p.end(to, copyOne(to, from, count))
+}
+
+// end finishes a direction that copied into to and ended with err.
+func (p *pair) end(to net.Conn, err error) error {
 	if err != nil {
 		p.abort()
 		return err
@@ -84,10 +97,36 @@ func (p *pair) half(to, from net.Conn, count func(int)) error {
 	return nil
 }
 
+// forward copies s into the TCP connection to like half, but with no
+// goroutine waiting on an idle stream: the read loop writes what arrives
+// straight to the socket, and a drain goroutine starts only while bytes
+// wait for a full socket, or to carry the stream's end or failure over.
+// The direction's result arrives on done. It reports false, doing
+// nothing, when to is not a TCP connection.
+func (p *pair) forward(to net.Conn, s *Stream, count func(int), done chan<- error) bool {
+	tc, ok := to.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	s.forwardTo(rc, count, func() {
+		err := copyFromStream(to, s, count, false)
+		if err == errDrained {
+			return
+		}
+		s.unforward()
+		done <- p.end(to, err)
+	})
+	return true
+}
+
 // copyOne moves bytes until from reports EOF (nil) or an error.
 func copyOne(to, from net.Conn, count func(int)) error {
 	if s, ok := from.(*Stream); ok {
-		return copyFromStream(to, s, count)
+		return copyFromStream(to, s, count, true)
 	}
 	size := copyStart
 	for {
@@ -117,12 +156,12 @@ func copyOne(to, from net.Conn, count func(int)) error {
 	}
 }
 
-// copyFromStream writes a stream's received chunks straight to to.
-func copyFromStream(to net.Conn, s *Stream, count func(int)) error {
-	s.setSink(to, count)
-	defer s.setSink(nil, nil)
+// copyFromStream writes a stream's received chunks straight to to until
+// the stream ends (nil) or fails; without wait it returns errDrained as
+// soon as nothing is queued (see Stream.nextChunk).
+func copyFromStream(to net.Conn, s *Stream, count func(int), wait bool) error {
 	for {
-		data, base, fresh, err := s.nextChunk()
+		data, base, fresh, err := s.nextChunk(wait)
 		if err == io.EOF {
 			return nil
 		}

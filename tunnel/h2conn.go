@@ -734,12 +734,12 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		}
 		return
 	}
-	if len(p) <= maxInline && s.sink != nil && !s.copyBusy && s.recv.n == 0 && s.sinkErr == nil {
-		// The copier is idle and nothing is queued: hand the bytes to the
+	if len(p) <= maxInline && s.sink != nil && !s.draining && s.recv.n == 0 && s.sinkErr == nil {
+		// Nothing is queued and no drain runs: hand the bytes to the
 		// destination socket from here if it takes them without blocking,
 		// which saves a goroutine wake-up per message. Bulk chunks go to
-		// the copier instead, so that the read loop decrypts the next
-		// frame while they are written, and streams sharing the
+		// the drain goroutine instead, so that the read loop decrypts the
+		// next frame while they are written, and streams sharing the
 		// connection are written out in parallel.
 		s.inlineBusy = true
 		sink, count := s.sink, s.sinkCount
@@ -748,42 +748,33 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		k, err := tryWrite(sink, p)
 		c.mu.Lock()
 		s.inlineBusy = false
+		if s.inlineWait {
+			s.inlineWait = false
+			s.wakeRead()
+		}
 		if err != nil {
 			s.sinkErr = err
 		}
 		if k > 0 {
 			c.creditLocked(s, int64(k))
 		}
-		if k == len(p) && err == nil && !s.inlineWait && s.err == nil && !s.closedLocal {
-			// All written and nothing else changed: the copier, if it waits,
-			// has nothing new to see, and waking it would cost a goroutine
-			// switch per message.
-			if own {
-				putBuf(p)
-			}
-			return
-		}
-		s.inlineWait = false
-		if k == len(p) || err != nil || s.err != nil || s.closedLocal {
-			if k < len(p) {
+		if k < len(p) {
+			if err != nil || s.err != nil || s.closedLocal {
 				c.creditLocked(nil, int64(len(p)-k))
+			} else {
+				s.recv.push(p[k:], false)
+				s.precounted += len(p) - k
 			}
-			if own {
-				putBuf(p)
-			}
-			s.wakeRead()
-			return
 		}
-		s.recv.push(p[k:], false)
-		s.precounted += len(p) - k
 		if own {
 			putBuf(p)
 		}
-		s.wakeRead()
+		s.kickLocked()
 		return
 	}
 	s.recv.push(p, own)
 	s.wakeRead()
+	s.kickLocked()
 }
 
 // discard reads and drops n payload bytes.
@@ -843,6 +834,7 @@ func (c *h2conn) forgetLocked(s *Stream, err error) {
 	if n := s.recv.release(); n > 0 {
 		c.creditLocked(nil, int64(n))
 	}
+	s.kickLocked()
 	if s.respReady != nil && !s.gotResponse {
 		s.gotResponse = true
 		close(s.respReady)

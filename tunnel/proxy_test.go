@@ -1,13 +1,18 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // serveProxy runs serve on a fresh loopback listener until the test ends.
@@ -189,5 +194,198 @@ func TestRequestHeaders(t *testing.T) {
 	}
 	if tp := got["traceparent"]; len(tp) != 55 || tp[:3] != "00-" || tp[52:] != "-00" {
 		t.Errorf("traceparent %q is not W3C-shaped", tp)
+	}
+}
+
+// hboneOutbound serves an Outbound that tunnels every connection to dst.
+func hboneOutbound(t *testing.T, e *env, dst netip.AddrPort, obs Observer) netip.AddrPort {
+	t.Helper()
+	out, err := NewOutbound(OutboundConfig{
+		Client: e.cli,
+		Routes: RouterFunc(func(src, _ netip.AddrPort) (Route, error) {
+			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
+		}),
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return dst, nil },
+		Observer:    obs,
+	}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveProxy(t, out.Serve)
+}
+
+// TestSlowConsumer: a download through both proxies into an application
+// that reads in small pieces with pauses arrives whole and in order, and
+// every byte is counted once: the forwarding path queues what the full
+// socket refuses and drains it in the background.
+func TestSlowConsumer(t *testing.T) {
+	e := newEnv(t)
+	const size = 8 << 20
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{7}).Read(data)
+	b := newBackend(t, func(c *net.TCPConn) {
+		for p := data; len(p) > 0; {
+			k := min(len(p), 1+len(p)%40_009)
+			if _, err := c.Write(p[:k]); err != nil {
+				return
+			}
+			p = p[k:]
+		}
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+	obs := &recordingObserver{}
+	addr := hboneOutbound(t, e, b.addr, obs)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	got := make([]byte, 0, size)
+	buf := make([]byte, 3000)
+	for i := 0; ; i++ {
+		if i%100 == 0 {
+			time.Sleep(20 * time.Millisecond) // let the sockets fill up
+		}
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("received %d bytes, want the %d sent, in order", len(got), size)
+	}
+	c.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		obs.mu.Lock()
+		closed := len(obs.closed)
+		obs.mu.Unlock()
+		if closed == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.closed) != 1 || obs.sent != size {
+		t.Fatalf("observer: %d closed, %d bytes sent, want 1 and %d", len(obs.closed), obs.sent, size)
+	}
+}
+
+// TestIdleConnectionGoroutines: an idle tunnelled connection holds one
+// goroutine in each proxy (the one reading its TCP side), not one per
+// direction; the stream's direction runs only while bytes move.
+func TestIdleConnectionGoroutines(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo) // one goroutine per connection
+	addr := hboneOutbound(t, e, b.addr, nil)
+	const n = 40
+	// One connection first, so that the HBONE connection's own goroutines
+	// exist before counting.
+	warm, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer warm.Close()
+	exchange(t, warm, "warm")
+	before := settledGoroutines()
+	for i := range n {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		exchange(t, c, fmt.Sprint("hello ", i))
+	}
+	perConn := float64(settledGoroutines()-before) / n
+	// backend + Outbound + Server: three.
+	if perConn > 3 {
+		t.Fatalf("%.2f goroutines per idle tunnelled connection, want 3 (backend, outbound proxy, HBONE server)", perConn)
+	}
+}
+
+// exchange writes msg on c and reads the echo.
+func exchange(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+}
+
+// settledGoroutines is the goroutine count once it stopped changing.
+func settledGoroutines() int {
+	last := runtime.NumGoroutine()
+	for range 50 {
+		time.Sleep(20 * time.Millisecond)
+		now := runtime.NumGoroutine()
+		if now == last {
+			return now
+		}
+		last = now
+	}
+	return last
+}
+
+// TestForwardBackpressure: a stream forwarded into a socket whose reader
+// stalls queues what the socket refuses, in order, and delivers all of it
+// once the reader resumes.
+func TestForwardBackpressure(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, echo)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	far, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	near, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	near.(*net.TCPConn).SetWriteBuffer(32 << 10)
+	far.(*net.TCPConn).SetReadBuffer(32 << 10)
+	done := make(chan copyResult, 1)
+	go func() { done <- (&pair{src: st, dst: near}).run(t.Context(), func(int) {}, func(int) {}) }()
+
+	// Small messages, so the echo comes back as small frames that the read
+	// loop writes to the socket itself until it is full.
+	const msgs, size = 2000, 1000
+	var sent bytes.Buffer
+	src := rand.NewChaCha8([32]byte{3})
+	msg := make([]byte, size)
+	for range msgs {
+		src.Read(msg)
+		sent.Write(msg)
+		if _, err := far.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // nobody reads far meanwhile
+	far.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(far)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, sent.Bytes()) {
+		t.Fatalf("received %d bytes, want the %d sent, in order", len(got), sent.Len())
+	}
+	if r := <-done; r.err != nil {
+		t.Fatalf("pair: %v", r.err)
 	}
 }

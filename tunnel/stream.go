@@ -44,15 +44,18 @@ type Stream struct {
 	rdl, wdl    deadline
 	cancel      context.CancelFunc // server: ends the handler's context
 
-	// The copier's destination socket, when it forwards this stream to TCP:
-	// the read loop writes to it directly while the copier is idle.
+	// Forwarding to a socket (see pair.forward): while nothing is queued
+	// the read loop writes received bytes to sink itself, and the drain
+	// goroutine runs only while bytes wait for the socket, or to carry the
+	// stream's end or failure over; an idle stream needs no goroutine.
 	sink       syscall.RawConn
 	sinkCount  func(int)
-	inlineBusy bool  // the read loop is writing to the sink
-	inlineWait bool  // setSink waits for that write to finish
-	copyBusy   bool  // the copier is writing a chunk it took
-	sinkErr    error // a direct write failed
-	precounted int   // queued bytes already reported to sinkCount
+	sinkDrain  func() // the drain goroutine's body
+	draining   bool   // the drain goroutine runs
+	inlineBusy bool   // the read loop is writing to sink
+	inlineWait bool   // unforward waits for that write to finish
+	sinkErr    error  // a direct write failed
+	precounted int    // queued bytes already reported to sinkCount
 
 	respReady    chan struct{} // client: closed when the response arrives
 	rwake, wwake chan struct{}
@@ -81,6 +84,7 @@ func (s *Stream) endRecvLocked() {
 		delete(s.c.streams, s.id)
 	}
 	s.wakeRead()
+	s.kickLocked()
 }
 
 // Read reads data the peer sent; it returns io.EOF after the peer's
@@ -118,33 +122,37 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// nextChunk waits for received data and takes the oldest buffered chunk out
-// of the stream, so it can be written on without another copy. The caller
+// errDrained reports, to a drain goroutine, that nothing waits for it.
+var errDrained = errors.New("tunnel: stream drained")
+
+// nextChunk takes the oldest buffered chunk out of the stream, so it can be
+// written on without another copy, waiting for one with wait. The caller
 // returns base to the pool with putBuf and reports the bytes with consumed;
-// fresh is how many of them have not been counted yet.
-func (s *Stream) nextChunk() (data, base []byte, fresh int, err error) {
+// fresh is how many of them have not been counted yet. Without wait, a
+// drain goroutine that finds nothing to do gets errDrained and ends.
+func (s *Stream) nextChunk(wait bool) (data, base []byte, fresh int, err error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		if s.sinkErr != nil {
+		// A failed stream holds no data (forgetLocked released it), so its
+		// error comes first: a direct write may still be in flight then.
+		switch {
+		case s.err != nil:
+			return nil, nil, 0, s.err
+		case s.sinkErr != nil:
 			return nil, nil, 0, s.sinkErr
-		}
-		if s.inlineBusy {
-			// The read loop is writing to the sink; wait for it to finish
-			// so bytes stay in order.
-		} else if s.recv.n > 0 {
+		case s.recv.n > 0:
 			data, base = s.recv.pop()
-			s.copyBusy = true
 			counted := min(s.precounted, len(data))
 			s.precounted -= counted
 			return data, base, len(data) - counted, nil
-		} else if s.err != nil {
-			return nil, nil, 0, s.err
-		} else if s.recvDone {
+		case s.recvDone:
 			return nil, nil, 0, io.EOF
-		}
-		if s.rdl.expired() {
+		case !wait:
+			s.draining = false
+			return nil, nil, 0, errDrained
+		case s.rdl.expired():
 			return nil, nil, 0, os.ErrDeadlineExceeded
 		}
 		c.mu.Unlock()
@@ -153,18 +161,23 @@ func (s *Stream) nextChunk() (data, base []byte, fresh int, err error) {
 	}
 }
 
-// setSink lets the read loop write received bytes straight to to while
-// the copier is idle; count is told about them. A nil to unregisters.
-func (s *Stream) setSink(to net.Conn, count func(int)) {
-	var rc syscall.RawConn
-	if tc, ok := to.(*net.TCPConn); ok {
-		rc, _ = tc.SyscallConn()
-	}
+// forwardTo lets the read loop write received bytes straight to rc, telling
+// count about them; drain runs on a goroutine of its own whenever bytes,
+// the stream's end or its failure wait, and reads them with nextChunk(false)
+// until errDrained.
+func (s *Stream) forwardTo(rc syscall.RawConn, count func(int), drain func()) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.sink, s.sinkCount = rc, count
-	for s.inlineBusy && rc == nil {
-		// Wait out a direct write in flight before the caller moves on.
+	s.sink, s.sinkCount, s.sinkDrain = rc, count, drain
+	s.kickLocked()
+}
+
+// unforward ends forwardTo, waiting out a direct write in flight.
+func (s *Stream) unforward() {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.sink, s.sinkCount, s.sinkDrain = nil, nil, nil
+	for s.inlineBusy {
 		s.inlineWait = true
 		s.c.mu.Unlock()
 		<-s.rwake
@@ -172,10 +185,20 @@ func (s *Stream) setSink(to net.Conn, count func(int)) {
 	}
 }
 
+// kickLocked starts the drain goroutine when something waits for it.
+func (s *Stream) kickLocked() {
+	if s.sinkDrain == nil || s.draining {
+		return
+	}
+	if s.recv.n > 0 || s.recvDone || s.err != nil || s.sinkErr != nil {
+		s.draining = true
+		go s.sinkDrain()
+	}
+}
+
 // consumed returns n bytes taken with nextChunk to the flow-control windows.
 func (s *Stream) consumed(n int) {
 	s.c.mu.Lock()
-	s.copyBusy = false
 	if s.err == nil {
 		s.c.creditLocked(s, int64(n))
 	} else {
