@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Copy buffers start at copyStart and double, up to maxBufSize, while reads
@@ -21,6 +22,8 @@ type halfCloser interface{ CloseWrite() error }
 type pair struct {
 	src, dst  net.Conn
 	abortOnce sync.Once
+	left      atomic.Int32 // directions still copying
+	errs      [2]error     // how src→dst and dst→src ended
 }
 
 // abort resets both connections, so both copy directions end at once.
@@ -49,29 +52,35 @@ type copyResult struct {
 	err error // first copy error; nil when both directions ended cleanly
 }
 
-// run copies both ways until both directions end, carrying half-closes
-// across, then closes both connections. A failing direction, or ctx ending,
-// aborts both. recv and sent count bytes src→dst and dst→src, once per
-// chunk. A stream's direction into a TCP socket is forwarded without a
-// goroutine of its own while idle (see forward); the other direction runs
-// on the caller's.
-func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
+// start copies both ways in the background until both directions end,
+// carrying half-closes across, then closes both connections and calls done.
+// A failing direction, or ctx ending, aborts both. recv and sent count bytes
+// src→dst and dst→src, once per chunk. A stream's direction into a TCP
+// socket needs no goroutine while idle (see forward); any other direction
+// runs on a goroutine of its own, whose stack stays as small as copying
+// needs, rather than on the caller's, which grew while dialling: an idle
+// tunnelled connection costs one small stack per proxy.
+func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyResult)) {
 	stop := context.AfterFunc(ctx, p.abort)
-	defer stop()
-	errc := make(chan error, 1)
-	var err error
-	if s, ok := p.src.(*Stream); ok && p.forward(p.dst, s, recv, errc) {
-		err = p.half(p.src, p.dst, sent)
-	} else if s, ok := p.dst.(*Stream); ok && p.forward(p.src, s, sent, errc) {
-		err = p.half(p.dst, p.src, recv)
-	} else {
-		go func() { errc <- p.half(p.dst, p.src, recv) }()
-		err = p.half(p.src, p.dst, sent)
+	p.left.Store(2)
+	finish := func(dir int, err error) {
+		p.errs[dir] = err
+		if p.left.Add(-1) > 0 {
+			return
+		}
+		stop()
+		p.src.Close()
+		p.dst.Close()
+		done(copyResult{err: errors.Join(p.errs[0], p.errs[1])})
 	}
-	err2 := <-errc
-	p.src.Close()
-	p.dst.Close()
-	return copyResult{err: errors.Join(err, err2)}
+	toDst := func(err error) { finish(0, err) }
+	toSrc := func(err error) { finish(1, err) }
+	if s, ok := p.src.(*Stream); !ok || !p.forward(p.dst, s, recv, toDst) {
+		go func() { toDst(p.half(p.dst, p.src, recv)) }()
+	}
+	if s, ok := p.dst.(*Stream); !ok || !p.forward(p.src, s, sent, toSrc) {
+		go func() { toSrc(p.half(p.src, p.dst, sent)) }()
+	}
 }
 
 // half copies from → to until EOF, then half-closes to. On an error it
@@ -101,9 +110,9 @@ func (p *pair) end(to net.Conn, err error) error {
 // goroutine waiting on an idle stream: the read loop writes what arrives
 // straight to the socket, and a drain goroutine starts only while bytes
 // wait for a full socket, or to carry the stream's end or failure over.
-// The direction's result arrives on done. It reports false, doing
-// nothing, when to is not a TCP connection.
-func (p *pair) forward(to net.Conn, s *Stream, count func(int), done chan<- error) bool {
+// finish gets the direction's result. It reports false, doing nothing,
+// when to is not a TCP connection.
+func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(error)) bool {
 	tc, ok := to.(*net.TCPConn)
 	if !ok {
 		return false
@@ -118,7 +127,7 @@ func (p *pair) forward(to net.Conn, s *Stream, count func(int), done chan<- erro
 			return
 		}
 		s.unforward()
-		done <- p.end(to, err)
+		finish(p.end(to, err))
 	})
 	return true
 }

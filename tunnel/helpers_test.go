@@ -163,3 +163,10 @@ func echo(c *net.TCPConn) {
 	c.CloseWrite()
 	io.Copy(io.Discard, c)
 }
+
+// run is pair.start, waiting for the result.
+func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
+	res := make(chan copyResult, 1)
+	p.start(ctx, recv, sent, func(r copyResult) { res <- r })
+	return <-res
+}

@@ -183,10 +183,14 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn) {
 	}
 	p := &pair{src: c, dst: up}
 	t := o.cfg.Registry.add(info, Request{}, false, p.abort)
-	res := p.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
-	o.cfg.Registry.remove(t)
-	closed(obs, res)
+	o.l.copying.Add(1)
+	p.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
+		func(res copyResult) {
+			o.cfg.Registry.remove(t)
+			closed(obs, res)
+			o.l.copying.Done()
+		})
 }
 
 func closed(obs ConnObserver, res copyResult) {
@@ -278,17 +282,23 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
 	}
 	pr := &pair{src: c, dst: up}
 	t := p.cfg.Registry.add(info, req, true, pr.abort)
-	res := pr.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
-	p.cfg.Registry.remove(t)
-	closed(obs, res)
+	p.l.copying.Add(1)
+	pr.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
+		func(res copyResult) {
+			p.cfg.Registry.remove(t)
+			closed(obs, res)
+			p.l.copying.Done()
+		})
 }
 
 // loop is the accept loop shared by the plain proxies: one goroutine per
-// connection, every connection aborted when ctx ends.
+// connection until its copying starts, every connection aborted when ctx
+// ends.
 type loop struct {
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	copying sync.WaitGroup // pairs started by handlers, until done
 }
 
 func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(context.Context, net.Conn)) error {
@@ -347,5 +357,6 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 		})
 	}
 	wg.Wait()
+	l.copying.Wait()
 	return err
 }

@@ -328,9 +328,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 			onStream: func(st *Stream) {
 				sctx, cancel := context.WithCancel(ctx)
 				st.cancel = cancel
-				handlers.Go(func() {
-					defer cancel()
-					s.handle(sctx, st, peer, local, remote, log)
+				handlers.Add(1)
+				go s.handle(sctx, st, peer, local, remote, log, func() {
+					cancel()
+					handlers.Done()
 				})
 			},
 		})
@@ -391,8 +392,15 @@ func (s *Server) handshake(tc *tls.Conn) (certs.Identity, error) {
 	return peer, nil
 }
 
-// handle answers one CONNECT and proxies it.
-func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, local, remote netip.AddrPort, log *slog.Logger) {
+// handle answers one CONNECT and proxies it; release is called once the
+// stream is done with, which is after the copying when it is proxied.
+func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, local, remote netip.AddrPort, log *slog.Logger, release func()) {
+	proxied := false
+	defer func() {
+		if !proxied {
+			release()
+		}
+	}()
 	method := headerValue(st.reqFields, ":method")
 	authority := headerValue(st.reqFields, ":authority")
 	dst, status, reason := s.check(method, authority, local)
@@ -443,21 +451,22 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		obs.Closed("error", "respond: "+err.Error())
 		return
 	}
-	s.proxy(ctx, st, up, info, req, obs)
+	proxied = true
+	s.proxy(ctx, st, up, info, req, obs, release)
 }
 
-// proxy copies between the stream and upstream and tracks the connection.
-func (s *Server) proxy(ctx context.Context, st *Stream, up net.Conn, info ConnInfo, req Request, obs ConnObserver) {
+// proxy starts copying between the stream and upstream and tracks the
+// connection until the copying is done, then calls release.
+func (s *Server) proxy(ctx context.Context, st *Stream, up net.Conn, info ConnInfo, req Request, obs ConnObserver, release func()) {
 	p := &pair{src: st, dst: up}
 	t := s.reg.add(info, req, true, p.abort)
-	res := p.run(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) })
-	s.reg.remove(t)
-	if res.err != nil {
-		obs.Closed("error", res.err.Error())
-	} else {
-		obs.Closed("ok", "")
-	}
+	p.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
+		func(res copyResult) {
+			s.reg.remove(t)
+			closed(obs, res)
+			release()
+		})
 }
 
 // check validates a CONNECT; status 0 means it may proceed to policy.
