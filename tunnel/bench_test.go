@@ -466,6 +466,46 @@ func BenchmarkPath(b *testing.B) {
 			b.ReportMetric(tl.Seconds()/hb.Seconds(), "hbone/tlspair")
 		})
 	}
+	// 1 KiB request/response over each path, interleaved: the far app
+	// echoes.
+	b.Run("rr1k", func(b *testing.B) {
+		open := func(addr netip.AddrPort) net.Conn {
+			c, err := net.Dial("tcp", addr.String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			far := <-conns
+			go func() { io.Copy(far, far); far.Close() }()
+			return c
+		}
+		hc, tc := open(hboneAddr), open(pairAddr)
+		defer hc.Close()
+		defer tc.Close()
+		msg, resp := make([]byte, 1024), make([]byte, 1024)
+		var hlat, tlat []time.Duration
+		rr := func(c net.Conn, lat *[]time.Duration) {
+			for range 200 {
+				t0 := time.Now()
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					b.Fatal(err)
+				}
+				*lat = append(*lat, time.Since(t0))
+			}
+		}
+		for b.Loop() {
+			rr(hc, &hlat)
+			rr(tc, &tlat)
+		}
+		slices.Sort(hlat)
+		slices.Sort(tlat)
+		us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+		b.ReportMetric(us(hlat[len(hlat)/2]), "hbone-p50-µs")
+		b.ReportMetric(us(tlat[len(tlat)/2]), "tlspair-p50-µs")
+		b.ReportMetric(float64(hlat[len(hlat)/2])/float64(tlat[len(tlat)/2]), "hbone/tlspair-p50")
+	})
 }
 
 // BenchmarkHOL measures 1 KiB round trips on one stream alone, while a bulk
