@@ -1,6 +1,9 @@
 package tunnel
 
-import "sync"
+import (
+	"sync"
+	"unsafe"
+)
 
 // Buffer size classes shared by the byte copier and the stream receive
 // buffers. A buffer is taken from its class when data is about to move and
@@ -14,8 +17,10 @@ const (
 // bufClasses are the capacities handed out: 1, 4, 16, 64, 256 KiB.
 var bufClasses = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10}
 
-// bufPools caches buffers per size class. It holds no semantic state: any
-// buffer may be dropped by the garbage collector at any time.
+// bufPools caches buffers per size class, each kept as a pointer to its
+// first byte: putting a pointer in a sync.Pool does not allocate, putting a
+// slice would. It holds no semantic state: any buffer may be dropped by the
+// garbage collector at any time.
 var bufPools [len(bufClasses)]sync.Pool
 
 // classFor returns the index of the smallest class holding n bytes
@@ -32,8 +37,8 @@ func classFor(n int) int {
 // getBuf returns a buffer of len == cap == the class size for n.
 func getBuf(n int) []byte {
 	i := classFor(n)
-	if p, ok := bufPools[i].Get().(*[]byte); ok {
-		return *p
+	if p, ok := bufPools[i].Get().(*byte); ok {
+		return unsafe.Slice(p, bufClasses[i])
 	}
 	return make([]byte, bufClasses[i])
 }
@@ -43,7 +48,7 @@ func putBuf(b []byte) {
 	b = b[:cap(b)]
 	for i, c := range bufClasses {
 		if len(b) == c {
-			bufPools[i].Put(&b)
+			bufPools[i].Put(unsafe.SliceData(b))
 			return
 		}
 	}
