@@ -18,10 +18,13 @@
 //
 // Peer processes' CPU is utime+stime of their process trees from /proc, RSS
 // is VmRSS, and the agents' Go heap is HeapAlloc after a forced GC from the
-// admin endpoint's /debug/pprof/heap?debug=1&gc=1.
+// admin endpoint's /debug/pprof/heap?debug=1&gc=1. Idle connections (2000
+// and 10000 by default) are held by a child process in node a, so that this
+// process's descriptors suffice for the sink's side.
 //
 // Usage (as root; scripts/bench installs the peers and calls it):
 //
 //	ferrybench [-rounds 3] [-duration 3s] [-smoke] [-out bench/results.json] [-ferry bin/ferry] ...
 //	ferrybench gotls client|server -listen ADDR -target ADDR -cert F -key F -ca F
+//	ferrybench hold -n N -dst ADDR   (inside node a: hold N idle connections)
 package main

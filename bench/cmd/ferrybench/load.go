@@ -1,14 +1,21 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -381,37 +388,71 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 	return slices.Concat(lats...), errors.Join(errs...)
 }
 
-// openIdle opens n connections that each completed an exchange with the
-// sink and then stay idle; the caller closes them.
-func (t target) openIdle(ctx context.Context, n int) ([]net.Conn, error) {
-	var conns []net.Conn
-	err := inNetns(t.ns, func() error {
-		var one [1]byte
-		hdr := header(modeConnect, 0)
-		for range n {
-			c, err := dialHere(ctx, clientPod, t.dst)
-			if err != nil {
-				return err
-			}
+// holdIdle opens n connections that each completed an exchange with the
+// sink and then stay idle, held by a child process (`ferrybench hold`) in
+// t.ns: their client side stays out of this process, whose descriptors
+// serve the sink's side. release closes them and waits for the child.
+func (t target) holdIdle(ctx context.Context, self string, n int) (release func(), err error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.ns, self, "hold", "-n", strconv.Itoa(n), "-dst", t.dst.String())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	release = func() {
+		stdin.Close()
+		cmd.Wait()
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	if line != "ready\n" {
+		release()
+		return nil, fmt.Errorf("holding %d idle connections: %s", n, strings.TrimSpace(stderr.String()))
+	}
+	return release, nil
+}
+
+// runHold is `ferrybench hold -n N -dst ADDR`, run inside the client
+// namespace: it opens N idle connections (see holdIdle), prints "ready",
+// and holds them until its standard input ends.
+func runHold(args []string) int {
+	fs := flag.NewFlagSet("ferrybench hold", flag.ExitOnError)
+	n := fs.Int("n", 0, "connections")
+	dst := fs.String("dst", "", "destination address")
+	fs.Parse(args)
+	to, err := netip.ParseAddrPort(*dst)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hold:", err)
+		return 2
+	}
+	var one [1]byte
+	hdr := header(modeConnect, 0)
+	conns := make([]net.Conn, 0, *n)
+	for range *n {
+		c, err := dialHere(context.Background(), clientPod, to)
+		if err == nil {
 			conns = append(conns, c)
 			c.SetDeadline(time.Now().Add(10 * time.Second))
-			if _, err := c.Write(hdr); err != nil {
-				return err
-			}
-			if _, err := io.ReadFull(c, one[:]); err != nil {
-				return err
+			if _, err = c.Write(hdr); err == nil {
+				_, err = io.ReadFull(c, one[:])
 			}
 			c.SetDeadline(time.Time{})
 		}
-		return nil
-	})
-	if err != nil {
-		for _, c := range conns {
-			c.Close()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "connection %d of %d: %v\n", len(conns), *n, err)
+			return 1
 		}
-		return nil, err
 	}
-	return conns, nil
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 // holBulkRate is the bulk consumer's read rate in the head-of-line test:

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +27,9 @@ func main() {
 	if len(args) > 0 && args[0] == "gotls" {
 		os.Exit(runGoTLS(args[1:]))
 	}
+	if len(args) > 0 && args[0] == "hold" {
+		os.Exit(runHold(args[1:]))
+	}
 	if len(args) > 0 && args[0] == "run" {
 		args = args[1:]
 	}
@@ -36,7 +41,7 @@ func run(args []string) int {
 	cfg := config{}
 	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds; every peer runs every benchmark once per round")
 	fs.DurationVar(&cfg.dur, "duration", 3*time.Second, "length of each timed measurement")
-	fs.IntVar(&cfg.idleConns, "idle-conns", 2000, "idle connections held per peer (memory per connection)")
+	idle := fs.String("idle-conns", "2000,10000", "comma-separated counts of idle connections held per peer (memory per connection); the headline keys use the largest")
 	fs.IntVar(&cfg.connWorkers, "connect-workers", 8, "parallel connectors (connect rate)")
 	fs.IntVar(&cfg.hsWorkers, "handshake-workers", 4, "parallel TLS handshakers")
 	fs.IntVar(&cfg.muxConns, "mux-conns", 8, "connections of the multiplexing benchmark")
@@ -65,8 +70,17 @@ func run(args []string) int {
 		}
 	}
 	if *smoke {
-		cfg.rounds, cfg.dur, cfg.idleConns, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, 50, 4, 2, 8
+		cfg.rounds, cfg.dur, *idle, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, "50,250", 4, 2, 8
 	}
+	for _, f := range strings.Split(*idle, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "ferrybench: -idle-conns: %q is not a positive count\n", f)
+			return 2
+		}
+		cfg.idleConns = append(cfg.idleConns, n)
+	}
+	slices.Sort(cfg.idleConns)
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -75,6 +89,11 @@ func run(args []string) int {
 	if os.Geteuid() != 0 {
 		log.Error("ferrybench needs root (network namespaces)")
 		return 2
+	}
+	if err := raiseFileLimit(2*slices.Max(cfg.idleConns) + 1000); err != nil {
+		// Without CAP_SYS_RESOURCE the hard limit stays; a peer process
+		// that runs out of descriptors fails the idle benchmark, recorded.
+		log.Warn("open files limit", "err", err)
 	}
 	if cfg.profileDir != "" {
 		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
@@ -166,8 +185,8 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		"cpu_us_per_rr1k":              "both agents' CPU µs per 1 KiB request/response (= vCPU per 1000 rps ×1000)",
 		"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",
 		"handshakes_per_s_core_x25519": "1 s ÷ node b agent's CPU per full mTLS handshake (X25519, P-256 certs, no resumption)",
-		"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection",
-		"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection",
+		"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection, at the largest -idle-conns count (raw figures for each count under mem/idle-N)",
+		"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection, at the largest -idle-conns count",
 		"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
 		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
 	}
@@ -294,4 +313,28 @@ func serveDebug(ctx context.Context, log *slog.Logger, addr string) {
 		}
 	}()
 	context.AfterFunc(ctx, func() { srv.Close() })
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to at least n for this process and the
+// peers it starts (they inherit it): each idle connection costs the load
+// generator and the sink a descriptor each, and every peer process as many.
+func raiseFileLimit(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= uint64(n) {
+		return nil
+	}
+	want := max(uint64(n), lim.Max)
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if limit, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && want > limit {
+			return fmt.Errorf("need %d open files, the kernel allows %d (fs.nr_open)", n, limit)
+		}
+	}
+	lim.Cur, lim.Max = want, want
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise the open files limit to %d: %w", want, err)
+	}
+	return nil
 }

@@ -293,7 +293,7 @@ func writeConf(e *env, name, text string) (string, error) {
 // The OpenSSL peers are pinned to TLS 1.3 with TLS_AES_128_GCM_SHA256 (what
 // Go picks here) and X25519, with the same certificates as the Go peers.
 const haproxyConf = `global
-	maxconn 8000
+	maxconn 9500
 	ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256
 	ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256
 	ssl-default-bind-options ssl-min-ver TLSv1.3
@@ -345,10 +345,10 @@ func nginxAvailable(*env) error {
 
 const nginxConf = `load_module %s;
 worker_processes 2;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile 100000;
 pid %s;
 error_log %s warn;
-events { worker_connections 16000; }
+events { worker_connections 45000; }
 stream {
 	server {
 		%s

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -21,7 +22,7 @@ import (
 type config struct {
 	rounds      int
 	dur         time.Duration // each timed measurement
-	idleConns   int           // idle connections held per peer
+	idleConns   []int         // counts of idle connections held per peer, ascending
 	connWorkers int           // parallel connectors (connect rate)
 	hsWorkers   int           // parallel TLS handshakers
 	muxConns    int
@@ -390,7 +391,15 @@ func (s *suite) handshakes(ctx context.Context) {
 }
 
 func (s *suite) idle(ctx context.Context) {
-	bench := fmt.Sprintf("mem/idle-%d", s.cfg.idleConns)
+	for _, n := range s.cfg.idleConns {
+		s.idleAt(ctx, n, n == slices.Max(s.cfg.idleConns))
+	}
+}
+
+// idleAt measures the memory n idle connections cost each tunnel peer; with
+// headline, Ferry's figures are the keys.
+func (s *suite) idleAt(ctx context.Context, n int, headline bool) {
+	bench := fmt.Sprintf("mem/idle-%d", n)
 	for _, p := range s.peers {
 		if !p.tunnel() {
 			continue
@@ -402,8 +411,12 @@ func (s *suite) idle(ctx context.Context) {
 			s.fail(bench, p, fmt.Errorf("heap: %w", err))
 			hasHeap = false
 		}
-		conns, err := s.target(p).openIdle(ctx, s.cfg.idleConns)
+		release, err := s.target(p).holdIdle(ctx, s.env.self, n)
 		if err != nil {
+			var lim syscall.Rlimit
+			if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && uint64(2*n) >= lim.Max {
+				err = fmt.Errorf("%w (a proxy process holding both sides of %d connections needs %d descriptors; RLIMIT_NOFILE here is %d and raising it needs CAP_SYS_RESOURCE)", err, n, 2*n, lim.Max)
+			}
 			s.fail(bench, p, err)
 			continue
 		}
@@ -416,20 +429,17 @@ func (s *suite) idle(ctx context.Context) {
 				hasHeap = false
 			}
 		}
-		for _, c := range conns {
-			c.Close()
-		}
-		n := float64(len(conns))
-		rssPer := (float64(rss1) - float64(rss0)) / n
+		release()
+		rssPer := (float64(rss1) - float64(rss0)) / float64(n)
 		s.rec.raw(bench, p.name, "rss_kib_per_conn", "KiB", rssPer)
 		s.rec.raw(bench, p.name, "rss_mib_total", "MiB", float64(rss1)/1024)
-		if p.name == "ferry" {
+		if p.name == "ferry" && headline {
 			s.rec.key("idle_conn_rss_kib", rssPer)
 		}
 		if hasHeap {
-			heapPer := (float64(heap1) - float64(heap0)) / 1024 / n
+			heapPer := (float64(heap1) - float64(heap0)) / 1024 / float64(n)
 			s.rec.raw(bench, p.name, "heap_kib_per_conn", "KiB", heapPer)
-			if p.name == "ferry" {
+			if p.name == "ferry" && headline {
 				s.rec.key("idle_conn_heap_kib", heapPer)
 			}
 		}
