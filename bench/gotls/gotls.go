@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -61,14 +62,23 @@ func serve(ctx context.Context, ln net.Listener, log *slog.Logger, dial func(con
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
 	wg.Go(func() { <-ctx.Done(); ln.Close() })
+	var delay time.Duration
 	for {
 		down, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors: wait for connections to close, as
+				// net/http does, rather than stop serving.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
 			return fmt.Errorf("gotls: accept: %w", err)
 		}
+		delay = 0
 		wg.Go(func() {
 			stop := context.AfterFunc(ctx, func() { down.Close() })
 			defer stop()

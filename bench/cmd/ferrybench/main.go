@@ -214,7 +214,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 			continue
 		}
 		ports = append(ports, spec.port)
-		p := &peer{name: spec.name, port: spec.port, perConnTLS: spec.perConnTLS}
+		p := &peer{name: spec.name, port: spec.port, perConnTLS: spec.perConnTLS, bothSides: spec.bothSides}
 		log.Info("starting peer", "peer", spec.name)
 		if err := spec.start(ctx, e, p); err != nil {
 			p.stop()

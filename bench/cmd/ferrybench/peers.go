@@ -22,7 +22,11 @@ type peer struct {
 	name       string
 	port       uint16 // the server pod's port the load generator dials
 	perConnTLS bool   // one TLS handshake per application connection
-	procs      []*proc
+	// bothSides: one process holds both sockets of each proxied connection
+	// (its accepted and its dialled one), so it needs two descriptors per
+	// connection.
+	bothSides bool
+	procs     []*proc
 	// adminA and adminB, when set, are Go admin endpoints (127.0.0.1:port in
 	// node a and node b) serving /debug/pprof/heap.
 	adminA, adminB string
@@ -119,6 +123,7 @@ type peerSpec struct {
 	name       string
 	port       uint16
 	perConnTLS bool
+	bothSides  bool
 	available  func(e *env) error
 	start      func(ctx context.Context, e *env, p *peer) error
 }
@@ -151,11 +156,11 @@ func peerSpecs(e *env) []peerSpec {
 		{name: "direct", port: directPort, available: func(*env) error { return nil },
 			start: func(context.Context, *env, *peer) error { return nil }},
 		{name: "ferry", port: 20001, available: have(&e.ferry), start: startFerry},
-		{name: "go-tls", port: 20002, perConnTLS: true, available: have(&e.self), start: startGoTLS},
-		{name: "ghostunnel", port: 20003, perConnTLS: true, available: have(&e.ghost), start: startGhostunnel},
-		{name: "haproxy", port: 20004, perConnTLS: true, available: lookPath("haproxy"), start: startHAProxy},
+		{name: "go-tls", bothSides: true, port: 20002, perConnTLS: true, available: have(&e.self), start: startGoTLS},
+		{name: "ghostunnel", bothSides: true, port: 20003, perConnTLS: true, available: have(&e.ghost), start: startGhostunnel},
+		{name: "haproxy", bothSides: true, port: 20004, perConnTLS: true, available: lookPath("haproxy"), start: startHAProxy},
 		{name: "nginx", port: 20005, perConnTLS: true, available: nginxAvailable, start: startNginx},
-		{name: "stunnel", port: 20006, perConnTLS: true, available: lookPath("stunnel4"), start: startStunnel},
+		{name: "stunnel", bothSides: true, port: 20006, perConnTLS: true, available: lookPath("stunnel4"), start: startStunnel},
 		{name: "istio-hbone", port: 20007, available: have(&e.istio), start: startIstioHBONE},
 	}
 }
