@@ -15,12 +15,22 @@
 //     sent; 16 KiB header lists; 100 concurrent streams.
 //   - Received DATA goes straight into pooled chunks that are released as soon
 //     as they are read or forwarded, so an idle stream holds no buffer.
-//     Proxying from a stream writes those chunks on without another copy;
-//     proxying to a stream first waits for the socket to be readable, then
-//     takes a buffer (16 KiB, growing to 256 KiB while reads fill it).
+//     Proxying from a stream into a TCP socket needs no goroutine while
+//     idle: the read loop writes chunks of up to 64 KiB to the socket itself
+//     when nothing is queued and the socket takes them, and a drain
+//     goroutine runs only while bytes wait (a full socket, bulk chunks) or
+//     to carry the stream's end or failure over. Proxying to a stream runs
+//     on a fresh goroutine with a small stack, which first waits for the
+//     socket to be readable, then takes a buffer (16 KiB, growing to 256 KiB
+//     while reads fill it). An idle tunnelled connection costs each proxy
+//     one small goroutine, two sockets and a few hundred bytes of heap.
 //   - Writers append frames to one pooled output buffer under a mutex and
 //     the last writer out flushes, so frames queued together leave in one
-//     TLS write; payloads of 16 KiB and more are written without a copy.
+//     TLS write; payloads of 16 KiB and more are written without a copy, and
+//     the TLS records of a large write are gathered into one system call
+//     (crypto/tls writes each record on its own). Write deadlines move only
+//     once a quarter of the keepalive timeout is used, since moving one
+//     wakes the runtime's network poller.
 //     The read loop never writes: control frames (SETTINGS ACK, PING,
 //     WINDOW_UPDATE, RST_STREAM, GOAWAY) go through a queue to a control
 //     writer, which also runs the keepalive, idle and first-stream timers.
