@@ -23,7 +23,7 @@
 //     on a fresh goroutine with a small stack, which first waits for the
 //     socket to be readable, then takes a buffer (16 KiB, growing to 256 KiB
 //     while reads fill it). An idle tunnelled connection costs each proxy
-//     one small goroutine, two sockets and a few hundred bytes of heap.
+//     one small goroutine, two sockets and a few KiB of heap.
 //   - Writers append frames to one pooled output buffer under a mutex and
 //     the last writer out flushes, so frames queued together leave in one
 //     TLS write; payloads of 16 KiB and more are written without a copy, and
