@@ -181,24 +181,26 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn) {
 		obs.Closed(result, err.Error())
 		return
 	}
-	p := &pair{src: c, dst: up}
-	t := o.cfg.Registry.add(info, Request{}, false, p.abort)
 	o.l.copying.Add(1)
+	proxyTracked(ctx, &pair{src: c, dst: up}, o.cfg.Registry, info, Request{}, false, obs, o.l.copying.Done)
+}
+
+// proxyTracked starts copying p as a tracked connection: listed in reg
+// while it lasts, its bytes counted there and by obs, its end reported to
+// obs; then done is called.
+func proxyTracked(ctx context.Context, p *pair, reg *Registry, info ConnInfo, req Request, inbound bool, obs ConnObserver, done func()) {
+	t := reg.add(info, req, inbound, p.abort)
 	p.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
 		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
 		func(res copyResult) {
-			o.cfg.Registry.remove(t)
-			closed(obs, res)
-			o.l.copying.Done()
+			reg.remove(t)
+			if res.err != nil {
+				obs.Closed("error", res.err.Error())
+			} else {
+				obs.Closed("ok", "")
+			}
+			done()
 		})
-}
-
-func closed(obs ConnObserver, res copyResult) {
-	if res.err != nil {
-		obs.Closed("error", res.err.Error())
-	} else {
-		obs.Closed("ok", "")
-	}
 }
 
 // PlaintextConfig configures the inbound plaintext proxy (port 15006):
@@ -280,16 +282,8 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
 		obs.Closed("error", err.Error())
 		return
 	}
-	pr := &pair{src: c, dst: up}
-	t := p.cfg.Registry.add(info, req, true, pr.abort)
 	p.l.copying.Add(1)
-	pr.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
-		func(res copyResult) {
-			p.cfg.Registry.remove(t)
-			closed(obs, res)
-			p.l.copying.Done()
-		})
+	proxyTracked(ctx, &pair{src: c, dst: up}, p.cfg.Registry, info, req, true, obs, p.l.copying.Done)
 }
 
 // loop is the accept loop shared by the plain proxies: one goroutine per

@@ -452,21 +452,7 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		return
 	}
 	proxied = true
-	s.proxy(ctx, st, up, info, req, obs, release)
-}
-
-// proxy starts copying between the stream and upstream and tracks the
-// connection until the copying is done, then calls release.
-func (s *Server) proxy(ctx context.Context, st *Stream, up net.Conn, info ConnInfo, req Request, obs ConnObserver, release func()) {
-	p := &pair{src: st, dst: up}
-	t := s.reg.add(info, req, true, p.abort)
-	p.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
-		func(res copyResult) {
-			s.reg.remove(t)
-			closed(obs, res)
-			release()
-		})
+	proxyTracked(ctx, &pair{src: st, dst: up}, s.reg, info, req, true, obs, release)
 }
 
 // check validates a CONNECT; status 0 means it may proceed to policy.
