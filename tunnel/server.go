@@ -436,13 +436,14 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	}
 	if status != 0 {
 		log.Debug("tunnel: CONNECT refused", "dst", authority, "status", status, "err", reason)
-		st.respond(status, true)
-		st.Close()
+		// Counted before the client can see the answer.
 		result := "error"
 		if status == 401 {
 			result = "denied"
 		}
 		obs.Closed(result, reason)
+		st.respond(status, true)
+		st.Close()
 		return
 	}
 	if err := st.respond(200, false); err != nil {
