@@ -112,7 +112,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer closeIssuer()
-	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots}, issuer, a.log.With("component", "certs"))
+	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots, PostQuantum: a.cfg.PostQuantum}, issuer, a.log.With("component", "certs"))
 	if err != nil {
 		return err
 	}

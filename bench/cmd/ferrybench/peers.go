@@ -262,6 +262,38 @@ func startFerry(ctx context.Context, e *env, p *peer) error {
 	return nil
 }
 
+// pqHBONEPort is the HBONE port of the post-quantum agent startFerryPQ runs.
+const pqHBONEPort = 15009
+
+// startFerryPQ runs, in node b, a second Ferry agent offering
+// X25519MLKEM768 (--post-quantum), on ports of its own, and waits for its
+// HBONE listener. The caller stops it.
+func startFerryPQ(ctx context.Context, e *env) (*proc, error) {
+	m := filepath.Join(e.dir, "ferry-manifests")
+	pr, err := startProc(e.topo.nsB, e.dir, "ferry-pq", e.ferry, "agent", "--manifests", m, "--ca-cert", e.pki.caCert, "--ca-key", e.pki.caKey,
+		"--redirect", "none", "--log-level", "warn", "--drain-timeout", "1s", "--post-quantum", "--node", "b",
+		"--admin-addr", "127.0.0.1:15030", "--metrics-addr", "127.0.0.1:15031", "--readiness-addr", "127.0.0.1:15032",
+		"--outbound-addr", addr(nodeBIP, 15031), "--inbound-addr", addr(nodeBIP, 15036), "--hbone-addr", addr(serverPod, pqHBONEPort))
+	if err != nil {
+		return nil, err
+	}
+	err = waitFor(ctx, 60*time.Second, func() error {
+		if pr.exited() {
+			return fmt.Errorf("post-quantum agent exited: %s", pr.tail())
+		}
+		c, err := dialFrom(ctx, e.topo.nsB, netip.Addr{}, netip.AddrPortFrom(serverPod, pqHBONEPort))
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		pr.stop()
+		return nil, err
+	}
+	return pr, nil
+}
+
 func startGoTLS(ctx context.Context, e *env, p *peer) error {
 	tls := []string{"-cert", e.pki.cert, "-key", e.pki.key, "-ca", e.pki.caCert}
 	if err := p.run(e, e.topo.nsB, "server", append([]string{e.self, "gotls", "server",
