@@ -136,7 +136,7 @@ func (o *Outbound) Serve(ctx context.Context, ln net.Listener) error {
 	return o.l.serve(ctx, ln, o.log, o.handle)
 }
 
-func (o *Outbound) handle(ctx context.Context, c net.Conn) {
+func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGroup) {
 	src := addrPort(c.RemoteAddr())
 	dst, err := o.cfg.OriginalDst(c)
 	if err != nil {
@@ -181,8 +181,8 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn) {
 		obs.Closed(result, err.Error())
 		return
 	}
-	o.l.copying.Add(1)
-	proxyTracked(ctx, &pair{src: c, dst: up}, o.cfg.Registry, info, Request{}, false, obs, o.l.copying.Done)
+	copying.Add(1)
+	proxyTracked(ctx, &pair{src: c, dst: up}, o.cfg.Registry, info, Request{}, false, obs, copying.Done)
 }
 
 // proxyTracked starts copying p as a tracked connection: listed in reg
@@ -251,7 +251,7 @@ func (p *Plaintext) Serve(ctx context.Context, ln net.Listener) error {
 	return p.l.serve(ctx, ln, p.log, p.handle)
 }
 
-func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
+func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGroup) {
 	src := addrPort(c.RemoteAddr())
 	dst, err := p.cfg.OriginalDst(c)
 	if err == nil && !p.cfg.Destinations.Local(dst.Addr()) {
@@ -282,22 +282,26 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn) {
 		obs.Closed("error", err.Error())
 		return
 	}
-	p.l.copying.Add(1)
-	proxyTracked(ctx, &pair{src: c, dst: up}, p.cfg.Registry, info, req, true, obs, p.l.copying.Done)
+	copying.Add(1)
+	proxyTracked(ctx, &pair{src: c, dst: up}, p.cfg.Registry, info, req, true, obs, copying.Done)
 }
 
 // loop is the accept loop shared by the plain proxies: one goroutine per
 // connection until its copying starts, every connection aborted when ctx
-// ends.
+// ends or accepting fails for good.
 type loop struct {
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	copying sync.WaitGroup // pairs started by handlers, until done
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
 }
 
-func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(context.Context, net.Conn)) error {
-	var wg sync.WaitGroup
-	stop := context.AfterFunc(ctx, func() {
+// serve accepts on ln and runs handle for each connection. A handler that
+// starts copying adds it to copying and marks it done when the copy ends;
+// serve returns once every handler and copy has finished.
+func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle func(context.Context, net.Conn, *sync.WaitGroup)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var handlers, copying sync.WaitGroup
+	context.AfterFunc(ctx, func() {
 		ln.Close()
 		l.mu.Lock()
 		for c := range l.conns {
@@ -305,7 +309,6 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 		}
 		l.mu.Unlock()
 	})
-	defer stop()
 	var err error
 	var delay time.Duration
 	for {
@@ -326,14 +329,10 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 				}
 				break
 			}
+			// Accepting failed for good: end every connection (copies
+			// abort when ctx ends) so that the error is returned now.
 			err = fmt.Errorf("tunnel: accept: %w", aerr)
-			stop()
-			ln.Close()
-			l.mu.Lock()
-			for c := range l.conns {
-				abortConn(c)
-			}
-			l.mu.Unlock()
+			cancel()
 			break
 		}
 		delay = 0
@@ -343,14 +342,14 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 		}
 		l.conns[c] = struct{}{}
 		l.mu.Unlock()
-		wg.Go(func() {
-			handle(ctx, c)
+		handlers.Go(func() {
+			handle(ctx, c, &copying)
 			l.mu.Lock()
 			delete(l.conns, c)
 			l.mu.Unlock()
 		})
 	}
-	wg.Wait()
-	l.copying.Wait()
+	handlers.Wait()
+	copying.Wait()
 	return err
 }

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -387,5 +388,42 @@ func TestForwardBackpressure(t *testing.T) {
 	}
 	if r := <-done; r.err != nil {
 		t.Fatalf("pair: %v", r.err)
+	}
+}
+
+// When accepting fails for good while connections are being copied, Serve
+// ends them and returns the accept error rather than waiting for clients
+// that may never close.
+func TestServeAcceptError(t *testing.T) {
+	b := newBackend(t, echo)
+	p, err := NewPlaintext(PlaintextConfig{
+		Authorizer:   AuthorizerFunc(func(context.Context, Request) error { return nil }),
+		Destinations: DestinationsFunc(func(a netip.Addr) bool { return a.IsLoopback() }),
+		OriginalDst:  func(net.Conn) (netip.AddrPort, error) { return b.addr, nil },
+	}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(context.Background(), ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	exchange(t, c, "hello")
+	ln.Close() // Accept now fails with a permanent error; ctx lives on.
+	// The proxy must end the live connection on its own: the client sees
+	// it closed while still holding its side open.
+	c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client read after the accept error: %v, want the connection ended", err)
+	}
+	if err := <-served; err == nil || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Serve = %v, want the accept error", err)
 	}
 }
