@@ -7,7 +7,13 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
 )
+
+// longAgo is a deadline in the past: it makes a pending read return.
+var longAgo = time.Unix(1, 0)
 
 // Copy buffers start at copyStart and double, up to maxBufSize, while reads
 // fill them; they shrink again when reads come back small. A buffer is held
@@ -84,9 +90,33 @@ func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyRe
 }
 
 // half copies from → to until EOF, then half-closes to. On an error it
-// aborts the pair and returns the error.
+// aborts the pair and returns the error. Copying into a stream ends as soon
+// as the stream can take no more, without waiting for from to send: a
+// client gone, or a tunnel lost, must not leave the other side's socket
+// open until it next speaks. If the peer merely reset the stream after
+// finishing its own side (RFC 9113 §8.1), the pair is not aborted: what it
+// sent is still delivered the other way.
 func (p *pair) half(to, from net.Conn, count func(int)) error {
-	return p.end(to, copyOne(to, from, count))
+	s, ok := to.(*Stream)
+	tc, isTCP := from.(*net.TCPConn)
+	if !ok || !isTCP {
+		return p.end(to, copyOne(to, from, count))
+	}
+	stop := s.afterWriteEnd(func() { tc.SetReadDeadline(longAgo) })
+	err := copyOne(to, from, count)
+	stop()
+	finished, werr := s.writeErr()
+	if finished {
+		var reset *StreamResetError
+		if errors.As(werr, &reset) && reset.Code == http2.ErrCodeNo {
+			return nil
+		}
+		return werr
+	}
+	if err != nil && werr != nil {
+		err = werr // the cause, not the read deadline it set
+	}
+	return p.end(to, err)
 }
 
 // end finishes a direction that copied into to and ended with err.

@@ -510,6 +510,7 @@ func (c *h2conn) handleReset(f *http2.RSTStreamFrame) {
 		s.wreset = err
 		delete(c.streams, s.id)
 		s.wakeWrite()
+		s.writeEndedLocked()
 		return
 	}
 	c.forgetLocked(s, err)
@@ -841,6 +842,7 @@ func (c *h2conn) forgetLocked(s *Stream, err error) {
 	}
 	s.wakeRead()
 	s.wakeWrite()
+	s.writeEndedLocked()
 }
 
 // releaseLocked frees s's slot; called once per stream from Stream.Close.

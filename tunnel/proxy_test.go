@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"runtime"
 	"sync"
 	"testing"
@@ -262,14 +263,7 @@ func TestSlowConsumer(t *testing.T) {
 		t.Fatalf("received %d bytes, want the %d sent, in order", len(got), size)
 	}
 	c.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		obs.mu.Lock()
-		closed := len(obs.closed)
-		obs.mu.Unlock()
-		if closed == 1 || time.Now().After(deadline) {
-			break
-		}
-	}
+	waitClosed(t, obs, 1)
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	if len(obs.closed) != 1 || obs.sent != size {
@@ -425,5 +419,76 @@ func TestServeAcceptError(t *testing.T) {
 	}
 	if err := <-served; err == nil || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Serve = %v, want the accept error", err)
+	}
+}
+
+// waitClosed waits, bounded, until obs has seen n connections end.
+func waitClosed(t *testing.T, obs *recordingObserver, n int) []string {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		obs.mu.Lock()
+		closed := slices.Clone(obs.closed)
+		obs.mu.Unlock()
+		if len(closed) >= n {
+			return closed
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections ended, want %d", len(closed), n)
+		}
+	}
+}
+
+// TestTunnelLostAfterDownload: once the download half is done, losing the
+// HBONE connection ends the proxied connection at once; it does not wait
+// for the application, which is silent, to send.
+func TestTunnelLostAfterDownload(t *testing.T) {
+	e := newEnv(t)
+	b := newBackend(t, func(c *net.TCPConn) { c.Write([]byte("banner")) })
+	obs := &recordingObserver{}
+	addr := hboneOutbound(t, e, b.addr, obs)
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "banner" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	e.cli.Close()
+	if closed := waitClosed(t, obs, 1); closed[0] != "error" {
+		t.Fatalf("connection ended %q, want error", closed[0])
+	}
+}
+
+// TestResetAfterEndReleasesUpstream: a client that finishes its side and
+// then resets the stream (RST_STREAM NO_ERROR after END_STREAM, RFC 9113
+// §8.1) is gone: the server ends the upstream connection although the
+// upstream is silent, and counts the end as clean.
+func TestResetAfterEndReleasesUpstream(t *testing.T) {
+	obs := &recordingObserver{}
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) { s.Observer = obs })
+	got := make(chan string, 1)
+	quiet := make(chan struct{})
+	b := newBackend(t, func(c *net.TCPConn) {
+		data, _ := io.ReadAll(c)
+		got <- string(data)
+		<-quiet // silent from now on: never writes, never closes
+	})
+	t.Cleanup(func() { close(quiet) })
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("request"))
+	st.CloseWrite()
+	if s := <-got; s != "request" {
+		t.Fatalf("upstream got %q", s)
+	}
+	st.Close() // END_STREAM sent, none received: RST_STREAM(NO_ERROR)
+	if closed := waitClosed(t, obs, 1); closed[0] != "ok" {
+		t.Fatalf("connection ended %q, want ok", closed[0])
+	}
+	if n := len(e.srv.Connections()); n != 0 {
+		t.Fatalf("%d connections still listed", n)
 	}
 }

@@ -43,6 +43,7 @@ type Stream struct {
 	reqFields   []hpack.HeaderField
 	rdl, wdl    deadline
 	cancel      context.CancelFunc // server: ends the handler's context
+	writeEnd    func()             // see afterWriteEnd
 
 	// Forwarding to a socket (see pair.forward): while nothing is queued
 	// the read loop writes received bytes to sink itself, and the drain
@@ -75,6 +76,46 @@ func (s *Stream) wakeWrite() {
 	case s.wwake <- struct{}{}:
 	default:
 	}
+}
+
+// afterWriteEnd arranges for f to run, once, as soon as writes to s can no
+// longer succeed: the stream failed, or the peer reset it after its
+// END_STREAM. f runs with the connection's lock held and must not take it.
+// stop cancels f.
+func (s *Stream) afterWriteEnd(f func()) (stop func()) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.err != nil || s.wreset != nil {
+		f()
+		return func() {}
+	}
+	s.writeEnd = f
+	return func() {
+		c.mu.Lock()
+		s.writeEnd = nil
+		c.mu.Unlock()
+	}
+}
+
+// writeEndedLocked runs the afterWriteEnd function, if any.
+func (s *Stream) writeEndedLocked() {
+	if f := s.writeEnd; f != nil {
+		s.writeEnd = nil
+		f()
+	}
+}
+
+// writeErr is why writes fail, or nil while they can succeed. finished
+// reports that the peer reset the stream after its END_STREAM, which leaves
+// what it sent readable.
+func (s *Stream) writeErr() (finished bool, err error) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.err != nil {
+		return false, s.err
+	}
+	return s.wreset != nil, s.wreset
 }
 
 // endRecvLocked records END_STREAM from the peer.
