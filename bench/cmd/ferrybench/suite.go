@@ -66,10 +66,15 @@ func (s *suite) fail(bench string, p *peer, err error) {
 
 // measure runs fn and returns the CPU time the peer's processes used. With
 // -profile, the first round also records a CPU profile of each side of the
-// peers that serve /debug/pprof/ while fn runs.
+// peers that serve /debug/pprof/ while fn runs (for about the length of
+// one measurement).
 func (s *suite) measure(bench string, p *peer, fn func() error) (time.Duration, error) {
+	return s.measureProfiled(bench, p, s.roundNo == 0, fn)
+}
+
+func (s *suite) measureProfiled(bench string, p *peer, profile bool, fn func() error) (time.Duration, error) {
 	var wg sync.WaitGroup
-	if s.cfg.profileDir != "" && s.roundNo == 0 && p.adminA != "" {
+	if s.cfg.profileDir != "" && profile && p.adminA != "" {
 		secs := max(1, int(s.cfg.dur.Seconds()))
 		for _, side := range []struct{ name, ns, addr string }{{"a", s.env.topo.nsA, p.adminA}, {"b", s.env.topo.nsB, p.adminB}} {
 			wg.Go(func() {
@@ -104,6 +109,40 @@ func fetchProfile(ctx context.Context, ns, addr string, secs int, path string) e
 // settle gives the peers a moment between measurements (closing
 // connections, GC).
 func settle() { time.Sleep(150 * time.Millisecond) }
+
+// timeSlices is how many parts the timed benchmarks that decide the closest
+// keys (throughput, multiplexing, request/response) cut each measurement
+// into. The parts alternate between the peers, so that a change in the
+// host's load during a round (this machine is shared) falls on every peer
+// alike rather than on whichever happened to be running.
+const timeSlices = 3
+
+// interleaved runs fn for every peer in turn, timeSlices times, each run
+// lasting a slice of the measurement time, and returns the CPU time each
+// peer's processes used over its runs. A peer whose run fails is recorded
+// as failed and left out of the result and of the later slices.
+func (s *suite) interleaved(bench string, fn func(p *peer, d time.Duration) error) map[string]time.Duration {
+	cpu := map[string]time.Duration{}
+	failed := map[string]bool{}
+	d := s.cfg.dur / timeSlices
+	for i := range timeSlices {
+		for _, p := range s.peers {
+			if failed[p.name] {
+				continue
+			}
+			used, err := s.measureProfiled(bench, p, s.roundNo == 0 && i == 0, func() error { return fn(p, d) })
+			if err != nil {
+				s.fail(bench, p, err)
+				failed[p.name] = true
+				delete(cpu, p.name)
+				continue
+			}
+			cpu[p.name] += used
+			settle()
+		}
+	}
+	return cpu
+}
 
 // round runs every benchmark once for every peer, in the order of the
 // headline keys, except idle memory, which runs first so that RSS baselines
@@ -142,31 +181,35 @@ type dirResult struct {
 
 func (s *suite) throughput(ctx context.Context) {
 	res := map[string]map[string]dirResult{"up": {}, "down": {}}
-	for _, p := range s.peers {
-		for _, dir := range []string{"up", "down"} {
-			bench := "path/tput-1conn/" + dir
+	for _, dir := range []string{"up", "down"} {
+		bench := "path/tput-1conn/" + dir
+		moved := map[string]int64{}
+		took := map[string]time.Duration{}
+		cpu := s.interleaved(bench, func(p *peer, d time.Duration) error {
 			var n int64
 			var el time.Duration
-			cpu, err := s.measure(bench, p, func() error {
-				var err error
-				if dir == "up" {
-					n, el, err = s.target(p).upload(ctx, s.cfg.dur)
-				} else {
-					n, el, err = s.target(p).download(ctx, s.cfg.dur)
-				}
-				return err
-			})
-			if err != nil {
-				s.fail(bench, p, err)
+			var err error
+			if dir == "up" {
+				n, el, err = s.target(p).upload(ctx, d)
+			} else {
+				n, el, err = s.target(p).download(ctx, d)
+			}
+			moved[p.name] += n
+			took[p.name] += el
+			return err
+		})
+		for _, p := range s.peers {
+			used, ok := cpu[p.name]
+			if !ok {
 				continue
 			}
-			mbps := float64(n) / el.Seconds() / 1e6
+			n := moved[p.name]
+			mbps := float64(n) / took[p.name].Seconds() / 1e6
 			s.rec.raw(bench, p.name, "MB/s", "MB/s", mbps)
 			if p.tunnel() {
-				s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", cpu.Seconds()*1e3/(float64(n)/1e9))
+				s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", used.Seconds()*1e3/(float64(n)/1e9))
 			}
-			res[dir][p.name] = dirResult{mbps: mbps, bytes: float64(n), cpu: cpu}
-			settle()
+			res[dir][p.name] = dirResult{mbps: mbps, bytes: float64(n), cpu: used}
 		}
 	}
 	f, g := "ferry", "go-tls"
@@ -209,17 +252,21 @@ func (s *suite) throughput(ctx context.Context) {
 
 func (s *suite) rr(ctx context.Context, size int, bench string) {
 	p50 := map[string]float64{}
+	lats := map[string][]time.Duration{}
+	cpu := s.interleaved(bench, func(p *peer, d time.Duration) error {
+		lat, err := s.target(p).rr(ctx, size, d, 1_000_000)
+		if err == nil && len(lat) == 0 {
+			err = errors.New("no exchange completed")
+		}
+		lats[p.name] = append(lats[p.name], lat...)
+		return err
+	})
 	for _, p := range s.peers {
-		var lat []time.Duration
-		cpu, err := s.measure(bench, p, func() error {
-			var err error
-			lat, err = s.target(p).rr(ctx, size, s.cfg.dur, 1_000_000)
-			return err
-		})
-		if err != nil || len(lat) == 0 {
-			s.fail(bench, p, fmt.Errorf("%d exchanges: %v", len(lat), err))
+		used, ok := cpu[p.name]
+		if !ok {
 			continue
 		}
+		lat := lats[p.name]
 		sorted := sortedCopy(lat)
 		us := func(q float64) float64 { return float64(percentile(sorted, q)) / 1e3 }
 		s.rec.raw(bench, p.name, "p50", "us", us(50))
@@ -227,13 +274,12 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 		s.rec.raw(bench, p.name, "p99", "us", us(99))
 		s.rec.raw(bench, p.name, "p99_over_p50", "ratio", us(99)/us(50))
 		if p.tunnel() {
-			s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", float64(cpu.Microseconds())/float64(len(lat)))
+			s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", float64(used.Microseconds())/float64(len(lat)))
 		}
 		p50[p.name] = us(50)
 		if size == 1024 && p.name == "ferry" {
-			s.rec.key("cpu_us_per_rr1k", float64(cpu.Microseconds())/float64(len(lat)))
+			s.rec.key("cpu_us_per_rr1k", float64(used.Microseconds())/float64(len(lat)))
 		}
-		settle()
 	}
 	if size != 1024 {
 		return
@@ -473,26 +519,37 @@ func (s *suite) idleAt(ctx context.Context, n int, headline bool) {
 
 func (s *suite) mux(ctx context.Context) {
 	bench := fmt.Sprintf("path/tput-%dconn/up", s.cfg.muxConns)
+	results := map[string]*multiResult{}
+	cpu := s.interleaved(bench, func(p *peer, d time.Duration) error {
+		res, err := s.target(p).uploadN(ctx, s.cfg.muxConns, d)
+		if err != nil {
+			return err
+		}
+		r := results[p.name]
+		if r == nil {
+			r = &multiResult{perConn: make([]int64, len(res.perConn))}
+			results[p.name] = r
+		}
+		for i, n := range res.perConn {
+			r.perConn[i] += n
+		}
+		r.elapsed += res.elapsed
+		return nil
+	})
 	agg := map[string]float64{}
 	for _, p := range s.peers {
-		var res multiResult
-		cpu, err := s.measure(bench, p, func() error {
-			var err error
-			res, err = s.target(p).uploadN(ctx, s.cfg.muxConns, s.cfg.dur)
-			return err
-		})
-		if err != nil {
-			s.fail(bench, p, err)
+		used, ok := cpu[p.name]
+		if !ok {
 			continue
 		}
+		res := results[p.name]
 		total := float64(res.total())
 		agg[p.name] = total / res.elapsed.Seconds() / 1e6
 		s.rec.raw(bench, p.name, "MB/s", "MB/s", agg[p.name])
 		s.rec.raw(bench, p.name, "fairness_min_over_max", "ratio", float64(slices.Min(res.perConn))/float64(slices.Max(res.perConn)))
 		if p.tunnel() {
-			s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", cpu.Seconds()*1e3/(total/1e9))
+			s.rec.raw(bench, p.name, "agents_cpu_ms_per_gb", "ms/GB", used.Seconds()*1e3/(total/1e9))
 		}
-		settle()
 	}
 	if f, g := agg["ferry"], agg["go-tls"]; f > 0 && g > 0 {
 		s.rec.key("mux8_vs_8tls", f/g)
