@@ -74,6 +74,7 @@ type Store struct {
 	log    *slog.Logger
 
 	roots atomic.Pointer[x509.CertPool]
+	peers peerCache     // chains of peers that verified
 	kick  chan struct{} // wakes Run after SetIdentities; capacity 1
 	sem   chan struct{} // one token per Issuer call in flight
 
@@ -373,7 +374,7 @@ func (s *Store) issue(ctx context.Context, id Identity) (*tls.Certificate, []*x5
 	}
 	// The same certificate serves both ends of a tunnel.
 	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if err := verifyChain(leaf, chain[1:], s.Roots(), time.Now(), usage); err != nil {
+		if _, err := verifyChain(leaf, chain[1:], s.Roots(), time.Now(), usage); err != nil {
 			return nil, nil, fmt.Errorf("certs: issue %s: issued certificate: %w", id, err)
 		}
 	}

@@ -25,30 +25,33 @@ const ALPN = "h2"
 // which leave verification to it. The Store's TLS configurations call it with
 // the exact usage each side needs.
 func VerifyPeer(cs tls.ConnectionState, roots *x509.CertPool, trustDomain string, now time.Time) (Identity, error) {
-	return verifyPeer(cs.PeerCertificates, roots, trustDomain, now, x509.ExtKeyUsageAny)
+	id, _, err := verifyPeer(cs.PeerCertificates, roots, trustDomain, now, x509.ExtKeyUsageAny)
+	return id, err
 }
 
-// verifyPeer is VerifyPeer for one extended key usage; ExtKeyUsageAny means
-// server or client authentication.
-func verifyPeer(chain []*x509.Certificate, roots *x509.CertPool, trustDomain string, now time.Time, usage x509.ExtKeyUsage) (Identity, error) {
+// verifyPeer is VerifyPeer for one extended key usage (ExtKeyUsageAny means
+// server or client authentication); it also returns the window in which
+// the verified chain stays valid.
+func verifyPeer(chain []*x509.Certificate, roots *x509.CertPool, trustDomain string, now time.Time, usage x509.ExtKeyUsage) (Identity, validity, error) {
 	if len(chain) == 0 {
-		return Identity{}, errors.New("certs: peer presented no certificate")
+		return Identity{}, validity{}, errors.New("certs: peer presented no certificate")
 	}
 	leaf := chain[0]
 	id, err := leafIdentity(leaf)
 	if errors.Is(err, ErrNoPeerIdentity) {
-		return Identity{}, err
+		return Identity{}, validity{}, err
 	}
 	if err != nil {
-		return Identity{}, fmt.Errorf("certs: peer certificate (serial %s): %w", serialHex(leaf), err)
+		return Identity{}, validity{}, fmt.Errorf("certs: peer certificate (serial %s): %w", serialHex(leaf), err)
 	}
 	if trustDomain != "" && id.TrustDomain != trustDomain {
-		return Identity{}, fmt.Errorf("certs: peer %s: wrong trust domain %q, want %q", id, id.TrustDomain, trustDomain)
+		return Identity{}, validity{}, fmt.Errorf("certs: peer %s: wrong trust domain %q, want %q", id, id.TrustDomain, trustDomain)
 	}
-	if err := verifyChain(leaf, chain[1:], roots, now, usage); err != nil {
-		return Identity{}, fmt.Errorf("certs: peer %s: %w", id, err)
+	v, err := verifyChain(leaf, chain[1:], roots, now, usage)
+	if err != nil {
+		return Identity{}, validity{}, fmt.Errorf("certs: peer %s: %w", id, err)
 	}
-	return id, nil
+	return id, v, nil
 }
 
 // leafIdentity returns the identity of a workload certificate: it must have
@@ -79,22 +82,29 @@ func leafIdentity(leaf *x509.Certificate) (Identity, error) {
 	return identityFromURI(u)
 }
 
+// validity is the time window in which a verified chain stays valid: the
+// latest NotBefore and the earliest NotAfter of its certificates.
+type validity struct{ notBefore, notAfter time.Time }
+
+func (v validity) contains(t time.Time) bool { return !t.Before(v.notBefore) && !t.After(v.notAfter) }
+
 // verifyChain checks that leaf, with the given intermediates, chains to roots
-// at now for usage, naming the first problem found.
-func verifyChain(leaf *x509.Certificate, intermediates []*x509.Certificate, roots *x509.CertPool, now time.Time, usage x509.ExtKeyUsage) error {
+// at now for usage, naming the first problem found. It returns the window
+// in which the chain it found, root included, is valid.
+func verifyChain(leaf *x509.Certificate, intermediates []*x509.Certificate, roots *x509.CertPool, now time.Time, usage x509.ExtKeyUsage) (validity, error) {
 	if roots == nil {
-		return errors.New("no trusted roots configured")
+		return validity{}, errors.New("no trusted roots configured")
 	}
 	if err := checkValidity(leaf, now); err != nil {
-		return err
+		return validity{}, err
 	}
 	pool := x509.NewCertPool()
 	for i, c := range intermediates {
 		if !c.BasicConstraintsValid || !c.IsCA {
-			return fmt.Errorf("chain certificate %d (%q) is not a CA", i+1, c.Subject)
+			return validity{}, fmt.Errorf("chain certificate %d (%q) is not a CA", i+1, c.Subject)
 		}
 		if err := checkValidity(c, now); err != nil {
-			return fmt.Errorf("chain certificate %d (%q): %w", i+1, c.Subject, err)
+			return validity{}, fmt.Errorf("chain certificate %d (%q): %w", i+1, c.Subject, err)
 		}
 		pool.AddCert(c)
 	}
@@ -102,16 +112,25 @@ func verifyChain(leaf *x509.Certificate, intermediates []*x509.Certificate, root
 	if usage == x509.ExtKeyUsageAny {
 		usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, CurrentTime: now, KeyUsages: usages})
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: pool, CurrentTime: now, KeyUsages: usages})
 	var unknown x509.UnknownAuthorityError
 	switch {
 	case err == nil:
-		return nil
 	case errors.As(err, &unknown):
-		return fmt.Errorf("certificate signed by an untrusted root (issuer %q): %w", leaf.Issuer, err)
+		return validity{}, fmt.Errorf("certificate signed by an untrusted root (issuer %q): %w", leaf.Issuer, err)
 	default:
-		return fmt.Errorf("certificate chain does not verify: %w", err)
+		return validity{}, fmt.Errorf("certificate chain does not verify: %w", err)
 	}
+	v := validity{notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+	for _, c := range chains[0] {
+		if c.NotBefore.After(v.notBefore) {
+			v.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(v.notAfter) {
+			v.notAfter = c.NotAfter
+		}
+	}
+	return v, nil
 }
 
 // curves returns the key exchanges to offer. Go ignores the order of
@@ -160,7 +179,7 @@ func (s *Store) ServerConfig(identityFor func(local netip.Addr) (Identity, error
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("certs: client did not negotiate ALPN %q", ALPN)
 			}
-			_, err := verifyPeer(cs.PeerCertificates, s.Roots(), s.cfg.TrustDomain, time.Now(), x509.ExtKeyUsageClientAuth)
+			_, err := s.peers.verify(cs.PeerCertificates, s.Roots(), s.cfg.TrustDomain, time.Now(), x509.ExtKeyUsageClientAuth)
 			return err
 		},
 	}
@@ -191,7 +210,7 @@ func (s *Store) ClientConfig(src, want Identity) *tls.Config {
 			if cs.NegotiatedProtocol != ALPN {
 				return fmt.Errorf("certs: server %s did not negotiate ALPN %q", want, ALPN)
 			}
-			got, err := verifyPeer(cs.PeerCertificates, s.Roots(), "", time.Now(), x509.ExtKeyUsageServerAuth)
+			got, err := s.peers.verify(cs.PeerCertificates, s.Roots(), "", time.Now(), x509.ExtKeyUsageServerAuth)
 			if err != nil {
 				return err
 			}

@@ -292,17 +292,7 @@ func TestServerIdentityByLocalAddress(t *testing.T) {
 func TestVerifyPeer(t *testing.T) {
 	ca := certstest.NewCA(t, certstest.WithIntermediate())
 	id := ca.Identity("ns", "sa")
-	state := func(c tls.Certificate) tls.ConnectionState {
-		var cs tls.ConnectionState
-		for _, der := range c.Certificate {
-			x, err := x509.ParseCertificate(der)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cs.PeerCertificates = append(cs.PeerCertificates, x)
-		}
-		return cs
-	}
+	state := func(c tls.Certificate) tls.ConnectionState { return connState(t, c) }
 	good := state(ca.Leaf(t, id))
 	now := time.Now()
 	if got, err := certs.VerifyPeer(good, ca.Roots(), "cluster.local", now); err != nil || got != id {
@@ -335,6 +325,62 @@ func TestVerifyPeer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVerifiedChainCache: a client presenting the same certificates again
+// is answered from the Store's cache, but never past the chain's validity,
+// after a root rotation, or for another trust domain's Store.
+func TestVerifiedChainCache(t *testing.T) {
+	ca := certstest.NewCA(t, certstest.WithIntermediate())
+	server, client := ca.Identity("ns", "server"), ca.Identity("ns", "client")
+	s := ca.Store(t, server)
+	cs := connState(t, ca.Leaf(t, client))
+	now := time.Now()
+	for range 3 {
+		if got, err := s.VerifyClient(cs, now); err != nil || got != client {
+			t.Fatalf("VerifyClient = %v, %v", got, err)
+		}
+	}
+	if n := s.CachedPeers(); n != 1 {
+		t.Fatalf("%d chains cached after three checks of one, want 1", n)
+	}
+	if _, err := s.VerifyClient(cs, now.Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Errorf("cached chain after its expiry: %v", err)
+	}
+	if _, err := s.VerifyClient(cs, now.Add(-2*time.Hour)); err == nil || !strings.Contains(err.Error(), "not valid before") {
+		t.Errorf("cached chain before its validity: %v", err)
+	}
+	forged := connState(t, certstest.NewCA(t).Leaf(t, client))
+	if _, err := s.VerifyClient(forged, now); err == nil || !strings.Contains(err.Error(), "untrusted root") {
+		t.Errorf("same identity from another CA: %v", err)
+	}
+	if err := s.SetRoots(certstest.NewCA(t).Roots()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.VerifyClient(cs, now); err == nil || !strings.Contains(err.Error(), "untrusted root") {
+		t.Errorf("cached chain after its root was dropped: %v", err)
+	}
+	other := certstest.NewCA(t, certstest.WithTrustDomain("example.org"))
+	both := other.Roots()
+	both.AddCert(ca.Root())
+	s2 := other.StoreWith(t, certs.StoreConfig{TrustDomain: "example.org", Roots: both}, other.Issuer(), other.Identity("ns", "server"))
+	if _, err := s2.VerifyClient(cs, now); err == nil || !strings.Contains(err.Error(), "wrong trust domain") {
+		t.Errorf("chain of another trust domain: %v", err)
+	}
+}
+
+// connState returns the connection state of a peer presenting c.
+func connState(t *testing.T, c tls.Certificate) tls.ConnectionState {
+	t.Helper()
+	var cs tls.ConnectionState
+	for _, der := range c.Certificate {
+		x, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs.PeerCertificates = append(cs.PeerCertificates, x)
+	}
+	return cs
 }
 
 // TestRootRotation moves a Store to a new root while both roots are
