@@ -22,6 +22,7 @@ import (
 	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node/inventory"
+	"github.com/ferrymesh/ferry/node/redirect"
 	"github.com/ferrymesh/ferry/tunnel"
 )
 
@@ -539,7 +540,7 @@ func (a *Agent) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort
 
 // dialPlain dials dst from an address of the node.
 func dialPlain(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
-	var d net.Dialer
+	d := net.Dialer{KeepAliveConfig: redirect.KeepAlive}
 	return d.DialContext(ctx, "tcp", dst.String())
 }
 

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/node/redirect"
 )
 
 // listen opens the agent's sockets. Data-plane listeners are plain TCP (never
@@ -27,7 +29,7 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 		if a.cfg.Redirect == RedirectEBPF {
 			ln, err = listenTransparent(ctx, addr)
 		} else {
-			lc := net.ListenConfig{}
+			lc := net.ListenConfig{KeepAliveConfig: redirect.KeepAlive}
 			lc.SetMultipathTCP(false)
 			ln, err = lc.Listen(ctx, "tcp4", addr)
 		}

@@ -19,7 +19,7 @@ import (
 // one drains; and never MPTCP (Go listeners are MPTCP by default since Go 1.24,
 // and a SOCKMAP refuses MPTCP sockets). Needs CAP_NET_ADMIN (or NET_RAW).
 func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	lc := net.ListenConfig{KeepAliveConfig: KeepAlive, Control: func(_, _ string, c syscall.RawConn) error {
 		return setsockopts(c, true)
 	}}
 	lc.SetMultipathTCP(false)
@@ -37,7 +37,7 @@ func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, erro
 // be an enrolled pod (for the capture rule) or dst one (for the inbound
 // route). The zero src dials from the namespace's own address as usual.
 func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+	d := net.Dialer{KeepAliveConfig: KeepAlive, Control: func(_, _ string, c syscall.RawConn) error {
 		return setsockopts(c, false)
 	}}
 	d.SetMultipathTCP(false)

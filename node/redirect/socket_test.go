@@ -53,8 +53,41 @@ func TestPrivilegedListenTransparent(t *testing.T) {
 			t.Errorf("SO_PROTOCOL = %d, want plain TCP (not MPTCP)", v)
 		}
 	}
+	// Both ends of a data-plane connection probe with ztunnel's keepalive.
+	var dialled net.Conn
+	if err := ns.Do(func() error {
+		var err error
+		dialled, err = DialTransparent(t.Context(), netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:15001"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer dialled.Close()
+	accepted, err := accept(a)
+	if err != nil {
+		accepted, err = accept(b)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer accepted.Close()
+	for name, c := range map[string]syscall.Conn{"dialled": dialled.(*net.TCPConn), "accepted": accepted} {
+		for _, o := range []struct {
+			level, opt, want int
+			name             string
+		}{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 180, "TCP_KEEPIDLE"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 180, "TCP_KEEPINTVL"},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9, "TCP_KEEPCNT"},
+		} {
+			if v := sockopt(t, c, o.level, o.opt); v != o.want {
+				t.Errorf("%s socket: %s = %d, want %d", name, o.name, v, o.want)
+			}
+		}
+	}
 	// Not IPv6 yet, and the error says who failed.
-	err := ns.Do(func() error {
+	err = ns.Do(func() error {
 		_, err := ListenTransparent(t.Context(), "[::1]:0")
 		return err
 	})
