@@ -119,14 +119,17 @@ const timeSlices = 3
 
 // interleaved runs fn for every peer in turn, timeSlices times, each run
 // lasting a slice of the measurement time, and returns the CPU time each
-// peer's processes used over its runs. A peer whose run fails is recorded
-// as failed and left out of the result and of the later slices.
+// peer's processes used over its runs. The order rotates from slice to
+// slice and round to round, so no peer always follows the same neighbour.
+// A peer whose run fails is recorded as failed and left out of the result
+// and of the later slices.
 func (s *suite) interleaved(bench string, fn func(p *peer, d time.Duration) error) map[string]time.Duration {
 	cpu := map[string]time.Duration{}
 	failed := map[string]bool{}
 	d := s.cfg.dur / timeSlices
 	for i := range timeSlices {
-		for _, p := range s.peers {
+		shift := (s.roundNo*timeSlices + i) % len(s.peers)
+		for _, p := range append(s.peers[shift:len(s.peers):len(s.peers)], s.peers[:shift]...) {
 			if failed[p.name] {
 				continue
 			}
