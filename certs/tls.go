@@ -90,7 +90,8 @@ func (v validity) contains(t time.Time) bool { return !t.Before(v.notBefore) && 
 
 // verifyChain checks that leaf, with the given intermediates, chains to roots
 // at now for usage, naming the first problem found. It returns the window
-// in which the chain it found, root included, is valid.
+// in which all of that stays true: every certificate presented, and the
+// chain found, root included, is valid.
 func verifyChain(leaf *x509.Certificate, intermediates []*x509.Certificate, roots *x509.CertPool, now time.Time, usage x509.ExtKeyUsage) (validity, error) {
 	if roots == nil {
 		return validity{}, errors.New("no trusted roots configured")
@@ -122,12 +123,14 @@ func verifyChain(leaf *x509.Certificate, intermediates []*x509.Certificate, root
 		return validity{}, fmt.Errorf("certificate chain does not verify: %w", err)
 	}
 	v := validity{notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
-	for _, c := range chains[0] {
-		if c.NotBefore.After(v.notBefore) {
-			v.notBefore = c.NotBefore
-		}
-		if c.NotAfter.Before(v.notAfter) {
-			v.notAfter = c.NotAfter
+	for _, certs := range [][]*x509.Certificate{intermediates, chains[0]} {
+		for _, c := range certs {
+			if c.NotBefore.After(v.notBefore) {
+				v.notBefore = c.NotBefore
+			}
+			if c.NotAfter.Before(v.notAfter) {
+				v.notAfter = c.NotAfter
+			}
 		}
 	}
 	return v, nil

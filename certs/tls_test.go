@@ -1,12 +1,16 @@
 package certs_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -349,6 +353,24 @@ func TestVerifiedChainCache(t *testing.T) {
 	}
 	if _, err := s.VerifyClient(cs, now.Add(-2*time.Hour)); err == nil || !strings.Contains(err.Error(), "not valid before") {
 		t.Errorf("cached chain before its validity: %v", err)
+	}
+	// A CA certificate the peer sends but the chain does not need still
+	// bounds the cached answer: a fresh check rejects it once it expires.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra, err := certs.NewRootCertificate(key, "extra", 30*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withExtra := cs
+	withExtra.PeerCertificates = append(slices.Clip(cs.PeerCertificates), extra)
+	if _, err := s.VerifyClient(withExtra, now); err != nil {
+		t.Fatalf("chain with an extra CA certificate: %v", err)
+	}
+	if _, err := s.VerifyClient(withExtra, now.Add(45*time.Minute)); err == nil || !strings.Contains(err.Error(), "expired at") {
+		t.Errorf("cached chain after an extra certificate expired: %v", err)
 	}
 	forged := connState(t, certstest.NewCA(t).Leaf(t, client))
 	if _, err := s.VerifyClient(forged, now); err == nil || !strings.Contains(err.Error(), "untrusted root") {
