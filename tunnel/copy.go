@@ -111,6 +111,7 @@ func (p *pair) half(to, from net.Conn, count func(int)) error {
 		if errors.As(werr, &reset) && reset.Code == http2.ErrCodeNo {
 			return nil
 		}
+		p.abort()
 		return werr
 	}
 	if err != nil && werr != nil {

@@ -10,8 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -490,5 +490,39 @@ func TestResetAfterEndReleasesUpstream(t *testing.T) {
 	}
 	if n := len(e.srv.Connections()); n != 0 {
 		t.Fatalf("%d connections still listed", n)
+	}
+}
+
+// TestCancelAfterEndResetsUpstream: a peer that cancels the stream
+// (RST_STREAM CANCEL) after its END_STREAM ends the connection as failed,
+// and the upstream sees a reset, not an orderly close: its next write
+// fails at once.
+func TestCancelAfterEndResetsUpstream(t *testing.T) {
+	obs := &recordingObserver{}
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) { s.Observer = obs })
+	read := make(chan struct{})
+	wrote := make(chan error, 1)
+	closed := make(chan struct{})
+	b := newBackend(t, func(c *net.TCPConn) {
+		io.ReadAll(c)
+		close(read)
+		<-closed
+		_, err := c.Write([]byte("late"))
+		wrote <- err
+	})
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("request"))
+	st.CloseWrite()
+	<-read
+	st.abort()
+	if got := waitClosed(t, obs, 1); got[0] == "ok" {
+		t.Fatalf("connection ended %q after a CANCEL, want a failure", got[0])
+	}
+	close(closed)
+	if err := <-wrote; err == nil {
+		t.Fatal("upstream wrote after the proxy closed its side: closed in order, not reset")
 	}
 }
