@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ type pair struct {
 	abortOnce sync.Once
 	left      atomic.Int32 // directions still copying
 	errs      [2]error     // how src→dst and dst→src ended
+	unread    *net.TCPConn // a side half stopped reading early, if any
 }
 
 // abort resets both connections, so both copy directions end at once.
@@ -74,6 +76,9 @@ func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyRe
 		if p.left.Add(-1) > 0 {
 			return
 		}
+		if p.unread != nil {
+			settle(p.unread, settleTime) // ctx ending still aborts it
+		}
 		stop()
 		p.src.Close()
 		p.dst.Close()
@@ -95,7 +100,8 @@ func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyRe
 // client gone, or a tunnel lost, must not leave the other side's socket
 // open until it next speaks. If the peer merely reset the stream after
 // finishing its own side (RFC 9113 §8.1), the pair is not aborted: what it
-// sent is still delivered the other way.
+// sent is still delivered the other way, and from is settled before it is
+// closed.
 func (p *pair) half(to, from net.Conn, count func(int)) error {
 	s, ok := to.(*Stream)
 	tc, isTCP := from.(*net.TCPConn)
@@ -109,6 +115,7 @@ func (p *pair) half(to, from net.Conn, count func(int)) error {
 	if finished {
 		var reset *StreamResetError
 		if errors.As(werr, &reset) && reset.Code == http2.ErrCodeNo {
+			p.unread = tc
 			return nil
 		}
 		p.abort()
@@ -118,6 +125,30 @@ func (p *pair) half(to, from net.Conn, count func(int)) error {
 		err = werr // the cause, not the read deadline it set
 	}
 	return p.end(to, err)
+}
+
+// settleTime bounds how long a socket left with bytes unread is settled
+// before it is closed.
+const settleTime = 5 * time.Second
+
+// settle reads and drops what c sends until its peer has acknowledged
+// everything written to c, c reaches EOF, or d passes. Closing a socket
+// with bytes unread resets it, and a reset throws away what is still
+// queued for it; settling first lets the last bytes written to it arrive
+// (a peer that is still sending, as a client uploading whose answer came
+// early, reads them once it stops).
+func settle(c *net.TCPConn, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for unacked(c) > 0 {
+		next := time.Now().Add(20 * time.Millisecond)
+		if next.After(deadline) {
+			return
+		}
+		c.SetReadDeadline(next)
+		if _, err := io.Copy(io.Discard, c); !errors.Is(err, os.ErrDeadlineExceeded) {
+			return // EOF: nothing is left unread; or the socket failed
+		}
+	}
 }
 
 // end finishes a direction that copied into to and ended with err.

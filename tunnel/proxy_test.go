@@ -526,3 +526,56 @@ func TestCancelAfterEndResetsUpstream(t *testing.T) {
 		t.Fatal("upstream wrote after the proxy closed its side: closed in order, not reset")
 	}
 }
+
+// TestResetAfterEndDeliversInFull: the peer sends its whole request, then
+// RST_STREAM(NO_ERROR) because it wants no more of the answer (RFC 9113
+// §8.1), while the upstream is still talking and has not read the request
+// yet. The request must still arrive in full: closing the upstream socket
+// with the upstream's bytes unread would reset it and throw away what was
+// still queued for it.
+func TestResetAfterEndDeliversInFull(t *testing.T) {
+	const size = 8 << 20
+	got := make(chan int, 1)
+	b := newBackend(t, func(c *net.TCPConn) {
+		stopNoise := make(chan struct{})
+		noise := make(chan struct{})
+		go func() { // talks until it has read the request
+			defer close(noise)
+			buf := make([]byte, 32<<10)
+			for {
+				select {
+				case <-stopNoise:
+					return
+				default:
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(300 * time.Millisecond) // the request waits in the socket
+		n, _ := io.Copy(io.Discard, c)
+		close(stopNoise)
+		<-noise
+		c.CloseWrite()
+		got <- int(n)
+	})
+	e := newEnv(t)
+	st, err := e.dial(t.Context(), b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	st.Close() // END_STREAM sent, none received: RST_STREAM(NO_ERROR)
+	select {
+	case n := <-got:
+		if n != size {
+			t.Fatalf("upstream read %d bytes of a %d-byte request", n, size)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("upstream never finished reading")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // readPooled reads from c into a pooled buffer of the class for size and
@@ -76,4 +78,19 @@ func tryWrite(rc syscall.RawConn, p []byte) (int, error) {
 		return 0, os.NewSyscallError("write", werr)
 	}
 	return n, nil
+}
+
+// unacked returns how many bytes written to c its peer has not yet
+// acknowledged (SIOCOUTQ), or 0 when that cannot be read.
+func unacked(c *net.TCPConn) int {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || ierr != nil {
+		return 0
+	}
+	return n
 }

@@ -16,3 +16,6 @@ func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
 
 // tryWrite never writes where non-blocking writes are not wired up.
 func tryWrite(syscall.RawConn, []byte) (int, error) { return 0, nil }
+
+// unacked reports 0 where the send queue cannot be read.
+func unacked(*net.TCPConn) int { return 0 }
