@@ -1,11 +1,12 @@
+//go:build linux
+
 package node
 
 import (
 	"net"
-	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // TestDataPlaneKeepAlive: without capture too, the agent's data-plane
@@ -31,35 +32,9 @@ func TestDataPlaneKeepAlive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkKeepAlive(t, name+" dialled", dialled.(*net.TCPConn))
-		checkKeepAlive(t, name+" accepted", accepted)
+		testutil.CheckKeepAlive(t, name+" dialled", dialled.(*net.TCPConn))
+		testutil.CheckKeepAlive(t, name+" accepted", accepted)
 		dialled.Close()
 		accepted.Close()
-	}
-}
-
-func checkKeepAlive(t *testing.T, name string, c syscall.Conn) {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range []struct {
-		level, opt, want int
-		name             string
-	}{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 180, "TCP_KEEPIDLE"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 180, "TCP_KEEPINTVL"},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9, "TCP_KEEPCNT"},
-	} {
-		var v int
-		var gerr error
-		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil || gerr != nil {
-			t.Fatal(err, gerr)
-		}
-		if v != o.want {
-			t.Errorf("%s socket: %s = %d, want %d", name, o.name, v, o.want)
-		}
 	}
 }

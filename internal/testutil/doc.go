@@ -1,3 +1,4 @@
 // Package testutil holds helpers shared by Ferry's tests: the privileged-test
-// gate and the import-direction check. It is imported only from _test.go files.
+// gate, network namespaces, the descriptor-leak and import-direction checks,
+// and the data-plane keepalive check. It is imported only from _test.go files.
 package testutil

@@ -71,21 +71,8 @@ func TestPrivilegedListenTransparent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer accepted.Close()
-	for name, c := range map[string]syscall.Conn{"dialled": dialled.(*net.TCPConn), "accepted": accepted} {
-		for _, o := range []struct {
-			level, opt, want int
-			name             string
-		}{
-			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 180, "TCP_KEEPIDLE"},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 180, "TCP_KEEPINTVL"},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9, "TCP_KEEPCNT"},
-		} {
-			if v := sockopt(t, c, o.level, o.opt); v != o.want {
-				t.Errorf("%s socket: %s = %d, want %d", name, o.name, v, o.want)
-			}
-		}
-	}
+	testutil.CheckKeepAlive(t, "dialled", dialled.(*net.TCPConn))
+	testutil.CheckKeepAlive(t, "accepted", accepted)
 	// Not IPv6 yet, and the error says who failed.
 	err = ns.Do(func() error {
 		_, err := ListenTransparent(t.Context(), "[::1]:0")
