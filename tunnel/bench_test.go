@@ -547,25 +547,10 @@ func BenchmarkHOL(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			buf := make([]byte, 256<<10)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := bulk.Write(buf); err != nil {
-					return
-				}
-			}
-		}()
+		stop, done := writeUntilStopped(bulk, 256<<10)
 		time.Sleep(20 * time.Millisecond)
 		p50, p99 = measure(2000)
-		close(stop)
+		stop()
 		bulk.Close()
 		<-done
 		return p50, p99

@@ -170,3 +170,24 @@ func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
 	p.start(ctx, recv, sent, func(r copyResult) { res <- r })
 	return <-res
 }
+
+// writeUntilStopped writes chunk-sized buffers to w on a goroutine of its
+// own until stop is called or a write fails; done closes when it has.
+func writeUntilStopped(w io.Writer, chunk int) (stop func(), done <-chan struct{}) {
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		buf := make([]byte, chunk)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return func() { close(quit) }, finished
+}

@@ -537,25 +537,10 @@ func TestResetAfterEndDeliversInFull(t *testing.T) {
 	const size = 8 << 20
 	got := make(chan int, 1)
 	b := newBackend(t, func(c *net.TCPConn) {
-		stopNoise := make(chan struct{})
-		noise := make(chan struct{})
-		go func() { // talks until it has read the request
-			defer close(noise)
-			buf := make([]byte, 32<<10)
-			for {
-				select {
-				case <-stopNoise:
-					return
-				default:
-				}
-				if _, err := c.Write(buf); err != nil {
-					return
-				}
-			}
-		}()
-		time.Sleep(300 * time.Millisecond) // the request waits in the socket
+		stopNoise, noise := writeUntilStopped(c, 32<<10) // talks until it has read the request
+		time.Sleep(300 * time.Millisecond)               // the request waits in the socket
 		n, _ := io.Copy(io.Discard, c)
-		close(stopNoise)
+		stopNoise()
 		<-noise
 		c.CloseWrite()
 		got <- int(n)
