@@ -25,7 +25,7 @@ type recordCoalescer struct {
 	err error   // first write error inside the batch
 }
 
-func newRecordCoalescer(c net.Conn) *recordCoalescer { return &recordCoalescer{Conn: c} }
+func newRecordCoalescer(c net.Conn) *recordCoalescer { return &recordCoalescer{Conn: newRawSocket(c)} }
 
 // begin starts gathering records.
 func (r *recordCoalescer) begin() {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -194,13 +195,22 @@ func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(erro
 	return true
 }
 
+// yieldEvery is how many socket reads a copy loop makes before it yields
+// the processor. With raw system calls (rawio_linux.go) the runtime's
+// sysmon may sleep while the process is busy, and then nothing preempts a
+// goroutine that never blocks, as a copy between two fast sockets may not.
+const yieldEvery = 64
+
 // copyOne moves bytes until from reports EOF (nil) or an error.
 func copyOne(to, from net.Conn, count func(int)) error {
 	if s, ok := from.(*Stream); ok {
 		return copyFromStream(to, s, count, true)
 	}
 	size := copyStart
-	for {
+	for reads := 1; ; reads++ {
+		if reads%yieldEvery == 0 {
+			runtime.Gosched() // see yieldEvery
+		}
 		buf, n, err := readPooled(from, size)
 		if n > 0 {
 			count(n)

@@ -26,29 +26,22 @@ func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	var rerr error
+	var e syscall.Errno
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			buf = getBuf(size)[:size]
-			n, rerr = syscall.Read(int(fd), buf)
-			switch rerr {
-			case syscall.EINTR:
-				putBuf(buf)
-				continue
-			case syscall.EAGAIN:
-				putBuf(buf)
-				buf = nil
-				return false
-			}
-			return true
+		buf = getBuf(size)[:size]
+		if n, e = rawRead(fd, buf); e == syscall.EAGAIN {
+			putBuf(buf)
+			buf = nil
+			return false
 		}
+		return true
 	})
 	if err != nil {
 		return buf, 0, err
 	}
 	switch {
-	case rerr != nil:
-		return buf, 0, os.NewSyscallError("read", rerr)
+	case e != 0:
+		return buf, 0, os.NewSyscallError("read", e)
 	case n == 0:
 		return buf, 0, io.EOF
 	}
@@ -58,24 +51,19 @@ func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
 // tryWrite writes as much of p to rc as the socket takes without blocking.
 func tryWrite(rc syscall.RawConn, p []byte) (int, error) {
 	var n int
-	var werr error
+	var e syscall.Errno
 	err := rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), p)
-			if werr == syscall.EINTR {
-				continue
-			}
-			return true
-		}
+		n, e = rawWrite(fd, p)
+		return true
 	})
 	if err != nil {
 		return 0, err
 	}
-	if werr == syscall.EAGAIN {
+	if e == syscall.EAGAIN {
 		return 0, nil
 	}
-	if werr != nil {
-		return 0, os.NewSyscallError("write", werr)
+	if e != 0 {
+		return 0, os.NewSyscallError("write", e)
 	}
 	return n, nil
 }

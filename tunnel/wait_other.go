@@ -19,3 +19,6 @@ func tryWrite(syscall.RawConn, []byte) (int, error) { return 0, nil }
 
 // unacked reports 0 where the send queue cannot be read.
 func unacked(*net.TCPConn) int { return 0 }
+
+// newRawSocket returns c: raw system calls are wired up on Linux only.
+func newRawSocket(c net.Conn) net.Conn { return c }

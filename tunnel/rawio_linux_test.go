@@ -1,0 +1,99 @@
+package tunnel
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.AcceptTCP()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// TestRawSocket checks that the raw-system-call socket under the tunnel's
+// TLS moves a transfer much larger than the socket buffers whole in both
+// directions, waits for a full socket instead of failing, and reports EOF,
+// deadlines and closed sockets as a net.Conn does.
+func TestRawSocket(t *testing.T) {
+	c, s := tcpPair(t)
+	if err := c.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	rc, rs := newRawSocket(c), newRawSocket(s)
+	if _, ok := rc.(*rawSocket); !ok {
+		t.Fatalf("newRawSocket(%T) = %T, want *rawSocket", c, rc)
+	}
+	want := make([]byte, 8<<20)
+	rand.Read(want)
+
+	// One write of 8 MiB must block on the full socket, not fail with
+	// EAGAIN or come back short, while the other side reads slowly.
+	written := make(chan error, 1)
+	go func() {
+		n, err := rc.Write(want)
+		if err == nil && n != len(want) {
+			err = io.ErrShortWrite
+		}
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		written <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the writer fill the socket
+	got, err := io.ReadAll(rs)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want the %d written, unchanged", len(got), len(want))
+	}
+
+	// The other direction, then a read deadline with nothing to read.
+	if _, err := rs.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, err := rc.Read(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("Read = %q, %v; want pong", buf[:n], err)
+	}
+	rc.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := rc.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	rc.SetReadDeadline(time.Time{})
+
+	// EOF once the peer closes; a closed socket fails like a TCPConn.
+	s.Close()
+	if n, err := rc.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer closed = %d, %v; want 0, EOF", n, err)
+	}
+	rc.Close()
+	if _, err := rc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
+	}
+}
