@@ -1,6 +1,8 @@
 package node
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -31,6 +33,11 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	opened, closed, sent, received *prometheus.CounterVec
+	// conns caches each label set's handles (TrafficLabels →
+	// *ConnCounters): a lookup by 23 label values costs four hashes and
+	// validations per connection otherwise. Series are never deleted, so
+	// the cache holds what the registry holds.
+	conns sync.Map
 
 	EnrolledPods   prometheus.Gauge
 	CertExpiry     *prometheus.GaugeVec   // identity
@@ -109,17 +116,25 @@ func (l TrafficLabels) values() []string {
 	}
 }
 
-// ConnCounters are one connection's counter handles, looked up once when the
-// connection opens so counting bytes costs no label lookup.
+// ConnCounters are the counter handles of one label set, looked up once and
+// shared by its connections, so counting costs no label lookup.
 type ConnCounters struct {
-	closed, sent, received prometheus.Counter
+	opened, closed, sent, received prometheus.Counter
 }
 
 // Open counts a connection as opened and returns its counter handles.
 func (m *Metrics) Open(l TrafficLabels) *ConnCounters {
-	v := l.values()
-	m.opened.WithLabelValues(v...).Inc()
-	return &ConnCounters{closed: m.closed.WithLabelValues(v...), sent: m.sent.WithLabelValues(v...), received: m.received.WithLabelValues(v...)}
+	c, ok := m.conns.Load(l)
+	if !ok {
+		v := l.values()
+		c, _ = m.conns.LoadOrStore(l, &ConnCounters{
+			opened: m.opened.WithLabelValues(v...), closed: m.closed.WithLabelValues(v...),
+			sent: m.sent.WithLabelValues(v...), received: m.received.WithLabelValues(v...),
+		})
+	}
+	cc := c.(*ConnCounters)
+	cc.opened.Inc()
+	return cc
 }
 
 // Sent counts n bytes sent to the client (the response direction).
