@@ -29,7 +29,9 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 		if a.cfg.Redirect == RedirectEBPF {
 			ln, err = listenTransparent(ctx, addr)
 		} else {
-			lc := net.ListenConfig{KeepAliveConfig: redirect.KeepAlive}
+			lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
+				return redirect.ListenKeepAlive(c)
+			}}
 			lc.SetMultipathTCP(false)
 			ln, err = lc.Listen(ctx, "tcp4", addr)
 		}

@@ -4,10 +4,12 @@ package redirect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,11 +18,11 @@ import (
 // IP_TRANSPARENT, so it may accept connections addressed to any IP (the
 // original destination is the accepted conn's LocalAddr) and answer from it;
 // SO_REUSEPORT, so an upgraded agent can bind the same address while the old
-// one drains; and never MPTCP (Go listeners are MPTCP by default since Go 1.24,
+// one drains; KeepAlive (see ListenKeepAlive); and never MPTCP (Go listeners are MPTCP by default since Go 1.24,
 // and a SOCKMAP refuses MPTCP sockets). Needs CAP_NET_ADMIN (or NET_RAW).
 func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, error) {
-	lc := net.ListenConfig{KeepAliveConfig: KeepAlive, Control: func(_, _ string, c syscall.RawConn) error {
-		return setsockopts(c, true)
+	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
+		return errors.Join(setsockopts(c, true), ListenKeepAlive(c))
 	}}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(ctx, "tcp4", addr)
@@ -69,4 +71,26 @@ func setsockopts(c syscall.RawConn, reuseport bool) error {
 		return err
 	}
 	return serr
+}
+
+// ListenKeepAlive sets KeepAlive on a listening socket, for use in a
+// net.ListenConfig's Control with KeepAlive -1. Accepted sockets inherit the
+// listener's keepalive options, so that costs four system calls once rather
+// than per accepted connection, as Go's own KeepAliveConfig does.
+func ListenKeepAlive(c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, o := range [...]struct{ level, opt, v int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(KeepAlive.Idle / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(KeepAlive.Interval / time.Second)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, KeepAlive.Count},
+		} {
+			if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
+				serr = fmt.Errorf("keepalive: %w", serr)
+				return
+			}
+		}
+	})
+	return errors.Join(err, serr)
 }
