@@ -34,6 +34,12 @@
 //     The read loop never writes: control frames (SETTINGS ACK, PING,
 //     WINDOW_UPDATE, RST_STREAM, GOAWAY) go through a queue to a control
 //     writer, which also runs the keepalive, idle and first-stream timers.
+//   - On Linux, socket reads, the read loop's writes to sockets and all
+//     writes to HBONE connections use raw system calls (the sockets are
+//     non-blocking), which keeps the runtime's sysmon thread asleep between
+//     requests; copy loops yield every 64 reads instead of relying on
+//     sysmon's preemption (rawio_linux.go). Only the drain goroutine, which
+//     runs while a socket is full, writes through the net package.
 //   - END_STREAM is CloseWrite; closing a stream with unread data or an open
 //     write side resets it, as closing a TCP socket would.
 //   - Protocol errors are answered with GOAWAY; header blocks beyond 16 KiB
