@@ -6,9 +6,6 @@ import (
 	"os"
 	"runtime"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // The data plane reads and writes its sockets with raw system calls. The
@@ -18,29 +15,11 @@ import (
 // the runtime's monitor thread (sysmon) from its deep sleep, which then
 // polls every 20 µs until the process is idle again. On a request/response
 // load that is a futex wake, a futex sleep and a few nanosleeps per
-// request, more than the reads and writes themselves (measured: agent CPU
-// per 1 KiB request 196 → 112 µs). See yieldEvery for what sysmon then
-// does not do.
-
-// rawRead reads from the non-blocking socket fd.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		if e != syscall.EINTR {
-			return int(n), e
-		}
-	}
-}
-
-// rawWrite writes to the non-blocking socket fd.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		if e != syscall.EINTR {
-			return int(n), e
-		}
-	}
-}
+// request, more than the reads and writes themselves (measured: both
+// agents' CPU per 1 KiB request 153–170 → 97–100 µs). See yieldEvery for what sysmon then
+// does not do. Race-detector builds use the syscall package's calls
+// instead (rawcall_race.go), whose annotations tell the detector that
+// socket I/O orders the goroutines on either end.
 
 // rawSocket is a TCP connection whose Read and Write use raw system calls;
 // everything else is the TCPConn's. It is used by one reader and one

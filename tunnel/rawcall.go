@@ -1,0 +1,30 @@
+//go:build linux && !race
+
+package tunnel
+
+import (
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawRead reads from the non-blocking socket fd.
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
+
+// rawWrite writes to the non-blocking socket fd.
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
