@@ -35,8 +35,9 @@ type Metrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
 	// conns caches each label set's handles (TrafficLabels →
 	// *ConnCounters): a lookup by 23 label values costs four hashes and
-	// validations per connection otherwise. Series are never deleted, so
-	// the cache holds what the registry holds.
+	// validations per connection otherwise. It grows with the label sets
+	// seen, as the registry's series do; neither is pruned (a pruning of
+	// series must drop the entry too).
 	conns sync.Map
 
 	EnrolledPods   prometheus.Gauge

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,11 +194,13 @@ func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(erro
 	return true
 }
 
-// yieldEvery is how many socket reads a copy loop makes before it yields
-// the processor. With raw system calls (rawio_linux.go) the runtime's
-// sysmon may sleep while the process is busy, and then nothing preempts a
-// goroutine that never blocks, as a copy between two fast sockets may not.
-const yieldEvery = 64
+// sysmonEvery: every sysmonEvery-th socket read of a copy loop is an
+// ordinary system call, not a raw one (rawio_linux.go). Raw calls let the
+// runtime's sysmon sleep through a busy spell, and with it its preemption
+// of goroutines that never block (a copy between two fast sockets may not)
+// and its network polling while every processor is busy; an ordinary call
+// wakes it, and it stays awake while the process is busy.
+const sysmonEvery = 64
 
 // copyOne moves bytes until from reports EOF (nil) or an error.
 func copyOne(to, from net.Conn, count func(int)) error {
@@ -208,10 +209,7 @@ func copyOne(to, from net.Conn, count func(int)) error {
 	}
 	size := copyStart
 	for reads := 1; ; reads++ {
-		if reads%yieldEvery == 0 {
-			runtime.Gosched() // see yieldEvery
-		}
-		buf, n, err := readPooled(from, size)
+		buf, n, err := readPooled(from, size, reads%sysmonEvery == 0)
 		if n > 0 {
 			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {

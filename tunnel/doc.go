@@ -34,12 +34,14 @@
 //     The read loop never writes: control frames (SETTINGS ACK, PING,
 //     WINDOW_UPDATE, RST_STREAM, GOAWAY) go through a queue to a control
 //     writer, which also runs the keepalive, idle and first-stream timers.
-//   - On Linux, socket reads, the read loop's writes to sockets and all
-//     writes to HBONE connections use raw system calls (the sockets are
-//     non-blocking), which keeps the runtime's sysmon thread asleep between
-//     requests; copy loops yield every 64 reads instead of relying on
-//     sysmon's preemption (rawio_linux.go). Only the drain goroutine, which
-//     runs while a socket is full, writes through the net package.
+//   - On Linux the hot socket I/O uses raw system calls (the sockets are
+//     non-blocking): reads by copy loops and under TLS, the read loop's
+//     writes to sockets, and every write under TLS. That keeps the
+//     runtime's sysmon thread asleep between requests; every 64th read is
+//     an ordinary call so that sysmon is awake through a busy spell
+//     (rawio_linux.go). The drain goroutine, TCP-to-TCP copies
+//     (passthrough, plaintext), settling and race builds use the net and
+//     syscall packages.
 //   - END_STREAM is CloseWrite; closing a stream with unread data or an open
 //     write side resets it, as closing a TCP socket would.
 //   - Protocol errors are answered with GOAWAY; header blocks beyond 16 KiB

@@ -1,4 +1,4 @@
-//go:build linux && !race
+//go:build linux && !race && !msan && !asan
 
 package tunnel
 
@@ -13,8 +13,11 @@ import (
 func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e == 0 {
+			return int(n), 0
+		}
 		if e != syscall.EINTR {
-			return int(n), e
+			return 0, e
 		}
 	}
 }
@@ -23,8 +26,11 @@ func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		if e == 0 {
+			return int(n), 0
+		}
 		if e != syscall.EINTR {
-			return int(n), e
+			return 0, e
 		}
 	}
 }

@@ -1,26 +1,15 @@
-//go:build linux && race
+//go:build linux && (race || msan || asan)
 
 package tunnel
 
 import "syscall"
 
-// rawRead reads from the non-blocking socket fd through the syscall
-// package, whose race annotations order the socket's writer before its
-// reader; raw system calls would hide that from the detector.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
-	for {
-		n, err := syscall.Read(int(fd), p)
-		if err == nil {
-			return n, 0
-		}
-		if e, _ := err.(syscall.Errno); e != syscall.EINTR {
-			return 0, e
-		}
-	}
-}
+// rawRead reads through the syscall package in race, msan and asan builds:
+// its annotations order a socket's writer before its reader, which raw
+// system calls would hide from the detectors.
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) { return plainRead(fd, p) }
 
-// rawWrite writes to the non-blocking socket fd through the syscall
-// package (see rawRead).
+// rawWrite writes through the syscall package (see rawRead).
 func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
 		n, err := syscall.Write(int(fd), p)

@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"syscall"
 )
 
@@ -16,10 +15,11 @@ import (
 // polls every 20 µs until the process is idle again. On a request/response
 // load that is a futex wake, a futex sleep and a few nanosleeps per
 // request, more than the reads and writes themselves (measured: both
-// agents' CPU per 1 KiB request 153–170 → 97–100 µs). See yieldEvery for what sysmon then
-// does not do. Race-detector builds use the syscall package's calls
-// instead (rawcall_race.go), whose annotations tell the detector that
-// socket I/O orders the goroutines on either end.
+// agents' CPU per 1 KiB request 153–170 → 97–100 µs). Every sysmonEvery-th
+// read is an ordinary call, so that sysmon is awake through a busy spell.
+// Race-detector builds use the syscall package's calls throughout
+// (rawcall_race.go), whose annotations tell the detector that socket I/O
+// orders the goroutines on either end.
 
 // rawSocket is a TCP connection whose Read and Write use raw system calls;
 // everything else is the TCPConn's. It is used by one reader and one
@@ -48,13 +48,14 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if s.reads++; s.reads%yieldEvery == 0 {
-		runtime.Gosched()
+	read := rawRead
+	if s.reads++; s.reads%sysmonEvery == 0 {
+		read = plainRead
 	}
 	var n int
 	var e syscall.Errno
 	err := s.rc.Read(func(fd uintptr) bool {
-		n, e = rawRead(fd, p)
+		n, e = read(fd, p)
 		return e != syscall.EAGAIN
 	})
 	switch {
@@ -71,6 +72,7 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 func (s *rawSocket) Write(p []byte) (int, error) {
 	done := 0
 	var e syscall.Errno
+	var stuck bool
 	err := s.rc.Write(func(fd uintptr) bool {
 		for done < len(p) {
 			var n int
@@ -81,6 +83,10 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 				}
 				return true
 			}
+			if n == 0 {
+				stuck = true // as internal/poll: never loop on a zero write
+				return true
+			}
 			done += n
 		}
 		return true
@@ -88,8 +94,25 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 	switch {
 	case err != nil:
 		return done, err
+	case stuck:
+		return done, io.ErrUnexpectedEOF
 	case e != 0:
 		return done, os.NewSyscallError("write", e)
 	}
 	return done, nil
+}
+
+// plainRead reads from the socket fd with an ordinary system call, whose
+// bookkeeping wakes sysmon if it sleeps and whose annotations the race
+// detector sees.
+func plainRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err == nil {
+			return n, 0
+		}
+		if e, _ := err.(syscall.Errno); e != syscall.EINTR {
+			return 0, e
+		}
+	}
 }

@@ -35,7 +35,8 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 // TestRawSocket checks that the raw-system-call socket under the tunnel's
 // TLS moves a transfer much larger than the socket buffers whole in both
 // directions, waits for a full socket instead of failing, and reports EOF,
-// deadlines and closed sockets as a net.Conn does.
+// read and write deadlines (with the bytes written) and closed sockets as a
+// net.Conn does.
 func TestRawSocket(t *testing.T) {
 	c, s := tcpPair(t)
 	if err := c.SetWriteBuffer(16 << 10); err != nil {
@@ -87,8 +88,20 @@ func TestRawSocket(t *testing.T) {
 	}
 	rc.SetReadDeadline(time.Time{})
 
-	// EOF once the peer closes; a closed socket fails like a TCPConn.
+	// A write the peer does not read stops at the write deadline and
+	// reports what it wrote.
+	rs.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := rs.Write(want)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= len(want) {
+		t.Fatalf("Write to a peer that does not read = %d, %v; want part of %d and os.ErrDeadlineExceeded", n, err, len(want))
+	}
+
+	// What was written arrives, then EOF once the peer closes; a closed
+	// socket fails like a TCPConn.
 	s.Close()
+	if rest, err := io.ReadAll(rc); err != nil || len(rest) != n {
+		t.Fatalf("read %d bytes, %v after the peer closed; want the %d it wrote, then EOF", len(rest), err, n)
+	}
 	if n, err := rc.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("Read after the peer closed = %d, %v; want 0, EOF", n, err)
 	}

@@ -15,7 +15,7 @@ import (
 // directly on the socket and, when nothing is there, the buffer goes back
 // to the pool while the runtime poller waits. An idle connection holds no
 // buffer, and a busy one pays no extra system call.
-func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
+func readPooled(c net.Conn, size int, plain bool) (buf []byte, n int, err error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		buf = getBuf(size)[:size]
@@ -26,10 +26,14 @@ func readPooled(c net.Conn, size int) (buf []byte, n int, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	read := rawRead
+	if plain {
+		read = plainRead
+	}
 	var e syscall.Errno
 	err = rc.Read(func(fd uintptr) bool {
 		buf = getBuf(size)[:size]
-		if n, e = rawRead(fd, buf); e == syscall.EAGAIN {
+		if n, e = read(fd, buf); e == syscall.EAGAIN {
 			putBuf(buf)
 			buf = nil
 			return false
