@@ -10,22 +10,16 @@ import (
 )
 
 // rawRead reads from the non-blocking socket fd.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		if e == 0 {
-			return int(n), 0
-		}
-		if e != syscall.EINTR {
-			return 0, e
-		}
-	}
-}
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) { return rawCall(unix.SYS_READ, fd, p) }
 
 // rawWrite writes to the non-blocking socket fd.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) { return rawCall(unix.SYS_WRITE, fd, p) }
+
+// rawCall makes the read or write system call trap on fd and p as a raw
+// system call, again when a signal interrupts it.
+func rawCall(trap, fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		n, _, e := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 		if e == 0 {
 			return int(n), 0
 		}

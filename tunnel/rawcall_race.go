@@ -10,14 +10,4 @@ import "syscall"
 func rawRead(fd uintptr, p []byte) (int, syscall.Errno) { return plainRead(fd, p) }
 
 // rawWrite writes through the syscall package (see rawRead).
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
-	for {
-		n, err := syscall.Write(int(fd), p)
-		if err == nil {
-			return n, 0
-		}
-		if e, _ := err.(syscall.Errno); e != syscall.EINTR {
-			return 0, e
-		}
-	}
-}
+func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) { return plainCall(syscall.Write, fd, p) }

@@ -105,9 +105,13 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 // plainRead reads from the socket fd with an ordinary system call, whose
 // bookkeeping wakes sysmon if it sleeps and whose annotations the race
 // detector sees.
-func plainRead(fd uintptr, p []byte) (int, syscall.Errno) {
+func plainRead(fd uintptr, p []byte) (int, syscall.Errno) { return plainCall(syscall.Read, fd, p) }
+
+// plainCall makes call (syscall.Read or syscall.Write) on fd and p, again
+// when a signal interrupts it.
+func plainCall(call func(int, []byte) (int, error), fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		n, err := syscall.Read(int(fd), p)
+		n, err := call(int(fd), p)
 		if err == nil {
 			return n, 0
 		}
