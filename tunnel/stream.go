@@ -295,26 +295,32 @@ func (s *Stream) Write(p []byte) (int, error) {
 }
 
 // CloseWrite half-closes the stream: the peer reads EOF, and this side can
-// still read.
+// still read. The END_STREAM frame is written by the caller, like a DATA
+// frame by Write, rather than handed to the control writer: that saves a
+// goroutine wake-up per stream.
 func (s *Stream) CloseWrite() error {
 	c := s.c
+	c.writers.Add(1)
+	c.wmu.Lock()
+	defer c.unlockW()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s.err != nil {
-		return s.err
+	err := s.err
+	if err == nil {
+		err = s.wreset
 	}
-	if s.wreset != nil {
-		return s.wreset
-	}
-	if s.sentEnd {
-		return nil
+	if err != nil || s.sentEnd {
+		c.mu.Unlock()
+		return err
 	}
 	s.sentEnd = true
-	c.queueLocked(ctlFrame{typ: http2.FrameData, stream: s.id})
 	if s.recvDone && c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
-	return nil
+	c.mu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	return c.fr.WriteData(s.id, true, nil)
 }
 
 // Close releases the stream. A stream both sides finished closes silently;
