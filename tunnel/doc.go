@@ -26,9 +26,10 @@
 //     one small goroutine, two sockets and a few KiB of heap.
 //   - Writers (DATA, and the END_STREAM of CloseWrite) append frames to
 //     one pooled output buffer under a mutex and the last writer out
-//     flushes, so frames queued together leave in one TLS write; payloads of 16 KiB and more are written without a copy, and
-//     the TLS records of a large write are gathered into one system call
-//     (crypto/tls writes each record on its own). Write deadlines move only
+//     flushes, so frames queued together leave in one TLS write; payloads
+//     of 16 KiB and more are written without a copy, and the TLS records of
+//     a large write are gathered into one system call (crypto/tls writes
+//     each record on its own). Write deadlines move only
 //     once a quarter of the keepalive timeout is used, since moving one
 //     wakes the runtime's network poller.
 //     The read loop never writes: control frames (SETTINGS ACK, PING,
