@@ -80,7 +80,7 @@ func benchStreamPair(b *testing.B, store *certs.Store) (cli, srv *Stream) {
 	if !cc.tryReserve() {
 		b.Fatal("no stream slot")
 	}
-	cs, err := cc.openStream(requestHeaders(DialRequest{Authority: netip.MustParseAddrPort("127.0.0.1:1")}))
+	cs, _, err := cc.openStream(requestHeaders(DialRequest{Authority: netip.MustParseAddrPort("127.0.0.1:1")}), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -59,6 +59,11 @@ type DialRequest struct {
 	// Baggage and TraceParent are sent as headers when set; a random
 	// traceparent is generated when TraceParent is empty.
 	Baggage, TraceParent string
+	// Early is what the client already sent: it becomes the stream's first
+	// DATA frame, written with the HEADERS when the server's flow-control
+	// windows allow (one write and one frame fewer per connection), else
+	// after the response. Dial is done with it when it returns.
+	Early []byte
 }
 
 // StatusError is returned by Client.Dial when the server answers the
@@ -135,9 +140,12 @@ func (cl *Client) Dial(ctx context.Context, req DialRequest) (*Stream, error) {
 		if err != nil {
 			return nil, err
 		}
-		st, err := c.openStream(fields)
+		st, sent, err := c.openStream(fields, req.Early)
 		if err == nil {
 			err = st.awaitResponse(ctx)
+		}
+		if err == nil && !sent && len(req.Early) > 0 {
+			err = st.writeEarly(ctx, req.Early)
 		}
 		if errors.Is(err, errRefused) && attempt < 3 {
 			if st != nil {
@@ -174,6 +182,17 @@ func (s *Stream) awaitResponse(ctx context.Context) error {
 		return &StatusError{Code: s.status}
 	}
 	return nil
+}
+
+// writeEarly writes early data that could not go with the HEADERS, within
+// ctx's deadline.
+func (s *Stream) writeEarly(ctx context.Context, early []byte) error {
+	if d, ok := ctx.Deadline(); ok {
+		s.SetWriteDeadline(d)
+		defer s.SetWriteDeadline(time.Time{})
+	}
+	_, err := s.Write(early)
+	return err
 }
 
 func requestHeaders(req DialRequest) []hpack.HeaderField {

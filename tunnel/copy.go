@@ -32,6 +32,7 @@ type pair struct {
 	left      atomic.Int32 // directions still copying
 	errs      [2]error     // how src→dst and dst→src ended
 	unread    *net.TCPConn // a side half stopped reading early, if any
+	early     int          // bytes of src's carried to dst before copying
 }
 
 // abort resets both connections, so both copy directions end at once.

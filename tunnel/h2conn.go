@@ -1063,8 +1063,10 @@ func (c *h2conn) unreserve() {
 	}
 }
 
-// openStream turns a reserved slot into a stream and sends its HEADERS.
-func (c *h2conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
+// openStream turns a reserved slot into a stream and sends its HEADERS,
+// followed in the same write by early as the stream's first DATA frame when
+// the peer's flow-control windows and frame size allow; sent reports that.
+func (c *h2conn) openStream(fields []hpack.HeaderField, early []byte) (s *Stream, sent bool, err error) {
 	c.writers.Add(1)
 	c.wmu.Lock()
 	defer c.unlockW()
@@ -1075,19 +1077,29 @@ func (c *h2conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
 			c.signalCtl()
 		}
 		c.mu.Unlock()
-		return nil, errRefused
+		return nil, false, errRefused
 	}
 	id := c.nextID
 	c.nextID += 2
-	s := c.newStreamLocked(id)
+	s = c.newStreamLocked(id)
+	n := int64(len(early))
+	sent = n > 0 && n <= s.sendWindow && n <= c.sendWindow && n <= int64(c.peerMaxFrame)
+	if sent {
+		s.sendWindow -= n
+		c.sendWindow -= n
+	}
 	c.mu.Unlock()
-	if err := c.writeHeadersLocked(id, fields, false); err != nil {
+	err = c.writeHeadersLocked(id, fields, false)
+	if err == nil && sent {
+		err = c.writeDataLocked(id, early)
+	}
+	if err != nil {
 		c.mu.Lock()
 		c.forgetLocked(s, err)
 		c.mu.Unlock()
-		return s, err
+		return s, false, err
 	}
-	return s, nil
+	return s, sent, nil
 }
 
 // writeHeadersLocked encodes and writes a header block, split into
@@ -1138,6 +1150,11 @@ func (c *h2conn) writeData(id uint32, p []byte) error {
 	c.writers.Add(1)
 	c.wmu.Lock()
 	defer c.unlockW()
+	return c.writeDataLocked(id, p)
+}
+
+// writeDataLocked is writeData with the write lock held.
+func (c *h2conn) writeDataLocked(id uint32, p []byte) error {
 	if c.werr != nil {
 		return c.werr
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -155,16 +156,28 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 	}
 	dctx, cancel := context.WithTimeout(ctx, o.cfg.DialTimeout)
 	var up net.Conn
+	early := 0
 	switch route.Mode {
 	case HBONE:
-		var st *Stream
-		st, err = o.cfg.Client.Dial(dctx, DialRequest{
-			Src: route.Src, Dst: route.Dst, SrcAddr: src,
-			HBONEAddr: route.HBONEAddr, Authority: dst, Baggage: route.Baggage,
-		})
-		if err == nil {
-			up = st
+		// What the client sent already (most clients speak first) rides
+		// with the CONNECT.
+		buf := getBuf(earlySize)[:earlySize]
+		var n int
+		if n, err = tryRead(c, buf); err == io.EOF {
+			err = nil
 		}
+		if err == nil {
+			var st *Stream
+			st, err = o.cfg.Client.Dial(dctx, DialRequest{
+				Src: route.Src, Dst: route.Dst, SrcAddr: src,
+				HBONEAddr: route.HBONEAddr, Authority: dst, Baggage: route.Baggage,
+				Early: buf[:n],
+			})
+			if err == nil {
+				up, early = st, n
+			}
+		}
+		putBuf(buf)
 	case Passthrough:
 		up, err = o.cfg.Dial(dctx, src, dst)
 	default:
@@ -182,15 +195,23 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 		return
 	}
 	copying.Add(1)
-	proxyTracked(ctx, &pair{src: c, dst: up}, o.cfg.Registry, info, Request{}, false, obs, copying.Done)
+	proxyTracked(ctx, &pair{src: c, dst: up, early: early}, o.cfg.Registry, info, Request{}, false, obs, copying.Done)
 }
+
+// earlySize bounds the data read from a new outbound connection before its
+// stream opens: one DATA frame of the smallest size a peer may allow.
+const earlySize = 16 << 10
 
 // proxyTracked starts copying p as a tracked connection: listed in reg
 // while it lasts, its bytes counted there and by obs, its end reported to
 // obs; then done is called.
 func proxyTracked(ctx context.Context, p *pair, reg *Registry, info ConnInfo, req Request, inbound bool, obs ConnObserver, done func()) {
 	t := reg.add(info, req, inbound, p.abort)
-	p.start(ctx, func(n int) { t.recv.Add(int64(n)); obs.Received(n) },
+	recv := func(n int) { t.recv.Add(int64(n)); obs.Received(n) }
+	if p.early > 0 {
+		recv(p.early)
+	}
+	p.start(ctx, recv,
 		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
 		func(res copyResult) {
 			reg.remove(t)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ferrymesh/ferry/certs"
@@ -121,7 +122,7 @@ func rawConnect(t *testing.T, e *env, fields []hpack.HeaderField) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := c.openStream(fields)
+	st, _, err := c.openStream(fields, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,5 +541,120 @@ func TestConcurrentLargeWrites(t *testing.T) {
 	}
 	if n := e.tcpDial.Load(); n != 1 {
 		t.Errorf("%d HBONE connections, want the streams to share one", n)
+	}
+}
+
+// TestEarlyDataWithinWindow: early data rides with the HEADERS when the
+// server's window takes it; when it does not, it follows the response,
+// within the window the server grants.
+func TestEarlyDataWithinWindow(t *testing.T) {
+	ca := certstest.NewCA(t)
+	store := ca.Store(t, idClient, idServer)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := NewClient(ClientConfig{TLS: func(src, want certs.Identity) (*tls.Config, error) {
+		return store.ClientConfig(src, want), nil
+	}}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	dial := func(early string) <-chan error {
+		errc := make(chan error, 1)
+		go func() {
+			st, err := cli.Dial(context.Background(), DialRequest{Src: idClient, Dst: idServer,
+				HBONEAddr: addrPort(ln.Addr()), Authority: netip.MustParseAddrPort("127.0.0.1:80"), Early: []byte(early)})
+			if err == nil {
+				t.Cleanup(func() { st.Close() })
+			}
+			errc <- err
+		}()
+		return errc
+	}
+
+	first := dial("ab")
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	tc := tls.Server(nc, store.ServerConfig(func(netip.Addr) (certs.Identity, error) { return idServer, nil }))
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(tc, preface[:]); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(tc, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	respond := func(id uint32) {
+		hb.Reset()
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// next returns the next HEADERS or DATA frame of a stream as a string.
+	next := func() string {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				return fmt.Sprintf("HEADERS %d", f.StreamID)
+			case *http2.DataFrame:
+				return fmt.Sprintf("DATA %d %s", f.StreamID, f.Data())
+			}
+		}
+	}
+	// The client opens before it has the server's settings: the default
+	// window takes "ab" with the HEADERS.
+	if got := next(); got != "HEADERS 1" {
+		t.Fatalf("first frame %q", got)
+	}
+	if got := next(); got != "DATA 1 ab" {
+		t.Fatalf("early data: %q", got)
+	}
+	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 4}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && sf.IsAck() {
+			break
+		}
+	}
+	respond(1)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+
+	// Now a stream's window is 4 bytes (2 already used by stream 1 do
+	// not count): 10 bytes wait for the response and go out as the
+	// window allows.
+	second := dial("0123456789")
+	if got := next(); got != "HEADERS 3" {
+		t.Fatalf("second stream: %q", got)
+	}
+	respond(3)
+	if got := next(); got != "DATA 3 0123" {
+		t.Fatalf("within the window: %q", got)
+	}
+	if err := fr.WriteWindowUpdate(3, 6); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(); got != "DATA 3 456789" {
+		t.Fatalf("after WINDOW_UPDATE: %q", got)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
 	}
 }

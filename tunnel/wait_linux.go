@@ -52,6 +52,36 @@ func readPooled(c net.Conn, size int, plain bool) (buf []byte, n int, err error)
 	return buf, n, nil
 }
 
+// tryRead reads into p what c has already received, without waiting: 0 and
+// nil when nothing is there yet, io.EOF once the peer has closed.
+func tryRead(c net.Conn, p []byte) (int, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var e syscall.Errno
+	if err := rc.Read(func(fd uintptr) bool {
+		n, e = rawRead(fd, p)
+		return true
+	}); err != nil {
+		return 0, err
+	}
+	switch {
+	case e == syscall.EAGAIN:
+		return 0, nil
+	case e != 0:
+		return 0, os.NewSyscallError("read", e)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
 // tryWrite writes as much of p to rc as the socket takes without blocking.
 func tryWrite(rc syscall.RawConn, p []byte) (int, error) {
 	var n int

@@ -14,6 +14,9 @@ func readPooled(c net.Conn, size int, _ bool) (buf []byte, n int, err error) {
 	return buf, n, err
 }
 
+// tryRead never reads where non-blocking reads are not wired up.
+func tryRead(net.Conn, []byte) (int, error) { return 0, nil }
+
 // tryWrite never writes where non-blocking writes are not wired up.
 func tryWrite(syscall.RawConn, []byte) (int, error) { return 0, nil }
 
