@@ -127,7 +127,11 @@ func (c *connObserver) Closed(result, reason string) {
 	if result != "ok" {
 		level = slog.LevelWarn
 	}
-	c.a.log.LogAttrs(context.Background(), level, "connection complete",
+	ctx := context.Background()
+	if !c.a.log.Enabled(ctx, level) {
+		return // the line's fields cost allocations
+	}
+	c.a.log.LogAttrs(ctx, level, "connection complete",
 		slog.String("direction", string(c.info.Direction)),
 		slog.String("mode", c.info.Mode),
 		slog.String("src.addr", c.info.Src.String()),
