@@ -38,8 +38,9 @@
 //   - On Linux the hot socket I/O uses raw system calls (the sockets are
 //     non-blocking): reads by copy loops and under TLS, the read loop's
 //     writes to sockets, and every write under TLS. That keeps the
-//     runtime's sysmon thread asleep between requests; every 64th read is
-//     an ordinary call so that sysmon is awake through a busy spell
+//     runtime's sysmon thread asleep between requests; of the reads a loop
+//     makes without waiting for data, every 64th is an ordinary call, so
+//     that sysmon is awake through a spell that never yields
 //     (rawio_linux.go). The drain goroutine, TCP-to-TCP copies
 //     (passthrough, plaintext), settling and race builds use the net and
 //     syscall packages.

@@ -110,3 +110,23 @@ func TestRawSocket(t *testing.T) {
 		t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
 	}
 }
+
+// TestBusyReads: only a run of sysmonEvery reads that found data without
+// waiting makes an ordinary call; a wait starts the count again.
+func TestBusyReads(t *testing.T) {
+	var b busyReads
+	for i := 1; i < sysmonEvery; i++ {
+		if b.plain() {
+			t.Fatalf("read %d of a run is ordinary", i)
+		}
+	}
+	b.waited()
+	for i := 1; i < sysmonEvery; i++ {
+		if b.plain() {
+			t.Fatalf("read %d after a wait is ordinary", i)
+		}
+	}
+	if !b.plain() {
+		t.Fatalf("read %d of a run is raw", sysmonEvery)
+	}
+}

@@ -14,8 +14,9 @@ import (
 // TCP it takes the buffer only once the socket has data: the read is tried
 // directly on the socket and, when nothing is there, the buffer goes back
 // to the pool while the runtime poller waits. An idle connection holds no
-// buffer, and a busy one pays no extra system call.
-func readPooled(c net.Conn, size int, plain bool) (buf []byte, n int, err error) {
+// buffer, and a busy one pays no extra system call. busy paces ordinary
+// calls among raw ones (see sysmonEvery).
+func readPooled(c net.Conn, size int, busy *busyReads) (buf []byte, n int, err error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		buf = getBuf(size)[:size]
@@ -27,7 +28,7 @@ func readPooled(c net.Conn, size int, plain bool) (buf []byte, n int, err error)
 		return nil, 0, err
 	}
 	read := rawRead
-	if plain {
+	if busy.plain() {
 		read = plainRead
 	}
 	var e syscall.Errno
@@ -36,6 +37,7 @@ func readPooled(c net.Conn, size int, plain bool) (buf []byte, n int, err error)
 		if n, e = read(fd, buf); e == syscall.EAGAIN {
 			putBuf(buf)
 			buf = nil
+			busy.waited()
 			return false
 		}
 		return true

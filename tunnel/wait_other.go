@@ -8,7 +8,7 @@ import (
 )
 
 // readPooled reads from c into a pooled buffer of the class for size.
-func readPooled(c net.Conn, size int, _ bool) (buf []byte, n int, err error) {
+func readPooled(c net.Conn, size int, _ *busyReads) (buf []byte, n int, err error) {
 	buf = getBuf(size)[:size]
 	n, err = c.Read(buf)
 	return buf, n, err
