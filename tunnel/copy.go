@@ -195,34 +195,15 @@ func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(erro
 	return true
 }
 
-// sysmonEvery: of the socket reads a copy loop makes in a row without
-// waiting for data, every sysmonEvery-th is an ordinary system call, not a
-// raw one (rawio_linux.go). Raw calls let the runtime's sysmon sleep
-// through a busy spell, and with it its preemption of goroutines that never
-// block (a copy between two fast sockets may not) and its network polling
-// while every processor is busy; an ordinary call wakes it, and it stays
-// awake while the process is busy. A loop that waits for data yields its
-// processor anyway, and leaves sysmon asleep.
-const sysmonEvery = 64
-
-// busyReads counts a copy loop's reads since it last waited for data.
-type busyReads int
-
-// plain counts a read and reports whether it is to be an ordinary call.
-func (b *busyReads) plain() bool { *b++; return *b%sysmonEvery == 0 }
-
-// waited records that a read had to wait for data.
-func (b *busyReads) waited() { *b = 0 }
-
 // copyOne moves bytes until from reports EOF (nil) or an error.
 func copyOne(to, from net.Conn, count func(int)) error {
 	if s, ok := from.(*Stream); ok {
 		return copyFromStream(to, s, count, true)
 	}
 	size := copyStart
-	var busy busyReads
+	r := newPooledReader(from)
 	for {
-		buf, n, err := readPooled(from, size, &busy)
+		buf, n, err := r.read(size)
 		if n > 0 {
 			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {

@@ -117,6 +117,7 @@ type h2conn struct {
 	hdrFrames int
 	hdrBlock  []byte
 	small     [smallRead]byte
+	inline    tryWriter // writes to streams' sockets (deliverLocked)
 
 	mu            sync.Mutex
 	streams       map[uint32]*Stream // open in the protocol sense
@@ -746,7 +747,7 @@ func (c *h2conn) deliverLocked(s *Stream, p []byte, own bool) {
 		sink, count := s.sink, s.sinkCount
 		c.mu.Unlock()
 		count(len(p)) // counted when read, before the peer can answer
-		k, err := tryWrite(sink, p)
+		k, err := c.inline.write(sink, p)
 		c.mu.Lock()
 		s.inlineBusy = false
 		if s.inlineWait {

@@ -15,14 +15,30 @@ import (
 // polls every 20 µs until the process is idle again. On a request/response
 // load that is a futex wake, a futex sleep and a few nanosleeps per
 // request, more than the reads and writes themselves (measured: both
-// agents' CPU per 1 KiB request 153–170 → 97–100 µs). Of the reads a loop
-// makes without waiting for data, every sysmonEvery-th is an ordinary call,
-// so that sysmon is awake through a busy spell that never yields; counting
-// every read instead woke it on request/response loads too (rr1k agent CPU
-// 95–100 → 87–93 µs per request).
-// Race-detector builds use the syscall package's calls throughout
+// agents' CPU per 1 KiB request 153–170 → 97–100 µs). Some reads are
+// ordinary calls all the same (sysmonEvery). Race-detector builds use the syscall package's calls throughout
 // (rawcall_race.go), whose annotations tell the detector that socket I/O
 // orders the goroutines on either end.
+
+// sysmonEvery: of the socket reads a copy loop makes in a row without
+// waiting for data, every sysmonEvery-th is an ordinary system call. Raw
+// calls let sysmon sleep through a busy spell, and with it its preemption
+// of goroutines that never block (a copy between two fast sockets may not)
+// and its network polling while every processor is busy; an ordinary call
+// wakes it, and it stays awake while the process is busy. A loop that
+// waits for data yields its processor anyway and leaves sysmon asleep
+// (counting every read instead woke sysmon on request/response loads: rr1k
+// agent CPU 95–100 µs per request, against 87–93).
+const sysmonEvery = 64
+
+// busyReads counts a copy loop's reads since it last waited for data.
+type busyReads int
+
+// plain counts a read and reports whether it is to be an ordinary call.
+func (b *busyReads) plain() bool { *b++; return *b%sysmonEvery == 0 }
+
+// waited records that a read had to wait for data.
+func (b *busyReads) waited() { *b = 0 }
 
 // rawSocket is a TCP connection whose Read and Write use raw system calls;
 // everything else is the TCPConn's. It is used by one reader and one
@@ -31,6 +47,20 @@ type rawSocket struct {
 	*net.TCPConn
 	rc   syscall.RawConn
 	busy busyReads
+	r, w rawOp
+}
+
+// rawOp is a socket's read or write in progress. The function handed to
+// RawConn.Read or Write is made once per socket and finds its arguments
+// and leaves its results here: a closure made per call would allocate the
+// variables it shares with its caller on every call.
+type rawOp struct {
+	p     []byte
+	n     int
+	e     syscall.Errno
+	plain bool // read: an ordinary call (see sysmonEvery)
+	stuck bool // write: the socket took zero bytes
+	fn    func(fd uintptr) bool
 }
 
 // newRawSocket wraps c when it is a TCP connection and returns c as it is
@@ -44,26 +74,47 @@ func newRawSocket(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawSocket{TCPConn: tc, rc: rc}
+	s := &rawSocket{TCPConn: tc, rc: rc}
+	s.r.fn = func(fd uintptr) bool {
+		read := rawRead
+		if s.r.plain {
+			read = plainRead
+		}
+		if s.r.n, s.r.e = read(fd, s.r.p); s.r.e == syscall.EAGAIN {
+			s.busy.waited()
+			return false
+		}
+		return true
+	}
+	s.w.fn = func(fd uintptr) bool {
+		for s.w.n < len(s.w.p) {
+			n, e := rawWrite(fd, s.w.p[s.w.n:])
+			if e == syscall.EAGAIN {
+				return false // wait until the socket takes more
+			}
+			if e != 0 {
+				s.w.e = e
+				return true
+			}
+			if n == 0 {
+				s.w.stuck = true // as internal/poll: never loop on a zero write
+				return true
+			}
+			s.w.n += n
+		}
+		return true
+	}
+	return s
 }
 
 func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	read := rawRead
-	if s.busy.plain() {
-		read = plainRead
-	}
-	var n int
-	var e syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		if n, e = read(fd, p); e == syscall.EAGAIN {
-			s.busy.waited()
-			return false
-		}
-		return true
-	})
+	s.r.p, s.r.n, s.r.e, s.r.plain = p, 0, 0, s.busy.plain()
+	err := s.rc.Read(s.r.fn)
+	n, e := s.r.n, s.r.e
+	s.r.p = nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -76,27 +127,10 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 }
 
 func (s *rawSocket) Write(p []byte) (int, error) {
-	done := 0
-	var e syscall.Errno
-	var stuck bool
-	err := s.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			var n int
-			if n, e = rawWrite(fd, p[done:]); e != 0 {
-				if e == syscall.EAGAIN {
-					e = 0
-					return false // wait until the socket takes more
-				}
-				return true
-			}
-			if n == 0 {
-				stuck = true // as internal/poll: never loop on a zero write
-				return true
-			}
-			done += n
-		}
-		return true
-	})
+	s.w.p, s.w.n, s.w.e, s.w.stuck = p, 0, 0, false
+	err := s.rc.Write(s.w.fn)
+	done, e, stuck := s.w.n, s.w.e, s.w.stuck
+	s.w.p = nil
 	switch {
 	case err != nil:
 		return done, err

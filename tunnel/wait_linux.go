@@ -9,43 +9,62 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// readPooled reads from c into a pooled buffer of the class for size and
-// returns it with the byte count; the caller returns buf with putBuf. For
-// TCP it takes the buffer only once the socket has data: the read is tried
-// directly on the socket and, when nothing is there, the buffer goes back
-// to the pool while the runtime poller waits. An idle connection holds no
-// buffer, and a busy one pays no extra system call. busy paces ordinary
-// calls among raw ones (see sysmonEvery).
-func readPooled(c net.Conn, size int, busy *busyReads) (buf []byte, n int, err error) {
+// pooledReader reads a socket into pooled buffers. For TCP it takes a
+// buffer only once the socket has data: the read is tried directly on the
+// socket and, when nothing is there, the buffer goes back to the pool while
+// the runtime poller waits. An idle connection holds no buffer, and a busy
+// one pays no extra system call. It serves one goroutine at a time.
+type pooledReader struct {
+	c    net.Conn
+	rc   syscall.RawConn // nil: c is no TCP socket
+	busy busyReads
+	size int
+	op   rawOp // op.p is the buffer taken
+}
+
+func newPooledReader(c net.Conn) *pooledReader {
+	r := &pooledReader{c: c}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		buf = getBuf(size)[:size]
-		n, err = c.Read(buf)
-		return buf, n, err
+		return r
 	}
 	rc, err := tc.SyscallConn()
 	if err != nil {
-		return nil, 0, err
+		return r
 	}
-	read := rawRead
-	if busy.plain() {
-		read = plainRead
-	}
-	var e syscall.Errno
-	err = rc.Read(func(fd uintptr) bool {
-		buf = getBuf(size)[:size]
-		if n, e = read(fd, buf); e == syscall.EAGAIN {
-			putBuf(buf)
-			buf = nil
-			busy.waited()
+	r.rc = rc
+	r.op.fn = func(fd uintptr) bool {
+		read := rawRead
+		if r.op.plain {
+			read = plainRead
+		}
+		r.op.p = getBuf(r.size)[:r.size]
+		if r.op.n, r.op.e = read(fd, r.op.p); r.op.e == syscall.EAGAIN {
+			putBuf(r.op.p)
+			r.op.p = nil
+			r.busy.waited()
 			return false
 		}
 		return true
-	})
-	if err != nil {
-		return buf, 0, err
 	}
+	return r
+}
+
+// read reads into a pooled buffer of the class for size and returns it
+// with the byte count; the caller returns buf with putBuf.
+func (r *pooledReader) read(size int) (buf []byte, n int, err error) {
+	if r.rc == nil {
+		buf = getBuf(size)[:size]
+		n, err = r.c.Read(buf)
+		return buf, n, err
+	}
+	r.size, r.op.plain, r.op.n, r.op.e = size, r.busy.plain(), 0, 0
+	err = r.rc.Read(r.op.fn)
+	buf, n, e := r.op.p, r.op.n, r.op.e
+	r.op.p = nil
 	switch {
+	case err != nil:
+		return buf, 0, err
 	case e != 0:
 		return buf, 0, os.NewSyscallError("read", e)
 	case n == 0:
@@ -84,14 +103,22 @@ func tryRead(c net.Conn, p []byte) (int, error) {
 	return n, nil
 }
 
-// tryWrite writes as much of p to rc as the socket takes without blocking.
-func tryWrite(rc syscall.RawConn, p []byte) (int, error) {
-	var n int
-	var e syscall.Errno
-	err := rc.Write(func(fd uintptr) bool {
-		n, e = rawWrite(fd, p)
-		return true
-	})
+// tryWriter writes as much of p to a socket as it takes without blocking.
+// Its function for RawConn.Write is made once (see rawOp), so a write
+// allocates nothing; it serves one goroutine at a time.
+type tryWriter struct{ op rawOp }
+
+func (w *tryWriter) write(rc syscall.RawConn, p []byte) (int, error) {
+	if w.op.fn == nil {
+		w.op.fn = func(fd uintptr) bool {
+			w.op.n, w.op.e = rawWrite(fd, w.op.p)
+			return true
+		}
+	}
+	w.op.p = p
+	err := rc.Write(w.op.fn)
+	n, e := w.op.n, w.op.e
+	w.op.p = nil
 	if err != nil {
 		return 0, err
 	}
