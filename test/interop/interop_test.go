@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -154,12 +155,15 @@ func TestFerryClientToIstioServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	for range 3 { // three streams on one pooled connection
+	for i := range 3 { // three streams on one pooled connection
+		// Early data reaches Istio's server before its 200 answers.
+		early := fmt.Sprintf("stream %d, sent with the CONNECT; ", i)
 		st, err := cli.Dial(t.Context(), tunnel.DialRequest{
 			Src: idClient, Dst: idServer,
 			SrcAddr:   netip.MustParseAddrPort("127.0.0.1:40000"),
 			HBONEAddr: netip.MustParseAddrPort(ln.Addr().String()),
 			Authority: backend,
+			Early:     []byte(early),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -174,8 +178,8 @@ func TestFerryClientToIstioServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(got) != msg {
-			t.Fatalf("echo: %d bytes, want %d", len(got), len(msg))
+		if string(got) != early+msg {
+			t.Fatalf("echo: %d bytes, want %d", len(got), len(early)+len(msg))
 		}
 	}
 	if n := cli.Conns(); n != 1 {
