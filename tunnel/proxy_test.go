@@ -129,6 +129,82 @@ func TestOutbound(t *testing.T) {
 	}
 }
 
+// TestOutboundEarlyData: what a client wrote before the proxy read from it,
+// its half-close included, rides with the CONNECT, arrives whole and is
+// counted once; a client that waits for the server to speak first is
+// carried as before.
+func TestOutboundEarlyData(t *testing.T) {
+	e := newEnv(t)
+	echoer := newBackend(t, echo)
+	greeter := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("hello: "))
+		echo(c)
+	})
+	dst := make(chan netip.AddrPort, 1)
+	obs := &recordingObserver{}
+	out, err := NewOutbound(OutboundConfig{
+		Client: e.cli,
+		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
+		}),
+		// The destination comes before routing and the proxy's first read.
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return <-dst, nil },
+		Observer:    obs,
+	}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveProxy(t, out.Serve)
+	dial := func() *net.TCPConn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.TCPConn)
+	}
+
+	early := "written, and half-closed, before the proxy read"
+	c := dial()
+	c.Write([]byte(early))
+	c.CloseWrite()
+	dst <- echoer.addr
+	if got, err := io.ReadAll(c); err != nil || string(got) != early {
+		t.Fatalf("early: got %q, %v", got, err)
+	}
+
+	late := "written after the server spoke"
+	c = dial()
+	dst <- greeter.addr
+	hello := make([]byte, len("hello: "))
+	if _, err := io.ReadFull(c, hello); err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte(late))
+	c.CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != late {
+		t.Fatalf("late: got %q, %v", got, err)
+	}
+
+	// The proxy reports a close once both sockets are closed, after the
+	// client has read its EOF.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		obs.mu.Lock()
+		n := len(obs.closed)
+		obs.mu.Unlock()
+		if n == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	recv, sent := len(early)+len(late), len(early)+len(hello)+len(late)
+	if obs.recv != recv || obs.sent != sent || len(obs.closed) != 2 || obs.closed[0] != "ok" || obs.closed[1] != "ok" {
+		t.Fatalf("observer: received %d (want %d), sent %d (want %d), closed %v", obs.recv, recv, obs.sent, sent, obs.closed)
+	}
+}
+
 func TestPlaintext(t *testing.T) {
 	b := newBackend(t, echo)
 	var mu sync.Mutex
