@@ -16,9 +16,9 @@ import (
 // load that is a futex wake, a futex sleep and a few nanosleeps per
 // request, more than the reads and writes themselves (measured: both
 // agents' CPU per 1 KiB request 153–170 → 97–100 µs). Some reads are
-// ordinary calls all the same (sysmonEvery). Race-detector builds use the syscall package's calls throughout
-// (rawcall_race.go), whose annotations tell the detector that socket I/O
-// orders the goroutines on either end.
+// ordinary calls all the same (sysmonEvery). Race-detector builds use the
+// syscall package's calls throughout (rawcall_race.go), whose annotations
+// tell the detector that socket I/O orders the goroutines on either end.
 
 // sysmonEvery: of the socket reads a copy loop makes in a row without
 // waiting for data, every sysmonEvery-th is an ordinary system call. Raw
@@ -75,17 +75,7 @@ func newRawSocket(c net.Conn) net.Conn {
 		return c
 	}
 	s := &rawSocket{TCPConn: tc, rc: rc}
-	s.r.fn = func(fd uintptr) bool {
-		read := rawRead
-		if s.r.plain {
-			read = plainRead
-		}
-		if s.r.n, s.r.e = read(fd, s.r.p); s.r.e == syscall.EAGAIN {
-			s.busy.waited()
-			return false
-		}
-		return true
-	}
+	s.r.fn = func(fd uintptr) bool { return s.r.read(fd, &s.busy) }
 	s.w.fn = func(fd uintptr) bool {
 		for s.w.n < len(s.w.p) {
 			n, e := rawWrite(fd, s.w.p[s.w.n:])
@@ -113,8 +103,27 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	}
 	s.r.p, s.r.n, s.r.e, s.r.plain = p, 0, 0, s.busy.plain()
 	err := s.rc.Read(s.r.fn)
-	n, e := s.r.n, s.r.e
 	s.r.p = nil
+	return readResult(s.r.n, s.r.e, err)
+}
+
+// read makes one read of op.p from the socket fd, raw or ordinary as
+// op.plain says, for a RawConn.Read: false, to wait, when nothing is there.
+func (op *rawOp) read(fd uintptr, busy *busyReads) bool {
+	read := rawRead
+	if op.plain {
+		read = plainRead
+	}
+	if op.n, op.e = read(fd, op.p); op.e == syscall.EAGAIN {
+		busy.waited()
+		return false
+	}
+	return true
+}
+
+// readResult turns a socket read's count, errno and RawConn error into
+// what io.Reader returns.
+func readResult(n int, e syscall.Errno, err error) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err

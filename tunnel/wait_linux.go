@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"io"
 	"net"
 	"os"
 	"syscall"
@@ -34,15 +33,10 @@ func newPooledReader(c net.Conn) *pooledReader {
 	}
 	r.rc = rc
 	r.op.fn = func(fd uintptr) bool {
-		read := rawRead
-		if r.op.plain {
-			read = plainRead
-		}
 		r.op.p = getBuf(r.size)[:r.size]
-		if r.op.n, r.op.e = read(fd, r.op.p); r.op.e == syscall.EAGAIN {
+		if !r.op.read(fd, &r.busy) {
 			putBuf(r.op.p)
 			r.op.p = nil
-			r.busy.waited()
 			return false
 		}
 		return true
@@ -60,17 +54,10 @@ func (r *pooledReader) read(size int) (buf []byte, n int, err error) {
 	}
 	r.size, r.op.plain, r.op.n, r.op.e = size, r.busy.plain(), 0, 0
 	err = r.rc.Read(r.op.fn)
-	buf, n, e := r.op.p, r.op.n, r.op.e
+	buf = r.op.p
 	r.op.p = nil
-	switch {
-	case err != nil:
-		return buf, 0, err
-	case e != 0:
-		return buf, 0, os.NewSyscallError("read", e)
-	case n == 0:
-		return buf, 0, io.EOF
-	}
-	return buf, n, nil
+	n, err = readResult(r.op.n, r.op.e, err)
+	return buf, n, err
 }
 
 // tryRead reads into p what c has already received, without waiting: 0 and
@@ -92,15 +79,10 @@ func tryRead(c net.Conn, p []byte) (int, error) {
 	}); err != nil {
 		return 0, err
 	}
-	switch {
-	case e == syscall.EAGAIN:
+	if e == syscall.EAGAIN {
 		return 0, nil
-	case e != 0:
-		return 0, os.NewSyscallError("read", e)
-	case n == 0:
-		return 0, io.EOF
 	}
-	return n, nil
+	return readResult(n, e, nil)
 }
 
 // tryWriter writes as much of p to a socket as it takes without blocking.
