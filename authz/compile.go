@@ -25,32 +25,38 @@ type Config struct {
 }
 
 // Compile validates and compiles AuthorizationPolicy and PeerAuthentication
-// objects into an Engine. It never returns a nil Engine: an object with an
-// error Diagnostic is left out and the rest still applies. Warnings name
-// objects that apply with parts ignored. Compile does not retain aps or pas.
+// objects into an Engine. It never returns a nil Engine. An object with an
+// error Diagnostic is read fail-closed (see failclosed.go: it never widens
+// access) and the rest still applies; only an object without a name is left
+// out. Warnings name objects that apply with parts ignored. Compile does not
+// retain aps or pas.
 func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*Engine, []Diagnostic) {
 	if cfg.RootNamespace == "" {
 		cfg.RootNamespace = DefaultRootNamespace
 	}
 	var ds []Diagnostic
 	e := &Engine{
-		root: cfg.RootNamespace,
-		byNS: map[string]*scopeSet{},
-		nsPA: map[string]*peerAuth{},
-		wlPA: map[string]*paIndex{},
+		root:    cfg.RootNamespace,
+		byNS:    map[string]*scopeSet{},
+		nsPA:    map[string]*peerAuth{},
+		wlPA:    map[string]*paIndex{},
+		wlPAAll: map[string]*peerAuth{},
 	}
 
 	seen := map[string]bool{}
 	for i := range aps {
 		ap := &aps[i]
-		d := diags{kind: KindAuthorizationPolicy, ns: ap.Metadata.Namespace, name: ap.Metadata.Name, out: &ds}
+		d := newDiags(KindAuthorizationPolicy, ap.Metadata.Namespace, ap.Metadata.Name, &ds)
 		p := compileAuthorizationPolicy(cfg, ap, &d)
 		if p == nil {
 			continue
 		}
 		if seen[p.key] {
-			d.errorf("metadata.name", "duplicate AuthorizationPolicy %s: only the first is used", p.key)
-			continue
+			// Which of the two was meant is unknown: the second denies
+			// what it selects.
+			d.errorf("metadata.name", "duplicate AuthorizationPolicy %s", p.key)
+			d.effect("the second copy denies every connection to the workloads it selects until one is removed")
+			p.action, p.denyAll, p.keep = actionDeny, true, nil
 		}
 		seen[p.key] = true
 		e.policies = append(e.policies, p)
@@ -69,14 +75,15 @@ func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*
 	var compiled []*peerAuth
 	for i := range pas {
 		pa := &pas[i]
-		d := diags{kind: KindPeerAuthentication, ns: pa.Metadata.Namespace, name: pa.Metadata.Name, out: &ds}
+		d := newDiags(KindPeerAuthentication, pa.Metadata.Namespace, pa.Metadata.Name, &ds)
 		p := compilePeerAuthentication(cfg, pa, &d)
 		if p == nil {
 			continue
 		}
 		if seen[p.key] {
-			d.errorf("metadata.name", "duplicate PeerAuthentication %s: only the first is used", p.key)
-			continue
+			d.errorf("metadata.name", "duplicate PeerAuthentication %s", p.key)
+			d.effect("the second copy is STRICT for its scope until one is removed")
+			p.strict()
 		}
 		seen[p.key] = true
 		compiled = append(compiled, p)
@@ -184,8 +191,19 @@ type policy struct {
 	ports         uint64
 	srcCover      cover
 
-	obj  *AuthorizationPolicy // until laid out in the prog
-	keep []int                // spec.rules indexes to lay out
+	// denyAll marks a policy read fail-closed as a whole: it denies every
+	// connection to the workloads it selects.
+	denyAll bool
+
+	keep []keptRule // until laid out in the prog
+}
+
+// keptRule is a rule to lay out: spec.rules[index] as enforced (for a DENY
+// rule with errors, its fail-closed reading).
+type keptRule struct {
+	index  int
+	rule   *Rule
+	faults *ruleFaults // nil for a clean rule
 }
 
 // emit lays out p's rules in e.prog and sets its quick rejects: when every
@@ -202,22 +220,31 @@ func (e *Engine) emit(p *policy) {
 	if p.action == actionDeny {
 		verb = "denied"
 	}
-	for _, i := range p.keep {
-		cs, b, ports, src := pr.emitRule(&p.obj.Spec.Rules[i], p.ns)
+	if p.denyAll {
+		p.keep = []keptRule{{index: -1, rule: &Rule{}}}
+	}
+	for _, k := range p.keep {
+		cs, b, ports, src := pr.emitRule(k.rule, p.ns, k.faults)
 		p.srcCover = p.srcCover.union(src)
 		if ports == 0 {
 			ports = ^uint64(0) // the rule matches any port
 		}
 		p.ports |= ports
-		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(i),
-			reason: verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(i) + "] matched)"})
+		reason := verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(k.index) + "] matched)"
+		switch {
+		case p.denyAll:
+			reason = "denied by AuthorizationPolicy " + p.key + ": it has errors, so it denies every connection to the workloads it selects until it is fixed (see ferry policies)"
+		case k.faults != nil:
+			reason = verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(k.index) + "] matched, its erroneous conditions read as matching until it is fixed)"
+		}
+		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(k.index), reason: reason})
 		if b == 0 {
 			p.needPrincipal = false
 		}
 		p.bloom |= b
 	}
 	p.rules.hi = int32(len(pr.rules))
-	p.obj, p.keep = nil, nil
+	p.keep = nil
 }
 
 // match returns the first rule of p that matches c, or nil.
@@ -236,7 +263,12 @@ func (p *policy) match(pr *prog, c *conn) *rule {
 const dryRunAnnotation = "istio.io/dry-run"
 
 func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *policy {
-	ns, _ := metadata(&ap.Metadata, d)
+	ns, ok := metadata(&ap.Metadata, d)
+	if !ok {
+		d.effect("the object is ignored: without a name it cannot be identified")
+		return nil
+	}
+	d.problems(ap.Problems)
 	spec := &ap.Spec
 	checkSelector(spec.Selector, d)
 	set := 0
@@ -271,29 +303,7 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 	for i := range spec.Rules {
 		checkRule(cfg, &spec.Rules[i], i, d)
 	}
-	if d.errs > 0 {
-		return nil
-	}
-
-	switch spec.Action {
-	case "AUDIT", "CUSTOM":
-		d.warnf("action", "%s is not supported at L4 (ztunnel does not support it either): policy ignored", spec.Action)
-		return nil
-	}
-	if v, ok := ap.Metadata.Annotations[dryRunAnnotation]; ok {
-		dry, err := strconv.ParseBool(v)
-		switch {
-		case err != nil:
-			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "not a boolean (%q): policy enforced", v)
-		case dry:
-			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "dry-run policies are not enforced at L4 (as in Istio ambient by default): policy ignored")
-			return nil
-		}
-	}
-	if spec.TargetRef != nil || len(spec.TargetRefs) > 0 {
-		d.warnf("targetRefs", "targetRefs policies are enforced by waypoints, not by the node agent: policy ignored")
-		return nil
-	}
+	f := classify(d.errFields)
 
 	p := &policy{
 		key:    ns + "/" + ap.Metadata.Name,
@@ -303,6 +313,9 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 		scope:  ScopeNamespace,
 	}
 	switch {
+	case f.selector && ns == cfg.RootNamespace:
+		p.scope = ScopeMesh
+	case f.selector:
 	case spec.Selector != nil && len(spec.Selector.MatchLabels) == 0:
 		d.warnf("selector", "selector without labels: Istio ambient attaches such a policy to no workload, so it has no effect")
 		p.scope = ScopeWorkload
@@ -312,17 +325,64 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 	case ns == cfg.RootNamespace:
 		p.scope = ScopeMesh
 	}
+	where := "the workloads it selects"
+	if f.selector {
+		where = "every workload in namespace " + ns + " (its selector is unreadable)"
+		if p.scope == ScopeMesh {
+			where = "every workload in the mesh (its selector is unreadable)"
+		}
+	}
+	if f.object {
+		d.effect("the policy denies every connection to " + where + ", whatever its action, until it is fixed")
+		p.action, p.denyAll = actionDeny, true
+		return p
+	}
+
+	switch spec.Action {
+	case "AUDIT", "CUSTOM":
+		d.effect("not enforced by the node agent (action " + spec.Action + ")")
+		d.warnf("action", "%s is not supported at L4 (ztunnel does not support it either): policy ignored", spec.Action)
+		return nil
+	}
+	if v, ok := ap.Metadata.Annotations[dryRunAnnotation]; ok {
+		dry, err := strconv.ParseBool(v)
+		switch {
+		case err != nil:
+			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "not a boolean (%q): policy enforced", v)
+		case dry:
+			d.effect("not enforced: a dry-run policy")
+			d.warnf("metadata.annotations["+dryRunAnnotation+"]", "dry-run policies are not enforced at L4 (as in Istio ambient by default): policy ignored")
+			return nil
+		}
+	}
+	if spec.TargetRef != nil || len(spec.TargetRefs) > 0 {
+		d.effect("not enforced by the node agent: a targetRefs policy is a waypoint's")
+		d.warnf("targetRefs", "targetRefs policies are enforced by waypoints, not by the node agent: policy ignored")
+		return nil
+	}
 
 	dead := 0
+	var faulty []int
 	for i := range spec.Rules {
 		r := &spec.Rules[i]
 		field := "rules[" + strconv.Itoa(i) + "]"
+		var rf *ruleFaults
+		if errs, bad := f.rules[i]; bad {
+			faulty = append(faulty, i)
+			if act == actionAllow {
+				continue // an ALLOW rule with an error matches nothing
+			}
+			x := parseRuleFaults(errs)
+			rf = &x
+			read := readDenyRule(r, x)
+			r = &read
+		}
 		for j := range r.From {
 			if s := &r.From[j].Source; len(s.TrustDomains)+len(s.NotTrustDomains) > 0 {
 				d.warnf(loc{rule: i, part: "from", j: j}.String(), "trustDomains and notTrustDomains are not enforced by ztunnel: ignored")
 			}
 		}
-		l7, isDead := ruleShape(r)
+		l7, isDead := ruleShape(r, rf)
 		switch {
 		case act == actionAllow && len(l7) > 0:
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: within an ALLOW policy the rule is dropped and never matches (more restrictive than requested)",
@@ -341,12 +401,19 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 			d.warnf(field, "uses HTTP attributes (%s) that need a waypoint: this DENY rule is enforced without them (more restrictive than requested)",
 				strings.Join(l7, ", "))
 		}
-		p.keep = append(p.keep, i)
+		p.keep = append(p.keep, keptRule{index: i, rule: r, faults: rf})
 	}
 	if act == actionDeny && len(spec.Rules) > 0 && dead == len(spec.Rules) {
 		d.warnf("rules", "no rule of this DENY policy can match at L4: the policy has no effect")
 	}
-	p.obj = ap
+	switch {
+	case len(faulty) > 0 && act == actionAllow:
+		d.effect(ruleList(faulty) + " matches nothing; the policy still selects " + where + " and its other rules still apply")
+	case len(faulty) > 0:
+		d.effect("in " + ruleList(faulty) + " every erroneous condition is read as matching (a broader deny)")
+	case f.selector:
+		d.effect("the policy applies to " + where)
+	}
 	return p
 }
 

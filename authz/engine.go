@@ -21,6 +21,7 @@ type Engine struct {
 	meshRootPA *peerAuth // same, for workloads in the root namespace
 	nsPA       map[string]*peerAuth
 	wlPA       map[string]*paIndex
+	wlPAAll    map[string]*peerAuth // oldest workload-level policy selecting every workload (fail-closed)
 }
 
 // scopeSet holds the AuthorizationPolicies of one namespace (or of the root

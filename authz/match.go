@@ -269,8 +269,9 @@ func isL4When(key string) bool {
 
 // ruleShape inspects a rule as ztunnel receives it: l7 names its HTTP-only
 // fields; dead says some from, to or when clause keeps no L4 entry, so the
-// rule can never match.
-func ruleShape(r *Rule) (l7 []string, dead bool) {
+// rule can never match. An entry rf forces (an erroneous one, read
+// fail-closed) is live.
+func ruleShape(r *Rule, rf *ruleFaults) (l7 []string, dead bool) {
 	add := func(name string, n int) {
 		if n > 0 && !slices.Contains(l7, name) {
 			l7 = append(l7, name)
@@ -286,7 +287,7 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 			add("notMethods", len(op.NotMethods))
 			add("paths", len(op.Paths))
 			add("notPaths", len(op.NotPaths))
-			live = live || toHasL4(op)
+			live = live || toHasL4(op) || rf.forced("to", i)
 		}
 		dead = dead || !live
 	}
@@ -298,7 +299,7 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 			add("notRemoteIpBlocks", len(s.NotRemoteIPBlocks))
 			add("requestPrincipals", len(s.RequestPrincipals))
 			add("notRequestPrincipals", len(s.NotRequestPrincipals))
-			live = live || fromHasL4(s)
+			live = live || fromHasL4(s) || rf.forced("from", i)
 		}
 		dead = dead || !live
 	}
@@ -313,12 +314,12 @@ func ruleShape(r *Rule) (l7 []string, dead bool) {
 
 // emitRule lays out a live rule: a clause for the to list, one for the from
 // list, one per when condition (cheapest first: ports compare fastest);
-// entries without L4 fields are skipped. It also returns the rule's Bloom
-// bits for principals and ports: non-zero when some clause requires the
-// principal (or port) to be one of exact values. It
-// returns the rule's clauses and its principal Bloom bits (0 unless some
-// clause needs the principal to be one of exact values).
-func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64, src cover) {
+// entries without L4 fields are skipped unless rf forces them (they then
+// match anything). It returns the rule's clauses, its principal Bloom bits
+// (0 unless some clause needs the principal to be one of exact values), its
+// port Bloom bits (likewise for ports) and the source addresses it can
+// match.
+func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, bloom, ports uint64, src cover) {
 	src = cover{all: true}
 	cs.lo = int32(len(pr.clauses))
 	if len(r.To) > 0 {
@@ -326,7 +327,7 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		var pb uint64
 		for i := range r.To {
 			op := &r.To[i].Operation
-			if !toHasL4(op) {
+			if !toHasL4(op) && !rf.forced("to", i) {
 				continue
 			}
 			pb = portBloom(pb, op.Ports)
@@ -347,7 +348,7 @@ func (pr *prog) emitRule(r *Rule, policyNS string) (cs span, bloom, ports uint64
 		var sc cover
 		for i := range r.From {
 			s := &r.From[i].Source
-			if !fromHasL4(s) {
+			if !fromHasL4(s) && !rf.forced("from", i) {
 				continue
 			}
 			sc = sc.addAll(s.IPBlocks)

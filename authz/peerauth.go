@@ -53,13 +53,21 @@ type peerAuth struct {
 	selector []labelKV
 	mode     mtlsMode
 	ports    map[uint16]mtlsMode // non-UNSET portLevelMtls entries (workload level only)
+	// allWorkloads: a workload-level policy whose selector is unreadable,
+	// read as selecting every workload of its namespace.
+	allWorkloads bool
 
 	strictReason string
 	portReasons  map[uint16]string // for STRICT ports
 }
 
 func compilePeerAuthentication(cfg Config, pa *PeerAuthentication, d *diags) *peerAuth {
-	ns, _ := metadata(&pa.Metadata, d)
+	ns, ok := metadata(&pa.Metadata, d)
+	if !ok {
+		d.effect("the object is ignored: without a name it cannot be identified")
+		return nil
+	}
+	d.problems(pa.Problems)
 	spec := &pa.Spec
 	checkSelector(spec.Selector, d)
 	mode := modeUnset
@@ -102,7 +110,7 @@ func compilePeerAuthentication(cfg Config, pa *PeerAuthentication, d *diags) *pe
 		}
 	}
 	if d.errs > 0 {
-		return nil
+		return failClosedPeerAuth(cfg, pa, ns, emptySelector, d)
 	}
 	if ns == cfg.RootNamespace && !emptySelector {
 		d.warnf("selector", "a PeerAuthentication with a selector in the root namespace is ignored (as in Istio)")
@@ -141,6 +149,44 @@ func compilePeerAuthentication(cfg Config, pa *PeerAuthentication, d *diags) *pe
 	return p
 }
 
+// failClosedPeerAuth reads a PeerAuthentication with errors as STRICT for its
+// scope, port level included. An unreadable selector selects every workload
+// of the namespace (of the mesh, in the root namespace).
+func failClosedPeerAuth(cfg Config, pa *PeerAuthentication, ns string, emptySelector bool, d *diags) *peerAuth {
+	f := classify(d.errFields)
+	p := &peerAuth{key: ns + "/" + pa.Metadata.Name, ns: ns, name: pa.Metadata.Name, created: pa.Metadata.CreationTimestamp}
+	scope := "for its scope"
+	switch {
+	case ns == cfg.RootNamespace && f.selector:
+		p.level = levelMesh
+		scope = "for the whole mesh (its selector is unreadable)"
+	case ns == cfg.RootNamespace && !emptySelector:
+		d.effect("ignored: a PeerAuthentication with a selector in the root namespace never applies (as in Istio)")
+		return nil
+	case ns == cfg.RootNamespace:
+		p.level = levelMesh
+		p.rootOnly = pa.Spec.Selector != nil
+	case f.selector:
+		p.level = levelWorkload
+		p.allWorkloads = true
+		scope = "for every workload in namespace " + ns + " (its selector is unreadable)"
+	case emptySelector:
+		p.level = levelNamespace
+	default:
+		p.level = levelWorkload
+		p.selector = selectorPairs(pa.Spec.Selector.MatchLabels)
+	}
+	d.effect("enforced as STRICT " + scope + ", on every port, until it is fixed")
+	p.strict()
+	return p
+}
+
+// strict makes p STRICT on every port, read fail-closed.
+func (p *peerAuth) strict() {
+	p.mode, p.ports, p.portReasons = modeStrict, nil, nil
+	p.strictReason = sprintf("denied by PeerAuthentication %s: it has errors, so it is enforced as STRICT until it is fixed, and this connection has no peer identity (plaintext)", p.key)
+}
+
 // indexPeerAuthentications keeps, per level, the oldest policy: the mesh one,
 // one per namespace, and the workload ones by namespace and selector.
 func (e *Engine) indexPeerAuthentications(pas []*peerAuth) {
@@ -162,6 +208,12 @@ func (e *Engine) indexPeerAuthentications(pas []*peerAuth) {
 				e.nsPA[p.ns] = p
 			}
 		case levelWorkload:
+			if p.allWorkloads {
+				if e.wlPAAll[p.ns] == nil {
+					e.wlPAAll[p.ns] = p
+				}
+				continue
+			}
 			idx := e.wlPA[p.ns]
 			if idx == nil {
 				idx = &paIndex{}
@@ -193,14 +245,19 @@ type paVerdict struct {
 // port under an inherited STRICT (which istiod leaves STRICT). DISABLE is
 // PERMISSIVE everywhere here.
 func (e *Engine) peerAuthFor(ns string, labels map[string]string, port uint16) paVerdict {
+	var p *peerAuth
 	if wl := e.wlPA[ns]; wl != nil {
-		if p := firstPeerAuth(wl, labels); p != nil {
-			if m, ok := p.ports[port]; ok {
-				return paVerdict{mode: m, policy: p, port: true}
-			}
-			if p.mode != modeUnset {
-				return paVerdict{mode: p.mode, policy: p}
-			}
+		p = firstPeerAuth(wl, labels)
+	}
+	if all := e.wlPAAll[ns]; all != nil && (p == nil || all.ord < p.ord) {
+		p = all
+	}
+	if p != nil {
+		if m, ok := p.ports[port]; ok {
+			return paVerdict{mode: m, policy: p, port: true}
+		}
+		if p.mode != modeUnset {
+			return paVerdict{mode: p.mode, policy: p}
 		}
 	}
 	if p := e.nsPA[ns]; p != nil && p.mode != modeUnset {

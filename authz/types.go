@@ -20,6 +20,18 @@ type ObjectMeta struct {
 type AuthorizationPolicy struct {
 	Metadata ObjectMeta              `json:"metadata"`
 	Spec     AuthorizationPolicySpec `json:"spec"`
+	// Problems lists what the decoder found wrong in the object as written
+	// (unknown, duplicate or mistyped fields), which Spec cannot show.
+	// Compile reports each as an error and reads the object fail-closed.
+	Problems []FieldError `json:"-"`
+}
+
+// FieldError is one problem found while decoding an object. Field is its
+// path inside spec, as in Diagnostic.Field ("rules[0].from[0].source.principal"),
+// "metadata.x" for metadata, or a top-level field's name.
+type FieldError struct {
+	Field   string
+	Message string
 }
 
 // AuthorizationPolicySpec is AuthorizationPolicy.spec.
@@ -111,6 +123,8 @@ type Condition struct {
 type PeerAuthentication struct {
 	Metadata ObjectMeta             `json:"metadata"`
 	Spec     PeerAuthenticationSpec `json:"spec"`
+	// Problems is as in AuthorizationPolicy.
+	Problems []FieldError `json:"-"`
 }
 
 // PeerAuthenticationSpec is PeerAuthentication.spec.
