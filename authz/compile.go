@@ -662,3 +662,26 @@ func parsePort(s string) (uint16, error) {
 	}
 	return uint16(p), nil
 }
+
+// AuthorizationPolicyErrors returns the error Diagnostics of one object
+// judged on its own (as Compile reports them, duplicates aside). Sources use
+// it to decide whether a new version is good enough to replace the last.
+func AuthorizationPolicyErrors(ap *AuthorizationPolicy) []Diagnostic {
+	var ds []Diagnostic
+	d := newDiags(KindAuthorizationPolicy, ap.Metadata.Namespace, ap.Metadata.Name, &ds)
+	compileAuthorizationPolicy(Config{RootNamespace: DefaultRootNamespace}, ap, &d)
+	return errorsOnly(ds)
+}
+
+// PeerAuthenticationErrors is AuthorizationPolicyErrors for a
+// PeerAuthentication.
+func PeerAuthenticationErrors(pa *PeerAuthentication) []Diagnostic {
+	var ds []Diagnostic
+	d := newDiags(KindPeerAuthentication, pa.Metadata.Namespace, pa.Metadata.Name, &ds)
+	compilePeerAuthentication(Config{RootNamespace: DefaultRootNamespace}, pa, &d)
+	return errorsOnly(ds)
+}
+
+func errorsOnly(ds []Diagnostic) []Diagnostic {
+	return slices.DeleteFunc(ds, func(d Diagnostic) bool { return d.Severity != Error })
+}

@@ -51,7 +51,11 @@ type PolicyDump struct {
 	Action    string   `json:"action,omitempty"` // ALLOW/DENY, or the mTLS mode
 	Scope     string   `json:"scope"`            // Global, Namespace or WorkloadSelector
 	Warnings  []string `json:"warnings,omitempty"`
-	Error     string   `json:"error,omitempty"` // set when the object was rejected
+	// Errors are what is wrong with the object as written; Enforced says
+	// how it is enforced until it is fixed (fail-closed, or its last good
+	// version).
+	Errors   []string `json:"errors,omitempty"`
+	Enforced string   `json:"enforced,omitempty"`
 }
 
 // CertDump is the certificate held for one identity.

@@ -58,6 +58,9 @@ type Agent struct {
 	// annotated is what this agent last wrote on each pod (by UID); only
 	// the reconcile loop touches it.
 	annotated map[string]bool
+	// reported is what was last logged about each policy object with
+	// problems; only the reconcile loop touches it.
+	reported map[policyObject]string
 
 	// Set up by Run.
 	store    *certs.Store
@@ -331,9 +334,8 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 func (a *Agent) apply(snap *inventory.Snapshot) error {
 	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
 	engine, diags := authz.Compile(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap.AuthorizationPolicies, snap.PeerAuthentications)
-	for _, d := range diags {
-		a.log.Warn("policy problem", "err", d.Error())
-	}
+	diags = append(diags, snap.PolicyProblems...)
+	a.reportPolicyProblems(diags)
 	for _, e := range v.conflicts {
 		a.log.Warn("inventory conflict", "err", e)
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -92,14 +93,18 @@ func policyDumps(s *state, root string) []PolicyDump {
 	for _, d := range s.diags {
 		pd := byKey[key{d.Kind, d.Namespace, d.Name}]
 		if pd == nil {
-			continue
+			// Left out of the snapshot (it could not be identified):
+			// listed all the same.
+			add(PolicyDump{Kind: d.Kind, Namespace: d.Namespace, Name: d.Name, Scope: "-"})
+			pd = byKey[key{d.Kind, d.Namespace, d.Name}]
 		}
 		msg := d.Message
 		if d.Field != "" {
 			msg = fmt.Sprintf("%s: %s", d.Field, d.Message)
 		}
 		if d.Severity == authz.Error {
-			pd.Error = msg
+			pd.Errors = append(pd.Errors, msg)
+			pd.Enforced = cmp.Or(pd.Enforced, d.Effect)
 		} else {
 			pd.Warnings = append(pd.Warnings, msg)
 		}

@@ -45,6 +45,7 @@ type Metrics struct {
 	CARequests     *prometheus.CounterVec // result
 	PolicyDecision *prometheus.CounterVec // direction, result, reason
 	InventoryError prometheus.Gauge
+	PolicyErrors   *prometheus.GaugeVec   // kind, namespace
 	TunnelRejects  *prometheus.CounterVec // reason
 }
 
@@ -70,6 +71,9 @@ func NewMetrics(version string) *Metrics {
 			Help: "Authorization decisions, by direction, result and reason."}, []string{"direction", "result", "reason"}),
 		InventoryError: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ferry", Subsystem: "inventory", Name: "rejected_objects",
 			Help: "Objects the inventory source currently rejects (malformed manifests or policies)."}),
+		PolicyErrors: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ferry", Name: "policy_errors",
+			Help: "Policy objects with errors, enforced fail-closed or by their last good version (ferry policies shows how), by kind and namespace."},
+			[]string{"kind", "namespace"}),
 		TunnelRejects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "tunnel", Name: "rejected_total",
 			Help: "Connections or streams refused before any upstream dial, by reason."}, []string{"reason"}),
 	}
@@ -77,7 +81,7 @@ func NewMetrics(version string) *Metrics {
 		[]string{"component", "tag"})
 	build.WithLabelValues("ztunnel", version).Set(1)
 	r.MustRegister(m.opened, m.closed, m.sent, m.received, build, m.EnrolledPods, m.CertExpiry, m.CARequests,
-		m.PolicyDecision, m.InventoryError, m.TunnelRejects,
+		m.PolicyDecision, m.InventoryError, m.PolicyErrors, m.TunnelRejects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

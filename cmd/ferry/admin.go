@@ -157,8 +157,8 @@ func runPolicies(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintln(tw, "NAMESPACE\tPOLICY NAME\tKIND\tACTION\tSCOPE\tPROBLEMS")
 		for _, p := range ps {
 			problems := strings.Join(p.Warnings, "; ")
-			if p.Error != "" {
-				problems = "REJECTED: " + p.Error
+			if len(p.Errors) > 0 {
+				problems = "ERROR: " + strings.Join(p.Errors, "; ") + " (enforced meanwhile: " + p.Enforced + ")"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Kind, p.Action, p.Scope, problems)
 		}

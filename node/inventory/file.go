@@ -15,16 +15,17 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/ferrymesh/ferry/authz"
 )
 
 // File is a Source that reads Kubernetes-shaped YAML from a file or a directory
 // of *.yaml/*.yml/*.json files (multi-document allowed): v1 Namespace, v1 Pod,
 // security.istio.io/v1 AuthorizationPolicy and PeerAuthentication. Other kinds
-// are ignored. It polls for changes; a file that fails to parse keeps its last
-// good contents and the error is reported in Snapshot.Errors.
+// are ignored. It polls for changes. A file with any problem (a document that
+// does not parse, a policy with an error) keeps its last good contents while
+// the problem is reported in Snapshot.Errors and Snapshot.PolicyProblems; a
+// file that never was good contributes what it holds, its policies read
+// fail-closed by authz.Compile and its unreadable documents skipped.
 type File struct {
 	Path string
 	// Interval between checks for changes; 0 means one second.
@@ -36,8 +37,12 @@ type File struct {
 type fileState struct {
 	modTime time.Time
 	size    int64
-	objects objects // last good parse
-	err     error   // last parse error, if the current contents are bad
+	objects objects // the last good parse, or what the file holds if it never was good
+	good    bool    // objects is a good parse
+	errs    []error // problems of the current contents
+	// problems are the policy errors of the current contents while the
+	// last good version is enforced instead.
+	problems []authz.Diagnostic
 }
 
 // objects is what one manifest file contributes to a snapshot.
@@ -121,14 +126,10 @@ func (f *File) scan(files map[string]*fileState) (bool, error) {
 		changed = true
 		b, err := os.ReadFile(p)
 		if err != nil {
-			st.err = fmt.Errorf("inventory: %s: %w", p, err)
+			st.errs, st.problems = []error{fmt.Errorf("inventory: %s: %w", p, err)}, nil
 			continue
 		}
-		objs, err := parse(p, b)
-		st.err = err
-		if err == nil {
-			st.objects = objs
-		}
+		st.update(p, parse(p, b))
 	}
 	for p := range files {
 		if !seen[p] {
@@ -170,6 +171,26 @@ func manifestPaths(path string) ([]string, error) {
 	return paths, nil
 }
 
+// update takes a file's new parse: a good one replaces the last; a bad one
+// keeps the last good version, or, if there never was one, is used as it is.
+func (st *fileState) update(path string, r parsed) {
+	st.errs, st.problems = r.errs, nil
+	if len(r.errs) == 0 {
+		st.objects, st.good = r.objects, true
+		return
+	}
+	if !st.good {
+		st.objects = r.objects
+		return
+	}
+	kept := fmt.Errorf("inventory: %s: keeping its last good version until it is fixed", path)
+	st.errs = append(st.errs, kept)
+	for _, d := range r.policyErrs {
+		d.Effect = "the last good version of " + path + " is enforced until it is fixed"
+		st.problems = append(st.problems, d)
+	}
+}
+
 // merge builds a snapshot from every file's last good objects.
 func merge(files map[string]*fileState) *Snapshot {
 	s := &Snapshot{Namespaces: map[string]Namespace{}}
@@ -180,9 +201,8 @@ func merge(files map[string]*fileState) *Snapshot {
 	slices.Sort(paths)
 	for _, p := range paths {
 		st := files[p]
-		if st.err != nil {
-			s.Errors = append(s.Errors, st.err)
-		}
+		s.Errors = append(s.Errors, st.errs...)
+		s.PolicyProblems = append(s.PolicyProblems, st.problems...)
 		for _, ns := range st.objects.namespaces {
 			s.Namespaces[ns.Name] = ns
 		}
@@ -228,32 +248,47 @@ type manifestNamespace struct {
 	} `json:"metadata"`
 }
 
-// parse reads every document of one file. Any bad document rejects the whole
-// file, so a half-edited file never yields a half-applied policy set.
-func parse(path string, b []byte) (objects, error) {
-	var objs objects
+// parsed is one read of a manifest file.
+type parsed struct {
+	objects objects
+	// errs lists every problem: documents that do not parse (left out)
+	// and policies with errors (kept, to be read fail-closed).
+	errs       []error
+	policyErrs []authz.Diagnostic
+}
+
+// parse reads every document of one file; a bad document does not stop the
+// others.
+func parse(path string, b []byte) parsed {
+	var r parsed
 	for i, doc := range splitDocuments(b) {
 		where := fmt.Sprintf("%s: document %d", path, i+1)
-		var tm typeMeta
-		if err := yaml.Unmarshal(doc, &tm); err != nil {
-			return objects{}, fmt.Errorf("inventory: %s: %w", where, err)
+		js, err := yamlToJSON(doc)
+		if err != nil {
+			r.errs = append(r.errs, fmt.Errorf("inventory: %s: %w (document skipped)", where, err))
+			continue
 		}
-		if tm.Kind == "" {
+		var tm typeMeta
+		if err := json.Unmarshal(js, &tm); err != nil || tm.Kind == "" {
+			if err != nil {
+				r.errs = append(r.errs, fmt.Errorf("inventory: %s: %w (document skipped)", where, err))
+			}
 			continue
 		}
 		where = fmt.Sprintf("%s: %s %q", path, tm.Kind, tm.Metadata.Name)
-		if err := parseObject(&objs, tm, doc); err != nil {
-			return objects{}, fmt.Errorf("inventory: %s: %w", where, err)
+		if err := r.object(path, tm, js); err != nil {
+			r.errs = append(r.errs, fmt.Errorf("inventory: %s: %w (document skipped)", where, err))
 		}
 	}
-	return objs, nil
+	return r
 }
 
-func parseObject(objs *objects, tm typeMeta, doc []byte) error {
+func (r *parsed) object(path string, tm typeMeta, doc []byte) error {
+	objs := &r.objects
 	switch {
 	case tm.APIVersion == "v1" && tm.Kind == "Namespace":
 		var m manifestNamespace
-		if err := yaml.Unmarshal(doc, &m); err != nil {
+		if err := json.Unmarshal(doc, &m); err != nil {
 			return err
 		}
 		if m.Metadata.Name == "" {
@@ -262,7 +297,7 @@ func parseObject(objs *objects, tm typeMeta, doc []byte) error {
 		objs.namespaces = append(objs.namespaces, Namespace{Name: m.Metadata.Name, Labels: m.Metadata.Labels})
 	case tm.APIVersion == "v1" && tm.Kind == "Pod":
 		var m manifestPod
-		if err := yaml.Unmarshal(doc, &m); err != nil {
+		if err := json.Unmarshal(doc, &m); err != nil {
 			return err
 		}
 		p := Pod{
@@ -288,51 +323,34 @@ func parseObject(objs *objects, tm typeMeta, doc []byte) error {
 		}
 		objs.pods = append(objs.pods, p)
 	case strings.HasPrefix(tm.APIVersion, "security.istio.io/") && tm.Kind == "AuthorizationPolicy":
-		var ap authz.AuthorizationPolicy
-		if err := unmarshalPolicy(doc, &ap.Metadata, &ap.Spec); err != nil {
+		ap, err := DecodeAuthorizationPolicy(doc)
+		if err != nil {
 			return err
 		}
 		if ap.Metadata.Namespace == "" {
 			ap.Metadata.Namespace = "default"
 		}
+		r.policyErrors(path, authz.AuthorizationPolicyErrors(&ap))
 		objs.aps = append(objs.aps, ap)
 	case strings.HasPrefix(tm.APIVersion, "security.istio.io/") && tm.Kind == "PeerAuthentication":
-		var pa authz.PeerAuthentication
-		if err := unmarshalPolicy(doc, &pa.Metadata, &pa.Spec); err != nil {
+		pa, err := DecodePeerAuthentication(doc)
+		if err != nil {
 			return err
 		}
 		if pa.Metadata.Namespace == "" {
 			pa.Metadata.Namespace = "default"
 		}
+		r.policyErrors(path, authz.PeerAuthenticationErrors(&pa))
 		objs.pas = append(objs.pas, pa)
 	}
 	return nil
 }
 
-// unmarshalPolicy reads an Istio policy document: metadata leniently (it may
-// carry labels, annotations and more), spec strictly, so a misspelt field is an
-// error instead of a silently wider or narrower policy.
-func unmarshalPolicy(doc []byte, meta *authz.ObjectMeta, spec any) error {
-	var obj struct {
-		Metadata authz.ObjectMeta `json:"metadata"`
-		Spec     json.RawMessage  `json:"spec"`
+func (r *parsed) policyErrors(path string, ds []authz.Diagnostic) {
+	r.policyErrs = append(r.policyErrs, ds...)
+	for _, d := range ds {
+		r.errs = append(r.errs, fmt.Errorf("inventory: %s: %w", path, d))
 	}
-	if err := yaml.Unmarshal(doc, &obj); err != nil {
-		return err
-	}
-	*meta = obj.Metadata
-	if meta.Name == "" {
-		return errors.New("metadata.name is required")
-	}
-	if len(obj.Spec) == 0 || string(obj.Spec) == "null" {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(obj.Spec))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(spec); err != nil {
-		return fmt.Errorf("spec: %w (check the field names against security.istio.io/v1)", err)
-	}
-	return nil
 }
 
 // splitDocuments splits a YAML stream on "---" separator lines.

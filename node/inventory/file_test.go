@@ -92,7 +92,7 @@ func TestLoad(t *testing.T) {
 
 func TestLoadRejectsMalformedNamingFileAndObject(t *testing.T) {
 	for _, tc := range []struct{ name, doc, want string }{
-		{"misspelt spec field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rulez: []}\n", `AuthorizationPolicy "p": spec: json: unknown field "rulez"`},
+		{"misspelt spec field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rulez: []}\n", `AuthorizationPolicy foo/p: rulez: unknown field "rulez" (did you mean "rules"?)`},
 		{"bad pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIP: 300.1.1.1}\n", `Pod "web": status.podIP`},
 		{"not yaml", "kind: [\n", "document 1"},
 		{"no name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name is required"},
@@ -151,7 +151,9 @@ func TestFileKeepsLastGood(t *testing.T) {
 	}
 	waitFor("first snapshot", func(s *Snapshot) bool { return len(s.Pods) == 2 })
 	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: nope}\n"), 0o644)
-	waitFor("error snapshot", func(s *Snapshot) bool { return len(s.Errors) == 1 && len(s.Pods) == 2 })
+	waitFor("error snapshot", func(s *Snapshot) bool {
+		return len(s.Errors) == 2 && len(s.Pods) == 2 && strings.Contains(s.Errors[1].Error(), "keeping its last good version")
+	})
 	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: 198.18.3.3}\n"), 0o644)
 	waitFor("fixed snapshot", func(s *Snapshot) bool { return len(s.Errors) == 0 && len(s.Pods) == 3 })
 	cancel()

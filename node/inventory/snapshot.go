@@ -14,9 +14,14 @@ type Snapshot struct {
 	Pods                  []Pod
 	AuthorizationPolicies []authz.AuthorizationPolicy
 	PeerAuthentications   []authz.PeerAuthentication
-	// Errors lists objects the source rejected (malformed YAML, bad fields),
-	// each naming the file or object; the rest of the snapshot still applies.
+	// Errors lists problems the source found (malformed YAML, objects it
+	// could not identify, policies with errors), each naming the file or
+	// object; the rest of the snapshot still applies.
 	Errors []error
+	// PolicyProblems are the errors of policy objects whose last good
+	// version the snapshot holds instead (Effect says so): authz.Compile
+	// cannot see them, so they are reported beside its own diagnostics.
+	PolicyProblems []authz.Diagnostic
 }
 
 // Namespace is the part of a v1 Namespace Ferry uses.

@@ -1,11 +1,8 @@
 package kube
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -17,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -45,9 +43,12 @@ const (
 // Coalesce after the change that triggered it. Updates that touch no field
 // Ferry uses (a container's restart count, conditions) publish nothing.
 //
-// A policy whose spec does not decode into authz's types (a misspelt or
-// mistyped field), or that is marked istio.io/dry-run, is left out and
-// reported in Snapshot.Errors, naming the object; the rest still applies.
+// Policies are decoded strictly (exact field names; an unknown, duplicate or
+// mistyped field is an error). An object whose new version has an error
+// keeps its last good version enforced, reported in Snapshot.PolicyProblems;
+// one that never was good is published as it is, for authz.Compile to read
+// fail-closed; one that cannot be identified is left out and reported in
+// Snapshot.Errors. The agent logs each problem.
 //
 // Pods in phase Succeeded or Failed are left out: their IPs may already
 // belong to new pods. Pods without an IP are included, with the zero IP.
@@ -155,22 +156,14 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	}
 	s.log.Info("kubernetes inventory synced")
 	var last time.Time
-	rejected := map[string]bool{} // logged once each, not on every snapshot
+	var book policyBook
 	for {
 		// Everything that happened until now is in this snapshot.
 		select {
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
-		now := make(map[string]bool, len(snap.Errors))
-		for _, err := range snap.Errors {
-			now[err.Error()] = true
-			if !rejected[err.Error()] {
-				s.log.Warn("policy rejected", "err", err)
-			}
-		}
-		rejected = now
+		snap := buildSnapshot(&book, pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
 		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
@@ -239,9 +232,10 @@ func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInfor
 	}
 }
 
-// buildSnapshot reads the informers' stores into a new Snapshot. The label
-// maps are shared with the stores, which never modify an object in place.
-func buildSnapshot(pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
+// buildSnapshot reads the informers' stores into a new Snapshot, policies
+// through book. The label maps are shared with the stores, which never modify
+// an object in place.
+func buildSnapshot(book *policyBook, pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
 	for _, obj := range namespaces.List() {
 		ns, ok := obj.(*corev1.Namespace)
@@ -274,22 +268,10 @@ func buildSnapshot(pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 
-	for _, u := range sortedObjects(aps) {
-		var ap authz.AuthorizationPolicy
-		if err := convertPolicy(u, &ap.Metadata, &ap.Spec); err != nil {
-			snap.Errors = append(snap.Errors, err)
-			continue
-		}
-		snap.AuthorizationPolicies = append(snap.AuthorizationPolicies, ap)
-	}
-	for _, u := range sortedObjects(pas) {
-		var pa authz.PeerAuthentication
-		if err := convertPolicy(u, &pa.Metadata, &pa.Spec); err != nil {
-			snap.Errors = append(snap.Errors, err)
-			continue
-		}
-		snap.PeerAuthentications = append(snap.PeerAuthentications, pa)
-	}
+	seen := map[types.UID]bool{}
+	book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
+	book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
+	book.forget(seen)
 	return snap
 }
 
@@ -304,35 +286,4 @@ func sortedObjects(store cache.Store) []*unstructured.Unstructured {
 		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 	})
 	return out
-}
-
-// convertPolicy decodes an Istio policy object into authz's types: metadata
-// as is, spec strictly, so a misspelt field is an error instead of a silently
-// wider or narrower policy. Errors name the object.
-func convertPolicy(u *unstructured.Unstructured, meta *authz.ObjectMeta, spec any) error {
-	*meta = authz.ObjectMeta{
-		Name:              u.GetName(),
-		Namespace:         u.GetNamespace(),
-		CreationTimestamp: u.GetCreationTimestamp().Time,
-	}
-	fail := func(err error) error {
-		return fmt.Errorf("kube: %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
-	}
-	if u.GetAnnotations()[DryRunAnnotation] == "true" {
-		return fail(errors.New("istio.io/dry-run policies are not supported (as in Istio ambient by default): policy ignored"))
-	}
-	raw, ok := u.Object["spec"]
-	if !ok || raw == nil {
-		return nil
-	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return fail(err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(spec); err != nil {
-		return fail(fmt.Errorf("spec: %w (check the field names against security.istio.io/v1)", err))
-	}
-	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/node/inventory"
 )
 
 // fullPod is a pod as the API server sends it: a spec, a status, managed
@@ -201,11 +202,11 @@ func TestPodMemory(t *testing.T) {
 	}
 }
 
-func TestConvertPolicy(t *testing.T) {
-	obj := func(spec map[string]any, ann map[string]string) *unstructured.Unstructured {
+func TestPolicyBook(t *testing.T) {
+	obj := func(rv string, spec map[string]any, ann map[string]string) *unstructured.Unstructured {
 		u := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-			"metadata": map[string]any{"name": "p", "namespace": "shop"},
+			"metadata": map[string]any{"name": "p", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
 		}}
 		if spec != nil {
 			u.Object["spec"] = spec
@@ -213,46 +214,83 @@ func TestConvertPolicy(t *testing.T) {
 		u.SetAnnotations(ann)
 		return u
 	}
-	var ap authz.AuthorizationPolicy
-	good := obj(map[string]any{
+	goodSpec := map[string]any{
 		"action":   "ALLOW",
 		"selector": map[string]any{"matchLabels": map[string]any{"app": "web"}},
 		"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
 			"principals": []any{"cluster.local/ns/shop/sa/front"},
 		}}}}},
-	}, map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"})
-	tr := &transformer{}
-	if _, err := tr.policy(good); err != nil {
-		t.Fatal(err)
 	}
+	misspelt := map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
+		"principal": []any{"x"},
+	}}}}}}
+	tr := &transformer{}
+	run := func(b *policyBook, objs ...*unstructured.Unstructured) *inventory.Snapshot {
+		t.Helper()
+		for _, u := range objs {
+			if _, err := tr.policy(u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		snap := &inventory.Snapshot{}
+		seen := map[types.UID]bool{}
+		b.add(snap, authz.KindAuthorizationPolicy, objs, seen)
+		b.forget(seen)
+		return snap
+	}
+
+	// A new object with an error is published as decoded, its problem on it.
+	var fresh policyBook
+	s := run(&fresh, obj("1", misspelt, nil))
+	if len(s.AuthorizationPolicies) != 1 || len(s.AuthorizationPolicies[0].Problems) != 1 ||
+		s.AuthorizationPolicies[0].Problems[0].Field != "rules[0].from[0].source.principal" {
+		t.Fatalf("never-good object: %+v", s.AuthorizationPolicies)
+	}
+
+	// A good version, then a bad edit: the good one stays, the problem is reported.
+	var b policyBook
+	good := obj("1", goodSpec, map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"})
+	s = run(&b, good)
 	if good.GetAnnotations() != nil {
 		t.Errorf("annotations kept: %v", good.GetAnnotations())
 	}
-	if err := convertPolicy(good, &ap.Metadata, &ap.Spec); err != nil {
-		t.Fatal(err)
+	ap := s.AuthorizationPolicies[0]
+	if len(s.AuthorizationPolicies) != 1 || ap.Metadata.Name != "p" || ap.Metadata.Namespace != "shop" || ap.Spec.Action != "ALLOW" ||
+		ap.Spec.Selector.MatchLabels["app"] != "web" || ap.Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/shop/sa/front" ||
+		len(s.PolicyProblems) != 0 {
+		t.Fatalf("good: %+v, problems %v", s.AuthorizationPolicies, s.PolicyProblems)
 	}
-	if ap.Metadata.Name != "p" || ap.Metadata.Namespace != "shop" || ap.Spec.Action != "ALLOW" ||
-		ap.Spec.Selector.MatchLabels["app"] != "web" || ap.Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/shop/sa/front" {
-		t.Errorf("converted = %+v", ap)
-	}
-	if err := convertPolicy(obj(nil, nil), &ap.Metadata, &ap.Spec); err != nil {
-		t.Errorf("no spec: %v", err)
-	}
-
-	for name, u := range map[string]*unstructured.Unstructured{
-		"misspelt": obj(map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
-			"principal": []any{"x"},
-		}}}}}}, nil),
-		"mistyped": obj(map[string]any{"action": 3}, nil),
-		"dry-run":  obj(map[string]any{"action": "DENY"}, map[string]string{DryRunAnnotation: "true"}),
+	for name, bad := range map[string]map[string]any{
+		"misspelt": misspelt,
+		"mistyped": {"action": 3},
+		"unknown":  {"rulez": []any{}},
+		"case":     {"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"ipblocks": []any{"0.0.0.0/0"}}}}}}},
 	} {
-		if _, err := tr.policy(u); err != nil {
-			t.Fatal(err)
+		s = run(&b, obj("2", bad, nil))
+		if len(s.AuthorizationPolicies) != 1 || s.AuthorizationPolicies[0].Spec.Action != "ALLOW" || len(s.AuthorizationPolicies[0].Problems) != 0 {
+			t.Errorf("%s: the last good version is not what is enforced: %+v", name, s.AuthorizationPolicies)
 		}
-		err := convertPolicy(u, &ap.Metadata, &ap.Spec)
-		if err == nil || !strings.Contains(err.Error(), "AuthorizationPolicy shop/p") {
-			t.Errorf("%s: err = %v, want one naming AuthorizationPolicy shop/p", name, err)
+		if len(s.PolicyProblems) == 0 || !strings.Contains(s.PolicyProblems[0].Error(), "AuthorizationPolicy shop/p") ||
+			!strings.Contains(s.PolicyProblems[0].Effect, "last good version (resourceVersion 1)") {
+			t.Errorf("%s: problems = %v", name, s.PolicyProblems)
 		}
+		s = run(&b, good) // back to good for the next case
+	}
+	// Fixed: the new version applies and nothing is reported.
+	fixed := obj("3", map[string]any{"action": "DENY", "rules": []any{map[string]any{}}}, nil)
+	s = run(&b, fixed)
+	if s.AuthorizationPolicies[0].Spec.Action != "DENY" || len(s.PolicyProblems) != 0 {
+		t.Errorf("fixed: %+v %v", s.AuthorizationPolicies, s.PolicyProblems)
+	}
+	// Deleted: forgotten, so a new object of the same name starts afresh.
+	run(&b)
+	if len(b.entries) != 0 {
+		t.Errorf("entries after delete: %d", len(b.entries))
+	}
+	// A dry-run policy reaches authz, which ignores it with a warning.
+	s = run(&b, obj("4", map[string]any{"action": "DENY", "rules": []any{map[string]any{}}}, map[string]string{DryRunAnnotation: "true"}))
+	if len(s.AuthorizationPolicies) != 1 || s.AuthorizationPolicies[0].Metadata.Annotations[DryRunAnnotation] != "true" {
+		t.Errorf("dry-run: %+v", s.AuthorizationPolicies)
 	}
 }
 
@@ -309,8 +347,9 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 	}
 	pas := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	b.ReportAllocs()
+	var book policyBook
 	for b.Loop() {
-		s := buildSnapshot(pods, namespaces, aps, pas)
+		s := buildSnapshot(&book, pods, namespaces, aps, pas)
 		if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 {
 			b.Fatalf("%d pods, %d policies", len(s.Pods), len(s.AuthorizationPolicies))
 		}
