@@ -361,6 +361,12 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 		return nil
 	}
 
+	if f.selector && act == actionAllow {
+		// Spread over the namespace, its rules would admit callers to
+		// workloads it never selected: it matches nothing instead.
+		d.effect("the policy selects " + where + " and allows nothing until it is fixed")
+		return p
+	}
 	dead := 0
 	var faulty []int
 	for i := range spec.Rules {
@@ -408,7 +414,7 @@ func compileAuthorizationPolicy(cfg Config, ap *AuthorizationPolicy, d *diags) *
 	}
 	switch {
 	case len(faulty) > 0 && act == actionAllow:
-		d.effect(ruleList(faulty) + " matches nothing; the policy still selects " + where + " and its other rules still apply")
+		d.effect(ruleList(faulty) + " matches nothing; the policy's other rules still apply to " + where)
 	case len(faulty) > 0:
 		d.effect("in " + ruleList(faulty) + " every erroneous condition is read as matching (a broader deny)")
 	case f.selector:

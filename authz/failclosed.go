@@ -15,7 +15,9 @@ import (
 //     condition is read as matching, so the rule denies at least what its
 //     clean conditions select;
 //   - in the selector: the policy selects every workload of its namespace
-//     (of the mesh, in the root namespace);
+//     (of the mesh, in the root namespace); an ALLOW policy then matches
+//     nothing, since its rules would admit callers to workloads it never
+//     selected;
 //   - anywhere else (the action, an unknown or duplicate spec field, the
 //     rules list itself, metadata): the object's intent is unknown, so an
 //     AuthorizationPolicy denies every connection to the workloads it

@@ -701,3 +701,145 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
+
+// breakOne introduces one error into one object of a valid set, the ways a
+// user makes them: a field misspelt (so it is absent from the spec and
+// reported as unknown), a bad value, a mistyped action or mode. It returns
+// false when the set has nothing to break.
+func (g *gen) breakOne(aps []AuthorizationPolicy, pas []PeerAuthentication) bool {
+	n := len(aps) + len(pas)
+	if n == 0 {
+		return false
+	}
+	i := g.n(n)
+	if i >= len(aps) {
+		p := &pas[i-len(aps)]
+		switch g.n(4) {
+		case 0:
+			p.Spec.MTLS = &MTLS{Mode: "STRCT"}
+		case 1: // mtls misspelt
+			p.Spec.MTLS = nil
+			p.Problems = append(p.Problems, FieldError{Field: "mtl", Message: `unknown field "mtl"`})
+		case 2: // portLevelMtls misspelt
+			p.Spec.PortLevelMTLS = nil
+			p.Problems = append(p.Problems, FieldError{Field: "portLevelMTLS", Message: `unknown field "portLevelMTLS"`})
+		default: // selector misspelt
+			p.Spec.Selector = nil
+			p.Problems = append(p.Problems, FieldError{Field: "selector.matchLabel", Message: `unknown field "matchLabel"`})
+		}
+		return true
+	}
+	p := &aps[i]
+	s := &p.Spec
+	switch g.n(8) {
+	case 0:
+		s.Action = "ALOW"
+	case 1: // action misspelt
+		s.Action = ""
+		p.Problems = append(p.Problems, FieldError{Field: "acton", Message: `unknown field "acton"`})
+	case 2: // rules misspelt
+		s.Rules = nil
+		p.Problems = append(p.Problems, FieldError{Field: "rulez", Message: `unknown field "rulez"`})
+	case 3: // selector misspelt
+		s.Selector = nil
+		p.Problems = append(p.Problems, FieldError{Field: "selector.matchLabel", Message: `unknown field "matchLabel"`})
+	default:
+		if len(s.Rules) == 0 {
+			s.Action = "DENNY"
+			return true
+		}
+		ri := g.n(len(s.Rules))
+		r := &s.Rules[ri]
+		rule := "rules[" + strconv.Itoa(ri) + "]"
+		switch {
+		case len(r.From) > 0 && g.n(2) == 0: // a source field misspelt: it vanishes
+			j := g.n(len(r.From))
+			src := &r.From[j].Source
+			name := [...]string{"principals", "notPrincipals", "namespaces", "notNamespaces", "serviceAccounts", "notServiceAccounts", "ipBlocks", "notIpBlocks"}[g.n(8)]
+			dropSourceField(src, name)
+			p.Problems = append(p.Problems, FieldError{Field: rule + ".from[" + strconv.Itoa(j) + "].source." + strings.ToLower(name), Message: "unknown field"})
+		case len(r.To) > 0 && g.n(2) == 0: // a port misspelt
+			j := g.n(len(r.To))
+			r.To[j].Operation.Ports = []string{"http"}
+		case len(r.When) > 0: // a condition's key misspelt
+			r.When[g.n(len(r.When))].Key = "source.color"
+		default: // a rule-level field misspelt
+			r.From = nil
+			p.Problems = append(p.Problems, FieldError{Field: rule + ".form", Message: `unknown field "form"`})
+		}
+	}
+	return true
+}
+
+// FuzzFailClosed checks the promise of failclosed.go: adding an error to a
+// valid policy set never turns a denied connection into an allowed one.
+func FuzzFailClosed(f *testing.F) {
+	f.Add([]byte{}, []byte{0})
+	f.Add([]byte("\x01\x01\x00\x02\x03\x02\x01\x00\x00\x02\x01\x04\x00\x02\x02\x01"), []byte{0, 5, 1, 1, 0})
+	f.Add([]byte("\x05\x02\x02\x01\x02\x03\x01\x02\x00\x01\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a"), []byte{1, 4, 0, 0, 0})
+	f.Add([]byte("\x03\x00\x03\x02\x04\x02\x02\x02\x02\x02\x03\x05\x01\x02\x03\x04\x04\x01\x03\x02\x01\x00\x02"), []byte{2, 7, 1, 0, 3})
+	f.Fuzz(func(t *testing.T, data, breaks []byte) {
+		checkFailClosed(t, data, breaks)
+	})
+}
+
+func checkFailClosed(t *testing.T, data, breaks []byte) {
+	t.Helper()
+	aps, pas := (&gen{b: data}).policies()
+	_, ds := Compile(Config{}, aps, pas)
+	aps, pas = accepted(aps, pas, ds)
+	before, _ := Compile(Config{}, aps, pas)
+	baps, bpas := cloneSet(aps, pas)
+	if !(&gen{b: breaks}).breakOne(baps, bpas) {
+		return
+	}
+	after, _ := Compile(Config{}, baps, bpas)
+	for _, pr := range reqPrincipals {
+		for _, ns := range genNamespaces {
+			for _, labels := range reqLabels {
+				for _, port := range reqPorts {
+					for _, sip := range reqSrcIPs {
+						r := Request{SourcePrincipal: pr, SourceIP: ip(sip), Namespace: ns, Labels: labels,
+							DestinationIP: ip(workloadIP), DestinationPort: port}
+						if b, a := before.Decide(r), after.Decide(r); !b.Allow && a.Allow {
+							js, _ := json.MarshalIndent(struct {
+								Before, After []AuthorizationPolicy
+								PAs           []PeerAuthentication
+							}{aps, baps, bpas}, "", " ")
+							t.Fatalf("an error widened access: %+v\nbefore %+v\nafter  %+v\n%s", r, b, a, js)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// cloneSet deep-copies what breakOne may change.
+func cloneSet(aps []AuthorizationPolicy, pas []PeerAuthentication) ([]AuthorizationPolicy, []PeerAuthentication) {
+	var b []byte
+	b, _ = json.Marshal(aps)
+	var caps []AuthorizationPolicy
+	_ = json.Unmarshal(b, &caps)
+	b, _ = json.Marshal(pas)
+	var cpas []PeerAuthentication
+	_ = json.Unmarshal(b, &cpas)
+	return caps, cpas
+}
+
+// TestFailClosedSeeded runs FuzzFailClosed's check on seeded pseudo-random
+// inputs in every `go test`.
+func TestFailClosedSeeded(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 600 {
+		data := make([]byte, 64+rng.IntN(192))
+		for i := range data {
+			data[i] = byte(rng.UintN(256))
+		}
+		breaks := make([]byte, 8)
+		for i := range breaks {
+			breaks[i] = byte(rng.UintN(256))
+		}
+		checkFailClosed(t, data, breaks)
+	}
+}
