@@ -50,4 +50,13 @@
 //     or 32 frames (CONTINUATION floods), peers resetting most of the
 //     streams they open (rapid reset) and silent peers (PING timeout, write
 //     timeout) end the connection.
+//   - Every header block is decoded in full, a refused stream's included,
+//     since the HPACK table is the connection's; so any error in one (it
+//     does not decode, breaks the frame sequence, decodes past 16 KiB, or
+//     names a stream that can't take it: reused, lower than one opened,
+//     after END_STREAM, never opened by the client) ends the connection
+//     with GOAWAY (RFC 9113 §4.3, §5.1.1). A request that decodes but is
+//     malformed (no :authority, repeated pseudo-headers) gets 400 on its
+//     stream alone. Stream IDs are never reused; a client connection that
+//     runs out of them closes once idle.
 package tunnel

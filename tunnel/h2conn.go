@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -303,10 +304,19 @@ func (c *h2conn) readLoop() error {
 			}
 			continue
 		}
+		if fh.Type == http2.FrameHeaders && fh.Length < headersPrefix(fh.Flags) {
+			// Too short for its pad length or priority: a frame size error,
+			// and one that carries a header block ends the connection
+			// (RFC 9113 §4.2).
+			return c.connError(http2.ErrCodeFrameSize, "HEADERS frame too short")
+		}
 		f, err := c.fr.ReadFrameForHeader(fh)
 		var se http2.StreamError
-		if errors.As(err, &se) && se.StreamID != 0 {
-			// A malformed frame for one stream ends only that stream.
+		if errors.As(err, &se) && se.StreamID != 0 && !isHeaderFrame(fh.Type) {
+			// A malformed frame for one stream ends only that stream. A
+			// malformed HEADERS or CONTINUATION (bad padding) is left to
+			// readError: its header block can't be decoded, so HPACK's state
+			// is lost (RFC 9113 §4.3).
 			c.mu.Lock()
 			if s := c.streams[se.StreamID]; s != nil {
 				c.resetLocked(s, se.Code, &StreamResetError{Code: se.Code})
@@ -331,6 +341,24 @@ func (c *h2conn) readLoop() error {
 			return c.connError(http2.ErrCodeEnhanceYourCalm, "peer does not read its control frames")
 		}
 	}
+}
+
+// isHeaderFrame reports the frame types that carry a header block.
+func isHeaderFrame(t http2.FrameType) bool {
+	return t == http2.FrameHeaders || t == http2.FrameContinuation
+}
+
+// headersPrefix is the least payload a HEADERS frame with flags must have:
+// the pad length and the priority fields it announces.
+func headersPrefix(flags http2.Flags) uint32 {
+	var n uint32
+	if flags.Has(http2.FlagHeadersPadded) {
+		n++
+	}
+	if flags.Has(http2.FlagHeadersPriority) {
+		n += 5
+	}
+	return n
 }
 
 // readError turns a framer error into the connection's end, answering
@@ -367,8 +395,14 @@ func (c *h2conn) handleFrame(f http2.Frame) error {
 		if f.StreamID == 0 {
 			return c.connError(http2.ErrCodeProtocol, "HEADERS on stream 0")
 		}
+		// The framer has already checked that header blocks are not
+		// interleaved with other frames (RFC 9113 §6.10) and answers a
+		// stray CONTINUATION with a connection error.
 		c.hdrStream, c.hdrEnd, c.hdrFrames = f.StreamID, f.StreamEnded(), 1
 		c.hdrBlock = append(c.hdrBlock[:0], f.HeaderBlockFragment()...)
+		if len(c.hdrBlock) > maxHeaderListSize {
+			return c.connError(http2.ErrCodeEnhanceYourCalm, "header block too large")
+		}
 		if f.HeadersEnded() {
 			return c.endHeaders()
 		}
@@ -536,6 +570,15 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 }
 
 // endHeaders decodes a complete header block and dispatches it.
+//
+// The block is decoded in full whatever becomes of its stream, refused or
+// reset ones included: HPACK's dynamic table is shared by the whole
+// connection, and a block left undecoded would garble every later one. For
+// the same reason any error in the block itself (it does not decode, it
+// decodes to more than we advertised, or it names a stream that can't
+// carry it) ends the connection (RFC 9113 §4.3, §5.1.1). Only a request or
+// response that decodes well but is malformed (RFC 9113 §8.1.1) ends just
+// its stream.
 func (c *h2conn) endHeaders() error {
 	var fields []hpack.HeaderField
 	size := 0
@@ -554,54 +597,51 @@ func (c *h2conn) endHeaders() error {
 	if err := c.hdec.Close(); err != nil {
 		return c.connError(http2.ErrCodeCompression, err.Error())
 	}
-	id, end := c.hdrStream, c.hdrEnd
 	if cap(c.hdrBlock) > 4<<10 {
 		c.hdrBlock = nil
 	}
+	if tooBig {
+		// Decoded in full, so HPACK's state is intact; but the peer ignored
+		// our SETTINGS_MAX_HEADER_LIST_SIZE, and a peer that does so once
+		// is not served further.
+		return c.connError(http2.ErrCodeProtocol, "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE")
+	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	code, msg := c.dispatchHeadersLocked(c.hdrStream, c.hdrEnd, fields)
+	c.mu.Unlock()
+	if msg != "" {
+		return c.connError(code, msg)
+	}
+	return nil
+}
+
+// dispatchHeadersLocked hands a decoded header block to its stream, or
+// opens one (server). A non-empty msg is a connection error with code.
+func (c *h2conn) dispatchHeadersLocked(id uint32, end bool, fields []hpack.HeaderField) (code http2.ErrCode, msg string) {
 	if s := c.streams[id]; s != nil {
-		// Response headers (client), or trailers.
-		if c.opt.client && !s.gotResponse {
-			status, err := strconv.Atoi(headerValue(fields, ":status"))
-			if err != nil || tooBig {
-				c.resetLocked(s, http2.ErrCodeProtocol, errors.New("tunnel: malformed response headers"))
-				return nil
-			}
-			if status >= 100 && status < 200 {
-				return nil
-			}
-			s.gotResponse, s.status, s.respFields = true, status, fields
-			close(s.respReady)
-		}
-		if end {
-			s.endRecvLocked()
-		}
-		return nil
+		return c.streamHeadersLocked(s, end, fields)
 	}
 	if c.opt.client {
-		return nil // a stream we already forgot
-	}
-	if id%2 == 0 || id <= c.lastPeerID {
-		if id%2 == 0 {
-			c.mu.Unlock()
-			err := c.connError(http2.ErrCodeProtocol, "even stream ID from client")
-			c.mu.Lock()
-			return err
+		if id%2 == 0 || id >= c.nextID {
+			return http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d, which the client never opened", id)
 		}
-		return nil // headers for a closed stream: decoded above, dropped
+		// A stream we reset or closed: the peer may have sent this before
+		// it learned so (RFC 9113 §5.1); decoded above, dropped.
+		return 0, ""
+	}
+	switch {
+	case id%2 == 0:
+		return http2.ErrCodeProtocol, "even stream ID from client"
+	case id <= c.lastPeerID:
+		// Not open, and not new: a stream that was closed or reset, by
+		// either side, or one skipped over. A stream ID is never used twice
+		// (RFC 9113 §5.1.1).
+		return http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d, at or below stream %d already opened", id, c.lastPeerID)
 	}
 	c.lastPeerID = id
-	switch {
-	case c.goingAway || c.closed:
+	if c.goingAway || c.closed || c.active >= c.opt.maxStreams {
 		c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: id, val: uint32(http2.ErrCodeRefusedStream)})
-		return nil
-	case c.active >= c.opt.maxStreams:
-		c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: id, val: uint32(http2.ErrCodeRefusedStream)})
-		return nil
-	case tooBig:
-		c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: id, val: uint32(http2.ErrCodeProtocol)})
-		return nil
+		return 0, ""
 	}
 	s := c.newStreamLocked(id)
 	s.reqFields = fields
@@ -610,7 +650,43 @@ func (c *h2conn) endHeaders() error {
 	}
 	c.opened++
 	c.opt.onStream(s)
-	return nil
+	return 0, ""
+}
+
+// streamHeadersLocked takes a header block for an open stream: the
+// response (client), or trailers.
+func (c *h2conn) streamHeadersLocked(s *Stream, end bool, fields []hpack.HeaderField) (code http2.ErrCode, msg string) {
+	if s.recvDone {
+		return http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on stream %d after its END_STREAM", s.id)
+	}
+	if c.opt.client && !s.gotResponse {
+		status, err := strconv.Atoi(headerValue(fields, ":status"))
+		if err != nil || status < 100 || status > 999 || (status < 200 && end) {
+			c.resetLocked(s, http2.ErrCodeProtocol, errors.New("tunnel: malformed response headers"))
+			return 0, ""
+		}
+		if status < 200 {
+			return 0, "" // informational; the final response follows
+		}
+		s.gotResponse, s.status, s.respFields = true, status, fields
+		close(s.respReady)
+		if end {
+			s.endRecvLocked()
+		}
+		return 0, ""
+	}
+	// Trailers: the last frame of the stream, without pseudo-headers (RFC
+	// 9113 §8.1).
+	if !end {
+		return http2.ErrCodeProtocol, fmt.Sprintf("second header block on stream %d without END_STREAM", s.id)
+	}
+	for _, f := range fields {
+		if strings.HasPrefix(f.Name, ":") {
+			return http2.ErrCodeProtocol, fmt.Sprintf("pseudo-header %s in trailers on stream %d", f.Name, s.id)
+		}
+	}
+	s.endRecvLocked()
+	return 0, ""
 }
 
 // newStreamLocked registers a stream holding one slot.
@@ -1046,7 +1122,10 @@ func (c *h2conn) tryReserve() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	limit := min(int(c.peerMaxStream), c.opt.maxStreams)
-	if c.closed || c.goingAway || c.active+c.reserved >= limit || c.nextID > maxStreamID {
+	// Each reserved slot will take the next odd stream ID; IDs are never
+	// reused (RFC 9113 §5.1.1), so a connection that has handed out its
+	// last one takes no more streams.
+	if c.closed || c.goingAway || c.active+c.reserved >= limit || int64(c.nextID)+2*int64(c.reserved) > maxStreamID {
 		return false
 	}
 	c.reserved++
@@ -1082,6 +1161,11 @@ func (c *h2conn) openStream(fields []hpack.HeaderField, early []byte) (s *Stream
 	}
 	id := c.nextID
 	c.nextID += 2
+	if c.nextID > maxStreamID {
+		// The last stream ID is taken: this connection closes once its
+		// streams end, and the pool dials a fresh one.
+		c.closeOnIdle = true
+	}
 	s = c.newStreamLocked(id)
 	n := int64(len(early))
 	sent = n > 0 && n <= s.sendWindow && n <= c.sendWindow && n <= int64(c.peerMaxFrame)
