@@ -34,12 +34,16 @@
 //     so a DENY rule whose from, to or when clause held only HTTP fields has
 //     no effect (istiod's translation after istio/istio#61126, PR #61166).
 //     Every such case is a warning Diagnostic.
-//   - Invalid objects (what Istio's validating webhook rejects, and principals
+//   - Invalid objects (what Istio's validating webhook rejects, principals
 //     that can never match: with "spiffe://", a wildcard inside, or not of
-//     the form td/ns/NS/sa/SA) are left out with an error Diagnostic naming
-//     the object and field; the rest of the set still applies. Note that
-//     leaving out an invalid ALLOW policy can widen access, as its absence
-//     would in Istio.
+//     the form td/ns/NS/sa/SA, and the decoder's Problems: unknown,
+//     duplicate or mistyped fields) get an error Diagnostic naming the
+//     object and field, and are read fail-closed, never left out (leaving
+//     out an ALLOW policy would let every caller in): an erroneous ALLOW
+//     rule matches nothing, an erroneous DENY condition matches anything,
+//     an object whose intent is unknown denies what it selects, and a
+//     PeerAuthentication with an error is STRICT. failclosed.go has the
+//     whole reading; Diagnostic.Effect says which applied.
 //
 // Where istiod's PeerAuthentication conversion loses a port-level setting
 // (see peerAuthFor), Decide follows the documented precedence instead.

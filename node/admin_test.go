@@ -74,6 +74,13 @@ metadata: {name: l7, namespace: foo}
 spec:
   action: ALLOW
   rules: [{to: [{operation: {methods: ["GET"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: bar}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespace: [evil]}}]}]
 `)
 	base := "http://" + h.cfg.AdminAddr
 
@@ -109,6 +116,14 @@ spec:
 	}
 	if l7 == nil || len(l7.Warnings) == 0 {
 		t.Errorf("the L7-only ALLOW policy carries no warning: %+v", d.Policies)
+	}
+	i := slices.IndexFunc(d.Policies, func(p PolicyDump) bool { return p.Name == "typo" })
+	if i < 0 || !slices.Contains(d.Policies[i].Errors, `rules[0].from[0].source.namespace: unknown field "namespace" (did you mean "namespaces"?)`) ||
+		!strings.Contains(d.Policies[i].Enforced, "read as matching") {
+		t.Errorf("the misspelt DENY policy's errors are not in config_dump: %+v", d.Policies)
+	}
+	if _, body := get(t, "http://"+h.cfg.MetricsAddr+"/metrics"); !strings.Contains(body, `ferry_policy_errors{kind="AuthorizationPolicy",namespace="bar"} 1`) {
+		t.Errorf("ferry_policy_errors missing")
 	}
 
 	if code, body := get(t, base+"/connections"); code != http.StatusOK || strings.TrimSpace(body) != "[]" {

@@ -69,6 +69,41 @@ func TestPolicyCheck(t *testing.T) {
 	}
 }
 
+// TestPolicyCheckFailsClosed is the security review's finding: an ALLOW
+// policy with a misspelt field used to vanish, leaving its workload open to
+// every caller (exit 0, ALLOW).
+func TestPolicyCheckFailsClosed(t *testing.T) {
+	b, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string][2]string{
+		"misspelt field":    {"principals:", "principal:"},
+		"principal in full": {`"cluster.local/ns/foo/sa/curl"`, `"spiffe://cluster.local/ns/foo/sa/curl"`},
+		"case-folded field": {"principals:", "Principals:"},
+		"unknown action":    {"action: ALLOW", "action: ALOW"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.yaml")
+			os.WriteFile(path, []byte(strings.Replace(string(b), edit[0], edit[1], 1)), 0o644)
+			for _, from := range []string{"spiffe://cluster.local/ns/foo/sa/curl", "spiffe://cluster.local/ns/bar/sa/curl"} {
+				out, err := ferry(t, "policy", "check", "--manifests", path, "--from", from, "--from-ip", "198.18.1.2",
+					"--to-pod", "bar/httpbin", "--port", "8000")
+				if !errors.Is(err, errDenied) || !strings.HasPrefix(out, "DENY") {
+					t.Errorf("from %s: err = %v, want a denial\n%s", from, err, out)
+				}
+				if !strings.Contains(out, "problem:    authz: AuthorizationPolicy bar/only-foo-curl") || !strings.Contains(out, "enforced meanwhile:") {
+					t.Errorf("the problem is not reported with its effect:\n%s", out)
+				}
+				lines := strings.Split(out, "\n")
+				if len(slices.Compact(slices.Sorted(slices.Values(lines)))) != len(lines) {
+					t.Errorf("a line is printed twice:\n%s", out)
+				}
+			}
+		})
+	}
+}
+
 // startAgent runs a local-mode agent on loopback and returns its admin address.
 func startAgent(t *testing.T) string {
 	t.Helper()

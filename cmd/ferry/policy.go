@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 
+	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -85,7 +86,9 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fmt.Fprintf(stdout, "  problem:    %s\n", d.Error())
 		}
 		for _, e := range snap.Errors {
-			fmt.Fprintf(stdout, "  problem:    %s\n", e)
+			if _, ok := errors.AsType[authz.Diagnostic](e); !ok { // those are listed above
+				fmt.Fprintf(stdout, "  problem:    %s\n", e)
+			}
 		}
 	default:
 		return fmt.Errorf("policy check: -o %q: want text or json", *output)
