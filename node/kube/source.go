@@ -265,6 +265,7 @@ func buildSnapshot(pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
 			ServiceAccount: p.serviceAccount,
 			NodeName:       p.nodeName,
 			IP:             p.ip,
+			IPs:            p.ips,
 			HostNetwork:    p.hostNetwork,
 			Labels:         p.labels.get(),
 			Annotations:    p.annotations.get(),
