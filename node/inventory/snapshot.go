@@ -39,8 +39,8 @@ type Pod struct {
 	// addresses rather than let them bypass capture (node/redirect).
 	IPs         []netip.Addr
 	HostNetwork bool
-	Labels         map[string]string
-	Annotations    map[string]string
+	Labels      map[string]string
+	Annotations map[string]string
 }
 
 // Source publishes snapshots. Run calls publish with a complete snapshot each
