@@ -148,6 +148,9 @@ func ownRules(h *netlink.Handle) (owned[Rule, netlink.Rule], error) {
 	var all []netlink.Rule
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		rs, err := dump(func() ([]netlink.Rule, error) { return h.RuleList(family) })
+		if family == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			continue // a kernel without IPv6 (ipv6.disable=1): nothing to refuse or own there
+		}
 		if err != nil {
 			return o, fmt.Errorf("list rules: %w", err)
 		}
@@ -176,6 +179,9 @@ func ownRoutes(h *netlink.Handle, lo int) (owned[Route, netlink.Route], error) {
 		rs, err := dump(func() ([]netlink.Route, error) {
 			return h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 		})
+		if family == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			continue
+		}
 		if err != nil {
 			return o, fmt.Errorf("list routes: %w", err)
 		}
