@@ -540,7 +540,11 @@ func dialLocked(ctx context.Context, nsfd int, addr string, ch chan<- dialResult
 		ch <- dialResult{nil, fmt.Errorf("setns: %w", err)}
 		return
 	}
+	network := "tcp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "tcp6" // [IPv6]:port, TestPrivilegedIPv6Refused
+	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	c, err := d.DialContext(ctx, network, addr)
 	ch <- dialResult{c, err}
 }

@@ -31,16 +31,20 @@ type ConfigDump struct {
 
 // WorkloadDump is one known pod.
 type WorkloadDump struct {
-	Name           string            `json:"name"`
-	Namespace      string            `json:"namespace"`
-	Address        string            `json:"address"`
-	Node           string            `json:"node"`
-	ServiceAccount string            `json:"serviceAccount"`
-	Identity       string            `json:"identity"`
-	Protocol       string            `json:"protocol"` // HBONE for enrolled pods, TCP otherwise
-	Local          bool              `json:"local"`
-	Captured       bool              `json:"captured"` // local, enrolled and redirection applied
-	Labels         map[string]string `json:"labels,omitempty"`
+	Name           string `json:"name"`
+	Namespace      string `json:"namespace"`
+	Address        string `json:"address"`
+	Node           string `json:"node"`
+	ServiceAccount string `json:"serviceAccount"`
+	Identity       string `json:"identity"`
+	Protocol       string `json:"protocol"` // HBONE for enrolled pods, TCP otherwise
+	Local          bool   `json:"local"`
+	Captured       bool   `json:"captured"` // local, enrolled and redirection applied
+	// Refused are the pod's addresses whose TCP the node refuses instead
+	// of capturing: a local enrolled pod's IPv6 addresses (status.podIPs),
+	// which Ferry cannot carry yet.
+	Refused []string          `json:"refused,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
 }
 
 // PolicyDump is one policy object as the agent compiled it.

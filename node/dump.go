@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -23,11 +24,17 @@ func (a *Agent) configDump() ConfigDump {
 			if w.Enrolled {
 				proto = "HBONE"
 			}
+			var refused []string
+			for _, ip := range append([]netip.Addr{w.IP}, w.IPs...) {
+				if w.Local && w.Enrolled && a.redirect != nil && a.redirect.Refused(ip) && !slices.Contains(refused, ip.String()) {
+					refused = append(refused, ip.String())
+				}
+			}
 			d.Workloads = append(d.Workloads, WorkloadDump{
 				Name: w.Name, Namespace: w.Namespace, Address: w.IP.String(), Node: w.NodeName,
 				ServiceAccount: w.ServiceAccount, Identity: w.Identity.String(), Protocol: proto,
 				Local: w.Local, Captured: w.Local && w.Enrolled && (a.redirect == nil || a.redirect.Captured(w.IP)),
-				Labels: w.Labels,
+				Refused: refused, Labels: w.Labels,
 			})
 		}
 		slices.SortFunc(d.Workloads, func(x, y WorkloadDump) int {

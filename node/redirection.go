@@ -27,6 +27,7 @@ type redirection struct {
 
 	mu       sync.Mutex
 	captured map[netip.Addr]bool
+	refused  map[netip.Addr]bool // enrolled pods' IPv6 addresses, TCP refused
 }
 
 // newRedirection loads and attaches the BPF program to this network
@@ -45,7 +46,7 @@ func newRedirection(cfg Config, lns *listeners, log *slog.Logger) (*redirection,
 		objs.Close()
 		return nil, fmt.Errorf("node: register listeners: %w", err)
 	}
-	return &redirection{objs: objs, log: log, captured: map[netip.Addr]bool{}}, nil
+	return &redirection{objs: objs, log: log, captured: map[netip.Addr]bool{}, refused: map[netip.Addr]bool{}}, nil
 }
 
 // Apply converges the routing rules and the enrolled-pods map to exactly pods.
@@ -60,8 +61,8 @@ func (r *redirection) Apply(pods []netip.Addr) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	next := make(map[netip.Addr]bool, len(pods))
-	for _, ip := range pods {
+	next := make(map[netip.Addr]bool, len(plan.Pods))
+	for _, ip := range plan.Pods {
 		next[ip] = true
 		if !r.captured[ip] {
 			r.log.Info("pod captured", "pod", ip)
@@ -73,7 +74,22 @@ func (r *redirection) Apply(pods []netip.Addr) error {
 		}
 	}
 	r.captured = next
+	refused := make(map[netip.Addr]bool, len(plan.Refused))
+	for _, ip := range plan.Refused {
+		refused[ip] = true
+		if !r.refused[ip] {
+			r.log.Warn("pod IPv6 TCP refused: Ferry carries IPv4 only; connections to and from this address fail closed", "pod", ip)
+		}
+	}
+	r.refused = refused
 	return nil
+}
+
+// Refused reports whether TCP on ip is refused (an enrolled pod's IPv6 address).
+func (r *redirection) Refused(ip netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refused[ip]
 }
 
 // Captured reports whether ip's capture is in place.

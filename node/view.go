@@ -85,11 +85,14 @@ func (v *view) localEnrolled(ip netip.Addr) (*Workload, bool) {
 	return w, true
 }
 
-// localIPs returns the addresses of the enrolled pods on this node.
+// localIPs returns every address of the enrolled pods on this node: each
+// pod's IP and the rest of its status.podIPs. The redirection captures the
+// IPv4 ones and refuses TCP on the IPv6 ones (node/redirect.NewPlan).
 func (v *view) localIPs() []netip.Addr {
-	ips := make([]netip.Addr, len(v.local))
-	for i, w := range v.local {
-		ips[i] = w.IP
+	ips := make([]netip.Addr, 0, len(v.local))
+	for _, w := range v.local {
+		ips = append(ips, w.IP)
+		ips = append(ips, w.IPs...)
 	}
 	return ips
 }

@@ -90,15 +90,18 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := f.get(ctx, "/config_dump", &d); err != nil {
 		return err
 	}
-	captured := 0
+	captured, refused := 0, 0
 	for _, w := range d.Workloads {
 		if w.Captured {
 			captured++
 		}
+		if w.Local && len(w.Refused) > 0 {
+			refused++
+		}
 	}
 	summary := map[string]any{
 		"node": d.Node, "version": d.Version, "ready": d.Ready, "pending": d.Pending,
-		"redirect": d.Config.Redirect, "workloads": len(d.Workloads), "capturedPods": captured,
+		"redirect": d.Config.Redirect, "workloads": len(d.Workloads), "capturedPods": captured, "ipv6RefusedPods": refused,
 		"identities": len(d.Certificates), "policies": len(d.Policies), "errors": d.Errors,
 	}
 	return f.print(stdout, summary, func(tw *tabwriter.Writer) {
@@ -109,6 +112,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(tw, "Node:\t%s\nVersion:\t%s\nReadiness:\t%s\nRedirect:\t%s\n", d.Node, d.Version, ready, d.Config.Redirect)
 		fmt.Fprintf(tw, "Workloads:\t%d known, %d captured on this node\n", len(d.Workloads), captured)
 		fmt.Fprintf(tw, "Identities:\t%d\nPolicies:\t%d\n", len(d.Certificates), len(d.Policies))
+		// The two ways around capture an operator must know about (README: Limits).
+		fmt.Fprintf(tw, "IPv6:\tnot carried: TCP refused (fail closed) for %d enrolled pods with IPv6 addresses\n", refused)
+		fmt.Fprintf(tw, "From node:\tnot captured: the node's own connections (hostNetwork pods, node processes) reach enrolled pods here directly; restrict them with a host firewall or NetworkPolicy\n")
 		for _, e := range d.Errors {
 			fmt.Fprintf(tw, "Problem:\t%s\n", e)
 		}

@@ -175,7 +175,7 @@ func TestAdminCommands(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"status"}, []string{"Node:        a", "Readiness:   ready", "Workloads:   2 known, 1 captured on this node"}},
+		{[]string{"status"}, []string{"Node:        a", "Readiness:   ready", "Workloads:   2 known, 1 captured on this node", "IPv6:        not carried: TCP refused (fail closed) for 0 enrolled pods", "From node:   not captured"}},
 		{[]string{"workloads"}, []string{"NAMESPACE  POD NAME  ADDRESS     NODE  PROTOCOL  CAPTURED  IDENTITY",
 			"bar        db        127.0.41.2  b     TCP       false     spiffe://cluster.local/ns/bar/sa/default",
 			"foo        web       127.0.40.2  a     HBONE     true      spiffe://cluster.local/ns/foo/sa/web"}},

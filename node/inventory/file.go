@@ -237,7 +237,10 @@ type manifestPod struct {
 		HostNetwork        bool   `json:"hostNetwork"`
 	} `json:"spec"`
 	Status struct {
-		PodIP string `json:"podIP"`
+		PodIP  string `json:"podIP"`
+		PodIPs []struct {
+			IP string `json:"ip"`
+		} `json:"podIPs"`
 	} `json:"status"`
 }
 
@@ -320,6 +323,16 @@ func (r *parsed) object(path string, tm typeMeta, doc []byte) error {
 				return fmt.Errorf("status.podIP: %w", err)
 			}
 			p.IP = ip
+		}
+		for i, pip := range m.Status.PodIPs {
+			ip, err := netip.ParseAddr(pip.IP)
+			if err != nil {
+				return fmt.Errorf("status.podIPs[%d].ip: %w", i, err)
+			}
+			p.IPs = append(p.IPs, ip)
+		}
+		if !p.IP.IsValid() && len(p.IPs) > 0 {
+			p.IP = p.IPs[0] // status.podIP is status.podIPs[0] by the API's contract
 		}
 		objs.pods = append(objs.pods, p)
 	case strings.HasPrefix(tm.APIVersion, "security.istio.io/") && tm.Kind == "AuthorizationPolicy":

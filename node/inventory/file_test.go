@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -94,6 +95,7 @@ func TestLoadRejectsMalformedNamingFileAndObject(t *testing.T) {
 	for _, tc := range []struct{ name, doc, want string }{
 		{"misspelt spec field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rulez: []}\n", `AuthorizationPolicy foo/p: rulez: unknown field "rulez" (did you mean "rules"?)`},
 		{"bad pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIP: 300.1.1.1}\n", `Pod "web": status.podIP`},
+		{"bad pod IPs", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIPs: [{ip: 198.18.1.2}, {ip: 2001:2::zz}]}\n", `Pod "web": status.podIPs[1].ip`},
 		{"not yaml", "kind: [\n", "document 1"},
 		{"no name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name is required"},
 	} {
@@ -166,5 +168,23 @@ func TestFileMissingPath(t *testing.T) {
 	err := (&File{Path: filepath.Join(t.TempDir(), "nope")}).Run(t.Context(), func(*Snapshot) {})
 	if err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestLoadDualStackPod reads status.podIPs: every address, for the
+// redirection to refuse the IPv6 ones.
+func TestLoadDualStackPod(t *testing.T) {
+	dir := t.TempDir()
+	doc := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: a}\nstatus:\n  podIP: 198.18.1.2\n  podIPs: [{ip: 198.18.1.2}, {ip: 2001:2:0:1::2}]\n"
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("198.18.1.2"), netip.MustParseAddr("2001:2:0:1::2")}
+	if len(snap.Pods) != 1 || snap.Pods[0].IP != want[0] || !slices.Equal(snap.Pods[0].IPs, want) {
+		t.Errorf("pods %+v, want IP %v and IPs %v", snap.Pods, want[0], want)
 	}
 }

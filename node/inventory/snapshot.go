@@ -38,9 +38,14 @@ type Pod struct {
 	ServiceAccount string // spec.serviceAccountName; "default" when empty
 	NodeName       string // spec.nodeName
 	IP             netip.Addr
-	HostNetwork    bool
-	Labels         map[string]string
-	Annotations    map[string]string
+	// IPs are all the pod's addresses (status.podIPs: one per family in a
+	// dual-stack cluster), IP among them when the source lists it. Ferry
+	// carries IPv4; it refuses TCP to and from an enrolled pod's IPv6
+	// addresses rather than let them bypass capture (node/redirect).
+	IPs         []netip.Addr
+	HostNetwork bool
+	Labels      map[string]string
+	Annotations map[string]string
 }
 
 // Source publishes snapshots. Run calls publish with a complete snapshot each

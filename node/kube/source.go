@@ -259,6 +259,7 @@ func buildSnapshot(book *policyBook, pods, namespaces, aps, pas cache.Store) *in
 			ServiceAccount: p.serviceAccount,
 			NodeName:       p.nodeName,
 			IP:             p.ip,
+			IPs:            p.ips,
 			HostNetwork:    p.hostNetwork,
 			Labels:         p.labels.get(),
 			Annotations:    p.annotations.get(),

@@ -45,6 +45,7 @@ type podInfo struct {
 	serviceAccount    string
 	nodeName          string
 	ip                netip.Addr
+	ips               []netip.Addr // status.podIPs
 	hostNetwork       bool
 	phase             corev1.PodPhase
 }
@@ -70,7 +71,7 @@ func (p *podInfo) terminal() bool {
 // (resourceVersion), so an update between them changes no snapshot.
 func (p *podInfo) sameAs(q *podInfo) bool {
 	return p.Name == q.Name && p.Namespace == q.Namespace && p.UID == q.UID &&
-		p.serviceAccount == q.serviceAccount && p.nodeName == q.nodeName && p.ip == q.ip &&
+		p.serviceAccount == q.serviceAccount && p.nodeName == q.nodeName && p.ip == q.ip && slices.Equal(p.ips, q.ips) &&
 		p.hostNetwork == q.hostNetwork && p.phase == q.phase &&
 		maps.Equal(p.labels.get(), q.labels.get()) && maps.Equal(p.annotations.get(), q.annotations.get())
 }
@@ -109,6 +110,11 @@ func (tr *transformer) pod(obj any) (any, error) {
 		// A malformed IP (never written by a kubelet) leaves the pod without
 		// one: it cannot be enrolled or routed to.
 		p.ip, _ = netip.ParseAddr(pod.Status.PodIP)
+	}
+	for _, pip := range pod.Status.PodIPs {
+		if ip, err := netip.ParseAddr(pip.IP); err == nil {
+			p.ips = append(p.ips, ip)
+		}
 	}
 	var kept map[string]string
 	for _, k := range []string{RedirectionAnnotation, BypassInboundCaptureAnnotation, SidecarStatusAnnotation} {

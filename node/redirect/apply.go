@@ -145,9 +145,16 @@ func dump[T any](f func() ([]T, error)) ([]T, error) {
 
 func ownRules(h *netlink.Handle) (owned[Rule, netlink.Rule], error) {
 	o := owned[Rule, netlink.Rule]{known: map[Rule]*netlink.Rule{}}
-	all, err := dump(func() ([]netlink.Rule, error) { return h.RuleList(netlink.FAMILY_V4) })
-	if err != nil {
-		return o, fmt.Errorf("list rules: %w", err)
+	var all []netlink.Rule
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := dump(func() ([]netlink.Rule, error) { return h.RuleList(family) })
+		if family == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			continue // a kernel without IPv6 (ipv6.disable=1): nothing to refuse or own there
+		}
+		if err != nil {
+			return o, fmt.Errorf("list rules: %w", err)
+		}
+		all = append(all, rs...)
 	}
 	for i := range all {
 		nr := &all[i]
@@ -167,11 +174,18 @@ func ownRules(h *netlink.Handle) (owned[Rule, netlink.Rule], error) {
 
 func ownRoutes(h *netlink.Handle, lo int) (owned[Route, netlink.Route], error) {
 	o := owned[Route, netlink.Route]{known: map[Route]*netlink.Route{}}
-	all, err := dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return o, fmt.Errorf("list routes: %w", err)
+	var all []netlink.Route
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := dump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		})
+		if family == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+			continue
+		}
+		if err != nil {
+			return o, fmt.Errorf("list routes: %w", err)
+		}
+		all = append(all, rs...)
 	}
 	for i := range all {
 		nr := &all[i]
@@ -192,6 +206,9 @@ func ownRoutes(h *netlink.Handle, lo int) (owned[Route, netlink.Route], error) {
 func toNetlinkRule(r Rule) *netlink.Rule {
 	nr := netlink.NewRule()
 	nr.Family = netlink.FAMILY_V4
+	if r.IPv6() {
+		nr.Family = netlink.FAMILY_V6
+	}
 	nr.Priority = r.Priority
 	nr.Table = r.Table
 	nr.IifName = r.IIF
@@ -200,14 +217,17 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	if r.Src.IsValid() {
 		nr.Src = prefixToIPNet(r.Src)
 	}
+	if r.Dst.IsValid() {
+		nr.Dst = prefixToIPNet(r.Dst)
+	}
 	return nr
 }
 
 // fromNetlinkRule maps a dumped rule back to a Rule when it has exactly the
 // attributes a Rule can express.
 func fromNetlinkRule(nr *netlink.Rule) (Rule, bool) {
-	if nr.Family != netlink.FAMILY_V4 || nr.Table <= 0 || nr.Goto >= 0 || nr.Invert ||
-		nr.Mark != 0 || nr.Mask != nil || nr.Tos != 0 || nr.TunID != 0 || nr.Dst != nil || nr.Flow >= 0 ||
+	if nr.Family != netlink.FAMILY_V4 && nr.Family != netlink.FAMILY_V6 || nr.Table <= 0 || nr.Goto >= 0 || nr.Invert ||
+		nr.Mark != 0 || nr.Mask != nil || nr.Tos != 0 || nr.TunID != 0 || nr.Flow >= 0 ||
 		nr.OifName != "" || nr.SuppressIfgroup >= 0 || nr.SuppressPrefixlen >= 0 ||
 		nr.Dport != nil || nr.Sport != nil || nr.UIDRange != nil || nr.IPProto < 0 || nr.IPProto > 255 {
 		return Rule{}, false
@@ -220,10 +240,31 @@ func fromNetlinkRule(nr *netlink.Rule) (Rule, bool) {
 		}
 		r.Src = p
 	}
+	if nr.Dst != nil {
+		p, ok := ipNetToPrefix(nr.Dst)
+		if !ok {
+			return Rule{}, false
+		}
+		r.Dst = p
+	}
+	// A rule whose prefixes disagree with its family (or an IPv6 rule with
+	// no prefix, which Ferry never makes) is not ours in shape.
+	if r.IPv6() != (nr.Family == netlink.FAMILY_V6) {
+		return Rule{}, false
+	}
 	return r, true
 }
 
 func toNetlinkRoute(r Route, lo int) *netlink.Route {
+	if r.Prohibit {
+		return &netlink.Route{
+			Dst:      prefixToIPNet(r.Dst),
+			Table:    r.Table,
+			Type:     unix.RTN_PROHIBIT,
+			Protocol: Protocol,
+			Family:   family(r.Dst),
+		}
+	}
 	return &netlink.Route{
 		LinkIndex: lo,
 		Dst:       prefixToIPNet(r.Dst),
@@ -235,7 +276,33 @@ func toNetlinkRoute(r Route, lo int) *netlink.Route {
 	}
 }
 
+func family(p netip.Prefix) int {
+	if p.Addr().Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
 func fromNetlinkRoute(nr *netlink.Route, lo int) (Route, bool) {
+	if nr.Type == unix.RTN_PROHIBIT {
+		// The kernel attaches IPv6 reject routes to lo and gives them the
+		// default metric (1024): neither is part of the shape.
+		if nr.Gw != nil || nr.Src != nil || len(nr.MultiPath) > 0 {
+			return Route{}, false
+		}
+		dst := netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		if nr.Family == netlink.FAMILY_V4 {
+			dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		}
+		if nr.Dst != nil {
+			p, ok := ipNetToPrefix(nr.Dst)
+			if !ok {
+				return Route{}, false
+			}
+			dst = p
+		}
+		return Route{Table: nr.Table, Dst: dst, Prohibit: true}, true
+	}
 	if nr.Type != unix.RTN_LOCAL || nr.LinkIndex != lo || nr.Scope != netlink.SCOPE_HOST ||
 		nr.Gw != nil || nr.Src != nil || len(nr.MultiPath) > 0 || nr.Priority != 0 {
 		return Route{}, false

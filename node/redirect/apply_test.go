@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -69,7 +70,7 @@ func ferryLines(s string) []string {
 func TestPrivilegedApplyTwiceIsIdempotent(t *testing.T) {
 	testutil.Privileged(t)
 	ns := testutil.NewNetNS(t)
-	p := mustPlan(t, addrs("198.18.1.2", "198.18.1.3"), Config{})
+	p := mustPlan(t, addrs("198.18.1.2", "198.18.1.3", "2001:2:0:1::2"), Config{})
 	if err := ns.Do(func() error { return Apply(p) }); err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +107,11 @@ func TestPrivilegedApplyConverges(t *testing.T) {
 	}
 	steps := []Plan{
 		mustPlan(t, addrs("198.18.1.2"), Config{}),
-		mustPlan(t, addrs("198.18.1.3", "198.18.1.4"), Config{}),
+		mustPlan(t, addrs("198.18.1.3", "198.18.1.4", "2001:2:0:1::3"), Config{}),
+		// A pod leaves: its IPv6 refusal goes with it.
+		mustPlan(t, addrs("198.18.1.3", "2001:2:0:1::4"), Config{}),
 		// New table numbers and priorities: the old ones are garbage.
-		mustPlan(t, addrs("198.18.1.4"), Config{CaptureTable: 400, InboundTable: 401, Priority: 2000}),
+		mustPlan(t, addrs("198.18.1.4", "2001:2:0:1::4"), Config{CaptureTable: 400, InboundTable: 401, Priority: 2000}),
 		mustPlan(t, nil, Config{}),
 		mustPlan(t, addrs("198.18.1.5"), Config{}),
 	}
@@ -137,7 +140,7 @@ func TestPrivilegedCleanupRestores(t *testing.T) {
 	ipIn(t, ns, "route", "add", "198.18.10.0/24", "via", "198.18.9.2", "table", "77")
 	before := snapshot(t, ns)
 
-	p := mustPlan(t, addrs("198.18.1.2", "198.18.1.3"), Config{})
+	p := mustPlan(t, addrs("198.18.1.2", "198.18.1.3", "2001:2:0:1::2"), Config{})
 	if err := ns.Do(func() error { return Apply(p) }); err != nil {
 		t.Fatal(err)
 	}
@@ -182,5 +185,72 @@ func TestPrivilegedApplyRefusesForeignRoute(t *testing.T) {
 	}
 	if after := snapshot(t, ns); after != before {
 		t.Errorf("the foreign route did not survive Cleanup:\n--- before\n%s--- after\n%s", before, after)
+	}
+}
+
+// TestPrivilegedApplyRefusesIPv6 asks the kernel's FIB how it routes an
+// enrolled dual-stack pod's TCP: IPv6 from the pod and to the pod (forwarded
+// and sent by the node) is prohibited, other IPv6 TCP and the pod's IPv6 UDP
+// are not, and the refusal goes when the pod does.
+func TestPrivilegedApplyRefusesIPv6(t *testing.T) {
+	testutil.Privileged(t)
+	ns := testutil.NewNetNS(t)
+	ipIn(t, ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ipIn(t, ns, "link", "set", "v0", "up")
+	ipIn(t, ns, "link", "set", "v1", "up")
+	ipIn(t, ns, "-6", "addr", "add", "2001:2:0:9::1/64", "dev", "v0", "nodad")
+	ipIn(t, ns, "-6", "route", "add", "2001:2:0:1::2/128", "dev", "v1")
+	ipIn(t, ns, "-6", "route", "add", "2001:2:0:1::3/128", "dev", "v1")
+	must := func(p Plan) {
+		t.Helper()
+		if err := ns.Do(func() error { return Apply(p) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// routeType is the first word of `ip -6 route get`: the route's type,
+	// or its destination for a unicast route.
+	routeType := func(args ...string) string {
+		t.Helper()
+		var out []byte
+		err := ns.Do(func() error {
+			var err error
+			out, err = exec.Command("ip", append([]string{"-6", "route", "get"}, args...)...).CombinedOutput()
+			if err != nil && !strings.Contains(string(out), "Permission denied") {
+				return fmt.Errorf("ip route get %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), "Permission denied") {
+			return "prohibit" // the kernel refuses the lookup itself for a locally sent packet
+		}
+		return strings.Fields(string(out))[0]
+	}
+	pod, other := "2001:2:0:1::2", "2001:2:0:1::3"
+	must(mustPlan(t, addrs("198.18.1.2", pod), Config{}))
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"from the pod (forwarded)", []string{"to", other, "from", pod, "iif", "v1", "ipproto", "tcp"}, "prohibit"},
+		{"to the pod (forwarded)", []string{"to", pod, "from", other, "iif", "v1", "ipproto", "tcp"}, "prohibit"},
+		{"to the pod (sent by the node)", []string{"to", pod, "ipproto", "tcp"}, "prohibit"},
+		{"between other pods", []string{"to", other, "from", "2001:2:0:1::4", "iif", "v1", "ipproto", "tcp"}, other},
+		{"the pod's UDP", []string{"to", other, "from", pod, "iif", "v1", "ipproto", "udp"}, other},
+	} {
+		if got := routeType(tc.args...); got != tc.want {
+			t.Errorf("%s: ip -6 route get %s: %s, want %s", tc.name, strings.Join(tc.args, " "), got, tc.want)
+		}
+	}
+	// The pod is unenrolled (only its IPv4 address stays, say, another pod's).
+	must(mustPlan(t, addrs("198.18.1.2"), Config{}))
+	if got := routeType("to", pod, "from", other, "iif", "v1", "ipproto", "tcp"); got != pod {
+		t.Errorf("after the pod left, TCP to it routes as %s, want the unicast route", got)
+	}
+	if lines := ferryLines(snapshot(t, ns)); slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "prohibit") || strings.Contains(l, "2001:") }) {
+		t.Errorf("IPv6 refusal left behind: %q", lines)
 	}
 }

@@ -25,6 +25,13 @@
 //	table 15001: local 0.0.0.0/0 dev lo
 //	table 15006: local <pod>/32 dev lo (one per enrolled pod)
 //
+// An enrolled pod's IPv6 addresses are refused, not captured, until Ferry
+// carries IPv6 (NewPlan explains the choice of mechanism):
+//
+//	ip -6 pref 100 from <pod6>/128 ipproto tcp lookup 15001   the pod's own connections
+//	ip -6 pref 100 to <pod6>/128 ipproto tcp lookup 15001     connections to the pod
+//	ip -6 table 15001: prohibit ::/0
+//
 // Locally delivered connections then meet the sk_lookup program, which hands
 // them to the agent's listeners; the agent sees the original destination as
 // the accepted connection's local address.

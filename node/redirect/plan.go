@@ -37,7 +37,9 @@ const NumPriorities = 3
 // value means the defaults.
 type Config struct {
 	// CaptureTable holds the single route `local 0.0.0.0/0 dev lo`;
-	// enrolled pods' TCP is looked up there. 0 means DefaultCaptureTable.
+	// enrolled pods' TCP is looked up there. Its IPv6 namesake (a separate
+	// table in the kernel) holds the single route `prohibit ::/0`, where
+	// enrolled pods' IPv6 TCP is refused. 0 means DefaultCaptureTable.
 	CaptureTable int
 	// InboundTable holds `local <pod>/32 dev lo` for each enrolled pod.
 	// 0 means DefaultInboundTable.
@@ -100,23 +102,36 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Rule is one policy routing rule: `ip rule add pref Priority [from Src]
-// [iif IIF] [ipproto IPProto] lookup Table proto 153`.
+// Rule is one policy routing rule: `ip [-6] rule add pref Priority [from
+// Src] [to Dst] [iif IIF] [ipproto IPProto] lookup Table proto 153`. It is an
+// IPv6 rule when Src or Dst is an IPv6 prefix, an IPv4 rule otherwise.
 type Rule struct {
 	Priority int
 	Src      netip.Prefix // the zero Prefix matches any source
+	Dst      netip.Prefix // the zero Prefix matches any destination
 	IIF      string       // "" matches any input interface
 	IPProto  uint8        // 0 matches any protocol
 	Table    int
 }
 
+// IPv6 reports whether r is an IPv6 rule.
+func (r Rule) IPv6() bool {
+	return r.Src.IsValid() && r.Src.Addr().Is6() || r.Dst.IsValid() && r.Dst.Addr().Is6()
+}
+
 func (r Rule) String() string {
 	var b strings.Builder
+	if r.IPv6() {
+		b.WriteString("-6 ")
+	}
 	fmt.Fprintf(&b, "pref %d from ", r.Priority)
 	if r.Src.IsValid() {
 		b.WriteString(r.Src.String())
 	} else {
 		b.WriteString("all")
+	}
+	if r.Dst.IsValid() {
+		fmt.Fprintf(&b, " to %s", r.Dst)
 	}
 	if r.IIF != "" {
 		fmt.Fprintf(&b, " iif %s", r.IIF)
@@ -128,14 +143,19 @@ func (r Rule) String() string {
 	return b.String()
 }
 
-// Route is one `local` route: `ip route add local Dst dev lo table Table
-// proto 153` (scope host). Ferry installs no other kind.
+// Route is one route in one of Ferry's tables: `ip route add local Dst dev
+// lo table Table proto 153` (scope host), or with Prohibit, `ip -6 route add
+// prohibit Dst table Table proto 153`. Ferry installs no other kind.
 type Route struct {
-	Table int
-	Dst   netip.Prefix
+	Table    int
+	Dst      netip.Prefix
+	Prohibit bool // refuse: the kernel drops the packet and answers ICMP administratively prohibited
 }
 
 func (r Route) String() string {
+	if r.Prohibit {
+		return fmt.Sprintf("prohibit %s table %d proto %d", r.Dst, r.Table, Protocol)
+	}
 	return fmt.Sprintf("local %s dev lo table %d proto %d scope host", r.Dst, r.Table, Protocol)
 }
 
@@ -148,14 +168,35 @@ type Plan struct {
 	Routes []Route
 	// Pods are the enrolled IPv4 addresses, sorted and without duplicates.
 	Pods []netip.Addr
-	// Skipped are addresses given to NewPlan that Ferry cannot capture
-	// (IPv6 today), for the caller to report. Sorted.
-	Skipped []netip.Addr
+	// Refused are the enrolled IPv6 addresses, sorted and without
+	// duplicates. Ferry cannot carry IPv6 yet, so the plan refuses their TCP
+	// in both directions instead (see refuse below); the caller reports them.
+	Refused []netip.Addr
 }
 
-// NewPlan computes the plan for the enrolled pod addresses pods. It is pure.
-// With no (IPv4) pod the plan is empty: Ferry leaves no trace in a namespace
-// that has nothing to capture. The error reports an invalid Config.
+// NewPlan computes the plan for the enrolled pod addresses pods (every
+// address of every enrolled pod on the node, both families). It is pure.
+// With no pod the plan is empty: Ferry leaves no trace in a namespace that
+// has nothing to capture. The error reports an invalid Config.
+//
+// IPv4 addresses are captured. IPv6 addresses are refused: a dual-stack pod
+// reachable over IPv6 would otherwise bypass STRICT mTLS and every policy,
+// since nothing captures that family. Refusal is fail-closed policy routing,
+// owned like the rest of the plan (Protocol-tagged, removed by Apply when the
+// pod leaves and by Cleanup):
+//
+//	ip -6 rule pref P+1 from <pod6>/128 ipproto tcp lookup T   the pod's own connections
+//	ip -6 rule pref P+1 to <pod6>/128 ipproto tcp lookup T     connections to the pod: other pods, peer nodes, the node itself
+//	ip -6 route prohibit ::/0 table T                          T is CaptureTable's IPv6 namesake
+//
+// Routing rules rather than a BPF drop: the node forwards a pod's traffic, so
+// the routing decision is the one place that sees both directions for every
+// path (forwarded and locally sent) with no iptables and no program on the
+// pod's interface; a prohibit route answers ICMPv6 "administratively
+// prohibited", so clients fail at once instead of timing out; and the objects
+// are tagged, listed and removed by the same code as the IPv4 capture. There
+// is no `iif lo` exemption for IPv6: a node connection would get no answer
+// anyway, since the pod's replies match the `from` rule.
 func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -166,19 +207,19 @@ func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
 		a = a.Unmap()
 		if a.Is4() {
 			p.Pods = append(p.Pods, a)
-		} else {
-			p.Skipped = append(p.Skipped, a)
+		} else if a.IsValid() {
+			p.Refused = append(p.Refused, a)
 		}
 	}
 	slices.SortFunc(p.Pods, netip.Addr.Compare)
 	p.Pods = slices.Compact(p.Pods)
-	slices.SortFunc(p.Skipped, netip.Addr.Compare)
-	p.Skipped = slices.Compact(p.Skipped)
+	slices.SortFunc(p.Refused, netip.Addr.Compare)
+	p.Refused = slices.Compact(p.Refused)
+	p.refuse(cfg)
 	if len(p.Pods) == 0 {
 		return p, nil
 	}
 
-	const tcp = 6
 	p.Rules = append(p.Rules, Rule{Priority: cfg.Priority, IIF: "lo", Table: tableMain})
 	for _, a := range p.Pods {
 		p.Rules = append(p.Rules, Rule{Priority: cfg.Priority + 1, Src: netip.PrefixFrom(a, 32), IPProto: tcp, Table: cfg.CaptureTable})
@@ -190,6 +231,22 @@ func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
 		p.Routes = append(p.Routes, Route{Table: cfg.InboundTable, Dst: netip.PrefixFrom(a, 32)})
 	}
 	return p, nil
+}
+
+const tcp = 6
+
+// refuse adds the IPv6 refusal of p.Refused (see NewPlan).
+func (p *Plan) refuse(cfg Config) {
+	if len(p.Refused) == 0 {
+		return
+	}
+	for _, a := range p.Refused {
+		pod := netip.PrefixFrom(a, 128)
+		p.Rules = append(p.Rules,
+			Rule{Priority: cfg.Priority + 1, Src: pod, IPProto: tcp, Table: cfg.CaptureTable},
+			Rule{Priority: cfg.Priority + 1, Dst: pod, IPProto: tcp, Table: cfg.CaptureTable})
+	}
+	p.Routes = append(p.Routes, Route{Table: cfg.CaptureTable, Dst: netip.PrefixFrom(netip.IPv6Unspecified(), 0), Prohibit: true})
 }
 
 // String renders p one object per line, in a stable order: the golden-file
@@ -208,9 +265,9 @@ func (p Plan) String() string {
 	for _, a := range p.Pods {
 		b.WriteString(a.String() + "\n")
 	}
-	if len(p.Skipped) > 0 {
-		b.WriteString("# not captured (not IPv4)\n")
-		for _, a := range p.Skipped {
+	if len(p.Refused) > 0 {
+		b.WriteString("# refused (IPv6: not carried yet)\n")
+		for _, a := range p.Refused {
 			b.WriteString(a.String() + "\n")
 		}
 	}

@@ -32,6 +32,8 @@ func TestPlanGolden(t *testing.T) {
 		{"several-pods", addrs("198.18.3.2", "198.18.1.2", "::ffff:198.18.2.2", "198.18.1.2", "2001:db8::5"), Config{}},
 		{"custom-config", addrs("198.18.1.2", "198.18.1.3"), Config{CaptureTable: 300, InboundTable: 301, Priority: 1000}},
 		{"ipv6-only", addrs("2001:db8::5"), Config{}},
+		// Two dual-stack pods: IPv4 captured, IPv6 refused both ways.
+		{"dual-stack", addrs("198.18.1.2", "2001:2:0:1::2", "198.18.1.3", "2001:2:0:1::3"), Config{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := NewPlan(tc.pods, tc.cfg)
