@@ -3,6 +3,7 @@ package authz
 import (
 	"cmp"
 	"encoding/json"
+	"iter"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -534,25 +535,15 @@ func FuzzDecide(f *testing.F) {
 		// that); the reference judges the valid ones.
 		raps, rpas := accepted(aps, pas, ds)
 		e, _ := Compile(Config{}, raps, rpas)
-		for _, pr := range reqPrincipals {
-			for _, ns := range genNamespaces {
-				for _, labels := range reqLabels {
-					for _, port := range reqPorts {
-						for _, sip := range reqSrcIPs {
-							r := Request{SourcePrincipal: pr, SourceIP: ip(sip), Namespace: ns, Labels: labels,
-								DestinationIP: ip(workloadIP), DestinationPort: port}
-							got := e.Decide(r)
-							want := refDecide(DefaultRootNamespace, raps, rpas, r)
-							if got.Allow != want.allow || got.Policy != want.policy || got.Kind != want.kind {
-								js, _ := json.MarshalIndent(struct {
-									APs []AuthorizationPolicy
-									PAs []PeerAuthentication
-								}{raps, rpas}, "", " ")
-								t.Fatalf("request %+v\nengine    %+v\nreference %+v\npolicies %s", r, got, want, js)
-							}
-						}
-					}
-				}
+		for r := range genRequests() {
+			got := e.Decide(r)
+			want := refDecide(DefaultRootNamespace, raps, rpas, r)
+			if got.Allow != want.allow || got.Policy != want.policy || got.Kind != want.kind {
+				js, _ := json.MarshalIndent(struct {
+					APs []AuthorizationPolicy
+					PAs []PeerAuthentication
+				}{raps, rpas}, "", " ")
+				t.Fatalf("request %+v\nengine    %+v\nreference %+v\npolicies %s", r, got, want, js)
 			}
 		}
 	})
@@ -794,19 +785,30 @@ func checkFailClosed(t *testing.T, data, breaks []byte) {
 		return
 	}
 	after, _ := Compile(Config{}, baps, bpas)
-	for _, pr := range reqPrincipals {
-		for _, ns := range genNamespaces {
-			for _, labels := range reqLabels {
-				for _, port := range reqPorts {
-					for _, sip := range reqSrcIPs {
-						r := Request{SourcePrincipal: pr, SourceIP: ip(sip), Namespace: ns, Labels: labels,
-							DestinationIP: ip(workloadIP), DestinationPort: port}
-						if b, a := before.Decide(r), after.Decide(r); !b.Allow && a.Allow {
-							js, _ := json.MarshalIndent(struct {
-								Before, After []AuthorizationPolicy
-								PAs           []PeerAuthentication
-							}{aps, baps, bpas}, "", " ")
-							t.Fatalf("an error widened access: %+v\nbefore %+v\nafter  %+v\n%s", r, b, a, js)
+	for r := range genRequests() {
+		if b, a := before.Decide(r), after.Decide(r); !b.Allow && a.Allow {
+			js, _ := json.MarshalIndent(struct {
+				Before, After []AuthorizationPolicy
+				PAs           []PeerAuthentication
+			}{aps, baps, bpas}, "", " ")
+			t.Fatalf("an error widened access: %+v\nbefore %+v\nafter  %+v\n%s", r, b, a, js)
+		}
+	}
+}
+
+// genRequests yields every request the fuzz targets judge: each principal,
+// namespace, label set, port and source address of the vocabulary.
+func genRequests() iter.Seq[Request] {
+	return func(yield func(Request) bool) {
+		for _, pr := range reqPrincipals {
+			for _, ns := range genNamespaces {
+				for _, labels := range reqLabels {
+					for _, port := range reqPorts {
+						for _, sip := range reqSrcIPs {
+							if !yield(Request{SourcePrincipal: pr, SourceIP: ip(sip), Namespace: ns, Labels: labels,
+								DestinationIP: ip(workloadIP), DestinationPort: port}) {
+								return
+							}
 						}
 					}
 				}
