@@ -292,7 +292,8 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 	}
 	// Registered before it is authorized, so that a policy change from here
 	// on reaches it (see Registry).
-	t, dialCtx := p.cfg.Registry.pending(ctx, info, req)
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	t := p.cfg.Registry.pending(info, req, cancel)
 	if err := p.cfg.Authorizer.Authorize(ctx, req); err != nil {
 		p.cfg.Registry.remove(t)
 		p.log.Debug("tunnel: plaintext denied", "src", src, "dst", dst, "err", err)
@@ -300,9 +301,7 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 		obs.Closed("denied", err.Error())
 		return
 	}
-	dctx, cancel := context.WithTimeout(dialCtx, p.cfg.DialTimeout)
 	up, err := p.cfg.Dial(dctx, src, dst)
-	cancel()
 	var pr *pair
 	var kill func()
 	if err == nil {

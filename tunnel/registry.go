@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -100,8 +99,8 @@ type tracked struct {
 	hasReq bool // authorized against req (inbound paths)
 	recv   atomic.Int64
 	sent   atomic.Int64
-	// cancel ends the setup's context; nil for a connection added open.
-	cancel context.CancelCauseFunc
+	// cancel ends the dial's context; nil for a connection added open.
+	cancel context.CancelFunc
 
 	// Guarded by Registry.mu.
 	open    bool   // set up: listed by Connections, aborted by kill
@@ -119,18 +118,15 @@ func (r *Registry) add(info ConnInfo, kill func()) *tracked {
 }
 
 // pending registers a connection about to be authorized against req and
-// dialled, before either happens. The returned context, derived from ctx,
-// is cancelled if Reauthorize refuses the connection meanwhile: the dial
-// must use it. The caller ends the setup with settle.
-func (r *Registry) pending(ctx context.Context, info ConnInfo, req Request) (*tracked, context.Context) {
-	ctx, cancel := context.WithCancelCause(ctx)
+// dialled, before either happens. cancel cancels the context its dial
+// uses: Reauthorize calls it if it refuses the connection meanwhile. The
+// caller ends the setup with settle, or with remove if authorization
+// refuses it.
+func (r *Registry) pending(info ConnInfo, req Request, cancel context.CancelFunc) *tracked {
 	t := &tracked{info: info, req: req, hasReq: true, cancel: cancel}
 	r.insert(t)
-	return t, ctx
+	return t
 }
-
-// errPolicyChanged is the cause of a pending connection's cancelled setup.
-var errPolicyChanged = errors.New("tunnel: refused by a policy change during setup")
 
 func (r *Registry) insert(t *tracked) {
 	r.mu.Lock()
@@ -147,7 +143,7 @@ func (r *Registry) insert(t *tracked) {
 // kill if a later Reauthorize refuses it; with kill nil (the setup failed)
 // it is removed.
 func (r *Registry) settle(t *tracked, kill func()) error {
-	t.cancel(nil) // the dial is over; this releases the context
+	t.cancel() // the dial is over; this releases its context
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if t.refused != nil || kill == nil {
@@ -164,7 +160,7 @@ func (r *Registry) remove(t *tracked) {
 	delete(r.conns, t.info.ID)
 	r.mu.Unlock()
 	if t.cancel != nil {
-		t.cancel(nil)
+		t.cancel()
 	}
 }
 
@@ -209,7 +205,7 @@ func (r *Registry) Reauthorize(allow func(Request) error) int {
 			if t.open {
 				victims = append(victims, t.kill)
 			} else {
-				victims = append(victims, func() { t.cancel(errPolicyChanged) })
+				victims = append(victims, t.cancel)
 			}
 		}
 	}

@@ -417,14 +417,16 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		s.rejected(status, "unknown destination")
 	}
 	var t *tracked
-	dialCtx := ctx
+	var dctx context.Context
 	if status == 0 {
 		if s.cfg.Observer != nil {
 			obs = s.cfg.Observer.Opened(info)
 		}
 		// Registered before it is authorized, so that a policy change from
 		// here on reaches it (see Registry).
-		t, dialCtx = s.reg.pending(ctx, info, req)
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(ctx, s.cfg.DialTimeout)
+		t = s.reg.pending(info, req, cancel)
 		if err := s.cfg.Authorizer.Authorize(ctx, req); err != nil {
 			s.reg.remove(t)
 			status, reason = 401, "denied: "+err.Error()
@@ -432,9 +434,7 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	}
 	var p *pair
 	if status == 0 {
-		dctx, cancel := context.WithTimeout(dialCtx, s.cfg.DialTimeout)
 		up, err := s.cfg.Dial(dctx, remote, dst)
-		cancel()
 		var kill func()
 		if err == nil {
 			p = &pair{src: st, dst: up}
