@@ -345,7 +345,9 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 	a.checkCertificates()
 	a.metrics.EnrolledPods.Set(float64(len(v.local)))
 	a.ready.set(TaskInventory, true, "")
-	// Close open connections the new policy or inventory no longer allows.
+	// Close connections, open or still being set up, that the new policy or
+	// inventory no longer allows. The state is stored above first: a
+	// connection the scan misses is authorized against it (tunnel.Registry).
 	a.conns.Reauthorize(func(r tunnel.Request) error { return a.authorize(r) })
 	if a.redirect != nil {
 		if err := a.redirect.Apply(v.localIPs()); err != nil {

@@ -194,19 +194,20 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 		obs.Closed(result, err.Error())
 		return
 	}
+	p := &pair{src: c, dst: up, early: early}
+	t := o.cfg.Registry.add(info, p.abort)
 	copying.Add(1)
-	proxyTracked(ctx, &pair{src: c, dst: up, early: early}, o.cfg.Registry, info, Request{}, false, obs, copying.Done)
+	proxyTracked(ctx, p, o.cfg.Registry, t, obs, copying.Done)
 }
 
 // earlySize bounds the data read from a new outbound connection before its
 // stream opens: one DATA frame of the smallest size a peer may allow.
 const earlySize = 16 << 10
 
-// proxyTracked starts copying p as a tracked connection: listed in reg
-// while it lasts, its bytes counted there and by obs, its end reported to
-// obs; then done is called.
-func proxyTracked(ctx context.Context, p *pair, reg *Registry, info ConnInfo, req Request, inbound bool, obs ConnObserver, done func()) {
-	t := reg.add(info, req, inbound, p.abort)
+// proxyTracked starts copying p as the open connection t of reg: its bytes
+// counted there and by obs, removed from reg when it ends, its end reported
+// to obs; then done is called.
+func proxyTracked(ctx context.Context, p *pair, reg *Registry, t *tracked, obs ConnObserver, done func()) {
 	recv := func(n int) { t.recv.Add(int64(n)); obs.Received(n) }
 	if p.early > 0 {
 		recv(p.early)
@@ -289,22 +290,42 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 	if p.cfg.Observer != nil {
 		obs = p.cfg.Observer.Opened(info)
 	}
+	// Registered before it is authorized, so that a policy change from here
+	// on reaches it (see Registry).
+	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	t := p.cfg.Registry.pending(info, req, cancel)
 	if err := p.cfg.Authorizer.Authorize(ctx, req); err != nil {
+		p.cfg.Registry.remove(t)
 		p.log.Debug("tunnel: plaintext denied", "src", src, "dst", dst, "err", err)
 		abortConn(c)
 		obs.Closed("denied", err.Error())
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	up, err := p.cfg.Dial(dctx, src, dst)
-	cancel()
+	var pr *pair
+	var kill func()
+	if err == nil {
+		pr = &pair{src: c, dst: up}
+		kill = pr.abort
+	}
+	if rerr := p.cfg.Registry.settle(t, kill); rerr != nil {
+		// Refused by a policy change while dialling: closed as a denial, and
+		// the upstream closed before it got a byte.
+		if up != nil {
+			abortConn(up)
+		}
+		p.log.Debug("tunnel: plaintext denied during setup", "src", src, "dst", dst, "err", rerr)
+		abortConn(c)
+		obs.Closed("denied", rerr.Error())
+		return
+	}
 	if err != nil {
 		abortConn(c)
 		obs.Closed("error", err.Error())
 		return
 	}
 	copying.Add(1)
-	proxyTracked(ctx, &pair{src: c, dst: up}, p.cfg.Registry, info, req, true, obs, copying.Done)
+	proxyTracked(ctx, pr, p.cfg.Registry, t, obs, copying.Done)
 }
 
 // loop is the accept loop shared by the plain proxies: one goroutine per

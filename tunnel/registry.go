@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"sync"
@@ -59,9 +60,27 @@ type ConnObserver interface {
 	Closed(result, reason string)
 }
 
-// Registry tracks open proxied connections for the admin endpoint and for
+// Registry tracks proxied connections for the admin endpoint and for
 // re-authorization after a policy change. The zero value is not usable;
 // use NewRegistry. It is safe for concurrent use.
+//
+// No connection escapes a policy change while it is being set up. A
+// connection subject to policy is registered, as pending, before it is
+// authorized, and stays registered through its upstream dial until it
+// ends. Reauthorize's caller publishes the new policy to the Authorizer
+// before calling it, and registration and Reauthorize's scan take the same
+// lock, so for any connection one of two orders holds:
+//
+//   - registered before the scan: the scan sees it, pending or open, and
+//     checks it against the new policy; a pending connection it refuses has
+//     its dial cancelled and is refused when the dial returns (see settle),
+//     before a byte reaches the upstream;
+//   - registered after the scan: its authorization comes later still, so it
+//     already reads the new policy (or a newer one).
+//
+// Because the registry's lock orders the two, no policy generation counter
+// is needed, and nothing on the data path pays for it: the checks happen
+// once per connection, at registration and at settle.
 type Registry struct {
 	mu    sync.Mutex
 	next  uint64
@@ -80,32 +99,80 @@ type tracked struct {
 	hasReq bool // authorized against req (inbound paths)
 	recv   atomic.Int64
 	sent   atomic.Int64
-	kill   func() // aborts both halves
+	// cancel ends the dial's context; nil for a connection added open.
+	cancel context.CancelFunc
+
+	// Guarded by Registry.mu.
+	open    bool   // set up: listed by Connections, aborted by kill
+	refused error  // why Reauthorize refused it, once it has
+	kill    func() // aborts both halves
 }
 
-// add registers a connection; kill aborts it. hasReq marks connections
-// subject to Reauthorize.
-func (r *Registry) add(info ConnInfo, req Request, hasReq bool, kill func()) *tracked {
-	t := &tracked{info: info, req: req, hasReq: hasReq, kill: kill}
+// add registers an open connection that is not subject to Reauthorize (an
+// outbound one); kill aborts it. A connection subject to policy is
+// registered with pending instead, before it is authorized.
+func (r *Registry) add(info ConnInfo, kill func()) *tracked {
+	t := &tracked{info: info, open: true, kill: kill}
+	r.insert(t)
+	return t
+}
+
+// pending registers a connection about to be authorized against req and
+// dialled, before either happens. cancel cancels the context its dial
+// uses: Reauthorize calls it if it refuses the connection meanwhile. The
+// caller ends the setup with settle, or with remove if authorization
+// refuses it.
+func (r *Registry) pending(info ConnInfo, req Request, cancel context.CancelFunc) *tracked {
+	t := &tracked{info: info, req: req, hasReq: true, cancel: cancel}
+	r.insert(t)
+	return t
+}
+
+func (r *Registry) insert(t *tracked) {
 	r.mu.Lock()
 	r.next++
 	t.info.ID = r.next
 	r.conns[t.info.ID] = t
 	r.mu.Unlock()
-	return t
 }
 
+// settle ends a pending connection's setup. If Reauthorize refused it
+// meanwhile, it is removed and the refusal returned: the caller must then
+// close the upstream without writing to it and refuse the connection as a
+// denial. Otherwise, with kill non-nil it is open from then on, aborted by
+// kill if a later Reauthorize refuses it; with kill nil (the setup failed)
+// it is removed.
+func (r *Registry) settle(t *tracked, kill func()) error {
+	t.cancel() // the dial is over; this releases its context
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.refused != nil || kill == nil {
+		delete(r.conns, t.info.ID)
+		return t.refused
+	}
+	t.open, t.kill = true, kill
+	return nil
+}
+
+// remove unregisters t, pending or open.
 func (r *Registry) remove(t *tracked) {
 	r.mu.Lock()
 	delete(r.conns, t.info.ID)
 	r.mu.Unlock()
+	if t.cancel != nil {
+		t.cancel()
+	}
 }
 
 // Connections returns a snapshot of the open connections, oldest first.
+// Connections still being set up are not listed.
 func (r *Registry) Connections() []ConnInfo {
 	r.mu.Lock()
 	out := make([]ConnInfo, 0, len(r.conns))
 	for _, t := range r.conns {
+		if !t.open {
+			continue
+		}
 		ci := t.info
 		ci.BytesReceived = t.recv.Load()
 		ci.BytesSent = t.sent.Load()
@@ -118,19 +185,33 @@ func (r *Registry) Connections() []ConnInfo {
 	return out
 }
 
-// Reauthorize checks every open inbound connection against allow and aborts
-// those it refuses. It returns the number of connections closed.
+// Reauthorize checks every inbound connection, open or still being set up,
+// against allow and ends those it refuses: an open one is aborted, a
+// pending one has its dial cancelled and is refused as a denial. It
+// returns the number of connections it refused.
+//
+// Call it after the policy allow applies has been published to the
+// Authorizer the proxies use (see Registry): a connection registered after
+// the call's scan is authorized by that Authorizer alone.
 func (r *Registry) Reauthorize(allow func(Request) error) int {
 	r.mu.Lock()
-	var victims []*tracked
+	var victims []func()
 	for _, t := range r.conns {
-		if t.hasReq && allow(t.req) != nil {
-			victims = append(victims, t)
+		if !t.hasReq || t.refused != nil {
+			continue
+		}
+		if err := allow(t.req); err != nil {
+			t.refused = err
+			if t.open {
+				victims = append(victims, t.kill)
+			} else {
+				victims = append(victims, t.cancel)
+			}
 		}
 	}
 	r.mu.Unlock()
-	for _, t := range victims {
-		t.kill()
+	for _, kill := range victims {
+		kill()
 	}
 	return len(victims)
 }

@@ -416,21 +416,38 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	case 503:
 		s.rejected(status, "unknown destination")
 	}
+	var t *tracked
+	var dctx context.Context
 	if status == 0 {
 		if s.cfg.Observer != nil {
 			obs = s.cfg.Observer.Opened(info)
 		}
+		// Registered before it is authorized, so that a policy change from
+		// here on reaches it (see Registry).
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(ctx, s.cfg.DialTimeout)
+		t = s.reg.pending(info, req, cancel)
 		if err := s.cfg.Authorizer.Authorize(ctx, req); err != nil {
+			s.reg.remove(t)
 			status, reason = 401, "denied: "+err.Error()
 		}
 	}
-	var up net.Conn
+	var p *pair
 	if status == 0 {
-		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-		var err error
-		up, err = s.cfg.Dial(dctx, remote, dst)
-		cancel()
-		if err != nil {
+		up, err := s.cfg.Dial(dctx, remote, dst)
+		var kill func()
+		if err == nil {
+			p = &pair{src: st, dst: up}
+			kill = p.abort
+		}
+		if rerr := s.reg.settle(t, kill); rerr != nil {
+			// Refused by a policy change while dialling: answered as a
+			// denial, and the upstream closed before it got a byte.
+			if up != nil {
+				abortConn(up)
+			}
+			status, reason = 401, "denied: "+rerr.Error()
+		} else if err != nil {
 			status, reason = 503, "dial: "+err.Error()
 		}
 	}
@@ -447,13 +464,14 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		return
 	}
 	if err := st.respond(200, false); err != nil {
-		up.Close()
+		s.reg.remove(t)
+		p.dst.Close()
 		st.Close()
 		obs.Closed("error", "respond: "+err.Error())
 		return
 	}
 	proxied = true
-	proxyTracked(ctx, &pair{src: st, dst: up}, s.reg, info, req, true, obs, release)
+	proxyTracked(ctx, p, s.reg, t, obs, release)
 }
 
 // check validates a CONNECT; status 0 means it may proceed to policy.
