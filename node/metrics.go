@@ -75,7 +75,7 @@ func NewMetrics(version string) *Metrics {
 			Help: "Policy objects with errors, enforced fail-closed or by their last good version (ferry policies shows how), by kind and namespace."},
 			[]string{"kind", "namespace"}),
 		TunnelRejects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "tunnel", Name: "rejected_total",
-			Help: "Connections or streams refused before any upstream dial, by reason."}, []string{"reason"}),
+			Help: "Connections or streams refused before any byte reached the destination, by reason (policy includes connections a policy change refused while their dial was in flight)."}, []string{"reason"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "istio", Name: "build", Help: "Istio component build info."},
 		[]string{"component", "tag"})
