@@ -117,7 +117,7 @@ func Start(t testing.TB) *Cluster {
 			"--service-account-issuer="+Issuer,
 			"--service-account-key-file="+filepath.Join(dir, "sa.pub"),
 			"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
-			"--service-cluster-ip-range=10.96.0.0/16",
+			"--service-cluster-ip-range=198.19.224.0/20", // the benchmarking range, never a private one
 			"--authorization-mode=RBAC",
 			"--allow-privileged=true",
 			"--endpoint-reconciler-type=none",

@@ -197,8 +197,9 @@ func TestPrivilegedKubeSource(t *testing.T) {
 		}
 	}
 
-	// Policies: two good ones and a malformed one, which is reported by
-	// name while the others apply.
+	// Policies: two good ones and a malformed one, which reaches the
+	// engine with its problem to be read fail-closed while the others
+	// apply.
 	if _, err := c.Apply(ctx, []byte(`
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -243,9 +244,12 @@ spec: {mtls: {mode: STRICT}}
 		t.Error("denied before any policy")
 	}
 	s = wait("the policies", func(s *inventory.Snapshot) bool {
-		return len(s.AuthorizationPolicies) == 1 && len(s.PeerAuthentications) == 1 && len(s.Errors) == 1
+		return len(s.AuthorizationPolicies) == 2 && len(s.PeerAuthentications) == 1
 	})
-	ap := s.AuthorizationPolicies[0]
+	ap := s.AuthorizationPolicies[1]
+	if typo := s.AuthorizationPolicies[0]; typo.Metadata.Name != "typo" || len(typo.Problems) != 1 || typo.Problems[0].Field != "rules[0].from[0].source.principal" {
+		t.Errorf("the malformed policy is not published with its problem (for a fail-closed reading): %+v", typo)
+	}
 	if ap.Metadata.Name != "web-viewer" || ap.Metadata.Namespace != "shop" || ap.Metadata.CreationTimestamp.IsZero() ||
 		ap.Spec.Selector.MatchLabels["app"] != "web" || ap.Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/shop/sa/front" ||
 		ap.Spec.Rules[0].To[0].Operation.Ports[0] != "8080" {
@@ -254,8 +258,9 @@ spec: {mtls: {mode: STRICT}}
 	if pa := s.PeerAuthentications[0]; pa.Spec.MTLS == nil || pa.Spec.MTLS.Mode != "STRICT" {
 		t.Errorf("peer authentication = %+v", pa)
 	}
-	if err := s.Errors[0].Error(); !strings.Contains(err, "AuthorizationPolicy shop/typo") || !strings.Contains(err, "principal") {
-		t.Errorf("error = %q, want it to name AuthorizationPolicy shop/typo and the field", err)
+	_, ds := authz.Compile(authz.Config{}, s.AuthorizationPolicies, s.PeerAuthentications)
+	if len(ds) == 0 || !strings.Contains(ds[0].Error(), "AuthorizationPolicy shop/typo: rules[0].from[0].source.principal") {
+		t.Errorf("diagnostics = %v, want one naming AuthorizationPolicy shop/typo and the field", ds)
 	}
 	if !decide(s, "front") || decide(s, "other") {
 		t.Errorf("with the policy: front allowed %v (want true), other allowed %v (want false)", decide(s, "front"), decide(s, "other"))
@@ -267,7 +272,7 @@ spec: {mtls: {mode: STRICT}}
 		t.Fatal(err)
 	}
 	wait("the malformed policy gone", func(s *inventory.Snapshot) bool {
-		return len(s.Errors) == 0 && len(s.AuthorizationPolicies) == 1
+		return len(s.AuthorizationPolicies) == 1
 	})
 
 	// A pod that finishes leaves the snapshot (its IP may be reused); a
