@@ -46,6 +46,7 @@ type Metrics struct {
 	PolicyDecision *prometheus.CounterVec // direction, result, reason
 	InventoryError prometheus.Gauge
 	TunnelRejects  *prometheus.CounterVec // reason
+	HTTPShed       *prometheus.CounterVec // server, reason: see shedListener
 }
 
 // NewMetrics creates and registers the agent's metrics.
@@ -72,12 +73,15 @@ func NewMetrics(version string) *Metrics {
 			Help: "Objects the inventory source currently rejects (malformed manifests or policies)."}),
 		TunnelRejects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "tunnel", Name: "rejected_total",
 			Help: "Connections or streams refused before any upstream dial, by reason."}, []string{"reason"}),
+		HTTPShed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "node", Name: "http_connections_shed_total",
+			Help: "Connections the metrics and readiness servers closed to stay under their cap, by server and by whether the connection was idle or busy."},
+			[]string{"server", "reason"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "istio", Name: "build", Help: "Istio component build info."},
 		[]string{"component", "tag"})
 	build.WithLabelValues("ztunnel", version).Set(1)
 	r.MustRegister(m.opened, m.closed, m.sent, m.received, build, m.EnrolledPods, m.CertExpiry, m.CARequests,
-		m.PolicyDecision, m.InventoryError, m.TunnelRejects,
+		m.PolicyDecision, m.InventoryError, m.TunnelRejects, m.HTTPShed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
