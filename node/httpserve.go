@@ -9,6 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Defaults of the data-plane HTTP servers' limits (Config.HTTP*).
@@ -213,4 +216,15 @@ func (a *Agent) serveDataPlaneHTTP(ctx context.Context, name string, ln net.List
 		a.metrics.HTTPShed.WithLabelValues(name, reason).Inc()
 	})
 	return serveLimitedHTTP(ctx, shed, h, lim)
+}
+
+// ServeMetrics serves reg at /metrics on ln until ctx is done, with the
+// default limits of the agent's metrics server (see Config.HTTPMaxConns):
+// the metrics endpoint of `ferry ca serve`.
+func ServeMetrics(ctx context.Context, ln net.Listener, reg *prometheus.Registry) error {
+	var cfg Config
+	lim := cfg.httpLimits()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return serveLimitedHTTP(ctx, newShedListener(ln, lim.maxConns, nil), mux, lim)
 }
