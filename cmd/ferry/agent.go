@@ -92,7 +92,7 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	names := fs.String("server-names", "ferry-ca.istio-system.svc", "comma-separated DNS names and IPs of the CA's own serving certificate")
 	maxTTL := fs.Duration("max-ttl", certs.DefaultCertTTL, "longest certificate lifetime granted")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
-	metricsAddr := fs.String("metrics-addr", ":15014", "Prometheus metrics endpoint (/metrics); empty for none")
+	metricsAddr := fs.String("metrics-addr", "", "Prometheus metrics endpoint (/metrics), e.g. :15014 as istiod's; empty for none")
 	peerRate := fs.Float64("peer-rate", certs.DefaultPeerRate, "requests a second each source address may make on average (more are refused with ResourceExhausted)")
 	peerBurst := fs.Int("peer-burst", certs.DefaultPeerBurst, "requests each source address may make at once")
 	reviewTTL := fs.Duration("review-cache-ttl", kube.DefaultReviewSuccessTTL, "how long an accepted token's TokenReview is reused (never past the token's expiry)")
