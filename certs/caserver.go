@@ -8,14 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 )
@@ -61,7 +65,49 @@ type CAServerConfig struct {
 	// ServerNames are the DNS names and IP addresses of the server's own
 	// certificate, which it issues itself from its CA. Required for Serve.
 	ServerNames []string
+
+	// Limits of Serve, which any pod can reach: each request may cost the
+	// Authenticator an API call.
+
+	// PeerRate and PeerBurst limit the requests of each source address:
+	// PeerRate a second on average, PeerBurst at once (0 means
+	// DefaultPeerRate and DefaultPeerBurst). A request over the limit is
+	// refused with ResourceExhausted before it is authenticated. The burst
+	// is there for a node agent starting with many local service accounts.
+	PeerRate  float64
+	PeerBurst int
+	// MaxConcurrentStreams caps the requests in flight on one connection
+	// (0 means DefaultMaxConcurrentStreams).
+	MaxConcurrentStreams uint32
+	// IdleTimeout closes a connection that has had no request for this
+	// long (0 means DefaultCAIdleTimeout).
+	IdleTimeout time.Duration
+	// Refused, if set, is called once for every refused request with a
+	// bounded reason, one of the Refused* constants, for a metric.
+	Refused func(reason string)
 }
+
+// Defaults of CAServerConfig's limits.
+const (
+	DefaultPeerRate             = 10
+	DefaultPeerBurst            = 100
+	DefaultMaxConcurrentStreams = 16
+	DefaultCAIdleTimeout        = 5 * time.Minute
+
+	// maxRatePeers caps the source addresses whose rate a CAServer
+	// tracks; the least recently seen is forgotten (its bucket full again).
+	maxRatePeers = 16384
+)
+
+// Reasons a CAServer refuses a request, as CAServerConfig.Refused gets them.
+const (
+	RefusedRateLimited      = "rate_limited"
+	RefusedUnauthenticated  = "unauthenticated"
+	RefusedPermissionDenied = "permission_denied"
+	RefusedInvalidArgument  = "invalid_argument"
+	RefusedUnavailable      = "unavailable"
+	RefusedInternal         = "internal"
+)
 
 // CAServer serves Istio's CA protocol
 // (istio.v1.auth.IstioCertificateService/CreateCertificate), signing with a
@@ -73,6 +119,8 @@ type CAServer struct {
 	ca   *LocalCA
 	auth Authenticator
 	log  *slog.Logger
+
+	peers *peerLimiter
 
 	mu      sync.Mutex
 	serving *tls.Certificate
@@ -94,13 +142,29 @@ func NewCAServer(cfg CAServerConfig, ca *LocalCA, auth Authenticator, log *slog.
 	if cfg.MaxTTL < 0 {
 		return nil, errors.New("certs: CA server: negative MaxTTL")
 	}
+	if cfg.PeerRate < 0 || cfg.PeerBurst < 0 || cfg.IdleTimeout < 0 {
+		return nil, errors.New("certs: CA server: negative PeerRate, PeerBurst or IdleTimeout")
+	}
+	if cfg.PeerRate == 0 {
+		cfg.PeerRate = DefaultPeerRate
+	}
+	if cfg.PeerBurst == 0 {
+		cfg.PeerBurst = DefaultPeerBurst
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultCAIdleTimeout
+	}
 	if cfg.MaxTTL == 0 {
 		cfg.MaxTTL = DefaultCertTTL
 	}
 	if cfg.ClusterID == "" {
 		cfg.ClusterID = DefaultClusterID
 	}
-	return &CAServer{cfg: cfg, ca: ca, auth: auth, log: log}, nil
+	return &CAServer{cfg: cfg, ca: ca, auth: auth, log: log,
+		peers: newPeerLimiter(rate.Limit(cfg.PeerRate), cfg.PeerBurst, maxRatePeers)}, nil
 }
 
 // Register adds the certificate service to a gRPC server.
@@ -110,7 +174,9 @@ func (s *CAServer) Register(r grpc.ServiceRegistrar) {
 
 // Serve serves gRPC over TLS on ln, with a certificate for cfg.ServerNames
 // that it issues from its own CA and renews at half life, until ctx is done;
-// then it stops gracefully (5 s at most) and returns nil. It closes ln.
+// then it stops gracefully (5 s at most) and returns nil. It closes ln. It
+// applies the config's limits: per-address request rate, streams per
+// connection, idle connections closed, and small messages and headers.
 func (s *CAServer) Serve(ctx context.Context, ln net.Listener) error {
 	if len(s.cfg.ServerNames) == 0 {
 		ln.Close()
@@ -126,7 +192,23 @@ func (s *CAServer) Serve(ctx context.Context, ln net.Listener) error {
 			return s.servingCertificate()
 		},
 	})
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(64<<10), grpc.ConnectionTimeout(10*time.Second))
+	srv := grpc.NewServer(grpc.Creds(creds),
+		grpc.MaxRecvMsgSize(64<<10),
+		// A projected token is a few kilobytes; the default allows 16 MiB.
+		grpc.MaxHeaderListSize(64<<10),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.cfg.IdleTimeout,
+			// Find dead peers: ping after a minute of silence.
+			Time:    time.Minute,
+			Timeout: 20 * time.Second,
+		}),
+		// gRPC's default, explicit: a client pinging more often than every
+		// 5 minutes, or with no request open, is disconnected.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Minute}),
+		grpc.ChainUnaryInterceptor(s.limitRate),
+	)
 	s.Register(srv)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
@@ -183,6 +265,30 @@ func (g grpcCAService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 	return g.s.CreateCertificate(ctx, req)
 }
 
+// limitRate refuses a request whose source address is over its rate, before
+// anything else is done for it.
+func (s *CAServer) limitRate(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	var addr netip.Addr
+	if p, ok := peer.FromContext(ctx); ok {
+		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
+			addr = ap.Addr().Unmap()
+		}
+	}
+	if !s.peers.allow(addr, time.Now()) {
+		// Debug only: a flood must not become a flood of log lines.
+		s.log.Debug("CA request refused", "src", addr, "reason", RefusedRateLimited)
+		s.count(RefusedRateLimited)
+		return nil, status.Error(codes.ResourceExhausted, "too many requests from this address; retry later")
+	}
+	return next(ctx, req)
+}
+
+func (s *CAServer) count(reason string) {
+	if s.cfg.Refused != nil {
+		s.cfg.Refused(reason)
+	}
+}
+
 // CreateCertificate handles one request. The caller is authenticated by the
 // "authorization: Bearer" token in the gRPC metadata; the certificate is for
 // the caller's own service account unless the request's metadata names an
@@ -203,6 +309,7 @@ func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifica
 	caller, err := s.auth.Authenticate(ctx, token)
 	if err != nil {
 		s.log.Info("CA request refused", "reason", "authentication", "error", err)
+		s.count(RefusedUnauthenticated)
 		return nil, status.Error(codes.Unauthenticated, "request authentication failed")
 	}
 	caller.Identity.TrustDomain = s.cfg.TrustDomain
@@ -244,6 +351,7 @@ func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifica
 	chain, err := s.ca.Sign(target, csr.PublicKey, ttl)
 	if err != nil {
 		s.log.Error("CA signing failed", "caller", caller.Identity.String(), "identity", target.String(), "error", err)
+		s.count(RefusedInternal)
 		return nil, status.Error(codes.Internal, "signing failed")
 	}
 	resp := &pb.IstioCertificateResponse{}
@@ -280,9 +388,21 @@ func (s *CAServer) mayImpersonate(ctx context.Context, caller Caller, target Ide
 	return codes.OK, ""
 }
 
-// refuse logs a refused request and returns its status error.
+// refuse logs and counts a refused request and returns its status error.
 func (s *CAServer) refuse(code codes.Code, caller, target Identity, reason string) error {
 	s.log.Info("CA request refused", "caller", caller.String(), "identity", target.String(), "code", code.String(), "reason", reason)
+	switch code {
+	case codes.Unauthenticated:
+		s.count(RefusedUnauthenticated)
+	case codes.PermissionDenied:
+		s.count(RefusedPermissionDenied)
+	case codes.InvalidArgument:
+		s.count(RefusedInvalidArgument)
+	case codes.Unavailable:
+		s.count(RefusedUnavailable)
+	default:
+		s.count(RefusedInternal)
+	}
 	return status.Error(code, reason)
 }
 

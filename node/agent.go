@@ -220,8 +220,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return outbound.Serve(gctx, outboundLn) })
 	g.Go(func() error { return plaintext.Serve(gctx, inboundLn) })
 	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
-	g.Go(func() error { return serveHTTP(gctx, lns.metrics, a.metricsHandler()) })
-	g.Go(func() error { return serveHTTP(gctx, lns.readiness, a.readinessHandler()) })
+	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "metrics", lns.metrics, a.metricsHandler()) })
+	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "readiness", lns.readiness, a.readinessHandler()) })
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
@@ -590,25 +590,11 @@ func (a *Agent) readinessHandler() http.Handler {
 
 // serveHTTP serves h on ln until ctx is done, then shuts down gracefully.
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
+	return runHTTPServer(ctx, ln, &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	})
 }
 
 // listeners are the agent's sockets.

@@ -42,6 +42,23 @@ type Config struct {
 
 	// DrainTimeout bounds how long SIGTERM waits for open connections.
 	DrainTimeout time.Duration
+
+	// Limits of the metrics and readiness servers, which listen on all
+	// interfaces: any pod or host that can reach the node can connect.
+	// HTTPReadTimeout bounds reading a request, headers included, so a
+	// client that trickles its headers is closed (0 means 5 s).
+	HTTPReadTimeout time.Duration
+	// HTTPWriteTimeout bounds serving a request and writing its response
+	// (0 means 10 s).
+	HTTPWriteTimeout time.Duration
+	// HTTPIdleTimeout bounds how long a keep-alive connection waits for its
+	// next request (0 means 15 s).
+	HTTPIdleTimeout time.Duration
+	// HTTPMaxConns caps each server's open connections (0 means 128). At
+	// the cap a new connection is served and the oldest one not in a
+	// handler is closed, so scrapes and probes keep answering while others
+	// hold connections.
+	HTTPMaxConns int
 }
 
 // RegisterFlags registers the agent's flags, with their defaults, on fs.
@@ -67,6 +84,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", ":15020", "Prometheus metrics endpoint")
 	fs.StringVar(&c.ReadinessAddr, "readiness-addr", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may run before they are closed")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", defaultHTTPReadTimeout, "metrics and readiness servers: longest time to read a request, headers included")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", defaultHTTPWriteTimeout, "metrics and readiness servers: longest time to serve a request")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", defaultHTTPIdleTimeout, "metrics and readiness servers: longest time a keep-alive connection waits for its next request")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", defaultHTTPMaxConns, "metrics and readiness servers: most open connections each; at the cap the oldest connection not serving a request is closed")
 }
 
 // hbonePort is the port peers' HBONE listeners use, taken from HBONEAddr.
@@ -110,6 +131,9 @@ func (c *Config) validate() error {
 		if _, err := netip.ParseAddrPort(a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want ip:port", name, a))
 		}
+	}
+	if c.HTTPReadTimeout < 0 || c.HTTPWriteTimeout < 0 || c.HTTPIdleTimeout < 0 || c.HTTPMaxConns < 0 {
+		errs = append(errs, errors.New("--http-read-timeout, --http-write-timeout, --http-idle-timeout and --http-max-conns must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("node: config: %w", err)

@@ -47,6 +47,7 @@ type Metrics struct {
 	InventoryError prometheus.Gauge
 	PolicyErrors   *prometheus.GaugeVec   // kind, namespace
 	TunnelRejects  *prometheus.CounterVec // reason
+	HTTPShed       *prometheus.CounterVec // server, reason: see shedListener
 }
 
 // NewMetrics creates and registers the agent's metrics.
@@ -76,12 +77,15 @@ func NewMetrics(version string) *Metrics {
 			[]string{"kind", "namespace"}),
 		TunnelRejects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "tunnel", Name: "rejected_total",
 			Help: "Connections or streams refused before any byte reached the destination, by reason (policy includes connections a policy change refused while their dial was in flight)."}, []string{"reason"}),
+		HTTPShed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "node", Name: "http_connections_shed_total",
+			Help: "Connections the metrics and readiness servers closed to stay under their cap, by server and by whether the connection was idle or busy."},
+			[]string{"server", "reason"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "istio", Name: "build", Help: "Istio component build info."},
 		[]string{"component", "tag"})
 	build.WithLabelValues("ztunnel", version).Set(1)
 	r.MustRegister(m.opened, m.closed, m.sent, m.received, build, m.EnrolledPods, m.CertExpiry, m.CARequests,
-		m.PolicyDecision, m.InventoryError, m.PolicyErrors, m.TunnelRejects,
+		m.PolicyDecision, m.InventoryError, m.PolicyErrors, m.TunnelRejects, m.HTTPShed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

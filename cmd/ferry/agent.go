@@ -9,6 +9,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node"
 	"github.com/ferrymesh/ferry/node/kube"
@@ -89,6 +92,11 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	names := fs.String("server-names", "ferry-ca.istio-system.svc", "comma-separated DNS names and IPs of the CA's own serving certificate")
 	maxTTL := fs.Duration("max-ttl", certs.DefaultCertTTL, "longest certificate lifetime granted")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
+	metricsAddr := fs.String("metrics-addr", "", "Prometheus metrics endpoint (/metrics), e.g. :15014 as istiod's; empty for none")
+	peerRate := fs.Float64("peer-rate", certs.DefaultPeerRate, "requests a second each source address may make on average (more are refused with ResourceExhausted)")
+	peerBurst := fs.Int("peer-burst", certs.DefaultPeerBurst, "requests each source address may make at once")
+	reviewTTL := fs.Duration("review-cache-ttl", kube.DefaultReviewSuccessTTL, "how long an accepted token's TokenReview is reused (never past the token's expiry)")
+	failTTL := fs.Duration("review-failure-ttl", kube.DefaultReviewFailureTTL, "how long a refused token's TokenReview is reused")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -112,9 +120,19 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	reg := prometheus.NewRegistry()
+	metrics := kube.NewCAMetrics(reg)
+	auth, err := kube.NewTokenReviewAuthenticator(client, kube.TokenReviewConfig{
+		Audiences: []string{"istio-ca"}, SuccessTTL: *reviewTTL, FailureTTL: *failTTL, Metrics: metrics,
+	})
+	if err != nil {
+		return fmt.Errorf("ca serve: %w", err)
+	}
 	srv, err := certs.NewCAServer(certs.CAServerConfig{
 		TrustDomain: *trustDomain, NodeAgents: nodeAgents, MaxTTL: *maxTTL, ServerNames: strings.Split(*names, ","),
-	}, ca, kube.NewTokenReviewAuthenticator(client, []string{"istio-ca"}), log)
+		PeerRate: *peerRate, PeerBurst: *peerBurst,
+		Refused: func(reason string) { metrics.Refused.WithLabelValues(reason).Inc() },
+	}, ca, auth, log)
 	if err != nil {
 		return err
 	}
@@ -122,6 +140,19 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("ca serve: %w", err)
 	}
-	log.Info("CA serving", "addr", ln.Addr(), "trustDomain", *trustDomain)
-	return srv.Serve(ctx, ln)
+	g, gctx := errgroup.WithContext(ctx)
+	if *metricsAddr != "" {
+		mln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("ca serve: metrics: %w", err)
+		}
+		g.Go(func() error {
+			defer mln.Close()
+			return node.ServeMetrics(gctx, mln, reg)
+		})
+	}
+	log.Info("CA serving", "addr", ln.Addr(), "trustDomain", *trustDomain, "metrics", *metricsAddr)
+	g.Go(func() error { return srv.Serve(gctx, ln) })
+	return g.Wait()
 }

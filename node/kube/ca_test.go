@@ -5,8 +5,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,7 +24,8 @@ import (
 // TestPrivilegedKubeCA runs `ferry ca`'s server with the TokenReview
 // authenticator (as ferry-ca, with deploy/'s RBAC) against a real API server,
 // and asks it for certificates over gRPC with real projected-style tokens:
-// the node-impersonation rules end to end.
+// the node-impersonation rules end to end, and that a token whose pod is
+// deleted is refused once its cached review expires.
 func TestPrivilegedKubeCA(t *testing.T) {
 	testutil.Privileged(t)
 	c := kubetest.Start(t)
@@ -37,11 +41,20 @@ func TestPrivilegedKubeCA(t *testing.T) {
 
 	ca := certstest.NewCA(t)
 	td := ca.TrustDomain()
+	reg := prometheus.NewRegistry()
+	metrics := kube.NewCAMetrics(reg)
+	auth, err := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"),
+		kube.TokenReviewConfig{Audiences: []string{"istio-ca"}, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64 // seconds added to the wall clock
+	kube.SetClock(auth, func() time.Time { return time.Now().Add(time.Duration(clock.Load()) * time.Second) })
 	srv, err := certs.NewCAServer(certs.CAServerConfig{
 		TrustDomain: td,
 		NodeAgents:  []certs.Identity{{TrustDomain: td, Namespace: "istio-system", ServiceAccount: "ferry"}},
 		ServerNames: []string{"127.0.0.1"},
-	}, ca.Issuer(), kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), []string{"istio-ca"}), testLogger(t))
+	}, ca.Issuer(), auth, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,9 +136,19 @@ func TestPrivilegedKubeCA(t *testing.T) {
 		}
 	}
 
-	// The agent's pod replaced: its old token is refused.
+	// Six tokens, each reviewed once however often it was used.
+	if got := counter(t, metrics.Reviews, "authenticated") + counter(t, metrics.Reviews, "unauthenticated"); got != 6 {
+		t.Errorf("%v TokenReviews for 6 tokens", got)
+	}
+
+	// The agent's pod replaced: its old token is accepted from the cache
+	// until the review's TTL, and refused from then on.
 	c.DeletePod(t, "istio-system", "ferry-node1")
+	if err := issue(client(tokens["agent on node-1"]), "shop", "web"); err != nil {
+		t.Errorf("token of a deleted agent pod, within the cache TTL: %v, want it served from the cache", err)
+	}
+	clock.Add(int64(kube.DefaultReviewSuccessTTL / time.Second))
 	if err := issue(client(tokens["agent on node-1"]), "shop", "web"); status.Code(err) != codes.Unauthenticated {
-		t.Errorf("token of a deleted agent pod: %v, want Unauthenticated", err)
+		t.Errorf("token of a deleted agent pod, past the cache TTL: %v, want Unauthenticated", err)
 	}
 }

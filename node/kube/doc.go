@@ -13,7 +13,9 @@
 //   - TokenReviewAuthenticator answers the two questions `ferry ca` asks the
 //     API server (it implements certs.Authenticator): who presented this
 //     token (service account, and node for pod-bound tokens), and
-//     does a service account have a pod on a given node.
+//     does a service account have a pod on a given node. It caches reviews
+//     briefly by token hash and coalesces concurrent ones, so that pods
+//     calling the CA cannot turn it into load on the API server.
 //
 // The RBAC each needs is in deploy/base: list/watch on pods, namespaces and
 // the two policies, patch on pods/status for the agent; create tokenreviews

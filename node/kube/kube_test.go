@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -432,7 +433,17 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	c.SetPodStatus(t, "shop", "batch-0", corev1.PodSucceeded, "198.18.1.11")
 
 	// The CA runs as ferry-ca, with deploy/'s RBAC.
-	auth := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), []string{"istio-ca"})
+	auth, err := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), kube.TokenReviewConfig{Audiences: []string{"istio-ca"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var later atomic.Bool // the clock of the review cache, past its TTL
+	kube.SetClock(auth, func() time.Time {
+		if later.Load() {
+			return time.Now().Add(kube.DefaultReviewSuccessTTL)
+		}
+		return time.Now()
+	})
 
 	// The agent's projected token: bound to its pod, audience istio-ca.
 	tok := c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agentPod})
@@ -480,8 +491,13 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 		}
 	}
 
-	// Once the agent's pod is gone (or replaced), its token is worthless.
+	// Once the agent's pod is gone (or replaced), its token is worthless,
+	// as soon as its cached review expires.
 	c.DeletePod(t, "istio-system", "ferry-abcde")
+	if _, err := auth.Authenticate(ctx, tok); err != nil {
+		t.Errorf("token of a deleted pod, within the cache TTL: %v, want it served from the cache", err)
+	}
+	later.Store(true)
 	if _, err := auth.Authenticate(ctx, tok); !errors.Is(err, kube.ErrUnauthenticated) {
 		t.Errorf("token of a deleted pod: err = %v, want ErrUnauthenticated", err)
 	}
