@@ -29,7 +29,9 @@ func TestReportPolicyProblems(t *testing.T) {
 			Message: `unknown mode "STRCT"`, Effect: "STRICT"},
 		{Severity: authz.Warning, Kind: authz.KindAuthorizationPolicy, Namespace: "foo", Name: "l7", Field: "rules[0]", Message: "uses HTTP attributes"},
 	}
-	gauge := func(kind, ns string) float64 { return testutil.ToFloat64(a.metrics.PolicyErrors.WithLabelValues(kind, ns)) }
+	gauge := func(kind, ns string) float64 {
+		return testutil.ToFloat64(a.metrics.PolicyErrors.WithLabelValues(kind, ns))
+	}
 
 	a.reportPolicyProblems(bad)
 	a.reportPolicyProblems(bad) // the next snapshot, nothing changed

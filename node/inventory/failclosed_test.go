@@ -62,7 +62,11 @@ var (
 	plainOther = call("", "other", 8080)
 	plain9090  = call("", "other", 9090)
 	frontOther = call("cluster.local/ns/foo/sa/front", "other", 8080)
-	elsewhere  = func() authz.Request { r := call("cluster.local/ns/evil/sa/x", "web", 8080); r.Namespace = "qux"; return r }()
+	elsewhere  = func() authz.Request {
+		r := call("cluster.local/ns/evil/sa/x", "web", 8080)
+		r.Namespace = "qux"
+		return r
+	}()
 )
 
 func call(principal, app string, port uint16) authz.Request {
