@@ -294,7 +294,9 @@ type PolicyResult struct {
 	Action  string `json:"action"`
 	Scope   string `json:"scope"` // ScopeMesh, ScopeNamespace or ScopeWorkload
 	Matched bool   `json:"matched"`
-	// Rule is the spec.rules index of the first matching rule, -1 if none.
+	// Rule is the spec.rules index of the first matching rule, -1 if none
+	// (or, when Matched, the deny-everything reading of a policy with
+	// errors).
 	Rule int `json:"rule"`
 	// Rules is the number of rules enforced at L4 (ALLOW rules with HTTP
 	// attributes and DENY rules that cannot match are not counted).

@@ -103,7 +103,10 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func considered(w io.Writer, res node.CheckResult) {
 	for _, p := range res.Explanation.Policies {
 		verdict := "no rule matched"
-		if p.Matched {
+		switch {
+		case p.Matched && p.Rule < 0:
+			verdict = "matched: it has errors, so it denies everything it selects"
+		case p.Matched:
 			verdict = fmt.Sprintf("rules[%d] matched", p.Rule)
 		}
 		fmt.Fprintf(w, "  considered: %s %s (%s scope, %d L4 rules): %s\n", p.Action, p.Policy, p.Scope, p.Rules, verdict)
