@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
@@ -97,39 +98,50 @@ func findKey(v any, key, path string) string {
 // PeerAuthentication, given deploy/crds (kube-apiserver 1.37.1, as
 // TestPrivilegedCRDValidation shows it):
 //
-//   - Rejected whatever the client asks: values the schema constrains
-//     (action ALOW, mode STRCT, spiffe:// principals, CIDR 198.18.0.0/33, ports
+//   - Rejected however it is written: values the schema constrains (action
+//     ALOW, mode STRCT, spiffe:// principals, CIDR 198.18.0.0/33, ports
 //     0/70000/http, port keys outside 1-65535, unknown when keys), empty
 //     entries (source {}, from [{}], principals []), and the combinations
 //     Istio's webhook refuses (selector beside targetRefs, provider without
 //     CUSTOM, DENY without rules, serviceAccounts beside principals).
 //   - An unknown or wrongly cased field (principal:, ipblocks:, rule:,
-//     portLevelMTLS:) is rejected with fieldValidation=Strict (kubectl's
-//     default). A client that sends nothing gets the server's default, Warn:
-//     the field is dropped with a warning, as with kubectl --validate=warn;
-//     kubectl --validate=false sends Ignore: dropped silently.
-//   - Dropped fields then reach the agent as if never written. Where that
+//     portLevelMTLS:) is rejected by server-side apply whatever the
+//     fieldValidation, and by create or update with Strict (kubectl's
+//     default). With Warn (the server's default, so any client that sends
+//     nothing) it is dropped with a warning; with Ignore (kubectl
+//     --validate=false) dropped silently.
+//   - A dropped field reaches the agent as if never written. Where that
 //     leaves an entry empty (principal: alone in a source, mdoe: in mtls, a
 //     DENY policy's rule:), the object is rejected after all. Where valid
-//     fields remain, it is stored without the field, and the agent cannot
+//     fields remain it is stored without the field, and the agent cannot
 //     tell: principal: beside namespaces: allows the whole namespace,
 //     portLevelMTLS: leaves the port at the workload's mode, actoin: DENY
 //     makes an ALLOW policy, and a rule whose only field is misspelt (form:)
 //     becomes {}, which matches every request.
+//   - Not checked, so the agent must refuse them: condition values against
+//     their key (source.ip 198.18.0.0/33, destination.port http), and IPv4
+//     addresses with leading zeros (198.018.0.1), which the API server's
+//     ipv4 and cidr formats accept.
 
-// fieldValidation is one way a client can ask the API server to treat
-// unknown fields.
-type fieldValidation struct {
+// writeMode is one way a client can write an object: create (POST, as
+// kubectl create and client-side kubectl apply do) or server-side apply, with
+// a fieldValidation directive telling the API server what to do with unknown
+// fields.
+type writeMode struct {
 	name      string
+	apply     bool   // server-side apply instead of create
 	directive string // the fieldValidation query parameter
 	warns     bool   // whether the server warns about each dropped field
 }
 
-var fieldValidations = []fieldValidation{
-	{"strict", metav1.FieldValidationStrict, false}, // kubectl create/apply (--validate=true, the default)
-	{"warn", metav1.FieldValidationWarn, true},      // kubectl --validate=warn
-	{"unset", "", true},                             // client-go and anything else that sends nothing
-	{"ignore", metav1.FieldValidationIgnore, false}, // kubectl --validate=false
+var writeModes = []writeMode{
+	{"strict", false, metav1.FieldValidationStrict, false},    // kubectl create/apply (--validate=true, the default)
+	{"warn", false, metav1.FieldValidationWarn, true},         // kubectl --validate=warn
+	{"unset", false, "", true},                                // client-go and anything else that sends nothing
+	{"ignore", false, metav1.FieldValidationIgnore, false},    // kubectl --validate=false
+	{"ssa-strict", true, metav1.FieldValidationStrict, false}, // kubectl apply --server-side
+	{"ssa-unset", true, "", false},                            // client-go Apply, controllers, GitOps tools
+	{"ssa-ignore", true, metav1.FieldValidationIgnore, false}, // kubectl apply --server-side --validate=false
 }
 
 // crdOutcome is what the API server does with one object.
@@ -146,6 +158,20 @@ type crdOutcome struct {
 }
 
 func rejected(errs ...string) crdOutcome { return crdOutcome{errs: errs} }
+
+// ssaOutcome is the outcome of a server-side apply, given that of a strict
+// create: server-side apply refuses unknown fields itself, with another
+// message.
+func ssaOutcome(strict crdOutcome) crdOutcome {
+	var errs []string
+	for _, e := range strict.errs {
+		if f, ok := strings.CutPrefix(e, unknownField); ok {
+			e = "." + strings.TrimSuffix(f, `"`) + ": field not declared in schema"
+		}
+		errs = append(errs, e)
+	}
+	return crdOutcome{errs: errs, pruned: strict.pruned, spec: strict.spec}
+}
 
 // storedWithout is an object accepted with fields dropped: spec is what is
 // left.
@@ -164,9 +190,11 @@ var badPorts = []string{
 	`should match`,
 }
 
-// crdCases are the mistakes the schema is written against, each applied
-// with every fieldValidation: strict applies to Strict, lenient to Warn,
-// unset and Ignore.
+// crdCases are the mistakes the schema is written against, each written
+// in every writeMode: strict is the outcome of a create with Strict, lenient
+// with Warn, unset and Ignore. Server-side apply has strict's outcome,
+// whatever the directive, except that an unknown field is reported as "field
+// not declared in schema" (ssaOutcome).
 var crdCases = []struct {
 	name, kind, spec string
 	strict, lenient  crdOutcome
@@ -407,6 +435,27 @@ action: DENY
 		lenient: rejected(`a DENY policy needs rules`),
 	},
 	{
+		// The schema does not check condition values against their key
+		// (CEL over every value of every condition exceeds the API server's
+		// cost budget): the agent sees them and must refuse them.
+		name: "when-values-unchecked", kind: "AuthorizationPolicy",
+		spec: `
+action: DENY
+rules: [{when: [{key: source.ip, values: [198.18.0.0/33]}, {key: destination.port, values: [http]}]}]
+`,
+		strict: storedAsSent, lenient: storedAsSent,
+	},
+	{
+		// The ipv4 and cidr formats tolerate leading zeros (Go before 1.17
+		// did); net/netip, and so the agent, refuses them.
+		name: "ip-leading-zeros", kind: "AuthorizationPolicy",
+		spec: `
+action: DENY
+rules: [{from: [{source: {ipBlocks: [198.018.0.1, 198.018.0.0/16]}}]}]
+`,
+		strict: storedAsSent, lenient: storedAsSent,
+	},
+	{
 		name: "valid-pa", kind: "PeerAuthentication",
 		spec: `
 selector: {matchLabels: {app: web}}
@@ -527,10 +576,13 @@ func TestPrivilegedCRDValidation(t *testing.T) {
 		if err := yaml.Unmarshal([]byte(tc.spec), &sent); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		for _, fv := range fieldValidations {
+		for _, fv := range writeModes {
 			t.Run(tc.name+"/"+fv.name, func(t *testing.T) {
 				want := tc.lenient
-				if fv.directive == metav1.FieldValidationStrict {
+				switch {
+				case fv.apply:
+					want = ssaOutcome(tc.strict)
+				case fv.directive == metav1.FieldValidationStrict:
 					want = tc.strict
 				}
 				ri := dyn.Resource(gvr[tc.kind]).Namespace("default")
@@ -542,7 +594,18 @@ func TestPrivilegedCRDValidation(t *testing.T) {
 					"spec":       sent,
 				}}
 				w.take()
-				_, err := ri.Create(ctx, obj, metav1.CreateOptions{FieldValidation: fv.directive})
+				var err error
+				if fv.apply {
+					var body []byte
+					if body, err = json.Marshal(obj.Object); err != nil {
+						t.Fatal(err)
+					}
+					_, err = ri.Patch(ctx, name, types.ApplyPatchType, body, metav1.PatchOptions{
+						FieldManager: "crd-test", FieldValidation: fv.directive,
+					})
+				} else {
+					_, err = ri.Create(ctx, obj, metav1.CreateOptions{FieldValidation: fv.directive})
+				}
 				warns := w.take()
 				if len(want.errs) > 0 {
 					if err == nil {
