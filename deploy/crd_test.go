@@ -243,6 +243,25 @@ rules: [{to: [{operation: {paths: [/admin/*]}}]}]
 		strict: storedAsSent, lenient: storedAsSent,
 	},
 	{
+		// Istio's allow-nothing idiom.
+		name: "valid-allow-nothing", kind: "AuthorizationPolicy",
+		spec: `{}`,
+		strict: storedAsSent, lenient: storedAsSent,
+	},
+	{
+		name: "valid-deny", kind: "AuthorizationPolicy",
+		spec: `
+action: DENY
+rules:
+- from: [{source: {notNamespaces: [app], notPrincipals: ["*/sa/admin"]}}]
+  to: [{operation: {notPorts: ["15021"], notHosts: [internal], notMethods: [DELETE], notPaths: [/healthz]}}]
+  when:
+  - {key: "request.auth.claims[iss]", values: ["https://accounts.example.com"]}
+  - {key: destination.port, notValues: ["8080"]}
+`,
+		strict: storedAsSent, lenient: storedAsSent,
+	},
+	{
 		name: "principal-alone", kind: "AuthorizationPolicy",
 		spec: `
 selector: {matchLabels: {app: web}}
