@@ -245,7 +245,7 @@ rules: [{to: [{operation: {paths: [/admin/*]}}]}]
 	{
 		// Istio's allow-nothing idiom.
 		name: "valid-allow-nothing", kind: "AuthorizationPolicy",
-		spec: `{}`,
+		spec:   `{}`,
 		strict: storedAsSent, lenient: storedAsSent,
 	},
 	{
