@@ -198,9 +198,9 @@ func TestPrivilegedKubeSource(t *testing.T) {
 		}
 	}
 
-	// Policies: two good ones and a malformed one, which reaches the
-	// engine with its problem to be read fail-closed while the others
-	// apply.
+	// Policies: two good ones and a malformed one (a value the CRD schema
+	// cannot check), which reaches the engine to be read fail-closed while
+	// the others apply.
 	if _, err := c.Apply(ctx, []byte(`
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -219,8 +219,8 @@ kind: AuthorizationPolicy
 metadata: {name: typo, namespace: shop}
 spec:
   rules:
-  - from:
-    - source: {principal: ["cluster.local/ns/shop/sa/front"]}
+  - when:
+    - {key: source.ip, values: ["198.18.0.0/33"]}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -248,8 +248,8 @@ spec: {mtls: {mode: STRICT}}
 		return len(s.AuthorizationPolicies) == 2 && len(s.PeerAuthentications) == 1
 	})
 	ap := s.AuthorizationPolicies[1]
-	if typo := s.AuthorizationPolicies[0]; typo.Metadata.Name != "typo" || len(typo.Problems) != 1 || typo.Problems[0].Field != "rules[0].from[0].source.principal" {
-		t.Errorf("the malformed policy is not published with its problem (for a fail-closed reading): %+v", typo)
+	if typo := s.AuthorizationPolicies[0]; typo.Metadata.Name != "typo" || typo.Spec.Rules[0].When[0].Values[0] != "198.18.0.0/33" {
+		t.Errorf("the malformed policy is not published as written (for a fail-closed reading): %+v", typo)
 	}
 	if ap.Metadata.Name != "web-viewer" || ap.Metadata.Namespace != "shop" || ap.Metadata.CreationTimestamp.IsZero() ||
 		ap.Spec.Selector.MatchLabels["app"] != "web" || ap.Spec.Rules[0].From[0].Source.Principals[0] != "cluster.local/ns/shop/sa/front" ||
@@ -260,7 +260,7 @@ spec: {mtls: {mode: STRICT}}
 		t.Errorf("peer authentication = %+v", pa)
 	}
 	_, ds := authz.Compile(authz.Config{}, s.AuthorizationPolicies, s.PeerAuthentications)
-	if len(ds) == 0 || !strings.Contains(ds[0].Error(), "AuthorizationPolicy shop/typo: rules[0].from[0].source.principal") {
+	if len(ds) == 0 || !strings.Contains(ds[0].Error(), "AuthorizationPolicy shop/typo: rules[0].when[0].values[0]") {
 		t.Errorf("diagnostics = %v, want one naming AuthorizationPolicy shop/typo and the field", ds)
 	}
 	if !decide(s, "front") || decide(s, "other") {
