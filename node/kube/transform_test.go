@@ -274,7 +274,7 @@ func TestPolicyBook(t *testing.T) {
 			!strings.Contains(s.PolicyProblems[0].Effect, "last good version (resourceVersion 1)") {
 			t.Errorf("%s: problems = %v", name, s.PolicyProblems)
 		}
-		s = run(&b, good) // back to good for the next case
+		run(&b, good) // back to good for the next case
 	}
 	// Fixed: the new version applies and nothing is reported.
 	fixed := obj("3", map[string]any{"action": "DENY", "rules": []any{map[string]any{}}}, nil)
