@@ -12,12 +12,13 @@
 // it to the API server on GatewayIP).
 //
 // It changes no host-wide setting that other processes rely on:
-//   - no net.ipv4.ip_forward: forwarding and private-VLAN proxy ARP are
-//     enabled on the bridge alone, and frames between pods are dropped at
-//     layer 2 (table bridge ferry-kubenode) so pod-to-pod traffic crosses
-//     the host's IP layer, where kube-proxy's DNAT and its reverse apply
-//     (no br_netfilter); table inet ferry-kubenode forwards nothing between
-//     the bridge and any other interface;
+//   - no net.ipv4.ip_forward: forwarding is enabled on the bridge alone (the
+//     input interface's setting decides), and table inet ferry-kubenode
+//     forwards nothing between the bridge and any other interface, so pods
+//     reach only each other and the node; a ClusterIP between two pods on
+//     the bridge relies on br_netfilter being on already (Up checks
+//     net.bridge.bridge-nf-call-iptables=1, as kubeadm does, and never sets
+//     it);
 //   - no iptables: the kubelet runs with makeIPTablesUtilChains false (no
 //     KUBE-FIREWALL), kube-proxy in nftables mode in its own tables, told
 //     to leave the conntrack sysctls alone;

@@ -58,6 +58,15 @@ func (n *Node) Down(ctx context.Context) error {
 		}
 	}
 
+	if ents, err := os.ReadDir(containerLogLinks); err == nil {
+		for _, e := range ents {
+			p := filepath.Join(containerLogLinks, e.Name())
+			if target, err := os.Readlink(p); err == nil && (target == n.cfg.Dir || strings.HasPrefix(target, n.cfg.Dir+"/")) {
+				_ = os.Remove(p)
+			}
+		}
+	}
+
 	// 3. Mounts under Dir (the pods' netns and volumes, containerd's
 	// rootfs and shm mounts, the bpffs, Dir's own bind mount): after this
 	// the pods' network namespaces are gone and with them their veths.

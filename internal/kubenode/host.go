@@ -35,14 +35,14 @@ func linkExists(name string) bool {
 	return err == nil
 }
 
-// setupBridge creates Bridge with GatewayIP and the per-interface settings
-// that let the host route between pods without any host-wide change:
-// forwarding on this interface only (IPv4 forwarding is decided by the
-// input interface's setting; net.ipv4.ip_forward stays as it is), and
-// private-VLAN proxy ARP so that every pod reaches every other one through
-// the host's IP layer, where kube-proxy's DNAT and its reverse apply
-// (frames between bridge ports are dropped by the bridge table below, so
-// no br_netfilter is needed).
+// setupBridge creates Bridge with GatewayIP. Pods reach each other at
+// layer 2 and the host (API server, kubelet) at GatewayIP. A ClusterIP
+// connection between two pods is DNATed by kube-proxy's rules as the frame
+// crosses the bridge (br_netfilter: Up checks that it is on; it is
+// host-wide, so it is never turned on here), which needs IPv4 forwarding on
+// the bridge: it is enabled on this interface alone (the input interface's
+// setting decides), net.ipv4.ip_forward stays as it is, and the inet table
+// of nftRules forwards nothing between the bridge and other interfaces.
 func setupBridge() error {
 	steps := [][]string{
 		{"ip", "link", "add", Bridge, "type", "bridge"},
@@ -54,11 +54,9 @@ func setupBridge() error {
 		}
 	}
 	sysctls := map[string]string{
-		"net/ipv4/conf/" + Bridge + "/forwarding":      "1",
-		"net/ipv4/conf/" + Bridge + "/proxy_arp_pvlan": "1",
-		"net/ipv4/conf/" + Bridge + "/send_redirects":  "0",
-		"net/ipv4/neigh/" + Bridge + "/proxy_delay":    "0",
-		"net/ipv6/conf/" + Bridge + "/disable_ipv6":    "1",
+		"net/ipv4/conf/" + Bridge + "/forwarding":     "1",
+		"net/ipv4/conf/" + Bridge + "/send_redirects": "0",
+		"net/ipv6/conf/" + Bridge + "/disable_ipv6":   "1",
 	}
 	for k, v := range sysctls {
 		if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
@@ -71,20 +69,10 @@ func setupBridge() error {
 	return nil
 }
 
-// nftRules is this package's own tables. The bridge table stops frames
-// from pod addresses between bridge ports (IPv4 and ARP), so pods resolve
-// each other to the host's MAC (proxy ARP) and their traffic crosses the
-// host's IP layer (see setupBridge); it matches on PodCIDR because this
-// kernel has no meta ibrname. The inet table keeps pod traffic on the
-// node: nothing is forwarded between Bridge and any other interface.
-var nftRules = `table bridge ` + Table + ` {
-	chain forward {
-		type filter hook forward priority 0; policy accept;
-		ether type ip ip saddr ` + PodCIDR.String() + ` drop
-		ether type arp arp saddr ip ` + PodCIDR.String() + ` drop
-	}
-}
-table inet ` + Table + ` {
+// nftRules is this package's own table: it keeps pod traffic on the node
+// even where forwarding is on host-wide (nothing is forwarded between
+// Bridge and any other interface).
+var nftRules = `table inet ` + Table + ` {
 	chain forward {
 		type filter hook forward priority 0; policy accept;
 		iifname "` + Bridge + `" oifname != "` + Bridge + `" drop
@@ -108,7 +96,8 @@ func setupNFT(dir string) error {
 // (named by kube-proxy's nftables README; only this node runs a
 // kube-proxy here).
 var ownedTables = [][2]string{
-	{"bridge", Table}, {"inet", Table},
+	{"bridge", Table}, // made by earlier versions
+	{"inet", Table},
 	{"ip", "kube-proxy"}, {"ip6", "kube-proxy"},
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -137,6 +138,7 @@ type hostSnapshot struct {
 	netns      []string
 	runCtrd    bool
 	varLibCNI  bool
+	logLinks   []string
 	rootCgroup map[string][]string // top-level cgroups per hierarchy
 }
 
@@ -170,6 +172,10 @@ func snapshot(t *testing.T) hostSnapshot {
 	ents, _ = os.ReadDir("/run/netns")
 	for _, e := range ents {
 		s.netns = append(s.netns, e.Name())
+	}
+	ents, _ = os.ReadDir(containerLogLinks)
+	for _, e := range ents {
+		s.logLinks = append(s.logLinks, e.Name())
 	}
 	_, err := os.Stat("/run/containerd")
 	s.runCtrd = err == nil
@@ -222,7 +228,7 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 				}
 			}
 		}
-		if !downed {
+		if !downed && os.Getenv("KUBENODE_KEEP") == "" {
 			if err := n.Down(context.WithoutCancel(ctx)); err != nil {
 				t.Errorf("Down: %v", err)
 			}
@@ -284,6 +290,7 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var webIP string
 	for _, name := range []string{"pause", "web"} {
 		wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 		p, err := WaitPod(wctx, c, ns, name, PodRunning)
@@ -295,6 +302,7 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 		if err != nil || !PodCIDR.Contains(ip) {
 			t.Errorf("pod %s IP %q, want one in %v", name, p.Status.PodIP, PodCIDR)
 		}
+		webIP = p.Status.PodIP
 	}
 	t.Logf("pods running %v after Up", time.Since(podStart).Round(time.Millisecond))
 
@@ -312,9 +320,9 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 	if err != nil || !ServiceCIDR.Contains(vip) {
 		t.Fatalf("ClusterIP %q, want one in %v", svc.Spec.ClusterIP, ServiceCIDR)
 	}
-	// kube-proxy has programmed the Service in its own table (the mechanism
-	// the client's request goes through).
-	if err := waitNFT(ctx, vip.String()); err != nil {
+	// kube-proxy has programmed the Service and its endpoint in its own
+	// table (the mechanism the client's request goes through).
+	if err := waitNFT(ctx, vip.String(), webIP); err != nil {
 		t.Fatal(err)
 	}
 	client := pod("client", "ferry.test/podapp:1", nil, corev1.RestartPolicyNever, "get", "--timeout", "10s", "http://"+vip.String()+"/ip")
@@ -383,6 +391,9 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 			t.Errorf("%s = %s, was %s", k, after.sysctls[k], v)
 		}
 	}
+	if !slices.Equal(after.logLinks, before.logLinks) {
+		t.Errorf("%s: %v, was %v", containerLogLinks, after.logLinks, before.logLinks)
+	}
 	if after.runCtrd != before.runCtrd || after.varLibCNI != before.varLibCNI {
 		t.Errorf("/run/containerd exists %v (was %v), /var/lib/cni exists %v (was %v)", after.runCtrd, before.runCtrd, after.varLibCNI, before.varLibCNI)
 	}
@@ -402,18 +413,18 @@ func waitSA(ctx context.Context, get func(context.Context, string, metav1.GetOpt
 	}
 }
 
-// waitNFT waits until kube-proxy's table mentions addr.
-func waitNFT(ctx context.Context, addr string) error {
+// waitNFT waits until kube-proxy's table mentions every addr.
+func waitNFT(ctx context.Context, addrs ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for {
 		out, err := exec.Command("nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
-		if err == nil && strings.Contains(string(out), addr) {
+		if err == nil && !slices.ContainsFunc(addrs, func(a string) bool { return !strings.Contains(string(out), a) }) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return errors.New("kube-proxy never programmed " + addr + ": " + string(out))
+			return fmt.Errorf("kube-proxy never programmed %v: %s", addrs, out)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

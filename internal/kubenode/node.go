@@ -200,6 +200,9 @@ func (n *Node) Up(ctx context.Context) error {
 			return fmt.Errorf("kubenode: CNI plugin %s: %w (apt containernetworking-plugins)", p, err)
 		}
 	}
+	if b, err := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil || strings.TrimSpace(string(b)) != "1" {
+		return errors.New("kubenode: a ClusterIP between pods on one bridge needs br_netfilter with net.bridge.bridge-nf-call-iptables=1 (as kubeadm requires); it is host-wide, so kubenode does not set it")
+	}
 	if _, err := os.Stat(n.cfg.PauseBinary); err != nil || n.cfg.PauseBinary == "" {
 		return fmt.Errorf("kubenode: Config.PauseBinary: %v", err)
 	}
@@ -244,6 +247,10 @@ func (n *Node) Up(ctx context.Context) error {
 	return nil
 }
 
+// containerLogLinks is where the kubelet links each container's log (a
+// fixed path in the kubelet); Down removes the links that point into Dir.
+const containerLogLinks = "/var/log/containers"
+
 // prepareDir makes Dir a shared bind mount of itself (the kubelet's volume
 // mounts, made in its own mount namespace, propagate to containerd through
 // it) and mounts the node's bpffs inside it.
@@ -255,7 +262,7 @@ func (n *Node) prepareDir() error {
 	}
 	// Host paths containerd and libcni make outside Dir; Down removes them
 	// if they did not exist before and are empty again.
-	for _, p := range []string{"/run/containerd", shimSocketDir, "/var/lib/cni", "/var/lib/cni/results"} {
+	for _, p := range []string{"/run/containerd", shimSocketDir, "/var/lib/cni", "/var/lib/cni/results", containerLogLinks} {
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			n.st.Created = append(n.st.Created, p)
 		}
@@ -423,7 +430,7 @@ func (n *Node) containerdConfig() string {
 	return fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.runtime.v1.linux", "io.containerd.tracing.processor.v1.otlp"]
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp"]
 
 [grpc]
   address = %[3]q
