@@ -52,10 +52,16 @@ func (n *Node) Down(ctx context.Context) error {
 
 	// 2. containerd's leftovers outside Dir.
 	removeShimSockets(n.ContainerdAddress(), n.path("containerd", "state"))
-	if res, _ := filepath.Glob(filepath.Join("/var/lib/cni/results", CNINetwork+"-*")); len(res) > 0 {
+	// libcni's result cache (/var/lib/cni/results/NETWORK-ID-IFNAME), which
+	// a CNI DEL would have removed: our network's, and containerd's
+	// loopback network's for our sandboxes.
+	if res, _ := filepath.Glob(filepath.Join(cniResults, CNINetwork+"-*")); len(res) > 0 {
 		for _, f := range res {
 			_ = os.Remove(f)
 		}
+	}
+	for _, id := range n.sandboxIDs() {
+		_ = os.Remove(filepath.Join(cniResults, "cni-loopback-"+id+"-lo"))
 	}
 
 	if ents, err := os.ReadDir(containerLogLinks); err == nil {
@@ -178,4 +184,24 @@ func (s Status) String() string {
 		b.WriteString("nothing of the node exists\n")
 	}
 	return b.String()
+}
+
+// cniResults is libcni's cache directory (fixed in containerd 1.6).
+const cniResults = "/var/lib/cni/results"
+
+// sandboxIDs returns the IDs of the node's containerd tasks and CRI
+// sandboxes, read from its root and state directories.
+func (n *Node) sandboxIDs() []string {
+	var ids []string
+	for _, pattern := range []string{
+		n.path("containerd", "state", "io.containerd.runtime.v2.task", "*", "*"),
+		n.path("containerd", "root", "io.containerd.grpc.v1.cri", "sandboxes", "*"),
+		n.path("containerd", "state", "io.containerd.grpc.v1.cri", "sandboxes", "*"),
+	} {
+		m, _ := filepath.Glob(pattern)
+		for _, p := range m {
+			ids = append(ids, filepath.Base(p))
+		}
+	}
+	return ids
 }

@@ -139,6 +139,7 @@ type hostSnapshot struct {
 	runCtrd    bool
 	varLibCNI  bool
 	logLinks   []string
+	cniResults []string
 	rootCgroup map[string][]string // top-level cgroups per hierarchy
 }
 
@@ -172,6 +173,10 @@ func snapshot(t *testing.T) hostSnapshot {
 	ents, _ = os.ReadDir("/run/netns")
 	for _, e := range ents {
 		s.netns = append(s.netns, e.Name())
+	}
+	ents, _ = os.ReadDir(cniResults)
+	for _, e := range ents {
+		s.cniResults = append(s.cniResults, e.Name())
 	}
 	ents, _ = os.ReadDir(containerLogLinks)
 	for _, e := range ents {
@@ -390,6 +395,9 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 		if after.sysctls[k] != v {
 			t.Errorf("%s = %s, was %s", k, after.sysctls[k], v)
 		}
+	}
+	if !slices.Equal(after.cniResults, before.cniResults) {
+		t.Errorf("%s: %v, was %v", cniResults, after.cniResults, before.cniResults)
 	}
 	if !slices.Equal(after.logLinks, before.logLinks) {
 		t.Errorf("%s: %v, was %v", containerLogLinks, after.logLinks, before.logLinks)

@@ -262,7 +262,7 @@ func (n *Node) prepareDir() error {
 	}
 	// Host paths containerd and libcni make outside Dir; Down removes them
 	// if they did not exist before and are empty again.
-	for _, p := range []string{"/run/containerd", shimSocketDir, "/var/lib/cni", "/var/lib/cni/results", containerLogLinks} {
+	for _, p := range []string{"/run/containerd", shimSocketDir, "/var/lib/cni", cniResults, containerLogLinks} {
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			n.st.Created = append(n.st.Created, p)
 		}
