@@ -201,6 +201,8 @@ func snapshot(t *testing.T) hostSnapshot {
 // (the pause image, the project's test app as a server behind a ClusterIP
 // Service and as a client in another pod), takes it down, and checks that
 // nothing is left and that no host-wide setting changed at any point.
+// Debug knob: KUBENODE_KEEP=1 leaves a failed test's node up for
+// inspection (scripts/kube-node down --dir /tmp/ferry-kubenode-test removes it).
 func TestPrivilegedRealNodeUpDown(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
