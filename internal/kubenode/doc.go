@@ -1,0 +1,42 @@
+// Package kubenode runs a real Kubernetes node on this machine for tests
+// and demos: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+// kube-proxy in nftables mode, a private containerd with runc, a kubelet
+// and the bridge CNI plugin — Kubernetes 1.37.1 built by
+// scripts/kube-test-binaries --node, containerd/runc/CNI from Debian.
+// scripts/kube-node (up|down|status) is a thin command line over it.
+//
+// Everything listens on loopback or on the node's address GatewayIP
+// (198.18.64.1, on the bridge Bridge); pods get addresses from PodCIDR and
+// Services from ServiceCIDR, both inside 198.18.0.0/15 and clear of the
+// netns testbed's ranges. The "kubernetes" Service works (kube-proxy sends
+// it to the API server on GatewayIP).
+//
+// It changes no host-wide setting that other processes rely on:
+//   - no net.ipv4.ip_forward: forwarding is enabled on the bridge alone (the
+//     input interface's setting decides), and table inet ferry-kubenode
+//     forwards nothing between the bridge and any other interface, so pods
+//     reach only each other and the node; a ClusterIP between two pods on
+//     the bridge relies on br_netfilter being on already (Up checks
+//     net.bridge.bridge-nf-call-iptables=1, as kubeadm does, and never sets
+//     it);
+//   - no iptables: the kubelet runs with makeIPTablesUtilChains false (no
+//     KUBE-FIREWALL), kube-proxy in nftables mode in its own tables, told
+//     to leave the conntrack sysctls alone;
+//   - no kernel tunables: the kubelet would set vm.overcommit_memory,
+//     kernel.panic and kernel.panic_on_oops at start; it runs in a mount
+//     namespace of its own where those files are copies;
+//   - no host mounts: the node's bpffs is its own, under Dir, made shared
+//     there (the host's /sys/fs/bpf is left as it is);
+//   - its own containerd root, state, socket and configuration under Dir.
+//
+// Ownership: the bridge, the nft tables ferry-kubenode and kube-proxy, the
+// cgroup ferry-kubenode under each hierarchy (the kubelet's kubepods live
+// below it), every mount under Dir and the processes Up records belong to
+// this package; Down removes them all, even after a failed Up, and only
+// them. Only one node can exist on a machine at a time: Up returns
+// ErrLeftovers while another's objects exist.
+//
+// Images have no registry: WriteImage writes a one-layer docker-archive
+// from files (a static binary built with BuildStatic) and
+// Node.ImportImage loads it into the node's containerd.
+package kubenode

@@ -1,0 +1,364 @@
+package kubenode
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// run runs a command and returns its error with its output.
+func run(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// linkExists reports whether a network interface named name exists.
+func linkExists(name string) bool {
+	_, err := os.Stat("/sys/class/net/" + name)
+	return err == nil
+}
+
+// setupBridge creates Bridge with GatewayIP. Pods reach each other at
+// layer 2 and the host (API server, kubelet) at GatewayIP. A ClusterIP
+// connection between two pods is DNATed by kube-proxy's rules as the frame
+// crosses the bridge (br_netfilter: Up checks that it is on; it is
+// host-wide, so it is never turned on here), which needs IPv4 forwarding on
+// the bridge: it is enabled on this interface alone (the input interface's
+// setting decides), net.ipv4.ip_forward stays as it is, and the inet table
+// of nftRules forwards nothing between the bridge and other interfaces.
+func setupBridge() error {
+	steps := [][]string{
+		{"ip", "link", "add", Bridge, "type", "bridge"},
+		{"ip", "addr", "add", GatewayIP.String() + "/" + strconv.Itoa(PodCIDR.Bits()), "dev", Bridge},
+	}
+	for _, s := range steps {
+		if err := run(s[0], s[1:]...); err != nil {
+			return fmt.Errorf("kubenode: bridge: %w", err)
+		}
+	}
+	sysctls := map[string]string{
+		"net/ipv4/conf/" + Bridge + "/forwarding":     "1",
+		"net/ipv4/conf/" + Bridge + "/send_redirects": "0",
+		"net/ipv6/conf/" + Bridge + "/disable_ipv6":   "1",
+	}
+	for k, v := range sysctls {
+		if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("kubenode: bridge: %w", err)
+		}
+	}
+	if err := run("ip", "link", "set", Bridge, "up"); err != nil {
+		return fmt.Errorf("kubenode: bridge: %w", err)
+	}
+	return nil
+}
+
+// nftRules is this package's own table: it keeps pod traffic on the node
+// even where forwarding is on host-wide (nothing is forwarded between
+// Bridge and any other interface).
+var nftRules = `table inet ` + Table + ` {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		iifname "` + Bridge + `" oifname != "` + Bridge + `" drop
+		oifname "` + Bridge + `" iifname != "` + Bridge + `" drop
+	}
+}
+`
+
+func setupNFT(dir string) error {
+	path := filepath.Join(dir, "nft.rules")
+	if err := os.WriteFile(path, []byte(nftRules), 0o600); err != nil {
+		return fmt.Errorf("kubenode: %w", err)
+	}
+	if err := run("nft", "-f", path); err != nil {
+		return fmt.Errorf("kubenode: nft: %w", err)
+	}
+	return nil
+}
+
+// ownedTables are the nft tables Down deletes: ours, and kube-proxy's
+// (named by kube-proxy's nftables README; only this node runs a
+// kube-proxy here).
+var ownedTables = [][2]string{
+	{"bridge", Table}, // made by earlier versions
+	{"inet", Table},
+	{"ip", "kube-proxy"}, {"ip6", "kube-proxy"},
+}
+
+// tablesPresent returns the owned tables that exist, as "family name".
+func tablesPresent() []string {
+	out, err := exec.Command("nft", "list", "tables").Output()
+	if err != nil {
+		return nil
+	}
+	var have []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "table" {
+			continue
+		}
+		for _, t := range ownedTables {
+			if f[1] == t[0] && f[2] == t[1] {
+				have = append(have, f[1]+" "+f[2])
+			}
+		}
+	}
+	return have
+}
+
+// mountPoints returns the mount points at or below dir, deepest first.
+func mountPoints(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// unmountAll detaches every mount at or below dir, repeating while
+// propagation leaves copies.
+func unmountAll(dir string) error {
+	for range 20 {
+		mps := mountPoints(dir)
+		if len(mps) == 0 {
+			return nil
+		}
+		for _, mp := range mps {
+			_ = unix.Unmount(mp, unix.MNT_DETACH)
+		}
+	}
+	if mps := mountPoints(dir); len(mps) > 0 {
+		return fmt.Errorf("kubenode: still mounted: %s", strings.Join(mps, ", "))
+	}
+	return nil
+}
+
+// cgroupMounts returns the mount points of the cgroup hierarchies (v1
+// controllers, named ones and the v2 unified hierarchy).
+func cgroupMounts() []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		i := strings.Index(line, " - ")
+		if i < 0 {
+			continue
+		}
+		fields, post := strings.Fields(line[:i]), strings.Fields(line[i+3:])
+		if len(fields) < 5 || len(post) < 1 {
+			continue
+		}
+		if post[0] == "cgroup" || post[0] == "cgroup2" {
+			mp := unescapeMount(fields[4])
+			if !slices.Contains(out, mp) {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out
+}
+
+// setupCgroups makes CgroupRoot in every hierarchy (the kubelet requires
+// its cgroupRoot to exist) and gives the cpuset one its parent's CPUs and
+// memory nodes (a v1 cpuset is empty when made).
+func setupCgroups() error {
+	for _, m := range cgroupMounts() {
+		d := filepath.Join(m, CgroupRoot)
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("kubenode: cgroup: %w", err)
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			b, err := os.ReadFile(filepath.Join(m, f))
+			if err != nil {
+				continue // not the cpuset hierarchy
+			}
+			if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
+				return fmt.Errorf("kubenode: cgroup: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// cgroupsPresent returns CgroupRoot's directories that exist.
+func cgroupsPresent() []string {
+	var out []string
+	for _, m := range cgroupMounts() {
+		d := filepath.Join(m, CgroupRoot)
+		if _, err := os.Stat(d); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// killCgroupProcs SIGKILLs every process in CgroupRoot's trees (the pods'
+// containers, whatever their process groups) and reports how many it saw.
+func killCgroupProcs() int {
+	n := 0
+	for _, d := range cgroupsPresent() {
+		_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+					n++
+				}
+			}
+			return nil
+		})
+	}
+	return n
+}
+
+// removeCgroups removes CgroupRoot's trees, deepest first, killing what
+// still runs in them, until they are gone or timeout passes.
+func removeCgroups(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		killCgroupProcs()
+		var left []string
+		for _, d := range cgroupsPresent() {
+			var dirs []string
+			_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+				if err == nil && e.IsDir() {
+					dirs = append(dirs, p)
+				}
+				return nil
+			})
+			slices.SortFunc(dirs, func(a, b string) int { return len(b) - len(a) })
+			for _, p := range dirs {
+				if err := unix.Rmdir(p); err != nil && !errors.Is(err, unix.ENOENT) {
+					left = append(left, p)
+				}
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kubenode: cgroups not removable: %s", strings.Join(left, ", "))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// kernelTunables are the sysctls the kubelet sets host-wide at start
+// (vm.overcommit_memory=1, kernel.panic=10, kernel.panic_on_oops=1, ...)
+// with the values it wants. The kubelet runs in a mount namespace of its
+// own where these files are bind-mounted over with copies holding those
+// values, so it finds nothing to change and the host keeps its settings.
+var kernelTunables = map[string]string{
+	"vm/overcommit_memory":      "1",
+	"vm/panic_on_oom":           "0",
+	"kernel/panic":              "10",
+	"kernel/panic_on_oops":      "1",
+	"kernel/keys/root_maxkeys":  "1000000",
+	"kernel/keys/root_maxbytes": "25000000",
+}
+
+// kubeletWrapper returns the command that runs the kubelet in its own
+// mount namespace (propagation unchanged: Dir is shared, so the volumes
+// it mounts below Dir reach containerd) over the tunables' copies in
+// dir/sysctl.
+func kubeletWrapper(dir, kubelet string, args []string) (string, []string, error) {
+	sd := filepath.Join(dir, "sysctl")
+	if err := os.MkdirAll(sd, 0o755); err != nil {
+		return "", nil, fmt.Errorf("kubenode: %w", err)
+	}
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	keys := make([]string, 0, len(kernelTunables))
+	for k := range kernelTunables {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		f := filepath.Join(sd, strings.ReplaceAll(k, "/", "."))
+		if err := os.WriteFile(f, []byte(kernelTunables[k]+"\n"), 0o644); err != nil {
+			return "", nil, fmt.Errorf("kubenode: %w", err)
+		}
+		fmt.Fprintf(&script, "mount --bind %s /proc/sys/%s\n", shellQuote(f), k)
+	}
+	script.WriteString("exec \"$@\"\n")
+	full := append([]string{"--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script.String(), "kubelet", kubelet}, args...)
+	return "unshare", full, nil
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// shimSocketDir is where containerd 1.6 puts its shims' sockets whatever
+// its state directory: /run/containerd/s/sha256(address/namespace/id).
+const shimSocketDir = "/run/containerd/s"
+
+// removeShimSockets removes the shim sockets of the containers and
+// sandboxes of the containerd whose address and state directory are given.
+func removeShimSockets(address, state string) {
+	ents, _ := filepath.Glob(filepath.Join(state, "io.containerd.runtime.v2.task", "*", "*"))
+	for _, e := range ents {
+		ns, id := filepath.Base(filepath.Dir(e)), filepath.Base(e)
+		sum := sha256.Sum256([]byte(filepath.Join(address, ns, id)))
+		_ = os.Remove(filepath.Join(shimSocketDir, hex.EncodeToString(sum[:])))
+	}
+}
