@@ -284,6 +284,9 @@ func writeRootfs(dir string, es []entry, epoch time.Time) error {
 			return fmt.Errorf("image: rootfs: %w", err)
 		}
 	}
+	if err := os.Chtimes(dir, epoch, epoch); err != nil {
+		return fmt.Errorf("image: rootfs: %w", err)
+	}
 	return nil
 }
 
