@@ -5,6 +5,15 @@ BIN := bin/ferry
 PKGS := ./...
 FUZZTIME ?= 30s
 STATICCHECK := $(shell command -v staticcheck || echo $$($(GO) env GOPATH)/bin/staticcheck)
+# `make image`: deploy/ runs $(IMAGE):$(TAG). Same tree, same Go: same bytes.
+IMAGE ?= ghcr.io/ferrymesh/ferry
+TAG ?= dev
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+IMAGE_TAR ?= bin/ferry-image.tar
+IMAGE_OCI ?= bin/ferry-image.oci
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: image help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
 
@@ -49,8 +58,12 @@ bench: build ## the benchmark suite; writes bench/results.json
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
 	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
 
-image: ## build the container image (needs docker)
-	docker build -t ghcr.io/ferrymesh/ferry:dev .
+image: ## build the container image without Docker: bin/ferry-image.tar (docker-archive) and bin/ferry-image.oci
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false \
+	  -ldflags "-s -w -X main.version=$(VERSION)" -o bin/linux_$(IMAGE_ARCH)/ferry ./cmd/ferry
+	$(GO) run ./scripts/image -binary bin/linux_$(IMAGE_ARCH)/ferry -arch $(IMAGE_ARCH) -tag $(IMAGE):$(TAG) \
+	  -version $(VERSION) -revision "$(REVISION)" -source-date-epoch $(SOURCE_DATE_EPOCH) \
+	  -out $(IMAGE_TAR) -oci-layout $(IMAGE_OCI)
 
 cleanup: build ## remove every kernel object Ferry owns in this network namespace
 	$(BIN) cleanup
