@@ -214,7 +214,7 @@ func (n *Node) Up(ctx context.Context) error {
 	if err := n.saveState(); err != nil {
 		return err
 	}
-	p, err := newPKI(NodeName, []net.IP{GatewayIP.AsSlice(), net.IP(firstServiceIP().AsSlice())})
+	p, err := NewPKI(NodeName, []net.IP{GatewayIP.AsSlice(), net.IP(firstServiceIP().AsSlice())})
 	if err != nil {
 		return fmt.Errorf("kubenode: pki: %w", err)
 	}
@@ -286,14 +286,14 @@ func (n *Node) prepareDir() error {
 // firstServiceIP is the "kubernetes" Service's ClusterIP.
 func firstServiceIP() netip.Addr { return ServiceCIDR.Addr().Next() }
 
-func (n *Node) writeFiles(p *pki) error {
+func (n *Node) writeFiles(p *PKI) error {
 	files := map[string][]byte{
-		"pki/ca.crt": p.caCert, "pki/ca.key": p.caKey,
-		"pki/apiserver.crt": p.servingCert, "pki/apiserver.key": p.servingKey,
-		"pki/kubelet-client.crt": p.kubeletClientCert, "pki/kubelet-client.key": p.kubeletClientKey,
-		"pki/sa.key": p.saKey, "pki/sa.pub": p.saPub,
-		"kubeconfig":         kubeconfig(p.caCert, p.adminCert, p.adminKey, "admin"),
-		"kubelet.kubeconfig": kubeconfig(p.caCert, p.nodeCert, p.nodeKey, "system:node:"+NodeName),
+		"pki/ca.crt": p.CACert, "pki/ca.key": p.CAKey,
+		"pki/apiserver.crt": p.ServingCert, "pki/apiserver.key": p.ServingKey,
+		"pki/kubelet-client.crt": p.KubeletClientCert, "pki/kubelet-client.key": p.KubeletClientKey,
+		"pki/sa.key": p.SAKey, "pki/sa.pub": p.SAPub,
+		"kubeconfig":         kubeconfig(p.CACert, p.AdminCert, p.AdminKey, "admin"),
+		"kubelet.kubeconfig": kubeconfig(p.CACert, p.NodeCert, p.NodeKey, "system:node:"+NodeName),
 	}
 	for name, b := range files {
 		path := n.path(name)
@@ -345,7 +345,7 @@ func (n *Node) waitFor(ctx context.Context, r procRecord, timeout time.Duration,
 }
 
 func (n *Node) startControlPlane(ctx context.Context) error {
-	client, peer := freePort(), freePort()
+	client, peer := FreePort(), FreePort()
 	if client == 0 || peer == 0 {
 		return errors.New("kubenode: no free loopback port")
 	}
@@ -417,7 +417,8 @@ func httpOK(c *http.Client, url string) error {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago, or 0.
-func freePort() int {
+// FreePort returns a loopback TCP port free at the time of the call.
+func FreePort() int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0
@@ -541,7 +542,7 @@ func (n *Node) startNode() error {
 		"--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0", "--v=1"); err != nil {
 		return err
 	}
-	healthz, metrics := freePort(), freePort()
+	healthz, metrics := FreePort(), FreePort()
 	proxyConfig := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: nftables

@@ -13,21 +13,22 @@ import (
 	"time"
 )
 
-// pki is the key material of one node, all PEM-encoded.
-type pki struct {
-	caCert, caKey           []byte // signs every certificate below
-	servingCert, servingKey []byte // kube-apiserver's TLS certificate
-	adminCert, adminKey     []byte // system:masters: the test client, controller manager, scheduler, kube-proxy
-	nodeCert, nodeKey       []byte // system:node:<name> in system:nodes: the kubelet
-	kubeletClientCert       []byte // kube-apiserver → kubelet (logs, exec)
-	kubeletClientKey        []byte
-	saKey, saPub            []byte // service-account token signing key pair
+// PKI is the key material of one cluster, all PEM-encoded: a node's, and
+// internal/kubetest's API-server-only clusters.
+type PKI struct {
+	CACert, CAKey           []byte // signs every certificate below
+	ServingCert, ServingKey []byte // kube-apiserver's TLS certificate
+	AdminCert, AdminKey     []byte // system:masters: the test client, controller manager, scheduler, kube-proxy
+	NodeCert, NodeKey       []byte // system:node:<name> in system:nodes: the kubelet
+	KubeletClientCert       []byte // kube-apiserver → kubelet (logs, exec)
+	KubeletClientKey        []byte
+	SAKey, SAPub            []byte // service-account token signing key pair
 }
 
-// newPKI generates fresh keys and certificates valid for 30 days. apiIPs
+// NewPKI generates fresh keys and certificates valid for 30 days. apiIPs
 // are the serving certificate's IP SANs (the bind address and the first
 // service IP).
-func newPKI(nodeName string, apiIPs []net.IP) (*pki, error) {
+func NewPKI(nodeName string, apiIPs []net.IP) (*PKI, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -54,7 +55,7 @@ func newPKI(nodeName string, apiIPs []net.IP) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pki{caCert: pemBlock("CERTIFICATE", caDER), caKey: pemBlock("EC PRIVATE KEY", caKeyDER)}
+	p := &PKI{CACert: pemBlock("CERTIFICATE", caDER), CAKey: pemBlock("EC PRIVATE KEY", caKeyDER)}
 
 	serial := int64(1)
 	leaf := func(subject pkix.Name, usage x509.ExtKeyUsage, ips []net.IP, dns []string) (cert, key []byte, err error) {
@@ -83,23 +84,23 @@ func newPKI(nodeName string, apiIPs []net.IP) (*pki, error) {
 		}
 		return pemBlock("CERTIFICATE", der), pemBlock("EC PRIVATE KEY", kd), nil
 	}
-	p.servingCert, p.servingKey, err = leaf(pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
+	p.ServingCert, p.ServingKey, err = leaf(pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
 		append([]net.IP{net.IPv4(127, 0, 0, 1)}, apiIPs...),
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	p.adminCert, p.adminKey, err = leaf(pkix.Name{CommonName: "ferry-kubenode-admin", Organization: []string{"system:masters"}},
+	p.AdminCert, p.AdminKey, err = leaf(pkix.Name{CommonName: "ferry-kubenode-admin", Organization: []string{"system:masters"}},
 		x509.ExtKeyUsageClientAuth, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("admin certificate: %w", err)
 	}
-	p.nodeCert, p.nodeKey, err = leaf(pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
+	p.NodeCert, p.NodeKey, err = leaf(pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
 		x509.ExtKeyUsageClientAuth, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
-	p.kubeletClientCert, p.kubeletClientKey, err = leaf(pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+	p.KubeletClientCert, p.KubeletClientKey, err = leaf(pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
 		x509.ExtKeyUsageClientAuth, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("kubelet client certificate: %w", err)
@@ -117,7 +118,7 @@ func newPKI(nodeName string, apiIPs []net.IP) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.saKey, p.saPub = pemBlock("EC PRIVATE KEY", kd), pemBlock("PUBLIC KEY", pub)
+	p.SAKey, p.SAPub = pemBlock("EC PRIVATE KEY", kd), pemBlock("PUBLIC KEY", pub)
 	return p, nil
 }
 

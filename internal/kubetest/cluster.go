@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/ferrymesh/ferry/internal/kubenode"
 )
 
 // Issuer is the service-account token issuer (and default API audience) of
@@ -39,6 +42,14 @@ type Cluster struct {
 	Dir string
 }
 
+// serviceRange is the Service address range, from the benchmarking range
+// 198.18.0.0/15 (never a private one) and apart from internal/kubenode's;
+// firstServiceIP, the kubernetes Service's, is in the serving certificate.
+var (
+	serviceRange   = netip.MustParsePrefix("198.19.224.0/20")
+	firstServiceIP = serviceRange.Addr().Next()
+)
+
 // Start starts etcd and kube-apiserver for t, installs the CRDs from
 // deploy/crds and returns once the API server is ready. Everything is
 // stopped and removed in t.Cleanup; the processes' logs are shown when t has
@@ -51,13 +62,13 @@ func Start(t testing.TB) *Cluster {
 	t.Helper()
 	bins := Binaries(t)
 	dir := t.TempDir()
-	p, err := newPKI()
+	p, err := kubenode.NewPKI("kubetest", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IP(firstServiceIP.AsSlice())})
 	if err != nil {
 		t.Fatalf("kubetest: pki: %v", err)
 	}
 	files := map[string][]byte{
-		"ca.crt": p.caCert, "apiserver.crt": p.servingCert, "apiserver.key": p.servingKey,
-		"sa.key": p.saKey, "sa.pub": p.saPub,
+		"ca.crt": p.CACert, "apiserver.crt": p.ServingCert, "apiserver.key": p.ServingKey,
+		"sa.key": p.SAKey, "sa.pub": p.SAPub,
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
@@ -66,7 +77,7 @@ func Start(t testing.TB) *Cluster {
 	}
 
 	etcdURL := startWithRetry(t, func() (*proc, string, error) {
-		client, peer, err := freePort(), freePort(), error(nil)
+		client, peer, err := kubenode.FreePort(), kubenode.FreePort(), error(nil)
 		if client == 0 || peer == 0 {
 			return nil, "", errors.New("no free loopback port")
 		}
@@ -89,8 +100,8 @@ func Start(t testing.TB) *Cluster {
 	})
 
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.caCert)
-	adminTLS, err := tls.X509KeyPair(p.adminCert, p.adminKey)
+	pool.AppendCertsFromPEM(p.CACert)
+	adminTLS, err := tls.X509KeyPair(p.AdminCert, p.AdminKey)
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
@@ -99,7 +110,7 @@ func Start(t testing.TB) *Cluster {
 	}}}
 	t.Cleanup(probe.CloseIdleConnections)
 	host := startWithRetry(t, func() (*proc, string, error) {
-		port := freePort()
+		port := kubenode.FreePort()
 		if port == 0 {
 			return nil, "", errors.New("no free loopback port")
 		}
@@ -117,7 +128,7 @@ func Start(t testing.TB) *Cluster {
 			"--service-account-issuer="+Issuer,
 			"--service-account-key-file="+filepath.Join(dir, "sa.pub"),
 			"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
-			"--service-cluster-ip-range=198.19.224.0/20", // the benchmarking range, never a private one
+			"--service-cluster-ip-range="+serviceRange.String(),
 			"--authorization-mode=RBAC",
 			"--allow-privileged=true",
 			"--endpoint-reconciler-type=none",
@@ -134,7 +145,7 @@ func Start(t testing.TB) *Cluster {
 	cfg := &rest.Config{
 		Host: host,
 		TLSClientConfig: rest.TLSClientConfig{
-			CAData: p.caCert, CertData: p.adminCert, KeyData: p.adminKey,
+			CAData: p.CACert, CertData: p.AdminCert, KeyData: p.AdminKey,
 		},
 		QPS: 200, Burst: 400,
 		Timeout: 30 * time.Second,
@@ -266,14 +277,4 @@ func (p *proc) logTail(n int) string {
 		return err.Error()
 	}
 	return tail(b, n)
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago, or 0.
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
