@@ -24,6 +24,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // tokenAuth is an Authenticator over fixed tables, standing in for the
@@ -93,20 +94,8 @@ func startCA(t *testing.T, ca *certstest.CA, cfg certs.CAServerConfig) *caEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	e := &caEnv{ca: ca, addr: ln.Addr().String(), agent: agent, tokenFile: filepath.Join(t.TempDir(), "istio-token"), server: srv}
+	addr := testutil.Serve(t, srv.Serve)
+	e := &caEnv{ca: ca, addr: addr, agent: agent, tokenFile: filepath.Join(t.TempDir(), "istio-token"), server: srv}
 	e.setToken(t, agentToken)
 	return e
 }

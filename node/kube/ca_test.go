@@ -2,7 +2,6 @@ package kube_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -58,19 +57,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvCtx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(srvCtx, ln) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	addr := testutil.Serve(t, srv.Serve)
 
 	// client returns a CA client presenting token (from a file, as the
 	// agent reads its projected token).
@@ -80,7 +67,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 		if err := os.WriteFile(f, []byte(token), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cl, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: ln.Addr().String(), Roots: ca.Roots(), TokenFile: f})
+		cl, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: addr, Roots: ca.Roots(), TokenFile: f})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/kube"
 )
 
@@ -330,20 +330,8 @@ func TestCAFloodBoundsReviews(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(
+	addr := testutil.Serve(t, srv.Serve)
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(
 		credentials.NewClientTLSFromCert(ca.Roots(), "127.0.0.1")))
 	if err != nil {
 		t.Fatal(err)
