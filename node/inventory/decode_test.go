@@ -76,6 +76,18 @@ func TestYAMLKeepsDuplicateKeys(t *testing.T) {
 	}
 }
 
+func TestYAMLAliasBomb(t *testing.T) {
+	doc := "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	prev := "a"
+	for _, name := range []string{"b", "c", "d", "e", "f", "g", "h", "i"} {
+		doc += name + ": &" + name + " [" + strings.Repeat("*"+prev+", ", 9) + "*" + prev + "]\n"
+		prev = name
+	}
+	if _, err := yamlToJSON([]byte(doc)); err == nil || !strings.Contains(err.Error(), "aliases are expanded") {
+		t.Fatalf("err = %v, want the expansion bound", err)
+	}
+}
+
 // FuzzDecodePolicy checks the strict decoder against encoding/json: it never
 // panics, and an object it decodes without a problem decodes the same way
 // through encoding/json.

@@ -17,26 +17,39 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 	if err := yaml.Unmarshal(doc, &n); err != nil {
 		return nil, err
 	}
-	var b bytes.Buffer
-	if err := writeJSON(&b, &n, 0); err != nil {
+	w := jsonWriter{budget: maxExpandedBytes}
+	if err := w.write(&n, 0); err != nil {
 		return nil, err
 	}
-	return b.Bytes(), nil
+	return w.b.Bytes(), nil
 }
 
-func writeJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
+// maxExpandedBytes bounds a document's JSON form: aliases can make a small
+// YAML document expand exponentially ("billion laughs").
+const maxExpandedBytes = 16 << 20
+
+type jsonWriter struct {
+	b      bytes.Buffer
+	budget int
+}
+
+func (w *jsonWriter) write(n *yaml.Node, depth int) error {
 	if depth > maxDepth {
 		return errors.New("nested too deeply")
 	}
+	if w.b.Len() > w.budget {
+		return fmt.Errorf("larger than %d bytes once its aliases are expanded", w.budget)
+	}
+	b := &w.b
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
 			b.WriteString("null")
 			return nil
 		}
-		return writeJSON(b, n.Content[0], depth+1)
+		return w.write(n.Content[0], depth+1)
 	case yaml.AliasNode:
-		return writeJSON(b, n.Alias, depth+1)
+		return w.write(n.Alias, depth+1)
 	case yaml.MappingNode:
 		b.WriteByte('{')
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -50,7 +63,7 @@ func writeJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
 			key, _ := json.Marshal(k.Value)
 			b.Write(key)
 			b.WriteByte(':')
-			if err := writeJSON(b, n.Content[i+1], depth+1); err != nil {
+			if err := w.write(n.Content[i+1], depth+1); err != nil {
 				return err
 			}
 		}
@@ -61,7 +74,7 @@ func writeJSON(b *bytes.Buffer, n *yaml.Node, depth int) error {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			if err := writeJSON(b, c, depth+1); err != nil {
+			if err := w.write(c, depth+1); err != nil {
 				return err
 			}
 		}
