@@ -65,16 +65,18 @@ func overlay(t *testing.T, name string, b []byte, bpffs string) []byte {
 // TestPrivilegedRealNodeDeploy installs deploy/ on a real node the way
 // deploy/README.md tells users to (root from `ferry ca init`, its Secret
 // and ConfigMap, then every manifest server-side applied with a test
-// overlay that only sets the image and the node's bpffs), and checks that
-// the kubelet runs it: the CA Deployment and the agent DaemonSet become
+// overlay that only sets the image and the node's bpffs; the ConfigMap
+// comes late, to check the documented symptom and recovery), and checks
+// that the kubelet runs it: the CA Deployment and the agent DaemonSet become
 // Ready through their readiness probes, the agent gets certificates from
 // `ferry ca serve` through the ferry-ca Service (resolved by name), and
 // enrols a pod of a namespace labelled ambient and not one of an
 // unlabelled namespace. It then uninstalls as documented — delete every
-// manifest, then `ferry cleanup` on the node — and checks what each step
-// left: the agent keeps its pins on SIGTERM (it cannot tell an uninstall
+// manifest, then `ferry cleanup` on the node — with the ambient namespace
+// left in place, and checks what each step left: the agent keeps its pins on SIGTERM (it cannot tell an uninstall
 // from a rolling update, whose successor takes the pins over), and
-// `ferry cleanup` removes them.
+// `ferry cleanup` removes them, and the capture rules and routes of a pod
+// that was still enrolled.
 func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
@@ -175,12 +177,6 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: "ferry-ca-root-cert"},
-		Data:       map[string]string{"root-cert.pem": string(rootCert)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	var applied [][]byte
 	for _, f := range deploy.Files() {
@@ -195,10 +191,34 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		}
 	}
 
-	// The kubelet's readiness probes pass: the Deployment's and the
-	// DaemonSet's ready counts come from them.
+	// Until the operator creates the root ConfigMap the agent cannot start,
+	// and says why (deploy/README.md); the kubelet retries the mount, so
+	// creating it late is enough.
 	waitCtx, waitCancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer waitCancel()
+	if err := poll(waitCtx, func() error {
+		evs, err := c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Kind == "Pod" && strings.HasPrefix(e.InvolvedObject.Name, "ferry-") && !strings.HasPrefix(e.InvolvedObject.Name, "ferry-ca-") &&
+				e.Reason == "FailedMount" && strings.Contains(e.Message, `configmap "ferry-ca-root-cert" not found`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no FailedMount event for the agent's ferry-ca-root-cert among %d events", len(evs.Items))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "ferry-ca-root-cert"},
+		Data:       map[string]string{"root-cert.pem": string(rootCert)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet's readiness probes pass: the Deployment's and the
+	// DaemonSet's ready counts come from them.
 	if err := poll(waitCtx, func() error {
 		d, err := c.AppsV1().Deployments(ns).Get(ctx, "ferry-ca", metav1.GetOptions{})
 		if err != nil {
@@ -225,6 +245,25 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("agent DaemonSet ready %v after apply", time.Since(start).Round(time.Millisecond))
+
+	// What the kubelet reported on the way: a warning other than the
+	// missing ConfigMap (and a readiness probe failing before the process
+	// listens) is a finding about the manifests.
+	evs, err := c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.Type != corev1.EventTypeWarning {
+			continue
+		}
+		t.Logf("warning event %s %s: %s: %s (x%d)", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message, e.Count)
+		expected := e.Reason == "FailedMount" && strings.Contains(e.Message, "ferry-ca-root-cert") ||
+			e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Readiness probe failed")
+		if !expected {
+			t.Errorf("unexpected warning event %s %s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+		}
+	}
 
 	// The agent dials ferry-ca.istio-system.svc:15012: ServeDNS answers the
 	// ClusterIP, and kube-proxy has programmed it.
@@ -329,17 +368,17 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		t.Errorf("pod of an unlabelled namespace annotated %s=%q", redirection, v)
 	}
 
-	// Uninstall as deploy/README.md says: the workloads' namespaces go
-	// (their pods are released), then every manifest is deleted, then
-	// `ferry cleanup` runs on the node.
+	// Uninstall as deploy/README.md says, but with a pod still enrolled
+	// (the README's advice to release them first not followed): every
+	// manifest is deleted, then `ferry cleanup` runs on the node.
 	pinDir := filepath.Join(n.BPFFS(), "ferry")
-	for _, name := range []string{"ambient-on", "ambient-off"} {
+	for _, name := range []string{"ambient-off"} {
 		if err := c.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := poll(waitCtx, func() error {
-		for _, name := range []string{"ambient-on", "ambient-off"} {
+		for _, name := range []string{"ambient-off"} {
 			if _, err := c.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				return fmt.Errorf("namespace %s still exists (%v)", name, err)
 			}
@@ -371,6 +410,11 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	rules, routes := ownedRouting(t)
 	pins := listPins(pinDir)
 	t.Logf("after delete: %d rules, %d routes, pins %v", len(rules), len(routes), pins)
+	// The enrolled pod keeps its capture rules and routes: with no agent
+	// its traffic fails closed instead of leaving the mesh.
+	if len(rules) == 0 || len(routes) == 0 {
+		t.Errorf("after delete with a pod still enrolled: rules %v, routes %v; want the pod's capture kept (fail closed)", rules, routes)
+	}
 	if len(pins) == 0 {
 		t.Errorf("no pins left in %s after delete: the agent removed them on SIGTERM, which a rolling update's successor needs", pinDir)
 	}
