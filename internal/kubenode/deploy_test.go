@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -68,7 +69,9 @@ func overlay(t *testing.T, name string, b []byte, bpffs string) []byte {
 // overlay that only sets the image and the node's bpffs; the ConfigMap
 // comes late, to check the documented symptom and recovery), and checks
 // that the kubelet runs it: the CA Deployment and the agent DaemonSet become
-// Ready through their readiness probes, the agent gets certificates from
+// Ready through their readiness probes with no kubelet warning but the
+// expected ones, their declared metrics ports answer, the agent gets
+// certificates from
 // `ferry ca serve` through the ferry-ca Service (resolved by name), and
 // enrols a pod of a namespace labelled ambient and not one of an
 // unlabelled namespace. It then uninstalls as documented — delete every
@@ -262,6 +265,32 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 			e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Readiness probe failed")
 		if !expected {
 			t.Errorf("unexpected warning event %s %s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+		}
+	}
+
+	// What a Prometheus following the manifests scrapes: the agent's
+	// prometheus.io/port on its pod IP (the node's), the CA's
+	// http-monitoring port on each CA pod.
+	pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		port := p.Annotations["prometheus.io/port"]
+		for _, ct := range p.Spec.Containers {
+			for _, cp := range ct.Ports {
+				if cp.Name == "http-monitoring" {
+					port = fmt.Sprint(cp.ContainerPort)
+				}
+			}
+		}
+		if port == "" {
+			t.Errorf("pod %s: no metrics port declared", p.Name)
+			continue
+		}
+		url := "http://" + net.JoinHostPort(p.Status.PodIP, port) + "/metrics"
+		if err := getOK(ctx, url); err != nil {
+			t.Errorf("pod %s metrics: %v", p.Name, err)
 		}
 	}
 
@@ -496,6 +525,22 @@ func chainsTo(chain string, root []byte) bool {
 	}
 	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err == nil
+}
+
+func getOK(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 func getJSON(ctx context.Context, url string, v any) error {
