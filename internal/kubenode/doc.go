@@ -11,6 +11,11 @@
 // netns testbed's ranges. The "kubernetes" Service works (kube-proxy sends
 // it to the API server on GatewayIP).
 //
+// Cluster DNS: the kubelet gives pods (and hostNetwork pods with dnsPolicy
+// ClusterFirstWithHostNet) the nameserver DNSAddr on GatewayIP, where
+// ServeDNS answers Service names (NAME.NAMESPACE.svc.cluster.local) while
+// the caller runs it; there is no CoreDNS.
+//
 // It changes no host-wide setting that other processes rely on:
 //   - no net.ipv4.ip_forward: forwarding is enabled on the bridge alone (the
 //     input interface's setting decides), and table inet ferry-kubenode

@@ -597,7 +597,9 @@ podLogsDir: %[6]q
 serializeImagePulls: false
 rotateCertificates: false
 resolvConf: /etc/resolv.conf
-`, GatewayIP, KubeletPort, n.path("pki", "ca.crt"), CgroupRoot, n.ContainerdAddress(), n.path("pod-logs"))
+clusterDNS: [%[7]s]
+clusterDomain: %[8]s
+`, GatewayIP, KubeletPort, n.path("pki", "ca.crt"), CgroupRoot, n.ContainerdAddress(), n.path("pod-logs"), DNSAddr.Addr(), ClusterDomain)
 	if err := os.WriteFile(n.path("kubelet.yaml"), []byte(kubeletConfig), 0o600); err != nil {
 		return fmt.Errorf("kubenode: %w", err)
 	}

@@ -184,3 +184,41 @@ func (c *Cluster) ApplyDeploy(t testing.TB) {
 		}
 	}
 }
+
+// Delete deletes every object in manifests, as `kubectl delete -f` does
+// (background propagation; objects already gone are not an error). It
+// returns without waiting for them to go.
+func (c *Cluster) Delete(ctx context.Context, manifests []byte) error {
+	objs, err := DecodeYAML(manifests)
+	if err != nil {
+		return err
+	}
+	disco, err := discovery.NewDiscoveryClientForConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
+	bg := metav1.DeletePropagationBackground
+	for _, obj := range objs {
+		gvk := obj.GroupVersionKind()
+		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			return fmt.Errorf("kubetest: %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		ri := c.Dynamic.Resource(mapping.Resource)
+		do := metav1.DeleteOptions{PropagationPolicy: &bg}
+		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+			ns := obj.GetNamespace()
+			if ns == "" {
+				ns = "default"
+			}
+			err = ri.Namespace(ns).Delete(ctx, obj.GetName(), do)
+		} else {
+			err = ri.Delete(ctx, obj.GetName(), do)
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("kubetest: delete %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+		}
+	}
+	return nil
+}
