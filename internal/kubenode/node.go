@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ferrymesh/ferry/internal/kubepki"
 )
 
 // Node is one real Kubernetes node on this machine: etcd, kube-apiserver,
@@ -214,7 +216,7 @@ func (n *Node) Up(ctx context.Context) error {
 	if err := n.saveState(); err != nil {
 		return err
 	}
-	p, err := NewPKI(NodeName, []net.IP{GatewayIP.AsSlice(), net.IP(firstServiceIP().AsSlice())})
+	p, err := kubepki.NewPKI(NodeName, []net.IP{GatewayIP.AsSlice(), net.IP(firstServiceIP().AsSlice())})
 	if err != nil {
 		return fmt.Errorf("kubenode: pki: %w", err)
 	}
@@ -286,7 +288,7 @@ func (n *Node) prepareDir() error {
 // firstServiceIP is the "kubernetes" Service's ClusterIP.
 func firstServiceIP() netip.Addr { return ServiceCIDR.Addr().Next() }
 
-func (n *Node) writeFiles(p *PKI) error {
+func (n *Node) writeFiles(p *kubepki.PKI) error {
 	files := map[string][]byte{
 		"pki/ca.crt": p.CACert, "pki/ca.key": p.CAKey,
 		"pki/apiserver.crt": p.ServingCert, "pki/apiserver.key": p.ServingKey,
@@ -345,7 +347,7 @@ func (n *Node) waitFor(ctx context.Context, r procRecord, timeout time.Duration,
 }
 
 func (n *Node) startControlPlane(ctx context.Context) error {
-	client, peer := FreePort(), FreePort()
+	client, peer := freePort(), freePort()
 	if client == 0 || peer == 0 {
 		return errors.New("kubenode: no free loopback port")
 	}
@@ -417,8 +419,8 @@ func httpOK(c *http.Client, url string) error {
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago, or 0.
-// FreePort returns a loopback TCP port free at the time of the call.
-func FreePort() int {
+// freePort returns a loopback TCP port free at the time of the call.
+func freePort() int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0
@@ -542,7 +544,7 @@ func (n *Node) startNode() error {
 		"--kubeconfig="+kubeconfig, "--leader-elect=false", "--secure-port=0", "--v=1"); err != nil {
 		return err
 	}
-	healthz, metrics := FreePort(), FreePort()
+	healthz, metrics := freePort(), freePort()
 	proxyConfig := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: nftables

@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/ferrymesh/ferry/internal/kubenode"
+	"github.com/ferrymesh/ferry/internal/kubepki"
 )
 
 // Issuer is the service-account token issuer (and default API audience) of
@@ -62,7 +62,7 @@ func Start(t testing.TB) *Cluster {
 	t.Helper()
 	bins := Binaries(t)
 	dir := t.TempDir()
-	p, err := kubenode.NewPKI("kubetest", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IP(firstServiceIP.AsSlice())})
+	p, err := kubepki.NewPKI("kubetest", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IP(firstServiceIP.AsSlice())})
 	if err != nil {
 		t.Fatalf("kubetest: pki: %v", err)
 	}
@@ -77,7 +77,7 @@ func Start(t testing.TB) *Cluster {
 	}
 
 	etcdURL := startWithRetry(t, func() (*proc, string, error) {
-		client, peer, err := kubenode.FreePort(), kubenode.FreePort(), error(nil)
+		client, peer, err := freePort(), freePort(), error(nil)
 		if client == 0 || peer == 0 {
 			return nil, "", errors.New("no free loopback port")
 		}
@@ -110,7 +110,7 @@ func Start(t testing.TB) *Cluster {
 	}}}
 	t.Cleanup(probe.CloseIdleConnections)
 	host := startWithRetry(t, func() (*proc, string, error) {
-		port := kubenode.FreePort()
+		port := freePort()
 		if port == 0 {
 			return nil, "", errors.New("no free loopback port")
 		}
@@ -277,4 +277,14 @@ func (p *proc) logTail(n int) string {
 		return err.Error()
 	}
 	return tail(b, n)
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago, or 0.
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -1,4 +1,4 @@
-package kubenode
+package kubepki
 
 import (
 	"crypto/ecdsa"
