@@ -4,15 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
@@ -178,36 +174,13 @@ func writeAtomic(t testing.TB, path, content string) {
 // namespace until the test ends.
 func listenIn(t testing.TB, netns, addr string) {
 	t.Helper()
-	f, err := os.Open("/var/run/netns/" + netns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		// A locked, discarded thread joins the namespace only to create the socket.
-		runtime.LockOSThread()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns: %w", err)}
-			return
-		}
-		ln, err := net.Listen("tcp6", addr)
-		ch <- result{ln, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, netns, r.err)
-	}
+	ln := listenInNetns(t, netns, "tcp6", addr)
 	done := make(chan struct{})
-	t.Cleanup(func() { r.ln.Close(); <-done })
+	t.Cleanup(func() { ln.Close(); <-done })
 	go func() {
 		defer close(done)
 		for {
-			c, err := r.ln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}

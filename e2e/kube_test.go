@@ -211,9 +211,10 @@ func startProcess(t testing.TB, logPath, name string, args ...string) {
 	})
 }
 
-// forward listens on addr inside the network namespace netns and relays each
-// connection to addr in this (the root) namespace, until the test ends.
-func forward(t testing.TB, netns, addr string) {
+// listenInNetns opens a listener on addr inside the named network namespace:
+// a locked thread that is then discarded joins the namespace only to create
+// the socket.
+func listenInNetns(t testing.TB, netns, network, addr string) net.Listener {
 	t.Helper()
 	f, err := os.Open("/var/run/netns/" + netns)
 	if err != nil {
@@ -226,23 +227,30 @@ func forward(t testing.TB, netns, addr string) {
 	}
 	ch := make(chan result, 1)
 	go func() {
-		// A locked, discarded thread joins the namespace only to create the socket.
-		runtime.LockOSThread()
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
 			ch <- result{nil, fmt.Errorf("setns: %w", err)}
 			return
 		}
-		ln, err := net.Listen("tcp4", addr)
+		ln, err := net.Listen(network, addr)
 		ch <- result{ln, err}
 	}()
 	r := <-ch
 	if r.err != nil {
 		t.Fatalf("listen %s in %s: %v", addr, netns, r.err)
 	}
-	t.Cleanup(func() { r.ln.Close() })
+	return r.ln
+}
+
+// forward listens on addr inside the network namespace netns and relays each
+// connection to addr in this (the root) namespace, until the test ends.
+func forward(t testing.TB, netns, addr string) {
+	t.Helper()
+	ln := listenInNetns(t, netns, "tcp4", addr)
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
-			in, err := r.ln.Accept()
+			in, err := ln.Accept()
 			if err != nil {
 				return
 			}

@@ -84,19 +84,8 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
-	root, err := ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bins, err := Binaries(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, bins, pause := nodeAssets(ctx, t)
 	tmp := t.TempDir()
-	pause := filepath.Join(tmp, "pause")
-	if err := BuildStatic(ctx, root, "./internal/kubenode/pause", pause); err != nil {
-		t.Fatal(err)
-	}
 	// Ferry's image as users build it.
 	imageTar := filepath.Join(tmp, "ferry-image.tar")
 	mk := exec.CommandContext(ctx, "make", "-C", root, "image", "TAG="+testTag, "IMAGE_TAR="+imageTar, "IMAGE_OCI="+filepath.Join(tmp, "oci"))

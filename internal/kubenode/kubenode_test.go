@@ -201,25 +201,32 @@ func snapshot(t *testing.T) hostSnapshot {
 // (the pause image, the project's test app as a server behind a ClusterIP
 // Service and as a client in another pod), takes it down, and checks that
 // nothing is left and that no host-wide setting changed at any point.
+// nodeAssets returns the module root, the directory of the cached
+// Kubernetes binaries (built on first use) and a freshly built pause binary.
+func nodeAssets(ctx context.Context, t *testing.T) (root, bins, pause string) {
+	t.Helper()
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins, err = Binaries(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pause = filepath.Join(t.TempDir(), "pause")
+	if err := BuildStatic(ctx, root, "./internal/kubenode/pause", pause); err != nil {
+		t.Fatal(err)
+	}
+	return root, bins, pause
+}
+
 // Debug knob: KUBENODE_KEEP=1 leaves a failed test's node up for
 // inspection (scripts/kube-node down --dir /tmp/ferry-kubenode-test removes it).
 func TestPrivilegedRealNodeUpDown(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
 	defer cancel()
-	root, err := ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bins, err := Binaries(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := t.TempDir()
-	pause := filepath.Join(tmp, "pause")
-	if err := BuildStatic(ctx, root, "./internal/kubenode/pause", pause); err != nil {
-		t.Fatal(err)
-	}
+	root, bins, pause := nodeAssets(ctx, t)
 	before := snapshot(t)
 	dir := filepath.Join(os.TempDir(), "ferry-kubenode-test")
 	n, err := New(Config{Dir: dir, BinDir: bins, PauseBinary: pause, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
