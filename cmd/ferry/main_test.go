@@ -128,19 +128,37 @@ metadata: {name: db, namespace: bar}
 spec: {nodeName: b}
 status: {podIP: 127.0.41.2}
 `), 0o644)
-	port := func() string {
-		ln, err := net.Listen("tcp", "127.0.40.2:0")
+	// A port found free can be taken by another test process before the
+	// agent binds it: start again on fresh ports when that happens.
+	for attempt := 1; ; attempt++ {
+		addr, err := tryStartAgent(t, dir, manifests)
+		if err == nil {
+			return addr
+		}
+		if attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
+	}
+}
+
+// tryStartAgent starts an agent on ports free a moment ago and returns its
+// admin address once it is ready, or the error it stopped with.
+func tryStartAgent(t *testing.T, dir, manifests string) (string, error) {
+	port := func(ip string) string {
+		ln, err := net.Listen("tcp", ip+":0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer ln.Close()
 		return ln.Addr().String()
 	}
+	pod := func() string { return port("127.0.40.2") }
 	cfg := node.Config{
 		NodeName: "a", Manifests: manifests, CACert: filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
 		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: node.RedirectNone,
-		OutboundAddr: port(), InboundAddr: port(), HBONEAddr: port(),
-		AdminAddr: strings.Replace(port(), "127.0.40.2", "127.0.0.1", 1), MetricsAddr: port(), ReadinessAddr: port(),
+		OutboundAddr: pod(), InboundAddr: pod(), HBONEAddr: pod(),
+		AdminAddr: port("127.0.0.1"), MetricsAddr: pod(), ReadinessAddr: pod(),
 		DrainTimeout: time.Second,
 	}
 	a, err := node.New(cfg, node.Deps{Version: "test"})
@@ -150,23 +168,33 @@ status: {podIP: 127.0.41.2}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
 	for range 200 {
+		select {
+		case err := <-done:
+			cancel()
+			if err == nil {
+				err = errors.New("agent stopped before it was ready")
+			}
+			return "", err
+		default:
+		}
 		if resp, err := http.Get("http://" + cfg.ReadinessAddr + "/healthz/ready"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return cfg.AdminAddr
+				t.Cleanup(func() {
+					cancel()
+					if err := <-done; err != nil {
+						t.Error(err)
+					}
+				})
+				return cfg.AdminAddr, nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("agent never ready")
-	return ""
+	cancel()
+	<-done
+	return "", errors.New("agent never ready")
 }
 
 func TestAdminCommands(t *testing.T) {
