@@ -117,17 +117,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// startAgent runs an agent for node a in --redirect none mode on loopback.
-func startAgent(t *testing.T, manifests string) *harness {
-	t.Helper()
-	dir := t.TempDir()
-	if err := certs.InitCA(filepath.Join(dir, "ca")); err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(dir, "m"), 0o755)
-	if err := os.WriteFile(filepath.Join(dir, "m", "cluster.yaml"), []byte(manifests), 0o644); err != nil {
-		t.Fatal(err)
-	}
+// tryStartAgent starts an agent on ports free a moment ago and returns once
+// it has bound them all (its readiness endpoint answers), or the error its
+// Run stopped with.
+func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.LevelVar) (*harness, context.Context, error) {
 	hbone := freePort(t, serverPod)
 	lo := netip.MustParseAddr("127.0.0.1")
 	cfg := Config{
@@ -142,7 +135,6 @@ func startAgent(t *testing.T, manifests string) *harness {
 		ReadinessAddr: netip.AddrPortFrom(lo, freePort(t, lo)).String(),
 		DrainTimeout:  2 * time.Second,
 	}
-	log, level := leveledLogger(t)
 	a, err := New(cfg, Deps{Log: log, Level: level, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +142,56 @@ func startAgent(t *testing.T, manifests string) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, dir: dir, cfg: cfg, agent: a, cancel: cancel, done: make(chan error, 1)}
 	go func() { h.done <- a.Run(ctx) }()
+	for range 400 {
+		select {
+		case err := <-h.done:
+			cancel()
+			if err == nil {
+				err = errors.New("agent stopped before it listened")
+			}
+			return nil, nil, err
+		default:
+		}
+		// Run binds every listener before it serves any.
+		if resp, err := http.Get("http://" + cfg.ReadinessAddr + "/healthz/ready"); err == nil {
+			resp.Body.Close()
+			t.Cleanup(h.stop)
+			return h, ctx, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	t.Cleanup(h.stop)
+	t.Fatal("agent never listened")
+	return nil, nil, nil
+}
+
+// startAgent runs an agent for node a in --redirect none mode on loopback.
+func startAgent(t *testing.T, manifests string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	if err := certs.InitCA(filepath.Join(dir, "ca")); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, "m"), 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "m", "cluster.yaml"), []byte(manifests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, level := leveledLogger(t)
+	var h *harness
+	var ctx context.Context
+	// A port found free can be taken by another test process before the
+	// agent binds it: start again on fresh ports when that happens.
+	for attempt := 1; h == nil; attempt++ {
+		var err error
+		h, ctx, err = tryStartAgent(t, dir, log, level)
+		if err != nil && (attempt == 5 || !strings.Contains(err.Error(), "address already in use")) {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
+		}
+	}
+	cfg := h.cfg
 
 	// The peer node's agent: a store from the same CA.
 	ca, err := certs.LoadLocalCA(cfg.CACert, cfg.CAKey)
