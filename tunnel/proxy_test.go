@@ -15,25 +15,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // serveProxy runs serve on a fresh loopback listener until the test ends.
 func serveProxy(t *testing.T, serve func(context.Context, net.Listener) error) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return addrPort(ln.Addr())
+	return netip.MustParseAddrPort(testutil.Serve(t, serve))
 }
 
 // roundTrip sends msg through conn, half-closes and returns the reply.
