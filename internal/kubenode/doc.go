@@ -1,7 +1,8 @@
 // Package kubenode runs a real Kubernetes node on this machine for tests
 // and demos: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 // kube-proxy in nftables mode, a private containerd with runc, a kubelet
-// and the bridge CNI plugin — Kubernetes 1.37.1 built by
+// and the bridge CNI plugin, with the pods' traffic to each other routed
+// through the node as on a routed CNI (nftRules says why) — Kubernetes 1.37.1 built by
 // scripts/kube-test-binaries --node, containerd/runc/CNI from Debian.
 // scripts/kube-node (up|down|status) is a thin command line over it.
 //
@@ -20,10 +21,7 @@
 //   - no net.ipv4.ip_forward: forwarding is enabled on the bridge alone (the
 //     input interface's setting decides), and table inet ferry-kubenode
 //     forwards nothing between the bridge and any other interface, so pods
-//     reach only each other and the node; a ClusterIP between two pods on
-//     the bridge relies on br_netfilter being on already (Up checks
-//     net.bridge.bridge-nf-call-iptables=1, as kubeadm does, and never sets
-//     it);
+//     reach only each other and the node;
 //   - no iptables: the kubelet runs with makeIPTablesUtilChains false (no
 //     KUBE-FIREWALL), kube-proxy in nftables mode in its own tables, told
 //     to leave the conntrack sysctls alone;

@@ -35,17 +35,20 @@ func linkExists(name string) bool {
 	return err == nil
 }
 
-// setupBridge creates Bridge with GatewayIP. Pods reach each other at
-// layer 2 and the host (API server, kubelet) at GatewayIP. A ClusterIP
-// connection between two pods is DNATed by kube-proxy's rules as the frame
-// crosses the bridge (br_netfilter: Up checks that it is on; it is
-// host-wide, so it is never turned on here), which needs IPv4 forwarding on
-// the bridge: it is enabled on this interface alone (the input interface's
-// setting decides), net.ipv4.ip_forward stays as it is, and the inet table
-// of nftRules forwards nothing between the bridge and other interfaces.
+// BridgeMAC is Bridge's address, set when it is made: a bridge without one
+// takes the lowest of its ports' addresses, which changes as pods come and
+// go, and nftRules addresses frames to it.
+const BridgeMAC = "02:66:72:6b:6e:30" // locally administered: "frkn0"
+
+// setupBridge creates Bridge with GatewayIP.
+// Pods are bridge ports, but their IPv4 traffic to each other is routed
+// through the node (nftRules), which needs IPv4 forwarding on the bridge:
+// it is enabled on this interface alone (the input interface's setting
+// decides), net.ipv4.ip_forward stays as it is, and the inet table of
+// nftRules forwards nothing between the bridge and other interfaces.
 func setupBridge() error {
 	steps := [][]string{
-		{"ip", "link", "add", Bridge, "type", "bridge"},
+		{"ip", "link", "add", Bridge, "address", BridgeMAC, "type", "bridge"},
 		{"ip", "addr", "add", GatewayIP.String() + "/" + strconv.Itoa(PodCIDR.Bits()), "dev", Bridge},
 	}
 	for _, s := range steps {
@@ -69,10 +72,28 @@ func setupBridge() error {
 	return nil
 }
 
-// nftRules is this package's own table: it keeps pod traffic on the node
-// even where forwarding is on host-wide (nothing is forwarded between
-// Bridge and any other interface).
-var nftRules = `table inet ` + Table + ` {
+// nftRules are this package's own tables.
+//
+// The bridge table routes the pods' IPv4 traffic to each other through the
+// node instead of switching it: every IPv4 frame a pod sends is addressed to
+// the bridge itself, so the node's IP stack (kube-proxy's DNAT, routing,
+// Ferry's capture) sees it, as on a routed CNI (Calico, Cilium's native
+// routing, the AWS VPC CNI). ARP stays switched. Frames are told apart by
+// their pod addresses (this kernel's nft has no bridge-name match). A plain
+// bridge would carry
+// same-node pod traffic past any node-level capture (README, Limits).
+//
+// The inet table keeps pod traffic on the node even where forwarding is on
+// host-wide (nothing is forwarded between Bridge and any other interface).
+func nftRules() string {
+	mac := BridgeMAC
+	return `table bridge ` + Table + ` {
+	chain prerouting {
+		type filter hook prerouting priority -300; policy accept;
+		ether type ip ip saddr ` + PodCIDR.String() + ` ip daddr ` + PodCIDR.String() + ` ether daddr != ` + mac + ` ether daddr set ` + mac + ` meta pkttype set host
+	}
+}
+table inet ` + Table + ` {
 	chain forward {
 		type filter hook forward priority 0; policy accept;
 		iifname "` + Bridge + `" oifname != "` + Bridge + `" drop
@@ -80,10 +101,11 @@ var nftRules = `table inet ` + Table + ` {
 	}
 }
 `
+}
 
 func setupNFT(dir string) error {
 	path := filepath.Join(dir, "nft.rules")
-	if err := os.WriteFile(path, []byte(nftRules), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(nftRules()), 0o600); err != nil {
 		return fmt.Errorf("kubenode: %w", err)
 	}
 	if err := run("nft", "-f", path); err != nil {
@@ -96,7 +118,7 @@ func setupNFT(dir string) error {
 // (named by kube-proxy's nftables README; only this node runs a
 // kube-proxy here).
 var ownedTables = [][2]string{
-	{"bridge", Table}, // made by earlier versions
+	{"bridge", Table},
 	{"inet", Table},
 	{"ip", "kube-proxy"}, {"ip6", "kube-proxy"},
 }

@@ -202,9 +202,6 @@ func (n *Node) Up(ctx context.Context) error {
 			return fmt.Errorf("kubenode: CNI plugin %s: %w (apt containernetworking-plugins)", p, err)
 		}
 	}
-	if b, err := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil || strings.TrimSpace(string(b)) != "1" {
-		return errors.New("kubenode: a ClusterIP between pods on one bridge needs br_netfilter with net.bridge.bridge-nf-call-iptables=1 (as kubeadm requires); it is host-wide, so kubenode does not set it")
-	}
 	if _, err := os.Stat(n.cfg.PauseBinary); err != nil || n.cfg.PauseBinary == "" {
 		return fmt.Errorf("kubenode: Config.PauseBinary: %v", err)
 	}
