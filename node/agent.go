@@ -168,12 +168,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	collector := newStateCollector(a, client)
 	a.metrics.Registry.MustRegister(collector)
 	defer a.metrics.Registry.Unregister(collector)
+	var dialled func(net.Conn) netip.AddrPort
+	if a.redirect != nil {
+		dialled = redirect.DialledDst
+	}
 	outbound, err := tunnel.NewOutbound(tunnel.OutboundConfig{
-		Routes:   a,
-		Client:   client,
-		Dial:     a.dialPassthrough,
-		Registry: a.conns,
-		Observer: obs,
+		Routes:     a,
+		Client:     client,
+		DialledDst: dialled,
+		Dial:       a.dialPassthrough,
+		Registry:   a.conns,
+		Observer:   obs,
 	}, a.log.With("component", "outbound"))
 	if err != nil {
 		return err
@@ -181,6 +186,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	plaintext, err := tunnel.NewPlaintext(tunnel.PlaintextConfig{
 		Authorizer:   a,
 		Destinations: a,
+		DialledDst:   dialled,
 		Dial:         a.dialPod,
 		Registry:     a.conns,
 		Observer:     obs,

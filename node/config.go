@@ -32,6 +32,7 @@ type Config struct {
 	CARoot          string // with CAAddr: the mesh's root certificate(s), PEM
 	CATokenFile     string // with CAAddr: the bearer token (audience istio-ca), re-read per request
 	TrustDomain     string
+	ClusterDomain   string // Services' DNS suffix: NAME.NAMESPACE.svc.<ClusterDomain> in destination_service
 	PostQuantum     bool   // offer the hybrid X25519MLKEM768 key exchange
 	SystemNamespace string // Istio's root namespace: mesh-wide policies, the agent's own pods
 	Redirect        string // RedirectEBPF or RedirectNone
@@ -73,6 +74,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CARoot, "ca-root", "", "with --ca-addr: PEM file of the mesh's root certificate(s)")
 	fs.StringVar(&c.CATokenFile, "ca-token-file", "/var/run/secrets/tokens/istio-token", "with --ca-addr: service-account token (audience istio-ca) sent to the CA")
 	fs.StringVar(&c.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain, as the kubelet's --cluster-domain: Services are named NAME.NAMESPACE.svc.DOMAIN in metrics and access logs")
 	fs.BoolVar(&c.PostQuantum, "post-quantum", false, "offer and prefer the hybrid X25519MLKEM768 key exchange on HBONE (about a third more CPU per handshake; default X25519)")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "istio-system", "root namespace: its policies apply mesh-wide")
 	fs.StringVar(&c.Redirect, "redirect", RedirectEBPF, "traffic capture: ebpf (sk_lookup + policy routing) or none (user-space tests)")
@@ -101,6 +103,9 @@ func (c *Config) hbonePort() uint16 {
 
 func (c *Config) validate() error {
 	var errs []error
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = "cluster.local" // the kubelet's default
+	}
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("--node (or $NODE_NAME) is required"))
 	}

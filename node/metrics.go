@@ -98,8 +98,11 @@ type TrafficLabels struct {
 	SourceApp, SourceVersion                                 string
 	DestinationWorkload, DestinationNamespace                string
 	DestinationPrincipal, DestinationApp, DestinationVersion string
-	DestinationService, DestinationServiceNamespace          string
-	ResponseFlags, SecurityPolicy                            string
+	// DestinationService is the Service's host name
+	// (NAME.NAMESPACE.svc.DOMAIN), as Istio reports it.
+	DestinationService, DestinationServiceName string
+	DestinationServiceNamespace                string
+	ResponseFlags, SecurityPolicy              string
 }
 
 func (l TrafficLabels) values() []string {
@@ -117,7 +120,7 @@ func (l TrafficLabels) values() []string {
 		l.Reporter,
 		u(l.SourceWorkload), u(l.SourceWorkload), "latest", u(l.SourceNamespace),
 		u(l.SourcePrincipal), u(l.SourceApp), u(l.SourceVersion), "Kubernetes",
-		u(l.DestinationService), u(l.DestinationServiceNamespace), u(l.DestinationService),
+		u(l.DestinationService), u(l.DestinationServiceNamespace), u(l.DestinationServiceName),
 		u(l.DestinationWorkload), u(l.DestinationWorkload), "latest",
 		u(l.DestinationNamespace), u(l.DestinationPrincipal), u(l.DestinationApp), u(l.DestinationVersion),
 		"Kubernetes",

@@ -65,7 +65,8 @@ func (a *Agent) trafficLabels(info tunnel.ConnInfo) TrafficLabels {
 			l.SourceWorkload, l.SourceNamespace = workloadName(w), w.Namespace
 			l.SourceApp, l.SourceVersion = appLabels(w.Labels)
 		}
-		if w, ok := s.view.workload(info.Dst.Addr()); ok {
+		w, ok := s.view.workload(info.Dst.Addr())
+		if ok {
 			l.DestinationWorkload, l.DestinationNamespace = workloadName(w), w.Namespace
 			l.DestinationApp, l.DestinationVersion = appLabels(w.Labels)
 			if info.Mode == "hbone" && info.Direction == tunnel.DirInbound && w.Local {
@@ -73,6 +74,17 @@ func (a *Agent) trafficLabels(info tunnel.ConnInfo) TrafficLabels {
 				// certificate this agent presented.
 				l.DestinationPrincipal = w.Identity.String()
 			}
+		}
+		// The Service: the one whose ClusterIP the source dialled, else
+		// inbound (over HBONE only the pod's address travels) the one
+		// Service that selects the pod on this port, as ztunnel guesses.
+		svc, found := s.view.serviceAt(info.DialledDst)
+		if !found && ok && info.Direction != tunnel.DirOutbound && !info.DialledDst.IsValid() {
+			svc, found = s.view.serviceOf(w, info.Dst.Port())
+		}
+		if found {
+			l.DestinationService = svc.Name + "." + svc.Namespace + ".svc." + a.cfg.ClusterDomain
+			l.DestinationServiceName, l.DestinationServiceNamespace = svc.Name, svc.Namespace
 		}
 	}
 	return l
@@ -139,6 +151,7 @@ func (c *connObserver) Closed(result, reason string) {
 		slog.String("src.namespace", c.labels.SourceNamespace),
 		slog.String("src.identity", c.info.SrcIdentity.String()),
 		slog.String("dst.addr", c.info.Dst.String()),
+		slog.String("dst.service", c.labels.DestinationService),
 		slog.String("dst.workload", c.labels.DestinationWorkload),
 		slog.String("dst.namespace", c.labels.DestinationNamespace),
 		slog.String("dst.identity", cmp.Or(c.info.DstIdentity.String(), c.labels.DestinationPrincipal)),

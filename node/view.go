@@ -29,6 +29,10 @@ type view struct {
 	// conflicts names pod IPs claimed by more than one pod; such IPs are
 	// treated as unknown (fail closed).
 	conflicts []error
+	// services are the Services by ClusterIP and port; servicesByNS lists
+	// each namespace's Services with a selector.
+	services     map[netip.AddrPort]*inventory.Service
+	servicesByNS map[string][]*inventory.Service
 }
 
 // newView indexes snap for the agent on nodeName.
@@ -67,7 +71,46 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 		v.identities = append(v.identities, id)
 	}
 	slices.SortFunc(v.identities, func(a, b certs.Identity) int { return strings.Compare(a.String(), b.String()) })
+	v.services = map[netip.AddrPort]*inventory.Service{}
+	v.servicesByNS = map[string][]*inventory.Service{}
+	for i := range snap.Services {
+		s := &snap.Services[i]
+		for _, ip := range s.ClusterIPs {
+			for _, p := range s.Ports {
+				v.services[netip.AddrPortFrom(ip, p.Port)] = s
+			}
+		}
+		if len(s.Selector) > 0 {
+			v.servicesByNS[s.Namespace] = append(v.servicesByNS[s.Namespace], s)
+		}
+	}
 	return v
+}
+
+// serviceAt returns the Service with ClusterIP and port vip, if any.
+func (v *view) serviceAt(vip netip.AddrPort) (*inventory.Service, bool) {
+	s, ok := v.services[netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())]
+	return s, ok
+}
+
+// serviceOf guesses the Service a connection to pod w on port was made
+// through when its ClusterIP is not known (the connection arrived over
+// HBONE): the one Service that selects w with port as a target port. Two
+// or more such Services, or a target port given by name, make no guess.
+func (v *view) serviceOf(w *Workload, port uint16) (*inventory.Service, bool) {
+	var found *inventory.Service
+	for _, s := range v.servicesByNS[w.Namespace] {
+		if !s.Selects(&w.Pod) || !slices.ContainsFunc(s.Ports, func(p inventory.ServicePort) bool {
+			return p.TargetPort == port || p.TargetPort == 0 && p.TargetPortName == "" && p.Port == port
+		}) {
+			continue
+		}
+		if found != nil {
+			return nil, false
+		}
+		found = s
+	}
+	return found, found != nil
 }
 
 // workload returns the pod with address ip, if any.

@@ -74,6 +74,9 @@ type OutboundConfig struct {
 	// OriginalDst recovers a captured connection's destination; nil uses
 	// conn.LocalAddr(), right for --redirect none and sk_lookup capture.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	// DialledDst recovers what the source dialled before a NAT rewrote it
+	// (ConnInfo.DialledDst); nil, or a zero result, means no NAT.
+	DialledDst func(net.Conn) netip.AddrPort
 	// Dial opens passthrough connections; nil dials without binding src.
 	Dial DialFunc
 	// Registry records open connections; nil gives the proxy its own.
@@ -127,6 +130,18 @@ func localDst(c net.Conn) (netip.AddrPort, error) {
 	return ap, nil
 }
 
+// dialledDst calls f, if set, and keeps its answer only when it differs
+// from dst.
+func dialledDst(f func(net.Conn) netip.AddrPort, c net.Conn, dst netip.AddrPort) netip.AddrPort {
+	if f == nil {
+		return netip.AddrPort{}
+	}
+	if d := f(c); d.IsValid() && d != dst {
+		return d
+	}
+	return netip.AddrPort{}
+}
+
 // Connections returns the open proxied connections.
 func (o *Outbound) Connections() []ConnInfo { return o.cfg.Registry.Connections() }
 
@@ -149,7 +164,8 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 	if err != nil {
 		route = Route{Mode: Deny, Reason: err.Error()}
 	}
-	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, SrcIdentity: route.Src, DstIdentity: route.Dst, Mode: route.Mode.String(), Start: time.Now()}
+	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, DialledDst: dialledDst(o.cfg.DialledDst, c, dst),
+		SrcIdentity: route.Src, DstIdentity: route.Dst, Mode: route.Mode.String(), Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
 	if o.cfg.Observer != nil {
 		obs = o.cfg.Observer.Opened(info)
@@ -233,8 +249,9 @@ type PlaintextConfig struct {
 	Authorizer Authorizer
 	// Destinations answers whether the destination is local (required).
 	Destinations Destinations
-	// OriginalDst as in OutboundConfig.
+	// OriginalDst and DialledDst as in OutboundConfig.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
+	DialledDst  func(net.Conn) netip.AddrPort
 	// Dial opens the upstream connection from the client's address.
 	Dial DialFunc
 	// Registry and Observer as in ServerConfig.
@@ -285,7 +302,8 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 		return
 	}
 	req := Request{Src: src, Dst: dst, Plaintext: true}
-	info := ConnInfo{Direction: DirInboundPlaintext, Src: src, Dst: dst, Mode: "plaintext", Start: time.Now()}
+	info := ConnInfo{Direction: DirInboundPlaintext, Src: src, Dst: dst, DialledDst: dialledDst(p.cfg.DialledDst, c, dst),
+		Mode: "plaintext", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
 	if p.cfg.Observer != nil {
 		obs = p.cfg.Observer.Opened(info)

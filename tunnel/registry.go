@@ -27,6 +27,10 @@ type ConnInfo struct {
 	Direction Direction
 	// Src and Dst are the connection's source and original destination.
 	Src, Dst netip.AddrPort
+	// DialledDst is what the source dialled when a NAT on the way rewrote
+	// it to Dst (kube-proxy's DNAT of a Service's ClusterIP); zero
+	// otherwise.
+	DialledDst netip.AddrPort
 	// SrcIdentity and DstIdentity are the peers' SPIFFE identities; zero for
 	// a plaintext peer or a passthrough destination.
 	SrcIdentity, DstIdentity certs.Identity

@@ -19,7 +19,7 @@ import (
 )
 
 // File is a Source that reads Kubernetes-shaped YAML from a file or a directory
-// of *.yaml/*.yml/*.json files (multi-document allowed): v1 Namespace, v1 Pod,
+// of *.yaml/*.yml/*.json files (multi-document allowed): v1 Namespace, v1 Pod, v1 Service,
 // security.istio.io/v1 AuthorizationPolicy and PeerAuthentication. Other kinds
 // are ignored. It polls for changes. A file with any problem (a document that
 // does not parse, a policy with an error) keeps its last good contents while
@@ -49,6 +49,7 @@ type fileState struct {
 type objects struct {
 	namespaces []Namespace
 	pods       []Pod
+	services   []Service
 	aps        []authz.AuthorizationPolicy
 	pas        []authz.PeerAuthentication
 }
@@ -207,6 +208,7 @@ func merge(files map[string]*fileState) *Snapshot {
 			s.Namespaces[ns.Name] = ns
 		}
 		s.Pods = append(s.Pods, st.objects.pods...)
+		s.Services = append(s.Services, st.objects.services...)
 		s.AuthorizationPolicies = append(s.AuthorizationPolicies, st.objects.aps...)
 		s.PeerAuthentications = append(s.PeerAuthentications, st.objects.pas...)
 	}
@@ -242,6 +244,71 @@ type manifestPod struct {
 			IP string `json:"ip"`
 		} `json:"podIPs"`
 	} `json:"status"`
+}
+
+// manifestService is the part of a v1 Service manifest Ferry reads.
+type manifestService struct {
+	Metadata struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Spec struct {
+		ClusterIP  string            `json:"clusterIP"`
+		ClusterIPs []string          `json:"clusterIPs"`
+		Selector   map[string]string `json:"selector"`
+		Ports      []struct {
+			Protocol   string          `json:"protocol"`
+			Port       int             `json:"port"`
+			TargetPort json.RawMessage `json:"targetPort"`
+		} `json:"ports"`
+	} `json:"spec"`
+}
+
+// service converts m, checking what the API server would.
+func (m *manifestService) service() (Service, error) {
+	s := Service{Name: m.Metadata.Name, Namespace: m.Metadata.Namespace, Selector: m.Spec.Selector}
+	if s.Name == "" {
+		return s, errors.New("metadata.name is required")
+	}
+	if s.Namespace == "" {
+		s.Namespace = "default"
+	}
+	ips := m.Spec.ClusterIPs
+	if len(ips) == 0 && m.Spec.ClusterIP != "" {
+		ips = []string{m.Spec.ClusterIP}
+	}
+	for i, v := range ips {
+		if v == "None" || v == "" {
+			continue // headless
+		}
+		ip, err := netip.ParseAddr(v)
+		if err != nil {
+			return s, fmt.Errorf("spec.clusterIPs[%d]: %w", i, err)
+		}
+		s.ClusterIPs = append(s.ClusterIPs, ip)
+	}
+	for i, p := range m.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != "TCP" {
+			continue
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			return s, fmt.Errorf("spec.ports[%d].port: %d is not a port number", i, p.Port)
+		}
+		sp := ServicePort{Port: uint16(p.Port)}
+		if len(p.TargetPort) > 0 {
+			var n int
+			if err := json.Unmarshal(p.TargetPort, &n); err == nil {
+				if n < 1 || n > 65535 {
+					return s, fmt.Errorf("spec.ports[%d].targetPort: %d is not a port number", i, n)
+				}
+				sp.TargetPort = uint16(n)
+			} else if err := json.Unmarshal(p.TargetPort, &sp.TargetPortName); err != nil {
+				return s, fmt.Errorf("spec.ports[%d].targetPort: a port number or name", i)
+			}
+		}
+		s.Ports = append(s.Ports, sp)
+	}
+	return s, nil
 }
 
 type manifestNamespace struct {
@@ -335,6 +402,16 @@ func (r *parsed) object(path string, tm typeMeta, doc []byte) error {
 			p.IP = p.IPs[0] // status.podIP is status.podIPs[0] by the API's contract
 		}
 		objs.pods = append(objs.pods, p)
+	case tm.APIVersion == "v1" && tm.Kind == "Service":
+		var m manifestService
+		if err := json.Unmarshal(doc, &m); err != nil {
+			return err
+		}
+		svc, err := m.service()
+		if err != nil {
+			return err
+		}
+		objs.services = append(objs.services, svc)
 	case strings.HasPrefix(tm.APIVersion, "security.istio.io/") && tm.Kind == "AuthorizationPolicy":
 		ap, err := DecodeAuthorizationPolicy(doc)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -52,6 +53,24 @@ kind: PeerAuthentication
 metadata: {name: strict, namespace: foo}
 spec: {mtls: {mode: STRICT}}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: foo}
+spec:
+  clusterIP: 198.19.1.10
+  clusterIPs: [198.19.1.10]
+  selector: {app: httpbin}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: named, port: 81, targetPort: web}
+  - {name: same, port: 82}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless}
+spec: {clusterIP: None, ports: [{port: 80}]}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: ignored}
@@ -89,6 +108,18 @@ func TestLoad(t *testing.T) {
 	if len(s.PeerAuthentications) != 1 || s.PeerAuthentications[0].Spec.MTLS.Mode != "STRICT" {
 		t.Errorf("peer authentications = %+v", s.PeerAuthentications)
 	}
+	wantSvcs := []Service{
+		{Name: "httpbin", Namespace: "foo", ClusterIPs: []netip.Addr{netip.MustParseAddr("198.19.1.10")},
+			Selector: map[string]string{"app": "httpbin"},
+			Ports:    []ServicePort{{Port: 80, TargetPort: 8080}, {Port: 81, TargetPortName: "web"}, {Port: 82}}},
+		{Name: "headless", Namespace: "default", Ports: []ServicePort{{Port: 80}}},
+	}
+	if !reflect.DeepEqual(s.Services, wantSvcs) {
+		t.Errorf("services = %+v, want %+v", s.Services, wantSvcs)
+	}
+	if !s.Services[0].Selects(&s.Pods[0]) || s.Services[0].Selects(&s.Pods[1]) || s.Services[1].Selects(&s.Pods[0]) {
+		t.Error("Selects: want the httpbin Service to select the httpbin pod alone, the headless one none")
+	}
 }
 
 func TestLoadRejectsMalformedNamingFileAndObject(t *testing.T) {
@@ -96,6 +127,9 @@ func TestLoadRejectsMalformedNamingFileAndObject(t *testing.T) {
 		{"misspelt spec field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: foo}\nspec: {rulez: []}\n", `AuthorizationPolicy foo/p: rulez: unknown field "rulez" (did you mean "rules"?)`},
 		{"bad pod IP", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIP: 300.1.1.1}\n", `Pod "web": status.podIP`},
 		{"bad pod IPs", "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nstatus: {podIPs: [{ip: 198.18.1.2}, {ip: 2001:2::zz}]}\n", `Pod "web": status.podIPs[1].ip`},
+		{"bad cluster IP", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 198.19.1.300}\n", `Service "web": spec.clusterIPs[0]`},
+		{"bad service port", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}]}\n", `Service "web": spec.ports[0].port`},
+		{"bad target port", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80, targetPort: 70000}]}\n", `Service "web": spec.ports[0].targetPort`},
 		{"not yaml", "kind: [\n", "document 1"},
 		{"no name", "apiVersion: v1\nkind: Namespace\nmetadata: {}\n", "metadata.name is required"},
 	} {

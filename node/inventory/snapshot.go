@@ -12,6 +12,7 @@ import (
 type Snapshot struct {
 	Namespaces            map[string]Namespace
 	Pods                  []Pod
+	Services              []Service
 	AuthorizationPolicies []authz.AuthorizationPolicy
 	PeerAuthentications   []authz.PeerAuthentication
 	// Errors lists problems the source found (malformed YAML, objects it
@@ -46,6 +47,47 @@ type Pod struct {
 	HostNetwork bool
 	Labels      map[string]string
 	Annotations map[string]string
+}
+
+// Service is the part of a v1 Service Ferry uses: it names the Service
+// behind a connection (destination_service in metrics and access logs),
+// never to route or authorize one: kube-proxy has chosen the endpoint
+// before Ferry sees the connection.
+type Service struct {
+	Name      string
+	Namespace string
+	// ClusterIPs are spec.clusterIPs (or spec.clusterIP); none for a
+	// headless Service.
+	ClusterIPs []netip.Addr
+	Ports      []ServicePort // TCP ports only
+	// Selector is spec.selector; empty selects no pod (its endpoints are
+	// managed by someone else, as Kubernetes reads it).
+	Selector map[string]string
+}
+
+// ServicePort is one TCP port of a Service.
+type ServicePort struct {
+	Port uint16
+	// TargetPort is the pods' port number; TargetPortName names a
+	// container port instead (Ferry does not read container ports, so
+	// such a port maps to a pod only through Port). Both empty means
+	// Port, as Kubernetes defaults it.
+	TargetPort     uint16
+	TargetPortName string
+}
+
+// Selects reports whether s selects pod: same namespace and every selector
+// label matching.
+func (s *Service) Selects(pod *Pod) bool {
+	if len(s.Selector) == 0 || pod.Namespace != s.Namespace {
+		return false
+	}
+	for k, v := range s.Selector {
+		if got, ok := pod.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Source publishes snapshots. Run calls publish with a complete snapshot each

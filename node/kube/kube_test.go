@@ -303,7 +303,7 @@ kind: ClusterRole
 metadata: {name: limited}
 rules:
 - apiGroups: [""]
-  resources: [pods, namespaces]
+  resources: [pods, namespaces, services]
   verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

@@ -96,6 +96,14 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 			return s.client.CoreV1().Namespaces().Watch(ctx, o)
 		},
 	}, s.client), &corev1.Namespace{}, 0, cache.Indexers{})
+	services := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return s.client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return s.client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, s.client), &corev1.Service{}, 0, cache.Indexers{})
 	aps := s.policyInformer(authorizationPolicies)
 	pas := s.policyInformer(peerAuthentications)
 
@@ -126,6 +134,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	}{
 		{"pods", pods, tr.pod},
 		{"namespaces", namespaces, tr.namespace},
+		{"services", services, tr.service},
 		{authorizationPolicies, aps, tr.policy},
 		{peerAuthentications, pas, tr.policy},
 	}
@@ -151,7 +160,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		wg.Go(func() { i.inf.RunWithContext(ctx) })
 	}
 
-	if !s.waitForSync(ctx, pods, namespaces, aps, pas) {
+	if !s.waitForSync(ctx, pods, namespaces, services, aps, pas) {
 		return nil
 	}
 	s.log.Info("kubernetes inventory synced")
@@ -163,8 +172,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(&book, pods.GetStore(), namespaces.GetStore(), aps.GetStore(), pas.GetStore())
-		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods),
+		snap := buildSnapshot(&book, pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
+		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods), "services", len(snap.Services),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
 		publish(snap)
@@ -204,7 +213,7 @@ func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
 // waitForSync waits until every informer has synced, logging which ones are
 // still missing every 10 seconds. It returns false if ctx ends first.
 func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInformer) bool {
-	names := []string{"pods", "namespaces", authorizationPolicies, peerAuthentications}
+	names := []string{"pods", "namespaces", "services", authorizationPolicies, peerAuthentications}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
@@ -235,7 +244,7 @@ func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInfor
 // buildSnapshot reads the informers' stores into a new Snapshot, policies
 // through book. The label maps are shared with the stores, which never modify
 // an object in place.
-func buildSnapshot(book *policyBook, pods, namespaces, aps, pas cache.Store) *inventory.Snapshot {
+func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
 	for _, obj := range namespaces.List() {
 		ns, ok := obj.(*corev1.Namespace)
@@ -266,6 +275,15 @@ func buildSnapshot(book *policyBook, pods, namespaces, aps, pas cache.Store) *in
 		})
 	}
 	slices.SortFunc(snap.Pods, func(a, b inventory.Pod) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+
+	for _, obj := range services.List() {
+		if svc, ok := obj.(*corev1.Service); ok {
+			snap.Services = append(snap.Services, serviceFromAPI(svc))
+		}
+	}
+	slices.SortFunc(snap.Services, func(a, b inventory.Service) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 

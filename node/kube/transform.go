@@ -14,6 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ferrymesh/ferry/node/inventory"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
@@ -146,6 +149,50 @@ func (tr *transformer) namespace(obj any) (any, error) {
 		ResourceVersion: ns.ResourceVersion,
 		Labels:          ns.Labels,
 	}}, nil
+}
+
+// service keeps what serviceFromAPI reads.
+func (tr *transformer) service(obj any) (any, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: svc.Name, Namespace: svc.Namespace, UID: svc.UID, ResourceVersion: svc.ResourceVersion},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs,
+			Ports: svc.Spec.Ports, Selector: svc.Spec.Selector,
+		},
+	}, nil
+}
+
+// serviceFromAPI converts a Service the API server validated: its TCP ports
+// and parseable cluster IPs ("None" is a headless Service's).
+func serviceFromAPI(svc *corev1.Service) inventory.Service {
+	s := inventory.Service{Name: svc.Name, Namespace: svc.Namespace, Selector: svc.Spec.Selector}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, v := range ips {
+		if ip, err := netip.ParseAddr(v); err == nil {
+			s.ClusterIPs = append(s.ClusterIPs, ip)
+		}
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP || p.Port < 1 || p.Port > 65535 {
+			continue
+		}
+		sp := inventory.ServicePort{Port: uint16(p.Port)}
+		switch {
+		case p.TargetPort.Type == intstr.String:
+			sp.TargetPortName = p.TargetPort.StrVal
+		case p.TargetPort.IntVal > 0 && p.TargetPort.IntVal <= 65535:
+			sp.TargetPort = uint16(p.TargetPort.IntVal)
+		}
+		s.Ports = append(s.Ports, sp)
+	}
+	return s
 }
 
 // policy drops what a policy's conversion never reads: managed

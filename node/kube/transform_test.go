@@ -349,7 +349,7 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 	b.ReportAllocs()
 	var book policyBook
 	for b.Loop() {
-		s := buildSnapshot(&book, pods, namespaces, aps, pas)
+		s := buildSnapshot(&book, pods, namespaces, cache.NewStore(cache.MetaNamespaceKeyFunc), aps, pas)
 		if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 {
 			b.Fatalf("%d pods, %d policies", len(s.Pods), len(s.AuthorizationPolicies))
 		}

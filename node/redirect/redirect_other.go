@@ -25,3 +25,6 @@ func ListenTransparent(ctx context.Context, addr string) (*net.TCPListener, erro
 func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	return nil, fmt.Errorf("redirect: dial transparent: %w", errors.ErrUnsupported)
 }
+
+// DialledDst knows of no NAT outside Linux.
+func DialledDst(c net.Conn) netip.AddrPort { return netip.AddrPort{} }

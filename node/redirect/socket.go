@@ -4,6 +4,7 @@ package redirect
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -51,6 +52,36 @@ func DialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (n
 		return nil, fmt.Errorf("redirect: dial %v from %v: %w", dst, src, err)
 	}
 	return c, nil
+}
+
+// DialledDst returns the destination the peer of an accepted connection
+// dialled, as conntrack recorded it (SO_ORIGINAL_DST): a Service's
+// ClusterIP when kube-proxy's DNAT rewrote it to a pod, the connection's
+// local address when nothing did, and the zero AddrPort when conntrack has
+// no entry or c is not a TCP socket.
+// Capture itself sees only the rewritten destination: sk_lookup runs after
+// the DNAT, at local delivery.
+func DialledDst(c net.Conn) netip.AddrPort {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	var ap netip.AddrPort
+	_ = rc.Control(func(fd uintptr) {
+		// The kernel writes a struct sockaddr_in (16 bytes); x/sys has
+		// no getter of that shape, and an ipv6_mreq is 16 bytes too.
+		m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+		if err != nil || binary.NativeEndian.Uint16(m.Multiaddr[0:2]) != unix.AF_INET {
+			return
+		}
+		port := binary.BigEndian.Uint16(m.Multiaddr[2:4])
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Multiaddr[4:8])), port)
+	})
+	return ap
 }
 
 func setsockopts(c syscall.RawConn, reuseport bool) error {

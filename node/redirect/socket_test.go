@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -168,4 +170,58 @@ func TestPrivilegedUpgradeSwapsListeners(t *testing.T) {
 	old.Close()
 	oldLn.Close()
 	connect(newLn, 3)
+}
+
+// TestPrivilegedDialledDst checks that an accepted connection whose
+// destination a prerouting DNAT rewrote (as kube-proxy rewrites a Service's
+// ClusterIP) reports the address its client dialled, and one nothing
+// rewrote reports its own local address.
+func TestPrivilegedDialledDst(t *testing.T) {
+	testutil.Privileged(t)
+	server := testutil.NewNetNS(t)
+	client := testutil.NewNetNS(t)
+	serverIP, clientIP := netip.MustParseAddr("198.18.254.1"), netip.MustParseAddr("198.18.254.2")
+	vip := netip.MustParseAddrPort("198.19.254.10:80")
+	wire(t, server, client, "eth0", "eth0", serverIP, clientIP)
+	rules := `table ip ferry-test {
+	chain prerouting {
+		type nat hook prerouting priority dstnat;
+		ip daddr ` + vip.Addr().String() + ` tcp dport 80 dnat to ` + serverIP.String() + `:8080
+	}
+}`
+	nft := exec.Command("nsenter", "--net="+server.Path(), "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rules)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	ln := listenIn(t, server, netip.AddrPortFrom(serverIP, 8080).String(), false)
+	for _, tc := range []struct {
+		name       string
+		dial, want netip.AddrPort
+	}{
+		{"through the DNAT", vip, vip},
+		{"direct", netip.AddrPortFrom(serverIP, 8080), netip.AddrPortFrom(serverIP, 8080)},
+	} {
+		c, err := dialIn(client, tc.dial)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		s, err := accept(ln)
+		if err != nil {
+			c.Close()
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := DialledDst(s); got != tc.want {
+			t.Errorf("%s: DialledDst %v, want %v (LocalAddr %v)", tc.name, got, tc.want, s.LocalAddr())
+		}
+		c.Close()
+		s.Close()
+	}
+	// Not a socket: no answer, no panic.
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := DialledDst(a); got.IsValid() {
+		t.Errorf("DialledDst(pipe) = %v", got)
+	}
 }
