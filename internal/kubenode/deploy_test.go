@@ -250,7 +250,11 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 			continue
 		}
 		t.Logf("warning event %s %s: %s: %s (x%d)", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message, e.Count)
+		// The kubelet's first secret mount can time out while its watch
+		// cache syncs on a busy machine; it retries, and the pod became
+		// Ready above.
 		expected := e.Reason == "FailedMount" && strings.Contains(e.Message, "ferry-ca-root-cert") ||
+			e.Reason == "FailedMount" && strings.Contains(e.Message, "failed to sync secret cache") ||
 			e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Readiness probe failed")
 		if !expected {
 			t.Errorf("unexpected warning event %s %s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
@@ -385,6 +389,8 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	if v, ok := off.Annotations[redirection]; ok {
 		t.Errorf("pod of an unlabelled namespace annotated %s=%q", redirection, v)
 	}
+
+	t.Run("traffic", func(t *testing.T) { checkTraffic(t, ctx, c, cluster) })
 
 	// Uninstall as deploy/README.md says, but with a pod still enrolled
 	// (the README's advice to release them first not followed): every

@@ -5,7 +5,7 @@
 // Usage:
 //
 //	podapp serve [--addr :8000] [--name NS/POD]
-//	podapp get URL [--timeout 5s] [--expect-code 200] [--data N]
+//	podapp get URL [--timeout 5s] [--expect-code 200] [--data N] [--gate ADDR]
 //
 // The server answers:
 //
@@ -18,5 +18,6 @@
 // get prints the status code on the first line and the body after it. When
 // the request fails before a response it prints 000 (as curl does) and the
 // error on stderr. It exits 0 when the code equals --expect-code (default:
-// any 2xx), 1 otherwise.
+// any 2xx), 1 otherwise. With --gate it first waits for one connection to
+// ADDR (a test opens it once the pod's capture is in place).
 package main

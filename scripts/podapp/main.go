@@ -122,6 +122,7 @@ func get(ctx context.Context, args []string, out io.Writer) error {
 	timeout := fs.Duration("timeout", 5*time.Second, "whole-request timeout")
 	expect := fs.Int("expect-code", -1, "exit 0 only for this status code (0 = a failed request); default any 2xx")
 	data := fs.Int("data", -1, "POST this many bytes instead of GET")
+	gate := fs.String("gate", "", "listen on this address and make the request only after one connection to it")
 	// Accept the URL before or after the flags.
 	var url string
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -133,7 +134,12 @@ func get(ctx context.Context, args []string, out io.Writer) error {
 	if url == "" && fs.NArg() == 1 {
 		url = fs.Arg(0)
 	} else if url == "" || fs.NArg() != 0 {
-		return errors.New("usage: podapp get URL [--timeout D] [--expect-code N] [--data N]")
+		return errors.New("usage: podapp get URL [--timeout D] [--expect-code N] [--data N] [--gate ADDR]")
+	}
+	if *gate != "" {
+		if err := waitGate(ctx, *gate); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -173,4 +179,22 @@ func get(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("got status %d", code)
 	}
 	return nil
+}
+
+// waitGate returns after one connection to addr: a test starts a client pod
+// and lets it make its request only once the pod's capture is in place.
+func waitGate(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	c, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("gate: %w", err)
+	}
+	return c.Close()
 }

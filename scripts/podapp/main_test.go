@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestHandler(t *testing.T) {
@@ -45,5 +48,39 @@ func TestGetFailure(t *testing.T) {
 	out.Reset()
 	if err := run(t.Context(), []string{"get", url, "--expect-code", "0"}, &out); err != nil {
 		t.Errorf("get --expect-code 0 on a closed server: %v", err)
+	}
+}
+
+func TestGetGate(t *testing.T) {
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests.Add(1) }))
+	defer srv.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := l.Addr().String()
+	l.Close()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(t.Context(), []string{"get", srv.URL, "--gate", gate}, &out) }()
+	// Nothing is requested until the gate is opened.
+	for {
+		if n := requests.Load(); n != 0 {
+			t.Fatalf("%d requests before the gate opened", n)
+		}
+		c, err := net.Dial("tcp", gate)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("get returned before its gate opened: %v (%q)", err, out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := <-done; err != nil || out.String() != "200\n" || requests.Load() != 1 {
+		t.Errorf("after the gate: %v, output %q", err, out.String())
 	}
 }

@@ -1,0 +1,387 @@
+package kubenode
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/node"
+)
+
+// agentMetrics is the agent's metrics endpoint: a hostNetwork pod, so on
+// the node's address, at its prometheus.io/port.
+var agentMetrics = "http://" + GatewayIP.String() + ":15020/metrics"
+
+// checkTraffic drives real pods through the installed agent on the node:
+// ambient-on (enrolled) and ambient-off (not) each run a "web" pod. It
+// checks that a pod's request to a ClusterIP is captured after kube-proxy's
+// DNAT and carried over HBONE in mTLS with the Service named, that
+// PeerAuthentication and AuthorizationPolicy applied through the API are
+// enforced, and that unlabelling a namespace or deleting a pod releases
+// the pod's capture.
+func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, cluster *kubetest.Cluster) {
+	vips := map[string]string{}
+	for _, ns := range []string{"ambient-on", "ambient-off"} {
+		svc, err := c.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.ServiceSpec{
+				Selector: map[string]string{"app": "web"},
+				Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8000)}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vips[ns] = svc.Spec.ClusterIP
+	}
+	if err := waitNFT(ctx, vips["ambient-on"], vips["ambient-off"]); err != nil {
+		t.Fatal(err)
+	}
+	onURL := "http://" + vips["ambient-on"] + "/ip"
+	const onService = "web.ambient-on.svc.cluster.local"
+	for _, sa := range []string{"blocked"} {
+		if _, err := c.CoreV1().ServiceAccounts("ambient-on").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("enrolled client to a ClusterIP goes over HBONE", func(t *testing.T) {
+		before := scrape(ctx, t)
+		code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL)
+		if code != "200" || body != ip {
+			t.Fatalf("client: status %s, the server saw %q; want 200 and the client's own address %s (Ferry dials as the client)", code, body, ip)
+		}
+		after := scrape(ctx, t)
+		// Both ends of the tunnel counted it, in mTLS, naming the Service
+		// and the client's identity.
+		for _, reporter := range []string{"source", "destination"} {
+			want := map[string]string{
+				"reporter": reporter, "connection_security_policy": "mutual_tls",
+				"destination_service": onService, "destination_service_name": "web", "destination_service_namespace": "ambient-on",
+				"source_principal": "spiffe://cluster.local/ns/ambient-on/sa/default",
+				"source_workload":  "client", "destination_workload": "web", "response_flags": "-",
+			}
+			if d := metric(after, "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+				t.Errorf("istio_tcp_connections_opened_total%v went up by %v, want 1\n%s", want, d, grep(after, "istio_tcp_connections_opened_total"))
+			}
+		}
+	})
+
+	t.Run("plaintext client to a ClusterIP is named too", func(t *testing.T) {
+		before := scrape(ctx, t)
+		code, body, ip := runClient(ctx, t, c, "ambient-off", "client", "default", onURL)
+		if code != "200" || body != ip {
+			t.Fatalf("client: status %s, server saw %q; want 200 and %s (PERMISSIVE)", code, body, ip)
+		}
+		want := map[string]string{"reporter": "destination", "connection_security_policy": "unknown", "destination_service": onService}
+		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+			t.Errorf("plaintext inbound through the ClusterIP counted %v times, want 1", d)
+		}
+	})
+
+	t.Run("STRICT refuses plaintext", func(t *testing.T) {
+		if _, err := cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: ambient-on}
+spec: {mtls: {mode: STRICT}}
+`), kubetest.ApplyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		awaitPolicy(ctx, t, "ambient-on", "strict")
+		if code, _, _ := runClient(ctx, t, c, "ambient-off", "client", "default", onURL); code == "200" {
+			t.Fatal("a plaintext client reached an enrolled pod under STRICT")
+		}
+		if code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL); code != "200" || body != ip {
+			t.Errorf("an enrolled client under STRICT: status %s, server saw %q, want 200 and %s", code, body, ip)
+		}
+	})
+
+	t.Run("AuthorizationPolicy denies by principal", func(t *testing.T) {
+		if _, err := cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-blocked, namespace: ambient-on}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/ambient-on/sa/blocked"]}
+`), kubetest.ApplyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		awaitPolicy(ctx, t, "ambient-on", "deny-blocked")
+		before := scrape(ctx, t)
+		if code, _, _ := runClient(ctx, t, c, "ambient-on", "blocked", "blocked", onURL); code == "200" {
+			t.Fatal("the denied principal got through")
+		}
+		want := map[string]string{"reporter": "destination", "response_flags": "DENY",
+			"source_principal": "spiffe://cluster.local/ns/ambient-on/sa/blocked", "destination_service": onService}
+		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+			t.Errorf("the denial counted %v times, want 1 with %v", d, want)
+		}
+		if code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL); code != "200" || body != ip {
+			t.Errorf("another principal: status %s, server saw %q, want 200 and %s", code, body, ip)
+		}
+	})
+
+	t.Run("unlabelling and deleting release pods", func(t *testing.T) {
+		const ns = "ambient-tmp"
+		if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name: ns, Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitSA(ctx, c.CoreV1().ServiceAccounts(ns).Get); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"a", "b"} {
+			if _, err := c.CoreV1().Pods(ns).Create(ctx, servePod(name), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ips := map[string]string{}
+		for _, name := range []string{"a", "b"} {
+			p, err := waitAnnotation(ctx, c, ns, name, "enabled")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ips[name] = p.Status.PodIP
+			if err := waitCaptured(ctx, t, p.Status.PodIP, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Deleting a pod releases its address.
+		if err := c.CoreV1().Pods(ns).Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitCaptured(ctx, t, ips["a"], false); err != nil {
+			t.Fatal(err)
+		}
+		// Unlabelling the namespace releases the rest.
+		if _, err := c.CoreV1().Namespaces().Update(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := waitAnnotation(ctx, c, ns, "b", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitCaptured(ctx, t, ips["b"], false); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// servePod is an HTTP server pod labelled app=web.
+func servePod(name string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{
+				Name: "web", Image: "ferry.test/podapp:1", ImagePullPolicy: corev1.PullNever,
+				Args: []string{"serve", "--addr", ":8000", "--name", name},
+			}},
+		},
+	}
+}
+
+// runClient runs one `podapp get url` pod as service account sa and
+// returns the status it printed ("000" when the request failed), the body
+// (the address the server saw) and the client pod's own address. The pod
+// is deleted afterwards.
+//
+// The request waits behind podapp's gate until the pod is captured (its
+// redirection annotation, in an enrolled namespace) or running: a pod's
+// first connections can leave before the agent has seen its address
+// (README, Limits), and the checks here are about what follows.
+func runClient(ctx context.Context, t *testing.T, c kubernetes.Interface, ns, name, sa, url string) (code, body, ip string) {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever, ServiceAccountName: sa, TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{
+				Name: "get", Image: "ferry.test/podapp:1", ImagePullPolicy: corev1.PullNever,
+				Args: []string{"get", url, "--timeout", "5s", "--gate", ":9000"},
+			}},
+		},
+	}
+	if _, err := c.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = c.CoreV1().Pods(ns).Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		for wctx.Err() == nil {
+			if _, err := c.CoreV1().Pods(ns).Get(wctx, name, metav1.GetOptions{}); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	nsObj, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ""
+	if nsObj.Labels["istio.io/dataplane-mode"] == "ambient" {
+		want = "enabled"
+	}
+	started, err := waitAnnotation(ctx, c, ns, name, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, gcancel := context.WithTimeout(ctx, time.Minute)
+	defer gcancel()
+	if err := poll(gctx, func() error {
+		gc, err := net.DialTimeout("tcp", net.JoinHostPort(started.Status.PodIP, "9000"), time.Second)
+		if err == nil {
+			gc.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("client %s/%s gate: %v", ns, name, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	done, err := WaitPod(wctx, c, ns, name, PodDone)
+	if err != nil {
+		t.Fatalf("client %s/%s: %v", ns, name, err)
+	}
+	logs, err := c.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("client %s/%s logs: %v", ns, name, err)
+	}
+	lines := strings.SplitN(strings.TrimSpace(string(logs)), "\n", 2)
+	code = lines[0]
+	if len(lines) > 1 {
+		body = strings.TrimSpace(lines[1])
+	}
+	t.Logf("client %s/%s (%s) → %s: %s %q", ns, name, done.Status.PodIP, url, code, body)
+	return code, body, done.Status.PodIP
+}
+
+func scrape(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, agentMetrics, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// metric sums the samples of name in a Prometheus text exposition whose
+// labels include every pair of want.
+func metric(body, name string, want map[string]string) float64 {
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if !slices.ContainsFunc(mapsPairs(want), func(p string) bool { return !strings.Contains(line[:i], p) }) {
+			v, err := strconv.ParseFloat(line[i+1:], 64)
+			if err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+func mapsPairs(m map[string]string) []string {
+	var out []string
+	for k, v := range m {
+		out = append(out, fmt.Sprintf("%s=%q", k, v))
+	}
+	return out
+}
+
+func grep(body, prefix string) string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// awaitPolicy waits until the agent enforces the policy ns/name (its
+// /config_dump on the node's loopback).
+func awaitPolicy(ctx context.Context, t *testing.T, ns, name string) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := poll(wctx, func() error {
+		var dump node.ConfigDump
+		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(dump.Policies, func(p node.PolicyDump) bool { return p.Namespace == ns && p.Name == name }) {
+			return fmt.Errorf("the agent does not enforce %s/%s yet: %+v", ns, name, dump.Policies)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitAnnotation waits until the pod's redirection annotation is want
+// ("" = absent) and returns the pod.
+func waitAnnotation(ctx context.Context, c kubernetes.Interface, ns, name, want string) (*corev1.Pod, error) {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var pod *corev1.Pod
+	err := poll(wctx, func() error {
+		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if got := p.Annotations["ambient.istio.io/redirection"]; got != want || p.Status.PodIP == "" {
+			return fmt.Errorf("pod %s/%s: redirection %q (want %q), IP %q", ns, name, got, want, p.Status.PodIP)
+		}
+		pod = p
+		return nil
+	})
+	return pod, err
+}
+
+// waitCaptured waits until the host's Ferry routes do (or do not) hold
+// ip's inbound capture route.
+func waitCaptured(ctx context.Context, t *testing.T, ip string, want bool) error {
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return poll(wctx, func() error {
+		_, routes := ownedRouting(t)
+		has := slices.ContainsFunc(routes, func(r string) bool { return strings.Contains(r, ip+"/32") })
+		if has != want {
+			return fmt.Errorf("capture route for %s present %v, want %v: %v", ip, has, want, routes)
+		}
+		return nil
+	})
+}
