@@ -86,7 +86,7 @@ func TestManifests(t *testing.T) {
 	}
 	want := map[string]int{
 		"CustomResourceDefinition": 2, "Namespace": 1, "ServiceAccount": 2, "ClusterRole": 2,
-		"ClusterRoleBinding": 2, "DaemonSet": 1, "Deployment": 1, "Service": 1,
+		"ClusterRoleBinding": 2, "Role": 1, "RoleBinding": 1, "DaemonSet": 1, "Deployment": 1, "Service": 1,
 	}
 	for k, n := range want {
 		if kinds[k] != n {
@@ -157,6 +157,9 @@ func TestPrivilegedKubeRBAC(t *testing.T) {
 		{agent, "list", "", "services", "", "", true},
 		{agent, "watch", "", "services", "", "", true},
 		{agent, "update", "", "services", "", "app", false},
+		{agent, "watch", "apps", "daemonsets", "", "istio-system", true},
+		{agent, "watch", "apps", "daemonsets", "", "app", false},
+		{agent, "delete", "apps", "daemonsets", "", "istio-system", false},
 		{agent, "watch", "security.istio.io", "authorizationpolicies", "", "", true},
 		{agent, "watch", "security.istio.io", "peerauthentications", "", "", true},
 		{agent, "create", "security.istio.io", "authorizationpolicies", "", "app", false},

@@ -35,6 +35,12 @@ type Deps struct {
 	Source inventory.Source
 	// Annotator, when set, records captured pods on the Kubernetes API.
 	Annotator Annotator
+	// Uninstalling, when set, is asked once the agent has stopped and
+	// drained: true means Ferry is being uninstalled (the agent's
+	// DaemonSet was deleted), and the agent removes every kernel object it
+	// owns, as `ferry cleanup` does. Otherwise they stay for the next
+	// agent and enrolled pods fail closed meanwhile.
+	Uninstalling func() bool
 }
 
 // Annotator records whether a pod's traffic is captured, as Istio's
@@ -51,6 +57,7 @@ type Agent struct {
 	version string
 	source  inventory.Source
 	annot   Annotator
+	uninst  func() bool
 	metrics *Metrics
 	ready   *readiness
 
@@ -82,7 +89,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: deps.Log, level: deps.Level, version: deps.Version, source: deps.Source, annot: deps.Annotator}
+	a := &Agent{cfg: cfg, log: deps.Log, level: deps.Level, version: deps.Version, source: deps.Source, annot: deps.Annotator, uninst: deps.Uninstalling}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +117,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 
 // Run serves until ctx is done, then drains open connections for at most
 // Config.DrainTimeout. All goroutines it starts have exited when it returns.
-func (a *Agent) Run(ctx context.Context) error {
+func (a *Agent) Run(ctx context.Context) (err error) {
 	issuer, roots, closeIssuer, err := a.issuer()
 	if err != nil {
 		return err
@@ -134,7 +141,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		defer a.redirect.Close()
+		defer func() {
+			a.redirect.Close()
+			if a.uninst != nil && a.uninst() {
+				if cerr := Cleanup(a.cfg.BPFPinDir); cerr != nil {
+					a.log.Error("uninstall: removing the capture state failed; run ferry cleanup on the node", "err", cerr)
+					err = errors.Join(err, cerr)
+				} else {
+					a.log.Info("uninstall: capture state removed (rules, routes, BPF pins)")
+				}
+			}
+		}()
 	}
 	a.ready.set(TaskListeners, true, "")
 

@@ -46,7 +46,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := slog.New(h)
 	deps := node.Deps{Log: log, Level: &level, Version: version}
 	if cfg.Kube {
-		if err := kubeDeps(cfg, &deps, log); err != nil {
+		if err := kubeDeps(ctx, cfg, &deps, log); err != nil {
 			return err
 		}
 	}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -38,13 +40,20 @@ func kubeClients(path string) (kubernetes.Interface, dynamic.Interface, error) {
 	return client, dyn, nil
 }
 
-// kubeDeps fills deps with the Kubernetes inventory source and annotator.
-func kubeDeps(cfg node.Config, deps *node.Deps, log *slog.Logger) error {
+// kubeDeps fills deps with the Kubernetes inventory source and annotator
+// and, in a pod (POD_NAME and POD_NAMESPACE set, as deploy/ sets them),
+// the watch that tells an uninstall from a restart.
+func kubeDeps(ctx context.Context, cfg node.Config, deps *node.Deps, log *slog.Logger) error {
 	client, dyn, err := kubeClients(cfg.Kubeconfig)
 	if err != nil {
 		return err
 	}
-	deps.Source = kube.NewSource(client, dyn, log.With("component", "kube"))
-	deps.Annotator = kube.NewAnnotator(client, log.With("component", "kube"))
+	log = log.With("component", "kube")
+	deps.Source = kube.NewSource(client, dyn, log)
+	deps.Annotator = kube.NewAnnotator(client, log)
+	if pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE"); pod != "" && ns != "" {
+		// The watch must outlive SIGTERM: the agent asks after draining.
+		deps.Uninstalling = kube.WatchUninstall(context.WithoutCancel(ctx), client, ns, pod, log).Uninstalling
+	}
 	return nil
 }

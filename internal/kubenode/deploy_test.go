@@ -36,33 +36,6 @@ import (
 // from an earlier `make image`.
 const testTag = "kubenode-test"
 
-// overlay is the test's kustomize overlay, as text edits of deploy/'s
-// manifests: the image tag, and the bpffs hostPath moved to the node's own
-// bpffs (the host's /sys/fs/bpf is private here and the node must not
-// remount it; on a real node systemd mounts it shared). Nothing else.
-func overlay(t *testing.T, name string, b []byte, bpffs string) []byte {
-	t.Helper()
-	s := string(b)
-	edits := map[string][2]string{
-		"base/agent.yaml": {"image: ghcr.io/ferrymesh/ferry:dev", "image: ghcr.io/ferrymesh/ferry:" + testTag},
-		"base/ca.yaml":    {"image: ghcr.io/ferrymesh/ferry:dev", "image: ghcr.io/ferrymesh/ferry:" + testTag},
-	}
-	if e, ok := edits[name]; ok {
-		if strings.Count(s, e[0]) != 1 {
-			t.Fatalf("overlay: %s has %d × %q, want 1", name, strings.Count(s, e[0]), e[0])
-		}
-		s = strings.Replace(s, e[0], e[1], 1)
-	}
-	if name == "base/agent.yaml" {
-		const hostPath = "hostPath:\n          path: /sys/fs/bpf\n"
-		if strings.Count(s, hostPath) != 1 {
-			t.Fatalf("overlay: %s: bpffs hostPath not found", name)
-		}
-		s = strings.Replace(s, hostPath, "hostPath:\n          path: "+bpffs+"\n", 1)
-	}
-	return []byte(s)
-}
-
 // TestPrivilegedRealNodeDeploy installs deploy/ on a real node the way
 // deploy/README.md tells users to (root from `ferry ca init`, its Secret
 // and ConfigMap, then every manifest server-side applied with a test
@@ -74,11 +47,10 @@ func overlay(t *testing.T, name string, b []byte, bpffs string) []byte {
 // certificates from
 // `ferry ca serve` through the ferry-ca Service (resolved by name), and
 // enrols a pod of a namespace labelled ambient and not one of an
-// unlabelled namespace. It then uninstalls as documented — delete every
-// manifest, then `ferry cleanup` on the node — with the ambient namespace
-// left in place, and checks what each step left: the agent keeps its pins on SIGTERM (it cannot tell an uninstall
-// from a rolling update, whose successor takes the pins over), and
-// `ferry cleanup` removes them, and the capture rules and routes of a pod
+// unlabelled namespace; checkTraffic then drives real pods through it. It
+// then uninstalls as documented — delete every manifest — with the ambient
+// namespace left in place, and checks that the agent, seeing its DaemonSet
+// deleted, removed its pins and the capture rules and routes of the pod
 // that was still enrolled.
 func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	testutil.Privileged(t)
@@ -176,7 +148,9 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b = overlay(t, f, b, n.BPFFS())
+		if b, err = DeployOverlay(f, b, testTag, n.BPFFS()); err != nil {
+			t.Fatal(err)
+		}
 		applied = append(applied, b)
 		if _, err := cluster.Apply(ctx, b, kubetest.ApplyOptions{}); err != nil {
 			t.Fatalf("apply %s: %v", f, err)
@@ -390,12 +364,12 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		t.Errorf("pod of an unlabelled namespace annotated %s=%q", redirection, v)
 	}
 
-	t.Run("traffic", func(t *testing.T) { checkTraffic(t, ctx, c, cluster) })
+	pinDir := filepath.Join(n.BPFFS(), "ferry")
+	t.Run("traffic", func(t *testing.T) { checkTraffic(t, ctx, c, cluster, pinDir) })
 
 	// Uninstall as deploy/README.md says, but with a pod still enrolled
 	// (the README's advice to release them first not followed): every
-	// manifest is deleted, then `ferry cleanup` runs on the node.
-	pinDir := filepath.Join(n.BPFFS(), "ferry")
+	// manifest is deleted.
 	for _, name := range []string{"ambient-off"} {
 		if err := c.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -431,26 +405,18 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The agent saw its DaemonSet deleted and, on SIGTERM, removed its
+	// capture state itself, the still-enrolled pod's included.
 	rules, routes := ownedRouting(t)
-	pins := listPins(pinDir)
-	t.Logf("after delete: %d rules, %d routes, pins %v", len(rules), len(routes), pins)
-	// The enrolled pod keeps its capture rules and routes: with no agent
-	// its traffic fails closed instead of leaving the mesh.
-	if len(rules) == 0 || len(routes) == 0 {
-		t.Errorf("after delete with a pod still enrolled: rules %v, routes %v; want the pod's capture kept (fail closed)", rules, routes)
-	}
-	if len(pins) == 0 {
-		t.Errorf("no pins left in %s after delete: the agent removed them on SIGTERM, which a rolling update's successor needs", pinDir)
-	}
-	if out, err := exec.CommandContext(ctx, ferry, "cleanup", "--bpf-pin-dir", pinDir).CombinedOutput(); err != nil {
-		t.Fatalf("ferry cleanup: %v\n%s", err, out)
-	}
-	rules, routes = ownedRouting(t)
 	if len(rules) > 0 || len(routes) > 0 {
-		t.Errorf("after ferry cleanup: rules %v, routes %v", rules, routes)
+		t.Errorf("after kubectl delete: rules %v, routes %v", rules, routes)
 	}
 	if pins := listPins(pinDir); len(pins) > 0 {
-		t.Errorf("after ferry cleanup: pins %v", pins)
+		t.Errorf("after kubectl delete: pins %v", pins)
+	}
+	// `ferry cleanup` on the node still works, and finds nothing.
+	if out, err := exec.CommandContext(ctx, ferry, "cleanup", "--bpf-pin-dir", pinDir).CombinedOutput(); err != nil {
+		t.Fatalf("ferry cleanup: %v\n%s", err, out)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
@@ -32,7 +33,7 @@ var agentMetrics = "http://" + GatewayIP.String() + ":15020/metrics"
 // PeerAuthentication and AuthorizationPolicy applied through the API are
 // enforced, and that unlabelling a namespace or deleting a pod releases
 // the pod's capture.
-func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, cluster *kubetest.Cluster) {
+func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, cluster *kubetest.Cluster, pinDir string) {
 	vips := map[string]string{}
 	for _, ns := range []string{"ambient-on", "ambient-off"} {
 		svc, err := c.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -137,6 +138,75 @@ spec:
 		}
 	})
 
+	t.Run("a replaced agent takes over; meanwhile enrolled pods fail closed", func(t *testing.T) {
+		old := agentPods(ctx, t, c, false)
+		if len(old) != 1 {
+			t.Fatalf("agent pods %v, want 1", old)
+		}
+		// The DaemonSet is kept off the node for a while (a nodeSelector
+		// nothing matches): its controller deletes the agent pod and the
+		// kubelet stops the agent with SIGTERM, while the DaemonSet stays,
+		// so the agent keeps the capture state for its successor.
+		hold := func(on bool) {
+			sel := `{"ferry.test/hold": null}`
+			if on {
+				sel = `{"ferry.test/hold": "true"}`
+			}
+			patch := `{"spec":{"template":{"spec":{"nodeSelector":` + sel + `}}}}`
+			if _, err := c.AppsV1().DaemonSets("istio-system").Patch(ctx, "ferry", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		code, _, _ := runClientAfter(ctx, t, c, "ambient-on", "client", "default", onURL, func() {
+			rulesBefore, routesBefore := ownedRouting(t)
+			hold(true)
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			if err := poll(wctx, func() error {
+				if pods := agentPods(ctx, t, c, true); len(pods) > 0 {
+					return fmt.Errorf("agent pods still there: %v", pods)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			rules, routes := ownedRouting(t)
+			if !slices.Equal(rules, rulesBefore) || !slices.Equal(routes, routesBefore) || len(listPins(pinDir)) == 0 {
+				t.Errorf("the stopped agent changed the capture state: rules %v → %v, routes %v → %v, pins %v",
+					rulesBefore, rules, routesBefore, routes, listPins(pinDir))
+			}
+		})
+		if code == "200" {
+			t.Error("an enrolled pod's request succeeded while no agent ran, so it left the mesh")
+		}
+		hold(false)
+		// The DaemonSet's next pod takes the pins over.
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if err := poll(wctx, func() error {
+			ds, err := c.AppsV1().DaemonSets("istio-system").Get(ctx, "ferry", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if now := agentPods(ctx, t, c, false); len(now) != 1 || now[0] == old[0] || ds.Status.NumberReady != 1 {
+				return fmt.Errorf("agent pods %v, %d ready", now, ds.Status.NumberReady)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		awaitPolicy(ctx, t, "ambient-on", "deny-blocked")
+		before := scrape(ctx, t)
+		code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL)
+		if code != "200" || body != ip {
+			t.Fatalf("after the new agent started: status %s, server saw %q, want 200 and %s", code, body, ip)
+		}
+		want := map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls", "destination_service": onService}
+		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+			t.Errorf("the new agent counted %v mTLS connections, want 1", d)
+		}
+	})
+
 	t.Run("unlabelling and deleting release pods", func(t *testing.T) {
 		const ns = "ambient-tmp"
 		if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
@@ -210,6 +280,13 @@ func servePod(name string) *corev1.Pod {
 // (README, Limits), and the checks here are about what follows.
 func runClient(ctx context.Context, t *testing.T, c kubernetes.Interface, ns, name, sa, url string) (code, body, ip string) {
 	t.Helper()
+	return runClientAfter(ctx, t, c, ns, name, sa, url, nil)
+}
+
+// runClientAfter is runClient with before run just before the request is
+// let go.
+func runClientAfter(ctx context.Context, t *testing.T, c kubernetes.Interface, ns, name, sa, url string, before func()) (code, body, ip string) {
+	t.Helper()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{
@@ -245,6 +322,9 @@ func runClient(ctx context.Context, t *testing.T, c kubernetes.Interface, ns, na
 	started, err := waitAnnotation(ctx, c, ns, name, want)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before()
 	}
 	gctx, gcancel := context.WithTimeout(ctx, time.Minute)
 	defer gcancel()
@@ -384,4 +464,21 @@ func waitCaptured(ctx context.Context, t *testing.T, ip string, want bool) error
 		}
 		return nil
 	})
+}
+
+// agentPods names the agent DaemonSet's pods, those being deleted too if
+// terminating.
+func agentPods(ctx context.Context, t *testing.T, c kubernetes.Interface, terminating bool) []string {
+	t.Helper()
+	pods, err := c.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range pods.Items {
+		if terminating || p.DeletionTimestamp == nil {
+			names = append(names, p.Name)
+		}
+	}
+	return names
 }
