@@ -15,7 +15,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: image help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo cleanup
+.PHONY: image help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo demo-kube cleanup
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: build ## the benchmark suite; writes bench/results.json
 
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
 	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
+
+demo-kube: deps ## the same walkthrough on a real kubelet node, Ferry installed from deploy/ (root)
+	scripts/demo-kube
 
 image: ## build the container image without Docker: bin/ferry-image.tar (docker-archive) and bin/ferry-image.oci
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false \

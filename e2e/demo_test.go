@@ -30,3 +30,22 @@ func TestPrivilegedDemo(t *testing.T) {
 		t.Error("scripts/demo did not report success")
 	}
 }
+
+// TestPrivilegedRealNodeDemo runs scripts/demo-kube (the same walkthrough
+// on a real kubelet node with Ferry installed from deploy/, what `make
+// demo-kube` runs) and fails if any of its expectations fails.
+func TestPrivilegedRealNodeDemo(t *testing.T) {
+	testutil.Privileged(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, script(t, "demo-kube"))
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.CombinedOutput()
+	t.Logf("scripts/demo-kube:\n%s", out)
+	if err != nil {
+		t.Fatalf("scripts/demo-kube: %v", err)
+	}
+	if !strings.Contains(string(out), "demo-kube: all expectations met") {
+		t.Error("scripts/demo-kube did not report success")
+	}
+}
