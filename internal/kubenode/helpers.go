@@ -82,6 +82,27 @@ func (n *Node) BuildImage(ctx context.Context, moduleRoot, pkg, ref string, args
 	return n.ImportImage(ctx, archive)
 }
 
+// Poll calls check every 250 ms until it returns nil, or until ctx ends or
+// timeout (if not 0) has passed; then it returns check's last error.
+func Poll(ctx context.Context, timeout time.Duration, check func() error) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 // WaitPod polls the pod every 200 ms until done returns true or an error,
 // or ctx ends; it returns the pod as last read.
 func WaitPod(ctx context.Context, c kubernetes.Interface, namespace, name string, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,7 +35,8 @@ var agentMetrics = "http://" + GatewayIP.String() + ":15020/metrics"
 // PeerAuthentication and AuthorizationPolicy applied through the API are
 // enforced, and that unlabelling a namespace or deleting a pod releases
 // the pod's capture.
-func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, cluster *kubetest.Cluster, pinDir string) {
+func checkTraffic(t *testing.T, ctx context.Context, n *Node, c kubernetes.Interface, cluster *kubetest.Cluster) {
+	pinDir := filepath.Join(n.BPFFS(), "ferry")
 	vips := map[string]string{}
 	for _, ns := range []string{"ambient-on", "ambient-off"} {
 		svc, err := c.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -75,7 +78,7 @@ func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, clu
 				"source_principal": "spiffe://cluster.local/ns/ambient-on/sa/default",
 				"source_workload":  "client", "destination_workload": "web", "response_flags": "-",
 			}
-			if d := metric(after, "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+			if d := opened(before, after, want); d != 1 {
 				t.Errorf("istio_tcp_connections_opened_total%v went up by %v, want 1\n%s", want, d, grep(after, "istio_tcp_connections_opened_total"))
 			}
 		}
@@ -88,7 +91,7 @@ func checkTraffic(t *testing.T, ctx context.Context, c kubernetes.Interface, clu
 			t.Fatalf("client: status %s, server saw %q; want 200 and %s (PERMISSIVE)", code, body, ip)
 		}
 		want := map[string]string{"reporter": "destination", "connection_security_policy": "unknown", "destination_service": onService}
-		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+		if d := opened(before, scrape(ctx, t), want); d != 1 {
 			t.Errorf("plaintext inbound through the ClusterIP counted %v times, want 1", d)
 		}
 	})
@@ -130,7 +133,7 @@ spec:
 		}
 		want := map[string]string{"reporter": "destination", "response_flags": "DENY",
 			"source_principal": "spiffe://cluster.local/ns/ambient-on/sa/blocked", "destination_service": onService}
-		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+		if d := opened(before, scrape(ctx, t), want); d != 1 {
 			t.Errorf("the denial counted %v times, want 1 with %v", d, want)
 		}
 		if code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL); code != "200" || body != ip {
@@ -162,7 +165,7 @@ spec:
 			hold(true)
 			wctx, cancel := context.WithTimeout(ctx, time.Minute)
 			defer cancel()
-			if err := poll(wctx, func() error {
+			if err := Poll(wctx, 0, func() error {
 				if pods := agentPods(ctx, t, c, true); len(pods) > 0 {
 					return fmt.Errorf("agent pods still there: %v", pods)
 				}
@@ -183,7 +186,7 @@ spec:
 		// The DaemonSet's next pod takes the pins over.
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		if err := poll(wctx, func() error {
+		if err := Poll(wctx, 0, func() error {
 			ds, err := c.AppsV1().DaemonSets("istio-system").Get(ctx, "ferry", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -202,8 +205,125 @@ spec:
 			t.Fatalf("after the new agent started: status %s, server saw %q, want 200 and %s", code, body, ip)
 		}
 		want := map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls", "destination_service": onService}
-		if d := metric(scrape(ctx, t), "istio_tcp_connections_opened_total", want) - metric(before, "istio_tcp_connections_opened_total", want); d != 1 {
+		if d := opened(before, scrape(ctx, t), want); d != 1 {
 			t.Errorf("the new agent counted %v mTLS connections, want 1", d)
+		}
+	})
+
+	t.Run("a rolling update keeps a long-lived connection", func(t *testing.T) {
+		old := agentPods(ctx, t, c, false)
+		if len(old) != 1 {
+			t.Fatalf("agent pods %v, want 1", old)
+		}
+		// A connection held open through the update: a request on it every
+		// 250 ms, each response logged with the client address the server saw.
+		holder := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "holder", Labels: map[string]string{"app": "holder"}},
+			Spec: corev1.PodSpec{
+				TerminationGracePeriodSeconds: new(int64),
+				Containers: []corev1.Container{{
+					Name: "hold", Image: "ferry.test/podapp:1", ImagePullPolicy: corev1.PullNever,
+					Args: []string{"hold", "http://" + vips["ambient-on"] + "/addr", "--gate", ":9000"},
+				}},
+			},
+		}
+		if _, err := c.CoreV1().Pods("ambient-on").Create(ctx, holder, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer c.CoreV1().Pods("ambient-on").Delete(context.WithoutCancel(ctx), "holder", metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		p, err := waitAnnotation(ctx, c, "ambient-on", "holder", "enabled")
+		if err != nil {
+			t.Fatal(err)
+		}
+		openGate(ctx, t, p.Status.PodIP)
+		lines := func() []string {
+			b, err := c.CoreV1().Pods("ambient-on").GetLogs("holder", &corev1.PodLogOptions{}).DoRaw(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.Split(strings.TrimSpace(string(b)), "\n")
+		}
+		if err := Poll(ctx, 0, func() error {
+			if l := lines(); len(l) < 2 {
+				return fmt.Errorf("holder: %q", l)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		first := strings.Fields(lines()[0])
+		if len(first) != 3 || first[1] != "200" || !strings.HasPrefix(first[2], p.Status.PodIP+":") {
+			t.Fatalf("holder's first response %q, want 200 and its own address", first)
+		}
+
+		// The update: the same image under a new tag.
+		const tag2 = testTag + "-2"
+		if out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdAddress(), "-n", "k8s.io", "images", "tag",
+			"ghcr.io/ferrymesh/ferry:"+testTag, "ghcr.io/ferrymesh/ferry:"+tag2).CombinedOutput(); err != nil {
+			t.Fatalf("ctr images tag: %v: %s", err, out)
+		}
+		patch := `{"spec":{"template":{"spec":{"containers":[{"name":"ferry","image":"ghcr.io/ferrymesh/ferry:` + tag2 + `"}]}}}}`
+		if _, err := c.AppsV1().DaemonSets("istio-system").Patch(ctx, "ferry", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// maxSurge: the new agent starts beside the old one, which the
+		// kubelet stops (SIGTERM, drain) once the new one is Ready.
+		var newPod string
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if err := Poll(wctx, 0, func() error {
+			pods, err := c.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
+			if err != nil {
+				return err
+			}
+			oldStopping, newReady := true, ""
+			for _, p := range pods.Items {
+				if p.Name == old[0] {
+					oldStopping = p.DeletionTimestamp != nil
+					continue
+				}
+				if p.Spec.Containers[0].Image == "ghcr.io/ferrymesh/ferry:"+tag2 && podReady(&p) {
+					newReady = p.Name
+				}
+			}
+			if !oldStopping || newReady == "" {
+				return fmt.Errorf("old agent %s stopping %v, new agent ready %q", old[0], oldStopping, newReady)
+			}
+			newPod = newReady
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		switched := time.Now()
+		t.Logf("new agent %s ready, old %s stopping", newPod, old[0])
+		// The held connection still answers, on the same connection, after
+		// the old agent was told to stop.
+		if err := Poll(wctx, 0, func() error {
+			var after int
+			for _, l := range lines() {
+				f := strings.Fields(l)
+				if len(f) != 3 || f[1] != "200" || f[2] != first[2] {
+					return fmt.Errorf("holder line %q: the connection broke or moved (first: %v)", l, first)
+				}
+				if ts, err := time.Parse(time.RFC3339Nano, f[0]); err == nil && ts.After(switched) {
+					after++
+				}
+			}
+			if after < 8 {
+				return fmt.Errorf("%d responses since the switch", after)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// A new connection goes to the new agent (its access log).
+		_, _, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL)
+		b, err := c.CoreV1().Pods("istio-system").GetLogs(newPod, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "src.addr="+ip+":") {
+			t.Errorf("the new agent %s did not carry the new connection from %s", newPod, ip)
 		}
 	})
 
@@ -326,17 +446,7 @@ func runClientAfter(ctx context.Context, t *testing.T, c kubernetes.Interface, n
 	if before != nil {
 		before()
 	}
-	gctx, gcancel := context.WithTimeout(ctx, time.Minute)
-	defer gcancel()
-	if err := poll(gctx, func() error {
-		gc, err := net.DialTimeout("tcp", net.JoinHostPort(started.Status.PodIP, "9000"), time.Second)
-		if err == nil {
-			gc.Close()
-		}
-		return err
-	}); err != nil {
-		t.Fatalf("client %s/%s gate: %v", ns, name, err)
-	}
+	openGate(ctx, t, started.Status.PodIP)
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	done, err := WaitPod(wctx, c, ns, name, PodDone)
@@ -347,10 +457,16 @@ func runClientAfter(ctx context.Context, t *testing.T, c kubernetes.Interface, n
 	if err != nil {
 		t.Fatalf("client %s/%s logs: %v", ns, name, err)
 	}
-	lines := strings.SplitN(strings.TrimSpace(string(logs)), "\n", 2)
-	code = lines[0]
-	if len(lines) > 1 {
-		body = strings.TrimSpace(lines[1])
+	// The status line, then the body; an error on stderr may come first
+	// in the pod's log.
+	code = "000"
+	lines := strings.Split(strings.TrimSpace(string(logs)), "\n")
+	for i, l := range lines {
+		if len(l) == 3 && strings.Trim(l, "0123456789") == "" {
+			code = l
+			body = strings.TrimSpace(strings.Join(lines[i+1:], "\n"))
+			break
+		}
 	}
 	t.Logf("client %s/%s (%s) → %s: %s %q", ns, name, done.Status.PodIP, url, code, body)
 	return code, body, done.Status.PodIP
@@ -372,6 +488,13 @@ func scrape(ctx context.Context, t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// opened is how much istio_tcp_connections_opened_total grew between two
+// scrapes, over the series whose labels include want.
+func opened(before, after string, want map[string]string) float64 {
+	const name = "istio_tcp_connections_opened_total"
+	return metric(after, name, want) - metric(before, name, want)
 }
 
 // metric sums the samples of name in a Prometheus text exposition whose
@@ -417,7 +540,7 @@ func awaitPolicy(ctx context.Context, t *testing.T, ns, name string) {
 	t.Helper()
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if err := poll(wctx, func() error {
+	if err := Poll(wctx, 0, func() error {
 		var dump node.ConfigDump
 		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
 			return err
@@ -437,7 +560,7 @@ func waitAnnotation(ctx context.Context, c kubernetes.Interface, ns, name, want 
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	var pod *corev1.Pod
-	err := poll(wctx, func() error {
+	err := Poll(wctx, 0, func() error {
 		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -456,7 +579,7 @@ func waitAnnotation(ctx context.Context, c kubernetes.Interface, ns, name, want 
 func waitCaptured(ctx context.Context, t *testing.T, ip string, want bool) error {
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	return poll(wctx, func() error {
+	return Poll(wctx, 0, func() error {
 		_, routes := ownedRouting(t)
 		has := slices.ContainsFunc(routes, func(r string) bool { return strings.Contains(r, ip+"/32") })
 		if has != want {
@@ -481,4 +604,29 @@ func agentPods(ctx context.Context, t *testing.T, c kubernetes.Interface, termin
 		}
 	}
 	return names
+}
+
+// openGate lets a podapp client behind --gate :9000 at ip go.
+func openGate(ctx context.Context, t *testing.T, ip string) {
+	t.Helper()
+	gctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := Poll(gctx, 0, func() error {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, "9000"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("gate of %s: %v", ip, err)
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

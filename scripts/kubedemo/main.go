@@ -1,11 +1,3 @@
-// Command kubedemo is `make demo`'s mTLS migration walkthrough on a real
-// Kubernetes node (internal/kubenode): Ferry installed from deploy/ as users
-// install it, Istio's httpbin and curl pods in namespaces foo and bar
-// (ambient) and legacy (not), every request made with `kubectl exec` through
-// the Services' names, and policies applied through the API. It checks every
-// expectation, exits non-zero if one fails, and removes everything it made.
-// scripts/demo-kube builds what it needs and runs it; `make demo-kube` runs
-// that.
 package main
 
 import (
@@ -215,7 +207,7 @@ func (d *demo) install(ctx context.Context, dir string) error {
 		}
 	}
 	fmt.Fprintf(d.out, "  $ kubectl apply --server-side -k deploy/   (image tag %s)\n", d.tag)
-	err = wait(ctx, 4*time.Minute, func() error {
+	err = kubenode.Poll(ctx, 4*time.Minute, func() error {
 		ds, err := d.c.AppsV1().DaemonSets(ns).Get(ctx, "ferry", metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -286,7 +278,7 @@ func (d *demo) workloads(ctx context.Context) error {
 			if ns == "legacy" && app == "httpbin" {
 				continue
 			}
-			err := wait(ctx, 2*time.Minute, func() error {
+			err := kubenode.Poll(ctx, 2*time.Minute, func() error {
 				p, err := d.c.CoreV1().Pods(ns).Get(ctx, app, metav1.GetOptions{})
 				if err != nil {
 					return err
@@ -378,7 +370,7 @@ func (d *demo) apply(ctx context.Context, yaml, ns, name string) error {
 	if _, err := d.cluster.Apply(ctx, []byte(yaml), kubetest.ApplyOptions{}); err != nil {
 		return err
 	}
-	err := wait(ctx, 30*time.Second, func() error {
+	err := kubenode.Poll(ctx, 30*time.Second, func() error {
 		var dump node.ConfigDump
 		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
 			return err
@@ -535,7 +527,7 @@ func (d *demo) uninstall(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	if err := wait(ctx, 2*time.Minute, func() error {
+	if err := kubenode.Poll(ctx, 2*time.Minute, func() error {
 		for _, ns := range []string{"foo", "bar", "legacy"} {
 			if _, err := d.c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
 				return fmt.Errorf("namespace %s still exists", ns)
@@ -556,7 +548,7 @@ func (d *demo) uninstall(ctx context.Context) (err error) {
 		}
 	}
 	fmt.Fprintln(d.out, "  $ kubectl delete -k deploy/")
-	if err := wait(ctx, 2*time.Minute, func() error {
+	if err := kubenode.Poll(ctx, 2*time.Minute, func() error {
 		if _, err := d.c.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); err == nil {
 			return errors.New("namespace istio-system still exists")
 		}
@@ -589,22 +581,6 @@ func label(line, name string) string {
 	}
 	v, _, _ := strings.Cut(rest, `"`)
 	return v
-}
-
-func wait(ctx context.Context, timeout time.Duration, check func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
 }
 
 func getBody(ctx context.Context, url string) (string, error) {

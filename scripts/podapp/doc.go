@@ -6,6 +6,7 @@
 //
 //	podapp serve [--addr :8000] [--name NS/POD]
 //	podapp get URL [--timeout 5s] [--expect-code 200] [--data N] [--gate ADDR]
+//	podapp hold URL [--interval 250ms] [--gate ADDR]
 //
 // The server answers:
 //
@@ -20,4 +21,8 @@
 // error on stderr. It exits 0 when the code equals --expect-code (default:
 // any 2xx), 1 otherwise. With --gate it first waits for one connection to
 // ADDR (a test opens it once the pod's capture is in place).
+//
+// hold keeps one connection and sends a GET on it every interval, printing
+// "TIME STATUS BODY" per response, until SIGTERM (exit 0) or the connection
+// fails (exit 1): the long-lived connection of the rolling-update tests.
 package main

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -28,15 +30,17 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: podapp serve|get [flags]")
+		return errors.New("usage: podapp serve|get|hold [flags]")
 	}
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:])
 	case "get":
 		return get(ctx, args[1:], out)
+	case "hold":
+		return hold(ctx, args[1:], out)
 	}
-	return fmt.Errorf("unknown command %q (serve, get)", args[0])
+	return fmt.Errorf("unknown command %q (serve, get, hold)", args[0])
 }
 
 // maxBytes bounds /bytes?n=.
@@ -197,4 +201,73 @@ func waitGate(ctx context.Context, addr string) error {
 		return fmt.Errorf("gate: %w", err)
 	}
 	return c.Close()
+}
+
+// hold keeps one TCP connection to the server of url and sends a GET for
+// url's path on it every interval, printing the time, the status and the
+// body of each response, until ctx ends (nil) or the connection fails (the
+// error): a long-lived connection whose survival a test can read from the
+// log.
+func hold(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+	interval := fs.Duration("interval", 250*time.Millisecond, "time between requests")
+	gate := fs.String("gate", "", "listen on this address and connect only after one connection to it")
+	var rawURL string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		rawURL, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" || fs.NArg() != 0 {
+		return errors.New("usage: podapp hold URL [--interval D] [--gate ADDR]")
+	}
+	if *gate != "" {
+		if err := waitGate(ctx, *gate); err != nil {
+			return err
+		}
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "80")
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	br := bufio.NewReader(c)
+	for {
+		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", u.RequestURI(), u.Host); err != nil {
+			return ctxOr(ctx, err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return ctxOr(ctx, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return ctxOr(ctx, err)
+		}
+		fmt.Fprintf(out, "%s %03d %s\n", time.Now().UTC().Format(time.RFC3339Nano), resp.StatusCode, bytes.TrimSpace(body))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*interval):
+		}
+	}
+}
+
+// ctxOr is nil once ctx has ended (the connection was closed on purpose),
+// else err.
+func ctxOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }

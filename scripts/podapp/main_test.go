@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,4 +86,60 @@ func TestGetGate(t *testing.T) {
 	if err := <-done; err != nil || out.String() != "200\n" || requests.Load() != 1 {
 		t.Errorf("after the gate: %v, output %q", err, out.String())
 	}
+}
+
+func TestHold(t *testing.T) {
+	srv := httptest.NewServer(handler("h", "ns/pod"))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"hold", srv.URL + "/addr", "--interval", "1ms"}, &out) }()
+	for strings.Count(out.String(), "\n") < 5 {
+		select {
+		case err := <-done:
+			t.Fatalf("hold ended: %v (%q)", err, out.String())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("hold after cancel: %v", err)
+	}
+	// Every response came over the same connection: one client address.
+	addrs := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 || f[1] != "200" {
+			t.Fatalf("line %q, want TIME 200 ADDR", l)
+		}
+		addrs[f[2]] = true
+	}
+	if len(addrs) != 1 {
+		t.Errorf("responses came from %d connections, want 1: %v", len(addrs), addrs)
+	}
+	// The server going away ends it with an error.
+	srv.CloseClientConnections()
+	srv.Close()
+	if err := run(t.Context(), []string{"hold", srv.URL + "/addr"}, io.Discard); err == nil {
+		t.Error("hold to a closed server: no error")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
