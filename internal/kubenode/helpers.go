@@ -3,7 +3,6 @@ package kubenode
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,26 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
-
-// ModuleRoot finds the directory of Ferry's go.mod at or above the working
-// directory (a test's working directory is its package directory).
-func ModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(b, []byte("module github.com/ferrymesh/ferry\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("kubenode: ferry's go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
 
 // Binaries runs scripts/kube-test-binaries --node in moduleRoot (building
 // and caching the binaries on first use: 15-25 minutes cold, under a second

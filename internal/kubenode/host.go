@@ -144,24 +144,42 @@ func tablesPresent() []string {
 	return have
 }
 
-// mountPoints returns the mount points at or below dir, deepest first.
-func mountPoints(dir string) []string {
+// mount is one line of /proc/self/mountinfo: the mount point and the
+// filesystem type.
+type mount struct{ point, fstype string }
+
+// mounts reads this process's mount table.
+func mounts() []mount {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []string
+	var out []mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
+		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		line := sc.Text()
+		i := strings.Index(line, " - ")
+		if i < 0 {
 			continue
 		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
+		fields, post := strings.Fields(line[:i]), strings.Fields(line[i+3:])
+		if len(fields) < 5 || len(post) < 1 {
+			continue
+		}
+		out = append(out, mount{point: unescapeMount(fields[4]), fstype: post[0]})
+	}
+	return out
+}
+
+// mountPoints returns the mount points at or below dir, deepest first.
+func mountPoints(dir string) []string {
+	var out []string
+	for _, m := range mounts() {
+		if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
+			out = append(out, m.point)
 		}
 	}
 	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
@@ -208,29 +226,10 @@ func unmountAll(dir string) error {
 // cgroupMounts returns the mount points of the cgroup hierarchies (v1
 // controllers, named ones and the v2 unified hierarchy).
 func cgroupMounts() []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		i := strings.Index(line, " - ")
-		if i < 0 {
-			continue
-		}
-		fields, post := strings.Fields(line[:i]), strings.Fields(line[i+3:])
-		if len(fields) < 5 || len(post) < 1 {
-			continue
-		}
-		if post[0] == "cgroup" || post[0] == "cgroup2" {
-			mp := unescapeMount(fields[4])
-			if !slices.Contains(out, mp) {
-				out = append(out, mp)
-			}
+	for _, m := range mounts() {
+		if (m.fstype == "cgroup" || m.fstype == "cgroup2") && !slices.Contains(out, m.point) {
+			out = append(out, m.point)
 		}
 	}
 	return out

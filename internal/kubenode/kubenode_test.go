@@ -205,7 +205,7 @@ func snapshot(t *testing.T) hostSnapshot {
 // Kubernetes binaries (built on first use) and a freshly built pause binary.
 func nodeAssets(ctx context.Context, t *testing.T) (root, bins, pause string) {
 	t.Helper()
-	root, err := ModuleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,13 +2,14 @@ package kubetest
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // AssetsEnv names the environment variable that points at a directory holding
@@ -30,7 +31,7 @@ func Binaries(t testing.TB) string {
 		}
 		return dir
 	}
-	root, err := moduleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
@@ -50,26 +51,6 @@ func Binaries(t testing.TB) string {
 		t.Fatalf("kubetest: %s printed %q, want a directory", script, stdout.String())
 	}
 	return dir
-}
-
-// moduleRoot finds the directory of Ferry's go.mod above the working
-// directory (a test's working directory is its package directory).
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.HasPrefix(b, []byte("module github.com/ferrymesh/ferry\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("ferry's go.mod not found above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // tail returns the last n lines of b.
