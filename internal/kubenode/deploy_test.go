@@ -365,6 +365,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	}
 
 	t.Run("traffic", func(t *testing.T) { checkTraffic(t, ctx, n, c, cluster) })
+	t.Run("cross-node", func(t *testing.T) { checkCrossNode(t, ctx, n, c, ferry, caDir, onIP) })
 	pinDir := filepath.Join(n.BPFFS(), "ferry")
 
 	// Uninstall as deploy/README.md says, but with a pod still enrolled

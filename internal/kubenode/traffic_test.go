@@ -474,20 +474,24 @@ func runClientAfter(ctx context.Context, t *testing.T, c kubernetes.Interface, n
 
 func scrape(ctx context.Context, t *testing.T) string {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, agentMetrics, nil)
+	return scrapeURL(ctx, t, agentMetrics)
+}
+
+func getBody(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s: %s", url, resp.Status)
 	}
-	return string(b)
+	return string(b), err
 }
 
 // opened is how much istio_tcp_connections_opened_total grew between two
