@@ -224,7 +224,7 @@ func start(t *testing.T, name string, ns *testutil.NetNS, argv ...string) {
 
 func scrapeURL(ctx context.Context, t *testing.T, url string) string {
 	t.Helper()
-	body, err := getBody(ctx, url)
+	body, err := testutil.HTTPGet(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}

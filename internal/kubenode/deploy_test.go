@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -256,7 +255,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 			continue
 		}
 		url := "http://" + net.JoinHostPort(p.Status.PodIP, port) + "/metrics"
-		if err := getOK(ctx, url); err != nil {
+		if _, err := testutil.HTTPGet(ctx, url); err != nil {
 			t.Errorf("pod %s metrics: %v", p.Name, err)
 		}
 	}
@@ -323,7 +322,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	identity := "spiffe://cluster.local/ns/ambient-on/sa/default"
 	if err := Poll(waitCtx, 0, func() error {
 		dump = node.ConfigDump{}
-		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
 			return err
 		}
 		if !dump.Ready || dump.Node != NodeName {
@@ -487,38 +486,6 @@ func chainsTo(chain string, root []byte) bool {
 	}
 	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err == nil
-}
-
-func getOK(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return nil
-}
-
-func getJSON(ctx context.Context, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // dumpNamespace logs what an operator would look at: the pods' states,

@@ -3,14 +3,13 @@ package kubenode
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node"
 )
 
@@ -141,7 +141,7 @@ spec:
 		}
 	})
 
-	t.Run("a replaced agent takes over; meanwhile enrolled pods fail closed", func(t *testing.T) {
+	t.Run("a replaced or crashed agent takes over; meanwhile enrolled pods fail closed", func(t *testing.T) {
 		old := agentPods(ctx, t, c, false)
 		if len(old) != 1 {
 			t.Fatalf("agent pods %v, want 1", old)
@@ -207,6 +207,45 @@ spec:
 		want := map[string]string{"reporter": "destination", "connection_security_policy": "mutual_tls", "destination_service": onService}
 		if d := opened(before, scrape(ctx, t), want); d != 1 {
 			t.Errorf("the new agent counted %v mTLS connections, want 1", d)
+		}
+
+		// A crash: SIGKILL leaves the agent no chance to do anything; the
+		// kubelet restarts the container in place, and it takes over.
+		out, err := exec.Command("pgrep", "-f", "^/usr/local/bin/ferry agent").Output()
+		pids := strings.Fields(string(out))
+		if err != nil || len(pids) != 1 {
+			t.Fatalf("agent processes %q (%v), want 1", pids, err)
+		}
+		pid, err := strconv.Atoi(pids[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		now := agentPods(ctx, t, c, false)
+		if err := Poll(ctx, 2*time.Minute, func() error {
+			p, err := c.CoreV1().Pods("istio-system").Get(ctx, now[0], metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].RestartCount < 1 || !podReady(p) {
+				return fmt.Errorf("agent %s not restarted and ready yet", p.Name)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		rules, routes := ownedRouting(t)
+		if len(rules) == 0 || len(routes) == 0 || len(listPins(pinDir)) == 0 {
+			t.Errorf("after the crash: rules %v, routes %v, pins %v", rules, routes, listPins(pinDir))
+		}
+		before = scrape(ctx, t)
+		if code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL); code != "200" || body != ip {
+			t.Fatalf("after the restart: status %s, server saw %q, want 200 and %s", code, body, ip)
+		}
+		if d := opened(before, scrape(ctx, t), want); d != 1 {
+			t.Errorf("the restarted agent counted %v mTLS connections, want 1", d)
 		}
 	})
 
@@ -477,23 +516,6 @@ func scrape(ctx context.Context, t *testing.T) string {
 	return scrapeURL(ctx, t, agentMetrics)
 }
 
-func getBody(ctx context.Context, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return string(b), err
-}
-
 // opened is how much istio_tcp_connections_opened_total grew between two
 // scrapes, over the series whose labels include want.
 func opened(before, after string, want map[string]string) float64 {
@@ -546,7 +568,7 @@ func awaitPolicy(ctx context.Context, t *testing.T, ns, name string) {
 	defer cancel()
 	if err := Poll(wctx, 0, func() error {
 		var dump node.ConfigDump
-		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
 			return err
 		}
 		if !slices.ContainsFunc(dump.Policies, func(p node.PolicyDump) bool { return p.Namespace == ns && p.Name == name }) {

@@ -3,14 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -32,6 +30,7 @@ import (
 	"github.com/ferrymesh/ferry/deploy"
 	"github.com/ferrymesh/ferry/internal/kubenode"
 	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node"
 )
 
@@ -372,7 +371,7 @@ func (d *demo) apply(ctx context.Context, yaml, ns, name string) error {
 	}
 	err := kubenode.Poll(ctx, 30*time.Second, func() error {
 		var dump node.ConfigDump
-		if err := getJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
 			return err
 		}
 		if !slices.ContainsFunc(dump.Policies, func(p node.PolicyDump) bool { return p.Namespace == ns && p.Name == name }) {
@@ -491,7 +490,7 @@ func accessFields(line string) string {
 
 func (d *demo) metrics(ctx context.Context) error {
 	d.stepf("Metrics: istio_tcp_connections_opened_total, reported by the destination")
-	body, err := getBody(ctx, "http://"+kubenode.GatewayIP.String()+":15020/metrics")
+	body, err := testutil.HTTPGet(ctx, "http://"+kubenode.GatewayIP.String()+":15020/metrics")
 	if err != nil {
 		return err
 	}
@@ -581,29 +580,4 @@ func label(line, name string) string {
 	}
 	v, _, _ := strings.Cut(rest, `"`)
 	return v
-}
-
-func getBody(ctx context.Context, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return string(b), err
-}
-
-func getJSON(ctx context.Context, url string, v any) error {
-	b, err := getBody(ctx, url)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal([]byte(b), v)
 }
