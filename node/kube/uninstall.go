@@ -16,7 +16,8 @@ import (
 )
 
 // UninstallWatch tells an agent stopping on SIGTERM whether Ferry is being
-// uninstalled: the DaemonSet that owns its pod is gone or being deleted.
+// uninstalled: the DaemonSet that owns its pod (by name) is gone or being
+// deleted, and none by that name has been created since.
 // Then the agent removes its kernel objects, as `ferry cleanup` would; on
 // every other stop (a rolling update, a restart, a node drain) it leaves
 // them for its successor, and enrolled pods fail closed meanwhile.
@@ -82,8 +83,15 @@ func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namesp
 		return d, ok && d.Name == ds
 	}
 	seen := func(obj any) {
-		if d, ok := ours(obj); ok && d.DeletionTimestamp != nil {
+		d, ok := ours(obj)
+		switch {
+		case !ok:
+		case d.DeletionTimestamp != nil:
 			w.set(log, ds, "being deleted")
+		case w.deleted.Swap(false):
+			// Deleted and created again (kubectl replace --force, a
+			// delete-and-reinstall upgrade): the new one's agent takes over.
+			log.Info("the agent's DaemonSet exists again: the agent will keep its capture state when it stops", "daemonset", ds)
 		}
 	}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -13,7 +13,8 @@ import (
 )
 
 // TestUninstallWatch checks that only the deletion of the agent pod's own
-// DaemonSet reads as an uninstall.
+// DaemonSet reads as an uninstall, and only until one by that name exists
+// again.
 func TestUninstallWatch(t *testing.T) {
 	yes := true
 	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ferry", Namespace: "istio-system", UID: "ds-uid"}}
@@ -48,6 +49,17 @@ func TestUninstallWatch(t *testing.T) {
 	for !w.Uninstalling() {
 		if time.Now().After(deadline) {
 			t.Fatal("the DaemonSet's deletion was not seen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Created again (kubectl replace --force): not an uninstall any more.
+	if _, err := c.AppsV1().DaemonSets("istio-system").Create(ctx, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ferry", Namespace: "istio-system", UID: "ds-uid-2"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for w.Uninstalling() {
+		if time.Now().After(deadline) {
+			t.Fatal("the DaemonSet's re-creation was not seen")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
