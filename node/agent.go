@@ -143,7 +143,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 		defer func() {
 			a.redirect.Close()
-			if a.uninst != nil && a.uninst() {
+			if a.uninst != nil && a.uninst() && a.lastAgent(lns) {
 				if cerr := Cleanup(a.cfg.BPFPinDir); cerr != nil {
 					a.log.Error("uninstall: removing the capture state failed; run ferry cleanup on the node", "err", cerr)
 					err = errors.Join(err, cerr)
@@ -262,6 +262,22 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	err = g.Wait()
 	a.log.Info("agent stopped", "err", err)
 	return err
+}
+
+// lastAgent reports whether no other agent runs beside this stopping one:
+// a DaemonSet deleted and created again can start its agent before this
+// one has seen the new DaemonSet, and that agent uses the same pins, rules
+// and routes. It closes this agent's listeners and binds the HBONE address
+// without SO_REUSEPORT: only another agent's listener makes that fail.
+func (a *Agent) lastAgent(lns *listeners) bool {
+	lns.close()
+	ln, err := net.Listen("tcp4", a.cfg.HBONEAddr)
+	if err != nil {
+		a.log.Info("uninstall: another agent listens on the HBONE address; leaving it the capture state", "addr", a.cfg.HBONEAddr, "err", err)
+		return false
+	}
+	ln.Close()
+	return true
 }
 
 // issuer returns where certificates come from: the embedded local CA, or an

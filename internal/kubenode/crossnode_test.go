@@ -98,15 +98,16 @@ func checkCrossNode(t *testing.T, ctx context.Context, n *Node, c kubernetes.Int
 	// The pod's server and node2's agent.
 	start(t, "podapp", pod, podapp, "serve", "--addr", ":8000", "--name", "remote/web")
 	pinDir := filepath.Join(n.BPFFS(), "ferry-node2")
-	start(t, "ferry-node2-agent", node2, ferry, "agent", "--kube", "--kubeconfig", n.Kubeconfig(), "--node", node2Name,
-		"--redirect", "ebpf", "--bpf-pin-dir", pinDir, "--drain-timeout", "1s",
-		"--ca-cert", filepath.Join(caDir, "root-cert.pem"), "--ca-key", filepath.Join(caDir, "root-key.pem"))
+	// Registered first, so it runs after the agent has stopped.
 	t.Cleanup(func() {
 		cmd := exec.Command("nsenter", "--net="+node2.Path(), ferry, "cleanup", "--bpf-pin-dir", pinDir)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("ferry cleanup on node2: %v\n%s", err, out)
 		}
 	})
+	start(t, "ferry-node2-agent", node2, ferry, "agent", "--kube", "--kubeconfig", n.Kubeconfig(), "--node", node2Name,
+		"--redirect", "ebpf", "--bpf-pin-dir", pinDir, "--drain-timeout", "1s",
+		"--ca-cert", filepath.Join(caDir, "root-cert.pem"), "--ca-key", filepath.Join(caDir, "root-key.pem"))
 	if _, err := waitAnnotation(ctx, c, "remote", "web", "enabled"); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,34 @@ func linkExists(name string) bool {
 // takes the lowest of its ports' addresses, which changes as pods come and
 // go, and nftRules addresses frames to it.
 const BridgeMAC = "02:66:72:6b:6e:30" // locally administered: "frkn0"
+
+// podCIDRInUse names an address or route of this host inside PodCIDR
+// (default routes aside): nftRules tells the node's frames by those
+// addresses, so they must be the node's alone.
+func podCIDRInUse() error {
+	for _, args := range [][]string{{"-4", "-o", "addr", "show"}, {"-4", "route", "show", "table", "all"}} {
+		out, err := exec.Command("ip", args...).Output()
+		if err != nil {
+			return fmt.Errorf("kubenode: ip %s: %w", strings.Join(args, " "), err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			for _, f := range strings.Fields(line) {
+				p, err := netip.ParsePrefix(f)
+				if err != nil {
+					a, aerr := netip.ParseAddr(f)
+					if aerr != nil {
+						continue
+					}
+					p = netip.PrefixFrom(a, 32)
+				}
+				if p.Bits() > 0 && p.Overlaps(PodCIDR) {
+					return fmt.Errorf("kubenode: %v is in use on this host (%q); the node's pod range %v must be free", p, strings.TrimSpace(line), PodCIDR)
+				}
+			}
+		}
+	}
+	return nil
+}
 
 // setupBridge creates Bridge with GatewayIP.
 // Pods are bridge ports, but their IPv4 traffic to each other is routed
@@ -78,9 +107,11 @@ func setupBridge() error {
 // node instead of switching it: every IPv4 frame a pod sends is addressed to
 // the bridge itself, so the node's IP stack (kube-proxy's DNAT, routing,
 // Ferry's capture) sees it, as on a routed CNI (Calico, Cilium's native
-// routing, the AWS VPC CNI). ARP stays switched. Frames are told apart by
-// their pod addresses (this kernel's nft has no bridge-name match). A plain
-// bridge would carry
+// routing, the AWS VPC CNI). ARP, broadcasts and frames already addressed
+// to the bridge are left alone. Frames are told apart by their pod
+// addresses (this kernel's nft has no bridge-name match), so Up refuses to
+// start while PodCIDR is in use elsewhere on the host. A plain bridge
+// would carry
 // same-node pod traffic past any node-level capture (README, Limits).
 //
 // The inet table keeps pod traffic on the node even where forwarding is on
@@ -90,7 +121,7 @@ func nftRules() string {
 	return `table bridge ` + Table + ` {
 	chain prerouting {
 		type filter hook prerouting priority -300; policy accept;
-		ether type ip ip saddr ` + PodCIDR.String() + ` ip daddr ` + PodCIDR.String() + ` ether daddr != ` + mac + ` ether daddr set ` + mac + ` meta pkttype set host
+		ether type ip meta pkttype other ip saddr ` + PodCIDR.String() + ` ip daddr ` + PodCIDR.String() + ` ether daddr set ` + mac + ` meta pkttype set host
 	}
 }
 table inet ` + Table + ` {

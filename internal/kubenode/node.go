@@ -202,6 +202,9 @@ func (n *Node) Up(ctx context.Context) error {
 			return fmt.Errorf("kubenode: CNI plugin %s: %w (apt containernetworking-plugins)", p, err)
 		}
 	}
+	if err := podCIDRInUse(); err != nil {
+		return err
+	}
 	if _, err := os.Stat(n.cfg.PauseBinary); err != nil || n.cfg.PauseBinary == "" {
 		return fmt.Errorf("kubenode: Config.PauseBinary: %v", err)
 	}

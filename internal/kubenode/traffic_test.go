@@ -105,8 +105,15 @@ spec: {mtls: {mode: STRICT}}
 			t.Fatal(err)
 		}
 		awaitPolicy(ctx, t, "ambient-on", "strict")
+		before := scrape(ctx, t)
 		if code, _, _ := runClient(ctx, t, c, "ambient-off", "client", "default", onURL); code == "200" {
 			t.Fatal("a plaintext client reached an enrolled pod under STRICT")
+		}
+		// Refused by the agent, not lost on the way.
+		want := map[string]string{"reporter": "destination", "connection_security_policy": "unknown",
+			"response_flags": "DENY", "destination_service": onService}
+		if d := opened(before, scrape(ctx, t), want); d != 1 {
+			t.Errorf("the agent counted %v plaintext connections refused under STRICT, want 1", d)
 		}
 		if code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL); code != "200" || body != ip {
 			t.Errorf("an enrolled client under STRICT: status %s, server saw %q, want 200 and %s", code, body, ip)
@@ -160,6 +167,7 @@ spec:
 				t.Fatal(err)
 			}
 		}
+		t.Cleanup(func() { hold(false) })
 		code, _, _ := runClientAfter(ctx, t, c, "ambient-on", "client", "default", onURL, func() {
 			rulesBefore, routesBefore := ownedRouting(t)
 			hold(true)
@@ -211,25 +219,25 @@ spec:
 
 		// A crash: SIGKILL leaves the agent no chance to do anything; the
 		// kubelet restarts the container in place, and it takes over.
-		out, err := exec.Command("pgrep", "-f", "^/usr/local/bin/ferry agent").Output()
-		pids := strings.Fields(string(out))
-		if err != nil || len(pids) != 1 {
-			t.Fatalf("agent processes %q (%v), want 1", pids, err)
+		now := agentPods(ctx, t, c, false)
+		if len(now) != 1 {
+			t.Fatalf("agent pods %v, want 1", now)
 		}
-		pid, err := strconv.Atoi(pids[0])
-		if err != nil {
-			t.Fatal(err)
+		agent, err := c.CoreV1().Pods("istio-system").Get(ctx, now[0], metav1.GetOptions{})
+		if err != nil || len(agent.Status.ContainerStatuses) != 1 {
+			t.Fatalf("agent pod %s: %v", now[0], err)
 		}
+		restarts := agent.Status.ContainerStatuses[0].RestartCount
+		pid := containerPID(ctx, t, n, agent.Status.ContainerStatuses[0].ContainerID)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		now := agentPods(ctx, t, c, false)
 		if err := Poll(ctx, 2*time.Minute, func() error {
 			p, err := c.CoreV1().Pods("istio-system").Get(ctx, now[0], metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
-			if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].RestartCount < 1 || !podReady(p) {
+			if p.Status.ContainerStatuses[0].RestartCount <= restarts || !podReady(p) {
 				return fmt.Errorf("agent %s not restarted and ready yet", p.Name)
 			}
 			return nil
@@ -333,6 +341,19 @@ spec:
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// The old agent has been told to stop: it says so as it starts draining.
+		if err := Poll(wctx, 0, func() error {
+			b, err := c.CoreV1().Pods("istio-system").GetLogs(old[0], &corev1.PodLogOptions{}).DoRaw(ctx)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(string(b), "msg=draining") {
+				return fmt.Errorf("the old agent %s has not started draining", old[0])
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		switched := time.Now()
 		t.Logf("new agent %s ready, old %s stopping", newPod, old[0])
 		// The held connection still answers, on the same connection, after
@@ -356,7 +377,10 @@ spec:
 			t.Fatal(err)
 		}
 		// A new connection goes to the new agent (its access log).
-		_, _, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL)
+		code, body, ip := runClient(ctx, t, c, "ambient-on", "client", "default", onURL)
+		if code != "200" || body != ip {
+			t.Fatalf("a new connection after the update: status %s, server saw %q, want 200 and %s", code, body, ip)
+		}
 		b, err := c.CoreV1().Pods("istio-system").GetLogs(newPod, &corev1.PodLogOptions{}).DoRaw(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -630,6 +654,28 @@ func agentPods(ctx context.Context, t *testing.T, c kubernetes.Interface, termin
 		}
 	}
 	return names
+}
+
+// containerPID is the host PID of a container's main process, from the
+// node's containerd (id as in a pod's status: containerd://ID).
+func containerPID(ctx context.Context, t *testing.T, n *Node, id string) int {
+	t.Helper()
+	id = strings.TrimPrefix(id, "containerd://")
+	out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdAddress(), "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		t.Fatalf("ctr tasks ls: %v", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == id {
+			pid, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatalf("ctr tasks ls: %q", line)
+			}
+			return pid
+		}
+	}
+	t.Fatalf("container %s not among containerd's tasks:\n%s", id, out)
+	return 0
 }
 
 // openGate lets a podapp client behind --gate :9000 at ip go.

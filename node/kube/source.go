@@ -160,7 +160,9 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		wg.Go(func() { i.inf.RunWithContext(ctx) })
 	}
 
-	if !s.waitForSync(ctx, pods, namespaces, services, aps, pas) {
+	// Services only name connections in metrics and logs: the inventory
+	// does not wait for them (nor for their RBAC).
+	if !s.waitForSync(ctx, pods, namespaces, aps, pas) {
 		return nil
 	}
 	s.log.Info("kubernetes inventory synced")
@@ -213,7 +215,7 @@ func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
 // waitForSync waits until every informer has synced, logging which ones are
 // still missing every 10 seconds. It returns false if ctx ends first.
 func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInformer) bool {
-	names := []string{"pods", "namespaces", "services", authorizationPolicies, peerAuthentications}
+	names := []string{"pods", "namespaces", authorizationPolicies, peerAuthentications}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()

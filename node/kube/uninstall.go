@@ -28,13 +28,14 @@ import (
 // uninstalling" (keep the objects: fail closed).
 type UninstallWatch struct {
 	deleted atomic.Bool
+	synced  chan struct{} // closed once the watch has listed (tests wait on it)
 }
 
 // WatchUninstall starts watching the DaemonSet that owns pod namespace/name
 // until ctx ends. A pod without one (an agent run by hand) is never
 // uninstalled this way.
 func WatchUninstall(ctx context.Context, c kubernetes.Interface, namespace, name string, log *slog.Logger) *UninstallWatch {
-	w := &UninstallWatch{}
+	w := &UninstallWatch{synced: make(chan struct{})}
 	go w.run(ctx, c, namespace, name, log)
 	return w
 }
@@ -107,6 +108,11 @@ func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namesp
 		log.Warn("watching the agent's DaemonSet", "err", err)
 		return
 	}
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			close(w.synced)
+		}
+	}()
 	inf.RunWithContext(ctx)
 }
 

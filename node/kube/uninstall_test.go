@@ -28,6 +28,11 @@ func TestUninstallWatch(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	w := WatchUninstall(ctx, c, "istio-system", "ferry-abc", log)
 	byHand := WatchUninstall(ctx, c, "istio-system", "by-hand", log)
+	select {
+	case <-w.synced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch never synced")
+	}
 
 	// A rolling update changes the DaemonSet; another DaemonSet goes away.
 	ds2 := ds.DeepCopy()
@@ -42,27 +47,33 @@ func TestUninstallWatch(t *testing.T) {
 	if w.Uninstalling() {
 		t.Fatal("an update of the DaemonSet, or another's deletion, read as an uninstall")
 	}
+	waitFor := func(want bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for w.Uninstalling() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s was not seen", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// A foreground deletion first marks the object.
+	marked := ds2.DeepCopy()
+	marked.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	if _, err := c.AppsV1().DaemonSets("istio-system").Update(ctx, marked, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(true, "the DaemonSet's deletion timestamp")
 	if err := c.AppsV1().DaemonSets("istio-system").Delete(ctx, "ferry", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !w.Uninstalling() {
-		if time.Now().After(deadline) {
-			t.Fatal("the DaemonSet's deletion was not seen")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	time.Sleep(100 * time.Millisecond)
+	waitFor(true, "the DaemonSet's deletion")
 	// Created again (kubectl replace --force): not an uninstall any more.
 	if _, err := c.AppsV1().DaemonSets("istio-system").Create(ctx, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "ferry", Namespace: "istio-system", UID: "ds-uid-2"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for w.Uninstalling() {
-		if time.Now().After(deadline) {
-			t.Fatal("the DaemonSet's re-creation was not seen")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(false, "the DaemonSet's re-creation")
 	if byHand.Uninstalling() {
 		t.Error("an agent pod without a DaemonSet read the deletion as its own uninstall")
 	}
