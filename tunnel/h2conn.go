@@ -277,6 +277,8 @@ const lingerTime = time.Second
 func (c *h2conn) linger() {
 	c.writeCtl()
 	c.wmu.Lock()
+	// What a writer still waiting for wmu left buffered goes out first.
+	c.flushLocked(nil)
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok && c.werr == nil {
 		cw.CloseWrite()
 	}
@@ -971,14 +973,20 @@ func (c *h2conn) ctlLoop() {
 // writeCtl writes every queued control frame.
 func (c *h2conn) writeCtl() {
 	c.mu.Lock()
+	empty := len(c.ctl) == 0
+	c.mu.Unlock()
+	if empty {
+		return
+	}
+	// The queue is taken under wmu: frames dequeued are written before
+	// anyone else holds wmu, so linger, which ends the write side under
+	// wmu, never does so between a GOAWAY's dequeue and its write.
+	c.writers.Add(1)
+	c.wmu.Lock()
+	c.mu.Lock()
 	q := c.ctl
 	c.ctl = nil
 	c.mu.Unlock()
-	if len(q) == 0 {
-		return
-	}
-	c.writers.Add(1)
-	c.wmu.Lock()
 	for _, f := range q {
 		if c.werr != nil {
 			break

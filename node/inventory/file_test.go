@@ -170,7 +170,7 @@ func TestFileKeepsLastGood(t *testing.T) {
 	}()
 	waitFor := func(what string, ok func(*Snapshot) bool) {
 		t.Helper()
-		for range 500 {
+		for range 3000 { // 30 s: a loaded machine running -race
 			mu.Lock()
 			n := len(snaps)
 			var last *Snapshot
@@ -185,12 +185,25 @@ func TestFileKeepsLastGood(t *testing.T) {
 		}
 		t.Fatalf("timed out waiting for %s", what)
 	}
+	// Each version replaces the file at once, as the agent's users are told
+	// to: a scan between os.WriteFile's truncation and its write would see
+	// an empty file, a good version holding nothing.
+	write := func(content string) {
+		t.Helper()
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
 	waitFor("first snapshot", func(s *Snapshot) bool { return len(s.Pods) == 2 })
-	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: nope}\n"), 0o644)
+	write(manifests + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: nope}\n")
 	waitFor("error snapshot", func(s *Snapshot) bool {
 		return len(s.Errors) == 2 && len(s.Pods) == 2 && strings.Contains(s.Errors[1].Error(), "keeping its last good version")
 	})
-	os.WriteFile(path, []byte(manifests+"---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: 198.18.3.3}\n"), 0o644)
+	write(manifests + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {podIP: 198.18.3.3}\n")
 	waitFor("fixed snapshot", func(s *Snapshot) bool { return len(s.Errors) == 0 && len(s.Pods) == 3 })
 	cancel()
 	if err := <-done; err != nil {
