@@ -104,7 +104,15 @@ func (d *demo) run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	defer func() {
+		logf.Close()
+		// The node's log is kept only when something went wrong.
+		if err == nil && len(d.failures) == 0 {
+			os.Remove(logf.Name())
+		} else {
+			fmt.Fprintf(d.out, "demo-kube: the node's progress log: %s\n", logf.Name())
+		}
+	}()
 	d.n, err = kubenode.New(kubenode.Config{Dir: dir, BinDir: d.binDir, PauseBinary: d.pause, Logger: slog.New(slog.NewTextHandler(logf, nil))})
 	if err != nil {
 		return err
