@@ -195,7 +195,12 @@ type policy struct {
 	// connection to the workloads it selects.
 	denyAll bool
 
-	keep []keptRule // until laid out in the prog
+	// translated marks a policy from CompileTranslated: it is selected by
+	// scope and Request.BoundPolicies, and its rules are groups.
+	translated bool
+
+	keep   []keptRule // until laid out in the prog
+	groups []tGroup   // same, for a translated policy
 }
 
 // keptRule is a rule to lay out: spec.rules[index] as enforced (for a DENY
@@ -206,12 +211,13 @@ type keptRule struct {
 	faults *ruleFaults // nil for a clean rule
 }
 
-// emit lays out p's rules in e.prog and sets its quick rejects: when every
-// rule needs the peer principal to be one of a few exact values, bloom has
-// their bits and needPrincipal is true; ports has the bits of every port
-// some rule can match (all ones when a rule matches any port); srcCover
-// holds every source address some rule can match. Decide then skips the
-// policy for other peers, ports or sources without reading its rules.
+// emit lays out p's rules (a translated policy's groups) in e.prog and sets
+// its quick rejects: when every rule needs the peer principal to be one of a
+// few exact values, bloom has their bits and needPrincipal is true; ports
+// has the bits of every port some rule can match (all ones when a rule
+// matches any port); srcCover holds every source address some rule can
+// match. Decide then skips the policy for other peers, ports or sources
+// without reading its rules.
 func (e *Engine) emit(p *policy) {
 	pr := &e.prog
 	p.rules.lo = int32(len(pr.rules))
@@ -220,31 +226,43 @@ func (e *Engine) emit(p *policy) {
 	if p.action == actionDeny {
 		verb = "denied"
 	}
-	if p.denyAll {
-		p.keep = []keptRule{{index: -1, rule: &Rule{}}}
+	unit := "rules"
+	if p.translated {
+		unit = "groups"
 	}
-	for _, k := range p.keep {
-		cs, b, ports, src := pr.emitRule(k.rule, p.ns, k.faults)
+	if p.denyAll {
+		p.keep, p.groups = []keptRule{{index: -1, rule: &Rule{}}}, nil
+	}
+	add := func(index int, faulty bool, cs span, b, ports uint64, src cover) {
 		p.srcCover = p.srcCover.union(src)
 		if ports == 0 {
 			ports = ^uint64(0) // the rule matches any port
 		}
 		p.ports |= ports
-		reason := verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(k.index) + "] matched)"
+		reason := verb + " by " + p.action.String() + " policy " + p.key + " (" + unit + "[" + strconv.Itoa(index) + "] matched)"
 		switch {
 		case p.denyAll:
 			reason = "denied by AuthorizationPolicy " + p.key + ": it has errors, so it denies every connection to the workloads it selects until it is fixed (see ferry policies)"
-		case k.faults != nil:
-			reason = verb + " by " + p.action.String() + " policy " + p.key + " (rules[" + strconv.Itoa(k.index) + "] matched, its erroneous conditions read as matching until it is fixed)"
+		case faulty:
+			reason = verb + " by " + p.action.String() + " policy " + p.key + " (" + unit + "[" + strconv.Itoa(index) + "] matched, its erroneous conditions read as matching until it is fixed)"
 		}
-		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(k.index), reason: reason})
+		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(index), reason: reason})
 		if b == 0 {
 			p.needPrincipal = false
 		}
 		p.bloom |= b
 	}
+	for _, k := range p.keep {
+		cs, b, ports, src := pr.emitRule(k.rule, p.ns, k.faults)
+		add(k.index, k.faults != nil, cs, b, ports, src)
+	}
+	for i := range p.groups {
+		g := &p.groups[i]
+		cs, b, ports, src := pr.emitGroup(g)
+		add(g.index, g.faulty, cs, b, ports, src)
+	}
 	p.rules.hi = int32(len(pr.rules))
-	p.keep = nil
+	p.keep, p.groups = nil, nil
 }
 
 // match returns the first rule of p that matches c, or nil.

@@ -48,6 +48,23 @@
 // Where istiod's PeerAuthentication conversion loses a port-level setting
 // (see peerAuthFor), Decide follows the documented precedence instead.
 //
+// # Translated policies (xDS mode)
+//
+// CompileTranslated compiles the form istiod sends node proxies
+// (istio.security.Authorization, mirrored by TranslatedPolicy) into the same
+// Engine: a group is a rule, its Rules entries are clauses, their matches are
+// entries. GLOBAL policies apply to every workload, NAMESPACE ones to their
+// namespace's (the root namespace included, and only it), WORKLOAD_SELECTOR
+// ones only to workloads whose Request.BoundPolicies list them; labels play no
+// part. PeerAuthentication arrives as DENY policies (STRICT is notPrincipals
+// presence). Matching is ztunnel's, with its fail-open corners closed: a
+// bound policy the Engine does not hold denies every connection (ztunnel
+// skips it), a policy with an unknown scope or action is read fail-closed
+// (ztunnel drops it), and in an ALLOW policy a Rules entry without matches
+// matches nothing (ztunnel: anything; istiod never sends one). Extensions
+// are not understood: an ALLOW match carrying one never matches, a DENY match
+// is enforced without it. translated.go has the whole fail-closed reading.
+//
 // # Cost
 //
 // Compile indexes policies by namespace and, for selector policies, by one

@@ -2,20 +2,28 @@ package authz
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 )
 
 // Engine answers authorization questions for one compiled policy set. It is
 // immutable: Decide and Explain may be called from many goroutines at once.
-// Obtain one from Compile; a policy change means compiling a new Engine.
-// The zero Engine holds no policy, so it allows every connection.
+// Obtain one from Compile or CompileTranslated; a policy change means
+// compiling a new Engine. The zero Engine holds no policy, so it allows every
+// connection.
 type Engine struct {
 	root string
 	prog prog
 
 	policies []*policy // all compiled AuthorizationPolicies, by (namespace, name)
-	global   scopeSet  // root-namespace policies: apply in every namespace
+	global   scopeSet  // policies applying in every namespace (root-namespace or GLOBAL ones)
 	byNS     map[string]*scopeSet
+
+	// translated marks an Engine from CompileTranslated; byKey then holds
+	// every policy it knows by "namespace/name" (an empty list for one it
+	// knows but does not enforce), for Request.BoundPolicies.
+	translated bool
+	byKey      map[string][]*policy
 
 	meshPA     *peerAuth // oldest mesh-level policy
 	meshRootPA *peerAuth // same, for workloads in the root namespace
@@ -24,8 +32,8 @@ type Engine struct {
 	wlPAAll    map[string]*peerAuth // oldest workload-level policy selecting every workload (fail-closed)
 }
 
-// scopeSet holds the AuthorizationPolicies of one namespace (or of the root
-// namespace, for every namespace), split by action and scope.
+// scopeSet holds the AuthorizationPolicies of one namespace (or those that
+// apply in every namespace), split by action and scope.
 type scopeSet struct {
 	allow, deny       []*policy // no selector; by ord
 	selAllow, selDeny selIndex[*policy]
@@ -88,7 +96,10 @@ func firstPeerAuth(x *paIndex, labels map[string]string) *peerAuth {
 
 func (e *Engine) index(p *policy) {
 	set := &e.global
-	if p.ns != e.root {
+	// A root-namespace AuthorizationPolicy applies in every namespace; a
+	// translated policy says where it applies. A WORKLOAD_SELECTOR one is
+	// found by name only (Engine.byKey).
+	if p.translated && p.scope != ScopeMesh || !p.translated && p.ns != e.root {
 		set = e.byNS[p.ns]
 		if set == nil {
 			set = &scopeSet{}
@@ -126,6 +137,13 @@ type Request struct {
 	// port the client asked for (for HBONE, the CONNECT target, not 15008).
 	DestinationIP   netip.Addr `json:"destinationIP,omitzero"`
 	DestinationPort uint16     `json:"destinationPort"`
+	// BoundPolicies are "namespace/name" of the WORKLOAD_SELECTOR policies
+	// istiod attached to the destination workload
+	// (Workload.authorization_policies, xDS mode). An Engine from
+	// CompileTranslated applies each of them, and denies every connection
+	// while one is unknown to it; it ignores Labels. An Engine from
+	// Compile selects by Labels and ignores BoundPolicies.
+	BoundPolicies []string `json:"boundPolicies,omitempty"`
 }
 
 // Decision is the answer for one Request.
@@ -166,6 +184,8 @@ func newConn(r *Request) (conn, bool) {
 // any matching DENY policy denies; then, if no ALLOW policy selects the
 // workload, the connection is allowed; else some ALLOW policy must match.
 // When several policies match, the first by (namespace, name) is reported.
+// An Engine from CompileTranslated first denies a request whose
+// BoundPolicies names a policy it does not know (ReasonUnknownBoundPolicy).
 // Decide does not allocate.
 func (e *Engine) Decide(r Request) Decision {
 	c, ok := newConn(&r)
@@ -177,10 +197,24 @@ func (e *Engine) Decide(r Request) Decision {
 			return Decision{Policy: v.policy.key, Kind: KindPeerAuthentication, Reason: v.reason(c.port)}
 		}
 	}
-	nss := e.byNS[r.Namespace]
-	if r.Namespace == e.root {
-		nss = nil // root-namespace policies are all in e.global
+	// Resolve the bound names once (on the stack for a usual count).
+	var buf [16][]*policy
+	bound := buf[:0]
+	if e.translated {
+		for _, name := range r.BoundPolicies {
+			ps, ok := e.byKey[name]
+			if !ok {
+				return Decision{Policy: name, Kind: KindAuthorizationPolicy, Reason: ReasonUnknownBoundPolicy}
+			}
+			if len(bound) < len(buf) {
+				bound = append(bound, ps)
+			}
+		}
 	}
+	// Compile keeps root-namespace policies in e.global only, so
+	// e.byNS[e.root] holds translated NAMESPACE-scope policies of the root
+	// namespace, which apply to its workloads only.
+	nss := e.byNS[r.Namespace]
 
 	s := search{pr: &e.prog, c: &c, labels: r.Labels}
 	s.list(e.global.deny)
@@ -189,6 +223,7 @@ func (e *Engine) Decide(r Request) Decision {
 		s.list(nss.deny)
 		s.sel(&nss.selDeny)
 	}
+	s.bound(e.byKey, r.BoundPolicies, bound, actionDeny)
 	if s.best != nil {
 		return Decision{Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
 	}
@@ -200,6 +235,7 @@ func (e *Engine) Decide(r Request) Decision {
 		s.list(nss.allow)
 		s.sel(&nss.selAllow)
 	}
+	s.bound(e.byKey, r.BoundPolicies, bound, actionAllow)
 	switch {
 	case s.best != nil:
 		return Decision{Allow: true, Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
@@ -232,6 +268,32 @@ func (s *search) list(ps []*policy) {
 			return
 		}
 		s.consider(p)
+	}
+}
+
+// bound considers the policies of action act that names bind: resolved
+// holds them when it holds every name, else they are looked up in byKey
+// (nil, and names ignored, in an Engine from Compile).
+func (s *search) bound(byKey map[string][]*policy, names []string, resolved [][]*policy, act action) {
+	if len(byKey) == 0 {
+		return
+	}
+	if len(resolved) == len(names) {
+		for _, ps := range resolved {
+			s.boundList(ps, act)
+		}
+		return
+	}
+	for _, name := range names {
+		s.boundList(byKey[name], act)
+	}
+}
+
+func (s *search) boundList(ps []*policy, act action) {
+	for _, p := range ps {
+		if p.action == act && (s.best == nil || p.ord < s.best.ord) {
+			s.consider(p)
+		}
 	}
 }
 
@@ -270,7 +332,9 @@ func (s *search) bucket(b []*policy) {
 // `ferry policy check -o json` and the admin endpoint.
 type Explanation struct {
 	Decision Decision `json:"decision"`
-	// PeerAuthentication is the effective mTLS mode on the port.
+	// PeerAuthentication is the effective mTLS mode on the port. An Engine
+	// from CompileTranslated leaves it zero: istiod sends
+	// PeerAuthentications as DENY policies, listed in Policies.
 	PeerAuthentication PeerAuthenticationResult `json:"peerAuthentication"`
 	// Policies lists every AuthorizationPolicy that selects the workload,
 	// by (namespace, name).
@@ -294,12 +358,13 @@ type PolicyResult struct {
 	Action  string `json:"action"`
 	Scope   string `json:"scope"` // ScopeMesh, ScopeNamespace or ScopeWorkload
 	Matched bool   `json:"matched"`
-	// Rule is the spec.rules index of the first matching rule, -1 if none
-	// (or, when Matched, the deny-everything reading of a policy with
-	// errors).
+	// Rule is the spec.rules index of the first matching rule (for a
+	// translated policy, the groups index), -1 if none (or, when Matched,
+	// the deny-everything reading of a policy with errors).
 	Rule int `json:"rule"`
-	// Rules is the number of rules enforced at L4 (ALLOW rules with HTTP
-	// attributes and DENY rules that cannot match are not counted).
+	// Rules is the number of rules (groups) enforced at L4 (ALLOW rules
+	// with HTTP attributes and DENY rules that cannot match are not
+	// counted).
 	Rules int `json:"rules"`
 }
 
@@ -308,17 +373,19 @@ type PolicyResult struct {
 // allocates.
 func (e *Engine) Explain(r Request) Explanation {
 	x := Explanation{Decision: e.Decide(r), Policies: []PolicyResult{}}
-	v := e.peerAuthFor(r.Namespace, r.Labels, r.DestinationPort)
-	x.PeerAuthentication.Mode = v.mode.String()
-	if v.policy != nil {
-		x.PeerAuthentication.Policy = v.policy.key
-		x.PeerAuthentication.Field = "mtls.mode"
-		if v.port {
-			x.PeerAuthentication.Field = "portLevelMtls[" + strconv.Itoa(int(r.DestinationPort)) + "]"
+	if !e.translated {
+		v := e.peerAuthFor(r.Namespace, r.Labels, r.DestinationPort)
+		x.PeerAuthentication.Mode = v.mode.String()
+		if v.policy != nil {
+			x.PeerAuthentication.Policy = v.policy.key
+			x.PeerAuthentication.Field = "mtls.mode"
+			if v.port {
+				x.PeerAuthentication.Field = "portLevelMtls[" + strconv.Itoa(int(r.DestinationPort)) + "]"
+			}
 		}
 	}
 	c, ok := newConn(&r)
-	for _, p := range e.candidates(r.Namespace, r.Labels) {
+	for _, p := range e.candidates(&r) {
 		res := PolicyResult{Policy: p.key, Action: p.action.String(), Scope: p.scope, Rule: -1, Rules: int(p.rules.hi - p.rules.lo)}
 		if ok {
 			if rl := p.match(&e.prog, &c); rl != nil {
@@ -330,17 +397,32 @@ func (e *Engine) Explain(r Request) Explanation {
 	return x
 }
 
-// candidates lists the policies selecting a workload, by ord.
-func (e *Engine) candidates(ns string, labels map[string]string) []*policy {
+// candidates lists the policies that apply to r's workload, by ord.
+func (e *Engine) candidates(r *Request) []*policy {
 	var out []*policy
 	for _, p := range e.policies {
-		if p.ns != e.root && p.ns != ns {
-			continue
+		if e.applies(p, r) {
+			out = append(out, p)
 		}
-		if p.scope == ScopeWorkload && (len(p.selector) == 0 || !selects(p.selector, labels)) {
-			continue
-		}
-		out = append(out, p)
 	}
 	return out
+}
+
+// applies reports whether p applies to r's workload, as Decide selects it.
+func (e *Engine) applies(p *policy, r *Request) bool {
+	if p.translated {
+		switch {
+		case slices.Contains(r.BoundPolicies, p.key):
+			return true
+		case p.scope == ScopeMesh:
+			return true
+		case p.scope == ScopeNamespace:
+			return p.ns == r.Namespace
+		}
+		return false
+	}
+	if p.ns != e.root && p.ns != r.Namespace {
+		return false
+	}
+	return p.scope != ScopeWorkload || len(p.selector) > 0 && selects(p.selector, r.Labels)
 }
