@@ -145,3 +145,16 @@ func parseChain(elems []string) ([]*x509.Certificate, error) {
 	}
 	return chain, nil
 }
+
+// LoadRoots reads the mesh's root certificates from a PEM file (--ca-root).
+func LoadRoots(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("certs: roots: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("certs: roots: no PEM certificate in %s", path)
+	}
+	return roots, nil
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,15 +291,11 @@ func (a *Agent) issuer() (certs.Issuer, *x509.CertPool, func(), error) {
 		roots.AddCert(ca.Root())
 		return countingIssuer{ca, a.metrics}, roots, func() {}, nil
 	}
-	pem, err := os.ReadFile(a.cfg.CARoot)
+	roots, err := certs.LoadRoots(a.cfg.CARoot)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("node: --ca-root: %w", err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, nil, nil, fmt.Errorf("node: --ca-root %s: no PEM certificate", a.cfg.CARoot)
-	}
-	client, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile})
+	client, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile, ClusterID: a.cfg.ClusterID})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -372,7 +367,7 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 
 func (a *Agent) apply(snap *inventory.Snapshot) error {
 	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
-	engine, diags := authz.Compile(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap.AuthorizationPolicies, snap.PeerAuthentications)
+	engine, diags := compilePolicies(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap)
 	diags = append(diags, snap.PolicyProblems...)
 	a.reportPolicyProblems(diags)
 	for _, e := range v.conflicts {

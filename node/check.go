@@ -69,7 +69,7 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 	default:
 		return CheckResult{}, fmt.Errorf("one of --to-pod or --to is required")
 	}
-	engine, diags := authz.Compile(authz.Config{RootNamespace: rootNamespace, TrustDomain: trustDomain}, snap.AuthorizationPolicies, snap.PeerAuthentications)
+	engine, diags := compilePolicies(authz.Config{RootNamespace: rootNamespace, TrustDomain: trustDomain}, snap)
 	ex := engine.Explain(authzRequest(peer, netip.AddrPortFrom(q.FromIP, 0), w, q.Port))
 	d := ex.Decision
 	src := peer.String()
@@ -85,7 +85,12 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 // authzRequest builds the policy engine's view of a connection from src (with
 // peer identity, zero for plaintext) to port on workload w.
 func authzRequest(peer certs.Identity, src netip.AddrPort, w *Workload, port uint16) authz.Request {
+	var bound []string
+	if w.Mesh != nil {
+		bound = w.Mesh.AuthorizationPolicies
+	}
 	return authz.Request{
+		BoundPolicies:   bound,
 		SourcePrincipal: peer.Principal(),
 		SourceIP:        src.Addr().Unmap(),
 		Namespace:       w.Namespace,
@@ -93,4 +98,13 @@ func authzRequest(peer certs.Identity, src netip.AddrPort, w *Workload, port uin
 		DestinationIP:   w.IP,
 		DestinationPort: port,
 	}
+}
+
+// compilePolicies compiles the snapshot's policies in the form its source
+// gave them: istiod's translation (xDS mode) or the objects as written.
+func compilePolicies(cfg authz.Config, snap *inventory.Snapshot) (*authz.Engine, []authz.Diagnostic) {
+	if snap.TranslatedPolicies != nil {
+		return authz.CompileTranslated(cfg, snap.TranslatedPolicies)
+	}
+	return authz.Compile(cfg, snap.AuthorizationPolicies, snap.PeerAuthentications)
 }

@@ -31,6 +31,8 @@ type Config struct {
 	CAAddr          string // Istio CA protocol endpoint (istiod or `ferry ca serve`), instead of a local CA
 	CARoot          string // with CAAddr: the mesh's root certificate(s), PEM
 	CATokenFile     string // with CAAddr: the bearer token (audience istio-ca), re-read per request
+	XDSAddr         string // with Kube: istiod's workload xDS endpoint; the mesh then comes from istiod
+	ClusterID       string // the cluster's ID in the mesh, sent to istiod
 	TrustDomain     string
 	ClusterDomain   string // Services' DNS suffix: NAME.NAMESPACE.svc.<ClusterDomain> in destination_service
 	PostQuantum     bool   // offer the hybrid X25519MLKEM768 key exchange
@@ -73,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CAAddr, "ca-addr", "", "Istio CA endpoint host:port (istiod:15012 or `ferry ca serve`), instead of --ca-cert/--ca-key")
 	fs.StringVar(&c.CARoot, "ca-root", "", "with --ca-addr: PEM file of the mesh's root certificate(s)")
 	fs.StringVar(&c.CATokenFile, "ca-token-file", "/var/run/secrets/tokens/istio-token", "with --ca-addr: service-account token (audience istio-ca) sent to the CA")
+	fs.StringVar(&c.XDSAddr, "xds-addr", "", "with --kube: istiod's xDS endpoint host:port (istiod.istio-system.svc:15012): pods, Services and policies come from istiod, only this node's pods and the namespaces from the API server; TLS verified with --ca-root, authenticated with --ca-token-file")
+	fs.StringVar(&c.ClusterID, "cluster-id", "Kubernetes", "the cluster's ID in the mesh (istiod's CLUSTER_ID), sent to istiod and its CA")
 	fs.StringVar(&c.TrustDomain, "trust-domain", certs.DefaultTrustDomain, "SPIFFE trust domain of the mesh")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain, as the kubelet's --cluster-domain: Services are named NAME.NAMESPACE.svc.DOMAIN in metrics and access logs")
 	fs.BoolVar(&c.PostQuantum, "post-quantum", false, "offer and prefer the hybrid X25519MLKEM768 key exchange on HBONE (about a third more CPU per handshake; default X25519)")
@@ -111,6 +115,14 @@ func (c *Config) validate() error {
 	}
 	if (c.Manifests == "") == !c.Kube {
 		errs = append(errs, errors.New("exactly one of --manifests (local mode) and --kube is required"))
+	}
+	if c.XDSAddr != "" {
+		if !c.Kube {
+			errs = append(errs, errors.New("--xds-addr needs --kube (the node's own pods come from the API server)"))
+		}
+		if c.CARoot == "" {
+			errs = append(errs, errors.New("--xds-addr needs --ca-root (the mesh's root certificate verifies istiod)"))
+		}
 	}
 	switch {
 	case c.CAAddr != "":

@@ -46,8 +46,13 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 		w := &Workload{
 			Pod:      p,
 			Identity: certs.Identity{TrustDomain: trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount},
-			Enrolled: Enrolled(p, snap.Namespaces[p.Namespace], systemNamespace),
 			Local:    p.NodeName == nodeName,
+		}
+		w.Enrolled = Enrolled(p, snap.Namespaces[p.Namespace], systemNamespace)
+		if p.Mesh != nil && !w.Local {
+			// Another node's pod as istiod sends it, without labels: its
+			// agent decided the capture and announced it.
+			w.Enrolled = p.Mesh.HBONE && !p.HostNetwork && p.IP.IsValid()
 		}
 		if old, ok := v.byIP[p.IP]; ok || dup[p.IP] {
 			if ok {
@@ -80,7 +85,7 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 				v.services[netip.AddrPortFrom(ip, p.Port)] = s
 			}
 		}
-		if len(s.Selector) > 0 {
+		if len(s.Selector) > 0 || s.Hostname != "" {
 			v.servicesByNS[s.Namespace] = append(v.servicesByNS[s.Namespace], s)
 		}
 	}

@@ -11,8 +11,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node"
 	"github.com/ferrymesh/ferry/node/kube"
+	"github.com/ferrymesh/ferry/node/xds"
 )
 
 // kubeClients builds the API clients from a kubeconfig file, or in-cluster
@@ -50,10 +52,40 @@ func kubeDeps(ctx context.Context, cfg node.Config, deps *node.Deps, log *slog.L
 	}
 	log = log.With("component", "kube")
 	deps.Source = kube.NewSource(client, dyn, log)
+	if cfg.XDSAddr != "" {
+		src, err := xdsSource(cfg, log)
+		if err != nil {
+			return err
+		}
+		local := kube.NewSource(client, dyn, log)
+		local.NodeOnly = cfg.NodeName
+		src.Local = local
+		deps.Source = src
+	}
 	deps.Annotator = kube.NewAnnotator(client, log)
 	if pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE"); pod != "" && ns != "" {
 		// The watch must outlive SIGTERM: the agent asks after draining.
 		deps.Uninstalling = kube.WatchUninstall(context.WithoutCancel(ctx), client, ns, pod, log).Uninstalling
 	}
 	return nil
+}
+
+// xdsSource builds the istiod source from cfg and the pod's environment
+// (deploy/ sets POD_NAME, POD_NAMESPACE and POD_IP from the downward API).
+func xdsSource(cfg node.Config, log *slog.Logger) (*xds.Source, error) {
+	roots, err := certs.LoadRoots(cfg.CARoot)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-root: %w", err)
+	}
+	return &xds.Source{
+		Config: xds.Config{
+			Address:   cfg.XDSAddr,
+			Roots:     roots,
+			TokenFile: cfg.CATokenFile,
+			ClusterID: cfg.ClusterID,
+			Node: xds.Node{PodName: os.Getenv("POD_NAME"), PodNamespace: os.Getenv("POD_NAMESPACE"),
+				PodIP: os.Getenv("POD_IP"), NodeName: cfg.NodeName, ClusterDomain: cfg.ClusterDomain},
+		},
+		Log: log.With("component", "xds"),
+	}, nil
 }

@@ -222,3 +222,9 @@ func (c *Cluster) Delete(ctx context.Context, manifests []byte) error {
 	}
 	return nil
 }
+
+// The Istio security resources, for the dynamic client.
+var (
+	AuthorizationPolicies = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	PeerAuthentications   = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}
+)

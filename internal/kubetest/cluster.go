@@ -202,6 +202,12 @@ type proc struct {
 }
 
 func startProc(dir, name, bin string, args ...string) (*proc, error) {
+	return startProcEnv(dir, name, nil, bin, args...)
+}
+
+// startProcEnv is startProc with env added to the test's environment and
+// dir as the working directory.
+func startProcEnv(dir, name string, env []string, bin string, args ...string) (*proc, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -210,6 +216,9 @@ func startProc(dir, name, bin string, args ...string) (*proc, error) {
 	defer f.Close()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if env != nil {
+		cmd.Env, cmd.Dir = append(os.Environ(), env...), dir
+	}
 	// Own process group, and killed with the test binary if it dies first.
 	// Pdeathsig fires when the forking thread exits, so the fork happens on
 	// a thread locked for the child's lifetime (others' tests lock and

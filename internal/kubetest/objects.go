@@ -100,6 +100,11 @@ func (c *Cluster) CreatePod(t testing.TB, p Pod) *corev1.Pod {
 func (c *Cluster) SetPodStatus(t testing.TB, namespace, name string, phase corev1.PodPhase, ip string) *corev1.Pod {
 	t.Helper()
 	status := map[string]any{"phase": phase, "podIP": ip, "podIPs": []map[string]string{{"ip": ip}}}
+	if phase == corev1.PodRunning {
+		// Ready, as a kubelet reports a pod whose probes pass: istiod
+		// reports other pods unhealthy.
+		status["conditions"] = []map[string]string{{"type": "Ready", "status": "True"}}
+	}
 	if ip == "" {
 		status["podIP"], status["podIPs"] = nil, nil
 	}

@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"net/netip"
+	"slices"
 
 	"github.com/ferrymesh/ferry/authz"
 )
@@ -15,6 +16,10 @@ type Snapshot struct {
 	Services              []Service
 	AuthorizationPolicies []authz.AuthorizationPolicy
 	PeerAuthentications   []authz.PeerAuthentication
+	// TranslatedPolicies are AuthorizationPolicies (and PeerAuthentications)
+	// as istiod translates them for node proxies. Non-nil only from istiod
+	// (xDS mode), whose snapshots carry no objects in the two fields above.
+	TranslatedPolicies []authz.TranslatedPolicy
 	// Errors lists problems the source found (malformed YAML, objects it
 	// could not identify, policies with errors), each naming the file or
 	// object; the rest of the snapshot still applies.
@@ -47,6 +52,27 @@ type Pod struct {
 	HostNetwork bool
 	Labels      map[string]string
 	Annotations map[string]string
+	// Mesh is what istiod says about the pod (xDS mode); nil otherwise.
+	Mesh *MeshWorkload
+}
+
+// MeshWorkload is istiod's view of a pod (an istio.workload.Workload).
+type MeshWorkload struct {
+	// UID is istiod's workload UID ("<cluster>//Pod/<namespace>/<name>").
+	UID string
+	// HBONE says the pod's node captures it (tunnelProtocol HBONE): its
+	// agent announced the capture (the ambient.istio.io/redirection
+	// annotation) and terminates HBONE for it.
+	HBONE bool
+	// AuthorizationPolicies are "namespace/name" of the selector policies
+	// istiod attached to the pod.
+	AuthorizationPolicies []string
+	// Services are "namespace/hostname" of the Services selecting the pod.
+	Services []string
+	// Healthy is false when istiod reports the pod not ready.
+	Healthy bool
+	// Region, Zone and Subzone are the pod's node's locality.
+	Region, Zone, Subzone string
 }
 
 // Service is the part of a v1 Service Ferry uses: it names the Service
@@ -56,6 +82,9 @@ type Pod struct {
 type Service struct {
 	Name      string
 	Namespace string
+	// Hostname is the Service's DNS name as istiod sends it (xDS mode);
+	// pods then name the Services selecting them (MeshWorkload.Services).
+	Hostname string
 	// ClusterIPs are spec.clusterIPs (or spec.clusterIP); none for a
 	// headless Service.
 	ClusterIPs []netip.Addr
@@ -76,9 +105,12 @@ type ServicePort struct {
 	TargetPortName string
 }
 
-// Selects reports whether s selects pod: same namespace and every selector
-// label matching.
+// Selects reports whether s selects pod: as istiod says (xDS mode), else
+// same namespace and every selector label matching.
 func (s *Service) Selects(pod *Pod) bool {
+	if pod.Mesh != nil && s.Hostname != "" {
+		return slices.Contains(pod.Mesh.Services, s.Namespace+"/"+s.Hostname)
+	}
 	if len(s.Selector) == 0 || pod.Namespace != s.Namespace {
 		return false
 	}

@@ -64,6 +64,10 @@ type Source struct {
 	Coalesce time.Duration
 	// MinInterval is the least time between two snapshots; zero means 1s.
 	MinInterval time.Duration
+	// NodeOnly, when set, limits the Source to that node's pods and the
+	// namespaces, with no Services or policies: in xDS mode istiod sends
+	// the rest, so no agent watches every pod of the cluster.
+	NodeOnly string
 }
 
 // NewSource returns a Source reading from client (pods, namespaces) and dyn
@@ -80,11 +84,18 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 
 	// ToListWatcherWithWatchListSemantics lets a client that cannot stream
 	// initial events (a fake) say so; real clients use watch-list.
+	onNode := func(o *metav1.ListOptions) {
+		if s.NodeOnly != "" {
+			o.FieldSelector = "spec.nodeName=" + s.NodeOnly
+		}
+	}
 	pods := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			onNode(&o)
 			return s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			onNode(&o)
 			return s.client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
 		},
 	}, s.client), &corev1.Pod{}, 0, cache.Indexers{})
@@ -127,16 +138,15 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		DeleteFunc: func(any) { changed() },
 	}
 	tr := &transformer{}
-	informers := []struct {
+	type informer struct {
 		name string
 		inf  cache.SharedIndexInformer
 		fn   cache.TransformFunc
-	}{
-		{"pods", pods, tr.pod},
-		{"namespaces", namespaces, tr.namespace},
-		{"services", services, tr.service},
-		{authorizationPolicies, aps, tr.policy},
-		{peerAuthentications, pas, tr.policy},
+	}
+	informers := []informer{{"pods", pods, tr.pod}, {"namespaces", namespaces, tr.namespace}}
+	if s.NodeOnly == "" {
+		informers = append(informers, informer{"services", services, tr.service},
+			informer{authorizationPolicies, aps, tr.policy}, informer{peerAuthentications, pas, tr.policy})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -162,7 +172,20 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 
 	// Services only name connections in metrics and logs: the inventory
 	// does not wait for them (nor for their RBAC).
-	if !s.waitForSync(ctx, pods, namespaces, aps, pas) {
+	wait := []informer{informers[0], informers[1]}
+	if s.NodeOnly == "" {
+		wait = append(wait, informers[3], informers[4])
+	}
+	var missing []string
+	if !s.waitForSync(ctx, func() []string {
+		missing = missing[:0]
+		for _, i := range wait {
+			if !i.inf.HasSynced() {
+				missing = append(missing, i.name)
+			}
+		}
+		return missing
+	}) {
 		return nil
 	}
 	s.log.Info("kubernetes inventory synced")
@@ -212,21 +235,15 @@ func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
 	}, s.dyn), &unstructured.Unstructured{}, 0, cache.Indexers{})
 }
 
-// waitForSync waits until every informer has synced, logging which ones are
+// waitForSync waits until unsynced reports no informer, logging the ones
 // still missing every 10 seconds. It returns false if ctx ends first.
-func (s *Source) waitForSync(ctx context.Context, infs ...cache.SharedIndexInformer) bool {
-	names := []string{"pods", "namespaces", authorizationPolicies, peerAuthentications}
+func (s *Source) waitForSync(ctx context.Context, unsynced func() []string) bool {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	start := time.Now()
 	nextLog := start.Add(10 * time.Second)
 	for {
-		var missing []string
-		for i, inf := range infs {
-			if !inf.HasSynced() {
-				missing = append(missing, names[i])
-			}
-		}
+		missing := unsynced()
 		if len(missing) == 0 {
 			return true
 		}

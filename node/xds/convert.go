@@ -1,0 +1,257 @@
+package xds
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/node/inventory"
+	"github.com/ferrymesh/ferry/node/xds/workloadapi"
+	"github.com/ferrymesh/ferry/node/xds/workloadapi/security"
+)
+
+// A resource is one decoded xDS resource: exactly one of pod, service and
+// policy is set.
+type resource struct {
+	version string
+	pod     *inventory.Pod
+	service *inventory.Service
+	policy  *authz.TranslatedPolicy
+}
+
+// decode reads one resource of typeURL. An error means the resource is
+// refused (NACKed); for an Authorization it may come with a policy that
+// carries the problems, which authz reads fail-closed when no good version
+// is held.
+func decode(typeURL, name string, a *anypb.Any) (resource, error) {
+	if a == nil {
+		return resource{}, errors.New("no resource body")
+	}
+	if a.GetTypeUrl() != typeURL {
+		return resource{}, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), typeURL)
+	}
+	switch typeURL {
+	case TypeAddress:
+		var addr workloadapi.Address
+		if err := proto.Unmarshal(a.GetValue(), &addr); err != nil {
+			return resource{}, err
+		}
+		switch t := addr.GetType().(type) {
+		case *workloadapi.Address_Workload:
+			p, err := podFromWorkload(t.Workload)
+			return resource{pod: p}, err
+		case *workloadapi.Address_Service:
+			s, err := serviceFromProto(t.Service)
+			return resource{service: s}, err
+		}
+		return resource{}, errors.New("address is neither a workload nor a service")
+	case TypeAuthorization:
+		var az security.Authorization
+		if err := proto.Unmarshal(a.GetValue(), &az); err != nil {
+			ns, n := splitName(name)
+			tp := &authz.TranslatedPolicy{Namespace: ns, Name: n,
+				Problems: []authz.FieldError{{Field: "", Message: "undecodable: " + err.Error()}}}
+			return resource{policy: tp}, err
+		}
+		tp := policyFromProto(&az)
+		if len(tp.Problems) > 0 {
+			return resource{policy: tp}, problemsError(tp.Problems)
+		}
+		return resource{policy: tp}, nil
+	}
+	return resource{}, fmt.Errorf("unexpected type %s", typeURL)
+}
+
+func splitName(name string) (ns, n string) {
+	ns, n, ok := strings.Cut(name, "/")
+	if !ok {
+		return "", name
+	}
+	return ns, n
+}
+
+func problemsError(ps []authz.FieldError) error {
+	errs := make([]error, len(ps))
+	for i, p := range ps {
+		errs[i] = fmt.Errorf("%s: %s", p.Field, p.Message)
+	}
+	return errors.Join(errs...)
+}
+
+func addrFromBytes(b []byte) (netip.Addr, bool) {
+	switch len(b) {
+	case 4:
+		return netip.AddrFrom4([4]byte(b)), true
+	case 16:
+		return netip.AddrFrom16([16]byte(b)).Unmap(), true
+	}
+	return netip.Addr{}, false
+}
+
+// podFromWorkload converts a Workload. Only pods are kept (Ferry's
+// inventory is pods); other workload types are refused with no error by
+// returning nil.
+func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
+	if w.GetName() == "" || w.GetNamespace() == "" || w.GetUid() == "" {
+		return nil, errors.New("workload without uid, name or namespace")
+	}
+	if w.GetWorkloadType() != workloadapi.WorkloadType_POD {
+		return nil, nil
+	}
+	p := &inventory.Pod{
+		Name:           w.GetName(),
+		Namespace:      w.GetNamespace(),
+		ServiceAccount: w.GetServiceAccount(),
+		NodeName:       w.GetNode(),
+		HostNetwork:    w.GetNetworkMode() == workloadapi.NetworkMode_HOST_NETWORK,
+		Mesh: &inventory.MeshWorkload{
+			UID:                   w.GetUid(),
+			HBONE:                 w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE,
+			AuthorizationPolicies: slices.Clone(w.GetAuthorizationPolicies()),
+			Healthy:               w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
+			Region:                w.GetLocality().GetRegion(),
+			Zone:                  w.GetLocality().GetZone(),
+			Subzone:               w.GetLocality().GetSubzone(),
+		},
+	}
+	if p.ServiceAccount == "" {
+		p.ServiceAccount = "default"
+	}
+	for i, b := range w.GetAddresses() {
+		a, ok := addrFromBytes(b)
+		if !ok {
+			return nil, fmt.Errorf("addresses[%d]: %d bytes, want 4 or 16", i, len(b))
+		}
+		p.IPs = append(p.IPs, a)
+		if a.Is4() && !p.IP.IsValid() {
+			p.IP = a
+		}
+	}
+	for k := range w.GetServices() {
+		p.Mesh.Services = append(p.Mesh.Services, k)
+	}
+	slices.Sort(p.Mesh.Services)
+	return p, nil
+}
+
+func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {
+	if s.GetName() == "" || s.GetNamespace() == "" || s.GetHostname() == "" {
+		return nil, errors.New("service without name, namespace or hostname")
+	}
+	out := &inventory.Service{Name: s.GetName(), Namespace: s.GetNamespace(), Hostname: s.GetHostname()}
+	for i, na := range s.GetAddresses() {
+		a, ok := addrFromBytes(na.GetAddress())
+		if !ok {
+			return nil, fmt.Errorf("addresses[%d]: %d bytes, want 4 or 16", i, len(na.GetAddress()))
+		}
+		out.ClusterIPs = append(out.ClusterIPs, a)
+	}
+	for i, p := range s.GetPorts() {
+		if p.GetServicePort() == 0 || p.GetServicePort() > 65535 || p.GetTargetPort() > 65535 {
+			return nil, fmt.Errorf("ports[%d]: service port %d, target port %d out of range", i, p.GetServicePort(), p.GetTargetPort())
+		}
+		out.Ports = append(out.Ports, inventory.ServicePort{Port: uint16(p.GetServicePort()), TargetPort: uint16(p.GetTargetPort())})
+	}
+	return out, nil
+}
+
+// policyFromProto converts an Authorization. What cannot be represented
+// (an address of the wrong length, an unset string match) is left out and
+// named in Problems, which authz reads fail-closed.
+func policyFromProto(az *security.Authorization) *authz.TranslatedPolicy {
+	tp := &authz.TranslatedPolicy{
+		Name:      az.GetName(),
+		Namespace: az.GetNamespace(),
+		Scope:     az.GetScope().String(),
+		Action:    az.GetAction().String(),
+		DryRun:    az.GetDryRun(),
+	}
+	for _, e := range az.GetExtensions() {
+		tp.Extensions = append(tp.Extensions, e.GetName())
+	}
+	problem := func(field, msg string) {
+		tp.Problems = append(tp.Problems, authz.FieldError{Field: field, Message: msg})
+	}
+	for gi, g := range az.GetGroups() {
+		var tg authz.TranslatedGroup
+		for ri, r := range g.GetRules() {
+			var tr authz.TranslatedRules
+			for mi, m := range r.GetMatches() {
+				at := "groups[" + strconv.Itoa(gi) + "].rules[" + strconv.Itoa(ri) + "].matches[" + strconv.Itoa(mi) + "]."
+				tm := authz.TranslatedMatch{
+					Namespaces:          strMatches(m.GetNamespaces(), at+"namespaces", problem),
+					NotNamespaces:       strMatches(m.GetNotNamespaces(), at+"notNamespaces", problem),
+					Principals:          strMatches(m.GetPrincipals(), at+"principals", problem),
+					NotPrincipals:       strMatches(m.GetNotPrincipals(), at+"notPrincipals", problem),
+					ServiceAccounts:     saMatches(m.GetServiceAccounts()),
+					NotServiceAccounts:  saMatches(m.GetNotServiceAccounts()),
+					SourceIPs:           prefixes(m.GetSourceIps(), at+"sourceIps", problem),
+					NotSourceIPs:        prefixes(m.GetNotSourceIps(), at+"notSourceIps", problem),
+					DestinationIPs:      prefixes(m.GetDestinationIps(), at+"destinationIps", problem),
+					NotDestinationIPs:   prefixes(m.GetNotDestinationIps(), at+"notDestinationIps", problem),
+					DestinationPorts:    slices.Clone(m.GetDestinationPorts()),
+					NotDestinationPorts: slices.Clone(m.GetNotDestinationPorts()),
+				}
+				for _, e := range m.GetExtensions() {
+					tm.Extensions = append(tm.Extensions, e.GetName())
+				}
+				tr.Matches = append(tr.Matches, tm)
+			}
+			tg.Rules = append(tg.Rules, tr)
+		}
+		tp.Groups = append(tp.Groups, tg)
+	}
+	return tp
+}
+
+func strMatches(ms []*security.StringMatch, field string, problem func(field, msg string)) []authz.StringMatch {
+	var out []authz.StringMatch
+	for i, m := range ms {
+		switch t := m.GetMatchType().(type) {
+		case *security.StringMatch_Exact:
+			out = append(out, authz.StringMatch{Kind: authz.StringMatchExact, Value: t.Exact})
+		case *security.StringMatch_Prefix:
+			out = append(out, authz.StringMatch{Kind: authz.StringMatchPrefix, Value: t.Prefix})
+		case *security.StringMatch_Suffix:
+			out = append(out, authz.StringMatch{Kind: authz.StringMatchSuffix, Value: t.Suffix})
+		case *security.StringMatch_Presence:
+			out = append(out, authz.StringMatch{Kind: authz.StringMatchPresence})
+		default:
+			problem(field+"["+strconv.Itoa(i)+"]", "string match without a match type")
+		}
+	}
+	return out
+}
+
+func saMatches(ms []*security.ServiceAccountMatch) []authz.ServiceAccountMatch {
+	var out []authz.ServiceAccountMatch
+	for _, m := range ms {
+		out = append(out, authz.ServiceAccountMatch{Namespace: m.GetNamespace(), ServiceAccount: m.GetServiceAccount()})
+	}
+	return out
+}
+
+func prefixes(as []*security.Address, field string, problem func(field, msg string)) []netip.Prefix {
+	var out []netip.Prefix
+	for i, a := range as {
+		addr, ok := addrFromBytes(a.GetAddress())
+		if !ok {
+			problem(field+"["+strconv.Itoa(i)+"]", fmt.Sprintf("address of %d bytes, want 4 or 16", len(a.GetAddress())))
+			continue
+		}
+		p, err := addr.Prefix(int(a.GetLength()))
+		if err != nil || int(a.GetLength()) > addr.BitLen() {
+			problem(field+"["+strconv.Itoa(i)+"]", fmt.Sprintf("prefix length %d for %s", a.GetLength(), addr))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}

@@ -1,0 +1,164 @@
+package xds
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/testutil"
+	"github.com/ferrymesh/ferry/node/inventory"
+)
+
+// istiodSource runs a Source against istiod as the agent of node, its token
+// bound to its own pod, and returns the published snapshots.
+func istiodSource(t *testing.T, kc *kubetest.Cluster, istiod *kubetest.Istiod, node string) <-chan *inventory.Snapshot {
+	t.Helper()
+	agent := kc.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-" + node, ServiceAccount: "ferry", Node: node,
+		IP: "198.18.250.1", HostNetwork: true})
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	tok := kc.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent})
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(istiod.Root)
+	local := make(chanSource, 1)
+	local <- &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
+	src := &Source{
+		Config: Config{Address: istiod.XDSAddr, Roots: roots, TokenFile: tokenFile, ClusterID: "Kubernetes",
+			Node: Node{PodName: agent.Name, PodNamespace: "istio-system", PodIP: "198.18.250.1", NodeName: node, ClusterDomain: "cluster.local"}},
+		Local: local,
+		Log:   slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	}
+	snaps := make(chan *inventory.Snapshot, 256)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func(s *inventory.Snapshot) { snaps <- s }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return snaps
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Logf("%s", b); return len(b), nil }
+
+// await returns the first snapshot cond accepts, failing after 30 s.
+func await(t *testing.T, snaps <-chan *inventory.Snapshot, what string, cond func(*inventory.Snapshot) bool) *inventory.Snapshot {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	var last *inventory.Snapshot
+	for {
+		select {
+		case s := <-snaps:
+			if cond(s) {
+				return s
+			}
+			last = s
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s; last snapshot: pods %+v services %+v policies %+v errors %v", what,
+				podNames(last), last.Services, last.TranslatedPolicies, last.Errors)
+		}
+	}
+}
+
+func podNames(s *inventory.Snapshot) []string {
+	if s == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range s.Pods {
+		out = append(out, p.Namespace+"/"+p.Name)
+	}
+	return out
+}
+
+// TestPrivilegedIstiodSource reads a real istiod as a node agent: the first
+// snapshot waits for both subscriptions (istiod answers even when it has no
+// policy), pods, Services and policies arrive as istiod translates them,
+// deltas follow API changes, and a restarted istiod is resynced.
+func TestPrivilegedIstiodSource(t *testing.T) {
+	testutil.Privileged(t)
+	kc := kubetest.Start(t)
+	istiod := kc.StartIstiod(t, kubetest.BuildIstio(t), kubetest.IstiodOptions{TrustedNodeAccounts: []string{"istio-system/ferry"}})
+	ctx := t.Context()
+	kc.Namespace(t, "foo", map[string]string{"istio.io/dataplane-mode": "ambient"})
+	kc.CreatePod(t, kubetest.Pod{Namespace: "foo", Name: "web-0", ServiceAccount: "web", Node: "node2", IP: "198.18.2.10",
+		Labels: map[string]string{"app": "web"}, Annotations: map[string]string{"ambient.istio.io/redirection": "enabled"}})
+	if _, err := kc.Client.CoreV1().Services("foo").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "foo"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	snaps := istiodSource(t, kc, istiod, "node1")
+	var svc inventory.Service
+	snap := await(t, snaps, "web-0 and its Service", func(s *inventory.Snapshot) bool {
+		i := slices.IndexFunc(s.Services, func(s inventory.Service) bool { return s.Namespace == "foo" && s.Name == "web" })
+		if i >= 0 {
+			svc = s.Services[i]
+		}
+		return len(s.Pods) == 1 && i >= 0 && len(s.Pods[0].Mesh.Services) == 1
+	})
+	web := snap.Pods[0]
+	if web.IP.String() != "198.18.2.10" || web.ServiceAccount != "web" || web.NodeName != "node2" || !web.Mesh.HBONE ||
+		web.Mesh.UID != "Kubernetes//Pod/foo/web-0" || !web.Mesh.Healthy {
+		t.Errorf("pod %+v, mesh %+v", web, web.Mesh)
+	}
+	if svc.Hostname != "web.foo.svc.cluster.local" || len(svc.Ports) != 1 || svc.Ports[0].Port != 80 || svc.Ports[0].TargetPort != 8080 ||
+		!svc.Selects(&web) {
+		t.Errorf("service %+v", svc)
+	}
+	if snap.TranslatedPolicies == nil || len(snap.TranslatedPolicies) != 0 {
+		t.Errorf("policies %+v, want none (but a non-nil list: istiod's form)", snap.TranslatedPolicies)
+	}
+
+	// A selector policy arrives translated and bound to the pod.
+	if _, err := kc.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-bar, namespace: foo}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{from: [{source: {namespaces: [bar]}}], to: [{operation: {ports: ["8080"]}}]}]
+`), kubetest.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	snap = await(t, snaps, "allow-bar bound to web-0", func(s *inventory.Snapshot) bool {
+		return len(s.TranslatedPolicies) == 1 && len(s.Pods) == 1 && slices.Contains(s.Pods[0].Mesh.AuthorizationPolicies, "foo/allow-bar")
+	})
+	p := snap.TranslatedPolicies[0]
+	if p.Scope != "WORKLOAD_SELECTOR" || p.Action != "ALLOW" || len(p.Groups) != 1 || len(p.Groups[0].Rules) != 2 {
+		t.Errorf("translated policy %+v", p)
+	}
+
+	// istiod restarts; the policy is deleted meanwhile. The resynced state
+	// has neither the policy nor the binding.
+	istiod.Stop()
+	if err := kc.Dynamic.Resource(kubetest.AuthorizationPolicies).Namespace("foo").Delete(ctx, "allow-bar", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := istiod.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	await(t, snaps, "the policy gone after istiod's restart", func(s *inventory.Snapshot) bool {
+		return len(s.TranslatedPolicies) == 0 && len(s.Pods) == 1 && len(s.Pods[0].Mesh.AuthorizationPolicies) == 0
+	})
+	kc.DeletePod(t, "foo", "web-0")
+	await(t, snaps, "web-0 removed", func(s *inventory.Snapshot) bool { return len(s.Pods) == 0 })
+}

@@ -1,0 +1,305 @@
+package xds
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/node/inventory"
+)
+
+// Source is an inventory.Source fed by istiod's workload xDS, as ztunnel is:
+// every pod, Service and AuthorizationPolicy (translated by istiod, with
+// PeerAuthentication folded in) of the mesh comes over one Delta ADS stream.
+// Only the node's own pods and the namespaces come from Local (the agent
+// decides which of its pods to capture, as istio-cni does, and istiod learns
+// the capture from the pod's annotation): no agent watches the whole cluster.
+//
+// Run publishes its first snapshot once Local has published and istiod has
+// answered both subscriptions, then after every change. Resources istiod
+// sends that Ferry refuses are NACKed with the reason; the last good version
+// stays in force (an Authorization never good is published with its
+// problems, for authz to read fail-closed) and each refusal is reported in
+// Snapshot.Errors. On a broken stream Run keeps the state it has, reconnects
+// with back-off and tells istiod the versions it holds; the first response
+// of each type after a reconnect is istiod's whole state, so resources it no
+// longer sends are dropped then.
+type Source struct {
+	Config Config
+	// Local publishes the node's pods (with their labels) and the
+	// namespaces; its policies and Services are ignored.
+	Local inventory.Source
+	Log   *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait between connection attempts
+	// (defaults 250ms and 15s).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// state is what the stream has received, by type and resource name.
+type state struct {
+	res      map[string]map[string]resource // last good (or never-good fail-closed) versions
+	refused  map[string]map[string]string   // resources whose latest version was refused: why
+	received map[string]bool                // a response of the type arrived on some stream
+}
+
+func newState() *state {
+	s := &state{res: map[string]map[string]resource{}, refused: map[string]map[string]string{}, received: map[string]bool{}}
+	for _, t := range types {
+		s.res[t] = map[string]resource{}
+		s.refused[t] = map[string]string{}
+	}
+	return s
+}
+
+// Run implements inventory.Source.
+func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) error {
+	if err := s.Config.check(); err != nil {
+		return err
+	}
+	if s.Local == nil {
+		return errors.New("xds: no local source for the node's pods")
+	}
+	conn, err := s.Config.dial()
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	defer conn.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	local := make(chan *inventory.Snapshot, 1)
+	localErr := make(chan error, 1)
+	go func() {
+		localErr <- s.Local.Run(ctx, func(snap *inventory.Snapshot) {
+			select { // keep only the latest
+			case <-local:
+			default:
+			}
+			local <- snap
+		})
+	}()
+
+	st := newState()
+	var lastLocal *inventory.Snapshot
+	dirty := false
+	minB, maxB := cmp.Or(s.MinBackoff, 250*time.Millisecond), cmp.Or(s.MaxBackoff, 15*time.Second)
+	backoff := minB
+	for ctx.Err() == nil {
+		str, err := s.connect(ctx, conn, st)
+		if err != nil {
+			s.Log.Warn("istiod: cannot open the xDS stream, retrying", "addr", s.Config.Address, "err", err, "in", backoff)
+		} else {
+			s.Log.Info("istiod: xDS stream open", "addr", s.Config.Address)
+			resync := map[string]bool{TypeAddress: true, TypeAuthorization: true}
+		stream:
+			for {
+				if dirty && lastLocal != nil && st.received[TypeAddress] && st.received[TypeAuthorization] &&
+					len(str.recv) == 0 && len(local) == 0 {
+					publish(st.snapshot(lastLocal, s.Config.Node.NodeName))
+					dirty = false
+				}
+				select {
+				case <-ctx.Done():
+					break stream
+				case snap := <-local:
+					lastLocal, dirty = snap, true
+				case err := <-localErr:
+					return err
+				case resp := <-str.recv:
+					backoff = minB
+					if err := s.handle(str, st, resp, resync[resp.GetTypeUrl()]); err != nil {
+						s.Log.Warn("istiod: xDS stream failed, reconnecting", "err", err)
+						break stream
+					}
+					resync[resp.GetTypeUrl()] = false
+					dirty = true
+				case err := <-str.err:
+					if ctx.Err() == nil {
+						s.Log.Warn("istiod: xDS stream ended, reconnecting with the state held", "err", err, "in", backoff)
+					}
+					break stream
+				}
+			}
+		}
+		// Local snapshots keep arriving while disconnected; istiod's part
+		// stays as last received.
+		t := time.NewTimer(backoff + rand.N(backoff/2+1))
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				break wait
+			case err := <-localErr:
+				t.Stop()
+				return err
+			case snap := <-local:
+				lastLocal = snap
+				if st.received[TypeAddress] && st.received[TypeAuthorization] {
+					publish(st.snapshot(lastLocal, s.Config.Node.NodeName))
+				}
+			case <-t.C:
+				break wait
+			}
+		}
+		backoff = min(backoff*2, maxB)
+	}
+	cancel()
+	<-localErr
+	return nil
+}
+
+// connect opens a stream and subscribes to every type (wildcard, "*"
+// explicitly: with resource versions alone istiod would watch only those),
+// telling istiod the versions already held.
+func (s *Source) connect(ctx context.Context, conn *grpc.ClientConn, st *state) (*stream, error) {
+	sctx, err := s.Config.streamContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	str, err := openStream(sctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range types {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: []string{"*"}}
+		if i == 0 {
+			req.Node = s.Config.node()
+		}
+		for name, r := range st.res[t] {
+			if r.version != "" {
+				if req.InitialResourceVersions == nil {
+					req.InitialResourceVersions = map[string]string{}
+				}
+				req.InitialResourceVersions[name] = r.version
+			}
+		}
+		if err := str.ads.Send(req); err != nil {
+			return nil, err
+		}
+	}
+	return str, nil
+}
+
+// handle applies one response and ACKs or NACKs it. On the first response of
+// a type after (re)connecting, resources not in it are dropped: istiod sends
+// its whole state then.
+func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscoveryResponse, resync bool) error {
+	t := resp.GetTypeUrl()
+	held, ok := st.res[t]
+	if !ok {
+		return str.ads.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "type not subscribed"}})
+	}
+	if resync {
+		sent := map[string]bool{}
+		for _, r := range resp.GetResources() {
+			sent[r.GetName()] = true
+		}
+		for name := range held {
+			if !sent[name] {
+				delete(held, name)
+				delete(st.refused[t], name)
+			}
+		}
+	}
+	var rejects []string
+	for _, r := range resp.GetResources() {
+		name := r.GetName()
+		res, err := decode(t, name, r.GetResource())
+		if err != nil {
+			msg := fmt.Sprintf("%s %s (version %s): %v", shortType(t), name, r.GetVersion(), err)
+			rejects = append(rejects, msg)
+			st.refused[t][name] = err.Error()
+			if _, good := held[name]; !good && res.policy != nil {
+				// Never good: its fail-closed reading applies, never
+				// nothing (leaving out an ALLOW policy widens access).
+				res.version = ""
+				held[name] = res
+			}
+			continue
+		}
+		delete(st.refused[t], name)
+		if res.pod == nil && res.service == nil && res.policy == nil {
+			delete(held, name) // a workload Ferry does not model (not a pod)
+			continue
+		}
+		res.version = r.GetVersion()
+		held[name] = res
+	}
+	for _, name := range resp.GetRemovedResources() {
+		delete(held, name)
+		delete(st.refused[t], name)
+	}
+	st.received[t] = true
+	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+	if len(rejects) > 0 {
+		s.Log.Warn("istiod: refused resources (NACK); the last good versions stay in force", "type", shortType(t), "refused", rejects)
+		ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: strings.Join(rejects, "; ")}
+	}
+	return str.ads.Send(ack)
+}
+
+func shortType(t string) string { return t[strings.LastIndexByte(t, '.')+1:] }
+
+// snapshot merges the stream's state with the local snapshot: the node's
+// pods as Local sees them (labels decide their capture) with istiod's view
+// attached, every other pod, the Services and the policies from istiod.
+func (st *state) snapshot(local *inventory.Snapshot, nodeName string) *inventory.Snapshot {
+	snap := &inventory.Snapshot{
+		Namespaces:         local.Namespaces,
+		Errors:             slices.Clone(local.Errors),
+		TranslatedPolicies: []authz.TranslatedPolicy{},
+	}
+	localPods := map[string]int{} // namespace/name → index in snap.Pods
+	for _, p := range local.Pods {
+		localPods[p.Namespace+"/"+p.Name] = len(snap.Pods)
+		snap.Pods = append(snap.Pods, p)
+	}
+	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
+		r := st.res[TypeAddress][name]
+		switch {
+		case r.pod != nil:
+			if i, ok := localPods[r.pod.Namespace+"/"+r.pod.Name]; ok {
+				p := snap.Pods[i]
+				p.Mesh = r.pod.Mesh
+				snap.Pods[i] = p
+				continue
+			}
+			if r.pod.NodeName == nodeName {
+				continue // Local is authoritative for its node: a pod it does not list is gone or not yet there
+			}
+			snap.Pods = append(snap.Pods, *r.pod)
+		case r.service != nil:
+			snap.Services = append(snap.Services, *r.service)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAuthorization])) {
+		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *st.res[TypeAuthorization][name].policy)
+	}
+	for _, t := range types {
+		for _, name := range slices.Sorted(maps.Keys(st.refused[t])) {
+			effect := "the last good version applies"
+			if r, ok := st.res[t][name]; !ok {
+				effect = "left out"
+			} else if r.version == "" {
+				effect = "read fail-closed (no good version was ever received)"
+			}
+			snap.Errors = append(snap.Errors, fmt.Errorf("istiod sent %s %s that Ferry refused (NACKed): %s; %s", shortType(t), name, st.refused[t][name], effect))
+		}
+	}
+	return snap
+}
