@@ -47,11 +47,12 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 	}
 	// A Service in front of mesh/remote: istiod sends it with its VIP and
 	// names it in the pod's workload, so metrics carry destination_service.
-	if _, err := kc.Client.CoreV1().Services("mesh").Create(ctx, &corev1.Service{
+	web, err := kc.Client.CoreV1().Services("mesh").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "mesh"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "remote"},
 			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8000)}}},
-	}, metav1.CreateOptions{}); err != nil {
+	}, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -94,6 +95,34 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 		"destination_service_namespace": "mesh"}); n == 0 {
 		t.Fatalf("node2 counted no mTLS connection from %s to web.mesh.svc.cluster.local", client.Principal())
 	}
+
+	t.Run("Service address", func(t *testing.T) {
+		// No kube-proxy runs on the testbed: the client's connection to
+		// the Service's address reaches the agent as it is, and the agent
+		// picks the endpoint (mesh/remote, port 80 → 8000).
+		url := "http://" + web.Spec.ClusterIP + ":80/ip"
+		var code int
+		var body string
+		eventually(t, "the Service address answers", func() bool {
+			code, body, err = tb.get(client, url, 2*time.Second)
+			return err == nil && code == 200
+		})
+		if strings.TrimSpace(body) != client.IP {
+			t.Errorf("the server saw %q, want the client pod's address %s", body, client.IP)
+		}
+		b, err := os.ReadFile(filepath.Join(tb.RunDir, "logs", "istiod-agent-node1.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for line := range strings.SplitSeq(string(b), "\n") {
+			found = found || strings.Contains(line, `msg="connection complete" direction=outbound mode=hbone`) &&
+				strings.Contains(line, "dst.addr="+remote.IP+":8000 dst.service=web.mesh.svc.cluster.local dst.picked_by=ferry")
+		}
+		if !found {
+			t.Errorf("node1's access log has no outbound line to %s:8000 for web.mesh picked by ferry", remote.IP)
+		}
+	})
 
 	apply := func(t *testing.T, yaml string) {
 		t.Helper()

@@ -554,6 +554,11 @@ func (a *Agent) Route(src, dst netip.AddrPort) (tunnel.Route, error) {
 		return tunnel.Route{}, fmt.Errorf("node: source %s is not an enrolled pod on node %s: deny", src.Addr(), a.cfg.NodeName)
 	}
 	to, ok := s.view.workload(dst.Addr())
+	if !ok {
+		if svc, ok := s.view.serviceAt(dst); ok {
+			return s.view.serviceRoute(from, svc, dst, a.cfg.hbonePort())
+		}
+	}
 	if !ok || !to.Enrolled {
 		// Outside the mesh: pass through in plaintext, as Istio does for
 		// destinations that do not speak HBONE.

@@ -152,6 +152,7 @@ func (c *connObserver) Closed(result, reason string) {
 		slog.String("src.identity", c.info.SrcIdentity.String()),
 		slog.String("dst.addr", c.info.Dst.String()),
 		slog.String("dst.service", c.labels.DestinationService),
+		slog.String("dst.picked_by", pickedBy(c.info)),
 		slog.String("dst.workload", c.labels.DestinationWorkload),
 		slog.String("dst.namespace", c.labels.DestinationNamespace),
 		slog.String("dst.identity", cmp.Or(c.info.DstIdentity.String(), c.labels.DestinationPrincipal)),
@@ -161,6 +162,19 @@ func (c *connObserver) Closed(result, reason string) {
 		slog.String("result", result),
 		slog.String("reason", reason),
 	)
+}
+
+// pickedBy names who chose the endpoint of a connection made to a Service
+// address: Ferry itself (it saw the address), kube-proxy (a NAT had already
+// rewritten it), or "-" for a connection made to a pod.
+func pickedBy(info tunnel.ConnInfo) string {
+	switch {
+	case info.Picked:
+		return "ferry"
+	case info.DialledDst.IsValid():
+		return "kube-proxy"
+	}
+	return "-"
 }
 
 // connections implements adminSource.

@@ -33,6 +33,8 @@ type view struct {
 	// each namespace's Services with a selector.
 	services     map[netip.AddrPort]*inventory.Service
 	servicesByNS map[string][]*inventory.Service
+	// endpoints are each Service's pods, by IP.
+	endpoints map[*inventory.Service][]*Workload
 }
 
 // newView indexes snap for the agent on nodeName.
@@ -89,6 +91,7 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 			v.servicesByNS[s.Namespace] = append(v.servicesByNS[s.Namespace], s)
 		}
 	}
+	v.indexEndpoints()
 	return v
 }
 

@@ -47,6 +47,11 @@ type Route struct {
 	Src, Dst certs.Identity
 	// HBONEAddr is where to tunnel, normally <destination pod IP>:15008.
 	HBONEAddr netip.AddrPort
+	// Target, when set, is where the connection goes instead of its
+	// original destination: the endpoint the router picked for a Service
+	// address. It is the CONNECT authority (HBONE) or the address dialled
+	// (Passthrough); the original destination is then ConnInfo.DialledDst.
+	Target netip.AddrPort
 	// Reason explains a Deny.
 	Reason string
 	// Baggage is sent with the CONNECT when set.
@@ -166,6 +171,9 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 	}
 	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, DialledDst: dialledDst(o.cfg.DialledDst, c, dst),
 		SrcIdentity: route.Src, DstIdentity: route.Dst, Mode: route.Mode.String(), Start: time.Now()}
+	if route.Target.IsValid() {
+		info.Dst, info.DialledDst, info.Picked = route.Target, dst, true
+	}
 	var obs ConnObserver = nopConnObserver{}
 	if o.cfg.Observer != nil {
 		obs = o.cfg.Observer.Opened(info)
@@ -186,7 +194,7 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 			var st *Stream
 			st, err = o.cfg.Client.Dial(dctx, DialRequest{
 				Src: route.Src, Dst: route.Dst, SrcAddr: src,
-				HBONEAddr: route.HBONEAddr, Authority: dst, Baggage: route.Baggage,
+				HBONEAddr: route.HBONEAddr, Authority: info.Dst, Baggage: route.Baggage,
 				Early: buf[:n],
 			})
 			if err == nil {
@@ -195,7 +203,7 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 		}
 		putBuf(buf)
 	case Passthrough:
-		up, err = o.cfg.Dial(dctx, src, dst)
+		up, err = o.cfg.Dial(dctx, src, info.Dst)
 	default:
 		err = fmt.Errorf("tunnel: denied: %s", route.Reason)
 	}

@@ -28,9 +28,13 @@ type ConnInfo struct {
 	// Src and Dst are the connection's source and original destination.
 	Src, Dst netip.AddrPort
 	// DialledDst is what the source dialled when a NAT on the way rewrote
-	// it to Dst (kube-proxy's DNAT of a Service's ClusterIP); zero
-	// otherwise.
+	// it to Dst (kube-proxy's DNAT of a Service's ClusterIP), or when the
+	// agent picked Dst among the endpoints of the Service address it
+	// dialled (Picked); zero otherwise.
 	DialledDst netip.AddrPort
+	// Picked says the agent chose Dst for DialledDst (Route.Target), not a
+	// NAT before it.
+	Picked bool
 	// SrcIdentity and DstIdentity are the peers' SPIFFE identities; zero for
 	// a plaintext peer or a passthrough destination.
 	SrcIdentity, DstIdentity certs.Identity

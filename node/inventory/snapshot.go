@@ -69,6 +69,13 @@ type MeshWorkload struct {
 	AuthorizationPolicies []string
 	// Services are "namespace/hostname" of the Services selecting the pod.
 	Services []string
+	// TargetPorts maps a Service (as in Services) port to the pod's port
+	// where istiod resolved it (a named target port); absent ports use the
+	// Service's target port.
+	TargetPorts map[string]map[uint16]uint16
+	// Capacity weighs the pod when a node picks a Service endpoint
+	// (default 1).
+	Capacity uint32
 	// Healthy is false when istiod reports the pod not ready.
 	Healthy bool
 	// Region, Zone and Subzone are the pod's node's locality.
@@ -77,8 +84,8 @@ type MeshWorkload struct {
 
 // Service is the part of a v1 Service Ferry uses: it names the Service
 // behind a connection (destination_service in metrics and access logs),
-// never to route or authorize one: kube-proxy has chosen the endpoint
-// before Ferry sees the connection.
+// never to authorize one. Ferry picks an endpoint itself only when it sees
+// a connection to the Service's address (no kube-proxy chose first).
 type Service struct {
 	Name      string
 	Namespace string
@@ -92,6 +99,26 @@ type Service struct {
 	// Selector is spec.selector; empty selects no pod (its endpoints are
 	// managed by someone else, as Kubernetes reads it).
 	Selector map[string]string
+	// LoadBalancing says how a node picks an endpoint when it sees the
+	// Service's address itself (no kube-proxy before it); nil picks among
+	// all healthy endpoints.
+	LoadBalancing *LoadBalancing
+}
+
+// LoadBalancing is istiod's load-balancing setting of a Service
+// (trafficDistribution and the networking.istio.io/traffic-distribution
+// annotation), as ztunnel applies it.
+type LoadBalancing struct {
+	// RoutingPreference lists locality scopes, broadest first (REGION,
+	// ZONE, SUBZONE, NODE, CLUSTER, NETWORK): endpoints sharing more of
+	// them with the client, in order, are preferred.
+	RoutingPreference []string
+	// Mode is STRICT (only endpoints matching every scope), FAILOVER (the
+	// best-matching endpoints available) or PASSTHROUGH (no endpoint
+	// picking: the address is dialled as it is).
+	Mode string
+	// AllowUnhealthy lets unhealthy endpoints be picked (ALLOW_ALL).
+	AllowUnhealthy bool
 }
 
 // ServicePort is one TCP port of a Service.

@@ -134,8 +134,28 @@ func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
 			p.IP = a
 		}
 	}
-	for k := range w.GetServices() {
+	if c := w.GetCapacity(); c != nil {
+		p.Mesh.Capacity = c.GetValue()
+	} else {
+		p.Mesh.Capacity = 1
+	}
+	for k, pl := range w.GetServices() {
 		p.Mesh.Services = append(p.Mesh.Services, k)
+		for _, port := range pl.GetPorts() {
+			if port.GetServicePort() > 65535 || port.GetTargetPort() > 65535 {
+				return nil, fmt.Errorf("services[%s]: port %d → %d out of range", k, port.GetServicePort(), port.GetTargetPort())
+			}
+			if port.GetTargetPort() == 0 {
+				continue
+			}
+			if p.Mesh.TargetPorts == nil {
+				p.Mesh.TargetPorts = map[string]map[uint16]uint16{}
+			}
+			if p.Mesh.TargetPorts[k] == nil {
+				p.Mesh.TargetPorts[k] = map[uint16]uint16{}
+			}
+			p.Mesh.TargetPorts[k][uint16(port.GetServicePort())] = uint16(port.GetTargetPort())
+		}
 	}
 	slices.Sort(p.Mesh.Services)
 	return p, nil
@@ -152,6 +172,15 @@ func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {
 			return nil, fmt.Errorf("addresses[%d]: %d bytes, want 4 or 16", i, len(na.GetAddress()))
 		}
 		out.ClusterIPs = append(out.ClusterIPs, a)
+	}
+	if lb := s.GetLoadBalancing(); lb != nil {
+		out.LoadBalancing = &inventory.LoadBalancing{
+			Mode:           strings.TrimSuffix(lb.GetMode().String(), "_MODE"),
+			AllowUnhealthy: lb.GetHealthPolicy() == workloadapi.LoadBalancing_ALLOW_ALL,
+		}
+		for _, sc := range lb.GetRoutingPreference() {
+			out.LoadBalancing.RoutingPreference = append(out.LoadBalancing.RoutingPreference, sc.String())
+		}
 	}
 	for i, p := range s.GetPorts() {
 		if p.GetServicePort() == 0 || p.GetServicePort() > 65535 || p.GetTargetPort() > 65535 {

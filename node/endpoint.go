@@ -1,0 +1,185 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+
+	"github.com/ferrymesh/ferry/node/inventory"
+	"github.com/ferrymesh/ferry/tunnel"
+)
+
+// Service endpoint picking, for connections whose captured destination is a
+// Service address: no kube-proxy rewrote it before Ferry saw it (a cluster
+// without kube-proxy, or the Service is only known to istiod). The rules are
+// ztunnel's (src/state.rs load_balance): healthy endpoints only unless the
+// Service allows all; with routing preferences, endpoints ranked by how many
+// locality scopes in a row they share with the client, STRICT keeping only
+// those sharing all, FAILOVER the best-ranked present; then weighted random
+// by capacity.
+
+// errNoHealthyEndpoint denies a connection to a Service with nothing to
+// pick (ztunnel's NoHealthyUpstream).
+var errNoHealthyEndpoint = errors.New("no healthy endpoint")
+
+// indexEndpoints indexes each Service's endpoints: the pods istiod lists under
+// it, or those its selector selects.
+func (v *view) indexEndpoints() {
+	v.endpoints = map[*inventory.Service][]*Workload{}
+	byKey := map[string]*inventory.Service{}
+	for i := range v.snap.Services {
+		s := &v.snap.Services[i]
+		if s.Hostname != "" {
+			byKey[s.Namespace+"/"+s.Hostname] = s
+		}
+	}
+	for _, w := range v.byIP {
+		if w.Mesh != nil {
+			for _, k := range w.Mesh.Services {
+				if s, ok := byKey[k]; ok {
+					v.endpoints[s] = append(v.endpoints[s], w)
+				}
+			}
+			continue
+		}
+		for _, s := range v.servicesByNS[w.Namespace] {
+			if s.Selects(&w.Pod) {
+				v.endpoints[s] = append(v.endpoints[s], w)
+			}
+		}
+	}
+	for _, ws := range v.endpoints {
+		slices.SortFunc(ws, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
+	}
+}
+
+// pickEndpoint chooses where a connection from client to port of svc goes:
+// an endpoint and its target port. rnd(n) returns a number in [0, n).
+func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workload, rnd func(uint64) uint64) (*Workload, uint16, error) {
+	i := slices.IndexFunc(svc.Ports, func(p inventory.ServicePort) bool { return p.Port == port })
+	if i < 0 {
+		return nil, 0, fmt.Errorf("Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
+	}
+	sp := svc.Ports[i]
+	lb := svc.LoadBalancing
+	if lb == nil {
+		lb = &inventory.LoadBalancing{}
+	}
+	type candidate struct {
+		w      *Workload
+		port   uint16
+		rank   int
+		weight uint64
+	}
+	var cands []candidate
+	best := 0
+	for _, w := range v.endpoints[svc] {
+		if !w.IP.IsValid() || w.Mesh != nil && !w.Mesh.Healthy && !lb.AllowUnhealthy {
+			continue
+		}
+		target, ok := endpointPort(svc, sp, w)
+		if !ok {
+			continue
+		}
+		weight := uint64(1)
+		if w.Mesh != nil {
+			weight = uint64(w.Mesh.Capacity)
+		}
+		if weight == 0 {
+			continue
+		}
+		rank := localityRank(lb.RoutingPreference, client, w)
+		if lb.Mode == "STRICT" && rank < len(lb.RoutingPreference) {
+			continue
+		}
+		best = max(best, rank)
+		cands = append(cands, candidate{w, target, rank, weight})
+	}
+	if lb.Mode == "FAILOVER" {
+		cands = slices.DeleteFunc(cands, func(c candidate) bool { return c.rank < best })
+	}
+	var total uint64
+	for _, c := range cands {
+		total += c.weight
+	}
+	if total == 0 {
+		return nil, 0, fmt.Errorf("Service %s/%s port %d: %w", svc.Namespace, svc.Name, port, errNoHealthyEndpoint)
+	}
+	n := rnd(total)
+	for _, c := range cands {
+		if n < c.weight {
+			return c.w, c.port, nil
+		}
+		n -= c.weight
+	}
+	panic("unreachable")
+}
+
+// endpointPort is the endpoint's port for service port sp: as istiod resolved
+// it for the pod, else the Service's number, else the service port itself.
+// A named target port istiod did not resolve cannot be reached.
+func endpointPort(svc *inventory.Service, sp inventory.ServicePort, w *Workload) (uint16, bool) {
+	if w.Mesh != nil {
+		if p, ok := w.Mesh.TargetPorts[svc.Namespace+"/"+svc.Hostname][sp.Port]; ok {
+			return p, true
+		}
+	}
+	switch {
+	case sp.TargetPort != 0:
+		return sp.TargetPort, true
+	case sp.TargetPortName != "":
+		return 0, false
+	}
+	return sp.Port, true
+}
+
+// localityRank counts the routing-preference scopes, in order, that
+// endpoint shares with client; it stops at the first it does not.
+func localityRank(prefs []string, client, endpoint *Workload) int {
+	locality := func(w *Workload, scope string) string {
+		switch {
+		case scope == "NODE":
+			return w.NodeName
+		case w.Mesh == nil:
+			return ""
+		case scope == "REGION":
+			return w.Mesh.Region
+		case scope == "ZONE":
+			return w.Mesh.Zone
+		case scope == "SUBZONE":
+			return w.Mesh.Subzone
+		}
+		return "" // CLUSTER, NETWORK: one cluster and network here
+	}
+	rank := 0
+	for _, scope := range prefs {
+		if locality(client, scope) != locality(endpoint, scope) {
+			break
+		}
+		rank++
+	}
+	return rank
+}
+
+// randN is pickEndpoint's source of randomness in the agent.
+func randN(n uint64) uint64 { return rand.Uint64N(n) }
+
+// serviceRoute routes a connection from client to a Service address: to the
+// endpoint picked, over HBONE when its node captures it, else directly; a
+// PASSTHROUGH Service's address is dialled as it is.
+func (v *view) serviceRoute(client *Workload, svc *inventory.Service, dst netip.AddrPort, hbonePort uint16) (tunnel.Route, error) {
+	if svc.LoadBalancing != nil && svc.LoadBalancing.Mode == "PASSTHROUGH" {
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity}, nil
+	}
+	ep, port, err := v.pickEndpoint(svc, dst.Port(), client, randN)
+	if err != nil {
+		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: err.Error()}, nil
+	}
+	r := tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity, Target: netip.AddrPortFrom(ep.IP, port)}
+	if ep.Enrolled {
+		r.Mode, r.Dst, r.HBONEAddr = tunnel.HBONE, ep.Identity, netip.AddrPortFrom(ep.IP, hbonePort)
+	}
+	return r, nil
+}
