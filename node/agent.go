@@ -559,6 +559,11 @@ func (a *Agent) Route(src, dst netip.AddrPort) (tunnel.Route, error) {
 			return s.view.serviceRoute(from, svc, dst, a.cfg.hbonePort())
 		}
 	}
+	if ok && to.Mesh != nil && to.Mesh.Waypoint != nil {
+		if r, ok := s.view.viaWaypoint(from, to.Mesh.Waypoint, "pod "+to.Namespace+"/"+to.Name); ok {
+			return r, nil
+		}
+	}
 	if !ok || !to.Enrolled {
 		// Outside the mesh: pass through in plaintext, as Istio does for
 		// destinations that do not speak HBONE.

@@ -28,17 +28,10 @@ var errNoHealthyEndpoint = errors.New("no healthy endpoint")
 // it, or those its selector selects.
 func (v *view) indexEndpoints() {
 	v.endpoints = map[*inventory.Service][]*Workload{}
-	byKey := map[string]*inventory.Service{}
-	for i := range v.snap.Services {
-		s := &v.snap.Services[i]
-		if s.Hostname != "" {
-			byKey[s.Namespace+"/"+s.Hostname] = s
-		}
-	}
 	for _, w := range v.byIP {
 		if w.Mesh != nil {
 			for _, k := range w.Mesh.Services {
-				if s, ok := byKey[k]; ok {
+				if s, ok := v.byHostname[k]; ok {
 					v.endpoints[s] = append(v.endpoints[s], w)
 				}
 			}
@@ -76,18 +69,15 @@ func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workloa
 	var cands []candidate
 	best := 0
 	for _, w := range v.endpoints[svc] {
-		if !w.IP.IsValid() || w.Mesh != nil && !w.Mesh.Healthy && !lb.AllowUnhealthy {
+		weight := capacity(w)
+		if lb.AllowUnhealthy && w.IP.IsValid() && w.Mesh != nil && !w.Mesh.Healthy {
+			weight = uint64(w.Mesh.Capacity)
+		}
+		if weight == 0 {
 			continue
 		}
 		target, ok := endpointPort(svc, sp, w)
 		if !ok {
-			continue
-		}
-		weight := uint64(1)
-		if w.Mesh != nil {
-			weight = uint64(w.Mesh.Capacity)
-		}
-		if weight == 0 {
 			continue
 		}
 		rank := localityRank(lb.RoutingPreference, client, w)
@@ -170,6 +160,11 @@ func randN(n uint64) uint64 { return rand.Uint64N(n) }
 // endpoint picked, over HBONE when its node captures it, else directly; a
 // PASSTHROUGH Service's address is dialled as it is.
 func (v *view) serviceRoute(client *Workload, svc *inventory.Service, dst netip.AddrPort, hbonePort uint16) (tunnel.Route, error) {
+	if svc.Waypoint != nil {
+		if r, ok := v.viaWaypoint(client, svc.Waypoint, "Service "+svc.Namespace+"/"+svc.Name); ok {
+			return r, nil
+		}
+	}
 	if svc.LoadBalancing != nil && svc.LoadBalancing.Mode == "PASSTHROUGH" {
 		return tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity}, nil
 	}

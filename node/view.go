@@ -35,6 +35,10 @@ type view struct {
 	servicesByNS map[string][]*inventory.Service
 	// endpoints are each Service's pods, by IP.
 	endpoints map[*inventory.Service][]*Workload
+	// servicesByIP finds a Service by any of its addresses, byHostname by
+	// "namespace/hostname" (xDS mode): how waypoints are named.
+	servicesByIP map[netip.Addr]*inventory.Service
+	byHostname   map[string]*inventory.Service
 }
 
 // newView indexes snap for the agent on nodeName.
@@ -80,9 +84,15 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 	slices.SortFunc(v.identities, func(a, b certs.Identity) int { return strings.Compare(a.String(), b.String()) })
 	v.services = map[netip.AddrPort]*inventory.Service{}
 	v.servicesByNS = map[string][]*inventory.Service{}
+	v.servicesByIP = map[netip.Addr]*inventory.Service{}
+	v.byHostname = map[string]*inventory.Service{}
 	for i := range snap.Services {
 		s := &snap.Services[i]
+		if s.Hostname != "" {
+			v.byHostname[s.Namespace+"/"+s.Hostname] = s
+		}
 		for _, ip := range s.ClusterIPs {
+			v.servicesByIP[ip] = s
 			for _, p := range s.Ports {
 				v.services[netip.AddrPortFrom(ip, p.Port)] = s
 			}

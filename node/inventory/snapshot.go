@@ -76,6 +76,8 @@ type MeshWorkload struct {
 	// Capacity weighs the pod when a node picks a Service endpoint
 	// (default 1).
 	Capacity uint32
+	// Waypoint, when set, receives the pod's traffic before it does.
+	Waypoint *Waypoint
 	// Healthy is false when istiod reports the pod not ready.
 	Healthy bool
 	// Region, Zone and Subzone are the pod's node's locality.
@@ -103,6 +105,18 @@ type Service struct {
 	// Service's address itself (no kube-proxy before it); nil picks among
 	// all healthy endpoints.
 	LoadBalancing *LoadBalancing
+	// Waypoint, when set, receives traffic to the Service's address
+	// before its endpoints do (xDS mode).
+	Waypoint *Waypoint
+}
+
+// Waypoint is an L7 proxy istiod puts in front of a pod or Service: by
+// address (its Service's or its pod's) or by Service hostname.
+type Waypoint struct {
+	Address             netip.Addr
+	Namespace, Hostname string
+	// HBONEPort is where the waypoint terminates HBONE (15008).
+	HBONEPort uint16
 }
 
 // LoadBalancing is istiod's load-balancing setting of a Service

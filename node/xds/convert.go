@@ -134,6 +134,11 @@ func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
 			p.IP = a
 		}
 	}
+	wp, err := waypoint(w.GetWaypoint())
+	if err != nil {
+		return nil, err
+	}
+	p.Mesh.Waypoint = wp
 	if c := w.GetCapacity(); c != nil {
 		p.Mesh.Capacity = c.GetValue()
 	} else {
@@ -173,6 +178,11 @@ func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {
 		}
 		out.ClusterIPs = append(out.ClusterIPs, a)
 	}
+	wp, err := waypoint(s.GetWaypoint())
+	if err != nil {
+		return nil, err
+	}
+	out.Waypoint = wp
 	if lb := s.GetLoadBalancing(); lb != nil {
 		out.LoadBalancing = &inventory.LoadBalancing{
 			Mode:           strings.TrimSuffix(lb.GetMode().String(), "_MODE"),
@@ -189,6 +199,33 @@ func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {
 		out.Ports = append(out.Ports, inventory.ServicePort{Port: uint16(p.GetServicePort()), TargetPort: uint16(p.GetTargetPort())})
 	}
 	return out, nil
+}
+
+// waypoint converts a GatewayAddress; nil for none.
+func waypoint(g *workloadapi.GatewayAddress) (*inventory.Waypoint, error) {
+	if g == nil {
+		return nil, nil
+	}
+	if g.GetHboneMtlsPort() == 0 || g.GetHboneMtlsPort() > 65535 {
+		return nil, fmt.Errorf("waypoint: HBONE port %d out of range", g.GetHboneMtlsPort())
+	}
+	wp := &inventory.Waypoint{HBONEPort: uint16(g.GetHboneMtlsPort())}
+	switch d := g.GetDestination().(type) {
+	case *workloadapi.GatewayAddress_Address:
+		a, ok := addrFromBytes(d.Address.GetAddress())
+		if !ok {
+			return nil, fmt.Errorf("waypoint: address of %d bytes", len(d.Address.GetAddress()))
+		}
+		wp.Address = a
+	case *workloadapi.GatewayAddress_Hostname:
+		if d.Hostname.GetHostname() == "" || d.Hostname.GetNamespace() == "" {
+			return nil, errors.New("waypoint: hostname without namespace or name")
+		}
+		wp.Namespace, wp.Hostname = d.Hostname.GetNamespace(), d.Hostname.GetHostname()
+	default:
+		return nil, errors.New("waypoint without a destination")
+	}
+	return wp, nil
 }
 
 // policyFromProto converts an Authorization. What cannot be represented
