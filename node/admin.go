@@ -12,8 +12,13 @@ import (
 	"time"
 )
 
-// ConfigDump is the JSON document served on the admin endpoint's /config_dump.
-// Its shape is kept stable for `ferry status|workloads|policies|certs`.
+// FerryConfigDumpPath is where the admin endpoint serves ConfigDump; a
+// plain /config_dump serves ztunnel's document, for istioctl (ztunneldump.go).
+const FerryConfigDumpPath = "/config_dump?format=ferry"
+
+// ConfigDump is the JSON document served on the admin endpoint's
+// FerryConfigDumpPath. Its shape is kept stable for `ferry
+// status|workloads|policies|certs`.
 type ConfigDump struct {
 	Version      string         `json:"version"`
 	Node         string         `json:"node"`
@@ -91,16 +96,25 @@ type ConnectionDump struct {
 // adminSource is what the admin endpoint reports on.
 type adminSource interface {
 	configDump() ConfigDump
+	ztunnelConfigDump() ztunnelDump
 	connections() []ConnectionDump
 }
 
-// newAdminHandler returns the admin endpoint's handler: /config_dump,
-// /connections, /logging and /debug/pprof/. Every request must come from a
-// loopback address, even if the listener is misconfigured.
+// newAdminHandler returns the admin endpoint's handler: /config_dump
+// (ztunnel's document, or Ferry's with ?format=ferry), /connections,
+// /logging and /debug/pprof/. Every request must come from a loopback
+// address, even if the listener is misconfigured.
 func newAdminHandler(src adminSource, level *slog.LevelVar, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, src.configDump())
+		switch f := r.URL.Query().Get("format"); f {
+		case "", "ztunnel":
+			writeJSON(w, src.ztunnelConfigDump())
+		case "ferry":
+			writeJSON(w, src.configDump())
+		default:
+			http.Error(w, fmt.Sprintf("unknown format %q: want ztunnel (the default) or ferry", f), http.StatusBadRequest)
+		}
 	})
 	mux.HandleFunc("GET /connections", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, src.connections())
@@ -134,7 +148,7 @@ func newAdminHandler(src adminSource, level *slog.LevelVar, log *slog.Logger) ht
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "ferry admin: /config_dump /connections /logging /debug/pprof/")
+		fmt.Fprintln(w, "ferry admin: /config_dump (ztunnel's, for istioctl) /config_dump?format=ferry /connections /logging /debug/pprof/")
 	})
 	return loopbackOnly(mux)
 }

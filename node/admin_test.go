@@ -84,7 +84,7 @@ spec:
 `)
 	base := "http://" + h.cfg.AdminAddr
 
-	code, body := get(t, base+"/config_dump")
+	code, body := get(t, base+FerryConfigDumpPath)
 	if code != http.StatusOK {
 		t.Fatalf("config_dump: %d %s", code, body)
 	}

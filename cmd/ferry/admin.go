@@ -87,7 +87,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	var d node.ConfigDump
-	if err := f.get(ctx, "/config_dump", &d); err != nil {
+	if err := f.get(ctx, node.FerryConfigDumpPath, &d); err != nil {
 		return err
 	}
 	captured, refused := 0, 0
@@ -127,7 +127,7 @@ func runWorkloads(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	var d node.ConfigDump
-	if err := f.get(ctx, "/config_dump", &d); err != nil {
+	if err := f.get(ctx, node.FerryConfigDumpPath, &d); err != nil {
 		return err
 	}
 	var ws []node.WorkloadDump
@@ -150,7 +150,7 @@ func runPolicies(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	var d node.ConfigDump
-	if err := f.get(ctx, "/config_dump", &d); err != nil {
+	if err := f.get(ctx, node.FerryConfigDumpPath, &d); err != nil {
 		return err
 	}
 	var ps []node.PolicyDump
@@ -177,7 +177,7 @@ func runCerts(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	var d node.ConfigDump
-	if err := f.get(ctx, "/config_dump", &d); err != nil {
+	if err := f.get(ctx, node.FerryConfigDumpPath, &d); err != nil {
 		return err
 	}
 	return f.print(stdout, d.Certificates, func(tw *tabwriter.Writer) {

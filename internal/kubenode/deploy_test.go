@@ -322,7 +322,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	identity := "spiffe://cluster.local/ns/ambient-on/sa/default"
 	if err := Poll(waitCtx, 0, func() error {
 		dump = node.ConfigDump{}
-		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000"+node.FerryConfigDumpPath, &dump); err != nil {
 			return err
 		}
 		if !dump.Ready || dump.Node != NodeName {

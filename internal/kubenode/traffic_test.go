@@ -592,7 +592,7 @@ func awaitPolicy(ctx context.Context, t *testing.T, ns, name string) {
 	defer cancel()
 	if err := Poll(wctx, 0, func() error {
 		var dump node.ConfigDump
-		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000"+node.FerryConfigDumpPath, &dump); err != nil {
 			return err
 		}
 		if !slices.ContainsFunc(dump.Policies, func(p node.PolicyDump) bool { return p.Namespace == ns && p.Name == name }) {

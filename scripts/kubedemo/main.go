@@ -379,7 +379,7 @@ func (d *demo) apply(ctx context.Context, yaml, ns, name string) error {
 	}
 	err := kubenode.Poll(ctx, 30*time.Second, func() error {
 		var dump node.ConfigDump
-		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000/config_dump", &dump); err != nil {
+		if err := testutil.HTTPGetJSON(ctx, "http://127.0.0.1:15000"+node.FerryConfigDumpPath, &dump); err != nil {
 			return err
 		}
 		if !slices.ContainsFunc(dump.Policies, func(p node.PolicyDump) bool { return p.Namespace == ns && p.Name == name }) {
