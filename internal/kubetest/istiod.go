@@ -66,6 +66,10 @@ type IstiodOptions struct {
 	// whose certificate requests may impersonate pods on their node
 	// (CA_TRUSTED_NODE_ACCOUNTS).
 	TrustedNodeAccounts []string
+	// Env is added to istiod's environment after StartIstiod's own
+	// settings, which it overrides (e.g. PILOT_DEBOUNCE_AFTER: tests push
+	// after 10ms, istiod's default is 100ms).
+	Env []string
 }
 
 // Istiod is a real istiod (pilot-discovery) serving the Cluster, its ports
@@ -123,6 +127,7 @@ func (c *Cluster) StartIstiod(t testing.TB, bins IstioBinaries, opts IstiodOptio
 		// Pushes as soon as a change arrives: tests wait for them.
 		"PILOT_DEBOUNCE_AFTER=10ms", "PILOT_DEBOUNCE_MAX=100ms",
 	}
+	i.env = append(i.env, opts.Env...)
 	i.args = []string{"discovery", "--kubeconfig", kubeconfig,
 		"--grpcAddr", i.PlainXDSAddr, "--secureGRPCAddr", i.XDSAddr, "--httpAddr", addr(ports[2]),
 		"--httpsAddr", addr(ports[3]), "--monitoringAddr", addr(ports[4]), "--ctrlz_port", strconv.Itoa(ports[5]),
@@ -177,3 +182,6 @@ func (i *Istiod) Restart() error {
 
 // Stop kills istiod (Restart starts it again).
 func (i *Istiod) Stop() { i.proc.stop() }
+
+// PID is istiod's process ID (its memory is part of what xDS mode costs).
+func (i *Istiod) PID() int { return i.proc.cmd.Process.Pid }
