@@ -2,12 +2,8 @@ package authz_test
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +17,7 @@ import (
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
-	"github.com/ferrymesh/ferry/node/xds"
+	"github.com/ferrymesh/ferry/node/xds/xdstest"
 )
 
 // istiodDiffers lists the scenarios where istiod's translation, evaluated
@@ -94,7 +90,7 @@ func TestPrivilegedIstiodTranslation(t *testing.T) {
 			Labels: sc.Req.Labels})
 		pods[d] = name
 	}
-	snaps := watchIstiod(t, kc, istiod)
+	snaps := xdstest.Watch(t, kc, istiod, "none", "198.18.250.1", nil)
 
 	var same, differ, refused, skipped int
 	for i, sc := range scenarios {
@@ -238,52 +234,6 @@ func deleteAllPolicies(t *testing.T, kc *kubetest.Cluster) {
 			if err := ri.Namespace(o.GetNamespace()).Delete(t.Context(), o.GetName(), metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-}
-
-// watchIstiod reads istiod as a node agent of a node without pods.
-func watchIstiod(t *testing.T, kc *kubetest.Cluster, istiod *kubetest.Istiod) <-chan *inventory.Snapshot {
-	t.Helper()
-	agent := kc.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-none", ServiceAccount: "ferry", Node: "none",
-		IP: "198.18.250.1", HostNetwork: true})
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	tok := kc.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent})
-	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(istiod.Root)
-	local := make(chanSource, 1)
-	local <- &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
-	src := &xds.Source{
-		Config: xds.Config{Address: istiod.XDSAddr, Roots: roots, TokenFile: tokenFile, ClusterID: "Kubernetes",
-			Node: xds.Node{PodName: agent.Name, PodNamespace: "istio-system", PodIP: "198.18.250.1", NodeName: "none", ClusterDomain: "cluster.local"}},
-		Local: local,
-		Log:   slog.New(slog.DiscardHandler),
-	}
-	snaps := make(chan *inventory.Snapshot, 1024)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(s *inventory.Snapshot) { snaps <- s }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return snaps
-}
-
-type chanSource chan *inventory.Snapshot
-
-func (c chanSource) Run(ctx context.Context, publish func(*inventory.Snapshot)) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case s := <-c:
-			publish(s)
 		}
 	}
 }

@@ -1,11 +1,7 @@
-package xds
+package xds_test
 
 import (
-	"context"
-	"crypto/x509"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -17,41 +13,8 @@ import (
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
+	"github.com/ferrymesh/ferry/node/xds/xdstest"
 )
-
-// istiodSource runs a Source against istiod as the agent of node, its token
-// bound to its own pod, and returns the published snapshots.
-func istiodSource(t *testing.T, kc *kubetest.Cluster, istiod *kubetest.Istiod, node string) <-chan *inventory.Snapshot {
-	t.Helper()
-	agent := kc.CreatePod(t, kubetest.Pod{Namespace: "istio-system", Name: "ferry-" + node, ServiceAccount: "ferry", Node: node,
-		IP: "198.18.250.1", HostNetwork: true})
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	tok := kc.Token(t, "istio-system", "ferry", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: agent})
-	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(istiod.Root)
-	local := make(chanSource, 1)
-	local <- &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
-	src := &Source{
-		Config: Config{Address: istiod.XDSAddr, Roots: roots, TokenFile: tokenFile, ClusterID: "Kubernetes",
-			Node: Node{PodName: agent.Name, PodNamespace: "istio-system", PodIP: "198.18.250.1", NodeName: node, ClusterDomain: "cluster.local"}},
-		Local: local,
-		Log:   slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	}
-	snaps := make(chan *inventory.Snapshot, 256)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, func(s *inventory.Snapshot) { snaps <- s }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return snaps
-}
 
 type testWriter struct{ t *testing.T }
 
@@ -107,7 +70,7 @@ func TestPrivilegedIstiodSource(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	snaps := istiodSource(t, kc, istiod, "node1")
+	snaps := xdstest.Watch(t, kc, istiod, "node1", "198.18.250.1", slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	var svc inventory.Service
 	snap := await(t, snaps, "web-0 and its Service", func(s *inventory.Snapshot) bool {
 		i := slices.IndexFunc(s.Services, func(s inventory.Service) bool { return s.Namespace == "foo" && s.Name == "web" })

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -355,5 +356,30 @@ func TestSourceResumesWithVersionsAndResyncs(t *testing.T) {
 	f.request(s)
 	if snap := f.snapshot(); len(snap.TranslatedPolicies) != 2 {
 		t.Errorf("after a delta: %+v", snap.TranslatedPolicies)
+	}
+}
+
+// TestSourceTakesIstiodsWholeState: istiod sends every address in one
+// response when a stream starts (9 MB at 100k pods), past gRPC's default
+// limit of 4 MiB.
+func TestSourceTakesIstiodsWholeState(t *testing.T) {
+	f := newFixture(t)
+	s := f.stream()
+	f.subscribe(s)
+	f.local <- localSnapshot()
+	var rs []res
+	for i := range 60000 {
+		ip := fmt.Sprintf("198.18.%d.%d", i>>8, i&255)
+		name := fmt.Sprintf("p%d", i)
+		rs = append(rs, res{"Kubernetes//Pod/foo/" + name, "1", workload("foo", name, "node2", ip)})
+	}
+	respond(t, s, TypeAddress, "big", rs)
+	if ack := f.request(s); ack.GetResponseNonce() != "big" || ack.GetErrorDetail() != nil {
+		t.Fatalf("want ACK of the big response, got %v", ack)
+	}
+	respond(t, s, TypeAuthorization, "p", nil)
+	f.request(s)
+	if snap := f.snapshot(); len(snap.Pods) != 60000 {
+		t.Fatalf("%d pods, want 60000", len(snap.Pods))
 	}
 }
