@@ -98,7 +98,10 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	minB, maxB := cmp.Or(s.MinBackoff, 250*time.Millisecond), cmp.Or(s.MaxBackoff, 15*time.Second)
 	backoff := minB
 	for ctx.Err() == nil {
-		str, err := s.connect(ctx, conn, st)
+		// Each stream has its own context: leaving it ends the stream and
+		// its receiving goroutine.
+		sctx, endStream := context.WithCancel(ctx)
+		str, err := s.connect(sctx, conn, st)
 		if err != nil {
 			s.Log.Warn("istiod: cannot open the xDS stream, retrying", "addr", s.Config.Address, "err", err, "in", backoff)
 		} else {
@@ -117,6 +120,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 				case snap := <-local:
 					lastLocal, dirty = snap, true
 				case err := <-localErr:
+					endStream()
 					return err
 				case resp := <-str.recv:
 					backoff = minB
@@ -134,6 +138,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 				}
 			}
 		}
+		endStream()
 		// Local snapshots keep arriving while disconnected; istiod's part
 		// stays as last received.
 		t := time.NewTimer(backoff + rand.N(backoff/2+1))
