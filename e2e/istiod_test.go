@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -121,6 +122,14 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("node1's access log has no outbound line to %s:8000 for web.mesh picked by ferry", remote.IP)
+		}
+		// ferry workloads says who picks web.mesh's endpoints on node1.
+		out, err := inNetns(ctx, tb.node(t, "node1").Netns, bins.ferry, "workloads", "--namespace", "mesh")
+		if err != nil {
+			t.Fatalf("ferry workloads: %v\n%s", err, out)
+		}
+		if !regexp.MustCompile(`(?m)^mesh\s+web\s+` + regexp.QuoteMeta(web.Spec.ClusterIP) + `\s+80→8000\s+1\s+-\s+[1-9]\d*\s+0$`).MatchString(out) {
+			t.Errorf("ferry workloads does not show web.mesh's endpoints picked by Ferry:\n%s", out)
 		}
 	})
 

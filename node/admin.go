@@ -26,12 +26,31 @@ type ConfigDump struct {
 	Pending      []string       `json:"pending,omitempty"`
 	Config       Config         `json:"config"`
 	Workloads    []WorkloadDump `json:"workloads"`
+	Services     []ServiceDump  `json:"services"`
 	Policies     []PolicyDump   `json:"policies"`
 	Certificates []CertDump     `json:"certificates"`
 	// BPFPods are the addresses in the kernel's enrolled-pods map (eBPF mode).
 	BPFPods []string `json:"bpfPods,omitempty"`
 	// Errors lists rejected inventory objects and other problems an operator must fix.
 	Errors []string `json:"errors,omitempty"`
+}
+
+// ServiceDump is one known Service.
+type ServiceDump struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	Addresses []string `json:"addresses,omitempty"`
+	// Ports are "port→targetPort" (target port empty when it is the port,
+	// a name when the Service gives one).
+	Ports     []string `json:"ports,omitempty"`
+	Endpoints int      `json:"endpoints"`
+	// Waypoint names the Service's waypoint, if istiod gave one.
+	Waypoint string `json:"waypoint,omitempty"`
+	// PickedByFerry and PickedByKubeProxy count this node's outbound
+	// connections to the Service's address whose endpoint Ferry picked (it
+	// saw the address) or kube-proxy had picked (its DNAT came first).
+	PickedByFerry     uint64 `json:"pickedByFerry"`
+	PickedByKubeProxy uint64 `json:"pickedByKubeProxy"`
 }
 
 // WorkloadDump is one known pod.

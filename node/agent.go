@@ -67,6 +67,9 @@ type Agent struct {
 	// reported is what was last logged about each policy object with
 	// problems; only the reconcile loop touches it.
 	reported map[policyObject]string
+	// picks counts, per Service, who chose the endpoint of connections made
+	// to its address.
+	picks pickCounts
 
 	// Set up by Run.
 	store    *certs.Store

@@ -15,7 +15,7 @@ func (a *Agent) configDump() ConfigDump {
 	pending := a.ready.Pending()
 	d := ConfigDump{
 		Version: a.version, Node: a.cfg.NodeName, Ready: len(pending) == 0, Pending: pending, Config: a.cfg,
-		Workloads: []WorkloadDump{}, Policies: []PolicyDump{}, Certificates: []CertDump{},
+		Workloads: []WorkloadDump{}, Services: []ServiceDump{}, Policies: []PolicyDump{}, Certificates: []CertDump{},
 	}
 	s := a.current()
 	if s != nil {
@@ -40,6 +40,7 @@ func (a *Agent) configDump() ConfigDump {
 		slices.SortFunc(d.Workloads, func(x, y WorkloadDump) int {
 			return strings.Compare(x.Namespace+"/"+x.Name, y.Namespace+"/"+y.Name)
 		})
+		d.Services = a.serviceDumps(s.view)
 		d.Policies = policyDumps(s, a.cfg.SystemNamespace)
 		for _, e := range s.view.snap.Errors {
 			d.Errors = append(d.Errors, e.Error())
@@ -121,4 +122,33 @@ func policyDumps(s *state, root string) []PolicyDump {
 		res[i] = *p
 	}
 	return res
+}
+
+func (a *Agent) serviceDumps(v *view) []ServiceDump {
+	out := []ServiceDump{}
+	for i := range v.snap.Services {
+		svc := &v.snap.Services[i]
+		d := ServiceDump{Name: svc.Name, Namespace: svc.Namespace, Endpoints: len(v.endpoints[svc])}
+		for _, ip := range svc.ClusterIPs {
+			d.Addresses = append(d.Addresses, ip.String())
+		}
+		for _, p := range svc.Ports {
+			target := svc.Ports[0].TargetPortName
+			switch {
+			case p.TargetPort != 0 && p.TargetPort != p.Port:
+				target = fmt.Sprint(p.TargetPort)
+			case p.TargetPortName != "":
+				target = p.TargetPortName
+			default:
+				target = ""
+			}
+			d.Ports = append(d.Ports, fmt.Sprint(p.Port)+"→"+target)
+		}
+		if wp := svc.Waypoint; wp != nil {
+			d.Waypoint = cmp.Or(wp.Hostname, wp.Address.String())
+		}
+		d.PickedByFerry, d.PickedByKubeProxy = a.picks.get(svc.Namespace + "/" + svc.Name)
+		out = append(out, d)
+	}
+	return out
 }

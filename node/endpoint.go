@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/tunnel"
@@ -177,4 +178,40 @@ func (v *view) serviceRoute(client *Workload, svc *inventory.Service, dst netip.
 		r.Mode, r.Dst, r.HBONEAddr = tunnel.HBONE, ep.Identity, netip.AddrPortFrom(ep.IP, hbonePort)
 	}
 	return r, nil
+}
+
+// pickCounts counts, per Service ("namespace/name"), the outbound
+// connections made to its address whose endpoint this agent picked and
+// those kube-proxy had picked before (its DNAT, seen through conntrack):
+// which component load-balances the Service on this node.
+type pickCounts struct {
+	mu sync.Mutex
+	m  map[string]*[2]uint64 // [ferry, kube-proxy]
+}
+
+func (p *pickCounts) add(service string, byFerry bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]*[2]uint64{}
+	}
+	c := p.m[service]
+	if c == nil {
+		c = new([2]uint64)
+		p.m[service] = c
+	}
+	if byFerry {
+		c[0]++
+	} else {
+		c[1]++
+	}
+}
+
+func (p *pickCounts) get(service string) (ferry, kubeProxy uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.m[service]; c != nil {
+		return c[0], c[1]
+	}
+	return 0, 0
 }

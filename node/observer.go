@@ -34,7 +34,11 @@ type connObserver struct {
 
 // Opened implements tunnel.Observer.
 func (o *observer) Opened(info tunnel.ConnInfo) tunnel.ConnObserver {
-	return &connObserver{a: o.a, info: info, labels: o.a.trafficLabels(info)}
+	c := &connObserver{a: o.a, info: info, labels: o.a.trafficLabels(info)}
+	if info.Direction == tunnel.DirOutbound && info.DialledDst.IsValid() && c.labels.DestinationServiceName != "" {
+		o.a.picks.add(c.labels.DestinationServiceNamespace+"/"+c.labels.DestinationServiceName, info.Picked)
+	}
+	return c
 }
 
 // open counts the connection, once, with flags as its response_flags.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -140,6 +141,23 @@ func runWorkloads(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(tw, "NAMESPACE\tPOD NAME\tADDRESS\tNODE\tPROTOCOL\tCAPTURED\tIDENTITY")
 		for _, w := range ws {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%s\n", w.Namespace, w.Name, w.Address, w.Node, w.Protocol, w.Captured, w.Identity)
+		}
+		// Services, and who picked the endpoint of this node's connections
+		// to their addresses: Ferry (it saw the address) or kube-proxy.
+		var ss []node.ServiceDump
+		for _, s := range d.Services {
+			if f.namespace == "" || s.Namespace == f.namespace {
+				ss = append(ss, s)
+			}
+		}
+		if len(ss) == 0 {
+			return
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "NAMESPACE\tSERVICE NAME\tADDRESSES\tPORTS\tENDPOINTS\tWAYPOINT\tPICKED BY FERRY\tPICKED BY KUBE-PROXY")
+		for _, s := range ss {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\n", s.Namespace, s.Name, strings.Join(s.Addresses, ","),
+				strings.Join(s.Ports, ","), s.Endpoints, cmp.Or(s.Waypoint, "-"), s.PickedByFerry, s.PickedByKubeProxy)
 		}
 	})
 }
