@@ -40,8 +40,8 @@ type ServiceDump struct {
 	Name      string   `json:"name"`
 	Namespace string   `json:"namespace"`
 	Addresses []string `json:"addresses,omitempty"`
-	// Ports are "port→targetPort" (target port empty when it is the port,
-	// a name when the Service gives one).
+	// Ports are "port→targetPort", or "port" when the pods' port is the
+	// same.
 	Ports     []string `json:"ports,omitempty"`
 	Endpoints int      `json:"endpoints"`
 	// Waypoint names the Service's waypoint, if istiod gave one.

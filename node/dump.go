@@ -133,16 +133,14 @@ func (a *Agent) serviceDumps(v *view) []ServiceDump {
 			d.Addresses = append(d.Addresses, ip.String())
 		}
 		for _, p := range svc.Ports {
-			target := svc.Ports[0].TargetPortName
+			port := fmt.Sprint(p.Port)
 			switch {
 			case p.TargetPort != 0 && p.TargetPort != p.Port:
-				target = fmt.Sprint(p.TargetPort)
+				port += "→" + fmt.Sprint(p.TargetPort)
 			case p.TargetPortName != "":
-				target = p.TargetPortName
-			default:
-				target = ""
+				port += "→" + p.TargetPortName
 			}
-			d.Ports = append(d.Ports, fmt.Sprint(p.Port)+"→"+target)
+			d.Ports = append(d.Ports, port)
 		}
 		if wp := svc.Waypoint; wp != nil {
 			d.Waypoint = cmp.Or(wp.Hostname, wp.Address.String())
