@@ -522,6 +522,12 @@ func (a *Agent) authorize(r tunnel.Request) error {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "unknown destination").Inc()
 		return fmt.Errorf("node: %s is not an enrolled pod on this node", r.Dst.Addr())
 	}
+	if s.view.snap.TranslatedPolicies != nil && w.Mesh == nil {
+		// istiod binds selector policies (and STRICT) to the workloads it
+		// sends: without its workload, they would be skipped.
+		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "unknown to istiod").Inc()
+		return fmt.Errorf("node: istiod has not sent pod %s/%s: deny until it does", w.Namespace, w.Name)
+	}
 	d := s.engine.Decide(authzRequest(r.Peer, r.Src, w, r.Dst.Port()))
 	if d.Allow {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "allow", "").Inc()
@@ -546,30 +552,50 @@ func (e *DeniedError) Error() string {
 }
 
 // Route implements tunnel.Routes: where an outbound connection from a
-// captured local pod goes.
-func (a *Agent) Route(src, dst netip.AddrPort) (tunnel.Route, error) {
+// captured local pod goes, as ztunnel decides (reference/ztunnel.md §1.8).
+// dialled is the Service address the pod dialled when kube-proxy's DNAT
+// rewrote it before capture.
+func (a *Agent) Route(src, dst, dialled netip.AddrPort) (tunnel.Route, error) {
 	s := a.current()
 	if s == nil {
 		return tunnel.Route{}, errors.New("node: inventory not synced: deny")
 	}
-	from, ok := s.view.localEnrolled(src.Addr())
+	v := s.view
+	from, ok := v.localEnrolled(src.Addr())
 	if !ok {
 		return tunnel.Route{}, fmt.Errorf("node: source %s is not an enrolled pod on node %s: deny", src.Addr(), a.cfg.NodeName)
 	}
-	to, ok := s.view.workload(dst.Addr())
-	if !ok {
-		if svc, ok := s.view.serviceAt(dst); ok {
-			return s.view.serviceRoute(from, svc, dst, a.cfg.hbonePort())
-		}
-	}
-	if ok && to.Mesh != nil && to.Mesh.Waypoint != nil {
-		if r, ok := s.view.viaWaypoint(from, to.Mesh.Waypoint, "pod "+to.Namespace+"/"+to.Name); ok {
+	// A Service's waypoint sees the Service address, even where kube-proxy
+	// picked an endpoint first.
+	if svc, ok := v.serviceByAddr(dialled.Addr()); ok && svc.Waypoint != nil {
+		if r, ok := v.viaWaypoint(from, svc.Waypoint, "Service "+svc.Namespace+"/"+svc.Name); ok {
+			r.Authority = dialled
 			return r, nil
 		}
 	}
-	if !ok || !to.Enrolled {
+	to, ok := v.workload(dst.Addr())
+	if !ok {
+		if svc, ok := v.serviceByAddr(dst.Addr()); ok {
+			return v.serviceRoute(from, svc, dst, a.cfg.hbonePort())
+		}
 		// Outside the mesh: pass through in plaintext, as Istio does for
 		// destinations that do not speak HBONE.
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity}, nil
+	}
+	// A pod's own waypoint, unless the pod was reached through a Service.
+	if to.Mesh != nil && to.Mesh.Waypoint != nil && !dialled.IsValid() {
+		if r, ok := v.viaWaypoint(from, to.Mesh.Waypoint, "pod "+to.Namespace+"/"+to.Name); ok {
+			return r, nil
+		}
+	}
+	if !to.Enrolled {
+		if to.Local && to.Mesh != nil && to.Mesh.HBONE {
+			// istiod says the pod is captured here; this agent has not
+			// captured it (yet, or any more): plaintext would skip its
+			// policy.
+			return tunnel.Route{Mode: tunnel.Deny, Src: from.Identity, Reason: fmt.Sprintf(
+				"pod %s/%s: istiod says it is captured on this node, this agent does not capture it", to.Namespace, to.Name)}, nil
+		}
 		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity}, nil
 	}
 	return tunnel.Route{

@@ -91,26 +91,38 @@ func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workloa
 	if lb.Mode == "FAILOVER" {
 		cands = slices.DeleteFunc(cands, func(c candidate) bool { return c.rank < best })
 	}
-	var total uint64
-	for _, c := range cands {
-		total += c.weight
-	}
-	if total == 0 {
+	c, ok := chooseWeighted(cands, func(c candidate) uint64 { return c.weight }, rnd)
+	if !ok {
 		return nil, 0, fmt.Errorf("Service %s/%s port %d: %w", svc.Namespace, svc.Name, port, errNoHealthyEndpoint)
 	}
-	n := rnd(total)
-	for _, c := range cands {
-		if n < c.weight {
-			return c.w, c.port, nil
-		}
-		n -= c.weight
+	return c.w, c.port, nil
+}
+
+// chooseWeighted picks one of items at random, each as likely as its
+// weight; ok is false when every weight is zero.
+func chooseWeighted[T any](items []T, weight func(T) uint64, rnd func(uint64) uint64) (chosen T, ok bool) {
+	var total uint64
+	for _, it := range items {
+		total += weight(it)
 	}
-	panic("unreachable")
+	if total == 0 {
+		return chosen, false
+	}
+	n := rnd(total)
+	for _, it := range items {
+		w := weight(it)
+		if n < w {
+			return it, true
+		}
+		n -= w
+	}
+	panic("unreachable: n < total")
 }
 
 // endpointPort is the endpoint's port for service port sp: as istiod resolved
-// it for the pod, else the Service's number, else the service port itself.
-// A named target port istiod did not resolve cannot be reached.
+// it for the pod, else the Service's number, else (a Kubernetes Service
+// without a target port) the service port itself. A named target port not
+// resolved for the pod cannot be reached there.
 func endpointPort(svc *inventory.Service, sp inventory.ServicePort, w *Workload) (uint16, bool) {
 	if w.Mesh != nil {
 		if p, ok := w.Mesh.TargetPorts[svc.Namespace+"/"+svc.Hostname][sp.Port]; ok {
@@ -120,7 +132,9 @@ func endpointPort(svc *inventory.Service, sp inventory.ServicePort, w *Workload)
 	switch {
 	case sp.TargetPort != 0:
 		return sp.TargetPort, true
-	case sp.TargetPortName != "":
+	case sp.TargetPortName != "", svc.Hostname != "":
+		// A named port (istiod sends a Service's as 0 and resolves it
+		// per pod): this pod has none of that name.
 		return 0, false
 	}
 	return sp.Port, true

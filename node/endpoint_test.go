@@ -65,7 +65,7 @@ func TestPickEndpoint(t *testing.T) {
 			map[string]int{"a:198.18.2.1:8080": 2, "b:198.18.2.2:8080": 6}, ""},
 		{"unhealthy allowed", &inventory.LoadBalancing{AllowUnhealthy: true}, []inventory.Pod{z1a, sick}, 80,
 			map[string]int{"a:198.18.2.1:8080": 4, "d:198.18.2.3:8080": 4}, ""},
-		{"no target port: the service port", nil, []inventory.Pod{z1a}, 81, map[string]int{"a:198.18.2.1:81": 8}, ""},
+		{"named target port istiod did not resolve for the pod", nil, []inventory.Pod{z1a}, 81, nil, "no healthy endpoint"},
 		{"FAILOVER keeps the client's zone", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "FAILOVER"},
 			[]inventory.Pod{z1a, z2}, 80, map[string]int{"a:198.18.2.1:8080": 8}, ""},
 		{"FAILOVER falls over to another zone", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "FAILOVER"},
@@ -120,7 +120,7 @@ func TestRouteToServiceAddress(t *testing.T) {
 	route := func(v *view) tunnel.Route {
 		a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
 		a.state.Store(&state{view: v})
-		r, err := a.Route(src, vip)
+		r, err := a.Route(src, vip, netip.AddrPort{})
 		if err != nil {
 			t.Fatal(err)
 		}

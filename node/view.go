@@ -58,7 +58,7 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 		if p.Mesh != nil && !w.Local {
 			// Another node's pod as istiod sends it, without labels: its
 			// agent decided the capture and announced it.
-			w.Enrolled = p.Mesh.HBONE && !p.HostNetwork && p.IP.IsValid()
+			w.Enrolled = p.Mesh.HBONE
 		}
 		if old, ok := v.byIP[p.IP]; ok || dup[p.IP] {
 			if ok {
@@ -103,6 +103,14 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 	}
 	v.indexEndpoints()
 	return v
+}
+
+// serviceByAddr returns the Service with address ip, whatever the port
+// (a connection to an unlisted port of a Service address is refused, not
+// passed through).
+func (v *view) serviceByAddr(ip netip.Addr) (*inventory.Service, bool) {
+	s, ok := v.servicesByIP[ip.Unmap()]
+	return s, ok
 }
 
 // serviceAt returns the Service with ClusterIP and port vip, if any.

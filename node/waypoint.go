@@ -26,23 +26,12 @@ func (v *view) viaWaypoint(client *Workload, wp *inventory.Waypoint, of string) 
 	if slices.Contains(pods, client) {
 		return tunnel.Route{}, false
 	}
-	var total uint64
-	for _, p := range pods {
-		total += capacity(p)
-	}
-	if total == 0 {
+	p, found := chooseWeighted(pods, capacity, randN)
+	if !found {
 		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: fmt.Sprintf("waypoint of %s: %v", of, errNoHealthyEndpoint)}, true
 	}
-	n := randN(total)
-	for _, p := range pods {
-		if c := capacity(p); n >= c {
-			n -= c
-			continue
-		}
-		return tunnel.Route{Mode: tunnel.HBONE, Src: client.Identity, Dst: p.Identity,
-			HBONEAddr: netip.AddrPortFrom(p.IP, wp.HBONEPort)}, true
-	}
-	panic("unreachable")
+	return tunnel.Route{Mode: tunnel.HBONE, Src: client.Identity, Dst: p.Identity,
+		HBONEAddr: netip.AddrPortFrom(p.IP, wp.HBONEPort)}, true
 }
 
 // waypointPods resolves a waypoint to its pods: the pod at its address, or

@@ -1,10 +1,13 @@
 package node
 
 import (
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/tunnel"
 )
@@ -64,7 +67,7 @@ func TestRouteViaWaypoint(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			a := &Agent{cfg: Config{NodeName: c.src.NodeName, HBONEAddr: "0.0.0.0:15008"}}
 			a.state.Store(&state{view: c.v})
-			got, err := a.Route(netip.AddrPortFrom(c.src.IP, 40000), netip.MustParseAddrPort(c.dst))
+			got, err := a.Route(netip.AddrPortFrom(c.src.IP, 40000), netip.MustParseAddrPort(c.dst), netip.AddrPort{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -76,6 +79,95 @@ func TestRouteViaWaypoint(t *testing.T) {
 			}
 			if !strings.Contains(got.Reason, c.reason) {
 				t.Errorf("reason %q, want %q", got.Reason, c.reason)
+			}
+		})
+	}
+}
+
+// TestRouteAfterKubeProxy: where kube-proxy's DNAT came first, the Service
+// address the pod dialled (conntrack) still sends it to the Service's
+// waypoint, with that address as the authority, and it skips the
+// endpoint's own waypoint.
+func TestRouteAfterKubeProxy(t *testing.T) {
+	wp := inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
+		IP: netip.MustParseAddr("198.18.3.9"), Mesh: &inventory.MeshWorkload{Healthy: true, Capacity: 1}}
+	web := meshPod("a", "198.18.2.1", "node2", "z1", true, 1)
+	web.Mesh.Waypoint = &inventory.Waypoint{Address: wp.IP, HBONEPort: 15008}
+	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+		Labels: map[string]string{DataplaneModeLabel: "ambient"}, Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
+	svc := func(w *inventory.Waypoint) inventory.Service {
+		return inventory.Service{Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local", Waypoint: w,
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("198.19.0.10")}, Ports: []inventory.ServicePort{{Port: 80, TargetPort: 8080}}}
+	}
+	route := func(s inventory.Service) tunnel.Route {
+		v := newView(&inventory.Snapshot{Pods: []inventory.Pod{client, web, wp}, Services: []inventory.Service{s}}, "node1", "cluster.local", "istio-system")
+		a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
+		a.state.Store(&state{view: v})
+		r, err := a.Route(netip.MustParseAddrPort("198.18.1.1:40000"), netip.MustParseAddrPort("198.18.2.1:8080"),
+			netip.MustParseAddrPort("198.19.0.10:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := route(svc(&inventory.Waypoint{Address: wp.IP, HBONEPort: 15008}))
+	if r.Mode != tunnel.HBONE || r.HBONEAddr != netip.MustParseAddrPort("198.18.3.9:15008") || r.Authority != netip.MustParseAddrPort("198.19.0.10:80") {
+		t.Errorf("Service with a waypoint, after DNAT: %+v, want HBONE to the waypoint with the Service address as authority", r)
+	}
+	r = route(svc(nil))
+	if r.Mode != tunnel.HBONE || r.HBONEAddr != netip.MustParseAddrPort("198.18.2.1:15008") || r.Authority.IsValid() {
+		t.Errorf("Service without a waypoint, after DNAT: %+v, want HBONE to the endpoint (its own waypoint skipped)", r)
+	}
+}
+
+// TestRouteFailsClosed: a pod istiod says is captured on this node, which
+// this agent does not capture, and a Service address on a port the Service
+// does not list are refused, never passed through in plaintext.
+func TestRouteFailsClosed(t *testing.T) {
+	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+		Labels: map[string]string{DataplaneModeLabel: "ambient"}, Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
+	unseen := inventory.Pod{Name: "new", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.2"),
+		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
+	v := endpointView(nil, meshPod("a", "198.18.2.1", "node2", "z1", true, 1))
+	v = newView(&inventory.Snapshot{Pods: append(slices.Clone(v.snap.Pods), unseen), Services: v.snap.Services}, "node1", "cluster.local", "istio-system")
+	a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
+	a.state.Store(&state{view: v})
+	for _, dst := range []string{"198.18.1.2:8080", "198.19.0.10:9999"} {
+		r, err := a.Route(netip.AddrPortFrom(client.IP, 40000), netip.MustParseAddrPort(dst), netip.AddrPort{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Mode != tunnel.Deny {
+			t.Errorf("%s: %+v, want refused", dst, r)
+		}
+	}
+}
+
+// TestAuthorizeNeedsIstiodsWorkload: in xDS mode, selector policies (and
+// STRICT) reach a pod only through the workload istiod sends; a captured
+// pod istiod has not described yet is refused, not judged without them.
+func TestAuthorizeNeedsIstiodsWorkload(t *testing.T) {
+	pod := inventory.Pod{Name: "app", Namespace: "shop", ServiceAccount: "app", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.5"),
+		Labels: map[string]string{DataplaneModeLabel: "ambient"}}
+	for _, c := range []struct {
+		name    string
+		mesh    *inventory.MeshWorkload
+		allowed bool
+	}{
+		{"not yet sent by istiod", nil, false},
+		{"sent by istiod", &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := pod
+			p.Mesh = c.mesh
+			snap := &inventory.Snapshot{Pods: []inventory.Pod{p}, TranslatedPolicies: []authz.TranslatedPolicy{}}
+			engine, _ := authz.CompileTranslated(authz.Config{}, nil)
+			a := &Agent{cfg: Config{NodeName: "node1"}, metrics: NewMetrics("test"), log: slog.New(slog.DiscardHandler)}
+			a.state.Store(&state{view: newView(snap, "node1", "cluster.local", "istio-system"), engine: engine})
+			err := a.authorize(tunnel.Request{Peer: id("client"), Src: netip.MustParseAddrPort("198.18.2.1:40000"),
+				Dst: netip.MustParseAddrPort("198.18.1.5:8080")})
+			if (err == nil) != c.allowed {
+				t.Errorf("authorize: %v, want allowed=%v", err, c.allowed)
 			}
 		})
 	}

@@ -313,7 +313,7 @@ func idleMemory(b *testing.B, n int) (heap, stack float64) {
 	upAddr := addrPort(up.Addr())
 	out, err := NewOutbound(OutboundConfig{
 		Client: e.cli,
-		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+		Routes: RouterFunc(func(src, dst, _ netip.AddrPort) (Route, error) {
 			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
 		}),
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return upAddr, nil },
@@ -420,7 +420,7 @@ func BenchmarkPath(b *testing.B) {
 	sink := addrPort(sinkLn.Addr())
 	out, err := NewOutbound(OutboundConfig{
 		Client: e.cli,
-		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+		Routes: RouterFunc(func(src, dst, _ netip.AddrPort) (Route, error) {
 			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
 		}),
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return sink, nil },

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,10 @@ type Route struct {
 	// address. It is the CONNECT authority (HBONE) or the address dialled
 	// (Passthrough); the original destination is then ConnInfo.DialledDst.
 	Target netip.AddrPort
+	// Authority, when set, is the CONNECT authority instead of the
+	// destination: the Service address the source dialled, for a waypoint,
+	// when a NAT rewrote it before capture.
+	Authority netip.AddrPort
 	// Reason explains a Deny.
 	Reason string
 	// Baggage is sent with the CONNECT when set.
@@ -59,16 +64,19 @@ type Route struct {
 }
 
 // Router picks the route of an outbound connection from src to its
-// original destination dst.
+// original destination dst; dialled is what src dialled when a NAT rewrote
+// it to dst (OutboundConfig.DialledDst), zero otherwise.
 type Router interface {
-	Route(src, dst netip.AddrPort) (Route, error)
+	Route(src, dst, dialled netip.AddrPort) (Route, error)
 }
 
 // RouterFunc adapts a function to Router.
-type RouterFunc func(src, dst netip.AddrPort) (Route, error)
+type RouterFunc func(src, dst, dialled netip.AddrPort) (Route, error)
 
 // Route calls f.
-func (f RouterFunc) Route(src, dst netip.AddrPort) (Route, error) { return f(src, dst) }
+func (f RouterFunc) Route(src, dst, dialled netip.AddrPort) (Route, error) {
+	return f(src, dst, dialled)
+}
 
 // OutboundConfig configures the outbound proxy (port 15001).
 type OutboundConfig struct {
@@ -165,11 +173,12 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 		abortConn(c)
 		return
 	}
-	route, err := o.cfg.Routes.Route(src, dst)
+	dialled := dialledDst(o.cfg.DialledDst, c, dst)
+	route, err := o.cfg.Routes.Route(src, dst, dialled)
 	if err != nil {
 		route = Route{Mode: Deny, Reason: err.Error()}
 	}
-	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, DialledDst: dialledDst(o.cfg.DialledDst, c, dst),
+	info := ConnInfo{Direction: DirOutbound, Src: src, Dst: dst, DialledDst: dialled,
 		SrcIdentity: route.Src, DstIdentity: route.Dst, Mode: route.Mode.String(), Start: time.Now()}
 	if route.Target.IsValid() {
 		info.Dst, info.DialledDst, info.Picked = route.Target, dst, true
@@ -194,7 +203,7 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 			var st *Stream
 			st, err = o.cfg.Client.Dial(dctx, DialRequest{
 				Src: route.Src, Dst: route.Dst, SrcAddr: src,
-				HBONEAddr: route.HBONEAddr, Authority: info.Dst, Baggage: route.Baggage,
+				HBONEAddr: route.HBONEAddr, Authority: cmp.Or(route.Authority, info.Dst), Baggage: route.Baggage,
 				Early: buf[:n],
 			})
 			if err == nil {

@@ -71,7 +71,7 @@ func TestOutbound(t *testing.T) {
 	obs := &recordingObserver{}
 	out, err := NewOutbound(OutboundConfig{
 		Client: e.cli,
-		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+		Routes: RouterFunc(func(src, dst, _ netip.AddrPort) (Route, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch mode {
@@ -133,7 +133,7 @@ func TestOutboundEarlyData(t *testing.T) {
 	obs := &recordingObserver{}
 	out, err := NewOutbound(OutboundConfig{
 		Client: e.cli,
-		Routes: RouterFunc(func(src, dst netip.AddrPort) (Route, error) {
+		Routes: RouterFunc(func(src, dst, _ netip.AddrPort) (Route, error) {
 			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
 		}),
 		// The destination comes before routing and the proxy's first read.
@@ -269,7 +269,7 @@ func hboneOutbound(t *testing.T, e *env, dst netip.AddrPort, obs Observer) netip
 	t.Helper()
 	out, err := NewOutbound(OutboundConfig{
 		Client: e.cli,
-		Routes: RouterFunc(func(src, _ netip.AddrPort) (Route, error) {
+		Routes: RouterFunc(func(src, _, _ netip.AddrPort) (Route, error) {
 			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
 		}),
 		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return dst, nil },

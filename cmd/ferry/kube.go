@@ -50,18 +50,19 @@ func kubeDeps(ctx context.Context, cfg node.Config, deps *node.Deps, log *slog.L
 	if err != nil {
 		return err
 	}
-	log = log.With("component", "kube")
-	deps.Source = kube.NewSource(client, dyn, log)
+	kubeLog := log.With("component", "kube")
+	source := kube.NewSource(client, dyn, kubeLog)
+	deps.Source = source
 	if cfg.XDSAddr != "" {
-		src, err := xdsSource(cfg, log)
+		src, err := xdsSource(cfg, log.With("component", "xds"))
 		if err != nil {
 			return err
 		}
-		local := kube.NewSource(client, dyn, log)
-		local.NodeOnly = cfg.NodeName
-		src.Local = local
+		source.NodeOnly = cfg.NodeName
+		src.Local = source
 		deps.Source = src
 	}
+	log = kubeLog
 	deps.Annotator = kube.NewAnnotator(client, log)
 	if pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE"); pod != "" && ns != "" {
 		// The watch must outlive SIGTERM: the agent asks after draining.
@@ -86,6 +87,6 @@ func xdsSource(cfg node.Config, log *slog.Logger) (*xds.Source, error) {
 			Node: xds.Node{PodName: os.Getenv("POD_NAME"), PodNamespace: os.Getenv("POD_NAMESPACE"),
 				PodIP: os.Getenv("POD_IP"), NodeName: cfg.NodeName, ClusterDomain: cfg.ClusterDomain},
 		},
-		Log: log.With("component", "xds"),
+		Log: log,
 	}, nil
 }

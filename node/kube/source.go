@@ -172,10 +172,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 
 	// Services only name connections in metrics and logs: the inventory
 	// does not wait for them (nor for their RBAC).
-	wait := []informer{informers[0], informers[1]}
-	if s.NodeOnly == "" {
-		wait = append(wait, informers[3], informers[4])
-	}
+	wait := slices.DeleteFunc(slices.Clone(informers), func(i informer) bool { return i.name == "services" })
 	var missing []string
 	if !s.waitForSync(ctx, func() []string {
 		missing = missing[:0]

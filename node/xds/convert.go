@@ -17,13 +17,16 @@ import (
 	"github.com/ferrymesh/ferry/node/xds/workloadapi/security"
 )
 
-// A resource is one decoded xDS resource: exactly one of pod, service and
-// policy is set.
+// A resource is one decoded xDS resource: at most one of pod, service and
+// policy is set (none for a workload Ferry does not model).
 type resource struct {
 	version string
-	pod     *inventory.Pod
-	service *inventory.Service
-	policy  *authz.TranslatedPolicy
+	// failClosed marks a policy istiod sent that Ferry refused and never
+	// accepted a version of: its problems are read fail-closed.
+	failClosed bool
+	pod        *inventory.Pod
+	service    *inventory.Service
+	policy     *authz.TranslatedPolicy
 }
 
 // decode reads one resource of typeURL. An error means the resource is
@@ -245,12 +248,23 @@ func policyFromProto(az *security.Authorization) *authz.TranslatedPolicy {
 	problem := func(field, msg string) {
 		tp.Problems = append(tp.Problems, authz.FieldError{Field: field, Message: msg})
 	}
+	// A field this build does not know (from a newer istiod) may narrow
+	// what its message matches: ignoring it could widen access.
+	unknown := func(m proto.Message, field string) {
+		if len(m.ProtoReflect().GetUnknown()) > 0 {
+			problem(field, "fields unknown to this Ferry (sent by a newer istiod?)")
+		}
+	}
+	unknown(az, "")
 	for gi, g := range az.GetGroups() {
 		var tg authz.TranslatedGroup
+		unknown(g, "groups["+strconv.Itoa(gi)+"]")
 		for ri, r := range g.GetRules() {
 			var tr authz.TranslatedRules
+			unknown(r, "groups["+strconv.Itoa(gi)+"].rules["+strconv.Itoa(ri)+"]")
 			for mi, m := range r.GetMatches() {
 				at := "groups[" + strconv.Itoa(gi) + "].rules[" + strconv.Itoa(ri) + "].matches[" + strconv.Itoa(mi) + "]."
+				unknown(m, strings.TrimSuffix(at, "."))
 				tm := authz.TranslatedMatch{
 					Namespaces:          strMatches(m.GetNamespaces(), at+"namespaces", problem),
 					NotNamespaces:       strMatches(m.GetNotNamespaces(), at+"notNamespaces", problem),

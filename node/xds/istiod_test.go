@@ -119,9 +119,18 @@ spec:
 	if err := istiod.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	await(t, snaps, "the policy gone after istiod's restart", func(s *inventory.Snapshot) bool {
+	// The Service did not change: istiod does not send it again, and it
+	// must stay.
+	snap = await(t, snaps, "the policy gone after istiod's restart", func(s *inventory.Snapshot) bool {
 		return len(s.TranslatedPolicies) == 0 && len(s.Pods) == 1 && len(s.Pods[0].Mesh.AuthorizationPolicies) == 0
 	})
+	time.Sleep(time.Second)
+	for len(snaps) > 0 {
+		snap = <-snaps
+	}
+	if !slices.ContainsFunc(snap.Services, func(s inventory.Service) bool { return s.Namespace == "foo" && s.Name == "web" }) {
+		t.Errorf("Service foo/web lost across istiod's restart: %+v", snap.Services)
+	}
 	kc.DeletePod(t, "foo", "web-0")
 	await(t, snaps, "web-0 removed", func(s *inventory.Snapshot) bool { return len(s.Pods) == 0 })
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -53,10 +54,17 @@ type state struct {
 	res      map[string]map[string]resource // last good (or never-good fail-closed) versions
 	refused  map[string]map[string]string   // resources whose latest version was refused: why
 	received map[string]bool                // a response of the type arrived on some stream
+	// advertised are the resources whose versions the current stream told
+	// istiod it holds: istiod re-sends them only if they changed, and
+	// names them in RemovedResources if they are gone. (It sends
+	// Authorizations without versions, so those are never advertised: its
+	// first answer holds them all.)
+	advertised map[string]map[string]bool
 }
 
 func newState() *state {
-	s := &state{res: map[string]map[string]resource{}, refused: map[string]map[string]string{}, received: map[string]bool{}}
+	s := &state{res: map[string]map[string]resource{}, refused: map[string]map[string]string{}, received: map[string]bool{},
+		advertised: map[string]map[string]bool{}}
 	for _, t := range types {
 		s.res[t] = map[string]resource{}
 		s.refused[t] = map[string]string{}
@@ -71,6 +79,9 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	}
 	if s.Local == nil {
 		return errors.New("xds: no local source for the node's pods")
+	}
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
 	}
 	conn, err := s.Config.dial()
 	if err != nil {
@@ -111,7 +122,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 			for {
 				if dirty && lastLocal != nil && st.received[TypeAddress] && st.received[TypeAuthorization] &&
 					len(str.recv) == 0 && len(local) == 0 {
-					publish(st.snapshot(lastLocal, s.Config.Node.NodeName))
+					publish(st.snapshot(lastLocal, s.Config.Node.NodeName, s.Config.ClusterID))
 					dirty = false
 				}
 				select {
@@ -154,7 +165,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 			case snap := <-local:
 				lastLocal = snap
 				if st.received[TypeAddress] && st.received[TypeAuthorization] {
-					publish(st.snapshot(lastLocal, s.Config.Node.NodeName))
+					publish(st.snapshot(lastLocal, s.Config.Node.NodeName, s.Config.ClusterID))
 				}
 			case <-t.C:
 				break wait
@@ -184,12 +195,14 @@ func (s *Source) connect(ctx context.Context, conn *grpc.ClientConn, st *state) 
 		if i == 0 {
 			req.Node = s.Config.node()
 		}
+		st.advertised[t] = map[string]bool{}
 		for name, r := range st.res[t] {
-			if r.version != "" {
+			if r.version != "" && !r.failClosed {
 				if req.InitialResourceVersions == nil {
 					req.InitialResourceVersions = map[string]string{}
 				}
 				req.InitialResourceVersions[name] = r.version
+				st.advertised[t][name] = true
 			}
 		}
 		if err := str.ads.Send(req); err != nil {
@@ -200,8 +213,8 @@ func (s *Source) connect(ctx context.Context, conn *grpc.ClientConn, st *state) 
 }
 
 // handle applies one response and ACKs or NACKs it. On the first response of
-// a type after (re)connecting, resources not in it are dropped: istiod sends
-// its whole state then.
+// a type after (re)connecting, istiod sends every resource the agent did not
+// advertise: held ones it neither sends nor advertised are gone.
 func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscoveryResponse, resync bool) error {
 	t := resp.GetTypeUrl()
 	held, ok := st.res[t]
@@ -215,7 +228,7 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 			sent[r.GetName()] = true
 		}
 		for name := range held {
-			if !sent[name] {
+			if !sent[name] && !st.advertised[t][name] {
 				delete(held, name)
 				delete(st.refused[t], name)
 			}
@@ -229,10 +242,10 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 			msg := fmt.Sprintf("%s %s (version %s): %v", shortType(t), name, r.GetVersion(), err)
 			rejects = append(rejects, msg)
 			st.refused[t][name] = err.Error()
-			if _, good := held[name]; !good && res.policy != nil {
+			if old, ok := held[name]; (!ok || old.failClosed) && res.policy != nil {
 				// Never good: its fail-closed reading applies, never
 				// nothing (leaving out an ALLOW policy widens access).
-				res.version = ""
+				res.failClosed = true
 				held[name] = res
 			}
 			continue
@@ -262,30 +275,37 @@ func shortType(t string) string { return t[strings.LastIndexByte(t, '.')+1:] }
 
 // snapshot merges the stream's state with the local snapshot: the node's
 // pods as Local sees them (labels decide their capture) with istiod's view
-// attached, every other pod, the Services and the policies from istiod.
-func (st *state) snapshot(local *inventory.Snapshot, nodeName string) *inventory.Snapshot {
+// of each attached (matched by istiod's UID for a pod of this cluster, so a
+// WorkloadEntry of the same name never lends it its policies), every other
+// workload, the Services and the policies from istiod. A workload istiod
+// places on this node that Local does not list is kept (known, not
+// captured here, so never sent plaintext when istiod says it is captured),
+// unless a local pod holds its address now.
+func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string) *inventory.Snapshot {
 	snap := &inventory.Snapshot{
 		Namespaces:         local.Namespaces,
 		Errors:             slices.Clone(local.Errors),
 		TranslatedPolicies: []authz.TranslatedPolicy{},
 	}
-	localPods := map[string]int{} // namespace/name → index in snap.Pods
+	byUID := map[string]int{} // istiod's UID of a local pod → index in snap.Pods
+	localIPs := map[netip.Addr]bool{}
 	for _, p := range local.Pods {
-		localPods[p.Namespace+"/"+p.Name] = len(snap.Pods)
+		byUID[clusterID+"//Pod/"+p.Namespace+"/"+p.Name] = len(snap.Pods)
+		for _, ip := range append([]netip.Addr{p.IP}, p.IPs...) {
+			localIPs[ip] = true
+		}
 		snap.Pods = append(snap.Pods, p)
 	}
 	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
 		r := st.res[TypeAddress][name]
 		switch {
 		case r.pod != nil:
-			if i, ok := localPods[r.pod.Namespace+"/"+r.pod.Name]; ok {
-				p := snap.Pods[i]
-				p.Mesh = r.pod.Mesh
-				snap.Pods[i] = p
+			if i, ok := byUID[r.pod.Mesh.UID]; ok {
+				snap.Pods[i].Mesh = r.pod.Mesh
 				continue
 			}
-			if r.pod.NodeName == nodeName {
-				continue // Local is authoritative for its node: a pod it does not list is gone or not yet there
+			if r.pod.NodeName == nodeName && localIPs[r.pod.IP] {
+				continue
 			}
 			snap.Pods = append(snap.Pods, *r.pod)
 		case r.service != nil:
@@ -300,7 +320,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName string) *inventory
 			effect := "the last good version applies"
 			if r, ok := st.res[t][name]; !ok {
 				effect = "left out"
-			} else if r.version == "" {
+			} else if r.failClosed {
 				effect = "read fail-closed (no good version was ever received)"
 			}
 			snap.Errors = append(snap.Errors, fmt.Errorf("istiod sent %s %s that Ferry refused (NACKed): %s; %s", shortType(t), name, st.refused[t][name], effect))

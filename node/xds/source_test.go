@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -154,6 +155,21 @@ func (f *fixture) snapshot() *inventory.Snapshot {
 	}
 }
 
+// settled returns the last snapshot published before the source has been
+// quiet for 200 ms (several may follow one another).
+func (f *fixture) settled() *inventory.Snapshot {
+	f.t.Helper()
+	last := f.snapshot()
+	for {
+		select {
+		case s := <-f.snaps:
+			last = s
+		case <-time.After(200 * time.Millisecond):
+			return last
+		}
+	}
+}
+
 func (f *fixture) noSnapshot() {
 	f.t.Helper()
 	select {
@@ -247,8 +263,8 @@ func TestSourceSubscribesAsZtunnelAndMergesLocalPods(t *testing.T) {
 		t.Fatalf("want ACK of n2, got %v", ack)
 	}
 	snap := f.snapshot()
-	if len(snap.Pods) != 2 {
-		t.Fatalf("pods %+v, want foo/a (local) and foo/b (node2); foo/gone is on node1 but not in the local source", snap.Pods)
+	if len(snap.Pods) != 3 || snap.Pods[2].Name != "gone" {
+		t.Fatalf("pods %+v, want foo/a (local), foo/b (node2) and foo/gone (on node1 for istiod, not in the local source)", snap.Pods)
 	}
 	a, b := snap.Pods[0], snap.Pods[1]
 	if a.Name != "a" || a.Labels["app"] != "a" || a.Mesh == nil || a.Mesh.AuthorizationPolicies[0] != "foo/allow" {
@@ -273,7 +289,7 @@ func TestSourceNacksAndKeepsLastGood(t *testing.T) {
 	f.local <- localSnapshot()
 	respond(t, s, TypeAddress, "a1", nil)
 	f.request(s)
-	respond(t, s, TypeAuthorization, "p1", []res{{"foo/deny", "1", denyPolicy("foo", "deny", 9000)}})
+	respond(t, s, TypeAuthorization, "p1", []res{{"foo/deny", "", denyPolicy("foo", "deny", 9000)}})
 	f.request(s)
 	f.snapshot()
 
@@ -284,7 +300,7 @@ func TestSourceNacksAndKeepsLastGood(t *testing.T) {
 	bad.Groups[0].Rules[0].Matches[0].SourceIps = []*security.Address{{Address: []byte{1, 2, 3}, Length: 24}}
 	newBad := proto.Clone(bad).(*security.Authorization)
 	newBad.Name = "new"
-	respond(t, s, TypeAuthorization, "p2", []res{{"foo/deny", "2", bad}, {"foo/new", "1", newBad}})
+	respond(t, s, TypeAuthorization, "p2", []res{{"foo/deny", "", bad}, {"foo/new", "", newBad}})
 	nack := f.request(s)
 	if nack.GetResponseNonce() != "p2" || nack.GetErrorDetail() == nil || !strings.Contains(nack.GetErrorDetail().GetMessage(), "foo/deny") ||
 		!strings.Contains(nack.GetErrorDetail().GetMessage(), "sourceIps[0]") {
@@ -306,7 +322,7 @@ func TestSourceNacksAndKeepsLastGood(t *testing.T) {
 	}
 
 	// A good version clears the refusal.
-	respond(t, s, TypeAuthorization, "p3", []res{{"foo/deny", "3", denyPolicy("foo", "deny", 9002)}}, "foo/new")
+	respond(t, s, TypeAuthorization, "p3", []res{{"foo/deny", "", denyPolicy("foo", "deny", 9002)}}, "foo/new")
 	if ack := f.request(s); ack.GetErrorDetail() != nil {
 		t.Fatalf("want ACK, got %v", ack)
 	}
@@ -321,11 +337,13 @@ func TestSourceResumesWithVersionsAndResyncs(t *testing.T) {
 	s := f.stream()
 	f.subscribe(s)
 	f.local <- localSnapshot()
-	respond(t, s, TypeAddress, "a1", []res{{"Kubernetes//Pod/foo/b", "7", workload("foo", "b", "node2", "198.18.1.11")}})
-	f.request(s)
-	respond(t, s, TypeAuthorization, "p1", []res{
-		{"foo/one", "3", denyPolicy("foo", "one", 1)}, {"foo/two", "4", denyPolicy("foo", "two", 2)},
+	respond(t, s, TypeAddress, "a1", []res{
+		{"Kubernetes//Pod/foo/b", "7", workload("foo", "b", "node2", "198.18.1.11")},
+		{"Kubernetes//Pod/foo/c", "8", workload("foo", "c", "node2", "198.18.1.12")},
 	})
+	f.request(s)
+	// As istiod does, Authorizations come without versions.
+	respond(t, s, TypeAuthorization, "p1", []res{{"foo/one", "", denyPolicy("foo", "one", 1)}, {"foo/two", "", denyPolicy("foo", "two", 2)}})
 	f.request(s)
 	f.snapshot()
 
@@ -337,24 +355,28 @@ func TestSourceResumesWithVersionsAndResyncs(t *testing.T) {
 	if reqs[0].GetNode() == nil {
 		t.Error("no node on the resumed stream's first request")
 	}
-	if v := reqs[0].GetInitialResourceVersions(); v["Kubernetes//Pod/foo/b"] != "7" {
-		t.Errorf("address versions %v", v)
+	if v := reqs[0].GetInitialResourceVersions(); v["Kubernetes//Pod/foo/b"] != "7" || v["Kubernetes//Pod/foo/c"] != "8" ||
+		reqs[0].GetResourceNamesSubscribe()[0] != "*" {
+		t.Errorf("address request %v", reqs[0])
 	}
-	if v := reqs[1].GetInitialResourceVersions(); v["foo/one"] != "3" || v["foo/two"] != "4" || reqs[1].GetResourceNamesSubscribe()[0] != "*" {
+	if v := reqs[1].GetInitialResourceVersions(); len(v) != 0 || reqs[1].GetResourceNamesSubscribe()[0] != "*" {
 		t.Errorf("authorization request %v", reqs[1])
 	}
-	// The new istiod's first answer is its whole state: foo/two is gone
-	// without a removal.
-	respond(t, s, TypeAuthorization, "q1", []res{{"foo/one", "3", denyPolicy("foo", "one", 1)}})
+	// istiod's first answers, as it gives them: Addresses it holds at the
+	// advertised versions are not re-sent, a deleted one is removed; the
+	// Authorizations are all sent, so foo/two is gone without a removal.
+	respond(t, s, TypeAddress, "q0", nil, "Kubernetes//Pod/foo/c")
 	f.request(s)
-	snap := f.snapshot()
-	if len(snap.TranslatedPolicies) != 1 || snap.TranslatedPolicies[0].Name != "one" || len(snap.Pods) != 1 {
+	respond(t, s, TypeAuthorization, "q1", []res{{"foo/one", "", denyPolicy("foo", "one", 1)}})
+	f.request(s)
+	snap := f.settled()
+	if len(snap.TranslatedPolicies) != 1 || snap.TranslatedPolicies[0].Name != "one" || len(snap.Pods) != 1 || snap.Pods[0].Name != "b" {
 		t.Errorf("after resync: policies %+v, pods %+v", snap.TranslatedPolicies, snap.Pods)
 	}
 	// Later responses are deltas again.
-	respond(t, s, TypeAuthorization, "q2", []res{{"foo/three", "1", denyPolicy("foo", "three", 3)}})
+	respond(t, s, TypeAuthorization, "q2", []res{{"foo/three", "", denyPolicy("foo", "three", 3)}})
 	f.request(s)
-	if snap := f.snapshot(); len(snap.TranslatedPolicies) != 2 {
+	if snap := f.settled(); len(snap.TranslatedPolicies) != 2 {
 		t.Errorf("after a delta: %+v", snap.TranslatedPolicies)
 	}
 }
@@ -381,5 +403,25 @@ func TestSourceTakesIstiodsWholeState(t *testing.T) {
 	f.request(s)
 	if snap := f.snapshot(); len(snap.Pods) != 60000 {
 		t.Fatalf("%d pods, want 60000", len(snap.Pods))
+	}
+}
+
+// TestSourceMatchesLocalPodsByUID: istiod sends WorkloadEntries as pods
+// too; one named like a local pod must not lend it its policies.
+func TestSourceMatchesLocalPodsByUID(t *testing.T) {
+	f := newFixture(t)
+	s := f.stream()
+	f.subscribe(s)
+	f.local <- localSnapshot(inventory.Pod{Name: "db", Namespace: "foo", NodeName: "node1", IP: netip.MustParseAddr("198.18.0.20")})
+	entry := workload("foo", "db", "node1", "198.18.9.9", "foo/open-door")
+	entry.GetWorkload().Uid = "Kubernetes/networking.istio.io/WorkloadEntry/foo/db"
+	respond(t, s, TypeAddress, "a", []res{{entry.GetWorkload().Uid, "1", entry},
+		{"Kubernetes//Pod/foo/db", "1", workload("foo", "db", "node1", "198.18.0.20", "foo/own")}})
+	f.request(s)
+	respond(t, s, TypeAuthorization, "p", nil)
+	f.request(s)
+	snap := f.settled()
+	if p := snap.Pods[0]; p.Name != "db" || p.Mesh == nil || len(p.Mesh.AuthorizationPolicies) != 1 || p.Mesh.AuthorizationPolicies[0] != "foo/own" {
+		t.Errorf("local pod %+v with %+v, want its own workload's policies", p, p.Mesh)
 	}
 }

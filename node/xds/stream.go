@@ -9,11 +9,13 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -110,9 +112,12 @@ const maxMessage = 256 << 20
 // dial opens a connection to istiod; streams made on it carry the token and
 // cluster ID.
 func (c *Config) dial() (*grpc.ClientConn, error) {
-	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.Roots, ServerName: c.serverName()})
+	creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: c.Roots, ServerName: c.serverName()})
 	return grpc.NewClient("passthrough:///"+c.Address, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)),
+		// A half-open connection to istiod is found in seconds, not TCP
+		// keepalive's minutes (istiod accepts pings every 15 s).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}))
 }
 
 func (c *Config) streamContext(ctx context.Context) (context.Context, error) {
