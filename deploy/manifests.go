@@ -5,13 +5,21 @@ import (
 	"io/fs"
 )
 
-//go:embed kustomization.yaml crds/*.yaml base/*.yaml
+//go:embed kustomization.yaml crds/*.yaml base/*.yaml istiod/*.yaml
 var manifests embed.FS
 
 // FS returns the manifests, rooted at this directory: kustomization.yaml,
-// crds/*.yaml and base/*.yaml. The returned file system is read-only and safe
-// for concurrent use.
+// crds/*.yaml, base/*.yaml and istiod/*.yaml. The returned file system is
+// read-only and safe for concurrent use.
 func FS() fs.FS { return manifests }
+
+// IstiodOverlay is the directory, in FS, of the kustomize overlay that runs
+// the agent in xDS mode beside an Istio ambient install: deploy/base with
+// the agent pointed at istiod (control plane and CA) and its RBAC cut to
+// what xDS mode reads, without the istio-system Namespace and without
+// `ferry ca`. It has patches, so its objects are not files: render it (the
+// tests use internal/kubetest.Render).
+const IstiodOverlay = "istiod"
 
 // CRDFiles lists, in FS, the CustomResourceDefinitions Ferry reads: Istio's
 // security.istio.io AuthorizationPolicy and PeerAuthentication.

@@ -64,17 +64,18 @@ type ztunnelDump struct {
 
 // ztWorkload is ztunnel's state::workload::Workload.
 type ztWorkload struct {
-	UID               string       `json:"uid"`
-	WorkloadIPs       []netip.Addr `json:"workloadIps"`
-	Protocol          string       `json:"protocol"`    // HBONE or TCP
-	NetworkMode       string       `json:"networkMode"` // Standard (host-network pods are not workloads)
-	Name              string       `json:"name"`
-	Namespace         string       `json:"namespace"`
-	TrustDomain       string       `json:"trustDomain,omitempty"`
-	ServiceAccount    string       `json:"serviceAccount,omitempty"`
-	CanonicalName     string       `json:"canonicalName,omitempty"`
-	CanonicalRevision string       `json:"canonicalRevision,omitempty"`
-	Node              string       `json:"node,omitempty"`
+	UID               string            `json:"uid"`
+	WorkloadIPs       []netip.Addr      `json:"workloadIps"`
+	Waypoint          *ztGatewayAddress `json:"waypoint,omitempty"` // istiod's, in front of the pod (xDS mode)
+	Protocol          string            `json:"protocol"`           // HBONE or TCP
+	NetworkMode       string            `json:"networkMode"`        // Standard (host-network pods are not workloads)
+	Name              string            `json:"name"`
+	Namespace         string            `json:"namespace"`
+	TrustDomain       string            `json:"trustDomain,omitempty"`
+	ServiceAccount    string            `json:"serviceAccount,omitempty"`
+	CanonicalName     string            `json:"canonicalName,omitempty"`
+	CanonicalRevision string            `json:"canonicalRevision,omitempty"`
+	Node              string            `json:"node,omitempty"`
 	// AuthorizationPolicies are "namespace/name" of the WorkloadSelector
 	// policies bound to the workload.
 	AuthorizationPolicies []string    `json:"authorizationPolicies,omitempty"`
@@ -104,7 +105,33 @@ type ztService struct {
 	// Endpoints are keyed by workload UID.
 	Endpoints       map[string]ztEndpoint `json:"endpoints"`
 	SubjectAltNames []string              `json:"subjectAltNames"`
-	LoadBalancer    *ztLoadBalancer       `json:"loadBalancer,omitempty"`
+	// Waypoint is the waypoint istiod puts in front of the Service's
+	// addresses (xDS mode).
+	Waypoint     *ztGatewayAddress `json:"waypoint,omitempty"`
+	LoadBalancer *ztLoadBalancer   `json:"loadBalancer,omitempty"`
+}
+
+// ztGatewayAddress is ztunnel's state::workload::GatewayAddress. Its
+// destination is a serde untagged enum of two types that serialize as
+// strings: a NetworkAddress, "network/address" (Ferry knows no networks:
+// "/10.96.0.20", like the Services' VIPs), or a NamespacedHostname,
+// "namespace/hostname". istioctl's WAYPOINT column prints the name of the
+// Service whose "namespace/hostname" or one of whose VIPs equals it.
+type ztGatewayAddress struct {
+	Destination   string `json:"destination"`
+	HBONEMTLSPort uint16 `json:"hboneMtlsPort"`
+}
+
+// gatewayAddress is wp as ztunnel serializes it; nil for none.
+func gatewayAddress(wp *inventory.Waypoint) *ztGatewayAddress {
+	if wp == nil {
+		return nil
+	}
+	g := &ztGatewayAddress{Destination: wp.Namespace + "/" + wp.Hostname, HBONEMTLSPort: wp.HBONEPort}
+	if wp.Address.IsValid() {
+		g.Destination = "/" + wp.Address.String()
+	}
+	return g
 }
 
 // ztLoadBalancer is ztunnel's state::service::LoadBalancer.
@@ -279,6 +306,7 @@ func (in *ztunnelInput) services(s *state) map[string]*ztService {
 		zs := &ztService{
 			Name: svc.Name, Namespace: svc.Namespace, Hostname: in.hostname(svc),
 			VIPs: []string{}, Ports: map[uint16]uint16{}, Endpoints: map[string]ztEndpoint{}, SubjectAltNames: []string{},
+			Waypoint: gatewayAddress(svc.Waypoint),
 		}
 		for _, ip := range svc.ClusterIPs {
 			zs.VIPs = append(zs.VIPs, "/"+ip.String())
@@ -367,6 +395,7 @@ func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 	zw.CanonicalName, zw.CanonicalRevision = canonicalService(w.Labels)
 	if m := w.Mesh; m != nil {
 		zw.Capacity = m.Capacity
+		zw.Waypoint = gatewayAddress(m.Waypoint)
 		if !m.Healthy {
 			zw.Status = "Unhealthy"
 		}

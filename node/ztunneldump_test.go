@@ -46,11 +46,13 @@ var istioctlFields = map[string]map[string]string{
 		"node": "s", "network": "s", "status": "s", "hostname": "s", "capacity": "n", "applicationTunnel": "o",
 		"authorizationPolicies": "a"},
 	"workloads[].locality":      {"region": "s", "zone": "s", "subzone": "s"},
+	"workloads[].waypoint":      {"destination": "s"},
 	"workloads[].workloadIps[]": {"": "s"},
 	"services[]": {"name": "s", "namespace": "s", "hostname": "s", "vips": "a", "cidrVips": "a", "ports": "o",
 		"loadBalancer": "o", "waypoint": "o", "endpoints": "o", "subjectAltNames": "a", "ipFamilies": "s",
 		"canonical": "b", "visibility": "s"},
 	"services[].loadBalancer":     {"mode": "s", "routingPreferences": "a", "healthPolicy": "s"},
+	"services[].waypoint":         {"destination": "s"},
 	"services[].vips[]":           {"": "s"},
 	"services[].ports":            {"*": "n"},
 	"services[].endpoints":        {"*": "o"},
@@ -84,6 +86,8 @@ var stringMatch = map[string]string{"Exact": "s", "Suffix": "s", "Prefix": "s", 
 // read (src/state/workload.rs, service.rs, src/rbac.rs).
 var ztunnelOnlyFields = map[string][]string{
 	"workloads[]":            {"networkMode", "services"},
+	"workloads[].waypoint":   {"hboneMtlsPort"},
+	"services[].waypoint":    {"hboneMtlsPort"},
 	"services[].endpoints.*": {"status"},
 	"policies[]":             {"dryRun"},
 }
@@ -472,6 +476,100 @@ func TestZtunnelDumpXDS(t *testing.T) {
 	}
 }
 
+// waypointSnapshot is what istiod sends for a namespace with a waypoint:
+// the waypoint's own pod and Service, a pod behind the waypoint by its
+// Service's address, and a Service behind it by its hostname.
+func waypointSnapshot() *inventory.Snapshot {
+	ambient := map[string]string{"istio.io/dataplane-mode": "ambient"}
+	byAddr := &inventory.Waypoint{Address: netip.MustParseAddr("10.96.1.9"), HBONEPort: 15008}
+	byHost := &inventory.Waypoint{Namespace: "foo", Hostname: "waypoint.foo.svc.cluster.local", HBONEPort: 15008}
+	mesh := func(name string, hbone bool, wp *inventory.Waypoint, svc string) *inventory.MeshWorkload {
+		return &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/" + name, HBONE: hbone, Services: []string{svc}, Waypoint: wp, Healthy: true, Capacity: 1}
+	}
+	return &inventory.Snapshot{
+		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: ambient}},
+		Pods: []inventory.Pod{
+			{Name: "waypoint-0", Namespace: "foo", ServiceAccount: "waypoint", NodeName: "b", IP: netip.MustParseAddr("10.0.2.9"),
+				Labels: map[string]string{"istio.io/dataplane-mode": "none"}, Mesh: mesh("waypoint-0", false, nil, "foo/waypoint.foo.svc.cluster.local")},
+			{Name: "web-0", Namespace: "foo", ServiceAccount: "web", NodeName: "b", IP: netip.MustParseAddr("10.0.2.5"),
+				Mesh: mesh("web-0", true, byAddr, "foo/web.foo.svc.cluster.local")},
+		},
+		Services: []inventory.Service{
+			{Name: "waypoint", Namespace: "foo", Hostname: "waypoint.foo.svc.cluster.local",
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.1.9")}, Ports: []inventory.ServicePort{{Port: 15008, TargetPort: 15008}}},
+			{Name: "web", Namespace: "foo", Hostname: "web.foo.svc.cluster.local", Waypoint: byHost,
+				ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.1.1")}, Ports: []inventory.ServicePort{{Port: 80, TargetPort: 8080}}},
+		},
+		TranslatedPolicies: []authz.TranslatedPolicy{},
+	}
+}
+
+// TestZtunnelDumpWaypoints: istiod's waypoints are written as ztunnel
+// serializes a GatewayAddress, a destination string istioctl joins with a
+// Service's VIPs (by address) or its "namespace/hostname" (by hostname) to
+// print the waypoint's name.
+func TestZtunnelDumpWaypoints(t *testing.T) {
+	in := ztunnelInput{cfg: Config{ClusterID: "Kubernetes", SystemNamespace: "istio-system"}, state: dumpState(t, waypointSnapshot())}
+	js, doc := encodeDump(t, in.dump())
+	checkIstioctlShape(t, doc)
+	var d struct {
+		Workloads []struct {
+			Name     string          `json:"name"`
+			Waypoint json.RawMessage `json:"waypoint"`
+		} `json:"workloads"`
+		Services []struct {
+			Name      string          `json:"name"`
+			Namespace string          `json:"namespace"`
+			Hostname  string          `json:"hostname"`
+			VIPs      []string        `json:"vips"`
+			Waypoint  json.RawMessage `json:"waypoint"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal([]byte(js), &d); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	compact := func(raw json.RawMessage) string {
+		if raw == nil {
+			return ""
+		}
+		return compactJSON(t, string(raw))
+	}
+	for _, w := range d.Workloads {
+		got["workload "+w.Name] = compact(w.Waypoint)
+	}
+	for _, s := range d.Services {
+		got["service "+s.Name] = compact(s.Waypoint)
+	}
+	want := map[string]string{
+		"workload waypoint-0": "",
+		"workload web-0":      `{"destination":"/10.96.1.9","hboneMtlsPort":15008}`,
+		"service waypoint":    "",
+		"service web":         `{"destination":"foo/waypoint.foo.svc.cluster.local","hboneMtlsPort":15008}`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("waypoints = %q, want %q", got, want)
+	}
+	// istioctl's join (configdump/workload.go waypointName): both name the
+	// waypoint's Service.
+	named := func(raw json.RawMessage) string {
+		var g ztGatewayAddress
+		json.Unmarshal(raw, &g)
+		for _, s := range d.Services {
+			if s.Namespace+"/"+s.Hostname == g.Destination || slices.Contains(s.VIPs, g.Destination) {
+				return s.Name
+			}
+		}
+		return "NA"
+	}
+	if n := named(d.Workloads[1].Waypoint); n != "waypoint" {
+		t.Errorf("web-0's waypoint resolves to %q, want waypoint", n)
+	}
+	if n := named(d.Services[1].Waypoint); n != "waypoint" {
+		t.Errorf("Service web's waypoint resolves to %q, want waypoint", n)
+	}
+}
+
 // TestZtunnelDumpViewClauses: a clause holding a field-less match always
 // holds (ztunnel's empty clause), and a clause without matches never does
 // (one empty match, which ztunnel skips).
@@ -578,7 +676,7 @@ spec: {mtls: {mode: STRICT}}
 	if len(d.Certificates) != 2 || len(d.Certificates[0].CertChain) == 0 {
 		t.Fatalf("certificates = %+v", d.Certificates)
 	}
-	istioctl := func(args ...string) string {
+	istioctlOn := func(file string, args ...string) string {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
@@ -589,8 +687,12 @@ spec: {mtls: {mode: STRICT}}
 		if err != nil {
 			t.Fatalf("istioctl ztunnel-config %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		t.Logf("$ istioctl ztunnel-config %s -f dump.json\n%s", strings.Join(args, " "), out)
+		t.Logf("$ istioctl ztunnel-config %s -f %s\n%s", strings.Join(args, " "), filepath.Base(file), out)
 		return string(out)
+	}
+	istioctl := func(args ...string) string {
+		t.Helper()
+		return istioctlOn(file, args...)
 	}
 	// rows checks that out has a row matching each pattern (fields
 	// separated by blanks).
@@ -632,6 +734,25 @@ spec: {mtls: {mode: STRICT}}
 		`WORKLOAD\s+DIRECTION\s+LOCAL\s+REMOTE\s+REMOTE TARGET\s+PROTOCOL`,
 		// The peer's address is the HBONE connection's (loopback here).
 		`server\.foo\s+Inbound\s+server\.foo:`+strconv.Itoa(int(app.Port()))+`\s+127\.0\.0\.1:\d+\s+HBONE`)
+
+	// Waypoints come from istiod only (xDS mode): the dump of the state
+	// TestZtunnelDumpWaypoints builds, a pod behind a waypoint by address
+	// and a Service behind it by hostname, names the waypoint's Service.
+	in := ztunnelInput{cfg: Config{ClusterID: "Kubernetes", SystemNamespace: "istio-system"}, state: dumpState(t, waypointSnapshot())}
+	wb, err := json.Marshal(in.dump())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wfile := filepath.Join(t.TempDir(), "waypoints.json")
+	if err := os.WriteFile(wfile, wb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rows("workloads", istioctlOn(wfile, "workloads"),
+		`foo\s+waypoint-0\s+10\.0\.2\.9\s+b\s+None\s+\S+`,
+		`foo\s+web-0\s+10\.0\.2\.5\s+b\s+waypoint\s+HBONE`)
+	rows("services", istioctlOn(wfile, "services"),
+		`foo\s+waypoint\s+10\.96\.1\.9\s+None\s+1/1`,
+		`foo\s+web\s+10\.96\.1\.1\s+waypoint\s+1/1`)
 }
 
 func compactJSON(t *testing.T, s string) string {

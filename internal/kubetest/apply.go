@@ -41,6 +41,12 @@ func (c *Cluster) Apply(ctx context.Context, manifests []byte, opts ApplyOptions
 	if err != nil {
 		return nil, err
 	}
+	return c.ApplyObjects(ctx, objs, opts)
+}
+
+// ApplyObjects server-side applies objs, in order, as Apply does (it may
+// set the namespace of a namespaced object that has none to "default").
+func (c *Cluster) ApplyObjects(ctx context.Context, objs []*unstructured.Unstructured, opts ApplyOptions) ([]*unstructured.Unstructured, error) {
 	disco, err := discovery.NewDiscoveryClientForConfig(c.Config)
 	if err != nil {
 		return nil, err

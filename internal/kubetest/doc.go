@@ -12,6 +12,12 @@
 // spec.nodeName set and status patched through the status subresource,
 // field selectors, RBAC, TokenRequest and TokenReview, CRDs.
 //
+// Render builds a kustomization of deploy/ (the subset of kustomize
+// deploy/ uses: resources and strategic merge patches), so tests apply what
+// `kubectl apply -k` applies, overlays included (ApplyDeployOverlay);
+// deploy's TestRenderMatchesKustomize compares it with `kubectl kustomize`
+// where kubectl is installed.
+//
 // Tests using it are named TestPrivileged*Kube* and gated by
 // testutil.Privileged: they run in `make test-privileged` (CI, as root) and
 // fail, not skip, when the binaries cannot be provisioned. A cold build takes
