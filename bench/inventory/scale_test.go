@@ -66,8 +66,9 @@ type Result struct {
 	// SyncSeconds is from the agent's start to its readiness (the first
 	// complete inventory applied).
 	SyncSeconds float64 `json:"sync_s"`
-	// RSSMiB and HeapMiB are the agent's resident memory and Go heap once
-	// synced (after a GC for the heap).
+	// RSSMiB and HeapMiB are the agent's resident memory and Go heap
+	// (go_memstats_heap_alloc_bytes, garbage not yet collected included)
+	// two seconds after it became ready.
 	RSSMiB  float64 `json:"rss_mib"`
 	HeapMiB float64 `json:"heap_mib"`
 	// EnforceMs are the times from writing a DENY policy (or deleting
@@ -77,6 +78,9 @@ type Result struct {
 	EnforceP50Ms float64   `json:"enforce_p50_ms"`
 	// IstiodRSSMiB is istiod's resident memory (xDS mode).
 	IstiodRSSMiB float64 `json:"istiod_rss_mib,omitempty"`
+	// Error says why a figure is missing (a policy change not enforced in
+	// 2 minutes: istiod saturated at 100k pods on 2 cores).
+	Error string `json:"error,omitempty"`
 }
 
 // TestPrivilegedInventoryScale measures what the cluster's size costs one
@@ -220,6 +224,8 @@ func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, k
 	if !allowed() {
 		t.Fatalf("the client is refused before any policy: %v", lastErr)
 	}
+	// The next agent starts without the policy, whatever happened here.
+	defer kc.Dynamic.Resource(kubetest.AuthorizationPolicies).Namespace("bench").Delete(context.Background(), "deny-client", metav1.DeleteOptions{})
 	for i := range 5 {
 		deny := i%2 == 0
 		begin := time.Now()
@@ -232,14 +238,13 @@ func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, k
 		}
 		for allowed() == deny {
 			if time.Since(begin) > 2*time.Minute {
-				t.Fatalf("policy change %d not enforced after 2 minutes", i)
+				r.Error = fmt.Sprintf("policy change %d not enforced after 2 minutes", i)
+				t.Log(r.Error)
+				return r
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 		r.EnforceMs = append(r.EnforceMs, float64(time.Since(begin).Microseconds())/1000)
-	}
-	if _, err := kc.Dynamic.Resource(kubetest.AuthorizationPolicies).Namespace("bench").Get(context.Background(), "deny-client", metav1.GetOptions{}); err == nil {
-		kc.Dynamic.Resource(kubetest.AuthorizationPolicies).Namespace("bench").Delete(context.Background(), "deny-client", metav1.DeleteOptions{})
 	}
 	sorted := slices.Clone(r.EnforceMs)
 	slices.Sort(sorted)
