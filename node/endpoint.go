@@ -54,7 +54,7 @@ func (v *view) indexEndpoints() {
 func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workload, rnd func(uint64) uint64) (*Workload, uint16, error) {
 	i := slices.IndexFunc(svc.Ports, func(p inventory.ServicePort) bool { return p.Port == port })
 	if i < 0 {
-		return nil, 0, fmt.Errorf("Service %s/%s has no port %d", svc.Namespace, svc.Name, port)
+		return nil, 0, fmt.Errorf("service %s/%s has no port %d", svc.Namespace, svc.Name, port)
 	}
 	sp := svc.Ports[i]
 	lb := svc.LoadBalancing
@@ -93,7 +93,7 @@ func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workloa
 	}
 	c, ok := chooseWeighted(cands, func(c candidate) uint64 { return c.weight }, rnd)
 	if !ok {
-		return nil, 0, fmt.Errorf("Service %s/%s port %d: %w", svc.Namespace, svc.Name, port, errNoHealthyEndpoint)
+		return nil, 0, fmt.Errorf("service %s/%s port %d: %w", svc.Namespace, svc.Name, port, errNoHealthyEndpoint)
 	}
 	return c.w, c.port, nil
 }
