@@ -545,13 +545,19 @@ func (pr *prog) addStrs(kind uint8, neg bool, values []string) {
 		pr.key = append(pr.key, ':')
 		pr.key = append(pr.key, v...)
 	}
+	pr.addInterned(kind, neg, func() strSet { return newStrSet(values) })
+}
+
+// addInterned adds a check on the strSet keyed by pr.key, building it only
+// the first time the key is seen.
+func (pr *prog) addInterned(kind uint8, neg bool, build func() strSet) {
 	i, ok := pr.intern[string(pr.key)]
 	if !ok {
 		if pr.intern == nil {
 			pr.intern = map[string]int32{}
 		}
 		i = int32(len(pr.strs))
-		pr.strs = append(pr.strs, newStrSet(values))
+		pr.strs = append(pr.strs, build())
 		pr.intern[string(pr.key)] = i
 	}
 	pr.checks = append(pr.checks, check{kind: kind, neg: neg, data: span{lo: i}})

@@ -792,16 +792,7 @@ func (pr *prog) addStringMatches(kind uint8, neg bool, values []StringMatch) {
 		pr.key = append(pr.key, ':')
 		pr.key = append(pr.key, v.Value...)
 	}
-	i, ok := pr.intern[string(pr.key)]
-	if !ok {
-		if pr.intern == nil {
-			pr.intern = map[string]int32{}
-		}
-		i = int32(len(pr.strs))
-		pr.strs = append(pr.strs, newStringMatchSet(values))
-		pr.intern[string(pr.key)] = i
-	}
-	pr.checks = append(pr.checks, check{kind: kind, neg: neg, data: span{lo: i}})
+	pr.addInterned(kind, neg, func() strSet { return newStringMatchSet(values) })
 }
 
 func newStringMatchSet(values []StringMatch) strSet {
