@@ -39,6 +39,17 @@ func await(t *testing.T, snaps <-chan *inventory.Snapshot, what string, cond fun
 	}
 }
 
+// fooPods are the test's pods: istiod also sends the agent's own pod.
+func fooPods(s *inventory.Snapshot) []inventory.Pod {
+	var out []inventory.Pod
+	for _, p := range s.Pods {
+		if p.Namespace == "foo" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func podNames(s *inventory.Snapshot) []string {
 	if s == nil {
 		return nil
@@ -77,9 +88,10 @@ func TestPrivilegedIstiodSource(t *testing.T) {
 		if i >= 0 {
 			svc = s.Services[i]
 		}
-		return len(s.Pods) == 1 && i >= 0 && len(s.Pods[0].Mesh.Services) == 1
+		p := fooPods(s)
+		return len(p) == 1 && i >= 0 && len(p[0].Mesh.Services) == 1
 	})
-	web := snap.Pods[0]
+	web := fooPods(snap)[0]
 	if web.IP.String() != "198.18.2.10" || web.ServiceAccount != "web" || web.NodeName != "node2" || !web.Mesh.HBONE ||
 		web.Mesh.UID != "Kubernetes//Pod/foo/web-0" || !web.Mesh.Healthy {
 		t.Errorf("pod %+v, mesh %+v", web, web.Mesh)
@@ -103,7 +115,8 @@ spec:
 		t.Fatal(err)
 	}
 	snap = await(t, snaps, "allow-bar bound to web-0", func(s *inventory.Snapshot) bool {
-		return len(s.TranslatedPolicies) == 1 && len(s.Pods) == 1 && slices.Contains(s.Pods[0].Mesh.AuthorizationPolicies, "foo/allow-bar")
+		p := fooPods(s)
+		return len(s.TranslatedPolicies) == 1 && len(p) == 1 && slices.Contains(p[0].Mesh.AuthorizationPolicies, "foo/allow-bar")
 	})
 	p := snap.TranslatedPolicies[0]
 	if p.Scope != "WORKLOAD_SELECTOR" || p.Action != "ALLOW" || len(p.Groups) != 1 || len(p.Groups[0].Rules) != 2 {
@@ -122,7 +135,8 @@ spec:
 	// The Service did not change: istiod does not send it again, and it
 	// must stay.
 	snap = await(t, snaps, "the policy gone after istiod's restart", func(s *inventory.Snapshot) bool {
-		return len(s.TranslatedPolicies) == 0 && len(s.Pods) == 1 && len(s.Pods[0].Mesh.AuthorizationPolicies) == 0
+		p := fooPods(s)
+		return len(s.TranslatedPolicies) == 0 && len(p) == 1 && len(p[0].Mesh.AuthorizationPolicies) == 0
 	})
 	time.Sleep(time.Second)
 	for len(snaps) > 0 {
@@ -132,5 +146,5 @@ spec:
 		t.Errorf("Service foo/web lost across istiod's restart: %+v", snap.Services)
 	}
 	kc.DeletePod(t, "foo", "web-0")
-	await(t, snaps, "web-0 removed", func(s *inventory.Snapshot) bool { return len(s.Pods) == 0 })
+	await(t, snaps, "web-0 removed", func(s *inventory.Snapshot) bool { return len(fooPods(s)) == 0 })
 }
