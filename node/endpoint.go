@@ -70,10 +70,7 @@ func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workloa
 	var cands []candidate
 	best := 0
 	for _, w := range v.endpoints[svc] {
-		weight := capacity(w)
-		if lb.AllowUnhealthy && w.IP.IsValid() && w.Mesh != nil && !w.Mesh.Healthy {
-			weight = uint64(w.Mesh.Capacity)
-		}
+		weight := capacity(w, lb.AllowUnhealthy)
 		if weight == 0 {
 			continue
 		}

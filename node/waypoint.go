@@ -26,7 +26,7 @@ func (v *view) viaWaypoint(client *Workload, wp *inventory.Waypoint, of string) 
 	if slices.Contains(pods, client) {
 		return tunnel.Route{}, false
 	}
-	p, found := chooseWeighted(pods, capacity, randN)
+	p, found := chooseWeighted(pods, func(w *Workload) uint64 { return capacity(w, false) }, randN)
 	if !found {
 		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: fmt.Sprintf("waypoint of %s: %v", of, errNoHealthyEndpoint)}, true
 	}
@@ -57,14 +57,14 @@ func (v *view) waypointPods(wp *inventory.Waypoint) ([]*Workload, error) {
 }
 
 // capacity is a pod's weight as a Service endpoint: 0 when it may not be
-// picked (unhealthy or drained).
-func capacity(w *Workload) uint64 {
+// picked (no address, drained, or unhealthy unless allowUnhealthy).
+func capacity(w *Workload, allowUnhealthy bool) uint64 {
 	switch {
 	case !w.IP.IsValid():
 		return 0
 	case w.Mesh == nil:
 		return 1
-	case !w.Mesh.Healthy:
+	case !w.Mesh.Healthy && !allowUnhealthy:
 		return 0
 	}
 	return uint64(w.Mesh.Capacity)

@@ -106,6 +106,9 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	st := newState()
 	var lastLocal *inventory.Snapshot
 	dirty := false
+	// ready: Local has published and istiod has answered both types.
+	ready := func() bool { return lastLocal != nil && st.received[TypeAddress] && st.received[TypeAuthorization] }
+	publishState := func() { publish(st.snapshot(lastLocal, s.Config.Node.NodeName, s.Config.ClusterID)) }
 	minB, maxB := cmp.Or(s.MinBackoff, 250*time.Millisecond), cmp.Or(s.MaxBackoff, 15*time.Second)
 	backoff := minB
 	for ctx.Err() == nil {
@@ -120,9 +123,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 			resync := map[string]bool{TypeAddress: true, TypeAuthorization: true}
 		stream:
 			for {
-				if dirty && lastLocal != nil && st.received[TypeAddress] && st.received[TypeAuthorization] &&
-					len(str.recv) == 0 && len(local) == 0 {
-					publish(st.snapshot(lastLocal, s.Config.Node.NodeName, s.Config.ClusterID))
+				if dirty && ready() && len(str.recv) == 0 && len(local) == 0 {
+					publishState()
 					dirty = false
 				}
 				select {
@@ -164,8 +166,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 				return err
 			case snap := <-local:
 				lastLocal = snap
-				if st.received[TypeAddress] && st.received[TypeAuthorization] {
-					publish(st.snapshot(lastLocal, s.Config.Node.NodeName, s.Config.ClusterID))
+				if ready() {
+					publishState()
 				}
 			case <-t.C:
 				break wait
