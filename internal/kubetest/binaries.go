@@ -31,11 +31,25 @@ func Binaries(t testing.TB) string {
 		}
 		return dir
 	}
+	out := runScript(t, "kube-test-binaries")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	dir := lines[len(lines)-1]
+	if !filepath.IsAbs(dir) {
+		t.Fatalf("kubetest: kube-test-binaries printed %q, want a directory", out)
+	}
+	return dir
+}
+
+// runScript runs scripts/NAME of the module (a provisioning script that
+// builds on first use and is quick when warm) and returns its standard
+// output; its standard error goes to t's log. It fails t if the script does.
+func runScript(t testing.TB, name string) string {
+	t.Helper()
 	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
-	script := filepath.Join(root, "scripts", "kube-test-binaries")
+	script := filepath.Join(root, "scripts", name)
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(t.Context(), script)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -45,12 +59,7 @@ func Binaries(t testing.TB) string {
 	if stderr.Len() > 0 {
 		t.Logf("kubetest: %s:\n%s", script, tail(stderr.Bytes(), 20))
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	dir := lines[len(lines)-1]
-	if !filepath.IsAbs(dir) {
-		t.Fatalf("kubetest: %s printed %q, want a directory", script, stdout.String())
-	}
-	return dir
+	return stdout.String()
 }
 
 // tail returns the last n lines of b.

@@ -1,12 +1,10 @@
 package kubetest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,8 +12,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // IstioBinaries are the Istio programs scripts/istio-binaries builds.
@@ -31,19 +27,9 @@ type IstioBinaries struct {
 // be provisioned.
 func BuildIstio(t testing.TB) IstioBinaries {
 	t.Helper()
-	root, err := testutil.ModuleRoot()
-	if err != nil {
-		t.Fatalf("kubetest: %v", err)
-	}
-	script := filepath.Join(root, "scripts", "istio-binaries")
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), script)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("kubetest: %s: %v\n%s", script, err, tail(stderr.Bytes(), 60))
-	}
+	out := runScript(t, "istio-binaries")
 	var b IstioBinaries
-	for line := range strings.SplitSeq(stdout.String(), "\n") {
+	for line := range strings.SplitSeq(out, "\n") {
 		k, v, _ := strings.Cut(line, "=")
 		switch k {
 		case "pilot-discovery":
@@ -55,7 +41,7 @@ func BuildIstio(t testing.TB) IstioBinaries {
 		}
 	}
 	if b.PilotDiscovery == "" || b.Istioctl == "" || b.Module == "" {
-		t.Fatalf("kubetest: %s printed %q", script, stdout.String())
+		t.Fatalf("kubetest: istio-binaries printed %q", out)
 	}
 	return b
 }
