@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
 // DefaultClientIdleTimeout is how long a pooled connection may carry no
@@ -307,7 +308,7 @@ func (cl *Client) dialConn(ctx context.Context, key poolKey) (*h2conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial %s: %w", key.hbone, err)
 	}
-	records := newRecordCoalescer(nc)
+	records := sockio.NewBatcher(nc)
 	tc := tls.Client(records, tcfg)
 	if err := tc.HandshakeContext(dctx); err != nil {
 		nc.Close()

@@ -11,12 +11,15 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/ferrymesh/ferry/tunnel/internal/bufpool"
+	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
 // longAgo is a deadline in the past: it makes a pending read return.
 var longAgo = time.Unix(1, 0)
 
-// Copy buffers start at copyStart and double, up to maxBufSize, while reads
+// Copy buffers start at copyStart and double, up to bufpool.MaxSize, while reads
 // fill them; they shrink again when reads come back small. A buffer is held
 // only while bytes move: an idle connection holds none.
 const copyStart = 16 << 10
@@ -140,7 +143,7 @@ const settleTime = 5 * time.Second
 // early, reads them once it stops).
 func settle(c *net.TCPConn, d time.Duration) {
 	deadline := time.Now().Add(d)
-	for unacked(c) > 0 {
+	for sockio.Unacked(c) > 0 {
 		next := time.Now().Add(20 * time.Millisecond)
 		if next.After(deadline) {
 			return
@@ -176,15 +179,11 @@ func (p *pair) end(to net.Conn, err error) error {
 // finish gets the direction's result. It reports false, doing nothing,
 // when to is not a TCP connection.
 func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(error)) bool {
-	tc, ok := to.(*net.TCPConn)
+	sink, ok := sockio.SinkOf(to)
 	if !ok {
 		return false
 	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	s.forwardTo(rc, count, func() {
+	s.forwardTo(sink, count, func() {
 		err := copyFromStream(to, s, count, false)
 		if err == errDrained {
 			return
@@ -201,21 +200,21 @@ func copyOne(to, from net.Conn, count func(int)) error {
 		return copyFromStream(to, s, count, true)
 	}
 	size := copyStart
-	r := newPooledReader(from)
+	r := sockio.NewReader(from)
 	for {
-		buf, n, err := r.read(size)
+		buf, n, err := r.Read(size)
 		if n > 0 {
 			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {
-				putBuf(buf)
+				bufpool.Put(buf)
 				return werr
 			}
 		}
 		if buf != nil {
-			putBuf(buf)
+			bufpool.Put(buf)
 		}
 		switch {
-		case n == size && size < maxBufSize:
+		case n == size && size < bufpool.MaxSize:
 			size *= 2
 		case n < size/4 && size > copyStart:
 			size /= 2
@@ -245,7 +244,7 @@ func copyFromStream(to net.Conn, s *Stream, count func(int), wait bool) error {
 			count(fresh)
 		}
 		_, werr := to.Write(data)
-		putBuf(base)
+		bufpool.Put(base)
 		s.consumed(len(data))
 		if werr != nil {
 			return werr

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/tunnel/internal/bufpool"
+	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
 // Mode says how the outbound proxy carries a connection.
@@ -194,9 +196,9 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 	case HBONE:
 		// What the client sent already (most clients speak first) rides
 		// with the CONNECT.
-		buf := getBuf(earlySize)[:earlySize]
+		buf := bufpool.Get(earlySize)[:earlySize]
 		var n int
-		if n, err = tryRead(c, buf); err == io.EOF {
+		if n, err = sockio.TryRead(c, buf); err == io.EOF {
 			err = nil
 		}
 		if err == nil {
@@ -210,7 +212,7 @@ func (o *Outbound) handle(ctx context.Context, c net.Conn, copying *sync.WaitGro
 				up, early = st, n
 			}
 		}
-		putBuf(buf)
+		bufpool.Put(buf)
 	case Passthrough:
 		up, err = o.cfg.Dial(dctx, src, info.Dst)
 	default:

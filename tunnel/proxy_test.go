@@ -436,7 +436,21 @@ func TestForwardBackpressure(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // nobody reads far meanwhile
+	// Nobody reads far until the stream holds more than the sockets can:
+	// bytes the full socket refused, queued behind (deliver.go, rule 3).
+	c := st.c
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		c.mu.Lock()
+		held, inline, queued := st.recv.n, c.delivered[deliverInline], c.delivered[deliverQueue]
+		c.mu.Unlock()
+		if held >= 512<<10 {
+			t.Logf("held back %d bytes; chunks written inline %d, queued %d", held, inline, queued)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream never held bytes back from the full socket: %d held, %d chunks inline, %d queued", held, inline, queued)
+		}
+	}
 	far.(*net.TCPConn).CloseWrite()
 	got, err := io.ReadAll(far)
 	if err != nil {

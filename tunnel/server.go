@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
 // Request is a connection awaiting an authorization decision.
@@ -310,7 +311,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	local := addrPort(nc.LocalAddr())
 	log := s.log.With("peer", remote)
 
-	records := newRecordCoalescer(nc)
+	records := sockio.NewBatcher(nc)
 	tc := tls.Server(records, s.tls)
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	peer, err := s.handshake(tc)

@@ -25,6 +25,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	checkLocks = true
 	goleak.VerifyTestMain(m)
 }
 

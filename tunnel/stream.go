@@ -6,11 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrymesh/ferry/tunnel/internal/bufpool"
 )
 
 // ErrWriteClosed is returned by Stream.Write after CloseWrite.
@@ -27,9 +28,8 @@ type Stream struct {
 	id uint32
 
 	// Guarded by c.mu.
-	sendWindow  int64
-	recvAvail   int64
-	unacked     int64
+	sendWnd     sendWindow
+	recvWnd     recvWindow
 	recv        recvBuf
 	recvDone    bool  // END_STREAM received
 	sentEnd     bool  // END_STREAM sent or queued
@@ -45,18 +45,7 @@ type Stream struct {
 	cancel      context.CancelFunc // server: ends the handler's context
 	writeEnd    func()             // see afterWriteEnd
 
-	// Forwarding to a socket (see pair.forward): while nothing is queued
-	// the read loop writes received bytes to sink itself, and the drain
-	// goroutine runs only while bytes wait for the socket, or to carry the
-	// stream's end or failure over; an idle stream needs no goroutine.
-	sink       syscall.RawConn
-	sinkCount  func(int)
-	sinkDrain  func() // the drain goroutine's body
-	draining   bool   // the drain goroutine runs
-	inlineBusy bool   // the read loop is writing to sink
-	inlineWait bool   // unforward waits for that write to finish
-	sinkErr    error  // a direct write failed
-	precounted int    // queued bytes already reported to sinkCount
+	fwd forwarding // proxied into a socket: see deliver.go
 
 	respReady    chan struct{} // client: closed when the response arrives
 	rwake, wwake chan struct{}
@@ -163,91 +152,6 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// errDrained reports, to a drain goroutine, that nothing waits for it.
-var errDrained = errors.New("tunnel: stream drained")
-
-// nextChunk takes the oldest buffered chunk out of the stream, so it can be
-// written on without another copy, waiting for one with wait. The caller
-// returns base to the pool with putBuf and reports the bytes with consumed;
-// fresh is how many of them have not been counted yet. Without wait, a
-// drain goroutine that finds nothing to do gets errDrained and ends.
-func (s *Stream) nextChunk(wait bool) (data, base []byte, fresh int, err error) {
-	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for {
-		// A failed stream holds no data (forgetLocked released it), so its
-		// error comes first: a direct write may still be in flight then.
-		switch {
-		case s.err != nil:
-			return nil, nil, 0, s.err
-		case s.sinkErr != nil:
-			return nil, nil, 0, s.sinkErr
-		case s.recv.n > 0:
-			data, base = s.recv.pop()
-			counted := min(s.precounted, len(data))
-			s.precounted -= counted
-			return data, base, len(data) - counted, nil
-		case s.recvDone:
-			return nil, nil, 0, io.EOF
-		case !wait:
-			s.draining = false
-			return nil, nil, 0, errDrained
-		case s.rdl.expired():
-			return nil, nil, 0, os.ErrDeadlineExceeded
-		}
-		c.mu.Unlock()
-		<-s.rwake
-		c.mu.Lock()
-	}
-}
-
-// forwardTo lets the read loop write received bytes straight to rc, telling
-// count about them; drain runs on a goroutine of its own whenever bytes,
-// the stream's end or its failure wait, and reads them with nextChunk(false)
-// until errDrained.
-func (s *Stream) forwardTo(rc syscall.RawConn, count func(int), drain func()) {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	s.sink, s.sinkCount, s.sinkDrain = rc, count, drain
-	s.kickLocked()
-}
-
-// unforward ends forwardTo, waiting out a direct write in flight.
-func (s *Stream) unforward() {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	s.sink, s.sinkCount, s.sinkDrain = nil, nil, nil
-	for s.inlineBusy {
-		s.inlineWait = true
-		s.c.mu.Unlock()
-		<-s.rwake
-		s.c.mu.Lock()
-	}
-}
-
-// kickLocked starts the drain goroutine when something waits for it.
-func (s *Stream) kickLocked() {
-	if s.sinkDrain == nil || s.draining {
-		return
-	}
-	if s.recv.n > 0 || s.recvDone || s.err != nil || s.sinkErr != nil {
-		s.draining = true
-		go s.sinkDrain()
-	}
-}
-
-// consumed returns n bytes taken with nextChunk to the flow-control windows.
-func (s *Stream) consumed(n int) {
-	s.c.mu.Lock()
-	if s.err == nil {
-		s.c.creditLocked(s, int64(n))
-	} else {
-		s.c.creditLocked(nil, int64(n))
-	}
-	s.c.mu.Unlock()
-}
-
 // Write sends p as DATA frames, waiting for flow-control credit.
 func (s *Stream) Write(p []byte) (int, error) {
 	c := s.c
@@ -274,7 +178,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 				c.mu.Unlock()
 				return written, os.ErrDeadlineExceeded
 			}
-			n = min(int64(len(p)), s.sendWindow, c.sendWindow, int64(min(c.peerMaxFrame, maxWriteChunk)))
+			n = min(int64(len(p)), s.sendWnd.available(), c.sendWnd.available(), int64(min(c.peerMaxFrame, maxWriteChunk)))
 			if n > 0 {
 				break
 			}
@@ -282,8 +186,8 @@ func (s *Stream) Write(p []byte) (int, error) {
 			<-s.wwake
 			c.mu.Lock()
 		}
-		s.sendWindow -= n
-		c.sendWindow -= n
+		s.sendWnd.take(n)
+		c.sendWnd.take(n)
 		c.mu.Unlock()
 		if err := c.writeData(s.id, p[:n]); err != nil {
 			return written, err
@@ -300,8 +204,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 // goroutine wake-up per stream.
 func (s *Stream) CloseWrite() error {
 	c := s.c
-	c.writers.Add(1)
-	c.wmu.Lock()
+	c.lockW()
 	defer c.unlockW()
 	c.mu.Lock()
 	err := s.err
@@ -343,17 +246,17 @@ func (s *Stream) close(abort bool) error {
 	if s.err == nil && s.wreset == nil {
 		switch {
 		case abort:
-			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+			c.queueLocked(rstFrame(s.id, http2.ErrCodeCancel))
 		case !s.sentEnd && s.recv.n == 0:
 			s.sentEnd = true
 			c.queueLocked(ctlFrame{typ: http2.FrameData, stream: s.id})
 			if !s.recvDone {
-				c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+				c.queueLocked(rstFrame(s.id, http2.ErrCodeCancel))
 			}
 		case !s.sentEnd:
-			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeCancel)})
+			c.queueLocked(rstFrame(s.id, http2.ErrCodeCancel))
 		case !s.recvDone:
-			c.queueLocked(ctlFrame{typ: http2.FrameRSTStream, stream: s.id, val: uint32(http2.ErrCodeNo)})
+			c.queueLocked(rstFrame(s.id, http2.ErrCodeNo))
 		}
 	}
 	c.forgetLocked(s, net.ErrClosed)
@@ -447,11 +350,11 @@ func (b *recvBuf) push(p []byte, own bool) {
 			return
 		}
 	}
-	size := minBufSize
+	size := bufpool.MinSize
 	if len(b.chunks) > 0 {
 		size = 16 << 10
 	}
-	nb := append(getBuf(max(len(p), size))[:0], p...)
+	nb := append(bufpool.Get(max(len(p), size))[:0], p...)
 	b.chunks = append(b.chunks, rchunk{buf: nb})
 }
 
@@ -464,7 +367,7 @@ func (b *recvBuf) read(p []byte) int {
 		h.r += k
 		n += k
 		if h.r == len(h.buf) {
-			putBuf(h.buf)
+			bufpool.Put(h.buf)
 			b.chunks[0] = rchunk{}
 			b.chunks = b.chunks[1:]
 		}
@@ -493,7 +396,7 @@ func (b *recvBuf) pop() (data, base []byte) {
 func (b *recvBuf) release() int {
 	n := b.n
 	for _, h := range b.chunks {
-		putBuf(h.buf)
+		bufpool.Put(h.buf)
 	}
 	b.chunks, b.n = nil, 0
 	return n

@@ -1,6 +1,6 @@
 //go:build linux && !race && !msan && !asan
 
-package tunnel
+package sockio
 
 import (
 	"syscall"
@@ -9,11 +9,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawRead reads from the non-blocking socket fd.
-func rawRead(fd uintptr, p []byte) (int, syscall.Errno) { return rawCall(unix.SYS_READ, fd, p) }
-
-// rawWrite writes to the non-blocking socket fd.
-func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) { return rawCall(unix.SYS_WRITE, fd, p) }
+const (
+	rawCapable = true
+	sysRead    = unix.SYS_READ
+	sysWrite   = unix.SYS_WRITE
+)
 
 // rawCall makes the read or write system call trap on fd and p as a raw
 // system call, again when a signal interrupts it.

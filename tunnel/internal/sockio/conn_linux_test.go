@@ -1,4 +1,4 @@
-package tunnel
+package sockio
 
 import (
 	"bytes"
@@ -32,19 +32,19 @@ func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 	return c, s
 }
 
-// TestRawSocket checks that the raw-system-call socket under the tunnel's
+// TestConn checks that the raw-system-call socket under the tunnel's
 // TLS moves a transfer much larger than the socket buffers whole in both
 // directions, waits for a full socket instead of failing, and reports EOF,
 // read and write deadlines (with the bytes written) and closed sockets as a
 // net.Conn does.
-func TestRawSocket(t *testing.T) {
+func TestConn(t *testing.T) {
 	c, s := tcpPair(t)
 	if err := c.SetWriteBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
-	rc, rs := newRawSocket(c), newRawSocket(s)
-	if _, ok := rc.(*rawSocket); !ok {
-		t.Fatalf("newRawSocket(%T) = %T, want *rawSocket", c, rc)
+	rc, rs := NewConn(c), NewConn(s)
+	if _, ok := rc.(*conn); !ok {
+		t.Fatalf("NewConn(%T) = %T, want *conn", c, rc)
 	}
 	want := make([]byte, 8<<20)
 	rand.Read(want)
@@ -128,5 +128,69 @@ func TestBusyReads(t *testing.T) {
 	}
 	if !b.plain() {
 		t.Fatalf("read %d of a run is raw", sysmonEvery)
+	}
+}
+
+// TestMode: sockets are read and written with raw system calls unless the
+// build has a detector or FERRY_SOCKIO=plain turns them off; make test runs
+// the tunnel's tests both ways.
+func TestMode(t *testing.T) {
+	want := "raw"
+	if !rawCapable || os.Getenv("FERRY_SOCKIO") == "plain" {
+		want = "plain"
+	}
+	if got := Mode(); got != want {
+		t.Fatalf("Mode() = %s, want %s (FERRY_SOCKIO=%q, raw calls in this build: %v)", got, want, os.Getenv("FERRY_SOCKIO"), rawCapable)
+	}
+	t.Logf("socket I/O: %s", Mode())
+}
+
+// countingConn counts the writes that reach it.
+type countingConn struct {
+	net.Conn
+	writes, bytes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes++
+	c.bytes += len(p)
+	return len(p), nil
+}
+
+// TestBatcher: writes between Begin and End leave in one write (two when
+// they exceed a batch); outside a batch each write passes straight through.
+func TestBatcher(t *testing.T) {
+	cc := &countingConn{}
+	b := NewBatcher(cc)
+	record := make([]byte, 16<<10+29)
+	b.Write(record)
+	b.Write(record)
+	if cc.writes != 2 {
+		t.Fatalf("outside a batch: %d writes reached the socket, want 2", cc.writes)
+	}
+	cc.writes, cc.bytes = 0, 0
+	b.Begin()
+	for range 16 {
+		if _, err := b.Write(record); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cc.writes != 0 {
+		t.Fatalf("inside a batch: %d writes reached the socket before End", cc.writes)
+	}
+	if err := b.End(); err != nil {
+		t.Fatal(err)
+	}
+	if cc.writes != 1 || cc.bytes != 16*len(record) {
+		t.Fatalf("a 256 KiB frame's records: %d writes of %d bytes, want 1 of %d", cc.writes, cc.bytes, 16*len(record))
+	}
+	cc.writes = 0
+	b.Begin()
+	for range 20 {
+		b.Write(record)
+	}
+	b.End()
+	if cc.writes != 2 {
+		t.Fatalf("records beyond a batch: %d writes, want 2", cc.writes)
 	}
 }
