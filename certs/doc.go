@@ -1,7 +1,7 @@
 // Package certs holds workload identity for Ferry: SPIFFE identities, a local
-// certificate authority, the Istio CA protocol, and a Store that keeps one
-// rotating certificate per service account and hands crypto/tls the hooks to
-// use it.
+// certificate authority, and a Store that keeps one rotating certificate per
+// service account and hands crypto/tls the hooks to use it. Package
+// [github.com/ferrymesh/ferry/certs/istioca] speaks Istio's CA protocol.
 //
 // # Identities
 //
@@ -14,9 +14,9 @@
 //
 // An [Issuer] turns a CSR into a chain (leaf first, root last). [LocalCA]
 // signs in process with a root, or an intermediate and its chain, loaded
-// from PEM files ([LoadLocalCA]; [InitCA] creates a root). [IstioCAClient]
-// asks istiod or `ferry ca` ([CAServer]) over Istio's gRPC protocol, as a
-// node agent impersonating the workloads on its node.
+// from PEM files ([LoadLocalCA]; [InitCA] creates a root). The istioca
+// client asks istiod or `ferry ca` (the istioca server) over Istio's gRPC
+// protocol, as a node agent impersonating the workloads on its node.
 //
 // # The Store
 //

@@ -59,7 +59,7 @@ func (id Identity) Validate() error {
 }
 
 func (id Identity) validate() error {
-	if !validTrustDomain(id.TrustDomain) {
+	if !ValidTrustDomain(id.TrustDomain) {
 		return fmt.Errorf("identity %q: invalid trust domain %q", id.String(), id.TrustDomain)
 	}
 	if !validSegment(id.Namespace) {
@@ -131,8 +131,9 @@ func identityFromURI(u *url.URL) (Identity, error) {
 	return parseIdentity("spiffe://" + u.Host + u.Path)
 }
 
-// validTrustDomain allows lowercase letters, digits, '.', '-' and '_' (SPIFFE).
-func validTrustDomain(s string) bool {
+// ValidTrustDomain reports whether s is a valid SPIFFE trust domain: 1 to
+// 255 lowercase letters, digits, '.', '-' and '_'.
+func ValidTrustDomain(s string) bool {
 	if s == "" || len(s) > 255 {
 		return false
 	}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"os"
 )
 
 // minRSABits is the smallest RSA modulus accepted in a CSR or as a CA key.
@@ -161,6 +162,19 @@ func EncodeCertificatesPEM(certs []*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
+}
+
+// LoadRoots reads the mesh's root certificates from a PEM file (--ca-root).
+func LoadRoots(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("certs: roots: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("certs: roots: no PEM certificate in %s", path)
+	}
+	return roots, nil
 }
 
 // oidSubjectAltName is the X.509 subjectAltName extension.

@@ -97,7 +97,7 @@ type entry struct {
 // NewStore checks cfg and returns a Store that will get certificates from
 // issuer. It starts nothing: call Run.
 func NewStore(cfg StoreConfig, issuer Issuer, log *slog.Logger) (*Store, error) {
-	if !validTrustDomain(cfg.TrustDomain) {
+	if !ValidTrustDomain(cfg.TrustDomain) {
 		return nil, fmt.Errorf("certs: store: invalid trust domain %q", cfg.TrustDomain)
 	}
 	if cfg.Roots == nil {

@@ -54,8 +54,20 @@ func verifyPeer(chain []*x509.Certificate, roots *x509.CertPool, trustDomain str
 	return id, v, nil
 }
 
-// leafIdentity returns the identity of a workload certificate: it must have
-// exactly one URI SAN, a canonical SPIFFE ID, and must not be a CA.
+// LeafIdentity returns the identity a workload certificate carries. The
+// certificate must not be a CA and must have exactly one URI SAN, a
+// canonical SPIFFE ID; otherwise the error says what is wrong, and wraps
+// ErrNoPeerIdentity if there is no SPIFFE ID at all. It checks nothing else:
+// not the signature, the chain or the validity period.
+func LeafIdentity(leaf *x509.Certificate) (Identity, error) {
+	id, err := leafIdentity(leaf)
+	if err != nil && !errors.Is(err, ErrNoPeerIdentity) {
+		return Identity{}, fmt.Errorf("certs: %w", err)
+	}
+	return id, err
+}
+
+// leafIdentity is LeafIdentity with errors not prefixed by the package name.
 func leafIdentity(leaf *x509.Certificate) (Identity, error) {
 	if leaf.IsCA {
 		return Identity{}, errors.New("leaf certificate is a CA")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/node/redirect"
 	"github.com/ferrymesh/ferry/tunnel"
@@ -298,7 +299,7 @@ func (a *Agent) issuer() (certs.Issuer, *x509.CertPool, func(), error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("node: --ca-root: %w", err)
 	}
-	client, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile, ClusterID: a.cfg.ClusterID})
+	client, err := istioca.NewClient(istioca.ClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile, ClusterID: a.cfg.ClusterID})
 	if err != nil {
 		return nil, nil, nil, err
 	}

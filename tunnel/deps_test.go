@@ -13,5 +13,7 @@ func TestDeps(t *testing.T) {
 		"github.com/cilium/ebpf":          "the tunnel is user space only",
 		"github.com/vishvananda/netlink":  "only node touches netlink",
 		"k8s.io/...":                      "only node talks to Kubernetes",
+		"google.golang.org/grpc":          "the tunnel speaks HTTP/2 CONNECT; only the CA client (certs/istioca, wired by node) speaks gRPC",
+		"google.golang.org/grpc/...":      "the tunnel speaks HTTP/2 CONNECT; only the CA client (certs/istioca, wired by node) speaks gRPC",
 	})
 }

@@ -1,9 +1,10 @@
-package certs
+package istioca
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -16,9 +17,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/ferrymesh/ferry/certs"
 )
 
-// Istio CA protocol names (reference/istio-api.md §5).
+// Names of Istio's CA protocol.
 const (
 	// ImpersonatedIdentityKey is the request metadata field naming the
 	// identity a node agent asks a certificate for.
@@ -29,8 +32,8 @@ const (
 	DefaultClusterID = "Kubernetes"
 )
 
-// IstioCAClientConfig configures an IstioCAClient.
-type IstioCAClientConfig struct {
+// ClientConfig configures a Client.
+type ClientConfig struct {
 	// Address is the CA's host:port, for example
 	// istiod.istio-system.svc:15012. Required.
 	Address string
@@ -47,26 +50,28 @@ type IstioCAClientConfig struct {
 	ClusterID string
 }
 
-// IstioCAClient is an Issuer that speaks Istio's CA protocol
+// Client is a certs.Issuer that speaks Istio's CA protocol
 // (istio.v1.auth.IstioCertificateService/CreateCertificate) to istiod or
 // `ferry ca`, as a node agent: it asks for other workloads' certificates
 // with the ImpersonatedIdentity metadata field. It is safe for concurrent
 // use.
-type IstioCAClient struct {
-	cfg  IstioCAClientConfig
+type Client struct {
+	cfg  ClientConfig
 	conn *grpc.ClientConn
 	rpc  pb.IstioCertificateServiceClient
 }
 
-// NewIstioCAClient checks cfg and returns a client. No connection is made
-// until the first Issue. Call Close to release it.
-func NewIstioCAClient(cfg IstioCAClientConfig) (*IstioCAClient, error) {
+var _ certs.Issuer = (*Client)(nil)
+
+// NewClient checks cfg and returns a client. No connection is made until
+// the first Issue. Call Close to release it.
+func NewClient(cfg ClientConfig) (*Client, error) {
 	host, _, err := net.SplitHostPort(cfg.Address)
 	if err != nil {
-		return nil, fmt.Errorf("certs: Istio CA address %q: %w", cfg.Address, err)
+		return nil, fmt.Errorf("istioca: CA address %q: %w", cfg.Address, err)
 	}
 	if cfg.Roots == nil {
-		return nil, errors.New("certs: Istio CA client: no roots to verify the CA")
+		return nil, errors.New("istioca: client: no roots to verify the CA")
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
@@ -81,26 +86,26 @@ func NewIstioCAClient(cfg IstioCAClientConfig) (*IstioCAClient, error) {
 	})
 	conn, err := grpc.NewClient("passthrough:///"+cfg.Address, grpc.WithTransportCredentials(creds))
 	if err != nil {
-		return nil, fmt.Errorf("certs: Istio CA client: %w", err)
+		return nil, fmt.Errorf("istioca: client: %w", err)
 	}
-	return &IstioCAClient{cfg: cfg, conn: conn, rpc: pb.NewIstioCertificateServiceClient(conn)}, nil
+	return &Client{cfg: cfg, conn: conn, rpc: pb.NewIstioCertificateServiceClient(conn)}, nil
 }
 
 // Close closes the connection to the CA.
-func (c *IstioCAClient) Close() error { return c.conn.Close() }
+func (c *Client) Close() error { return c.conn.Close() }
 
-// Issue implements Issuer. It checks that the returned leaf carries exactly
-// id, as ztunnel does, and returns the chain leaf first, root last.
-func (c *IstioCAClient) Issue(ctx context.Context, id Identity, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+// Issue implements certs.Issuer. It checks that the returned leaf carries
+// exactly id, as ztunnel does, and returns the chain leaf first, root last.
+func (c *Client) Issue(ctx context.Context, id certs.Identity, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
 	md := metadata.Pairs(ClusterIDHeader, c.cfg.ClusterID)
 	if c.cfg.TokenFile != "" {
 		b, err := os.ReadFile(c.cfg.TokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("certs: Istio CA: token: %w", err)
+			return nil, fmt.Errorf("istioca: token: %w", err)
 		}
 		tok := strings.TrimSpace(string(b))
 		if tok == "" {
-			return nil, fmt.Errorf("certs: Istio CA: token file %s is empty", c.cfg.TokenFile)
+			return nil, fmt.Errorf("istioca: token file %s is empty", c.cfg.TokenFile)
 		}
 		md.Set("authorization", "Bearer "+tok)
 	}
@@ -113,48 +118,50 @@ func (c *IstioCAClient) Issue(ctx context.Context, id Identity, csrPEM []byte, t
 	}
 	resp, err := c.rpc.CreateCertificate(metadata.NewOutgoingContext(ctx, md), req)
 	if err != nil {
-		return nil, fmt.Errorf("certs: Istio CA %s: %w", c.cfg.Address, err)
+		return nil, fmt.Errorf("istioca: CA %s: %w", c.cfg.Address, err)
 	}
 	chain, err := parseChain(resp.GetCertChain())
 	if err != nil {
-		return nil, fmt.Errorf("certs: Istio CA %s: response: %w", c.cfg.Address, err)
+		return nil, fmt.Errorf("istioca: CA %s: response: %w", c.cfg.Address, err)
 	}
-	got, err := leafIdentity(chain[0])
+	got, err := certs.LeafIdentity(chain[0])
 	if err != nil {
-		return nil, fmt.Errorf("certs: Istio CA %s: issued certificate: %w", c.cfg.Address, err)
+		return nil, fmt.Errorf("istioca: CA %s: issued certificate: %w", c.cfg.Address, err)
 	}
 	if got != id {
-		return nil, fmt.Errorf("certs: Istio CA %s: issued certificate is for %s, want %s", c.cfg.Address, got, id)
+		return nil, fmt.Errorf("istioca: CA %s: issued certificate is for %s, want %s", c.cfg.Address, got, id)
 	}
 	return chain, nil
 }
 
 // parseChain parses the PEM certificates of a CreateCertificate response, in
-// order; an element may hold several.
+// order; an element may hold several, and must hold one.
 func parseChain(elems []string) ([]*x509.Certificate, error) {
 	var chain []*x509.Certificate
 	for i, e := range elems {
-		certs, err := parseCertificatesPEM([]byte(e))
-		if err != nil {
-			return nil, fmt.Errorf("element %d: %w", i, err)
+		n := 0
+		for rest := []byte(e); ; {
+			var block *pem.Block
+			block, rest = pem.Decode(rest)
+			if block == nil {
+				break
+			}
+			if block.Type != "CERTIFICATE" {
+				continue
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("element %d: certificate %d: %w", i, n+1, err)
+			}
+			chain = append(chain, c)
+			n++
 		}
-		chain = append(chain, certs...)
+		if n == 0 {
+			return nil, fmt.Errorf("element %d: no PEM certificate", i)
+		}
 	}
 	if len(chain) == 0 {
 		return nil, errors.New("empty certificate chain")
 	}
 	return chain, nil
-}
-
-// LoadRoots reads the mesh's root certificates from a PEM file (--ca-root).
-func LoadRoots(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("certs: roots: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("certs: roots: no PEM certificate in %s", path)
-	}
-	return roots, nil
 }

@@ -1,4 +1,4 @@
-package certs_test
+package istioca_test
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -31,16 +32,16 @@ import (
 // TokenReview and pod lookups the node package does.
 type tokenAuth struct {
 	mu     sync.Mutex
-	tokens map[string]certs.Caller
+	tokens map[string]istioca.Caller
 	pods   map[string][]string // node → "ns/sa" of its pods
 }
 
-func (a *tokenAuth) Authenticate(_ context.Context, token string) (certs.Caller, error) {
+func (a *tokenAuth) Authenticate(_ context.Context, token string) (istioca.Caller, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c, ok := a.tokens[token]
 	if !ok {
-		return certs.Caller{}, errors.New("token not valid")
+		return istioca.Caller{}, errors.New("token not valid")
 	}
 	return c, nil
 }
@@ -61,7 +62,7 @@ type caEnv struct {
 	addr      string
 	agent     certs.Identity
 	tokenFile string
-	server    *certs.CAServer
+	server    *istioca.Server
 }
 
 const (
@@ -70,12 +71,12 @@ const (
 	workloadToken = "workload-token"
 )
 
-// startCA serves a CAServer on loopback until the test ends.
-func startCA(t *testing.T, ca *certstest.CA, cfg certs.CAServerConfig) *caEnv {
+// startCA serves a Server on loopback until the test ends.
+func startCA(t *testing.T, ca *certstest.CA, cfg istioca.ServerConfig) *caEnv {
 	t.Helper()
 	agent := ca.Identity("ferry-system", "ferry")
 	auth := &tokenAuth{
-		tokens: map[string]certs.Caller{
+		tokens: map[string]istioca.Caller{
 			agentToken:    {Identity: certs.Identity{Namespace: "ferry-system", ServiceAccount: "ferry"}, Node: "node1"},
 			unboundToken:  {Identity: certs.Identity{Namespace: "ferry-system", ServiceAccount: "ferry"}},
 			workloadToken: {Identity: certs.Identity{Namespace: "default", ServiceAccount: "app"}, Node: "node1"},
@@ -90,7 +91,7 @@ func startCA(t *testing.T, ca *certstest.CA, cfg certs.CAServerConfig) *caEnv {
 	if cfg.ServerNames == nil {
 		cfg.ServerNames = []string{"ferry-ca.test", "127.0.0.1"}
 	}
-	srv, err := certs.NewCAServer(cfg, ca.Issuer(), auth, certstest.Logger(t))
+	srv, err := istioca.NewServer(cfg, ca.Issuer(), auth, certstest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,13 +108,13 @@ func (e *caEnv) setToken(t *testing.T, tok string) {
 	}
 }
 
-func (e *caEnv) client(t *testing.T, mutate func(*certs.IstioCAClientConfig)) *certs.IstioCAClient {
+func (e *caEnv) client(t *testing.T, mutate func(*istioca.ClientConfig)) *istioca.Client {
 	t.Helper()
-	cfg := certs.IstioCAClientConfig{Address: e.addr, Roots: e.ca.Roots(), ServerName: "ferry-ca.test", TokenFile: e.tokenFile}
+	cfg := istioca.ClientConfig{Address: e.addr, Roots: e.ca.Roots(), ServerName: "ferry-ca.test", TokenFile: e.tokenFile}
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	c, err := certs.NewIstioCAClient(cfg)
+	c, err := istioca.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func issue(t *testing.T, iss certs.Issuer, id certs.Identity, ttl time.Duration)
 
 func TestIstioCAImpersonation(t *testing.T) {
 	ca := certstest.NewCA(t, certstest.WithIntermediate())
-	e := startCA(t, ca, certs.CAServerConfig{})
+	e := startCA(t, ca, istioca.ServerConfig{})
 	c := e.client(t, nil)
 	id := ca.Identity("shop", "cart")
 
@@ -161,7 +162,7 @@ func TestIstioCAImpersonation(t *testing.T) {
 		t.Errorf("lifetime %s for a request without one", d)
 	}
 
-	// A Store fed by the Istio CA client.
+	// A Store fed by the client.
 	s := ca.StoreWith(t, ca.StoreConfig(), c, id, ca.Identity("default", "app"))
 	if snap := s.Snapshot(); len(snap) != 2 || snap[0].State != certs.CertValid || snap[1].State != certs.CertValid {
 		t.Errorf("Snapshot: %+v", snap)
@@ -171,12 +172,12 @@ func TestIstioCAImpersonation(t *testing.T) {
 func TestIstioCARefuses(t *testing.T) {
 	ca := certstest.NewCA(t)
 	other := certstest.NewCA(t)
-	e := startCA(t, ca, certs.CAServerConfig{})
+	e := startCA(t, ca, istioca.ServerConfig{})
 
 	tests := []struct {
 		name   string
 		token  string
-		mutate func(*certs.IstioCAClientConfig)
+		mutate func(*istioca.ClientConfig)
 		id     certs.Identity
 		code   codes.Code
 		want   string
@@ -185,8 +186,8 @@ func TestIstioCARefuses(t *testing.T) {
 		{"workload impersonating", workloadToken, nil, ca.Identity("shop", "cart"), codes.PermissionDenied, "not a node agent"},
 		{"agent token not bound to a node", unboundToken, nil, ca.Identity("shop", "cart"), codes.PermissionDenied, "not bound to a pod"},
 		{"bad token", "forged", nil, ca.Identity("shop", "cart"), codes.Unauthenticated, "authentication failed"},
-		{"no token", agentToken, func(c *certs.IstioCAClientConfig) { c.TokenFile = "" }, ca.Identity("shop", "cart"), codes.Unauthenticated, "authorization"},
-		{"other cluster", agentToken, func(c *certs.IstioCAClientConfig) { c.ClusterID = "east" }, ca.Identity("shop", "cart"), codes.Unauthenticated, `cluster "east"`},
+		{"no token", agentToken, func(c *istioca.ClientConfig) { c.TokenFile = "" }, ca.Identity("shop", "cart"), codes.Unauthenticated, "authorization"},
+		{"other cluster", agentToken, func(c *istioca.ClientConfig) { c.ClusterID = "east" }, ca.Identity("shop", "cart"), codes.Unauthenticated, `cluster "east"`},
 		{"other trust domain", agentToken, nil, certs.Identity{TrustDomain: "evil.local", Namespace: "shop", ServiceAccount: "cart"}, codes.PermissionDenied, "trust domain"},
 	}
 	for _, tt := range tests {
@@ -217,19 +218,19 @@ func TestIstioCARefuses(t *testing.T) {
 	})
 	e.setToken(t, agentToken)
 	t.Run("untrusted CA", func(t *testing.T) {
-		_, err := issue(t, e.client(t, func(c *certs.IstioCAClientConfig) { c.Roots = other.Roots() }), ca.Identity("shop", "cart"), 0)
+		_, err := issue(t, e.client(t, func(c *istioca.ClientConfig) { c.Roots = other.Roots() }), ca.Identity("shop", "cart"), 0)
 		if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 			t.Fatalf("Issue against an untrusted CA: %v", err)
 		}
 	})
 	t.Run("wrong CA name", func(t *testing.T) {
-		_, err := issue(t, e.client(t, func(c *certs.IstioCAClientConfig) { c.ServerName = "istiod.istio-system.svc" }), ca.Identity("shop", "cart"), 0)
+		_, err := issue(t, e.client(t, func(c *istioca.ClientConfig) { c.ServerName = "istiod.istio-system.svc" }), ca.Identity("shop", "cart"), 0)
 		if err == nil || !strings.Contains(err.Error(), "istiod.istio-system.svc") {
 			t.Fatalf("Issue against the wrong name: %v", err)
 		}
 	})
 	t.Run("missing token file", func(t *testing.T) {
-		_, err := issue(t, e.client(t, func(c *certs.IstioCAClientConfig) { c.TokenFile = filepath.Join(t.TempDir(), "none") }), ca.Identity("shop", "cart"), 0)
+		_, err := issue(t, e.client(t, func(c *istioca.ClientConfig) { c.TokenFile = filepath.Join(t.TempDir(), "none") }), ca.Identity("shop", "cart"), 0)
 		if err == nil || !strings.Contains(err.Error(), "token") {
 			t.Fatalf("Issue without a token file: %v", err)
 		}
@@ -240,7 +241,7 @@ func TestIstioCARefuses(t *testing.T) {
 // client never sends.
 func TestCAServerRequests(t *testing.T) {
 	ca := certstest.NewCA(t)
-	e := startCA(t, ca, certs.CAServerConfig{MaxTTL: 48 * time.Hour})
+	e := startCA(t, ca, istioca.ServerConfig{MaxTTL: 48 * time.Hour})
 	key, _ := certs.GenerateKey()
 	cart := ca.Identity("shop", "cart")
 	csr, _ := certs.NewCSR(cart, key)
@@ -248,7 +249,7 @@ func TestCAServerRequests(t *testing.T) {
 	req := func(csr []byte, ttl int64, impersonate string) *pb.IstioCertificateRequest {
 		r := &pb.IstioCertificateRequest{Csr: string(csr), ValidityDuration: ttl}
 		if impersonate != "" {
-			r.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{certs.ImpersonatedIdentityKey: structpb.NewStringValue(impersonate)}}
+			r.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{istioca.ImpersonatedIdentityKey: structpb.NewStringValue(impersonate)}}
 		}
 		return r
 	}
@@ -339,7 +340,7 @@ func TestIstioCAClientChecksIdentity(t *testing.T) {
 	}
 	go srv.Serve(ln)
 	defer srv.Stop()
-	c, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: ln.Addr().String(), Roots: ca.Roots()})
+	c, err := istioca.NewClient(istioca.ClientConfig{Address: ln.Addr().String(), Roots: ca.Roots()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,34 +351,34 @@ func TestIstioCAClientChecksIdentity(t *testing.T) {
 	}
 }
 
-func TestNewCAServerValidates(t *testing.T) {
+func TestCAConstructorsValidate(t *testing.T) {
 	ca := certstest.NewCA(t)
 	auth := &tokenAuth{}
 	log := certstest.Logger(t)
 	for name, tc := range map[string]struct {
-		cfg  certs.CAServerConfig
+		cfg  istioca.ServerConfig
 		ca   *certs.LocalCA
-		auth certs.Authenticator
+		auth istioca.Authenticator
 	}{
-		"no trust domain":  {certs.CAServerConfig{}, ca.Issuer(), auth},
-		"no CA":            {certs.CAServerConfig{TrustDomain: "td"}, nil, auth},
-		"no authenticator": {certs.CAServerConfig{TrustDomain: "td"}, ca.Issuer(), nil},
-		"bad node agent":   {certs.CAServerConfig{TrustDomain: "td", NodeAgents: []certs.Identity{{Namespace: "x"}}}, ca.Issuer(), auth},
-		"negative max TTL": {certs.CAServerConfig{TrustDomain: "td", MaxTTL: -1}, ca.Issuer(), auth},
+		"no trust domain":  {istioca.ServerConfig{}, ca.Issuer(), auth},
+		"no CA":            {istioca.ServerConfig{TrustDomain: "td"}, nil, auth},
+		"no authenticator": {istioca.ServerConfig{TrustDomain: "td"}, ca.Issuer(), nil},
+		"bad node agent":   {istioca.ServerConfig{TrustDomain: "td", NodeAgents: []certs.Identity{{Namespace: "x"}}}, ca.Issuer(), auth},
+		"negative max TTL": {istioca.ServerConfig{TrustDomain: "td", MaxTTL: -1}, ca.Issuer(), auth},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := certs.NewCAServer(tc.cfg, tc.ca, tc.auth, log); err == nil {
-				t.Fatal("NewCAServer accepted it")
+			if _, err := istioca.NewServer(tc.cfg, tc.ca, tc.auth, log); err == nil {
+				t.Fatal("NewServer accepted it")
 			}
 		})
 	}
-	for name, cfg := range map[string]certs.IstioCAClientConfig{
+	for name, cfg := range map[string]istioca.ClientConfig{
 		"no port":  {Address: "istiod", Roots: ca.Roots()},
 		"no roots": {Address: "istiod:15012"},
 	} {
 		t.Run("client "+name, func(t *testing.T) {
-			if _, err := certs.NewIstioCAClient(cfg); err == nil {
-				t.Fatal("NewIstioCAClient accepted it")
+			if _, err := istioca.NewClient(cfg); err == nil {
+				t.Fatal("NewClient accepted it")
 			}
 		})
 	}

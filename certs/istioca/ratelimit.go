@@ -1,4 +1,4 @@
-package certs
+package istioca
 
 import (
 	"container/list"

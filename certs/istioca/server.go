@@ -1,4 +1,4 @@
-package certs
+package istioca
 
 import (
 	"context"
@@ -22,24 +22,26 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/ferrymesh/ferry/certs"
 )
 
 // Caller is the authenticated sender of a certificate request.
 type Caller struct {
 	// Identity is the caller's service account, from its token.
-	Identity Identity
+	Identity certs.Identity
 	// Node is the node the caller's pod runs on, when the token is bound to
 	// a pod that the Authenticator has found (same name, UID and service
 	// account). It is required for impersonation.
 	Node string
 }
 
-// Authenticator authenticates and locates the callers of a CAServer. The node
+// Authenticator authenticates and locates the callers of a Server. The node
 // package implements it with a Kubernetes TokenReview (audience istio-ca)
 // and pod lookups. Implementations must be safe for concurrent use.
 type Authenticator interface {
 	// Authenticate checks a bearer token and returns its service account,
-	// in the CAServer's trust domain. When the token is bound to a pod, it
+	// in the Server's trust domain. When the token is bound to a pod, it
 	// must also check that this pod exists with the token's UID and service
 	// account, and set Caller.Node to the pod's node.
 	Authenticate(ctx context.Context, token string) (Caller, error)
@@ -48,16 +50,17 @@ type Authenticator interface {
 	ServiceAccountOnNode(ctx context.Context, node, ns, sa string) (bool, error)
 }
 
-// CAServerConfig configures a CAServer.
-type CAServerConfig struct {
+// ServerConfig configures a Server.
+type ServerConfig struct {
 	// TrustDomain of the identities the server signs for. Required.
 	TrustDomain string
 	// NodeAgents are the service accounts (the Ferry or ztunnel DaemonSet's)
 	// allowed to ask for the certificates of other service accounts that
 	// have a pod on their node. Nobody else may impersonate.
-	NodeAgents []Identity
-	// MaxTTL caps the lifetime granted (0 means DefaultCertTTL); longer
-	// requests are shortened. A request for 0 gets DefaultCertTTL.
+	NodeAgents []certs.Identity
+	// MaxTTL caps the lifetime granted (0 means certs.DefaultCertTTL);
+	// longer requests are shortened. A request for 0 gets
+	// certs.DefaultCertTTL.
 	MaxTTL time.Duration
 	// ClusterID is this cluster's ID: a request naming another cluster is
 	// refused (default DefaultClusterID).
@@ -80,26 +83,26 @@ type CAServerConfig struct {
 	// (0 means DefaultMaxConcurrentStreams).
 	MaxConcurrentStreams uint32
 	// IdleTimeout closes a connection that has had no request for this
-	// long (0 means DefaultCAIdleTimeout).
+	// long (0 means DefaultIdleTimeout).
 	IdleTimeout time.Duration
 	// Refused, if set, is called once for every refused request with a
 	// bounded reason, one of the Refused* constants, for a metric.
 	Refused func(reason string)
 }
 
-// Defaults of CAServerConfig's limits.
+// Defaults of ServerConfig's limits.
 const (
 	DefaultPeerRate             = 10
 	DefaultPeerBurst            = 100
 	DefaultMaxConcurrentStreams = 16
-	DefaultCAIdleTimeout        = 5 * time.Minute
+	DefaultIdleTimeout          = 5 * time.Minute
 
-	// maxRatePeers caps the source addresses whose rate a CAServer
+	// maxRatePeers caps the source addresses whose rate a Server
 	// tracks; the least recently seen is forgotten (its bucket full again).
 	maxRatePeers = 16384
 )
 
-// Reasons a CAServer refuses a request, as CAServerConfig.Refused gets them.
+// Reasons a Server refuses a request, as ServerConfig.Refused gets them.
 const (
 	RefusedRateLimited      = "rate_limited"
 	RefusedUnauthenticated  = "unauthenticated"
@@ -109,14 +112,14 @@ const (
 	RefusedInternal         = "internal"
 )
 
-// CAServer serves Istio's CA protocol
+// Server serves Istio's CA protocol
 // (istio.v1.auth.IstioCertificateService/CreateCertificate), signing with a
-// LocalCA: the `ferry ca` service. A caller gets a certificate for its own
+// certs.LocalCA: the `ferry ca` service. A caller gets a certificate for its own
 // service account, or, if it is a node agent, for a service account with a
 // pod on its node. It is safe for concurrent use.
-type CAServer struct {
-	cfg  CAServerConfig
-	ca   *LocalCA
+type Server struct {
+	cfg  ServerConfig
+	ca   *certs.LocalCA
 	auth Authenticator
 	log  *slog.Logger
 
@@ -126,24 +129,24 @@ type CAServer struct {
 	serving *tls.Certificate
 }
 
-// NewCAServer checks cfg and returns a server. It starts nothing.
-func NewCAServer(cfg CAServerConfig, ca *LocalCA, auth Authenticator, log *slog.Logger) (*CAServer, error) {
-	if !validTrustDomain(cfg.TrustDomain) {
-		return nil, fmt.Errorf("certs: CA server: invalid trust domain %q", cfg.TrustDomain)
+// NewServer checks cfg and returns a server. It starts nothing.
+func NewServer(cfg ServerConfig, ca *certs.LocalCA, auth Authenticator, log *slog.Logger) (*Server, error) {
+	if !certs.ValidTrustDomain(cfg.TrustDomain) {
+		return nil, fmt.Errorf("istioca: server: invalid trust domain %q", cfg.TrustDomain)
 	}
 	if ca == nil || auth == nil || log == nil {
-		return nil, errors.New("certs: CA server: CA, authenticator and logger are required")
+		return nil, errors.New("istioca: server: CA, authenticator and logger are required")
 	}
 	for _, id := range cfg.NodeAgents {
 		if err := id.Validate(); err != nil {
-			return nil, fmt.Errorf("certs: CA server: node agent: %w", err)
+			return nil, fmt.Errorf("istioca: server: node agent: %w", err)
 		}
 	}
 	if cfg.MaxTTL < 0 {
-		return nil, errors.New("certs: CA server: negative MaxTTL")
+		return nil, errors.New("istioca: server: negative MaxTTL")
 	}
 	if cfg.PeerRate < 0 || cfg.PeerBurst < 0 || cfg.IdleTimeout < 0 {
-		return nil, errors.New("certs: CA server: negative PeerRate, PeerBurst or IdleTimeout")
+		return nil, errors.New("istioca: server: negative PeerRate, PeerBurst or IdleTimeout")
 	}
 	if cfg.PeerRate == 0 {
 		cfg.PeerRate = DefaultPeerRate
@@ -155,20 +158,20 @@ func NewCAServer(cfg CAServerConfig, ca *LocalCA, auth Authenticator, log *slog.
 		cfg.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = DefaultCAIdleTimeout
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.MaxTTL == 0 {
-		cfg.MaxTTL = DefaultCertTTL
+		cfg.MaxTTL = certs.DefaultCertTTL
 	}
 	if cfg.ClusterID == "" {
 		cfg.ClusterID = DefaultClusterID
 	}
-	return &CAServer{cfg: cfg, ca: ca, auth: auth, log: log,
+	return &Server{cfg: cfg, ca: ca, auth: auth, log: log,
 		peers: newPeerLimiter(rate.Limit(cfg.PeerRate), cfg.PeerBurst, maxRatePeers)}, nil
 }
 
 // Register adds the certificate service to a gRPC server.
-func (s *CAServer) Register(r grpc.ServiceRegistrar) {
+func (s *Server) Register(r grpc.ServiceRegistrar) {
 	pb.RegisterIstioCertificateServiceServer(r, grpcCAService{s: s})
 }
 
@@ -177,10 +180,10 @@ func (s *CAServer) Register(r grpc.ServiceRegistrar) {
 // then it stops gracefully (5 s at most) and returns nil. It closes ln. It
 // applies the config's limits: per-address request rate, streams per
 // connection, idle connections closed, and small messages and headers.
-func (s *CAServer) Serve(ctx context.Context, ln net.Listener) error {
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if len(s.cfg.ServerNames) == 0 {
 		ln.Close()
-		return errors.New("certs: CA server: no ServerNames for its certificate")
+		return errors.New("istioca: server: no ServerNames for its certificate")
 	}
 	if _, err := s.servingCertificate(); err != nil {
 		ln.Close()
@@ -214,7 +217,7 @@ func (s *CAServer) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { done <- srv.Serve(ln) }()
 	select {
 	case err := <-done:
-		return fmt.Errorf("certs: CA server: %w", err)
+		return fmt.Errorf("istioca: server: %w", err)
 	case <-ctx.Done():
 	}
 	stopped := make(chan struct{})
@@ -233,7 +236,7 @@ func (s *CAServer) Serve(ctx context.Context, ln net.Listener) error {
 
 // servingCertificate returns the server's own certificate, issuing a new one
 // when none is held or the one held is past half its lifetime.
-func (s *CAServer) servingCertificate() (*tls.Certificate, error) {
+func (s *Server) servingCertificate() (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
@@ -243,9 +246,9 @@ func (s *CAServer) servingCertificate() (*tls.Certificate, error) {
 			return c, nil
 		}
 	}
-	c, err := s.ca.ServingCertificate(s.cfg.ServerNames, DefaultCertTTL)
+	c, err := s.ca.ServingCertificate(s.cfg.ServerNames, certs.DefaultCertTTL)
 	if err != nil {
-		if s.serving != nil && checkValidity(s.serving.Leaf, now) == nil {
+		if old := s.serving; old != nil && !now.Before(old.Leaf.NotBefore) && !now.After(old.Leaf.NotAfter) {
 			s.log.Warn("CA serving certificate renewal failed", "error", err)
 			return s.serving, nil
 		}
@@ -255,10 +258,10 @@ func (s *CAServer) servingCertificate() (*tls.Certificate, error) {
 	return c, nil
 }
 
-// grpcCAService adapts CAServer to the generated service interface.
+// grpcCAService adapts Server to the generated service interface.
 type grpcCAService struct {
 	pb.UnimplementedIstioCertificateServiceServer
-	s *CAServer
+	s *Server
 }
 
 func (g grpcCAService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
@@ -267,7 +270,7 @@ func (g grpcCAService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 
 // limitRate refuses a request whose source address is over its rate, before
 // anything else is done for it.
-func (s *CAServer) limitRate(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+func (s *Server) limitRate(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 	var addr netip.Addr
 	if p, ok := peer.FromContext(ctx); ok {
 		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
@@ -283,7 +286,7 @@ func (s *CAServer) limitRate(ctx context.Context, req any, _ *grpc.UnaryServerIn
 	return next(ctx, req)
 }
 
-func (s *CAServer) count(reason string) {
+func (s *Server) count(reason string) {
 	if s.cfg.Refused != nil {
 		s.cfg.Refused(reason)
 	}
@@ -297,14 +300,14 @@ func (s *CAServer) count(reason string) {
 // the identity's SPIFFE URI as its only SAN and an ECDSA P-256 or RSA key.
 // Errors are gRPC status errors: Unauthenticated, PermissionDenied,
 // InvalidArgument or Internal.
-func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if ids := md.Get(ClusterIDHeader); len(ids) > 0 && ids[0] != "" && ids[0] != s.cfg.ClusterID {
-		return nil, s.refuse(codes.Unauthenticated, Identity{}, Identity{}, fmt.Sprintf("client claims to be in cluster %q", ids[0]))
+		return nil, s.refuse(codes.Unauthenticated, certs.Identity{}, certs.Identity{}, fmt.Sprintf("client claims to be in cluster %q", ids[0]))
 	}
 	token, err := bearerToken(md)
 	if err != nil {
-		return nil, s.refuse(codes.Unauthenticated, Identity{}, Identity{}, err.Error())
+		return nil, s.refuse(codes.Unauthenticated, certs.Identity{}, certs.Identity{}, err.Error())
 	}
 	caller, err := s.auth.Authenticate(ctx, token)
 	if err != nil {
@@ -314,14 +317,14 @@ func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifica
 	}
 	caller.Identity.TrustDomain = s.cfg.TrustDomain
 	if err := caller.Identity.Validate(); err != nil {
-		return nil, s.refuse(codes.Unauthenticated, Identity{}, Identity{}, "authenticator returned "+err.Error())
+		return nil, s.refuse(codes.Unauthenticated, certs.Identity{}, certs.Identity{}, "authenticator returned "+err.Error())
 	}
 
 	target := caller.Identity
 	if v, ok := req.GetMetadata().GetFields()[ImpersonatedIdentityKey]; ok {
-		id, err := ParseIdentity(v.GetStringValue())
+		id, err := certs.ParseIdentity(v.GetStringValue())
 		if err != nil {
-			return nil, s.refuse(codes.InvalidArgument, caller.Identity, Identity{}, "impersonated identity: "+err.Error())
+			return nil, s.refuse(codes.InvalidArgument, caller.Identity, certs.Identity{}, "impersonated identity: "+err.Error())
 		}
 		target = id
 	}
@@ -337,14 +340,14 @@ func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifica
 	var ttl time.Duration
 	switch v := req.GetValidityDuration(); {
 	case v <= 0:
-		ttl = DefaultCertTTL
+		ttl = certs.DefaultCertTTL
 	case v > int64(s.cfg.MaxTTL/time.Second):
 		ttl = s.cfg.MaxTTL // also keeps v*time.Second from overflowing
 	default:
 		ttl = time.Duration(v) * time.Second
 	}
 	ttl = min(ttl, s.cfg.MaxTTL)
-	csr, err := CheckCSR(target, []byte(req.GetCsr()))
+	csr, err := certs.CheckCSR(target, []byte(req.GetCsr()))
 	if err != nil {
 		return nil, s.refuse(codes.InvalidArgument, caller.Identity, target, err.Error())
 	}
@@ -356,16 +359,16 @@ func (s *CAServer) CreateCertificate(ctx context.Context, req *pb.IstioCertifica
 	}
 	resp := &pb.IstioCertificateResponse{}
 	for _, c := range chain {
-		resp.CertChain = append(resp.CertChain, string(EncodeCertificatesPEM([]*x509.Certificate{c})))
+		resp.CertChain = append(resp.CertChain, string(certs.EncodeCertificatesPEM([]*x509.Certificate{c})))
 	}
 	s.log.Info("certificate issued", "caller", caller.Identity.String(), "node", caller.Node,
-		"identity", target.String(), "serial", serialHex(chain[0]), "notAfter", chain[0].NotAfter)
+		"identity", target.String(), "serial", fmt.Sprintf("%x", chain[0].SerialNumber), "notAfter", chain[0].NotAfter)
 	return resp, nil
 }
 
 // mayImpersonate applies the node rule: only a node agent, on a known node,
 // for a service account with a pod on that node.
-func (s *CAServer) mayImpersonate(ctx context.Context, caller Caller, target Identity) (codes.Code, string) {
+func (s *Server) mayImpersonate(ctx context.Context, caller Caller, target certs.Identity) (codes.Code, string) {
 	trusted := false
 	for _, a := range s.cfg.NodeAgents {
 		if a.Namespace == caller.Identity.Namespace && a.ServiceAccount == caller.Identity.ServiceAccount {
@@ -389,7 +392,7 @@ func (s *CAServer) mayImpersonate(ctx context.Context, caller Caller, target Ide
 }
 
 // refuse logs and counts a refused request and returns its status error.
-func (s *CAServer) refuse(code codes.Code, caller, target Identity, reason string) error {
+func (s *Server) refuse(code codes.Code, caller, target certs.Identity, reason string) error {
 	s.log.Info("CA request refused", "caller", caller.String(), "identity", target.String(), "code", code.String(), "reason", reason)
 	switch code {
 	case codes.Unauthenticated:

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/node"
 	"github.com/ferrymesh/ferry/node/kube"
 )
@@ -93,8 +94,8 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	maxTTL := fs.Duration("max-ttl", certs.DefaultCertTTL, "longest certificate lifetime granted")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster service account)")
 	metricsAddr := fs.String("metrics-addr", "", "Prometheus metrics endpoint (/metrics), e.g. :15014 as istiod's; empty for none")
-	peerRate := fs.Float64("peer-rate", certs.DefaultPeerRate, "requests a second each source address may make on average (more are refused with ResourceExhausted)")
-	peerBurst := fs.Int("peer-burst", certs.DefaultPeerBurst, "requests each source address may make at once")
+	peerRate := fs.Float64("peer-rate", istioca.DefaultPeerRate, "requests a second each source address may make on average (more are refused with ResourceExhausted)")
+	peerBurst := fs.Int("peer-burst", istioca.DefaultPeerBurst, "requests each source address may make at once")
 	reviewTTL := fs.Duration("review-cache-ttl", kube.DefaultReviewSuccessTTL, "how long an accepted token's TokenReview is reused (never past the token's expiry)")
 	failTTL := fs.Duration("review-failure-ttl", kube.DefaultReviewFailureTTL, "how long a refused token's TokenReview is reused")
 	if err := parse(fs, args); err != nil {
@@ -128,7 +129,7 @@ func runCAServe(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return fmt.Errorf("ca serve: %w", err)
 	}
-	srv, err := certs.NewCAServer(certs.CAServerConfig{
+	srv, err := istioca.NewServer(istioca.ServerConfig{
 		TrustDomain: *trustDomain, NodeAgents: nodeAgents, MaxTTL: *maxTTL, ServerNames: strings.Split(*names, ","),
 		PeerRate: *peerRate, PeerBurst: *peerBurst,
 		Refused: func(reason string) { metrics.Refused.WithLabelValues(reason).Inc() },

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/tunnel"
 )
 
@@ -21,23 +22,23 @@ import (
 // foo/* service account has a pod on node a.
 type nodeAuth struct{ token string }
 
-func (n nodeAuth) Authenticate(_ context.Context, token string) (certs.Caller, error) {
+func (n nodeAuth) Authenticate(_ context.Context, token string) (istioca.Caller, error) {
 	if token != n.token {
-		return certs.Caller{}, fmt.Errorf("unknown token")
+		return istioca.Caller{}, fmt.Errorf("unknown token")
 	}
-	return certs.Caller{Identity: certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: "istio-system", ServiceAccount: "ferry"}, Node: "a"}, nil
+	return istioca.Caller{Identity: certs.Identity{TrustDomain: certs.DefaultTrustDomain, Namespace: "istio-system", ServiceAccount: "ferry"}, Node: "a"}, nil
 }
 
 func (nodeAuth) ServiceAccountOnNode(_ context.Context, node, ns, _ string) (bool, error) {
 	return node == "a" && ns == "foo", nil
 }
 
-// caService is an Istio-protocol CA (certs.CAServer) that a test can stop
+// caService is an Istio-protocol CA (istioca.Server) that a test can stop
 // and start again on the same address.
 type caService struct {
 	t      testing.TB
 	addr   string
-	srv    *certs.CAServer
+	srv    *istioca.Server
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -72,7 +73,7 @@ func (c *caService) stop() {
 func TestCAUnavailable(t *testing.T) {
 	t.Parallel()
 	a := newAgent(t, baseManifests)
-	srv, err := certs.NewCAServer(certs.CAServerConfig{
+	srv, err := istioca.NewServer(istioca.ServerConfig{
 		TrustDomain: certs.DefaultTrustDomain,
 		NodeAgents:  []certs.Identity{{TrustDomain: certs.DefaultTrustDomain, Namespace: "istio-system", ServiceAccount: "ferry"}},
 		ServerNames: []string{"127.0.0.1"},

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/istioca"
 )
 
 // ErrUnauthenticated is wrapped by every error of Authenticate that means
@@ -36,7 +37,7 @@ const (
 	extraNodeName = "authentication.kubernetes.io/node-name"
 )
 
-// TokenReviewAuthenticator is the certs.Authenticator of `ferry ca`: it
+// TokenReviewAuthenticator is the istioca.Authenticator of `ferry ca`: it
 // authenticates bearer tokens with the TokenReview API and looks pods up. It
 // is safe for concurrent use.
 //
@@ -136,7 +137,7 @@ func NewTokenReviewAuthenticator(client kubernetes.Interface, cfg TokenReviewCon
 	}, nil
 }
 
-var _ certs.Authenticator = (*TokenReviewAuthenticator)(nil)
+var _ istioca.Authenticator = (*TokenReviewAuthenticator)(nil)
 
 // Authenticate reviews token and returns its service account (without a
 // trust domain: the CA has its own). When the token is bound to a pod
@@ -149,9 +150,9 @@ var _ certs.Authenticator = (*TokenReviewAuthenticator)(nil)
 // audiences, or whose bound pod is gone, recreated or runs as another service
 // account, yields an error wrapping ErrUnauthenticated; an error that does
 // not means the API server could not answer.
-func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token string) (certs.Caller, error) {
+func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token string) (istioca.Caller, error) {
 	if token == "" {
-		return certs.Caller{}, fmt.Errorf("%w: no token", ErrUnauthenticated)
+		return istioca.Caller{}, fmt.Errorf("%w: no token", ErrUnauthenticated)
 	}
 	key := sha256.Sum256([]byte(token))
 	if c, err, ok := a.cache.get(key, a.now()); ok {
@@ -185,7 +186,7 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token strin
 			}
 			a.cache.put(key, c, nil, now, ttl)
 		case errors.Is(err, ErrUnauthenticated):
-			a.cache.put(key, certs.Caller{}, err, now, a.cfg.FailureTTL)
+			a.cache.put(key, istioca.Caller{}, err, now, a.cfg.FailureTTL)
 		}
 		return reviewResult{c, err}, nil
 	})
@@ -197,12 +198,12 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token strin
 		res := r.Val.(reviewResult)
 		return res.caller, res.err
 	case <-ctx.Done():
-		return certs.Caller{}, fmt.Errorf("kube: token review: %w", ctx.Err())
+		return istioca.Caller{}, fmt.Errorf("kube: token review: %w", ctx.Err())
 	}
 }
 
 type reviewResult struct {
-	caller certs.Caller
+	caller istioca.Caller
 	err    error
 }
 
@@ -228,12 +229,12 @@ func (a *TokenReviewAuthenticator) reviewed(err error) {
 
 // review asks the API server about token, as Authenticate documents, and
 // returns the token's expiry too (zero if it does not say).
-func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (certs.Caller, time.Time, error) {
+func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (istioca.Caller, time.Time, error) {
 	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.cfg.Audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("kube: token review: %w", err)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("kube: token review: %w", err)
 	}
 	st := tr.Status
 	if !st.Authenticated {
@@ -241,37 +242,37 @@ func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (ce
 		if reason == "" {
 			reason = "token rejected"
 		}
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
 	}
 	audiences := a.cfg.Audiences
 	if len(audiences) > 0 && !slices.ContainsFunc(st.Audiences, func(aud string) bool { return slices.Contains(audiences, aud) }) {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: token audiences %q, want one of %q", ErrUnauthenticated, st.Audiences, audiences)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token audiences %q, want one of %q", ErrUnauthenticated, st.Audiences, audiences)
 	}
 	ns, sa, ok := parseServiceAccountUser(st.User.Username)
 	if !ok {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: %q is not a service account", ErrUnauthenticated, st.User.Username)
 	}
 	exp := tokenExpiry(token)
-	c := certs.Caller{Identity: certs.Identity{Namespace: ns, ServiceAccount: sa}}
+	c := istioca.Caller{Identity: certs.Identity{Namespace: ns, ServiceAccount: sa}}
 	podName, podUID := extra(st.User, extraPodName), extra(st.User, extraPodUID)
 	if podName == "" {
 		return c, exp, nil
 	}
 	pod, err := a.client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s no longer exists", ErrUnauthenticated, ns, podName)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s no longer exists", ErrUnauthenticated, ns, podName)
 	}
 	if err != nil {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("kube: token's pod: %w", err)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("kube: token's pod: %w", err)
 	}
 	if string(pod.UID) != podUID {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s was recreated (uid %s, token has %s)", ErrUnauthenticated, ns, podName, pod.UID, podUID)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s was recreated (uid %s, token has %s)", ErrUnauthenticated, ns, podName, pod.UID, podUID)
 	}
 	if pod.Spec.ServiceAccountName != sa {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s runs as %q, token is for %q", ErrUnauthenticated, ns, podName, pod.Spec.ServiceAccountName, sa)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s runs as %q, token is for %q", ErrUnauthenticated, ns, podName, pod.Spec.ServiceAccountName, sa)
 	}
 	if node := extra(st.User, extraNodeName); node != "" && node != pod.Spec.NodeName {
-		return certs.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s is on node %q, token says %q", ErrUnauthenticated, ns, podName, pod.Spec.NodeName, node)
+		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s is on node %q, token says %q", ErrUnauthenticated, ns, podName, pod.Spec.NodeName, node)
 	}
 	c.Node = pod.Spec.NodeName
 	return c, exp, nil

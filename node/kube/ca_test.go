@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/kube"
@@ -49,7 +50,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	}
 	var clock atomic.Int64 // seconds added to the wall clock
 	kube.SetClock(auth, func() time.Time { return time.Now().Add(time.Duration(clock.Load()) * time.Second) })
-	srv, err := certs.NewCAServer(certs.CAServerConfig{
+	srv, err := istioca.NewServer(istioca.ServerConfig{
 		TrustDomain: td,
 		NodeAgents:  []certs.Identity{{TrustDomain: td, Namespace: "istio-system", ServiceAccount: "ferry"}},
 		ServerNames: []string{"127.0.0.1"},
@@ -61,20 +62,20 @@ func TestPrivilegedKubeCA(t *testing.T) {
 
 	// client returns a CA client presenting token (from a file, as the
 	// agent reads its projected token).
-	client := func(token string) *certs.IstioCAClient {
+	client := func(token string) *istioca.Client {
 		t.Helper()
 		f := filepath.Join(t.TempDir(), "istio-token")
 		if err := os.WriteFile(f, []byte(token), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cl, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: addr, Roots: ca.Roots(), TokenFile: f})
+		cl, err := istioca.NewClient(istioca.ClientConfig{Address: addr, Roots: ca.Roots(), TokenFile: f})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cl.Close() })
 		return cl
 	}
-	issue := func(cl *certs.IstioCAClient, ns, sa string) error {
+	issue := func(cl *istioca.Client, ns, sa string) error {
 		t.Helper()
 		id := certs.Identity{TrustDomain: td, Namespace: ns, ServiceAccount: sa}
 		key, err := certs.GenerateKey()

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/istioca"
 )
 
 // reviewCache holds the outcomes of token reviews by SHA-256 of the token,
@@ -22,7 +22,7 @@ const sha256Size = 32
 
 type reviewEntry struct {
 	key     [sha256Size]byte
-	caller  certs.Caller
+	caller  istioca.Caller
 	err     error // nil in ok, set in fail
 	expires time.Time
 }
@@ -32,19 +32,19 @@ func newReviewCache(size int) *reviewCache {
 }
 
 // get returns the outcome cached for key at now, if any.
-func (c *reviewCache) get(key [sha256Size]byte, now time.Time) (certs.Caller, error, bool) {
+func (c *reviewCache) get(key [sha256Size]byte, now time.Time) (istioca.Caller, error, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.m[key]
 	if !ok {
-		return certs.Caller{}, nil, false
+		return istioca.Caller{}, nil, false
 	}
 	e := el.Value.(*reviewEntry)
 	l := c.listOf(e)
 	if !now.Before(e.expires) {
 		l.Remove(el)
 		delete(c.m, key)
-		return certs.Caller{}, nil, false
+		return istioca.Caller{}, nil, false
 	}
 	l.MoveToFront(el)
 	return e.caller, e.err, true
@@ -52,7 +52,7 @@ func (c *reviewCache) get(key [sha256Size]byte, now time.Time) (certs.Caller, er
 
 // put caches an outcome for ttl from now; a ttl of zero or less caches
 // nothing, and drops what was cached for key.
-func (c *reviewCache) put(key [sha256Size]byte, caller certs.Caller, err error, now time.Time, ttl time.Duration) {
+func (c *reviewCache) put(key [sha256Size]byte, caller istioca.Caller, err error, now time.Time, ttl time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.m[key]; ok {

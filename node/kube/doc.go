@@ -11,7 +11,7 @@
 //     agent captures it, and removes it on unenrolment, as istio-cni does;
 //     istiod and other ztunnels only send HBONE to annotated pods.
 //   - TokenReviewAuthenticator answers the two questions `ferry ca` asks the
-//     API server (it implements certs.Authenticator): who presented this
+//     API server (it implements istioca.Authenticator): who presented this
 //     token (service account, and node for pod-bound tokens), and
 //     does a service account have a pod on a given node. It caches reviews
 //     briefly by token hash and coalesces concurrent ones, so that pods

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
@@ -86,20 +87,20 @@ func TestPrivilegedIstiodCA(t *testing.T) {
 	// newClient returns a CA client for istiod presenting token (from a
 	// file, as the agent reads its projected token) and verifying istiod
 	// with roots.
-	newClient := func(token string, roots *x509.CertPool) *certs.IstioCAClient {
+	newClient := func(token string, roots *x509.CertPool) *istioca.Client {
 		t.Helper()
 		f := filepath.Join(t.TempDir(), "istio-token")
 		if err := os.WriteFile(f, []byte(token), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cl, err := certs.NewIstioCAClient(certs.IstioCAClientConfig{Address: istiod.XDSAddr, Roots: roots, TokenFile: f})
+		cl, err := istioca.NewClient(istioca.ClientConfig{Address: istiod.XDSAddr, Roots: roots, TokenFile: f})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cl.Close() })
 		return cl
 	}
-	issue := func(cl *certs.IstioCAClient, id certs.Identity) ([]*x509.Certificate, error) {
+	issue := func(cl *istioca.Client, id certs.Identity) ([]*x509.Certificate, error) {
 		t.Helper()
 		key, err := certs.GenerateKey()
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -451,14 +452,14 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := certs.Caller{Identity: certs.Identity{Namespace: "istio-system", ServiceAccount: "ferry"}, Node: "node-1"}
+	want := istioca.Caller{Identity: certs.Identity{Namespace: "istio-system", ServiceAccount: "ferry"}, Node: "node-1"}
 	if caller != want {
 		t.Errorf("caller = %+v, want %+v", caller, want)
 	}
 
 	// A token bound to no pod identifies the service account, not a node.
 	unbound := c.Token(t, "shop", "web", kubetest.TokenOptions{Audiences: []string{"istio-ca"}})
-	if caller, err := auth.Authenticate(ctx, unbound); err != nil || caller != (certs.Caller{Identity: certs.Identity{Namespace: "shop", ServiceAccount: "web"}}) {
+	if caller, err := auth.Authenticate(ctx, unbound); err != nil || caller != (istioca.Caller{Identity: certs.Identity{Namespace: "shop", ServiceAccount: "web"}}) {
 		t.Errorf("unbound token: %+v, %v", caller, err)
 	}
 

@@ -12,7 +12,7 @@ type CAMetrics struct {
 	// their own, by how: from the cache, or by sharing a review in flight.
 	ReviewsAvoided *prometheus.CounterVec
 	// Refused counts certificate requests refused, by reason (see
-	// certs.CAServerConfig.Refused).
+	// istioca.ServerConfig.Refused).
 	Refused *prometheus.CounterVec
 }
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/certs/istioca"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/kube"
 )
@@ -125,7 +126,7 @@ func TestReviewCacheValidToken(t *testing.T) {
 		a, m := newAuth(t, b, kube.TokenReviewConfig{SuccessTTL: time.Minute})
 		tok := jwt(time.Now().Add(time.Hour), "web")
 		b.accept(tok)
-		want := certs.Caller{Identity: certs.Identity{Namespace: "shop", ServiceAccount: "web"}, Node: "node-1"}
+		want := istioca.Caller{Identity: certs.Identity{Namespace: "shop", ServiceAccount: "web"}, Node: "node-1"}
 		for i := range 10 {
 			c, err := a.Authenticate(t.Context(), tok)
 			if err != nil || c != want {
@@ -319,7 +320,7 @@ func TestCAFloodBoundsReviews(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := certstest.NewCA(t)
-	srv, err := certs.NewCAServer(certs.CAServerConfig{
+	srv, err := istioca.NewServer(istioca.ServerConfig{
 		TrustDomain: ca.TrustDomain(),
 		ServerNames: []string{"127.0.0.1"},
 		// A refill too slow to matter while the test runs, so the bound
@@ -358,10 +359,10 @@ func TestCAFloodBoundsReviews(t *testing.T) {
 	if codesSeen[codes.Unauthenticated] != burst || codesSeen[codes.ResourceExhausted] != flood-burst {
 		t.Errorf("answers %v, want %d Unauthenticated and %d ResourceExhausted", codesSeen, burst, flood-burst)
 	}
-	if got := counter(t, metrics.Refused, certs.RefusedRateLimited); got != flood-burst {
+	if got := counter(t, metrics.Refused, istioca.RefusedRateLimited); got != flood-burst {
 		t.Errorf("rate-limited metric %v, want %d", got, flood-burst)
 	}
-	if got := counter(t, metrics.Refused, certs.RefusedUnauthenticated); got != burst {
+	if got := counter(t, metrics.Refused, istioca.RefusedUnauthenticated); got != burst {
 		t.Errorf("unauthenticated metric %v, want %d", got, burst)
 	}
 	if got := counter(t, metrics.Reviews, "unauthenticated"); got != burst {
