@@ -30,12 +30,12 @@ import (
 // answers fails the test instead of hanging it. It is not a timing assertion.
 const ioGuard = 30 * time.Second
 
-// framePeer is a hand-driven HTTP/2 peer on one mTLS connection: it writes
+// framePeer is a hand-driven HTTP/2 peer on one connection: it writes
 // exactly the frames a test asks for, legal or not, and keeps an HPACK
 // encoder and decoder in step with the other side.
 type framePeer struct {
 	t   *testing.T
-	tc  *tls.Conn
+	nc  net.Conn
 	fr  *http2.Framer
 	enc *hpack.Encoder
 	hb  headerBuffer
@@ -44,12 +44,12 @@ type framePeer struct {
 	fields []hpack.HeaderField
 }
 
-func newFramePeer(t *testing.T, tc *tls.Conn) *framePeer {
-	p := &framePeer{t: t, tc: tc, fr: http2.NewFramer(tc, tc)}
+func newFramePeer(t *testing.T, nc net.Conn) *framePeer {
+	p := &framePeer{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
 	p.fr.SetMaxReadFrameSize(advertisedMaxFrame)
 	p.enc = hpack.NewEncoder(&p.hb)
 	p.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) { p.fields = append(p.fields, f) })
-	tc.SetDeadline(time.Now().Add(ioGuard))
+	nc.SetDeadline(time.Now().Add(ioGuard))
 	return p
 }
 
@@ -157,7 +157,7 @@ func (p *framePeer) goAway() http2.ErrCode {
 			break
 		}
 	}
-	p.tc.Close()
+	p.nc.Close()
 	return code
 }
 
@@ -395,7 +395,7 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 				t.Fatalf("good CONNECT afterwards: status %d, RST_STREAM %v", st, code)
 			}
 			p.roundTrip(1, "still serving")
-			p.tc.Close()
+			p.nc.Close()
 			waitServerIdle(t, e)
 		})
 	}
