@@ -23,9 +23,8 @@ type testConn struct {
 	t       *testing.T
 	c       *h2conn
 	peer    *framePeer
-	streams chan *Stream  // server: streams the peer opened
-	ended   chan error    // run's result
-	settled chan struct{} // closed once the peer read the conn's first frames
+	streams chan *Stream // server: streams the peer opened
+	ended   chan error   // run's result
 }
 
 // newTestConn starts an h2conn (a server unless client) and a peer that

@@ -14,6 +14,7 @@ func TestLockOrder(t *testing.T) {
 	c := &h2conn{wmu: make(fifoLock, 1)}
 	c.lockW()
 	c.mu.Lock() // wmu, then mu: allowed
+	c.nextID = 1
 	c.mu.Unlock()
 	c.wmu.Unlock()
 	c.writers.Add(-1)
