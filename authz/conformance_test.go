@@ -5,7 +5,7 @@ import (
 )
 
 // TestZtunnelRBACConformance ports ztunnel's own RBAC unit tests
-// (src/rbac.rs, summarised in reference/ztunnel.md §4.5) to the Istio objects
+// (src/rbac.rs) to the Istio objects
 // istiod would translate into each tested match: every row is one ALLOW
 // policy, and "matches" means the connection is allowed.
 func TestZtunnelRBACConformance(t *testing.T) {

@@ -8,7 +8,8 @@ import (
 	"testing"
 )
 
-// Fixtures from Istio's documentation (reference/istio-api.md §2.5).
+// Fixtures from Istio's documentation (the AuthorizationPolicy and
+// PeerAuthentication reference pages on istio.io).
 const (
 	// F1: ambient getting started, "Enforce Layer 4 authorization policy".
 	fixtureF1 = `

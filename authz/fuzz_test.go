@@ -15,7 +15,8 @@ import (
 
 // This file checks the compiled Engine against refDecide, a deliberately
 // plain evaluator that reads the raw objects on every call, written straight
-// from Istio ambient's semantics (reference/istio-api.md §2, ztunnel.md §4)
+// from Istio ambient's semantics (Istio's AuthorizationPolicy reference;
+// ztunnel's src/rbac.rs)
 // without any of the Engine's indexing or precompilation.
 
 type refResult struct {

@@ -11,7 +11,7 @@ import (
 
 // BenchmarkHandshake measures a full mutual TLS 1.3 handshake between the
 // Store's client and server configurations over net.Pipe, both sides in this
-// process (reference/performance.md §3.5, B9).
+// process; the figures are in bench/README.md.
 func BenchmarkHandshake(b *testing.B) {
 	for _, pq := range []bool{false, true} {
 		name := "X25519"

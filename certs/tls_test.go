@@ -91,7 +91,8 @@ func TestHandshakePostQuantum(t *testing.T) {
 }
 
 // TestServerRejects covers every client certificate the HBONE server must
-// refuse during the handshake (reference/istio-api.md §6.3 items 3 and 4).
+// refuse during the handshake, as ztunnel does (a foreign trust domain;
+// expired, not yet valid, untrusted or malformed certificates).
 func TestServerRejects(t *testing.T) {
 	ca := certstest.NewCA(t, certstest.WithIntermediate())
 	other := certstest.NewCA(t)

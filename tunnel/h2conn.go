@@ -16,7 +16,7 @@ import (
 	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
-// HTTP/2 parameters, as ztunnel uses them (DESIGN §4).
+// HTTP/2 parameters, as ztunnel sets them (its src/proxy/h2 settings).
 const (
 	streamWindow       = 4 << 20   // receive window advertised per stream
 	connWindow         = 16 << 20  // receive window of the whole connection
