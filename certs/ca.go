@@ -96,7 +96,7 @@ func LoadLocalCA(certFile, keyFile string, opts ...LocalCAOption) (*LocalCA, err
 // ParseLocalCA is LoadLocalCA for PEM data already in memory, for example
 // the entries of a Kubernetes Secret.
 func ParseLocalCA(certPEM, keyPEM []byte, opts ...LocalCAOption) (*LocalCA, error) {
-	chain, err := parseCertificatesPEM(certPEM)
+	chain, err := ParseCertificatesPEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("certs: CA certificate: %w", err)
 	}

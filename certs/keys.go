@@ -130,8 +130,8 @@ func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 	}
 }
 
-// parseCertificatesPEM returns every CERTIFICATE block of data, in order.
-func parseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+// ParseCertificatesPEM returns every CERTIFICATE block of data, in order.
+func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for {
 		var block *pem.Block

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -139,26 +138,14 @@ func (c *Client) Issue(ctx context.Context, id certs.Identity, csrPEM []byte, tt
 func parseChain(elems []string) ([]*x509.Certificate, error) {
 	var chain []*x509.Certificate
 	for i, e := range elems {
-		n := 0
-		for rest := []byte(e); ; {
-			var block *pem.Block
-			block, rest = pem.Decode(rest)
-			if block == nil {
-				break
-			}
-			if block.Type != "CERTIFICATE" {
-				continue
-			}
-			c, err := x509.ParseCertificate(block.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("element %d: certificate %d: %w", i, n+1, err)
-			}
-			chain = append(chain, c)
-			n++
+		parsed, err := certs.ParseCertificatesPEM([]byte(e))
+		if err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
 		}
-		if n == 0 {
+		if len(parsed) == 0 {
 			return nil, fmt.Errorf("element %d: no PEM certificate", i)
 		}
+		chain = append(chain, parsed...)
 	}
 	if len(chain) == 0 {
 		return nil, errors.New("empty certificate chain")
