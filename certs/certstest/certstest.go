@@ -404,3 +404,18 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n.Add(n, big.NewInt(1))
 }
+
+// CSR returns a PEM certificate request for id with a fresh key, as an
+// agent sends its CA.
+func CSR(t testing.TB, id certs.Identity) []byte {
+	t.Helper()
+	key, err := certs.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := certs.NewCSR(id, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}

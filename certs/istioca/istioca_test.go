@@ -124,14 +124,7 @@ func (e *caEnv) client(t *testing.T, mutate func(*istioca.ClientConfig)) *istioc
 
 func issue(t *testing.T, iss certs.Issuer, id certs.Identity, ttl time.Duration) ([]*x509.Certificate, error) {
 	t.Helper()
-	key, err := certs.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := certs.NewCSR(id, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	csr := certstest.CSR(t, id)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	return iss.Issue(ctx, id, csr, ttl)

@@ -78,14 +78,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	issue := func(cl *istioca.Client, ns, sa string) error {
 		t.Helper()
 		id := certs.Identity{TrustDomain: td, Namespace: ns, ServiceAccount: sa}
-		key, err := certs.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr, err := certs.NewCSR(id, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		csr := certstest.CSR(t, id)
 		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
 		chain, err := cl.Issue(rctx, id, csr, time.Hour)

@@ -102,14 +102,7 @@ func TestPrivilegedIstiodCA(t *testing.T) {
 	}
 	issue := func(cl *istioca.Client, id certs.Identity) ([]*x509.Certificate, error) {
 		t.Helper()
-		key, err := certs.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr, err := certs.NewCSR(id, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		csr := certstest.CSR(t, id)
 		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
 		return cl.Issue(rctx, id, csr, time.Hour)
