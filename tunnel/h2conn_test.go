@@ -72,17 +72,12 @@ func newTestConn(t *testing.T, client, noSettings bool, settings ...http2.Settin
 		}
 	})
 	if client {
-		var preface [len(http2.ClientPreface)]byte
-		if _, err := io.ReadFull(far, preface[:]); err != nil {
-			t.Fatal(err)
-		}
-	} else if _, err := far.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
+		h.peer.must(h.peer.ReadPreface())
+	} else {
+		h.peer.must(h.peer.WritePreface())
 	}
 	if !noSettings {
-		if err := h.peer.fr.WriteSettings(settings...); err != nil {
-			t.Fatal(err)
-		}
+		h.peer.must(h.peer.WriteSettings(settings...))
 	}
 	// The conn's SETTINGS, then its connection WINDOW_UPDATE.
 	h.expect("the conn's SETTINGS", func(f http2.Frame) bool {
@@ -101,7 +96,7 @@ func newTestConn(t *testing.T, client, noSettings bool, settings ...http2.Settin
 func (h *testConn) expect(what string, match func(http2.Frame) bool) http2.Frame {
 	h.t.Helper()
 	for {
-		f, err := h.peer.fr.ReadFrame()
+		f, err := h.peer.ReadFrame()
 		if err != nil {
 			h.t.Fatalf("waiting for %s: %v", what, err)
 		}
@@ -118,9 +113,7 @@ func (h *testConn) expect(what string, match func(http2.Frame) bool) http2.Frame
 func (h *testConn) alive() {
 	h.t.Helper()
 	data := [8]byte{'a', 'l', 'i', 'v', 'e'}
-	if err := h.peer.fr.WritePing(false, data); err != nil {
-		h.t.Fatal(err)
-	}
+	h.peer.must(h.peer.WritePing(false, data))
 	h.expect("a PING ACK", func(f http2.Frame) bool {
 		p, ok := f.(*http2.PingFrame)
 		return ok && p.IsAck() && p.Data == data
@@ -150,8 +143,8 @@ func (h *testConn) rst(id uint32) http2.ErrCode {
 	return f.(*http2.RSTStreamFrame).ErrCode
 }
 
-// windowUpdate is a WINDOW_UPDATE payload, which the framer would refuse
-// to write with an increment of 0.
+// windowUpdate is a WINDOW_UPDATE payload, for raw frames that carry an
+// increment the protocol forbids.
 func windowUpdate(inc uint32) []byte { return binary.BigEndian.AppendUint32(nil, inc) }
 
 // TestConnErrors: each frame that breaks the protocol for the whole
@@ -164,14 +157,14 @@ func TestConnErrors(t *testing.T) {
 		send       func(h *testConn)
 		want       http2.ErrCode
 	}{
-		{"first frame not SETTINGS", true, func(h *testConn) { h.peer.fr.WritePing(false, [8]byte{}) }, http2.ErrCodeProtocol},
+		{"first frame not SETTINGS", true, func(h *testConn) { h.peer.WritePing(false, [8]byte{}) }, http2.ErrCodeProtocol},
 		{"SETTINGS of a bad length", false, func(h *testConn) { h.peer.raw(http2.FrameSettings, 0, 0, make([]byte, 5)) }, http2.ErrCodeFrameSize},
 		{"SETTINGS on a stream", false, func(h *testConn) { h.peer.raw(http2.FrameSettings, 0, 1, nil) }, http2.ErrCodeProtocol},
 		{"initial window past 2^31-1", false, func(h *testConn) {
-			h.peer.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: maxWindow + 1})
+			h.peer.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: maxWindow + 1})
 		}, http2.ErrCodeFlowControl},
 		{"ENABLE_PUSH of 2", false, func(h *testConn) {
-			h.peer.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2})
+			h.peer.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2})
 		}, http2.ErrCodeProtocol},
 		{"PING of a bad length", false, func(h *testConn) { h.peer.raw(http2.FramePing, 0, 0, make([]byte, 7)) }, http2.ErrCodeFrameSize},
 		{"PING on a stream", false, func(h *testConn) { h.peer.raw(http2.FramePing, 0, 1, make([]byte, 8)) }, http2.ErrCodeProtocol},
@@ -179,10 +172,10 @@ func TestConnErrors(t *testing.T) {
 			h.peer.raw(http2.FrameWindowUpdate, 0, 0, windowUpdate(0))
 		}, http2.ErrCodeProtocol},
 		{"connection window past 2^31-1", false, func(h *testConn) {
-			h.peer.fr.WriteWindowUpdate(0, maxWindow-initialWindow+1)
+			h.peer.WriteWindowUpdate(0, maxWindow-initialWindow+1)
 		}, http2.ErrCodeFlowControl},
 		{"DATA on stream 0", false, func(h *testConn) { h.peer.raw(http2.FrameData, 0, 0, []byte("x")) }, http2.ErrCodeProtocol},
-		{"DATA on an idle stream", false, func(h *testConn) { h.peer.fr.WriteData(5, false, []byte("x")) }, http2.ErrCodeProtocol},
+		{"DATA on an idle stream", false, func(h *testConn) { h.peer.WriteData(5, false, []byte("x")) }, http2.ErrCodeProtocol},
 		{"DATA padded past its length", false, func(h *testConn) {
 			h.open(1, false)
 			h.peer.raw(http2.FrameData, http2.FlagDataPadded, 1, []byte{9, 'x'})
@@ -194,7 +187,7 @@ func TestConnErrors(t *testing.T) {
 			for id := uint32(1); id <= 9; id += 2 {
 				h.open(id, false)
 				for range streamWindow / len(chunk) {
-					if err := h.peer.fr.WriteData(id, false, chunk); err != nil {
+					if err := h.peer.WriteData(id, false, chunk); err != nil {
 						return // the conn hung up: read its GOAWAY
 					}
 				}
@@ -233,7 +226,7 @@ func TestStreamErrors(t *testing.T) {
 		want http2.ErrCode
 	}{
 		{"stream window past 2^31-1", func(h *testConn, _ *Stream) {
-			h.peer.fr.WriteWindowUpdate(1, maxWindow-initialWindow+1)
+			h.peer.WriteWindowUpdate(1, maxWindow-initialWindow+1)
 		}, http2.ErrCodeFlowControl},
 		{"WINDOW_UPDATE of 0 on a stream", func(h *testConn, _ *Stream) {
 			h.peer.raw(http2.FrameWindowUpdate, 0, 1, windowUpdate(0))
@@ -241,13 +234,13 @@ func TestStreamErrors(t *testing.T) {
 		{"DATA past the stream window", func(h *testConn, _ *Stream) {
 			chunk := make([]byte, 1<<20)
 			for range streamWindow / len(chunk) {
-				h.peer.fr.WriteData(1, false, chunk)
+				h.peer.WriteData(1, false, chunk)
 			}
-			h.peer.fr.WriteData(1, false, []byte("x"))
+			h.peer.WriteData(1, false, []byte("x"))
 		}, http2.ErrCodeFlowControl},
 		{"DATA after END_STREAM", func(h *testConn, _ *Stream) {
-			h.peer.fr.WriteData(1, true, []byte("end"))
-			h.peer.fr.WriteData(1, false, []byte("more"))
+			h.peer.WriteData(1, true, []byte("end"))
+			h.peer.WriteData(1, false, []byte("more"))
 		}, http2.ErrCodeStreamClosed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,14 +268,14 @@ func TestControlFrames(t *testing.T) {
 		s, ok := f.(*http2.SettingsFrame)
 		return ok && s.IsAck()
 	})
-	h.peer.fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: 256})
+	h.peer.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: 256})
 	h.expect("a SETTINGS ACK", func(f http2.Frame) bool {
 		s, ok := f.(*http2.SettingsFrame)
 		return ok && s.IsAck()
 	})
-	h.peer.fr.WritePriority(3, http2.PriorityParam{StreamDep: 1, Weight: 7})
+	h.peer.WritePriority(3, http2.PriorityParam{StreamDep: 1, Weight: 7})
 	h.peer.raw(0x42, 0, 0, []byte("unknown frame type"))
-	h.peer.fr.WritePing(true, [8]byte{'s', 't', 'r', 'a', 'y'}) // an ACK nobody asked for
+	h.peer.WritePing(true, [8]byte{'s', 't', 'r', 'a', 'y'}) // an ACK nobody asked for
 	h.alive()
 	h.c.wmu.Lock()
 	size := h.c.henc.MaxDynamicTableSize()
@@ -299,8 +292,8 @@ func TestDataFrames(t *testing.T) {
 	h := newTestConn(t, false, false)
 	s := h.open(1, false)
 	pad := make([]byte, 200)
-	h.peer.fr.WriteDataPadded(1, false, []byte("padded"), pad)
-	h.peer.fr.WriteData(1, false, []byte(" plain"))
+	h.peer.WriteDataPadded(1, false, []byte("padded"), pad)
+	h.peer.WriteData(1, false, []byte(" plain"))
 	buf := make([]byte, 12)
 	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "padded plain" {
 		t.Fatalf("read %q, %v; want %q", buf, err, "padded plain")
@@ -312,7 +305,7 @@ func TestDataFrames(t *testing.T) {
 		defer close(sent)
 		for p := half; len(p) > 0; {
 			n := min(len(p), 1<<20)
-			h.peer.fr.WriteData(1, false, p[:n])
+			h.peer.WriteData(1, false, p[:n])
 			p = p[n:]
 		}
 	}()
@@ -327,7 +320,7 @@ func TestDataFrames(t *testing.T) {
 		t.Fatalf("stream WINDOW_UPDATE of %d, want at least %d", f.Increment, streamWindow/2)
 	}
 	<-sent
-	h.peer.fr.WriteData(1, true, []byte("bye"))
+	h.peer.WriteData(1, true, []byte("bye"))
 	rest, err := io.ReadAll(s)
 	if err != nil || string(rest) != "bye" {
 		t.Fatalf("after END_STREAM: read %q, %v; want %q and EOF", rest, err, "bye")
@@ -360,9 +353,9 @@ func TestWindowUpdateUnblocksWriter(t *testing.T) {
 		}
 	}
 	readData(10)
-	h.peer.fr.WriteWindowUpdate(1, 30)
+	h.peer.WriteWindowUpdate(1, 30)
 	readData(40)
-	h.peer.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 70}) // +60
+	h.peer.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 70}) // +60
 	readData(100)
 	if err := <-written; err != nil {
 		t.Fatal(err)
@@ -397,7 +390,7 @@ func TestPeerGoAway(t *testing.T) {
 	t.Run("server", func(t *testing.T) {
 		h := newTestConn(t, false, false)
 		s := h.open(1, false)
-		h.peer.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		h.peer.WriteGoAway(0, http2.ErrCodeNo, nil)
 		h.alive() // still serving stream 1
 		s.Close()
 		if err := <-h.ended; !errors.Is(err, errIdle) {
@@ -418,11 +411,11 @@ func TestPeerGoAway(t *testing.T) {
 			}
 			streams = append(streams, s)
 		}
-		h.peer.fr.WriteGoAway(1, http2.ErrCodeNo, nil)
+		h.peer.WriteGoAway(1, http2.ErrCodeNo, nil)
 		if _, err := streams[1].Read(make([]byte, 1)); !errors.Is(err, errRefused) {
 			t.Fatalf("stream 3 above GOAWAY's last stream 1: %v, want errRefused", err)
 		}
-		h.peer.fr.WriteData(1, true, []byte("kept"))
+		h.peer.WriteData(1, true, []byte("kept"))
 		if got, err := io.ReadAll(streams[0]); err != nil || string(got) != "kept" {
 			t.Fatalf("stream 1: read %q, %v; want %q", got, err, "kept")
 		}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/h2peer"
 )
 
 // The tests in this file drive header blocks at Ferry's HTTP/2 code frame by
@@ -30,156 +30,106 @@ import (
 // answers fails the test instead of hanging it. It is not a timing assertion.
 const ioGuard = 30 * time.Second
 
-// framePeer is a hand-driven HTTP/2 peer on one connection: it writes
-// exactly the frames a test asks for, legal or not, and keeps an HPACK
-// encoder and decoder in step with the other side.
+// framePeer is an h2peer.Peer that fails the test where a write or a wait
+// fails, and bounds every wait by ioGuard.
 type framePeer struct {
-	t   *testing.T
-	nc  net.Conn
-	fr  *http2.Framer
-	enc *hpack.Encoder
-	hb  headerBuffer
-	dec *hpack.Decoder
-	// fields of the last header block read.
-	fields []hpack.HeaderField
+	*h2peer.Peer
+	t *testing.T
 }
 
 func newFramePeer(t *testing.T, nc net.Conn) *framePeer {
-	p := &framePeer{t: t, nc: nc, fr: http2.NewFramer(nc, nc)}
-	p.fr.SetMaxReadFrameSize(advertisedMaxFrame)
-	p.enc = hpack.NewEncoder(&p.hb)
-	p.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) { p.fields = append(p.fields, f) })
 	nc.SetDeadline(time.Now().Add(ioGuard))
+	return &framePeer{Peer: h2peer.New(nc), t: t}
+}
+
+// dialFramePeer opens a raw client connection to e's server and sends the
+// preface and SETTINGS.
+func dialFramePeer(t *testing.T, e *env) *framePeer {
+	t.Helper()
+	tc, err := tls.Dial("tcp", e.hbone.String(), e.store.ClientConfig(idClient, idServer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	p := newFramePeer(t, tc)
+	p.must(p.WritePreface())
+	p.must(p.WriteSettings())
 	return p
 }
 
-// dialFramePeer opens a raw client connection to e's server.
-func dialFramePeer(t *testing.T, e *env) *framePeer {
-	t.Helper()
-	_, tc := rawClient(t, e) // preface and SETTINGS sent
-	return newFramePeer(t, tc)
-}
-
-// block HPACK-encodes fields with the connection's encoder (so it may add
-// to, and refer to, the dynamic table).
-func (p *framePeer) block(fields ...hpack.HeaderField) []byte {
-	p.hb.b = nil
-	for _, f := range fields {
-		p.enc.WriteField(f)
+func (p *framePeer) must(err error) {
+	p.t.Helper()
+	if err != nil {
+		p.t.Fatal(err)
 	}
-	return p.hb.b
 }
 
 // headers sends fields on stream id as one HEADERS frame.
 func (p *framePeer) headers(id uint32, end bool, fields ...hpack.HeaderField) {
 	p.t.Helper()
-	p.headersBlock(id, end, true, p.block(fields...))
+	p.must(p.WriteHeaders(id, end, fields...))
 }
 
 // headersBlock sends a HEADERS frame carrying block.
 func (p *framePeer) headersBlock(id uint32, end, endHeaders bool, block []byte) {
 	p.t.Helper()
-	if err := p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: end, EndHeaders: endHeaders}); err != nil {
-		p.t.Fatal(err)
-	}
+	p.must(p.WriteHeaderBlock(id, end, endHeaders, block))
 }
 
 func (p *framePeer) continuation(id uint32, endHeaders bool, frag []byte) {
 	p.t.Helper()
-	if err := p.fr.WriteContinuation(id, endHeaders, frag); err != nil {
-		p.t.Fatal(err)
-	}
+	p.must(p.WriteContinuation(id, endHeaders, frag))
 }
 
 func (p *framePeer) raw(typ http2.FrameType, flags http2.Flags, id uint32, payload []byte) {
 	p.t.Helper()
-	if err := p.fr.WriteRawFrame(typ, flags, id, payload); err != nil {
-		p.t.Fatal(err)
-	}
+	p.must(p.WriteRawFrame(typ, flags, id, payload))
 }
 
 func (p *framePeer) rst(id uint32, code http2.ErrCode) {
 	p.t.Helper()
-	if err := p.fr.WriteRSTStream(id, code); err != nil {
-		p.t.Fatal(err)
-	}
+	p.must(p.WriteRSTStream(id, code))
 }
 
 // answer reads until the other side answers stream id: with a header
-// block (its :status, the fields kept in p.fields) or with RST_STREAM (0
-// and the code). Header blocks of other streams are decoded on the way.
+// block (its :status) or with RST_STREAM (0 and the code).
 func (p *framePeer) answer(id uint32) (status int, rst http2.ErrCode) {
 	p.t.Helper()
-	for {
-		f, err := p.fr.ReadFrame()
-		if err != nil {
-			p.t.Fatalf("waiting for stream %d: %v", id, err)
-		}
-		switch f := f.(type) {
-		case *http2.HeadersFrame:
-			p.decode(f.HeaderBlockFragment())
-			if f.StreamID == id {
-				status, _ := strconv.Atoi(headerValue(p.fields, ":status"))
-				return status, 0
-			}
-		case *http2.RSTStreamFrame:
-			if f.StreamID == id {
-				return 0, f.ErrCode
-			}
-		case *http2.GoAwayFrame:
-			p.t.Fatalf("waiting for stream %d: GOAWAY %v", id, f.ErrCode)
-		}
+	st, err := p.Status(id, ioGuard)
+	var reset h2peer.ResetError
+	if errors.As(err, &reset) {
+		return 0, reset.Code
 	}
+	if err != nil {
+		p.t.Fatalf("waiting for stream %d: %v", id, err)
+	}
+	return st, 0
 }
 
-// decode runs a header block through the peer's decoder.
-func (p *framePeer) decode(block []byte) {
+// waitGoAway reads until GOAWAY and returns its code.
+func (p *framePeer) waitGoAway() http2.ErrCode {
 	p.t.Helper()
-	p.fields = nil
-	if _, err := p.dec.Write(block); err != nil {
-		p.t.Fatalf("decoding the other side's header block: %v", err)
-	}
-	if err := p.dec.Close(); err != nil {
-		p.t.Fatalf("decoding the other side's header block: %v", err)
-	}
+	code, err := p.WaitGoAway(ioGuard)
+	p.must(err)
+	return code
 }
 
 // goAway reads until GOAWAY and then checks that the other side closes
 // the connection; it returns the GOAWAY's code.
 func (p *framePeer) goAway() http2.ErrCode {
 	p.t.Helper()
-	code := readUntilGoAway(p.t, p.fr)
-	for {
-		if _, err := p.fr.ReadFrame(); err != nil {
-			if !errors.Is(err, io.EOF) {
-				p.t.Errorf("after GOAWAY %v: %v, want the connection closed (EOF)", code, err)
-			}
-			break
-		}
+	code := p.waitGoAway()
+	if err := p.WaitClosed(ioGuard); err != nil {
+		p.t.Errorf("after GOAWAY %v: %v, want the connection closed (EOF)", code, err)
 	}
-	p.nc.Close()
+	p.Close()
 	return code
 }
 
 // roundTrip sends msg on stream id and reads it back from an echo upstream.
 func (p *framePeer) roundTrip(id uint32, msg string) {
 	p.t.Helper()
-	if err := p.fr.WriteData(id, false, []byte(msg)); err != nil {
-		p.t.Fatal(err)
-	}
-	var got []byte
-	for len(got) < len(msg) {
-		f, err := p.fr.ReadFrame()
-		if err != nil {
-			p.t.Fatalf("echo on stream %d: %v", id, err)
-		}
-		if d, ok := f.(*http2.DataFrame); ok && d.StreamID == id {
-			got = append(got, d.Data()...)
-		}
-	}
-	if string(got) != msg {
-		p.t.Fatalf("echo on stream %d: %q, want %q", id, got, msg)
-	}
+	p.must(p.RoundTrip(id, []byte(msg), ioGuard))
 }
 
 // hpackInt appends v as an HPACK integer with an n-bit prefix, the bits
@@ -239,7 +189,7 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 	held := []hpack.HeaderField{field(":method", "CONNECT"), field(":authority", hold.String())}
 	// half returns the first and second half of a good request's block.
 	half := func(p *framePeer) ([]byte, []byte) {
-		blk := p.block(good...)
+		blk := p.Encode(good...)
 		return blk[:len(blk)/2], blk[len(blk)/2:]
 	}
 	ran := 0
@@ -256,17 +206,17 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 			p.headersBlock(1, false, true, []byte{0x80})
 		}, http2.ErrCodeCompression},
 		{"HPACK block ends inside a field", func(p *framePeer) {
-			blk := p.block(good...)
+			blk := p.Encode(good...)
 			p.headersBlock(1, false, true, blk[:len(blk)-3])
 		}, http2.ErrCodeCompression},
 		{"HPACK table size above SETTINGS_HEADER_TABLE_SIZE", func(p *framePeer) {
-			p.headersBlock(1, false, true, append(hpackInt(nil, 0x20, 5, 4097), p.block(good...)...))
+			p.headersBlock(1, false, true, append(hpackInt(nil, 0x20, 5, 4097), p.Encode(good...)...))
 		}, http2.ErrCodeCompression},
 		{"HPACK table size update after a field", func(p *framePeer) {
-			p.headersBlock(1, false, true, hpackInt(p.block(good...), 0x20, 5, 0))
+			p.headersBlock(1, false, true, hpackInt(p.Encode(good...), 0x20, 5, 0))
 		}, http2.ErrCodeCompression},
 		{"HPACK string longer than the limit", func(p *framePeer) {
-			blk := append(p.block(good...), 0x40, 1, 'x')
+			blk := append(p.Encode(good...), 0x40, 1, 'x')
 			blk = hpackInt(blk, 0, 7, 20000)
 			p.headersBlock(1, false, true, append(blk, "aaaa"...))
 		}, http2.ErrCodeCompression},
@@ -285,22 +235,22 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 		}, http2.ErrCodeCompression},
 		// The block decodes, to more than SETTINGS_MAX_HEADER_LIST_SIZE.
 		{"header list too large", func(p *framePeer) {
-			blk := p.block(append(good, field("x-big", strings.Repeat("a", 4000)))...)
+			blk := p.Encode(append(good, field("x-big", strings.Repeat("a", 4000)))...)
 			// The newest dynamic entry (x-big) is index 62: 4 more copies.
 			p.headersBlock(1, false, true, append(blk, bytes.Repeat([]byte{0x80 | 62}, 4)...))
 		}, http2.ErrCodeProtocol},
 		{"header block over 16 KiB in one HEADERS frame", func(p *framePeer) {
-			blk := p.block(good...)
+			blk := p.Encode(good...)
 			blk = append(blk, bytes.Repeat([]byte{0x80 | 2}, maxHeaderListSize)...) // :method GET, over and over
 			p.headersBlock(1, false, true, blk)
 		}, http2.ErrCodeEnhanceYourCalm},
 		// Header blocks are contiguous (RFC 9113 §6.2, §6.10).
 		{"CONTINUATION without HEADERS", func(p *framePeer) {
-			p.continuation(1, true, p.block(good...))
+			p.continuation(1, true, p.Encode(good...))
 		}, http2.ErrCodeProtocol},
 		{"CONTINUATION after END_HEADERS", func(p *framePeer) {
 			p.headers(1, false, held...)
-			p.continuation(1, true, p.block(field("x-a", "b")))
+			p.continuation(1, true, p.Encode(field("x-a", "b")))
 		}, http2.ErrCodeProtocol},
 		{"CONTINUATION on another stream", func(p *framePeer) {
 			first, rest := half(p)
@@ -329,13 +279,13 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 		}, http2.ErrCodeProtocol},
 		// Malformed HEADERS frames.
 		{"padding longer than the frame", func(p *framePeer) {
-			p.raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, 1, append([]byte{200}, p.block(good...)...))
+			p.raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, 1, append([]byte{200}, p.Encode(good...)...))
 		}, http2.ErrCodeProtocol},
 		{"priority fields cut short", func(p *framePeer) {
 			p.raw(http2.FrameHeaders, http2.FlagHeadersPriority|http2.FlagHeadersEndHeaders, 1, []byte{0, 0})
 		}, http2.ErrCodeFrameSize},
 		{"HEADERS on stream 0", func(p *framePeer) {
-			p.raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, p.block(good...))
+			p.raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, p.Encode(good...))
 		}, http2.ErrCodeProtocol},
 		{"HEADERS on an even stream", func(p *framePeer) {
 			p.headers(2, false, good...)
@@ -395,7 +345,7 @@ func TestServerHeaderBlockErrors(t *testing.T) {
 				t.Fatalf("good CONNECT afterwards: status %d, RST_STREAM %v", st, code)
 			}
 			p.roundTrip(1, "still serving")
-			p.nc.Close()
+			p.Close()
 			waitServerIdle(t, e)
 		})
 	}
@@ -440,7 +390,7 @@ func TestRefusedStreamsKeepHPACKInStep(t *testing.T) {
 	// the refused blocks filled. The held stream frees its slot once its
 	// handler has unwound: until then the server refuses again.
 	for id := uint32(7); ; id += 2 {
-		blk := p.block(field(":method", "CONNECT"), field(":authority", b.addr.String()), field("x-sync", "one"), field("x-sync", "two"))
+		blk := p.Encode(field(":method", "CONNECT"), field(":authority", b.addr.String()), field("x-sync", "one"), field("x-sync", "two"))
 		if len(blk) != 4 || !bytes.Equal(blk, []byte{blk[0] | 0x80, blk[1] | 0x80, blk[2] | 0x80, blk[3] | 0x80}) {
 			t.Fatalf("block %x is not four indexed fields", blk)
 		}
@@ -501,15 +451,9 @@ func (rs *rawServer) accept() *framePeer {
 	}
 	tc := tls.Server(nc, rs.cfg)
 	rs.t.Cleanup(func() { tc.Close() })
-	tc.SetDeadline(time.Now().Add(ioGuard))
-	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(tc, preface[:]); err != nil {
-		rs.t.Fatal(err)
-	}
 	p := newFramePeer(rs.t, tc)
-	if err := p.fr.WriteSettings(); err != nil {
-		rs.t.Fatal(err)
-	}
+	p.must(p.ReadPreface())
+	p.must(p.WriteSettings())
 	return p
 }
 
@@ -548,30 +492,19 @@ func (rs *rawServer) waitIdle() {
 // request reads until the client opens a stream and returns its ID.
 func (p *framePeer) request() uint32 {
 	p.t.Helper()
-	for {
-		f, err := p.fr.ReadFrame()
-		if err != nil {
-			p.t.Fatalf("waiting for a request: %v", err)
-		}
-		if h, ok := f.(*http2.HeadersFrame); ok {
-			p.decode(h.HeaderBlockFragment())
-			return h.StreamID
-		}
+	ev, err := p.WaitHeaders(ioGuard)
+	if err != nil {
+		p.t.Fatalf("waiting for a request: %v", err)
 	}
+	return ev.Stream
 }
 
 // reset reads until the client resets stream id.
 func (p *framePeer) reset(id uint32) http2.ErrCode {
 	p.t.Helper()
-	for {
-		f, err := p.fr.ReadFrame()
-		if err != nil {
-			p.t.Fatalf("waiting for RST_STREAM on %d: %v", id, err)
-		}
-		if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == id {
-			return r.ErrCode
-		}
-	}
+	code, err := p.WaitReset(id, ioGuard)
+	p.must(err)
+	return code
 }
 
 // TestClientHeaderBlockErrors: the client decodes response header blocks
@@ -591,25 +524,25 @@ func TestClientHeaderBlockErrors(t *testing.T) {
 			p.headersBlock(id, false, true, []byte{0x80 | 0x7e})
 		}, http2.ErrCodeCompression},
 		{"HPACK error in a CONTINUATION", func(p *framePeer, id uint32) {
-			p.headersBlock(id, false, false, p.block(ok))
+			p.headersBlock(id, false, false, p.Encode(ok))
 			p.continuation(id, true, []byte{0x80 | 0x7e})
 		}, http2.ErrCodeCompression},
 		{"response header list too large", func(p *framePeer, id uint32) {
-			blk := p.block(ok, field("x-big", strings.Repeat("a", 4000)))
+			blk := p.Encode(ok, field("x-big", strings.Repeat("a", 4000)))
 			p.headersBlock(id, false, true, append(blk, bytes.Repeat([]byte{0x80 | 62}, 4)...))
 		}, http2.ErrCodeProtocol},
 		{"CONTINUATION on another stream", func(p *framePeer, id uint32) {
-			blk := p.block(ok, field("x-a", "b"))
+			blk := p.Encode(ok, field("x-a", "b"))
 			p.headersBlock(id, false, false, blk[:1])
 			p.continuation(id+2, true, blk[1:])
 		}, http2.ErrCodeProtocol},
 		{"DATA inside the response header block", func(p *framePeer, id uint32) {
-			blk := p.block(ok, field("x-a", "b"))
+			blk := p.Encode(ok, field("x-a", "b"))
 			p.headersBlock(id, false, false, blk[:1])
 			p.raw(http2.FrameData, 0, id, []byte("x"))
 		}, http2.ErrCodeProtocol},
 		{"padding longer than the frame", func(p *framePeer, id uint32) {
-			p.raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, id, append([]byte{200}, p.block(ok)...))
+			p.raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, id, append([]byte{200}, p.Encode(ok)...))
 		}, http2.ErrCodeProtocol},
 		{"response on a stream the client never opened", func(p *framePeer, id uint32) {
 			p.headers(id+2, false, ok)
@@ -681,7 +614,7 @@ func TestClientDecodesAbandonedResponses(t *testing.T) {
 	if id2 <= id1 {
 		t.Fatalf("second stream %d after stream %d", id2, id1)
 	}
-	blk := p.block(field(":status", "200"), field("x-sync", "late"))
+	blk := p.Encode(field(":status", "200"), field("x-sync", "late"))
 	if len(blk) != 2 || blk[1]&0x80 == 0 {
 		t.Fatalf("block %x does not refer to the dynamic table", blk)
 	}

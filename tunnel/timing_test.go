@@ -219,74 +219,37 @@ func TestConcurrentStreamLimit(t *testing.T) {
 	})
 }
 
-// rawClient speaks HTTP/2 frames directly to a loopback HBONE server.
-func rawClient(t *testing.T, e *env) (*http2.Framer, *tls.Conn) {
-	t.Helper()
-	c, err := tls.Dial("tcp", e.hbone.String(), e.store.ClientConfig(idClient, idServer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings()
-	return fr, c
-}
-
-// readUntilGoAway reads frames until GOAWAY and returns its code.
-func readUntilGoAway(t *testing.T, fr *http2.Framer) http2.ErrCode {
-	t.Helper()
-	for range 10000 {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatalf("connection ended without GOAWAY: %v", err)
-		}
-		if ga, ok := f.(*http2.GoAwayFrame); ok {
-			return ga.ErrCode
-		}
-	}
-	t.Fatal("no GOAWAY")
-	return 0
-}
-
 func TestContinuationFlood(t *testing.T) {
 	e := newEnv(t)
-	fr, _ := rawClient(t, e)
-	var hb headerBuffer
-	enc := hpack.NewEncoder(&hb)
-	enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.b})
+	p := dialFramePeer(t, e)
+	p.headersBlock(1, false, false, p.Encode(field(":method", "CONNECT")))
 	go func() {
 		for range 1000 {
-			if fr.WriteContinuation(1, false, nil) != nil {
+			if p.WriteContinuation(1, false, nil) != nil {
 				return
 			}
 		}
 	}()
-	if code := readUntilGoAway(t, fr); code != http2.ErrCodeEnhanceYourCalm {
+	if code := p.waitGoAway(); code != http2.ErrCodeEnhanceYourCalm {
 		t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 	}
 }
 
 func TestOversizedHeaders(t *testing.T) {
 	e := newEnv(t)
-	fr, _ := rawClient(t, e)
-	var hb headerBuffer
-	enc := hpack.NewEncoder(&hb)
-	enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	p := dialFramePeer(t, e)
+	fields := []hpack.HeaderField{field(":method", "CONNECT")}
 	big := make([]byte, 8<<10)
 	for i := range big {
 		big[i] = 'a' + byte(i%26)
 	}
 	for i := range 3 {
-		enc.WriteField(hpack.HeaderField{Name: "x-big" + string(rune('a'+i)), Value: string(big)})
+		fields = append(fields, field("x-big"+string(rune('a'+i)), string(big)))
 	}
-	block := hb.b
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:16384]})
-	go fr.WriteContinuation(1, true, block[16384:])
-	if code := readUntilGoAway(t, fr); code != http2.ErrCodeEnhanceYourCalm {
+	block := p.Encode(fields...)
+	p.headersBlock(1, false, false, block[:16384])
+	go p.WriteContinuation(1, true, block[16384:])
+	if code := p.waitGoAway(); code != http2.ErrCodeEnhanceYourCalm {
 		t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 	}
 }
@@ -305,21 +268,15 @@ func TestRapidReset(t *testing.T) {
 			return errors.New("slow no")
 		})
 	})
-	fr, _ := rawClient(t, e)
-	var hb headerBuffer
-	enc := hpack.NewEncoder(&hb)
+	p := dialFramePeer(t, e)
 	go func() {
 		for id := uint32(1); id < 4000; id += 2 {
-			hb.b = hb.b[:0]
-			enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
-			enc.WriteField(hpack.HeaderField{Name: ":authority", Value: "127.0.0.1:80"})
-			if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.b, EndHeaders: true}) != nil ||
-				fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			if p.Connect(id, "127.0.0.1:80") != nil || p.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
 				return
 			}
 		}
 	}()
-	if code := readUntilGoAway(t, fr); code != http2.ErrCodeEnhanceYourCalm {
+	if code := p.waitGoAway(); code != http2.ErrCodeEnhanceYourCalm {
 		t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 	}
 }

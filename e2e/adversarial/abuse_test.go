@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrymesh/ferry/internal/h2peer"
 )
 
 // TestTunnelAbuse sends CONNECTs the agent must refuse, each on its own
@@ -35,31 +37,31 @@ func TestTunnelAbuse(t *testing.T) {
 		want   int
 	}
 	cases := []abuse{
-		{name: "pod on another node", fields: connectFields(netip.AddrPortFrom(remotePod, echo.addr.Port()).String()), want: 400},
-		{name: "other pod on this node", fields: connectFields(netip.AddrPortFrom(clientPod, echo.addr.Port()).String()), want: 400},
-		{name: "the node's loopback", fields: connectFields(a.admin.String()), want: 400},
-		{name: "admin port via pod IP", fields: connectFields(netip.AddrPortFrom(serverPod, a.admin.Port()).String()), want: 503},
-		{name: "nothing listening", fields: connectFields(closed.String()), want: 503},
+		{name: "pod on another node", fields: h2peer.ConnectFields(netip.AddrPortFrom(remotePod, echo.addr.Port()).String()), want: 400},
+		{name: "other pod on this node", fields: h2peer.ConnectFields(netip.AddrPortFrom(clientPod, echo.addr.Port()).String()), want: 400},
+		{name: "the node's loopback", fields: h2peer.ConnectFields(a.admin.String()), want: 400},
+		{name: "admin port via pod IP", fields: h2peer.ConnectFields(netip.AddrPortFrom(serverPod, a.admin.Port()).String()), want: 503},
+		{name: "nothing listening", fields: h2peer.ConnectFields(closed.String()), want: 503},
 		{name: "GET", fields: pseudo(":method", "GET", ":scheme", "https", ":authority", echo.addr.String(), ":path", "/"), want: 400},
 		{name: "POST", fields: pseudo(":method", "POST", ":scheme", "https", ":authority", echo.addr.String(), ":path", "/"), want: 400},
 		{name: "lower-case connect", fields: pseudo(":method", "connect", ":authority", echo.addr.String()), want: 400},
 		{name: "no authority", fields: pseudo(":method", "CONNECT"), want: 400},
-		{name: "empty authority", fields: connectFields(""), want: 400},
-		{name: "hostname authority", fields: connectFields("server.foo.svc.cluster.local:" + portOf(echo.addr)), want: 400},
-		{name: "no port", fields: connectFields(srv), want: 400},
-		{name: "port 0", fields: connectFields(srv + ":0"), want: 400},
-		{name: "port out of range", fields: connectFields(srv + ":70000"), want: 400},
-		{name: "IPv6 authority", fields: connectFields("[::1]:" + portOf(echo.addr)), want: 400},
-		{name: "path in authority", fields: connectFields(echo.addr.String() + "/x"), want: 400},
-		{name: "userinfo in authority", fields: connectFields("u@" + echo.addr.String()), want: 400},
-		{name: "NUL in authority", fields: connectFields(echo.addr.String() + "\x00"), want: 400},
-		{name: "URL authority", fields: connectFields("http://" + echo.addr.String()), want: 400},
-		{name: "leading zeros", fields: connectFields("127.000.010.002:" + portOf(echo.addr)), want: 400},
+		{name: "empty authority", fields: h2peer.ConnectFields(""), want: 400},
+		{name: "hostname authority", fields: h2peer.ConnectFields("server.foo.svc.cluster.local:" + portOf(echo.addr)), want: 400},
+		{name: "no port", fields: h2peer.ConnectFields(srv), want: 400},
+		{name: "port 0", fields: h2peer.ConnectFields(srv + ":0"), want: 400},
+		{name: "port out of range", fields: h2peer.ConnectFields(srv + ":70000"), want: 400},
+		{name: "IPv6 authority", fields: h2peer.ConnectFields("[::1]:" + portOf(echo.addr)), want: 400},
+		{name: "path in authority", fields: h2peer.ConnectFields(echo.addr.String() + "/x"), want: 400},
+		{name: "userinfo in authority", fields: h2peer.ConnectFields("u@" + echo.addr.String()), want: 400},
+		{name: "NUL in authority", fields: h2peer.ConnectFields(echo.addr.String() + "\x00"), want: 400},
+		{name: "URL authority", fields: h2peer.ConnectFields("http://" + echo.addr.String()), want: 400},
+		{name: "leading zeros", fields: h2peer.ConnectFields("127.000.010.002:" + portOf(echo.addr)), want: 400},
 		// RFC 9113 §8.3: a repeated pseudo-header, or one after a regular
 		// field, makes the request malformed (a proxy in front may read
 		// another value than the one Ferry authorizes).
-		{name: "two authorities", fields: append(connectFields(echo.addr.String()), hpack.HeaderField{Name: ":authority", Value: closed.String()}), want: 400},
-		{name: "two methods", fields: append(connectFields(echo.addr.String()), hpack.HeaderField{Name: ":method", Value: "GET"}), want: 400},
+		{name: "two authorities", fields: append(h2peer.ConnectFields(echo.addr.String()), hpack.HeaderField{Name: ":authority", Value: closed.String()}), want: 400},
+		{name: "two methods", fields: append(h2peer.ConnectFields(echo.addr.String()), hpack.HeaderField{Name: ":method", Value: "GET"}), want: 400},
 		{name: "pseudo-header after a regular one", fields: append([]hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: "x-a", Value: "b"}},
 			hpack.HeaderField{Name: ":authority", Value: echo.addr.String()}), want: 400},
 	}
@@ -73,10 +75,10 @@ func TestTunnelAbuse(t *testing.T) {
 	counted := 0
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := p.request(id, tc.fields, false); err != nil {
+			if err := p.WriteHeaders(id, false, tc.fields...); err != nil {
 				t.Fatal(err)
 			}
-			st, err := p.status(id, 10*time.Second)
+			st, err := p.Status(id, 10*time.Second)
 			id += 2
 			if err != nil {
 				t.Fatalf("no status: %v", err)
@@ -91,10 +93,10 @@ func TestTunnelAbuse(t *testing.T) {
 		t.Errorf("the upstream accepted %d connections from refused CONNECTs", n)
 	}
 	// The connection still carries a good CONNECT.
-	if err := p.connect(id, echo.addr.String()); err != nil {
+	if err := p.Connect(id, echo.addr.String()); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := p.status(id, 10*time.Second); st != 200 {
+	if st, err := p.Status(id, 10*time.Second); st != 200 {
 		t.Fatalf("good CONNECT after the abuse: status %d, %v", st, err)
 	}
 

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ferrymesh/ferry/internal/h2peer"
 )
 
 // Budgets for one HTTP/2 attack against an agent that otherwise carries one
@@ -118,12 +120,12 @@ func (e *attackEnv) settled(name string) {
 
 // drain reads and discards p's frames until the connection fails, calling
 // onGoAway for each GOAWAY.
-func drain(p *h2peer, onGoAway func()) {
+func drain(p *h2peer.Peer, onGoAway func()) {
 	for {
-		ev := p.next(time.Now().Add(60*time.Second), false)
-		if ev.err != nil && ev.stream == 0 {
-			var g errGoAway
-			if errors.As(ev.err, &g) {
+		ev := p.Next(time.Now().Add(60*time.Second), false)
+		if ev.Err != nil && ev.Stream == 0 {
+			var g h2peer.GoAwayError
+			if errors.As(ev.Err, &g) {
 				onGoAway()
 				continue
 			}
@@ -187,14 +189,10 @@ func rapidReset(ctx context.Context, t *testing.T, e *attackEnv, streams int, se
 		close(done)
 	}()
 	defer func() { p.Close(); <-done }()
-	block := func() []byte {
-		p.wmu.Lock()
-		defer p.wmu.Unlock()
-		return p.blockLocked(connectFields(e.echo.addr.String()))
-	}()
+	block := p.Encode(h2peer.ConnectFields(e.echo.addr.String())...)
 	for i := range streams {
 		id := uint32(2*i + 1)
-		err := p.write(func(fr *http2.Framer) error {
+		err := p.WriteFrames(func(fr *http2.Framer) error {
 			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
 				return err
 			}
@@ -225,12 +223,12 @@ func TestHTTP2HeaderFloods(t *testing.T) {
 		name string
 		// flood writes the attack on p and returns the header bytes it got
 		// written before the server stopped it.
-		flood func(p *h2peer) (written int, err error)
+		flood func(p *h2peer.Peer) (written int, err error)
 	}{
-		{"CONTINUATION flood", func(p *h2peer) (int, error) {
+		{"CONTINUATION flood", func(p *h2peer.Peer) (int, error) {
 			n := 0
-			err := p.write(func(fr *http2.Framer) error {
-				block := p.blockLocked(connectFields(e.echo.addr.String()))
+			block := p.Encode(h2peer.ConnectFields(e.echo.addr.String())...)
+			err := p.WriteFrames(func(fr *http2.Framer) error {
 				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block}); err != nil {
 					return err
 				}
@@ -244,10 +242,10 @@ func TestHTTP2HeaderFloods(t *testing.T) {
 			})
 			return n, err
 		}},
-		{"empty CONTINUATION frames", func(p *h2peer) (int, error) {
+		{"empty CONTINUATION frames", func(p *h2peer.Peer) (int, error) {
 			n := 0
-			err := p.write(func(fr *http2.Framer) error {
-				block := p.blockLocked(connectFields(e.echo.addr.String()))
+			block := p.Encode(h2peer.ConnectFields(e.echo.addr.String())...)
+			err := p.WriteFrames(func(fr *http2.Framer) error {
 				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block}); err != nil {
 					return err
 				}
@@ -261,35 +259,23 @@ func TestHTTP2HeaderFloods(t *testing.T) {
 			})
 			return n, err
 		}},
-		{"HPACK amplification", func(p *h2peer) (int, error) {
+		{"HPACK amplification", func(p *h2peer.Peer) (int, error) {
 			// One 4 KiB header in the dynamic table, then a block that
 			// references it 4000 times: ~16 MiB decoded from ~4 KiB sent.
-			n := 0
-			err := p.write(func(fr *http2.Framer) error {
-				p.hbuf.Reset()
-				p.henc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
-				p.henc.WriteField(hpack.HeaderField{Name: ":authority", Value: e.echo.addr.String()})
-				p.henc.WriteField(hpack.HeaderField{Name: "x-big", Value: strings.Repeat("a", 4000)})
-				block := bytes.Clone(p.hbuf.Bytes())
-				// The newest dynamic entry has index 62: 0x80|62 is one byte.
-				block = append(block, bytes.Repeat([]byte{0x80 | 62}, 4000)...)
-				n = len(block)
-				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
-			})
-			return n, err
+			block := p.Encode(h2peer.ConnectFields(e.echo.addr.String(),
+				hpack.HeaderField{Name: "x-big", Value: strings.Repeat("a", 4000)})...)
+			// The newest dynamic entry has index 62: 0x80|62 is one byte.
+			block = append(block, bytes.Repeat([]byte{0x80 | 62}, 4000)...)
+			return len(block), p.WriteHeaderBlock(1, false, true, block)
 		}},
-		{"1 MiB literal", func(p *h2peer) (int, error) {
-			n := 0
-			err := p.write(func(fr *http2.Framer) error {
-				block := p.blockLocked(append(connectFields(e.echo.addr.String()),
-					hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 1<<20-64)}))
-				n = len(block)
-				if n > 1<<20 {
-					block = block[:1<<20]
-				}
-				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
-			})
-			return n, err
+		{"1 MiB literal", func(p *h2peer.Peer) (int, error) {
+			block := p.Encode(h2peer.ConnectFields(e.echo.addr.String(),
+				hpack.HeaderField{Name: "x-big", Value: strings.Repeat("b", 1<<20-64)})...)
+			n := len(block)
+			if n > 1<<20 {
+				block = block[:1<<20]
+			}
+			return n, p.WriteHeaderBlock(1, false, true, block)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -338,32 +324,32 @@ func TestHTTP2HeaderFloods(t *testing.T) {
 // outcome reads p until the server answers stream 1 or ends the
 // connection: "200", "status N", "RST_STREAM code", "GOAWAY code", "closed"
 // or "timeout".
-func outcome(p *h2peer) string {
+func outcome(p *h2peer.Peer) string {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ev := p.next(deadline, false)
-		var g errGoAway
-		var r errReset
+		ev := p.Next(deadline, false)
+		var g h2peer.GoAwayError
+		var r h2peer.ResetError
 		var ne net.Error
 		switch {
-		case errors.As(ev.err, &g):
-			p.conn.Close() // unblock the flooding writer
-			return "GOAWAY " + g.code.String()
-		case errors.As(ev.err, &r) && ev.stream == 1:
-			p.conn.Close()
-			return "RST_STREAM " + r.code.String()
-		case errors.As(ev.err, &ne) && ne.Timeout():
-			p.conn.Close()
+		case errors.As(ev.Err, &g):
+			p.Close() // unblock the flooding writer
+			return "GOAWAY " + g.Code.String()
+		case errors.As(ev.Err, &r) && ev.Stream == 1:
+			p.Close()
+			return "RST_STREAM " + r.Code.String()
+		case errors.As(ev.Err, &ne) && ne.Timeout():
+			p.Close()
 			return "timeout"
-		case ev.err != nil && ev.stream == 0:
-			p.conn.Close()
+		case ev.Err != nil && ev.Stream == 0:
+			p.Close()
 			return "closed"
-		case ev.stream == 1 && ev.status == 200:
-			p.conn.Close()
+		case ev.Stream == 1 && ev.Status == 200:
+			p.Close()
 			return "200"
-		case ev.stream == 1 && ev.status != 0:
-			p.conn.Close()
-			return "status " + strconv.Itoa(ev.status)
+		case ev.Stream == 1 && ev.Status != 0:
+			p.Close()
+			return "status " + strconv.Itoa(ev.Status)
 		}
 	}
 }
@@ -391,15 +377,14 @@ func TestHTTP2StreamLimit(t *testing.T) {
 				}
 				defer p.Close()
 				// Read the server's SETTINGS first.
-				for p.settings == nil {
-					if ev := p.next(time.Now().Add(10*time.Second), false); ev.err != nil {
-						t.Error(ev.err)
-						wg.Done()
-						return
-					}
+				settings, err := p.WaitSettings(10 * time.Second)
+				if err != nil {
+					t.Error(err)
+					wg.Done()
+					return
 				}
 				limit := uint32(0)
-				for _, s := range p.settings {
+				for _, s := range settings {
 					if s.ID == http2.SettingMaxConcurrentStreams {
 						limit = s.Val
 					}
@@ -407,21 +392,21 @@ func TestHTTP2StreamLimit(t *testing.T) {
 				advertised.Store(int64(limit))
 				total := int(limit) + extra
 				for i := range total {
-					p.connect(uint32(2*i+1), e.echo.addr.String())
+					p.Connect(uint32(2*i+1), e.echo.addr.String())
 				}
 				ok, no := 0, 0
 				for ok+no < total {
-					ev := p.next(time.Now().Add(20*time.Second), false)
+					ev := p.Next(time.Now().Add(20*time.Second), false)
 					switch {
-					case ev.err != nil && ev.stream == 0:
-						t.Errorf("connection failed after %d accepted, %d refused: %v", ok, no, ev.err)
+					case ev.Err != nil && ev.Stream == 0:
+						t.Errorf("connection failed after %d accepted, %d refused: %v", ok, no, ev.Err)
 						wg.Done()
 						return
-					case ev.err != nil:
+					case ev.Err != nil:
 						no++
-					case ev.status == 200:
+					case ev.Status == 200:
 						ok++
-					case ev.status != 0:
+					case ev.Status != 0:
 						no++
 					}
 				}
@@ -459,7 +444,7 @@ func TestHTTP2PeerNeverReads(t *testing.T) {
 	blaster := startBlaster(t)
 	const conns, streams = 4, 25
 	var opened atomic.Int64
-	peers := make(chan *h2peer, conns)
+	peers := make(chan *h2peer.Peer, conns)
 	e.attack("never reads", func(ctx context.Context) {
 		var wg sync.WaitGroup
 		for range conns {
@@ -471,17 +456,17 @@ func TestHTTP2PeerNeverReads(t *testing.T) {
 				}
 				peers <- p
 				for i := range streams {
-					p.connect(uint32(2*i+1), blaster.String())
+					p.Connect(uint32(2*i+1), blaster.String())
 				}
 				// Read only up to the responses, then never again.
 				got := 0
 				for got < streams {
-					ev := p.next(time.Now().Add(10*time.Second), true)
-					if ev.err != nil && ev.stream == 0 {
-						t.Error(ev.err)
+					ev := p.Next(time.Now().Add(10*time.Second), true)
+					if ev.Err != nil && ev.Stream == 0 {
+						t.Error(ev.Err)
 						return
 					}
-					if ev.status == 200 {
+					if ev.Status == 200 {
 						got++
 					}
 				}
@@ -559,8 +544,8 @@ func TestHTTP2ControlFrameFlood(t *testing.T) {
 				defer p.Close()
 				// Never read: the agent's answers back up into its own memory
 				// unless it bounds them.
-				p.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-				werr = p.write(func(fr *http2.Framer) error {
+				p.Conn().SetWriteDeadline(time.Now().Add(30 * time.Second))
+				werr = p.WriteFrames(func(fr *http2.Framer) error {
 					for i := range frames {
 						if err := tc.frame(fr, i); err != nil {
 							return err
@@ -611,16 +596,16 @@ func TestHTTP2FlowControlViolation(t *testing.T) {
 					return
 				}
 				defer p.Close()
-				p.connect(1, sink.String())
-				if st, err := p.status(1, 10*time.Second); st != 200 {
+				p.Connect(1, sink.String())
+				if st, err := p.Status(1, 10*time.Second); st != 200 {
 					t.Errorf("CONNECT to the sink: %d %v", st, err)
 					return
 				}
 				res := make(chan string, 1)
 				go func() { res <- outcome(p) }()
 				var n int64
-				p.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-				p.write(func(fr *http2.Framer) error {
+				p.Conn().SetWriteDeadline(time.Now().Add(30 * time.Second))
+				p.WriteFrames(func(fr *http2.Framer) error {
 					for n < perConn {
 						if err := fr.WriteData(1, false, frame); err != nil {
 							return err
@@ -703,12 +688,8 @@ func TestHandshakeFlood(t *testing.T) {
 					}
 					// Wait for the server's SETTINGS so the handshake counts
 					// as accepted, then drop the connection.
-					if p, err := newH2Peer(tc); err == nil {
-						for p.settings == nil {
-							if ev := p.next(time.Now().Add(5*time.Second), false); ev.err != nil {
-								break
-							}
-						}
+					if p, err := h2peer.Client(tc, bigWindow); err == nil {
+						p.WaitSettings(5 * time.Second)
 					}
 					tc.Close()
 					done.Add(1)

@@ -164,8 +164,8 @@ func dialAs(t testing.TB, a *agent, sa string, echo *echoServer) int {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	p.connect(1, echo.addr.String())
-	st, err := p.status(1, 10*time.Second)
+	p.Connect(1, echo.addr.String())
+	st, err := p.Status(1, 10*time.Second)
 	if err != nil {
 		t.Fatalf("CONNECT as %s: %v", sa, err)
 	}

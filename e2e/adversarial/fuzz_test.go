@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/h2peer"
 	"github.com/ferrymesh/ferry/tunnel"
 )
 
@@ -142,14 +143,14 @@ func FuzzHBONERequest(f *testing.F) {
 			t.Fatalf("handshake: %v", err)
 		}
 		defer tc.Close()
-		p, err := newH2Peer(tc)
+		p, err := h2peer.Client(tc, bigWindow)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Split the block into 1 + split%8 fragments.
 		parts := int(split%8) + 1
 		size := (len(block) + parts - 1) / parts
-		err = p.write(func(fr *http2.Framer) error {
+		err = p.WriteFrames(func(fr *http2.Framer) error {
 			first := block[:min(size, len(block))]
 			rest := block[len(first):]
 			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: first, EndHeaders: len(rest) == 0}); err != nil {
@@ -167,7 +168,7 @@ func FuzzHBONERequest(f *testing.F) {
 		if err != nil {
 			return // the server closed on us mid-write: acceptable
 		}
-		st, err := p.status(1, 8*time.Second)
+		st, err := p.Status(1, 8*time.Second)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			t.Fatalf("no answer within 8s")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/h2peer"
 	"github.com/ferrymesh/ferry/tunnel"
 )
 
@@ -145,22 +146,22 @@ func tryConnect(t testing.TB, a *agent, cfg *tls.Config, echo *echoServer) error
 		return fmt.Errorf("client handshake: %w", err)
 	}
 	defer tc.Close()
-	p, err := newH2Peer(tc)
+	p, err := h2peer.Client(tc, bigWindow)
 	if err == nil {
-		err = p.connect(1, echo.addr.String())
+		err = p.Connect(1, echo.addr.String())
 	}
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	tc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	f, err := p.fr.ReadFrame()
+	f, err := p.ReadFrame()
 	if err != nil {
 		return fmt.Errorf("first read: %w", err)
 	}
 	if _, ok := f.(*http2.SettingsFrame); !ok {
 		return errServerSpoke{fmt.Errorf("first frame %T", f)}
 	}
-	st, err := p.status(1, 10*time.Second)
+	st, err := p.Status(1, 10*time.Second)
 	if err != nil || st != 200 {
 		return errServerSpoke{fmt.Errorf("status %d, %v", st, err)}
 	}

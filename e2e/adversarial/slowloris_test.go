@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/h2peer"
 )
 
 // closeBound is how long any stalled or idle connection may live: the
@@ -91,7 +92,7 @@ func TestSlowloris(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			if _, err := newH2Peer(tc); err != nil {
+			if _, err := h2peer.Client(tc, bigWindow); err != nil {
 				tc.Close()
 				return nil, err
 			}
@@ -104,13 +105,13 @@ func TestSlowloris(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			p, err := newH2Peer(tc)
+			p, err := h2peer.Client(tc, bigWindow)
 			if err == nil {
-				err = p.connect(1, echo.addr.String())
+				err = p.Connect(1, echo.addr.String())
 			}
 			if err == nil {
 				var st int
-				st, err = p.status(1, 10*time.Second)
+				st, err = p.Status(1, 10*time.Second)
 				if err == nil && st != 200 {
 					err = fmt.Errorf("CONNECT status %d", st)
 				}

@@ -92,16 +92,16 @@ func TestSoak(t *testing.T) {
 				p, err := dialH2(context.WithoutCancel(ctx), remotePod, a.hbone, a.peerTLS(a.leaf(fooID("remote"))))
 				if err == nil {
 					defer p.Close()
-					err = p.connect(1, echo.addr.String())
+					err = p.Connect(1, echo.addr.String())
 				}
 				if err == nil {
 					var st int
-					if st, err = p.status(1, 10*time.Second); err == nil && st != 200 {
+					if st, err = p.Status(1, 10*time.Second); err == nil && st != 200 {
 						err = fmt.Errorf("status %d", st)
 					}
 				}
 				if err == nil {
-					err = p.roundTrip(1, []byte(msg), 10*time.Second)
+					err = p.RoundTrip(1, []byte(msg), 10*time.Second)
 				}
 				if err != nil {
 					churnFailed.Add(1)

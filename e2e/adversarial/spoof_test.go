@@ -56,8 +56,8 @@ func TestSpoofedSourceIPHasNoIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	p.connect(1, echo.addr.String())
-	if st, err := p.status(1, 10*time.Second); st != 200 {
+	p.Connect(1, echo.addr.String())
+	if st, err := p.Status(1, 10*time.Second); st != 200 {
 		t.Fatalf("foo/client over HBONE: status %d, %v; want 200", st, err)
 	}
 }
@@ -72,8 +72,8 @@ func (a *agent) waitPolicy(t testing.TB, echo *echoServer) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.connect(1, echo.addr.String())
-		st, _ = p.status(1, 10*time.Second)
+		p.Connect(1, echo.addr.String())
+		st, _ = p.Status(1, 10*time.Second)
 		p.Close()
 		if st == 401 {
 			return
@@ -113,10 +113,10 @@ func TestForgedHeadersChangeNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if err := p.connect(1, echo.addr.String(), forgedHeaders...); err != nil {
+	if err := p.Connect(1, echo.addr.String(), forgedHeaders...); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := p.status(1, 10*time.Second); st != 401 {
+	if st, err := p.Status(1, 10*time.Second); st != 401 {
 		t.Fatalf("forged CONNECT under a client-only policy: status %d, %v; want 401", st, err)
 	}
 
@@ -124,11 +124,11 @@ func TestForgedHeadersChangeNothing(t *testing.T) {
 	a.writeManifest("policy.yaml", "")
 	var st int
 	for id := uint32(3); id < 200; id += 2 {
-		if err := p.connect(id, echo.addr.String(), forgedHeaders...); err != nil {
+		if err := p.Connect(id, echo.addr.String(), forgedHeaders...); err != nil {
 			t.Fatal(err)
 		}
-		if st, _ = p.status(id, 10*time.Second); st == 200 {
-			if err := p.roundTrip(id, []byte("hello"), 10*time.Second); err != nil {
+		if st, _ = p.Status(id, 10*time.Second); st == 200 {
+			if err := p.RoundTrip(id, []byte("hello"), 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
 			break

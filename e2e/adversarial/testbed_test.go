@@ -28,6 +28,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/h2peer"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -312,7 +313,7 @@ func testbedLeaf(t testing.TB, tb *testbed, id certs.Identity) tls.Certificate {
 
 // hboneFrom opens TLS to dst:15008 from a pod's namespace and starts an
 // HTTP/2 peer on it.
-func hboneFrom(t testing.TB, from tbPod, dst tbPod, cert tls.Certificate) (*h2peer, error) {
+func hboneFrom(t testing.TB, from tbPod, dst tbPod, cert tls.Certificate) (*h2peer.Peer, error) {
 	t.Helper()
 	c, err := dialFrom(t.Context(), from.Netns, dst.addr(15008), 5*time.Second)
 	if err != nil {
@@ -327,18 +328,16 @@ func hboneFrom(t testing.TB, from tbPod, dst tbPod, cert tls.Certificate) (*h2pe
 		return nil, err
 	}
 	tc.SetDeadline(time.Time{})
-	p, err := newH2Peer(tc)
+	p, err := h2peer.Client(tc, bigWindow)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
 	// TLS 1.3: the server checks our certificate after our Finished; its
 	// SETTINGS prove it accepted.
-	for p.settings == nil {
-		if ev := p.next(time.Now().Add(10*time.Second), false); ev.err != nil {
-			c.Close()
-			return nil, ev.err
-		}
+	if _, err := p.WaitSettings(10 * time.Second); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return p, nil
 }
@@ -415,8 +414,8 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			{"agent readiness port", server.addr(15021), 503},
 			{"malformed", "server.mesh:8000", 400},
 		} {
-			p.connect(id, tc.authority)
-			st, err := p.status(id, 10*time.Second)
+			p.Connect(id, tc.authority)
+			st, err := p.Status(id, 10*time.Second)
 			id += 2
 			if err != nil || st != tc.want {
 				t.Errorf("%s (%s): status %d, %v; want %d", tc.name, tc.authority, st, err, tc.want)
@@ -424,8 +423,8 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			}
 			refused++
 		}
-		p.connect(id, server.addr(8000))
-		if st, err := p.status(id, 10*time.Second); st != 200 {
+		p.Connect(id, server.addr(8000))
+		if st, err := p.Status(id, 10*time.Second); st != 200 {
 			t.Errorf("good CONNECT after the abuse: %d %v", st, err)
 		}
 		after := tb.scrapeNode(t, "node2")
@@ -458,7 +457,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		// requests must keep succeeding and node2's agent stays in budget.
 		cert := testbedLeaf(t, tb, meshID("client"))
 		base := usageOf(tb.scrapeNode(t, "node2"))
-		var peers []*h2peer
+		var peers []*h2peer.Peer
 		defer func() {
 			for _, p := range peers {
 				p.Close()
@@ -472,17 +471,17 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			}
 			peers = append(peers, p)
 			for i := range 150 {
-				p.connect(uint32(2*i+1), server.addr(8000))
+				p.Connect(uint32(2*i+1), server.addr(8000))
 			}
 			for n := 0; n < 150; {
-				ev := p.next(time.Now().Add(20*time.Second), false)
+				ev := p.Next(time.Now().Add(20*time.Second), false)
 				switch {
-				case ev.err != nil && ev.stream == 0:
-					t.Fatalf("attacker connection: %v", ev.err)
-				case ev.err != nil || (ev.status != 0 && ev.status != 200):
+				case ev.Err != nil && ev.Stream == 0:
+					t.Fatalf("attacker connection: %v", ev.Err)
+				case ev.Err != nil || (ev.Status != 0 && ev.Status != 200):
 					refused++
 					n++
-				case ev.status == 200:
+				case ev.Status == 200:
 					held++
 					n++
 				}
@@ -494,8 +493,8 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 				t.Fatal(err)
 			}
 			peers = append(peers, p)
-			p.write(func(fr *http2.Framer) error {
-				block := p.blockLocked(connectFields(server.addr(8000)))
+			block := p.Encode(h2peer.ConnectFields(server.addr(8000))...)
+			p.WriteFrames(func(fr *http2.Framer) error {
 				for i := range 1000 {
 					id := uint32(2*i + 1)
 					if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}); err != nil {
