@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"errors"
-	"net"
 	"testing"
 
 	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
@@ -12,16 +11,7 @@ import (
 // becomes of a received chunk, and when a drain goroutine starts, for every
 // state a stream can be in.
 func TestDeliveryRules(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, _ := tcpPair(t)
 	sink, ok := sockio.SinkOf(conn)
 	if !ok {
 		t.Skip("no non-blocking socket writes on this platform")

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"net"
 	"testing"
 	"time"
 
@@ -32,20 +31,7 @@ type testConn struct {
 // peer sends its preface but no SETTINGS.
 func newTestConn(t *testing.T, client, noSettings bool, settings ...http2.Setting) *testConn {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	near, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	far, err := ln.Accept()
-	if err != nil {
-		near.Close()
-		t.Fatal(err)
-	}
+	near, far := tcpPair(t)
 	h := &testConn{t: t, streams: make(chan *Stream, 16), ended: make(chan error, 1)}
 	h.c = newH2Conn(near, connOptions{client: client, log: testLogger(t),
 		onStream: func(s *Stream) { h.streams <- s }})
@@ -61,7 +47,6 @@ func newTestConn(t *testing.T, client, noSettings bool, settings ...http2.Settin
 	t.Cleanup(func() {
 		h.c.close(nil)
 		<-h.ended
-		far.Close()
 		for {
 			select {
 			case s := <-h.streams:

@@ -191,3 +191,25 @@ func writeUntilStopped(w io.Writer, chunk int) (stop func(), done <-chan struct{
 	}()
 	return func() { close(quit) }, finished
 }
+
+// tcpPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func tcpPair(t testing.TB) (near, far *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	near, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	far, err = ln.AcceptTCP()
+	if err != nil {
+		near.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { near.Close(); far.Close() })
+	return near, far
+}

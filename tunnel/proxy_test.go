@@ -404,22 +404,9 @@ func TestForwardBackpressure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	far, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer far.Close()
-	near, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	near.(*net.TCPConn).SetWriteBuffer(32 << 10)
-	far.(*net.TCPConn).SetReadBuffer(32 << 10)
+	near, far := tcpPair(t)
+	near.SetWriteBuffer(32 << 10)
+	far.SetReadBuffer(32 << 10)
 	done := make(chan copyResult, 1)
 	go func() { done <- (&pair{src: st, dst: near}).run(t.Context(), func(int) {}, func(int) {}) }()
 
@@ -451,7 +438,7 @@ func TestForwardBackpressure(t *testing.T) {
 			t.Fatalf("the stream never held bytes back from the full socket: %d held, %d chunks inline, %d queued", held, inline, queued)
 		}
 	}
-	far.(*net.TCPConn).CloseWrite()
+	far.CloseWrite()
 	got, err := io.ReadAll(far)
 	if err != nil {
 		t.Fatal(err)
