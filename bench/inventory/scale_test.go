@@ -75,7 +75,7 @@ type Result struct {
 	// it) through the API server to the agent refusing (or admitting) the
 	// next HBONE connection, in milliseconds; the median is EnforceP50Ms.
 	EnforceMs    []float64 `json:"enforce_ms"`
-	EnforceP50Ms float64   `json:"enforce_p50_ms"`
+	EnforceP50Ms float64   `json:"enforce_p50_ms,omitempty"`
 	// IstiodRSSMiB is istiod's resident memory (xDS mode).
 	IstiodRSSMiB float64 `json:"istiod_rss_mib,omitempty"`
 	// Error says why a figure is missing (a policy change not enforced in
@@ -431,7 +431,9 @@ func freePort(t *testing.T, ip netip.Addr) uint16 {
 	return netip.MustParseAddrPort(ln.Addr().String()).Port()
 }
 
-func freeAddr(t *testing.T, ip netip.Addr) string { return netip.AddrPortFrom(ip, freePort(t, ip)).String() }
+func freeAddr(t *testing.T, ip netip.Addr) string {
+	return netip.AddrPortFrom(ip, freePort(t, ip)).String()
+}
 
 func echo(t *testing.T, addr netip.AddrPort) {
 	ln, err := net.Listen("tcp", addr.String())
