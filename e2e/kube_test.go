@@ -2,17 +2,16 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/netns"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -211,35 +210,19 @@ func startProcess(t testing.TB, logPath, name string, args ...string) {
 	})
 }
 
-// listenInNetns opens a listener on addr inside the named network namespace:
-// a locked thread that is then discarded joins the namespace only to create
-// the socket.
-func listenInNetns(t testing.TB, netns, network, addr string) net.Listener {
+// listenInNetns opens a listener on addr inside the named network namespace.
+func listenInNetns(t testing.TB, ns, network, addr string) net.Listener {
 	t.Helper()
-	f, err := os.Open("/var/run/netns/" + netns)
+	var ln net.Listener
+	err := netns.DoNamed(ns, func() error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listen %s in %s: %v", addr, ns, err)
 	}
-	defer f.Close()
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns: %w", err)}
-			return
-		}
-		ln, err := net.Listen(network, addr)
-		ch <- result{ln, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, netns, r.err)
-	}
-	return r.ln
+	return ln
 }
 
 // forward listens on addr inside the network namespace netns and relays each

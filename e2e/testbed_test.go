@@ -13,12 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -502,49 +502,19 @@ func (c *capture) stop(t testing.TB) []packet {
 
 // --- dialing from a pod's network namespace -------------------------------------
 
-// dialFrom opens a TCP connection from inside the named network namespace.
-// The socket is created on a fresh OS thread that joins the namespace and is
-// then discarded, so no goroutine ever runs in the wrong namespace; the
-// connection is usable from any goroutine.
-func dialFrom(ctx context.Context, netns, addr string) (net.Conn, error) {
-	f, err := os.Open("/var/run/netns/" + netns)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	ch := make(chan dialResult, 1)
-	go dialLocked(ctx, int(f.Fd()), addr, ch)
-	r := <-ch
-	return r.c, r.err
-}
-
-type dialResult struct {
-	c   net.Conn
-	err error
-}
-
-// dialLocked joins the namespace nsfd on a locked thread it never unlocks, so
-// the runtime ends that thread with the goroutine. It never runs on the main
-// thread, which the runtime cannot end and which decides the namespace other
-// tools see for this process.
-func dialLocked(ctx context.Context, nsfd int, addr string, ch chan<- dialResult) {
-	runtime.LockOSThread()
-	if unix.Gettid() == unix.Getpid() {
-		inner := make(chan dialResult, 1)
-		go dialLocked(ctx, nsfd, addr, inner)
-		ch <- <-inner
-		runtime.UnlockOSThread()
-		return
-	}
-	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-		ch <- dialResult{nil, fmt.Errorf("setns: %w", err)}
-		return
-	}
+// dialFrom opens a TCP connection from inside the named network namespace;
+// the connection is usable from any goroutine.
+func dialFrom(ctx context.Context, ns, addr string) (net.Conn, error) {
 	network := "tcp4"
 	if strings.HasPrefix(addr, "[") {
 		network = "tcp6" // [IPv6]:port, TestPrivilegedIPv6Refused
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	ch <- dialResult{c, err}
+	var c net.Conn
+	err := netns.DoNamed(ns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }

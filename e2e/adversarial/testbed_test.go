@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -24,11 +23,11 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/sys/unix"
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
 	"github.com/ferrymesh/ferry/internal/h2peer"
+	"github.com/ferrymesh/ferry/internal/netns"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -170,48 +169,26 @@ func inNetns(ctx context.Context, netns string, argv ...string) (string, error) 
 	return stdout.String(), nil
 }
 
-// dialFrom opens a TCP connection from inside a network namespace. The
-// socket is made on a fresh locked OS thread that joins the namespace and
-// is discarded with its goroutine; the connection works from any goroutine.
+// dialFrom opens a TCP connection from inside a network namespace; the
+// connection works from any goroutine.
 func dialFrom(ctx context.Context, netns, addr string, timeout time.Duration) (net.Conn, error) {
 	return dialFromAddr(ctx, netns, "", addr, timeout)
 }
 
 // dialFromAddr is dialFrom with the socket bound to src when it is not
 // empty.
-func dialFromAddr(ctx context.Context, netns, src, addr string, timeout time.Duration) (net.Conn, error) {
-	f, err := os.Open("/var/run/netns/" + netns)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	var dial func()
-	dial = func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread must keep the process's namespace.
-			go dial()
-			return
-		}
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("setns %s: %w", netns, err)}
-			return
-		}
+func dialFromAddr(ctx context.Context, ns, src, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := netns.DoNamed(ns, func() error {
 		d := net.Dialer{Timeout: timeout}
 		if src != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 		}
-		c, err := d.DialContext(ctx, "tcp4", addr)
-		ch <- result{c, err}
-	}
-	go dial()
-	r := <-ch
-	return r.c, r.err
+		var err error
+		c, err = d.DialContext(ctx, "tcp4", addr)
+		return err
+	})
+	return c, err
 }
 
 // httpGetFrom sends GET url from netns over a fresh connection and returns

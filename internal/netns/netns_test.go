@@ -1,6 +1,6 @@
 //go:build linux
 
-package testutil
+package netns_test
 
 import (
 	"fmt"
@@ -9,15 +9,17 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 func TestPrivilegedNetNS(t *testing.T) {
-	Privileged(t)
+	testutil.Privileged(t)
 	var host unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/net", &host); err != nil {
 		t.Fatal(err)
 	}
-	ns := NewNetNS(t)
+	ns := testutil.NewNetNS(t)
 	var inside unix.Stat_t
 	if err := unix.Stat(ns.Path(), &inside); err != nil {
 		t.Fatal(err)

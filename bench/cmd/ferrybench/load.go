@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ferrymesh/ferry/internal/netns"
 )
 
 // The load protocol: a client writes one mode byte and an 8-byte argument,
@@ -361,7 +363,7 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 	hdr := header(modeConnect, 0)
 	for w := range workers {
 		wg.Go(func() {
-			errs[w] = inNetns(t.ns, func() error {
+			errs[w] = netns.DoNamed(t.ns, func() error {
 				var one [1]byte
 				for time.Now().Before(end) {
 					t0 := time.Now()

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ferrymesh/ferry/internal/netns"
 )
 
 // config sizes a run.
@@ -413,7 +415,7 @@ func (s *suite) handshakesAt(ctx context.Context, p *peer, bench string, curve t
 	var wg sync.WaitGroup
 	for w := range s.cfg.hsWorkers {
 		wg.Go(func() {
-			errs[w] = inNetns(s.env.topo.nsA, func() error {
+			errs[w] = netns.DoNamed(s.env.topo.nsA, func() error {
 				var one [1]byte
 				for time.Now().Before(end) {
 					raw, err := dialHere(ctx, netip.Addr{}, dst)

@@ -7,12 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -127,33 +127,10 @@ func removeStaleNetns(ctx context.Context) {
 	}
 }
 
-// inNetns runs fn on a fresh OS thread joined to the named namespace. The
-// thread is discarded afterwards; sockets created by fn stay in the namespace
-// and may be used from any goroutine.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		f, err := os.Open("/var/run/netns/" + name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // dialFrom dials dst from src inside the namespace ns.
 func dialFrom(ctx context.Context, ns string, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	var c net.Conn
-	err := inNetns(ns, func() error {
+	err := netns.DoNamed(ns, func() error {
 		var err error
 		c, err = dialHere(ctx, src, dst)
 		return err
@@ -193,7 +170,7 @@ func dialHere(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn
 // listenIn listens on addr inside the namespace ns.
 func listenIn(ctx context.Context, ns string, addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
-	err := inNetns(ns, func() error {
+	err := netns.DoNamed(ns, func() error {
 		lc := net.ListenConfig{}
 		lc.SetMultipathTCP(false)
 		var err error
