@@ -90,10 +90,10 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 	// mTLS between pods, with certificates from istiod, and the Service
 	// istiod names.
 	tb.eventuallyGetIP(t, client, remote)
-	if n := sum(tb.metrics(t, node2), opened, map[string]string{"reporter": "destination",
-		"connection_security_policy": "mutual_tls", "source_principal": client.Principal(),
-		"destination_service": "web.mesh.svc.cluster.local", "destination_service_name": "web",
-		"destination_service_namespace": "mesh"}); n == 0 {
+	if n := tb.metrics(t, node2).Sum(opened, "reporter", "destination",
+		"connection_security_policy", "mutual_tls", "source_principal", client.Principal(),
+		"destination_service", "web.mesh.svc.cluster.local", "destination_service_name", "web",
+		"destination_service_namespace", "mesh"); n == 0 {
 		t.Fatalf("node2 counted no mTLS connection from %s to web.mesh.svc.cluster.local", client.Principal())
 	}
 

@@ -86,8 +86,8 @@ func TestPrivilegedKubeTestbed(t *testing.T) {
 	// Traffic is captured and tunnelled, with certificates from the CA.
 	tb.eventuallyGetIP(t, client, remote)
 	node2 := tb.node(t, "node2")
-	if n := sum(tb.metrics(t, node2), opened, map[string]string{"reporter": "destination",
-		"connection_security_policy": "mutual_tls", "source_principal": client.Principal()}); n == 0 {
+	if n := tb.metrics(t, node2).Sum(opened, "reporter", "destination",
+		"connection_security_policy", "mutual_tls", "source_principal", client.Principal()); n == 0 {
 		t.Fatalf("node2 counted no mTLS connection from %s", client.Principal())
 	}
 

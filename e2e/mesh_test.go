@@ -42,15 +42,13 @@ func TestPrivilegedMesh(t *testing.T) {
 	// from src's identity for dst's workload.
 	mtlsAt := func(t *testing.T, node tbNode, src, dst tbPod) float64 {
 		m := tb.metrics(t, node)
-		n := sum(m, opened, map[string]string{
-			"reporter":                       "destination",
-			"connection_security_policy":     "mutual_tls",
-			"source_principal":               src.Principal(),
-			"destination_workload":           dst.Name,
-			"destination_workload_namespace": dst.Namespace,
-		})
+		n := m.Sum(opened, "reporter", "destination",
+			"connection_security_policy", "mutual_tls",
+			"source_principal", src.Principal(),
+			"destination_workload", dst.Name,
+			"destination_workload_namespace", dst.Namespace)
 		// Istio labels the destination's own identity on the destination side too.
-		if n > 0 && sum(m, opened, map[string]string{"reporter": "destination", "source_principal": src.Principal(), "destination_principal": dst.Principal()}) == 0 {
+		if n > 0 && m.Sum(opened, "reporter", "destination", "source_principal", src.Principal(), "destination_principal", dst.Principal()) == 0 {
 			t.Errorf("%s: reporter=destination samples for %s → %s lack destination_principal=%q", node.Name, src, dst, dst.Principal())
 		}
 		return n
@@ -126,12 +124,10 @@ func TestPrivilegedMesh(t *testing.T) {
 
 	t.Run("plaintext-inbound", func(t *testing.T) {
 		plain := func() float64 {
-			return sum(tb.metrics(t, node2), opened, map[string]string{
-				"reporter":                       "destination",
-				"connection_security_policy":     "unknown",
-				"destination_workload":           remote.Name,
-				"destination_workload_namespace": remote.Namespace,
-			})
+			return tb.metrics(t, node2).Sum(opened, "reporter", "destination",
+				"connection_security_policy", "unknown",
+				"destination_workload", remote.Name,
+				"destination_workload_namespace", remote.Namespace)
 		}
 		before := plain()
 		c := tb.startCapture(t)
@@ -149,7 +145,7 @@ func TestPrivilegedMesh(t *testing.T) {
 
 	t.Run("untouched", func(t *testing.T) {
 		count := func() float64 {
-			return sum(tb.metrics(t, node1), opened, nil) + sum(tb.metrics(t, node2), opened, nil)
+			return tb.metrics(t, node1).Sum(opened) + tb.metrics(t, node2).Sum(opened)
 		}
 		before := count()
 		c := tb.startCapture(t)

@@ -170,32 +170,3 @@ func TestParsePcap(t *testing.T) {
 		t.Errorf("summary %+v", s)
 	}
 }
-
-func TestParseMetrics(t *testing.T) {
-	text := `# HELP istio_tcp_connections_opened_total x
-# TYPE istio_tcp_connections_opened_total counter
-istio_tcp_connections_opened_total{reporter="destination",source_principal="spiffe://cluster.local/ns/a/sa/b",connection_security_policy="mutual_tls"} 3
-istio_tcp_connections_opened_total{reporter="source",connection_security_policy="mutual_tls",odd="q\"u\\o"} 2
-ferry_node_enrolled_pods 4
-`
-	s, err := parseMetrics(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(s) != 3 {
-		t.Fatalf("got %d samples", len(s))
-	}
-	name := "istio_tcp_connections_opened_total"
-	if got := sum(s, name, map[string]string{"connection_security_policy": "mutual_tls"}); got != 5 {
-		t.Errorf("sum mutual_tls = %v, want 5", got)
-	}
-	if got := sum(s, name, map[string]string{"reporter": "destination", "source_principal": "spiffe://cluster.local/ns/a/sa/b"}); got != 3 {
-		t.Errorf("sum destination = %v, want 3", got)
-	}
-	if s[1].labels["odd"] != `q"u\o` {
-		t.Errorf("escaped label = %q", s[1].labels["odd"])
-	}
-	if got := sum(s, "ferry_node_enrolled_pods", nil); got != 4 {
-		t.Errorf("gauge = %v", got)
-	}
-}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -310,15 +310,8 @@ func (tb *testbed) testbedCmd(t testing.TB, args ...string) {
 
 // --- metrics ---------------------------------------------------------------------
 
-// sample is one Prometheus sample of the text exposition format.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
 // metrics scrapes node's metrics endpoint.
-func (tb *testbed) metrics(t testing.TB, node tbNode) []sample {
+func (tb *testbed) metrics(t testing.TB, node tbNode) testutil.Metrics {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -327,103 +320,11 @@ func (tb *testbed) metrics(t testing.TB, node tbNode) []sample {
 		t.Fatalf("scrape %s: %v", node.Name, err)
 	}
 	_, text, _ := strings.Cut(out, "\n")
-	s, err := parseMetrics(text)
+	m, err := testutil.ParseMetrics(strings.NewReader(text))
 	if err != nil {
 		t.Fatalf("scrape %s: %v", node.Name, err)
 	}
-	return s
-}
-
-// sum adds the values of the samples named name whose labels include want.
-func sum(samples []sample, name string, want map[string]string) float64 {
-	var total float64
-next:
-	for _, s := range samples {
-		if s.name != name {
-			continue
-		}
-		for k, v := range want {
-			if s.labels[k] != v {
-				continue next
-			}
-		}
-		total += s.value
-	}
-	return total
-}
-
-// parseMetrics parses the Prometheus text format well enough for counters:
-// `name{k="v",...} value [timestamp]` lines, comments skipped.
-func parseMetrics(text string) ([]sample, error) {
-	var out []sample
-	for line := range strings.Lines(text) {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s := sample{labels: map[string]string{}}
-		rest := line
-		if i := strings.IndexAny(line, "{ "); i < 0 {
-			return nil, fmt.Errorf("metrics: bad line %q", line)
-		} else {
-			s.name, rest = line[:i], line[i:]
-		}
-		if rest[0] == '{' {
-			rest = rest[1:]
-			for {
-				rest = strings.TrimLeft(rest, ", ")
-				if strings.HasPrefix(rest, "}") {
-					rest = rest[1:]
-					break
-				}
-				k, r, ok := strings.Cut(rest, "=")
-				if !ok || len(r) == 0 || r[0] != '"' {
-					return nil, fmt.Errorf("metrics: bad labels in %q", line)
-				}
-				v, r, err := unquotePrefix(r)
-				if err != nil {
-					return nil, fmt.Errorf("metrics: %q: %w", line, err)
-				}
-				s.labels[k], rest = v, r
-			}
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			return nil, fmt.Errorf("metrics: no value in %q", line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics: %q: %w", line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// unquotePrefix reads a double-quoted label value (escapes \\, \", \n) at
-// the start of s and returns it and the rest of s.
-func unquotePrefix(s string) (string, string, error) {
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '"':
-			return b.String(), s[i+1:], nil
-		case '\\':
-			i++
-			if i == len(s) {
-				return "", "", errors.New("unterminated escape")
-			}
-			if s[i] == 'n' {
-				b.WriteByte('\n')
-			} else {
-				b.WriteByte(s[i])
-			}
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return "", "", errors.New("unterminated label value")
+	return m
 }
 
 // --- fabric capture ------------------------------------------------------------

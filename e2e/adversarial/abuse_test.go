@@ -102,7 +102,7 @@ func TestTunnelAbuse(t *testing.T) {
 
 	t.Run("counted", func(t *testing.T) {
 		after := a.mustScrape()
-		grew := func(name string) float64 { return after.sum(name) - before.sum(name) }
+		grew := func(name string) float64 { return after.Sum(name) - before.Sum(name) }
 		rejected, decisions := grew("ferry_tunnel_rejected_total"), grew("ferry_authz_decisions_total")
 		t.Logf("refused %d CONNECTs: ferry_tunnel_rejected_total +%v, ferry_authz_decisions_total +%v", counted, rejected, decisions)
 		// Every refusal shows in ferry_tunnel_rejected_total, by reason.

@@ -1,7 +1,6 @@
 package adversarial
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // ferry builds the agent binary once per test process (or takes
@@ -320,17 +319,8 @@ func (a *agent) peerTLS(cert tls.Certificate) *tls.Config {
 
 // --- metrics -----------------------------------------------------------------
 
-// sample is one Prometheus sample.
-type sample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-type samples []sample
-
 // scrape reads the agent's metrics endpoint.
-func (a *agent) scrape() (samples, error) {
+func (a *agent) scrape() (testutil.Metrics, error) {
 	c := http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get("http://" + a.metrics.String() + "/metrics")
 	if err != nil {
@@ -340,108 +330,16 @@ func (a *agent) scrape() (samples, error) {
 	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("metrics: status %d", resp.StatusCode)
 	}
-	return parseMetrics(resp.Body)
+	return testutil.ParseMetrics(resp.Body)
 }
 
-func (a *agent) mustScrape() samples {
+func (a *agent) mustScrape() testutil.Metrics {
 	a.t.Helper()
 	s, err := a.scrape()
 	if err != nil {
 		a.t.Fatalf("scrape: %v", err)
 	}
 	return s
-}
-
-// sum adds the values of samples named name whose labels include want
-// (label=value pairs).
-func (s samples) sum(name string, want ...string) float64 {
-	var total float64
-next:
-	for _, x := range s {
-		if x.name != name {
-			continue
-		}
-		for i := 0; i+1 < len(want); i += 2 {
-			if x.labels[want[i]] != want[i+1] {
-				continue next
-			}
-		}
-		total += x.value
-	}
-	return total
-}
-
-// labelValues returns the distinct values of label on samples named name.
-func (s samples) labelValues(name, label string) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, x := range s {
-		if v, ok := x.labels[label]; ok && x.name == name && !seen[v] {
-			seen[v] = true
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-// parseMetrics parses the Prometheus text exposition format.
-func parseMetrics(r io.Reader) (samples, error) {
-	var out samples
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.IndexAny(line, "{ ")
-		if i < 0 {
-			return nil, fmt.Errorf("metrics: bad line %q", line)
-		}
-		s := sample{name: line[:i], labels: map[string]string{}}
-		rest := line[i:]
-		if rest[0] == '{' {
-			rest = rest[1:]
-			for {
-				rest = strings.TrimLeft(rest, ", ")
-				if strings.HasPrefix(rest, "}") {
-					rest = rest[1:]
-					break
-				}
-				k, r, ok := strings.Cut(rest, `="`)
-				if !ok {
-					return nil, fmt.Errorf("metrics: bad labels in %q", line)
-				}
-				var v strings.Builder
-				j := 0
-				for ; j < len(r) && r[j] != '"'; j++ {
-					if r[j] == '\\' && j+1 < len(r) {
-						j++
-						if r[j] == 'n' {
-							v.WriteByte('\n')
-							continue
-						}
-					}
-					v.WriteByte(r[j])
-				}
-				if j == len(r) {
-					return nil, fmt.Errorf("metrics: unterminated label in %q", line)
-				}
-				s.labels[k], rest = v.String(), r[j+1:]
-			}
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			return nil, fmt.Errorf("metrics: no value in %q", line)
-		}
-		v, err := strconv.ParseFloat(f[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics: %q: %w", line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, sc.Err()
 }
 
 // usage is the agent's resource use at one moment.
@@ -454,12 +352,12 @@ func (u usage) String() string {
 		u.goroutines, u.heapInuse/(1<<20), u.fds, u.rss/(1<<20))
 }
 
-func usageOf(s samples) usage {
+func usageOf(s testutil.Metrics) usage {
 	return usage{
-		goroutines: s.sum("go_goroutines"),
-		heapInuse:  s.sum("go_memstats_heap_inuse_bytes"),
-		fds:        s.sum("process_open_fds"),
-		rss:        s.sum("process_resident_memory_bytes"),
+		goroutines: s.Sum("go_goroutines"),
+		heapInuse:  s.Sum("go_memstats_heap_inuse_bytes"),
+		fds:        s.Sum("process_open_fds"),
+		rss:        s.Sum("process_resident_memory_bytes"),
 	}
 }
 

@@ -159,12 +159,12 @@ spec: {nodeName: a, serviceAccountName: newsa}
 status: {podIP: 127.0.10.5}
 `)
 	for range 40 {
-		if a.mustScrape().sum("ferry_certs_ca_requests_total", "result", "error") > 0 {
+		if a.mustScrape().Sum("ferry_certs_ca_requests_total", "result", "error") > 0 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if n := a.mustScrape().sum("ferry_certs_ca_requests_total", "result", "error"); n == 0 {
+	if n := a.mustScrape().Sum("ferry_certs_ca_requests_total", "result", "error"); n == 0 {
 		t.Fatal("the agent never tried the CA for the new identity")
 	}
 	for range 3 {

@@ -669,7 +669,7 @@ func startSink(t testing.TB) net.Addr {
 func TestHandshakeFlood(t *testing.T) {
 	e := newAttackEnv(t)
 	cert := e.a.leaf(fooID("remote"))
-	cpu := func() float64 { return e.a.mustScrape().sum("process_cpu_seconds_total") }
+	cpu := func() float64 { return e.a.mustScrape().Sum("process_cpu_seconds_total") }
 	var done, failed atomic.Int64
 	cpu0 := cpu()
 	start := time.Now()

@@ -147,7 +147,7 @@ func TestInventorySourceGone(t *testing.T) {
 	a.writeManifest("policy.yaml", string(b))
 	a.writeManifest("cluster.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: [broken\n")
 	check("corrupt cluster.yaml")
-	if n := a.mustScrape().sum("ferry_inventory_rejected_objects"); n < 1 {
+	if n := a.mustScrape().Sum("ferry_inventory_rejected_objects"); n < 1 {
 		t.Errorf("ferry_inventory_rejected_objects = %v with a corrupt manifest, want ≥1", n)
 	}
 }
@@ -182,7 +182,7 @@ func TestDestinationGoneMidStream(t *testing.T) {
 	echo := startEcho(t, serverPod)
 	cl := hboneClient(t, a)
 	closedTotal := func() float64 {
-		return a.mustScrape().sum("istio_tcp_connections_closed_total", "reporter", "destination")
+		return a.mustScrape().Sum("istio_tcp_connections_closed_total", "reporter", "destination")
 	}
 	open := func(n int) []*tunnel.Stream {
 		var ss []*tunnel.Stream

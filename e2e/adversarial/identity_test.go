@@ -44,7 +44,7 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 		t.Fatalf("control: upstream accepted %d connections, want 1", n)
 	}
 	echo.accepted.Store(0)
-	rejectedBefore := a.mustScrape().sum("ferry_tunnel_rejected_total", "reason", "handshake")
+	rejectedBefore := a.mustScrape().Sum("ferry_tunnel_rejected_total", "reason", "handshake")
 	refused := 0
 
 	for _, tc := range []struct {
@@ -118,7 +118,7 @@ func TestHandshakeRefusesHostileClientCerts(t *testing.T) {
 	// Each refusal is counted (reason "handshake").
 	var counted float64
 	for range 50 {
-		if counted = a.mustScrape().sum("ferry_tunnel_rejected_total", "reason", "handshake") - rejectedBefore; counted >= float64(refused) {
+		if counted = a.mustScrape().Sum("ferry_tunnel_rejected_total", "reason", "handshake") - rejectedBefore; counted >= float64(refused) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

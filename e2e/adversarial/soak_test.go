@@ -63,7 +63,7 @@ func TestSoak(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	base := a.usage()
-	bytesBefore := a.mustScrape().sum("istio_tcp_received_bytes_total", "reporter", "destination")
+	bytesBefore := a.mustScrape().Sum("istio_tcp_received_bytes_total", "reporter", "destination")
 	m := a.monitor(500 * time.Millisecond)
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
@@ -145,7 +145,7 @@ func TestSoak(t *testing.T) {
 	// The agent counted every byte the clients sent.
 	var counted float64
 	for range 50 {
-		counted = a.mustScrape().sum("istio_tcp_received_bytes_total", "reporter", "destination") - bytesBefore
+		counted = a.mustScrape().Sum("istio_tcp_received_bytes_total", "reporter", "destination") - bytesBefore
 		if counted >= float64(sent.Load()) {
 			break
 		}

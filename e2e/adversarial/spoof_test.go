@@ -41,12 +41,12 @@ func TestSpoofedSourceIPHasNoIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := a.mustScrape()
-	denied := after.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny") -
-		before.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
+	denied := after.Sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny") -
+		before.Sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
 	if denied < 1 {
 		t.Fatalf("plaintext deny decisions grew by %v, want ≥1", denied)
 	}
-	if slices.Contains(after.labelValues("istio_tcp_connections_opened_total", "source_principal"), fooID("client").String()) {
+	if slices.Contains(after.LabelValues("istio_tcp_connections_opened_total", "source_principal"), fooID("client").String()) {
 		t.Fatal("a connection was labelled with foo/client's principal, which nobody proved")
 	}
 
@@ -158,12 +158,12 @@ func TestForgedHeadersChangeNothing(t *testing.T) {
 
 	m := a.mustScrape()
 	for _, metric := range []string{"istio_tcp_connections_opened_total", "istio_tcp_received_bytes_total"} {
-		principals := m.labelValues(metric, "source_principal")
+		principals := m.LabelValues(metric, "source_principal")
 		if !slices.Equal(principals, []string{fooID("remote").String()}) {
 			t.Errorf("%s source_principal values %q; want only foo/remote's", metric, principals)
 		}
 		for _, label := range []string{"source_workload", "source_workload_namespace", "source_app"} {
-			if v := m.labelValues(metric, label); slices.Contains(v, "client") || slices.Contains(v, "kube-system") {
+			if v := m.LabelValues(metric, label); slices.Contains(v, "client") || slices.Contains(v, "kube-system") {
 				t.Errorf("%s %s values %q: taken from forged headers", metric, label, v)
 			}
 		}

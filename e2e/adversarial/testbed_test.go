@@ -211,14 +211,14 @@ func httpGetFrom(ctx context.Context, netns, url string, timeout time.Duration) 
 }
 
 // scrapeNode reads a node agent's metrics from inside the node.
-func (tb *testbed) scrapeNode(t testing.TB, node string) samples {
+func (tb *testbed) scrapeNode(t testing.TB, node string) testutil.Metrics {
 	t.Helper()
 	netns, ip, _ := tb.nodeNetns(node)
 	st, body, err := httpGetFrom(t.Context(), netns, "http://"+ip+":15020/metrics", 10*time.Second)
 	if err != nil || st != 200 {
 		t.Fatalf("scrape %s: %d %v", node, st, err)
 	}
-	s, err := parseMetrics(strings.NewReader(body))
+	s, err := testutil.ParseMetrics(strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,9 +405,9 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			t.Errorf("good CONNECT after the abuse: %d %v", st, err)
 		}
 		after := tb.scrapeNode(t, "node2")
-		grew := after.sum("ferry_tunnel_rejected_total") - before.sum("ferry_tunnel_rejected_total")
+		grew := after.Sum("ferry_tunnel_rejected_total") - before.Sum("ferry_tunnel_rejected_total")
 		t.Logf("%d refusals; ferry_tunnel_rejected_total +%v (%v upstream unavailable)", refused, grew,
-			after.sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable")-before.sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable"))
+			after.Sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable")-before.Sum("ferry_tunnel_rejected_total", "reason", "upstream unavailable"))
 		if grew < float64(refused) {
 			t.Errorf("node2 ferry_tunnel_rejected_total grew by %v for %d refusals", grew, refused)
 		}
@@ -525,7 +525,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		}
 		defer inNetns(context.Background(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
 		fromClient := func() float64 {
-			return tb.scrapeNode(t, "node2").sum("istio_tcp_connections_opened_total", "reporter", "destination",
+			return tb.scrapeNode(t, "node2").Sum("istio_tcp_connections_opened_total", "reporter", "destination",
 				"source_principal", "spiffe://cluster.local/ns/mesh/sa/client")
 		}
 		before := fromClient()
@@ -594,8 +594,8 @@ spec:
 			t.Fatalf("mesh/client under the policy: %d %q %v", st, body, err)
 		}
 		after := tb.scrapeNode(t, "node2")
-		d := after.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny") -
-			before.sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
+		d := after.Sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny") -
+			before.Sum("ferry_authz_decisions_total", "direction", "inbound-plaintext", "result", "deny")
 		if d < 1 {
 			t.Errorf("node2 counted %v plaintext denials", d)
 		}
@@ -657,7 +657,7 @@ spec:
 	})
 
 	t.Run("agent SIGKILL under traffic", func(t *testing.T) {
-		mapEntries := func() float64 { return tb.scrapeNode(t, "node1").sum("ferry_bpf_enrolled_pods_map_entries") }
+		mapEntries := func() float64 { return tb.scrapeNode(t, "node1").Sum("ferry_bpf_enrolled_pods_map_entries") }
 		entries := mapEntries()
 		objects := tb.kernelObjects(t, "node1")
 		if len(objects) == 0 {
