@@ -49,7 +49,7 @@ type Annotator interface {
 	SetRedirection(ctx context.Context, pod inventory.Pod, enabled bool) error
 }
 
-// Agent is the node agent. New validates; Run does the work.
+// Agent is the node agent. New wires it; Run runs it, once.
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
@@ -72,11 +72,19 @@ type Agent struct {
 	// to its address.
 	picks pickCounts
 
-	// Set up by Run.
-	store    *certs.Store
-	conns    *tunnel.Registry
-	redirect *redirection // nil with --redirect none
-	local    *localHBONE  // same-node HBONE, in process
+	// Built by New and never reassigned, so they are set before anything
+	// can call the methods that read them.
+	ca        *istioCA // nil with a local CA
+	store     *certs.Store
+	conns     *tunnel.Registry
+	redirect  *redirection // nil with --redirect none
+	local     *localHBONE  // same-node HBONE, in process
+	server    *tunnel.Server
+	client    *tunnel.Client
+	outbound  *tunnel.Outbound
+	plaintext *tunnel.Plaintext
+
+	ran atomic.Bool // Run was called
 }
 
 // state is what one inventory snapshot compiles to. It is replaced whole.
@@ -87,7 +95,9 @@ type state struct {
 	at     time.Time
 }
 
-// New validates cfg and returns an agent that does nothing until Run.
+// New validates cfg, loads the CA's certificates and builds the agent's
+// parts. It starts no goroutine, opens no socket and touches no kernel
+// state: Run does.
 func New(cfg Config, deps Deps) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -115,51 +125,29 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		tasks = append(tasks, TaskRedirection)
 	}
 	a.ready = newReadiness(tasks...)
+	if err := a.wire(); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
-// Run serves until ctx is done, then drains open connections for at most
-// Config.DrainTimeout. All goroutines it starts have exited when it returns.
-func (a *Agent) Run(ctx context.Context) (err error) {
-	issuer, roots, closeIssuer, err := a.issuer()
-	if err != nil {
-		return err
-	}
-	defer closeIssuer()
-	a.store, err = certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots, PostQuantum: a.cfg.PostQuantum}, issuer, a.log.With("component", "certs"))
-	if err != nil {
+// wire builds the certificate store, the connection registry, capture and
+// the tunnel's server, client and proxies, which the agent's methods and
+// Run use.
+func (a *Agent) wire() error {
+	var err error
+	if a.store, err = a.newStore(); err != nil {
 		return err
 	}
 	a.conns = tunnel.NewRegistry()
-
-	lns, err := a.listen(ctx)
-	if err != nil {
-		return err
-	}
-	defer lns.close()
 	a.local = newLocalHBONE()
-	defer a.local.Close()
+	var dialled func(net.Conn) netip.AddrPort
 	if a.cfg.Redirect == RedirectEBPF {
-		a.redirect, err = newRedirection(a.cfg, lns, a.log.With("component", "redirect"))
-		if err != nil {
-			return err
-		}
-		defer func() {
-			a.redirect.Close()
-			if a.uninst != nil && a.uninst() && a.lastAgent(lns) {
-				if cerr := Cleanup(a.cfg.BPFPinDir); cerr != nil {
-					a.log.Error("uninstall: removing the capture state failed; run ferry cleanup on the node", "err", cerr)
-					err = errors.Join(err, cerr)
-				} else {
-					a.log.Info("uninstall: capture state removed (rules, routes, BPF pins)")
-				}
-			}
-		}()
+		a.redirect = newRedirection(a.cfg, a.log.With("component", "redirect"))
+		dialled = redirect.DialledDst
 	}
-	a.ready.set(TaskListeners, true, "")
-
 	obs := &observer{a: a}
-	server, err := tunnel.NewServer(tunnel.ServerConfig{
+	a.server, err = tunnel.NewServer(tunnel.ServerConfig{
 		TLS:            a.store.ServerConfig(a.identityForLocal),
 		TrustDomain:    a.cfg.TrustDomain,
 		Authorizer:     a,
@@ -175,7 +163,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	client, err := tunnel.NewClient(tunnel.ClientConfig{
+	a.client, err = tunnel.NewClient(tunnel.ClientConfig{
 		TLS: func(src, want certs.Identity) (*tls.Config, error) {
 			return a.store.ClientConfig(src, want), nil
 		},
@@ -184,17 +172,10 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	defer client.Close()
-	collector := newStateCollector(a, client)
-	a.metrics.Registry.MustRegister(collector)
-	defer a.metrics.Registry.Unregister(collector)
-	var dialled func(net.Conn) netip.AddrPort
-	if a.redirect != nil {
-		dialled = redirect.DialledDst
-	}
-	outbound, err := tunnel.NewOutbound(tunnel.OutboundConfig{
+	a.metrics.Registry.MustRegister(newStateCollector(a, a.client))
+	a.outbound, err = tunnel.NewOutbound(tunnel.OutboundConfig{
 		Routes:     a,
-		Client:     client,
+		Client:     a.client,
 		DialledDst: dialled,
 		Dial:       a.dialPassthrough,
 		Registry:   a.conns,
@@ -203,7 +184,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	plaintext, err := tunnel.NewPlaintext(tunnel.PlaintextConfig{
+	a.plaintext, err = tunnel.NewPlaintext(tunnel.PlaintextConfig{
 		Authorizer:   a,
 		Destinations: a,
 		DialledDst:   dialled,
@@ -211,40 +192,65 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		Registry:     a.conns,
 		Observer:     obs,
 	}, a.log.With("component", "inbound"))
+	return err
+}
+
+// Run opens the agent's listeners, attaches capture (eBPF mode), connects
+// to the Istio CA (with --ca-addr) and serves until ctx is done, then
+// drains open connections for at most Config.DrainTimeout. It returns nil
+// after a clean shutdown. All goroutines it starts have exited when it
+// returns. Run closes what New built, so it may be called only once.
+func (a *Agent) Run(ctx context.Context) (err error) {
+	if a.ran.Swap(true) {
+		return errors.New("node: Agent.Run called twice")
+	}
+	if a.ca != nil {
+		if err := a.ca.open(); err != nil {
+			return err
+		}
+		defer a.ca.close()
+	}
+	lns, err := a.listen(ctx)
 	if err != nil {
 		return err
 	}
+	defer lns.close()
+	defer a.local.Close()
+	if a.redirect != nil {
+		if err := a.redirect.attach(lns); err != nil {
+			return err
+		}
+		defer func() {
+			if rerr := a.release(lns); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}()
+	}
+	a.ready.set(TaskListeners, true, "")
+	defer a.client.Close()
+	return a.serve(ctx, lns)
+}
 
+// serve runs the agent's loops and servers on lns until one fails, or until
+// ctx is done and the drain that follows has ended: the data plane runs on
+// its own context, cancelled after that drain, so open connections can
+// finish. It returns once every goroutine it started has exited.
+func (a *Agent) serve(ctx context.Context, lns *listeners) error {
 	snaps := make(chan *inventory.Snapshot, 1)
-	// The data plane runs on its own context, cancelled after the drain that
-	// follows ctx's end, so open connections can finish.
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRun()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error {
-		return a.source.Run(gctx, func(s *inventory.Snapshot) {
-			// Keep only the newest snapshot: the reconcile loop is level-triggered.
-			for {
-				select {
-				case snaps <- s:
-					return
-				default:
-				}
-				select {
-				case <-snaps:
-				default:
-				}
-			}
-		})
+		return a.source.Run(gctx, func(s *inventory.Snapshot) { keepNewest(snaps, s) })
 	})
 	g.Go(func() error { return a.reconcile(gctx, snaps) })
 	g.Go(func() error { return a.store.Run(gctx) })
 	g.Go(func() error { return a.watchCertificates(gctx) })
-	g.Go(func() error { return server.Serve(gctx, lns.hbone) })
-	g.Go(func() error { return server.Serve(gctx, a.local) })
+	g.Go(func() error { return a.server.Serve(gctx, lns.hbone) })
+	g.Go(func() error { return a.server.Serve(gctx, a.local) })
 	outboundLn, inboundLn := newDrainListener(lns.outbound), newDrainListener(lns.inbound)
-	g.Go(func() error { return outbound.Serve(gctx, outboundLn) })
-	g.Go(func() error { return plaintext.Serve(gctx, inboundLn) })
+	g.Go(func() error { return a.outbound.Serve(gctx, outboundLn) })
+	g.Go(func() error { return a.plaintext.Serve(gctx, inboundLn) })
 	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "metrics", lns.metrics, a.metricsHandler()) })
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "readiness", lns.readiness, a.readinessHandler()) })
@@ -256,15 +262,49 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		}
 		outboundLn.drain()
 		inboundLn.drain()
-		a.drain(ctx, server, client)
+		a.drain(ctx)
 		stopRun()
 		return nil
 	})
 	a.log.Info("agent started", "node", a.cfg.NodeName, "redirect", a.cfg.Redirect, "version", a.version,
 		"outbound", lns.outbound.Addr(), "inbound", lns.inbound.Addr(), "hbone", lns.hbone.Addr(), "admin", lns.admin.Addr())
-	err = g.Wait()
+	err := g.Wait()
 	a.log.Info("agent stopped", "err", err)
 	return err
+}
+
+// keepNewest puts s in snaps, a channel of capacity 1, replacing a snapshot
+// not yet taken: the reconcile loop is level-triggered and only needs the
+// newest.
+func keepNewest(snaps chan *inventory.Snapshot, s *inventory.Snapshot) {
+	for {
+		select {
+		case snaps <- s:
+			return
+		default:
+		}
+		select {
+		case <-snaps:
+		default:
+		}
+	}
+}
+
+// release closes capture's handles when Run ends and, if Ferry is being
+// uninstalled and no other agent has taken over, removes the capture state.
+// Otherwise it stays for the next agent, and enrolled pods fail closed
+// meanwhile.
+func (a *Agent) release(lns *listeners) error {
+	a.redirect.Close()
+	if a.uninst == nil || !a.uninst() || !a.lastAgent(lns) {
+		return nil
+	}
+	if err := Cleanup(a.cfg.BPFPinDir); err != nil {
+		a.log.Error("uninstall: removing the capture state failed; run ferry cleanup on the node", "err", err)
+		return err
+	}
+	a.log.Info("uninstall: capture state removed (rules, routes, BPF pins)")
+	return nil
 }
 
 // lastAgent reports whether no other agent runs beside this stopping one:
@@ -283,27 +323,58 @@ func (a *Agent) lastAgent(lns *listeners) bool {
 	return true
 }
 
-// issuer returns where certificates come from: the embedded local CA, or an
-// Istio CA over gRPC. Requests are counted in ferry_certs_ca_requests_total.
-func (a *Agent) issuer() (certs.Issuer, *x509.CertPool, func(), error) {
+// newStore builds the certificate store on its issuer: the embedded local
+// CA, or an Istio CA over gRPC, which Run connects to (a.ca). Requests are
+// counted in ferry_certs_ca_requests_total.
+func (a *Agent) newStore() (*certs.Store, error) {
+	var issuer certs.Issuer
+	var roots *x509.CertPool
 	if a.cfg.CAAddr == "" {
 		ca, err := certs.LoadLocalCA(a.cfg.CACert, a.cfg.CAKey)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
-		roots := x509.NewCertPool()
+		roots = x509.NewCertPool()
 		roots.AddCert(ca.Root())
-		return countingIssuer{ca, a.metrics}, roots, func() {}, nil
+		issuer = ca
+	} else {
+		var err error
+		if roots, err = certs.LoadRoots(a.cfg.CARoot); err != nil {
+			return nil, fmt.Errorf("node: --ca-root: %w", err)
+		}
+		a.ca = &istioCA{cfg: istioca.ClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile, ClusterID: a.cfg.ClusterID}}
+		issuer = a.ca
 	}
-	roots, err := certs.LoadRoots(a.cfg.CARoot)
+	return certs.NewStore(certs.StoreConfig{TrustDomain: a.cfg.TrustDomain, Roots: roots, PostQuantum: a.cfg.PostQuantum},
+		countingIssuer{issuer, a.metrics}, a.log.With("component", "certs"))
+}
+
+// istioCA is an Istio CA as a certs.Issuer. Building its gRPC client starts
+// goroutines, so Run builds it (open) and closes it when it returns; Issue
+// fails outside that span, in which the certificate store runs.
+type istioCA struct {
+	cfg    istioca.ClientConfig
+	client atomic.Pointer[istioca.Client]
+}
+
+func (c *istioCA) open() error {
+	client, err := istioca.NewClient(c.cfg)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("node: --ca-root: %w", err)
+		return err
 	}
-	client, err := istioca.NewClient(istioca.ClientConfig{Address: a.cfg.CAAddr, Roots: roots, TokenFile: a.cfg.CATokenFile, ClusterID: a.cfg.ClusterID})
-	if err != nil {
-		return nil, nil, nil, err
+	c.client.Store(client)
+	return nil
+}
+
+func (c *istioCA) close() { c.client.Swap(nil).Close() }
+
+// Issue implements certs.Issuer.
+func (c *istioCA) Issue(ctx context.Context, id certs.Identity, csrPEM []byte, ttl time.Duration) ([]*x509.Certificate, error) {
+	client := c.client.Load()
+	if client == nil {
+		return nil, errors.New("node: not connected to the Istio CA")
 	}
-	return countingIssuer{client, a.metrics}, roots, func() { client.Close() }, nil
+	return client.Issue(ctx, id, csrPEM, ttl)
 }
 
 // countingIssuer counts CA requests by result.
@@ -324,15 +395,18 @@ func (c countingIssuer) Issue(ctx context.Context, id certs.Identity, csrPEM []b
 
 // drain stops taking HBONE connections (the caller has stopped the outbound
 // and plaintext listeners), sends GOAWAY to peers and clients, and waits up to
-// DrainTimeout for open connections to finish.
-func (a *Agent) drain(ctx context.Context, server *tunnel.Server, client *tunnel.Client) {
+// DrainTimeout for open connections to finish. The server's and client's
+// drains run beside that wait; they have returned when drain does.
+func (a *Agent) drain(ctx context.Context) {
 	a.ready.set("shutting down", false, "")
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel, below, has ended both drains
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.DrainTimeout)
 	defer cancel()
 	open := len(a.conns.Connections())
 	a.log.Info("draining", "open", open, "deadline", a.cfg.DrainTimeout)
-	go server.Drain(dctx)
-	go client.Drain(dctx)
+	wg.Go(func() { a.server.Drain(dctx) })
+	wg.Go(func() { a.client.Drain(dctx) })
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for len(a.conns.Connections()) > 0 {

@@ -120,7 +120,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // tryStartAgent starts an agent on ports free a moment ago and returns once
 // it has bound them all (its readiness endpoint answers), or the error its
 // Run stopped with.
-func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.LevelVar) (*harness, context.Context, error) {
+func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.LevelVar) (*harness, error) {
 	hbone := freePort(t, serverPod)
 	lo := netip.MustParseAddr("127.0.0.1")
 	cfg := Config{
@@ -149,26 +149,26 @@ func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.Level
 			if err == nil {
 				err = errors.New("agent stopped before it listened")
 			}
-			return nil, nil, err
+			return nil, err
 		default:
 		}
 		// Run binds every listener before it serves any.
 		if resp, err := http.Get("http://" + cfg.ReadinessAddr + "/healthz/ready"); err == nil {
 			resp.Body.Close()
 			t.Cleanup(h.stop)
-			return h, ctx, nil
+			return h, nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Cleanup(h.stop)
 	t.Fatal("agent never listened")
-	return nil, nil, nil
+	return nil, nil
 }
 
-// startAgent runs an agent for node a in --redirect none mode on loopback.
-func startAgent(t *testing.T, manifests string) *harness {
+// writeCAAndManifests writes a new local CA under dir/ca and manifests to
+// dir/m/cluster.yaml.
+func writeCAAndManifests(t *testing.T, dir, manifests string) {
 	t.Helper()
-	dir := t.TempDir()
 	if err := certs.InitCA(filepath.Join(dir, "ca")); err != nil {
 		t.Fatal(err)
 	}
@@ -176,14 +176,20 @@ func startAgent(t *testing.T, manifests string) *harness {
 	if err := os.WriteFile(filepath.Join(dir, "m", "cluster.yaml"), []byte(manifests), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startAgent runs an agent for node a in --redirect none mode on loopback.
+func startAgent(t *testing.T, manifests string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	writeCAAndManifests(t, dir, manifests)
 	log, level := leveledLogger(t)
 	var h *harness
-	var ctx context.Context
 	// A port found free can be taken by another test process before the
 	// agent binds it: start again on fresh ports when that happens.
 	for attempt := 1; h == nil; attempt++ {
 		var err error
-		h, ctx, err = tryStartAgent(t, dir, log, level)
+		h, err = tryStartAgent(t, dir, log, level)
 		if err != nil && (attempt == 5 || !strings.Contains(err.Error(), "address already in use")) {
 			t.Fatal(err)
 		}
@@ -205,7 +211,10 @@ func startAgent(t *testing.T, manifests string) *harness {
 		t.Fatal(err)
 	}
 	h.peerStore.SetIdentities([]certs.Identity{id("remote")})
-	go h.peerStore.Run(ctx)
+	ctx, stopPeer := context.WithCancel(context.Background())
+	peerDone := make(chan error, 1)
+	go func() { peerDone <- h.peerStore.Run(ctx) }()
+	t.Cleanup(func() { stopPeer(); <-peerDone })
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer wcancel()
 	if err := h.peerStore.WaitReady(wctx, id("remote")); err != nil {

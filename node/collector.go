@@ -54,7 +54,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r := c.a.redirect; r != nil {
 		ch <- prometheus.MustNewConstMetric(c.bpfPods, prometheus.GaugeValue, float64(len(r.pods())))
-		if counts, err := r.objs.Counters(); err == nil {
+		if counts, err := r.counters(); err == nil {
 			for v, n := range counts {
 				ch <- prometheus.MustNewConstMetric(c.bpfVerdicts, prometheus.CounterValue, float64(n), v.String())
 			}

@@ -54,11 +54,9 @@ func (a *Agent) configDump() ConfigDump {
 			d.BPFPods = append(d.BPFPods, ip.String())
 		}
 	}
-	if a.store != nil {
-		for _, c := range a.store.Snapshot() {
-			d.Certificates = append(d.Certificates, CertDump{Identity: c.ID, State: string(c.State), Serial: c.Serial,
-				NotBefore: c.NotBefore, NotAfter: c.NotAfter, ChainPEM: c.ChainPEM, Error: c.LastError})
-		}
+	for _, c := range a.store.Snapshot() {
+		d.Certificates = append(d.Certificates, CertDump{Identity: c.ID, State: string(c.State), Serial: c.Serial,
+			NotBefore: c.NotBefore, NotAfter: c.NotAfter, ChainPEM: c.ChainPEM, Error: c.LastError})
 	}
 	return d
 }

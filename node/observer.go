@@ -184,9 +184,6 @@ func pickedBy(info tunnel.ConnInfo) string {
 // connections implements adminSource.
 func (a *Agent) connections() []ConnectionDump {
 	out := []ConnectionDump{}
-	if a.conns == nil {
-		return out
-	}
 	s := a.current()
 	ns := func(ap netip.AddrPort) string {
 		if s == nil {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -19,44 +20,64 @@ import (
 
 // redirection owns the node's capture: the sk_lookup program and its maps,
 // and the policy-routing rules and routes. Apply converges both to a set of
-// enrolled pod addresses.
+// enrolled pod addresses, once attach has put the program in place.
 type redirection struct {
-	objs *bpf.Objects
+	load bpf.Config // what attach loads
 	cfg  redirect.Config
 	log  *slog.Logger
+	// objs is set by attach, which the agent's Run calls before it starts
+	// anything that uses capture.
+	objs atomic.Pointer[bpf.Objects]
 
 	mu       sync.Mutex
 	captured map[netip.Addr]bool
 	refused  map[netip.Addr]bool // enrolled pods' IPv6 addresses, TCP refused
 }
 
-// newRedirection loads and attaches the BPF program to this network
-// namespace and hands it the agent's listeners. Capture stays attached
-// (pinned) after the agent exits, so enrolled pods fail closed.
-func newRedirection(cfg Config, lns *listeners, log *slog.Logger) (*redirection, error) {
-	objs, err := bpf.Load(bpf.Config{PinDir: cfg.BPFPinDir, HBONEPort: cfg.hbonePort()})
+var errNotAttached = errors.New("node: redirection: BPF not attached")
+
+// newRedirection returns the node's capture, not yet attached.
+func newRedirection(cfg Config, log *slog.Logger) *redirection {
+	return &redirection{
+		load:     bpf.Config{PinDir: cfg.BPFPinDir, HBONEPort: cfg.hbonePort()},
+		log:      log,
+		captured: map[netip.Addr]bool{},
+		refused:  map[netip.Addr]bool{},
+	}
+}
+
+// attach loads and attaches the BPF program to this network namespace and
+// hands it the agent's listeners. Capture stays attached (pinned) after the
+// agent exits, so enrolled pods fail closed.
+func (r *redirection) attach(lns *listeners) error {
+	objs, err := bpf.Load(r.load)
 	if err != nil {
-		return nil, fmt.Errorf("node: load BPF (needs root, CAP_BPF and a 5.9+ kernel): %w", err)
+		return fmt.Errorf("node: load BPF (needs root, CAP_BPF and a 5.9+ kernel): %w", err)
 	}
 	if err := objs.AttachNetNS("/proc/self/ns/net"); err != nil {
 		objs.Close()
-		return nil, fmt.Errorf("node: attach sk_lookup: %w", err)
+		return fmt.Errorf("node: attach sk_lookup: %w", err)
 	}
 	if err := objs.SetListeners(lns.outbound, lns.inbound, lns.hbone); err != nil {
 		objs.Close()
-		return nil, fmt.Errorf("node: register listeners: %w", err)
+		return fmt.Errorf("node: register listeners: %w", err)
 	}
-	return &redirection{objs: objs, log: log, captured: map[netip.Addr]bool{}, refused: map[netip.Addr]bool{}}, nil
+	r.objs.Store(objs)
+	return nil
 }
 
 // Apply converges the routing rules and the enrolled-pods map to exactly pods.
 // It is idempotent.
 func (r *redirection) Apply(pods []netip.Addr) error {
+	objs := r.objs.Load()
+	if objs == nil {
+		return errNotAttached
+	}
 	plan, err := redirect.NewPlan(pods, r.cfg)
 	if err != nil {
 		return err
 	}
-	if err := redirect.Converge(plan, r.objs); err != nil {
+	if err := redirect.Converge(plan, objs); err != nil {
 		return err
 	}
 	r.mu.Lock()
@@ -104,9 +125,14 @@ func (r *redirection) dialFrom(ctx context.Context, src netip.Addr, dst netip.Ad
 	return redirect.DialTransparent(ctx, src, dst)
 }
 
-// pods lists the addresses in the BPF map, for the admin endpoint.
+// pods lists the addresses in the BPF map, for the admin endpoint: none
+// before attach.
 func (r *redirection) pods() []netip.Addr {
-	ips, err := r.objs.Pods()
+	objs := r.objs.Load()
+	if objs == nil {
+		return nil
+	}
+	ips, err := objs.Pods()
 	if err != nil {
 		return nil
 	}
@@ -114,9 +140,19 @@ func (r *redirection) pods() []netip.Addr {
 	return ips
 }
 
-// Close releases the agent's handles. Pins, rules and routes stay: enrolled
-// pods fail closed until an agent is back, and `ferry cleanup` removes them.
-func (r *redirection) Close() error { return r.objs.Close() }
+// counters reads the program's per-verdict counters.
+func (r *redirection) counters() (map[bpf.Verdict]uint64, error) {
+	objs := r.objs.Load()
+	if objs == nil {
+		return nil, errNotAttached
+	}
+	return objs.Counters()
+}
+
+// Close releases the handles attach took. Pins, rules and routes stay:
+// enrolled pods fail closed until an agent is back, and `ferry cleanup`
+// removes them.
+func (r *redirection) Close() error { return r.objs.Load().Close() }
 
 // Cleanup removes every kernel object Ferry owns in the calling network
 // namespace: the pinned program, link and maps under pinDir, and the tagged

@@ -227,13 +227,7 @@ type ztWorkloadInfo struct {
 
 // ztunnelConfigDump implements adminSource.
 func (a *Agent) ztunnelConfigDump() ztunnelDump {
-	in := ztunnelInput{cfg: a.cfg, state: a.current()}
-	if a.store != nil {
-		in.certs = a.store.Snapshot()
-	}
-	if a.conns != nil {
-		in.conns = a.conns.Connections()
-	}
+	in := ztunnelInput{cfg: a.cfg, state: a.current(), certs: a.store.Snapshot(), conns: a.conns.Connections()}
 	if a.redirect != nil {
 		in.captured = a.redirect.Captured
 	}
