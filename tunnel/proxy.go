@@ -380,7 +380,7 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var handlers, copying sync.WaitGroup
-	context.AfterFunc(ctx, func() {
+	stop := onDone(ctx, func() {
 		ln.Close()
 		l.mu.Lock()
 		for c := range l.conns {
@@ -388,6 +388,7 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 		}
 		l.mu.Unlock()
 	})
+	defer stop()
 	var err error
 	var delay time.Duration
 	for {
@@ -431,4 +432,20 @@ func (l *loop) serve(ctx context.Context, ln net.Listener, log *slog.Logger, han
 	handlers.Wait()
 	copying.Wait()
 	return err
+}
+
+// onDone runs f once ctx is done, as context.AfterFunc does; the stop it
+// returns cancels f if it has not started and otherwise waits for it to
+// finish, so a function that defers stop leaves nothing running behind it.
+func onDone(ctx context.Context, f func()) (stop func()) {
+	done := make(chan struct{})
+	cancel := context.AfterFunc(ctx, func() {
+		defer close(done)
+		f()
+	})
+	return func() {
+		if !cancel() {
+			<-done
+		}
+	}
 }

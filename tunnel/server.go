@@ -207,7 +207,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() {
+	stop := onDone(ctx, func() {
 		ln.Close()
 		s.closeAll()
 	})
