@@ -15,7 +15,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: image help deps build test unit test-privileged e2e lint vet generate check-generate fuzz bench demo demo-kube cleanup
+.PHONY: image help deps build test unit test-system test-privileged e2e lint vet generate check-generate fuzz bench demo demo-kube cleanup
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,8 +29,12 @@ build: ## build bin/ferry
 test: ## the full suite: installs what it needs, then lint, unit, interop, bench smoke and (as root) privileged tests
 	scripts/test
 
-unit: ## unit tests with the race detector (privileged tests skip here)
-	$(GO) test -race -count=1 $(PKGS)
+unit: ## the unit tier: in process, no root, no child process, race detector (< 2 minutes)
+	$(GO) test -race -short -count=1 $(PKGS)
+
+test-system: ## the system tier: tests that spawn processes or run long, then the tunnel with raw system calls off
+	$(GO) test -count=1 $(PKGS)
+	FERRY_SOCKIO=plain $(GO) test -count=1 ./tunnel/...
 
 test-privileged: build ## root-only tests: BPF, netlink, netns testbed, end to end
 	PRIVILEGED_TESTS=1 $(GO) test -count=1 -p 1 -timeout 30m -run 'Privileged' $(PKGS)

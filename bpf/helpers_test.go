@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
@@ -54,13 +53,12 @@ func load(t *testing.T, cfg Config) *Objects {
 	return o
 }
 
-// skipIfNotSupported skips on a kernel that lacks a feature (sk_lookup needs
-// Linux 5.9). It never hides other errors.
+// skipIfNotSupported fails, or on a development machine skips, on a kernel
+// that lacks a feature (sk_lookup needs Linux 5.9): testutil.KernelFeature.
+// It never hides other errors.
 func skipIfNotSupported(t *testing.T, err error) {
 	t.Helper()
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		t.Skipf("kernel lacks a feature: %v", err)
-	}
+	testutil.KernelFeature(t, err)
 }
 
 // listen opens a plain (non-MPTCP) TCP listener inside ns.

@@ -16,11 +16,13 @@ import (
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // openssl returns the path of the openssl binary, or skips the test.
 func openssl(t *testing.T) string {
 	t.Helper()
+	testutil.System(t)
 	p, err := exec.LookPath("openssl")
 	if err != nil {
 		t.Skip("openssl not installed")

@@ -376,6 +376,7 @@ func fromUnstructured(t *testing.T, o *unstructured.Unstructured, into any) {
 // named entries (volumes, containers) are compared by name: kustomize may
 // move a patched entry.
 func TestRenderMatchesKustomize(t *testing.T) {
+	testutil.System(t)
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Skip("kubectl not installed")

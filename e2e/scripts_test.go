@@ -3,11 +3,14 @@ package e2e
 import (
 	"os/exec"
 	"testing"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // TestScriptsShellcheck keeps the testbed and demo scripts shellcheck-clean
 // (skipped where shellcheck is not installed).
 func TestScriptsShellcheck(t *testing.T) {
+	testutil.System(t)
 	sc, err := exec.LookPath("shellcheck")
 	if err != nil {
 		t.Skip("shellcheck not installed (apt-get install shellcheck)")

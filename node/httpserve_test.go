@@ -19,6 +19,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // attackEnv names the environment variable that turns this test binary into
@@ -207,6 +209,7 @@ func TestHTTPAttacker(t *testing.T) {
 // does, with cfg's limits, on loopback, until the test ends.
 func dataPlaneServers(t *testing.T, cfg Config) (a *Agent, metricsAddr, readyAddr string) {
 	t.Helper()
+	testutil.System(t) // the attackers are processes of their own
 	a = &Agent{cfg: cfg, metrics: NewMetrics("test"), ready: newReadiness()}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

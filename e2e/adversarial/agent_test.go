@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 // ferryBinary returns the path of the ferry binary under test.
 func ferryBinary(t testing.TB) string {
 	t.Helper()
+	testutil.System(t) // every test that needs the binary runs agents
 	ferry.once.Do(func() {
 		if ferry.bin = os.Getenv("FERRY_BIN"); ferry.bin != "" {
 			return

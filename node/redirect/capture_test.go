@@ -222,10 +222,7 @@ func TestPrivilegedCaptureEndToEnd(t *testing.T) {
 		}
 	})
 	objs, err := bpf.Load(bpf.Config{PinDir: pinDir})
-	if errors.Is(err, bpf.ErrNotSupported) {
-		t.Skipf("kernel: %v", err)
-	}
-	if err != nil {
+	if err := testutil.KernelFeature(t, err); err != nil {
 		t.Fatalf("%+v", err)
 	}
 	defer objs.Close()

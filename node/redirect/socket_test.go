@@ -3,7 +3,6 @@
 package redirect
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -113,10 +112,7 @@ func TestPrivilegedUpgradeSwapsListeners(t *testing.T) {
 	agent := func(in *net.TCPListener) *bpf.Objects {
 		t.Helper()
 		o, err := bpf.Load(bpf.Config{PinDir: pinDir})
-		if errors.Is(err, bpf.ErrNotSupported) {
-			t.Skipf("kernel: %v", err)
-		}
-		if err != nil {
+		if err := testutil.KernelFeature(t, err); err != nil {
 			t.Fatalf("%+v", err)
 		}
 		t.Cleanup(func() { o.Close() })
