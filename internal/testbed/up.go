@@ -1,0 +1,418 @@
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/internal/netns"
+)
+
+// Config says what Up builds.
+type Config struct {
+	// Prefix names every object of the run: "ftb" and six hex digits.
+	// Empty means a random one.
+	Prefix string
+	// RunDir is the run directory. Empty means RunRoot/<prefix>, which Down
+	// then removes (unless it keeps the logs).
+	RunDir string
+	// Nodes is the number of nodes; the spec may ask for more. 0 means as
+	// many as the spec uses.
+	Nodes int
+	// Spec lists the namespaces and pods; see ParseSpec and DefaultSpec.
+	Spec Spec
+	// NoMesh starts no agents (they may be started later with StartAgent
+	// when Ferry is set).
+	NoMesh bool
+	// Redirect is the agents' --redirect mode; empty means "ebpf".
+	Redirect string
+	// LogLevel is the agents' --log-level; empty means "info".
+	LogLevel string
+	// AgentArgs are more arguments for every agent.
+	AgentArgs []string
+	// Ferry and Podapp are the binaries to run. Ferry may be empty with
+	// NoMesh; Podapp is required.
+	Ferry, Podapp string
+	// ReadyTimeout bounds the wait for each agent to be ready; 0 means 30 s.
+	ReadyTimeout time.Duration
+	// KeepOnFailure leaves a half-built testbed in place when Up fails, for
+	// inspection; by default Up tears it down (keeping the logs).
+	KeepOnFailure bool
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// PrefixRE matches a testbed prefix.
+var PrefixRE = regexp.MustCompile(`^ftb[0-9a-f]{6}$`)
+
+// NewPrefix returns a random testbed prefix.
+func NewPrefix() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return "ftb" + hex.EncodeToString(b)
+}
+
+func (c *Config) validate() error {
+	if c.Prefix == "" {
+		c.Prefix = NewPrefix()
+	}
+	if !PrefixRE.MatchString(c.Prefix) {
+		return fmt.Errorf("testbed: bad prefix %s (want ftb + 6 hex digits)", c.Prefix)
+	}
+	if err := c.Spec.check(); err != nil {
+		return err
+	}
+	c.Nodes = max(c.Nodes, c.Spec.maxNode())
+	if c.Nodes > 250 {
+		return fmt.Errorf("testbed: %d nodes; at most 250", c.Nodes)
+	}
+	if c.Redirect == "" {
+		c.Redirect = "ebpf"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = 30 * time.Second
+	}
+	if c.Podapp == "" {
+		return errors.New("testbed: no podapp binary")
+	}
+	if c.Ferry == "" && !c.NoMesh {
+		return errors.New("testbed: no ferry binary")
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return nil
+}
+
+// Up builds a testbed: the fabric, the nodes, the pods with their servers
+// answering, and (unless NoMesh) the agents, ready. If it fails, it removes
+// whatever it made (unless KeepOnFailure), keeping the logs.
+func Up(ctx context.Context, cfg Config) (*Testbed, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if left := Leftovers(cfg.Prefix); len(left) > 0 {
+		return nil, fmt.Errorf("testbed: %s already exists", cfg.Prefix)
+	}
+	tb, err := up(ctx, cfg)
+	if err != nil && tb != nil {
+		if cfg.KeepOnFailure {
+			fmt.Fprintf(cfg.Log, "testbed: up failed; left %s in place for inspection (testbed down --prefix %s)\n", cfg.Prefix, cfg.Prefix)
+		} else {
+			fmt.Fprintf(cfg.Log, "testbed: up failed; tearing %s down (logs kept in %s)\n", cfg.Prefix, tb.path("logs"))
+			err = errors.Join(err, Teardown(cfg.Prefix, tb.RunDir, true, cfg.Log))
+		}
+	}
+	return tb, err
+}
+
+func up(ctx context.Context, cfg Config) (*Testbed, error) {
+	dir, owned := cfg.RunDir, false
+	if dir == "" {
+		dir, owned = filepath.Join(RunRoot, cfg.Prefix), true
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"state", "logs", "pids", "manifests"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("testbed: %w", err)
+		}
+	}
+	tb := &Testbed{
+		Prefix: cfg.Prefix, RunDir: dir, Mesh: !cfg.NoMesh, Redirect: cfg.Redirect,
+		LogLevel: cfg.LogLevel, AgentArgs: cfg.AgentArgs,
+		FabricNetns: cfg.Prefix + "-fabric", FabricBridge: Bridge,
+		Manifests: filepath.Join(dir, "manifests"),
+		CACert:    filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
+		Ferry: cfg.Ferry, Podapp: cfg.Podapp,
+	}
+	if owned {
+		if err := os.WriteFile(tb.path("state", "owned"), nil, 0o644); err != nil {
+			return tb, err
+		}
+	}
+	if err := os.WriteFile(tb.path("state", "prefix"), []byte(cfg.Prefix+"\n"), 0o644); err != nil {
+		return tb, err
+	}
+	if err := os.MkdirAll(Registry, 0o755); err != nil {
+		return tb, err
+	}
+	if err := os.WriteFile(filepath.Join(Registry, cfg.Prefix), []byte(dir+"\n"), 0o644); err != nil {
+		return tb, err
+	}
+	fmt.Fprintf(cfg.Log, "testbed: up %s: %d nodes, %d pods, run dir %s\n", cfg.Prefix, cfg.Nodes, len(cfg.Spec.Pods), dir)
+	if err := tb.buildFabric(cfg.Nodes); err != nil {
+		return tb, err
+	}
+	if err := tb.buildPods(cfg.Spec); err != nil {
+		return tb, err
+	}
+	if err := tb.writeManifests(cfg.Spec); err != nil {
+		return tb, err
+	}
+	if err := tb.save(); err != nil {
+		return tb, err
+	}
+	for _, p := range tb.Pods {
+		if err := tb.startPod(p); err != nil {
+			return tb, err
+		}
+	}
+	for _, p := range tb.Pods {
+		if err := tb.waitServing(ctx, p, 10*time.Second); err != nil {
+			return tb, err
+		}
+	}
+	if tb.Mesh {
+		for _, n := range tb.Nodes {
+			if err := tb.StartAgent(n.Name); err != nil {
+				return tb, err
+			}
+		}
+		for _, n := range tb.Nodes {
+			if err := tb.WaitReady(ctx, n.Name, cfg.ReadyTimeout); err != nil {
+				return tb, err
+			}
+		}
+	}
+	fmt.Fprintf(cfg.Log, "testbed: up %s: ready (mesh=%v); %s, %s\n", tb.Prefix, tb.Mesh, tb.path("testbed.json"), tb.path("testbed.env"))
+	return tb, nil
+}
+
+// buildFabric makes the fabric namespace with its bridge, and the nodes.
+func (tb *Testbed) buildFabric(nodes int) error {
+	fabric, err := addNetns(tb.FabricNetns, "net/ipv6/conf/all/disable_ipv6")
+	if err != nil {
+		return err
+	}
+	defer fabric.close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: Bridge}}
+	if err := fabric.h.LinkAdd(br); err != nil {
+		return fmt.Errorf("testbed: add %s: %w", Bridge, err)
+	}
+	if err := fabric.h.LinkSetUp(br); err != nil {
+		return fmt.Errorf("testbed: set %s up: %w", Bridge, err)
+	}
+	for k := 1; k <= nodes; k++ {
+		n := Node{
+			Name: fmt.Sprintf("node%d", k), Netns: fmt.Sprintf("%s-node%d", tb.Prefix, k),
+			IP: fmt.Sprintf("198.18.0.%d", k), PodCIDR: fmt.Sprintf("198.18.%d.0/24", k),
+			PinDir: filepath.Join(BPFFS, fmt.Sprintf("%s-node%d", tb.Prefix, k)),
+		}
+		n.AgentLog = tb.path("logs", "agent-"+n.Name+".log")
+		if err := tb.buildNode(fabric, br, n, k, nodes); err != nil {
+			return fmt.Errorf("testbed: %s: %w", n.Name, err)
+		}
+		tb.Nodes = append(tb.Nodes, n)
+	}
+	return nil
+}
+
+func (tb *Testbed) buildNode(fabric *nsLinks, br *netlink.Bridge, n Node, k, nodes int) error {
+	node, err := addNetns(n.Netns, "net/ipv4/ip_forward", "net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
+	if err != nil {
+		return err
+	}
+	defer node.close()
+	eth0, err := fabric.veth(n.Name, br.Index, node, "eth0")
+	if err != nil {
+		return err
+	}
+	if err := node.h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(n.IP), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		return fmt.Errorf("address %s: %w", n.IP, err)
+	}
+	if err := node.h.LinkSetUp(eth0); err != nil {
+		return err
+	}
+	for o := 1; o <= nodes; o++ {
+		if o == k {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: mustCIDR(fmt.Sprintf("198.18.%d.0/24", o)), Gw: net.ParseIP(fmt.Sprintf("198.18.0.%d", o))}
+		if err := node.h.RouteAdd(r); err != nil {
+			return fmt.Errorf("route %s: %w", r.Dst, err)
+		}
+	}
+	return nil
+}
+
+// buildPods makes the pods' namespaces and wires each to its node like the
+// ptp CNI: a /32 on eth0, a link route to the node and a default route
+// through it, and a /32 host route on the node's side.
+func (tb *Testbed) buildPods(spec Spec) error {
+	next := map[string]int{} // per node: pods so far
+	for _, ps := range spec.Pods {
+		k, _ := strconv.Atoi(strings.TrimPrefix(ps.Node, "node"))
+		next[ps.Node]++
+		i := next[ps.Node]
+		if i > 253 {
+			return fmt.Errorf("testbed: %s: more than 253 pods", ps.Node)
+		}
+		p := Pod{
+			Namespace: ps.Namespace, Name: ps.Name, ServiceAccount: ps.ServiceAccount, Labels: ps.Labels,
+			Node: ps.Node, IP: fmt.Sprintf("198.18.%d.%d", k, i+1), Netns: tb.Prefix + "-pod-" + ps.Namespace + "-" + ps.Name,
+			Enrolled: spec.enrolled(ps), NodeIface: fmt.Sprintf("vp%d", i),
+			Log: tb.path("logs", "pod-"+ps.Namespace+"-"+ps.Name+".log"),
+		}
+		if err := tb.buildPod(p, k); err != nil {
+			return fmt.Errorf("testbed: pod %s: %w", p, err)
+		}
+		tb.Pods = append(tb.Pods, p)
+	}
+	return nil
+}
+
+func (tb *Testbed) buildPod(p Pod, k int) error {
+	node, err := openLinks(fmt.Sprintf("%s-node%d", tb.Prefix, k))
+	if err != nil {
+		return err
+	}
+	defer node.close()
+	pod, err := addNetns(p.Netns, "net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
+	if err != nil {
+		return err
+	}
+	defer pod.close()
+	eth0, err := node.veth(p.NodeIface, 0, pod, "eth0")
+	if err != nil {
+		return err
+	}
+	gw := net.ParseIP(fmt.Sprintf("198.18.0.%d", k))
+	if err := pod.h.AddrAdd(eth0, &netlink.Addr{IPNet: hostNet(p.IP)}); err != nil {
+		return fmt.Errorf("address %s: %w", p.IP, err)
+	}
+	if err := pod.h.LinkSetUp(eth0); err != nil {
+		return err
+	}
+	idx := eth0.Attrs().Index
+	if err := pod.h.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: hostNet(gw.String()), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("route to %s: %w", gw, err)
+	}
+	if err := pod.h.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: gw, Flags: int(netlink.FLAG_ONLINK)}); err != nil {
+		return fmt.Errorf("default route: %w", err)
+	}
+	vp, err := node.h.LinkByName(p.NodeIface)
+	if err != nil {
+		return err
+	}
+	if err := node.h.RouteAdd(&netlink.Route{LinkIndex: vp.Attrs().Index, Dst: hostNet(p.IP), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("host route on %s: %w", p.Node, err)
+	}
+	return nil
+}
+
+// nsLinks is a netlink handle on a named namespace.
+type nsLinks struct {
+	name string
+	ns   *netns.NetNS
+	h    *netlink.Handle
+}
+
+// addNetns creates the named namespace (as `ip netns add` does), sets lo
+// up and writes 1 to each of the namespace's sysctls (paths under
+// /proc/sys).
+func addNetns(name string, sysctls ...string) (*nsLinks, error) {
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	l, err := openLinks(name)
+	if err != nil {
+		return nil, err
+	}
+	err = l.ns.Do(func() error {
+		for _, s := range sysctls {
+			if err := os.WriteFile(filepath.Join("/proc/sys", s), []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		var lo netlink.Link
+		if lo, err = l.h.LinkByName("lo"); err == nil {
+			err = l.h.LinkSetUp(lo)
+		}
+	}
+	if err != nil {
+		l.close()
+		return nil, fmt.Errorf("testbed: netns %s: %w", name, err)
+	}
+	return l, nil
+}
+
+func openLinks(name string) (*nsLinks, error) {
+	ns, err := netns.OpenNamed(name)
+	if err != nil {
+		return nil, err
+	}
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.FD()))
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("testbed: netlink in %s: %w", name, err)
+	}
+	return &nsLinks{name: name, ns: ns, h: h}, nil
+}
+
+func (l *nsLinks) close() {
+	l.h.Close()
+	l.ns.Close()
+}
+
+// veth adds a veth pair: name here, set up (and enslaved to master when
+// not 0), and peer in the namespace of to. It returns the peer, still down.
+func (l *nsLinks) veth(name string, master int, to *nsLinks, peer string) (netlink.Link, error) {
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MasterIndex: master}, PeerName: peer,
+		PeerNamespace: netlink.NsFd(to.ns.FD())}
+	if err := l.h.LinkAdd(v); err != nil {
+		return nil, fmt.Errorf("veth %s/%s ⇄ %s/%s: %w", l.name, name, to.name, peer, err)
+	}
+	if err := l.h.LinkSetUp(v); err != nil {
+		return nil, err
+	}
+	return to.h.LinkByName(peer)
+}
+
+func hostNet(ip string) *net.IPNet {
+	return &net.IPNet{IP: net.ParseIP(ip).To4(), Mask: net.CIDRMask(32, 32)}
+}
+
+func mustCIDR(s string) *net.IPNet {
+	_, n, err := net.ParseCIDR(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+// ensureBPFFS mounts a bpffs on BPFFS when none is there; it never remounts
+// an existing one.
+func ensureBPFFS() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(BPFFS, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpf", BPFFS, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("testbed: mount bpffs on %s: %w", BPFFS, err)
+	}
+	return nil
+}
