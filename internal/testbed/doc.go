@@ -25,5 +25,6 @@
 //
 // Up builds a testbed and returns it; Testbed's methods start, stop and wait
 // for agents; Down and Teardown remove everything; Leftovers lists what a
-// prefix still owns.
+// prefix still owns. cmd/testbed is the command-line front end that
+// scripts/testbed runs.
 package testbed
