@@ -50,6 +50,7 @@ func run(args []string) int {
 	dir := fs.String("dir", "", "run directory for configs and logs (default: a new temporary directory, removed unless -keep)")
 	keep := fs.Bool("keep", false, "keep the run directory")
 	ferryBin := fs.String("ferry", "bin/ferry", "ferry binary")
+	baseline := fs.String("baseline", "", "a second ferry binary (say, the commit before a change), run as peer ferry-baseline")
 	ghost := fs.String("ghostunnel", "", "ghostunnel binary (peer skipped when empty or missing)")
 	istio := fs.String("istio-hbone", "", "bench/istiohbone binary (peer skipped when empty or missing)")
 	only := fs.String("peers", "", "comma-separated peers to run (default: all available)")
@@ -104,7 +105,7 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rec := newRecorder()
-	err := runSuite(ctx, log, cfg, rec, suiteOpts{dir: *dir, keep: *keep, ferry: *ferryBin, ghost: *ghost, istio: *istio, only: *only})
+	err := runSuite(ctx, log, cfg, rec, suiteOpts{dir: *dir, keep: *keep, ferry: *ferryBin, baseline: *baseline, ghost: *ghost, istio: *istio, only: *only})
 	rec.Meta["smoke"] = *smoke
 	if werr := rec.write(*out); werr != nil {
 		log.Error("write results", "err", werr)
@@ -124,11 +125,11 @@ func run(args []string) int {
 }
 
 // peerNames is the table order.
-var peerNames = []string{"direct", "ferry", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct"}
+var peerNames = []string{"direct", "ferry", "ferry-baseline", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct"}
 
 type suiteOpts struct {
-	dir, ferry, ghost, istio, only string
-	keep                           bool
+	dir, ferry, baseline, ghost, istio, only string
+	keep                                     bool
 }
 
 func absIf(p string) string {
@@ -167,7 +168,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		return err
 	}
 	defer t.close()
-	e := &env{topo: t, dir: dir, pki: pk, ferry: absIf(o.ferry), self: self, ghost: absIf(o.ghost), istio: absIf(o.istio)}
+	e := &env{topo: t, dir: dir, pki: pk, ferry: absIf(o.ferry), baseline: absIf(o.baseline), self: self, ghost: absIf(o.ghost), istio: absIf(o.istio)}
 	rec.Meta["started"] = time.Now().UTC().Format(time.RFC3339)
 	rec.Meta["go"] = runtime.Version()
 	rec.Meta["cpus"] = runtime.NumCPU()

@@ -113,9 +113,12 @@ type env struct {
 	dir   string // run directory: configs and logs
 	pki   *pki
 	ferry string // binary paths; "" when not available
-	self  string
-	ghost string
-	istio string
+	// baseline is a second ferry binary, run as peer ferry-baseline so that
+	// a change is measured against its predecessor in the same run.
+	baseline string
+	self     string
+	ghost    string
+	istio    string
 }
 
 // peerSpec starts one peer kind.
@@ -156,6 +159,7 @@ func peerSpecs(e *env) []peerSpec {
 		{name: "direct", port: directPort, available: func(*env) error { return nil },
 			start: func(context.Context, *env, *peer) error { return nil }},
 		{name: "ferry", port: 20001, available: have(&e.ferry), start: startFerry},
+		{name: "ferry-baseline", port: 20008, available: have(&e.baseline), start: startFerryBaseline},
 		{name: "go-tls", bothSides: true, port: 20002, perConnTLS: true, available: have(&e.self), start: startGoTLS},
 		{name: "ghostunnel", bothSides: true, port: 20003, perConnTLS: true, available: have(&e.ghost), start: startGhostunnel},
 		{name: "haproxy", bothSides: true, port: 20004, perConnTLS: true, available: lookPath("haproxy"), start: startHAProxy},
@@ -221,6 +225,26 @@ status: {podIP: %s}
 // listener at the server pod's address (standing in for capture), node b's
 // HBONE listener on port 15008 delivering to the sink.
 func startFerry(ctx context.Context, e *env, p *peer) error {
+	return startAgents(ctx, e, p, e.ferry, agentPorts{hbone: hbonePort, inbound: 15006, outboundB: 15001, admin: 15000})
+}
+
+// startFerryBaseline runs the baseline binary's agents like startFerry's,
+// on ports of their own.
+func startFerryBaseline(ctx context.Context, e *env, p *peer) error {
+	return startAgents(ctx, e, p, e.baseline, agentPorts{hbone: baselineHBONEPort, inbound: 15016, outboundB: 15011, admin: 15040})
+}
+
+// baselineHBONEPort is the HBONE port of the ferry-baseline agents.
+const baselineHBONEPort = 15010
+
+// agentPorts are the ports one pair of agents listens on: HBONE and inbound
+// on both nodes, node b's outbound, and admin (metrics and readiness on the
+// next two ports) inside each node.
+type agentPorts struct {
+	hbone, inbound, outboundB, admin uint16
+}
+
+func startAgents(ctx context.Context, e *env, p *peer, bin string, ports agentPorts) error {
 	m := filepath.Join(e.dir, "ferry-manifests")
 	if err := os.MkdirAll(m, 0o755); err != nil {
 		return err
@@ -228,27 +252,28 @@ func startFerry(ctx context.Context, e *env, p *peer) error {
 	if err := os.WriteFile(filepath.Join(m, "cluster.yaml"), fmt.Appendf(nil, ferryManifest, clientPod, serverPod), 0o644); err != nil {
 		return err
 	}
-	common := []string{e.ferry, "agent", "--manifests", m, "--ca-cert", e.pki.caCert, "--ca-key", e.pki.caKey,
+	local := func(port uint16) string { return addr(netip.MustParseAddr("127.0.0.1"), port) }
+	common := []string{bin, "agent", "--manifests", m, "--ca-cert", e.pki.caCert, "--ca-key", e.pki.caKey,
 		"--redirect", "none", "--log-level", "warn", "--drain-timeout", "1s",
-		"--admin-addr", "127.0.0.1:15000", "--metrics-addr", "127.0.0.1:15020", "--readiness-addr", "127.0.0.1:15021"}
+		"--admin-addr", local(ports.admin), "--metrics-addr", local(ports.admin + 20), "--readiness-addr", local(ports.admin + 21)}
 	// The agents' HBONE port must be equal: a client dials the port of its own --hbone-addr.
 	a := append(append([]string{}, common...), "--node", "a",
-		"--outbound-addr", addr(serverPod, p.port), "--inbound-addr", addr(nodeAIP, 15006), "--hbone-addr", addr(nodeAIP, hbonePort))
+		"--outbound-addr", addr(serverPod, p.port), "--inbound-addr", addr(nodeAIP, ports.inbound), "--hbone-addr", addr(nodeAIP, ports.hbone))
 	b := append(append([]string{}, common...), "--node", "b",
-		"--outbound-addr", addr(nodeBIP, 15001), "--inbound-addr", addr(nodeBIP, 15006), "--hbone-addr", addr(serverPod, hbonePort))
+		"--outbound-addr", addr(nodeBIP, ports.outboundB), "--inbound-addr", addr(nodeBIP, ports.inbound), "--hbone-addr", addr(serverPod, ports.hbone))
 	if err := p.run(e, e.topo.nsA, "a", a...); err != nil {
 		return err
 	}
 	if err := p.run(e, e.topo.nsB, "b", b...); err != nil {
 		return err
 	}
-	p.adminA, p.adminB = "127.0.0.1:15000", "127.0.0.1:15000"
+	p.adminA, p.adminB = local(ports.admin), local(ports.admin)
 	for _, ns := range []string{e.topo.nsA, e.topo.nsB} {
 		err := waitFor(ctx, 60*time.Second, func() error {
 			if err := p.checkAlive(); err != nil {
 				return err
 			}
-			c, err := dialFrom(ctx, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:15021"))
+			c, err := dialFrom(ctx, ns, netip.Addr{}, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ports.admin+21))
 			if err != nil {
 				return err
 			}
@@ -256,7 +281,7 @@ func startFerry(ctx context.Context, e *env, p *peer) error {
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("ferry agent not ready: %w", err)
+			return fmt.Errorf("%s agent not ready: %w", p.name, err)
 		}
 	}
 	return nil
