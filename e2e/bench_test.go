@@ -11,6 +11,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/internal/testbed"
 )
 
 // BenchmarkPrivilegedPodToPod measures pod→pod throughput (HTTP GET of 16 MiB)
@@ -29,7 +31,7 @@ func BenchmarkPrivilegedPodToPod(b *testing.B) {
 		b.Fatal("PRIVILEGED_TESTS=1 but not running as root")
 	}
 	bins := buildAll(b)
-	tb := startTestbed(b, bins, tbOptions{spec: meshSpec, args: []string{"--log-level", "warn"}})
+	tb := startTestbed(b, bins, tbOptions{spec: meshSpec, logLevel: "warn"})
 	for _, path := range []struct{ name, from, to string }{
 		{"nomesh", "plain/client", "plain/remote"},
 		{"mesh", "mesh/client", "mesh/remote"},
@@ -71,7 +73,7 @@ func BenchmarkPrivilegedPodToPod(b *testing.B) {
 
 // podClient is an HTTP client whose connections are opened from pod's network
 // namespace, one kept-alive connection at a time.
-func podClient(pod tbPod) *http.Client {
+func podClient(pod testbed.Pod) *http.Client {
 	return &http.Client{
 		Timeout: time.Minute,
 		Transport: &http.Transport{

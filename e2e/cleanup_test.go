@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -21,18 +22,18 @@ func TestPrivilegedCleanup(t *testing.T) {
 	client, remote, legacyRemote := tb.pod(t, "mesh/client"), tb.pod(t, "mesh/remote"), tb.pod(t, "plain/remote")
 
 	pristine := nodeNetState(t, node1)
-	tb.testbedCmd(t, "agent", "start", "node1")
-	tb.testbedCmd(t, "agent", "start", "node2")
+	tb.startAgent(t, "node1")
+	tb.startAgent(t, "node2")
 	tb.eventuallyGetIP(t, client, remote)
 	if s := nodeNetState(t, node1); s == pristine {
 		t.Fatalf("the agent installed no rule or route on node1:\n%s", s)
 	}
-	tb.testbedCmd(t, "agent", "kill", "node1")
+	tb.killAgent(t, "node1")
 	tb.mustFail(t, client, legacyRemote) // rules left behind: fail closed
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := inNetns(ctx, node1.Netns, tb.Ferry, "cleanup", "--bpf-pin-dir", node1.PinDir)
+	out, err := testbed.Run(ctx, node1.Netns, tb.Ferry, "cleanup", "--bpf-pin-dir", node1.PinDir)
 	t.Logf("ferry cleanup:\n%s", out)
 	if err != nil {
 		t.Fatalf("ferry cleanup: %v", err)
@@ -51,19 +52,19 @@ func TestPrivilegedCleanup(t *testing.T) {
 	tb.mustGetIP(t, client, legacyRemote)
 
 	// Cleanup is idempotent.
-	if out, err := inNetns(ctx, node1.Netns, tb.Ferry, "cleanup", "--bpf-pin-dir", node1.PinDir); err != nil {
+	if out, err := testbed.Run(ctx, node1.Netns, tb.Ferry, "cleanup", "--bpf-pin-dir", node1.PinDir); err != nil {
 		t.Errorf("second ferry cleanup: %v\n%s", err, out)
 	}
 }
 
 // nodeNetState is a node namespace's policy rules and routes in every table.
-func nodeNetState(t testing.TB, node tbNode) string {
+func nodeNetState(t testing.TB, node testbed.Node) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var s string
 	for _, args := range [][]string{{"ip", "rule"}, {"ip", "route", "show", "table", "all"}} {
-		out, err := inNetns(ctx, node.Netns, args...)
+		out, err := testbed.Run(ctx, node.Netns, args...)
 		if err != nil {
 			t.Fatal(err)
 		}

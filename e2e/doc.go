@@ -1,5 +1,5 @@
 // Package e2e holds Ferry's end-to-end tests. Each test brings up its own netns
-// testbed with scripts/testbed (a fabric bridge, node and pod network
+// testbed with internal/testbed (a fabric bridge, node and pod network
 // namespaces, one ferry agent per node, podapp servers in the pods), drives
 // traffic between pods, checks what the agents report and what crossed the
 // fabric, and tears the testbed down in t.Cleanup.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -41,7 +42,7 @@ func TestPrivilegedIPv6Refused(t *testing.T) {
 	sh := func(netns string, cmds ...string) {
 		t.Helper()
 		for _, c := range cmds {
-			if _, err := inNetns(t.Context(), netns, "sh", "-c", c); err != nil {
+			if _, err := testbed.Run(t.Context(), netns, "sh", "-c", c); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -49,7 +50,7 @@ func TestPrivilegedIPv6Refused(t *testing.T) {
 	sysctls := "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0"
 	sh(node1.Netns, sysctls, "sysctl -qw net.ipv6.conf.all.forwarding=1")
 	for _, p := range []struct {
-		pod tbPod
+		pod testbed.Pod
 		ip  string
 	}{{server, server6}, {peer, peer6}} {
 		iface := hostIface(t, node1, p.pod)
@@ -63,7 +64,7 @@ func TestPrivilegedIPv6Refused(t *testing.T) {
 	}
 	listenIn(t, server.Netns, "["+server6+"]:8080")
 	listenIn(t, peer.Netns, "["+peer6+"]:8080")
-	dial := func(from tbPod, addr string) error {
+	dial := func(from testbed.Pod, addr string) error {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		c, err := dialFrom(ctx, from.Netns, addr)
@@ -102,7 +103,7 @@ func TestPrivilegedIPv6Refused(t *testing.T) {
 	}
 	writeAtomic(t, pods, strings.Replace(string(orig), entry, entry+"  - ip: "+server6+"\n", 1))
 	status := func() string {
-		out, err := inNetns(t.Context(), node1.Netns, tb.Ferry, "status")
+		out, err := testbed.Run(t.Context(), node1.Netns, tb.Ferry, "status")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,9 +145,9 @@ func TestPrivilegedIPv6Refused(t *testing.T) {
 }
 
 // hostIface returns the node-side veth of pod (the interface of its /32 route).
-func hostIface(t testing.TB, node tbNode, pod tbPod) string {
+func hostIface(t testing.TB, node testbed.Node, pod testbed.Pod) string {
 	t.Helper()
-	out, err := inNetns(t.Context(), node.Netns, "ip", "-4", "route", "show", pod.IP+"/32")
+	out, err := testbed.Run(t.Context(), node.Netns, "ip", "-4", "route", "show", pod.IP+"/32")
 	if err != nil {
 		t.Fatal(err)
 	}

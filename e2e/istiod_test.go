@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -124,7 +125,7 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 			t.Errorf("node1's access log has no outbound line to %s:8000 for web.mesh picked by ferry", remote.IP)
 		}
 		// ferry workloads says who picks web.mesh's endpoints on node1.
-		out, err := inNetns(ctx, tb.node(t, "node1").Netns, bins.ferry, "workloads", "--namespace", "mesh")
+		out, err := testbed.Run(ctx, tb.node(t, "node1").Netns, bins.ferry, "workloads", "--namespace", "mesh")
 		if err != nil {
 			t.Fatalf("ferry workloads: %v\n%s", err, out)
 		}
@@ -162,7 +163,7 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 		}
 		t.Errorf("node2's agent logged no denial of peer %q with %s", peer, why)
 	}
-	refused := func(from, to tbPod) func() bool {
+	refused := func(from, to testbed.Pod) func() bool {
 		return func() bool {
 			code, _, err := tb.get(from, "http://"+to.IP+":8000/ip", 2*time.Second)
 			return err != nil && code == 0
@@ -256,7 +257,7 @@ spec:
 
 // hold keeps one connection from pod from to url open (a request every
 // 250 ms) until the test ends; the channel reports when it broke.
-func hold(t testing.TB, tb *testbed, from tbPod, url string) <-chan error {
+func hold(t testing.TB, tb *bed, from testbed.Pod, url string) <-chan error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, "nsenter", "--net=/var/run/netns/"+from.Netns, "--", tb.Podapp, "hold", url)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -92,7 +93,7 @@ func TestPrivilegedKubeTestbed(t *testing.T) {
 	}
 
 	// The agents annotate the pods they capture, as istio-cni does.
-	annotation := func(p tbPod) string {
+	annotation := func(p testbed.Pod) string {
 		pod, err := kc.Client.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -152,12 +153,12 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 // waitReady waits for node's agent readiness endpoint.
-func waitReady(t testing.TB, tb *testbed, n tbNode) {
+func waitReady(t testing.TB, tb *bed, n testbed.Node) {
 	t.Helper()
 	var out string
 	for range 120 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		o, err := inNetns(ctx, n.Netns, tb.Podapp, "get", "http://127.0.0.1:15021/healthz/ready", "--expect-code", "200")
+		o, err := testbed.Run(ctx, n.Netns, tb.Podapp, "get", "http://127.0.0.1:15021/healthz/ready", "--expect-code", "200")
 		cancel()
 		if err == nil {
 			return

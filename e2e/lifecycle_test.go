@@ -39,25 +39,6 @@ func keepAliveGet(t testing.TB, c net.Conn, r *bufio.Reader) (string, error) {
 	return strings.TrimSpace(string(b[:n])), nil
 }
 
-// agentArgv returns the command line the testbed last started node's agent with.
-func agentArgv(t testing.TB, node tbNode) []string {
-	t.Helper()
-	b, err := os.ReadFile(node.AgentLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var argv []string
-	for l := range strings.Lines(string(b)) {
-		if _, rest, ok := strings.Cut(l, " start: "); ok && strings.HasPrefix(l, "=== ") {
-			argv = strings.Fields(rest)
-		}
-	}
-	if len(argv) == 0 {
-		t.Fatalf("%s: no start line", node.AgentLog)
-	}
-	return argv
-}
-
 // waitLog waits until path contains substr.
 func waitLog(t testing.TB, path, substr string, timeout time.Duration) {
 	t.Helper()
@@ -101,7 +82,7 @@ func TestPrivilegedUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + node1.Netns, "--"}, agentArgv(t, node1)...)...)
+	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + node1.Netns, "--"}, tb.AgentArgv(node1)...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -40,7 +41,7 @@ func TestPrivilegedMesh(t *testing.T) {
 
 	// mtlsAt counts connections node's agent accepted over HBONE (mutual TLS)
 	// from src's identity for dst's workload.
-	mtlsAt := func(t *testing.T, node tbNode, src, dst tbPod) float64 {
+	mtlsAt := func(t *testing.T, node testbed.Node, src, dst testbed.Pod) float64 {
 		m := tb.metrics(t, node)
 		n := m.Sum(opened, "reporter", "destination",
 			"connection_security_policy", "mutual_tls",
@@ -97,7 +98,7 @@ func TestPrivilegedMesh(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		out, err := inNetns(ctx, node2.Netns, tb.Podapp, "get", "http://127.0.0.1:15000/connections", "--expect-code", "200")
+		out, err := testbed.Run(ctx, node2.Netns, tb.Podapp, "get", "http://127.0.0.1:15000/connections", "--expect-code", "200")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,12 +161,12 @@ func TestPrivilegedMesh(t *testing.T) {
 	})
 
 	t.Run("fail-closed", func(t *testing.T) {
-		tb.testbedCmd(t, "agent", "kill", "node1")
+		tb.killAgent(t, "node1")
 		tb.mustFail(t, client, remote)      // outbound from an enrolled pod
 		tb.mustFail(t, client, local)       // same node
 		tb.mustFail(t, legacyRemote, local) // inbound to an enrolled pod
 		tb.mustGetIP(t, legacy, legacyRemote)
-		tb.testbedCmd(t, "agent", "start", "node1")
+		tb.startAgent(t, "node1")
 		tb.eventuallyGetIP(t, client, remote) // outbound resumes
 		tb.mustGetIP(t, legacyRemote, local)  // inbound resumes
 		tb.mustGetIP(t, legacyRemote, remote) // the other node was never affected

@@ -4,65 +4,26 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
-// testbed is one running scripts/testbed instance, as its testbed.json
-// describes it.
-type testbed struct {
-	Prefix      string   `json:"prefix"`
-	RunDir      string   `json:"run_dir"`
-	Mesh        bool     `json:"mesh"`
-	FabricNetns string   `json:"fabric_netns"`
-	Manifests   string   `json:"manifests"`
-	CACert      string   `json:"ca_cert"`
-	Ferry       string   `json:"ferry"`
-	Podapp      string   `json:"podapp"`
-	Nodes       []tbNode `json:"nodes"`
-	Pods        []tbPod  `json:"pods"`
-}
-
-type tbNode struct {
-	Name     string `json:"name"`
-	Netns    string `json:"netns"`
-	IP       string `json:"ip"`
-	PodCIDR  string `json:"pod_cidr"`
-	PinDir   string `json:"pin_dir"`
-	AgentLog string `json:"agent_log"`
-}
-
-type tbPod struct {
-	Namespace      string `json:"namespace"`
-	Name           string `json:"name"`
-	ServiceAccount string `json:"service_account"`
-	Node           string `json:"node"`
-	IP             string `json:"ip"`
-	Netns          string `json:"netns"`
-	Enrolled       bool   `json:"enrolled"`
-	Log            string `json:"log"`
-}
-
-// String returns "namespace/name".
-func (p tbPod) String() string { return p.Namespace + "/" + p.Name }
-
-// Principal returns the pod's SPIFFE identity in the default trust domain.
-func (p tbPod) Principal() string {
-	return "spiffe://cluster.local/ns/" + p.Namespace + "/sa/" + p.ServiceAccount
+// bed is one testbed brought up for a test.
+type bed struct {
+	*testbed.Testbed
 }
 
 // binaries are the programs a testbed runs, built for one test.
@@ -117,59 +78,43 @@ func buildAll(t testing.TB) binaries {
 
 // tbOptions configure startTestbed.
 type tbOptions struct {
-	spec   string   // the testbed spec (scripts/testbed help); required
-	noMesh bool     // start no agents
-	args   []string // more `testbed up` arguments
+	spec     string // the testbed spec (testbed.ParseSpec); required
+	noMesh   bool   // start no agents
+	logLevel string // the agents' --log-level; empty means info
 }
 
 // startTestbed brings up a testbed with a fresh prefix and registers its
 // teardown, which also checks that nothing of it is left behind.
-func startTestbed(t testing.TB, bins binaries, o tbOptions) *testbed {
+func startTestbed(t testing.TB, bins binaries, o tbOptions) *bed {
 	t.Helper()
-	prefix := fmt.Sprintf("ftb%06x", rand.N(1<<24))
-	runDir := t.TempDir()
-	specFile := filepath.Join(t.TempDir(), "spec")
-	if err := os.WriteFile(specFile, []byte(o.spec), 0o644); err != nil {
+	spec, err := testbed.ParseSpec(strings.NewReader(o.spec))
+	if err != nil {
 		t.Fatal(err)
 	}
-	tbScript := script(t, "testbed")
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpLogs(t, runDir)
-		}
-		out, err := exec.Command(tbScript, "down", "--prefix", prefix).CombinedOutput()
-		if err != nil {
-			t.Errorf("testbed down: %v\n%s", err, out)
-		}
-		if left := leftovers(prefix); len(left) > 0 {
-			t.Errorf("testbed %s left behind: %s", prefix, strings.Join(left, ", "))
-		}
-	})
-	args := []string{"up", "--prefix", prefix, "--run-dir", runDir, "--spec", specFile, "--podapp", bins.podapp}
-	if bins.ferry != "" {
-		args = append(args, "--ferry", bins.ferry)
-	}
-	if o.noMesh {
-		args = append(args, "--no-mesh")
-	}
-	args = append(args, o.args...)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, tbScript, args...)
-	out, err := cmd.CombinedOutput()
-	t.Logf("testbed %s:\n%s", strings.Join(args, " "), out)
+	var log bytes.Buffer
+	tb, err := testbed.Up(ctx, testbed.Config{RunDir: t.TempDir(), Spec: spec, NoMesh: o.noMesh,
+		LogLevel: o.logLevel, Ferry: bins.ferry, Podapp: bins.podapp, Log: &log})
+	t.Logf("testbed up:\n%s", log.String())
 	if err != nil {
+		if tb != nil {
+			dumpLogs(t, tb.RunDir)
+		}
 		t.Fatalf("testbed up: %v", err)
 	}
-	b, err := os.ReadFile(filepath.Join(runDir, "testbed.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := new(testbed)
-	if err := json.Unmarshal(b, tb); err != nil {
-		t.Fatalf("testbed.json: %v", err)
-	}
-	return tb
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, tb.RunDir)
+		}
+		if err := tb.Down(false, nil); err != nil {
+			t.Errorf("testbed down: %v", err)
+		}
+		if left := testbed.Leftovers(tb.Prefix); len(left) > 0 {
+			t.Errorf("testbed %s left behind: %s", tb.Prefix, strings.Join(left, ", "))
+		}
+	})
+	return &bed{tb}
 }
 
 // dumpLogs logs the tail of every log file in the run dir.
@@ -188,65 +133,30 @@ func dumpLogs(t testing.TB, runDir string) {
 	}
 }
 
-// leftovers lists the network namespaces and BPF pins named after prefix.
-func leftovers(prefix string) []string {
-	var left []string
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for line := range strings.Lines(string(out)) {
-		if name, _, _ := strings.Cut(strings.TrimSpace(line), " "); strings.HasPrefix(name, prefix+"-") {
-			left = append(left, "netns "+name)
-		}
-	}
-	pins, _ := filepath.Glob("/sys/fs/bpf/" + prefix + "-*")
-	for _, p := range pins {
-		left = append(left, "pin "+p)
-	}
-	return left
-}
-
-func (tb *testbed) pod(t testing.TB, name string) tbPod {
+func (tb *bed) pod(t testing.TB, name string) testbed.Pod {
 	t.Helper()
-	for _, p := range tb.Pods {
-		if p.String() == name {
-			return p
-		}
+	p, ok := tb.Pod(name)
+	if !ok {
+		t.Fatalf("testbed has no pod %s", name)
 	}
-	t.Fatalf("testbed has no pod %s", name)
-	return tbPod{}
+	return p
 }
 
-func (tb *testbed) node(t testing.TB, name string) tbNode {
+func (tb *bed) node(t testing.TB, name string) testbed.Node {
 	t.Helper()
-	for _, n := range tb.Nodes {
-		if n.Name == name {
-			return n
-		}
+	n, ok := tb.Node(name)
+	if !ok {
+		t.Fatalf("testbed has no node %s", name)
 	}
-	t.Fatalf("testbed has no node %s", name)
-	return tbNode{}
-}
-
-// inNetns runs a command in the named network namespace (nsenter keeps the
-// host's /sys, unlike ip netns exec) and returns its stdout; stderr goes into
-// the error.
-func inNetns(ctx context.Context, netns string, argv ...string) (string, error) {
-	args := append([]string{"--net=/var/run/netns/" + netns, "--"}, argv...)
-	cmd := exec.CommandContext(ctx, "nsenter", args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	return stdout.String(), err
+	return n
 }
 
 // get runs `podapp get url` in pod from and returns the status code (0 when
 // no response came back) and the body. err reports a failed request.
-func (tb *testbed) get(from tbPod, url string, timeout time.Duration) (int, string, error) {
+func (tb *bed) get(from testbed.Pod, url string, timeout time.Duration) (int, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+5*time.Second)
 	defer cancel()
-	out, err := inNetns(ctx, from.Netns, tb.Podapp, "get", url, "--timeout", timeout.String(), "--expect-code", "-1")
+	out, err := testbed.Run(ctx, from.Netns, tb.Podapp, "get", url, "--timeout", timeout.String(), "--expect-code", "-1")
 	first, body, _ := strings.Cut(out, "\n")
 	code, perr := strconv.Atoi(first)
 	if perr != nil && err == nil {
@@ -257,7 +167,7 @@ func (tb *testbed) get(from tbPod, url string, timeout time.Duration) (int, stri
 
 // mustGetIP fetches /ip of pod to from pod from and fails the test unless it
 // answers 200 with from's address.
-func (tb *testbed) mustGetIP(t testing.TB, from, to tbPod) {
+func (tb *bed) mustGetIP(t testing.TB, from, to testbed.Pod) {
 	t.Helper()
 	code, body, err := tb.get(from, "http://"+to.IP+":8000/ip", 5*time.Second)
 	if err != nil || code != 200 {
@@ -269,7 +179,7 @@ func (tb *testbed) mustGetIP(t testing.TB, from, to tbPod) {
 }
 
 // mustFail checks that from cannot reach to at all (no HTTP response).
-func (tb *testbed) mustFail(t testing.TB, from, to tbPod) {
+func (tb *bed) mustFail(t testing.TB, from, to testbed.Pod) {
 	t.Helper()
 	code, body, err := tb.get(from, "http://"+to.IP+":8000/ip", 2*time.Second)
 	if err == nil || code != 0 {
@@ -280,7 +190,7 @@ func (tb *testbed) mustFail(t testing.TB, from, to tbPod) {
 
 // eventuallyGetIP retries mustGetIP's request for a bounded number of attempts,
 // for state that settles asynchronously (an agent restart, a policy reload).
-func (tb *testbed) eventuallyGetIP(t testing.TB, from, to tbPod) {
+func (tb *bed) eventuallyGetIP(t testing.TB, from, to testbed.Pod) {
 	t.Helper()
 	var err error
 	for range 40 {
@@ -298,24 +208,33 @@ func (tb *testbed) eventuallyGetIP(t testing.TB, from, to tbPod) {
 	t.Fatalf("%s → %s never succeeded: %v", from, to, err)
 }
 
-// testbedCmd runs scripts/testbed with args against tb.
-func (tb *testbed) testbedCmd(t testing.TB, args ...string) {
+// startAgent starts node's agent and waits until it is ready.
+func (tb *bed) startAgent(t testing.TB, node string) {
 	t.Helper()
-	args = append(args, "--prefix", tb.Prefix)
-	out, err := exec.Command(script(t, "testbed"), args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("testbed %s: %v\n%s", strings.Join(args, " "), err, out)
+	if err := tb.StartAgent(node); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.WaitReady(t.Context(), node, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// killAgent kills node's agent with SIGKILL, leaving its state behind.
+func (tb *bed) killAgent(t testing.TB, node string) {
+	t.Helper()
+	if err := tb.StopAgent(node, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // --- metrics ---------------------------------------------------------------------
 
 // metrics scrapes node's metrics endpoint.
-func (tb *testbed) metrics(t testing.TB, node tbNode) testutil.Metrics {
+func (tb *bed) metrics(t testing.TB, node testbed.Node) testutil.Metrics {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := inNetns(ctx, node.Netns, tb.Podapp, "get", "http://"+node.IP+":15020/metrics", "--expect-code", "200")
+	out, err := testbed.Run(ctx, node.Netns, tb.Podapp, "get", "http://"+node.IP+":15020/metrics", "--expect-code", "200")
 	if err != nil {
 		t.Fatalf("scrape %s: %v", node.Name, err)
 	}
@@ -341,7 +260,7 @@ type capture struct {
 // capture on the bridge device itself would miss frames forwarded between
 // ports) for TCP packets, bounded by
 // a packet count and a time limit, and waits until it listens.
-func (tb *testbed) startCapture(t testing.TB) *capture {
+func (tb *bed) startCapture(t testing.TB) *capture {
 	t.Helper()
 	c := &capture{file: filepath.Join(t.TempDir(), "fabric.pcap"), done: make(chan error, 1)}
 	// -Z root: the file is in a root-only temp dir; timeout bounds a forgotten capture.
@@ -410,12 +329,5 @@ func dialFrom(ctx context.Context, ns, addr string) (net.Conn, error) {
 	if strings.HasPrefix(addr, "[") {
 		network = "tcp6" // [IPv6]:port, TestPrivilegedIPv6Refused
 	}
-	var c net.Conn
-	err := netns.DoNamed(ns, func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return testbed.Dial(ctx, ns, &net.Dialer{}, network, addr)
 }

@@ -31,7 +31,7 @@
 //	            pods, bounded churn, SIGKILL under traffic and the kernel objects
 //	            before, during and after
 //
-// TestPrivileged* tests run on the netns testbed (scripts/testbed) and need
+// TestPrivileged* tests run on the netns testbed (internal/testbed) and need
 // root and PRIVILEGED_TESTS=1.
 //
 //	go test ./e2e/adversarial                          # loopback suite (~2.5 min)

@@ -5,10 +5,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,62 +26,38 @@ import (
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/certstest"
 	"github.com/ferrymesh/ferry/internal/h2peer"
-	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
-// testbed is one scripts/testbed run, as its testbed.json describes it.
-type testbed struct {
-	Prefix string `json:"prefix"`
-	RunDir string `json:"run_dir"`
-	CACert string `json:"ca_cert"`
-	Podapp string `json:"podapp"`
-	Nodes  []struct {
-		Name   string `json:"name"`
-		Netns  string `json:"netns"`
-		IP     string `json:"ip"`
-		PinDir string `json:"pin_dir"`
-	} `json:"nodes"`
-	Pods []tbPod `json:"pods"`
+// bed is one testbed brought up for a test.
+type bed struct {
+	*testbed.Testbed
 }
 
-type tbPod struct {
-	Namespace      string `json:"namespace"`
-	Name           string `json:"name"`
-	ServiceAccount string `json:"service_account"`
-	Node           string `json:"node"`
-	IP             string `json:"ip"`
-	Netns          string `json:"netns"`
-}
-
-func (p tbPod) addr(port uint16) string {
+// podAddr is pod's address with port.
+func podAddr(p testbed.Pod, port uint16) string {
 	return netip.AddrPortFrom(netip.MustParseAddr(p.IP), port).String()
 }
 
-func (tb *testbed) pod(t testing.TB, name string) tbPod {
+func (tb *bed) pod(t testing.TB, name string) testbed.Pod {
 	t.Helper()
-	for _, p := range tb.Pods {
-		if p.Namespace+"/"+p.Name == name {
-			return p
-		}
+	p, ok := tb.Pod(name)
+	if !ok {
+		t.Fatalf("testbed has no pod %s", name)
 	}
-	t.Fatalf("testbed has no pod %s", name)
-	return tbPod{}
+	return p
 }
 
-func (tb *testbed) nodeNetns(name string) (netns, ip, pin string) {
-	for _, n := range tb.Nodes {
-		if n.Name == name {
-			return n.Netns, n.IP, n.PinDir
-		}
-	}
-	return "", "", ""
+func (tb *bed) nodeNetns(name string) (netns, ip, pin string) {
+	n, _ := tb.Node(name)
+	return n.Netns, n.IP, n.PinDir
 }
 
 // startTestbed brings up a testbed from spec with a fresh prefix and tears
 // it down when the test ends, failing if anything named after the prefix
 // is left behind.
-func startTestbed(t *testing.T, spec string) *testbed {
+func startTestbed(t *testing.T, spec string) *bed {
 	t.Helper()
 	podapp := filepath.Join(t.TempDir(), "podapp")
 	build := exec.Command("go", "build", "-o", podapp, "./scripts/podapp")
@@ -90,83 +65,38 @@ func startTestbed(t *testing.T, spec string) *testbed {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build podapp: %v\n%s", err, out)
 	}
-	script, _ := filepath.Abs("../../scripts/testbed")
-	prefix := fmt.Sprintf("ftb%06x", rand.N(1<<24))
-	runDir := t.TempDir()
-	specFile := filepath.Join(t.TempDir(), "spec")
-	if err := os.WriteFile(specFile, []byte(spec), 0o644); err != nil {
+	s, err := testbed.ParseSpec(strings.NewReader(spec))
+	if err != nil {
 		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	tb, err := testbed.Up(ctx, testbed.Config{RunDir: t.TempDir(), Spec: s, Ferry: ferryBinary(t), Podapp: podapp, Log: &log})
+	if err != nil {
+		t.Fatalf("testbed up: %v\n%s", err, log.String())
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			logs, _ := filepath.Glob(filepath.Join(runDir, "logs", "agent-*.log"))
-			for _, f := range logs {
-				b, _ := os.ReadFile(f)
-				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-				t.Logf("--- %s (tail):\n%s", filepath.Base(f), strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			for _, n := range tb.Nodes {
+				t.Logf("--- %s (tail):\n%s", filepath.Base(n.AgentLog), tail(n.AgentLog, 40))
 			}
 		}
-		if out, err := exec.Command(script, "down", "--prefix", prefix).CombinedOutput(); err != nil {
-			t.Errorf("testbed down: %v\n%s", err, out)
+		if err := tb.Down(false, nil); err != nil {
+			t.Errorf("testbed down: %v", err)
 		}
-		if left := leftovers(prefix); len(left) > 0 {
-			t.Errorf("testbed %s left behind: %s", prefix, strings.Join(left, ", "))
+		if left := testbed.Leftovers(tb.Prefix); len(left) > 0 {
+			t.Errorf("testbed %s left behind: %s", tb.Prefix, strings.Join(left, ", "))
 		}
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, script, "up", "--prefix", prefix, "--run-dir", runDir, "--spec", specFile,
-		"--ferry", ferryBinary(t), "--podapp", podapp).CombinedOutput()
-	if err != nil {
-		t.Fatalf("testbed up: %v\n%s", err, out)
-	}
-	b, err := os.ReadFile(filepath.Join(runDir, "testbed.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := new(testbed)
-	if err := json.Unmarshal(b, tb); err != nil {
-		t.Fatal(err)
-	}
-	tb.RunDir = runDir
-	return tb
+	return &bed{tb}
 }
 
-// leftovers lists network namespaces and BPF pins named after prefix.
-func leftovers(prefix string) []string {
-	var left []string
-	out, _ := exec.Command("ip", "netns", "list").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		if name, _, _ := strings.Cut(strings.TrimSpace(line), " "); strings.HasPrefix(name, prefix+"-") {
-			left = append(left, "netns "+name)
-		}
-	}
-	pins, _ := filepath.Glob("/sys/fs/bpf/" + prefix + "-*")
-	for _, p := range pins {
-		left = append(left, "pin "+p)
-	}
-	return left
-}
-
-// agentCmd runs `testbed agent ACTION NODE`.
-func (tb *testbed) agentCmd(t testing.TB, action, node string) {
-	t.Helper()
-	script, _ := filepath.Abs("../../scripts/testbed")
-	out, err := exec.Command(script, "agent", action, node, "--prefix", tb.Prefix).CombinedOutput()
-	if err != nil {
-		t.Fatalf("testbed agent %s %s: %v\n%s", action, node, err, out)
-	}
-}
-
-// inNetns runs argv in a network namespace and returns its stdout.
-func inNetns(ctx context.Context, netns string, argv ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + netns, "--"}, argv...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	return stdout.String(), nil
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // dialFrom opens a TCP connection from inside a network namespace; the
@@ -178,17 +108,11 @@ func dialFrom(ctx context.Context, netns, addr string, timeout time.Duration) (n
 // dialFromAddr is dialFrom with the socket bound to src when it is not
 // empty.
 func dialFromAddr(ctx context.Context, ns, src, addr string, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := netns.DoNamed(ns, func() error {
-		d := net.Dialer{Timeout: timeout}
-		if src != "" {
-			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-		}
-		var err error
-		c, err = d.DialContext(ctx, "tcp4", addr)
-		return err
-	})
-	return c, err
+	d := &net.Dialer{Timeout: timeout}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	return testbed.Dial(ctx, ns, d, "tcp4", addr)
 }
 
 // httpGetFrom sends GET url from netns over a fresh connection and returns
@@ -211,7 +135,7 @@ func httpGetFrom(ctx context.Context, netns, url string, timeout time.Duration) 
 }
 
 // scrapeNode reads a node agent's metrics from inside the node.
-func (tb *testbed) scrapeNode(t testing.TB, node string) testutil.Metrics {
+func (tb *bed) scrapeNode(t testing.TB, node string) testutil.Metrics {
 	t.Helper()
 	netns, ip, _ := tb.nodeNetns(node)
 	st, body, err := httpGetFrom(t.Context(), netns, "http://"+ip+":15020/metrics", 10*time.Second)
@@ -227,11 +151,11 @@ func (tb *testbed) scrapeNode(t testing.TB, node string) testutil.Metrics {
 
 // kernelObjects lists what Ferry owns in a node: policy rules, routes in
 // non-main tables, and BPF pins.
-func (tb *testbed) kernelObjects(t testing.TB, node string) []string {
+func (tb *bed) kernelObjects(t testing.TB, node string) []string {
 	t.Helper()
 	netns, _, pin := tb.nodeNetns(node)
 	var out []string
-	rules, err := inNetns(t.Context(), netns, "ip", "-4", "rule", "show")
+	rules, err := testbed.Run(t.Context(), netns, "ip", "-4", "rule", "show")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +164,7 @@ func (tb *testbed) kernelObjects(t testing.TB, node string) []string {
 			out = append(out, "rule "+strings.Join(strings.Fields(l), " "))
 		}
 	}
-	routes, err := inNetns(t.Context(), netns, "ip", "-4", "route", "show", "table", "all")
+	routes, err := testbed.Run(t.Context(), netns, "ip", "-4", "route", "show", "table", "all")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,13 +185,13 @@ func (tb *testbed) kernelObjects(t testing.TB, node string) []string {
 
 // podGet fetches url from a pod (one HTTP/1.0 request on its own
 // connection) and returns the status and body.
-func podGet(t testing.TB, from tbPod, url string) (int, string, error) {
+func podGet(t testing.TB, from testbed.Pod, url string) (int, string, error) {
 	t.Helper()
 	return httpGetFrom(t.Context(), from.Netns, url, 3*time.Second)
 }
 
 // testbedLeaf signs a certificate for id with the testbed's CA.
-func testbedLeaf(t testing.TB, tb *testbed, id certs.Identity) tls.Certificate {
+func testbedLeaf(t testing.TB, tb *bed, id certs.Identity) tls.Certificate {
 	t.Helper()
 	ca, err := certs.LoadLocalCA(filepath.Join(tb.RunDir, "ca", "root-cert.pem"), filepath.Join(tb.RunDir, "ca", "root-key.pem"))
 	if err != nil {
@@ -290,9 +214,9 @@ func testbedLeaf(t testing.TB, tb *testbed, id certs.Identity) tls.Certificate {
 
 // hboneFrom opens TLS to dst:15008 from a pod's namespace and starts an
 // HTTP/2 peer on it.
-func hboneFrom(t testing.TB, from tbPod, dst tbPod, cert tls.Certificate) (*h2peer.Peer, error) {
+func hboneFrom(t testing.TB, from testbed.Pod, dst testbed.Pod, cert tls.Certificate) (*h2peer.Peer, error) {
 	t.Helper()
-	c, err := dialFrom(t.Context(), from.Netns, dst.addr(15008), 5*time.Second)
+	c, err := dialFrom(t.Context(), from.Netns, podAddr(dst, 15008), 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -342,7 +266,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		return certs.Identity{TrustDomain: td, Namespace: "mesh", ServiceAccount: sa}
 	}
 	// Sanity: the mesh works.
-	if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+	if st, body, err := podGet(t, client, "http://"+podAddr(server, 8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
 		t.Fatalf("mesh/client → mesh/server: %d %q %v", st, body, err)
 	}
 
@@ -381,14 +305,14 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			authority string
 			want      int
 		}{
-			{"pod on another node", client.addr(8000), 400},
+			{"pod on another node", podAddr(client, 8000), 400},
 			{"node address", node2IP + ":15000", 400},
-			{"agent outbound port", server.addr(15001), 503},
-			{"agent inbound port", server.addr(15006), 503},
-			{"agent HBONE port", server.addr(15008), 503},
-			{"agent admin port", server.addr(15000), 503},
-			{"agent metrics port", server.addr(15020), 503},
-			{"agent readiness port", server.addr(15021), 503},
+			{"agent outbound port", podAddr(server, 15001), 503},
+			{"agent inbound port", podAddr(server, 15006), 503},
+			{"agent HBONE port", podAddr(server, 15008), 503},
+			{"agent admin port", podAddr(server, 15000), 503},
+			{"agent metrics port", podAddr(server, 15020), 503},
+			{"agent readiness port", podAddr(server, 15021), 503},
 			{"malformed", "server.mesh:8000", 400},
 		} {
 			p.Connect(id, tc.authority)
@@ -400,7 +324,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			}
 			refused++
 		}
-		p.Connect(id, server.addr(8000))
+		p.Connect(id, podAddr(server, 8000))
 		if st, err := p.Status(id, 10*time.Second); st != 200 {
 			t.Errorf("good CONNECT after the abuse: %d %v", st, err)
 		}
@@ -415,8 +339,8 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 
 	t.Run("admin unreachable from pods", func(t *testing.T) {
 		_, node1IP, _ := tb.nodeNetns("node1")
-		for _, from := range []tbPod{client, legacy} {
-			for _, target := range []string{node1IP + ":15000", "127.0.0.1:15000", from.addr(15000), server.addr(15000)} {
+		for _, from := range []testbed.Pod{client, legacy} {
+			for _, target := range []string{node1IP + ":15000", "127.0.0.1:15000", podAddr(from, 15000), podAddr(server, 15000)} {
 				st, body, err := podGet(t, from, "http://"+target+"/config_dump")
 				if err == nil {
 					t.Errorf("%s/%s reached %s/config_dump: %d %.80q", from.Namespace, from.Name, target, st, body)
@@ -448,7 +372,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			}
 			peers = append(peers, p)
 			for i := range 150 {
-				p.Connect(uint32(2*i+1), server.addr(8000))
+				p.Connect(uint32(2*i+1), podAddr(server, 8000))
 			}
 			for n := 0; n < 150; {
 				ev := p.Next(time.Now().Add(20*time.Second), false)
@@ -470,7 +394,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 				t.Fatal(err)
 			}
 			peers = append(peers, p)
-			block := p.Encode(h2peer.ConnectFields(server.addr(8000))...)
+			block := p.Encode(h2peer.ConnectFields(podAddr(server, 8000))...)
 			p.WriteFrames(func(fr *http2.Framer) error {
 				for i := range 1000 {
 					id := uint32(2*i + 1)
@@ -486,7 +410,7 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		}
 		during := usageOf(tb.scrapeNode(t, "node2"))
 		for i := range 10 {
-			if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+			if st, body, err := podGet(t, client, "http://"+podAddr(server, 8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
 				t.Fatalf("mesh/client request %d during the attack: %d %q %v", i, st, body, err)
 			}
 		}
@@ -520,17 +444,17 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 		// the real mesh/client, so the connection never completes, and
 		// node2 sees no new connection from mesh/client's principal.
 		mallory := tb.pod(t, "mesh/mallory")
-		if _, err := inNetns(t.Context(), mallory.Netns, "ip", "addr", "add", client.IP+"/32", "dev", "eth0"); err != nil {
+		if _, err := testbed.Run(t.Context(), mallory.Netns, "ip", "addr", "add", client.IP+"/32", "dev", "eth0"); err != nil {
 			t.Fatal(err)
 		}
-		defer inNetns(context.Background(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
+		defer testbed.Run(context.Background(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
 		fromClient := func() float64 {
 			return tb.scrapeNode(t, "node2").Sum("istio_tcp_connections_opened_total", "reporter", "destination",
 				"source_principal", "spiffe://cluster.local/ns/mesh/sa/client")
 		}
 		before := fromClient()
 		for range 3 {
-			c, err := dialFromAddr(t.Context(), mallory.Netns, client.IP, server.addr(8000), 3*time.Second)
+			c, err := dialFromAddr(t.Context(), mallory.Netns, client.IP, podAddr(server, 8000), 3*time.Second)
 			if err == nil {
 				c.SetDeadline(time.Now().Add(3 * time.Second))
 				fmt.Fprintf(c, "GET /ip HTTP/1.0\r\n\r\n")
@@ -547,8 +471,8 @@ func TestPrivilegedAdversarialTestbed(t *testing.T) {
 			t.Fatalf("node2 counted %v new connections from mesh/client's principal during the spoofing", after-before)
 		}
 		// Without the spoofed address mallory is itself.
-		inNetns(t.Context(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
-		if st, body, err := podGet(t, mallory, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != mallory.IP {
+		testbed.Run(t.Context(), mallory.Netns, "ip", "addr", "del", client.IP+"/32", "dev", "eth0")
+		if st, body, err := podGet(t, mallory, "http://"+podAddr(server, 8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != mallory.IP {
 			t.Fatalf("mesh/mallory as itself: %d %q %v", st, body, err)
 		}
 	})
@@ -571,7 +495,7 @@ spec:
 		defer func() {
 			os.Remove(policy)
 			for range 40 { // wait for the agents to drop the policy
-				if st, _, err := podGet(t, legacy, "http://"+server.addr(8000)+"/ip"); err == nil && st == 200 {
+				if st, _, err := podGet(t, legacy, "http://"+podAddr(server, 8000)+"/ip"); err == nil && st == 200 {
 					return
 				}
 				time.Sleep(250 * time.Millisecond)
@@ -581,7 +505,7 @@ spec:
 		before := tb.scrapeNode(t, "node2")
 		denied := false
 		for range 40 {
-			if _, _, err := podGet(t, legacy, "http://"+server.addr(8000)+"/ip"); err != nil {
+			if _, _, err := podGet(t, legacy, "http://"+podAddr(server, 8000)+"/ip"); err != nil {
 				denied = true
 				break
 			}
@@ -590,7 +514,7 @@ spec:
 		if !denied {
 			t.Fatal("plain/legacy still reaches mesh/server under a principal-only policy")
 		}
-		if st, body, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
+		if st, body, err := podGet(t, client, "http://"+podAddr(server, 8000)+"/ip"); err != nil || st != 200 || strings.TrimSpace(body) != client.IP {
 			t.Fatalf("mesh/client under the policy: %d %q %v", st, body, err)
 		}
 		after := tb.scrapeNode(t, "node2")
@@ -620,7 +544,7 @@ spec:
 			}
 			wg.Go(func() {
 				for ctx.Err() == nil {
-					st, body, err := httpGetFrom(ctx, from.Netns, "http://"+server.addr(8000)+"/ip", 5*time.Second)
+					st, body, err := httpGetFrom(ctx, from.Netns, "http://"+podAddr(server, 8000)+"/ip", 5*time.Second)
 					switch {
 					case ctx.Err() != nil:
 					case err != nil || st != 200 || strings.TrimSpace(body) != from.IP:
@@ -664,7 +588,7 @@ spec:
 			t.Fatal("node1 has no Ferry kernel objects to compare")
 		}
 		t.Logf("node1 kernel objects before the kill: %d (%s)", len(objects), strings.Join(objects, "; "))
-		c, err := dialFrom(t.Context(), client.Netns, server.addr(8000), 5*time.Second)
+		c, err := dialFrom(t.Context(), client.Netns, podAddr(server, 8000), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -675,7 +599,9 @@ spec:
 		if _, err := io.CopyN(io.Discard, br, 1<<20); err != nil {
 			t.Fatalf("download before the kill: %v", err)
 		}
-		tb.agentCmd(t, "kill", "node1")
+		if err := tb.StopAgent("node1", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 		// Fail closed: the capture rules and BPF objects stay while the agent is dead.
 		if dead := tb.kernelObjects(t, "node1"); !slices.Equal(dead, objects) {
 			t.Errorf("kernel objects changed when the agent died:\nbefore %q\nwhile dead %q", objects, dead)
@@ -692,17 +618,22 @@ spec:
 			t.Fatal("the download completed without the agent: traffic bypassed it")
 		}
 		// Fail closed: enrolled pods' new connections go nowhere.
-		if st, _, err := podGet(t, client, "http://"+server.addr(8000)+"/ip"); err == nil {
+		if st, _, err := podGet(t, client, "http://"+podAddr(server, 8000)+"/ip"); err == nil {
 			t.Fatalf("mesh/client reached mesh/server with node1's agent dead: %d", st)
 		}
-		if st, _, err := podGet(t, legacy, "http://"+client.addr(8000)+"/ip"); err == nil {
+		if st, _, err := podGet(t, legacy, "http://"+podAddr(client, 8000)+"/ip"); err == nil {
 			t.Fatalf("plain/legacy reached mesh/client with node1's agent dead: %d", st)
 		}
-		tb.agentCmd(t, "start", "node1")
+		if err := tb.StartAgent("node1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.WaitReady(t.Context(), "node1", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		var st int
 		var body string
 		for range 40 {
-			if st, body, err = podGet(t, client, "http://"+server.addr(8000)+"/ip"); err == nil && st == 200 {
+			if st, body, err = podGet(t, client, "http://"+podAddr(server, 8000)+"/ip"); err == nil && st == 200 {
 				break
 			}
 			time.Sleep(250 * time.Millisecond)

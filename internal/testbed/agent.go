@@ -214,6 +214,19 @@ func (tb *Testbed) ensureCA() error {
 	return nil
 }
 
+// Run runs argv in the named network namespace and returns its standard
+// output; when it fails, the error carries its standard error. It uses
+// nsenter, which keeps the host's /sys, unlike ip netns exec.
+func Run(ctx context.Context, ns string, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netns.NamedDir, ns), "--"}, argv...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.String(), nil
+}
+
 // spawn starts argv in the named namespace, in a session of its own that
 // outlives the caller, appending its output to logPath, and returns its pid.
 // nsenter, not `ip netns exec`: the latter remounts /sys and so hides the

@@ -33,6 +33,14 @@ const (
 )
 
 // topo is the two-node network: namespaces nsA and nsB joined by a veth.
+//
+// It is not internal/testbed's fabric on purpose. The peers under comparison
+// (ferry, ghostunnel, haproxy, nginx, stunnel, istio's HBONE) run in the node
+// namespaces and bind the pod addresses there, on lo, with node a's local
+// table moved behind two rules so that only the captured ports reach the
+// server pod's address locally; the testbed would put each pod in a namespace
+// of its own behind a veth and the nodes behind a bridge, adding hops to every
+// path measured and breaking the comparison with earlier results.
 type topo struct {
 	nsA, nsB string
 }
