@@ -285,6 +285,23 @@ func (h *harness) hboneDial(ctx context.Context, authority netip.AddrPort) (net.
 	})
 }
 
+// echoConn starts an echo server on the server pod and opens an HBONE
+// connection to it through the agent, its greeting read; the connection
+// closes when the test ends. It returns the connection and the server's
+// address.
+func (h *harness) echoConn(t *testing.T) (net.Conn, netip.AddrPort) {
+	t.Helper()
+	app := netip.AddrPortFrom(serverPod, freePort(t, serverPod))
+	echo(t, app)
+	c, err := h.hboneDial(t.Context(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	readLine(t, c) // the echo server's greeting
+	return c, app
+}
+
 func readLine(t testing.TB, c net.Conn) string {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -297,15 +314,7 @@ func readLine(t testing.TB, c net.Conn) string {
 
 func TestAgentInboundHBONE(t *testing.T) {
 	h := startAgent(t, baseManifests)
-	app := netip.AddrPortFrom(serverPod, freePort(t, serverPod))
-	echo(t, app)
-
-	c, err := h.hboneDial(t.Context(), app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	readLine(t, c) // the echo server's greeting
+	c, app := h.echoConn(t)
 	fmt.Fprintln(c, "hello through HBONE")
 	if got := readLine(t, c); got != "hello through HBONE" {
 		t.Fatalf("echo = %q", got)
@@ -331,7 +340,7 @@ spec:
 	} else if !isClosed(err) {
 		t.Fatalf("open connection not closed by the new policy: %v", err)
 	}
-	_, err = h.hboneDial(t.Context(), app)
+	_, err := h.hboneDial(t.Context(), app)
 	var se *tunnel.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusUnauthorized {
 		t.Fatalf("dial after deny policy: err = %v, want 401", err)

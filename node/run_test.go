@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,14 +29,7 @@ func TestAgentRunWaitsForItsGoroutines(t *testing.T) {
 	t.Run("drain", func(t *testing.T) {
 		checkNoGoroutinesLeft(t)
 		h := startAgent(t, baseManifests)
-		app := netip.AddrPortFrom(serverPod, freePort(t, serverPod))
-		echo(t, app)
-		c, err := h.hboneDial(t.Context(), app)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		readLine(t, c)
+		c, _ := h.echoConn(t)
 		// The connection stays open: the drain sends GOAWAY, waits out
 		// the 2 s DrainTimeout, and Run cuts it.
 		h.stop()

@@ -654,14 +654,7 @@ metadata: {name: strict, namespace: foo}
 spec: {mtls: {mode: STRICT}}
 `)
 	// An open HBONE connection, for `ztunnel-config connections`.
-	app := netip.AddrPortFrom(serverPod, freePort(t, serverPod))
-	echo(t, app)
-	c, err := h.hboneDial(t.Context(), app)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	readLine(t, c)
+	_, app := h.echoConn(t)
 
 	code, body := get(t, "http://"+h.cfg.AdminAddr+"/config_dump")
 	if code != http.StatusOK {
