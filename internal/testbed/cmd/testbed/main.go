@@ -192,13 +192,34 @@ func up(ctx context.Context, args []string) error {
 	} else {
 		cfg.Spec = testbed.DefaultSpec(nodes, pods)
 	}
+	// Binaries built here go into the run dir, which down removes with it.
+	if cfg.Prefix == "" {
+		cfg.Prefix = testbed.NewPrefix()
+	}
+	runDir, err := filepath.Abs(cmp.Or(cfg.RunDir, filepath.Join(testbed.RunRoot, cfg.Prefix)))
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(runDir); err == nil && cfg.RunDir == "" || len(testbed.Leftovers(cfg.Prefix)) > 0 {
+		return fmt.Errorf("%s already exists", cfg.Prefix)
+	}
+	var tb *testbed.Testbed
+	defer func() {
+		if tb == nil && cfg.RunDir == "" {
+			os.RemoveAll(runDir) // Up made nothing: only binaries were built
+		}
+	}()
+	binDir := filepath.Join(runDir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return err
+	}
 	if cfg.Ferry == "" && !cfg.NoMesh {
-		if cfg.Ferry, err = build("ferry", "./cmd/ferry"); err != nil {
+		if cfg.Ferry, err = build(binDir, "ferry", "./cmd/ferry"); err != nil {
 			return err
 		}
 	}
 	if cfg.Podapp == "" {
-		if cfg.Podapp, err = build("podapp", "./scripts/podapp"); err != nil {
+		if cfg.Podapp, err = build(binDir, "podapp", "./scripts/podapp"); err != nil {
 			return err
 		}
 	}
@@ -213,7 +234,7 @@ func up(ctx context.Context, args []string) error {
 			return fmt.Errorf("binary %s: not executable", *bin)
 		}
 	}
-	tb, err := testbed.Up(ctx, cfg)
+	tb, err = testbed.Up(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -221,15 +242,11 @@ func up(ctx context.Context, args []string) error {
 	return nil
 }
 
-// build compiles a main package of TESTBED_REPO into a temporary directory.
-func build(name, pkg string) (string, error) {
+// build compiles a main package of TESTBED_REPO into dir.
+func build(dir, name, pkg string) (string, error) {
 	repo := os.Getenv("TESTBED_REPO")
 	if repo == "" {
 		return "", fmt.Errorf("no %s binary: pass --%s or set TESTBED_REPO to build it", name, name)
-	}
-	dir, err := os.MkdirTemp("", "ferry-testbed-bin-")
-	if err != nil {
-		return "", err
 	}
 	fmt.Fprintf(os.Stderr, "testbed: building %s\n", name)
 	out := filepath.Join(dir, name)
