@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -25,7 +26,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	checkLocks = true
+	flag.Parse()
+	// Lock-order checks take a stack trace per lock: on for tests, off when
+	// benchmarks run, so that they measure what ships.
+	checkLocks = flag.Lookup("test.bench").Value.String() == ""
 	goleak.VerifyTestMain(m)
 }
 
