@@ -86,6 +86,20 @@ func TestYAMLAliasBomb(t *testing.T) {
 	if _, err := yamlToJSON([]byte(doc)); err == nil || !strings.Contains(err.Error(), "aliases are expanded") {
 		t.Fatalf("err = %v, want the expansion bound", err)
 	}
+	// Thirty levels expand to 10^30 nodes, past what an int counts.
+	for _, name := range []string{"j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z",
+		"aa", "ab", "ac", "ad", "ae", "af", "ag", "ah", "ai"} {
+		doc += name + ": &" + name + " [" + strings.Repeat("*"+prev+", ", 9) + "*" + prev + "]\n"
+		prev = name
+	}
+	if _, err := yamlToJSON([]byte(doc)); err == nil || !strings.Contains(err.Error(), "aliases are expanded") {
+		t.Fatalf("thirty levels: err = %v, want the expansion bound", err)
+	}
+	// Few nodes, large values: the bound on written bytes catches it.
+	doc = "a: &a " + strings.Repeat("x", 100<<10) + "\nb: [" + strings.Repeat("*a, ", 199) + "*a]\n"
+	if _, err := yamlToJSON([]byte(doc)); err == nil || !strings.Contains(err.Error(), "aliases are expanded") {
+		t.Fatalf("a large value repeated: err = %v, want the expansion bound", err)
+	}
 }
 
 // FuzzDecodePolicy checks the strict decoder against encoding/json: it never

@@ -17,6 +17,11 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 	if err := yaml.Unmarshal(doc, &n); err != nil {
 		return nil, err
 	}
+	// Every node writes at least a byte: a document with more nodes than
+	// the budget, aliases expanded, is refused before any is written.
+	if expandedNodes(&n, 0, map[*yaml.Node]int{}) > maxExpandedBytes {
+		return nil, fmt.Errorf("larger than %d bytes once its aliases are expanded", maxExpandedBytes)
+	}
 	w := jsonWriter{budget: maxExpandedBytes}
 	if err := w.write(&n, 0); err != nil {
 		return nil, err
@@ -27,6 +32,26 @@ func yamlToJSON(doc []byte) ([]byte, error) {
 // maxExpandedBytes bounds a document's JSON form: aliases can make a small
 // YAML document expand exponentially ("billion laughs").
 const maxExpandedBytes = 16 << 20
+
+// expandedNodes counts n's nodes with every alias expanded. memo holds the
+// count of each node already counted, so an anchor that aliases repeat is
+// walked once; the walk stops below maxDepth, which write refuses anyway.
+func expandedNodes(n *yaml.Node, depth int, memo map[*yaml.Node]int) int {
+	if c, ok := memo[n]; ok {
+		return c
+	}
+	c := 1
+	if depth <= maxDepth {
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			c = expandedNodes(n.Alias, depth+1, memo)
+		}
+		for _, child := range n.Content {
+			c = min(c+expandedNodes(child, depth+1, memo), maxExpandedBytes+1) // saturates: never wraps
+		}
+	}
+	memo[n] = c
+	return c
+}
 
 type jsonWriter struct {
 	b      bytes.Buffer
