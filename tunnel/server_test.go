@@ -428,8 +428,18 @@ func TestSlowReaderDoesNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	// Let the flood fill the slow stream's window (never read).
-	time.Sleep(200 * time.Millisecond)
+	// The flood fills the slow stream's whole window (never read).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		slow.c.mu.Lock()
+		held := slow.recv.n
+		slow.c.mu.Unlock()
+		if held >= streamWindow {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slow stream holds %d bytes, never its whole %d-byte window", held, streamWindow)
+		}
+	}
 	fast, err := e.dial(t.Context(), b.addr)
 	if err != nil {
 		t.Fatal(err)
