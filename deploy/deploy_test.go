@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -174,10 +175,6 @@ func TestPrivilegedKubeRBAC(t *testing.T) {
 		agent = "system:serviceaccount:istio-system:ferry"
 		ca    = "system:serviceaccount:istio-system:ferry-ca"
 	)
-	type access struct {
-		user, verb, group, resource, subresource, namespace string
-		allowed                                             bool
-	}
 	for _, a := range []access{
 		{agent, "list", "", "pods", "", "", true},
 		{agent, "watch", "", "pods", "", "", true},
@@ -209,21 +206,8 @@ func TestPrivilegedKubeRBAC(t *testing.T) {
 		{ca, "get", "", "secrets", "", "istio-system", false},
 		{ca, "create", "", "serviceaccounts", "token", "app", false},
 	} {
-		sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-			Spec: authorizationv1.SubjectAccessReviewSpec{
-				User:   a.user,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-				ResourceAttributes: &authorizationv1.ResourceAttributes{
-					Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
-				},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sar.Status.Allowed != a.allowed {
-			t.Errorf("%s %s %s/%s in %q: allowed = %v, want %v", a.user, a.verb, a.resource, a.subresource, a.namespace, sar.Status.Allowed, a.allowed)
-		}
+		checkAccess(ctx, t, c, a)
+
 	}
 }
 
@@ -445,11 +429,10 @@ func TestPrivilegedKubeRBACIstiod(t *testing.T) {
 	c.ApplyDeployOverlay(t, deploy.IstiodOverlay)
 	ctx := t.Context()
 	const agent = "system:serviceaccount:istio-system:ferry"
-	type access struct {
+	for _, a := range []struct {
 		verb, group, resource, subresource, namespace string
 		allowed                                       bool
-	}
-	for _, a := range []access{
+	}{
 		// Pods: RBAC cannot hold the agent to spec.nodeName=<node>.
 		{"list", "", "pods", "", "", true},
 		{"watch", "", "pods", "", "", true},
@@ -476,23 +459,39 @@ func TestPrivilegedKubeRBACIstiod(t *testing.T) {
 		{"get", "", "configmaps", "", "istio-system", false},
 		{"create", "", "serviceaccounts", "token", "app", false},
 	} {
-		sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-			Spec: authorizationv1.SubjectAccessReviewSpec{
-				User:   agent,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
-				ResourceAttributes: &authorizationv1.ResourceAttributes{
-					Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
-				},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sar.Status.Allowed != a.allowed {
-			t.Errorf("%s %s %s/%s in %q: allowed = %v, want %v", a.verb, a.group, a.resource, a.subresource, a.namespace, sar.Status.Allowed, a.allowed)
-		}
+		checkAccess(ctx, t, c, access{user: agent, verb: a.verb, group: a.group, resource: a.resource, subresource: a.subresource, namespace: a.namespace, allowed: a.allowed})
+
 	}
 	if _, err := c.Client.CoreV1().ServiceAccounts("istio-system").Get(ctx, "ferry-ca", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("service account ferry-ca: err = %v, want NotFound (istiod is the CA)", err)
+	}
+}
+
+// access is one request a SubjectAccessReview checks, and whether RBAC
+// must allow it.
+type access struct {
+	user, verb, group, resource, subresource, namespace string
+	allowed                                             bool
+}
+
+// checkAccess asks the API server whether a.user (a service account of
+// istio-system) may make the request a names, and fails t unless the
+// answer is a.allowed.
+func checkAccess(ctx context.Context, t *testing.T, c *kubetest.Cluster, a access) {
+	t.Helper()
+	sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   a.user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sar.Status.Allowed != a.allowed {
+		t.Errorf("%s %s %s %s/%s in %q: allowed = %v, want %v", a.user, a.verb, a.group, a.resource, a.subresource, a.namespace, sar.Status.Allowed, a.allowed)
 	}
 }
