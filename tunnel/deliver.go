@@ -54,7 +54,6 @@ const (
 	deliverDrop   delivery = iota // the stream takes nothing: credit it back
 	deliverInline                 // the read loop writes it to the socket
 	deliverQueue                  // queued for Read or the drain goroutine
-	deliveries
 )
 
 // deliveryLocked decides what becomes of an n-byte chunk for s.
@@ -89,9 +88,7 @@ func (r *readLoop) deliverLocked(s *Stream, p []byte, own bool) {
 		}
 		return
 	}
-	how := s.deliveryLocked(len(p))
-	c.delivered[how]++
-	switch how {
+	switch s.deliveryLocked(len(p)) {
 	case deliverDrop:
 		c.creditLocked(nil, int64(len(p)))
 	case deliverInline:

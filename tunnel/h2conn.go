@@ -129,7 +129,6 @@ type h2conn struct {
 	closed        bool
 	closeErr      error
 	everStream    bool
-	delivered     [deliveries]int // chunks received, by what became of them
 	idleSince     time.Time
 	pingOut       bool
 	pingSent      time.Time
