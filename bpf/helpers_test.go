@@ -38,8 +38,7 @@ func pinDir(t *testing.T) string {
 func load(t *testing.T, cfg Config) *Objects {
 	t.Helper()
 	o, err := Load(cfg)
-	skipIfNotSupported(t, err)
-	if err != nil {
+	if err := testutil.KernelFeature(t, err); err != nil {
 		t.Fatalf("%+v", err)
 	}
 	t.Cleanup(func() {
@@ -51,14 +50,6 @@ func load(t *testing.T, cfg Config) *Objects {
 		}
 	})
 	return o
-}
-
-// skipIfNotSupported fails, or on a development machine skips, on a kernel
-// that lacks a feature (sk_lookup needs Linux 5.9): testutil.KernelFeature.
-// It never hides other errors.
-func skipIfNotSupported(t *testing.T, err error) {
-	t.Helper()
-	testutil.KernelFeature(t, err)
 }
 
 // listen opens a plain (non-MPTCP) TCP listener inside ns.

@@ -188,8 +188,7 @@ func TestPrivilegedProgRun(t *testing.T) {
 			}
 			var out skLookupCtx
 			ret, err := o.objs.FerrySkLookup.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
-			skipIfNotSupported(t, err)
-			if err != nil {
+			if err := testutil.KernelFeature(t, err); err != nil {
 				t.Fatalf("hbone %d, %s: run: %v", hport, c.name, err)
 			}
 			if ret != c.wantRet {
