@@ -12,8 +12,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -489,12 +489,28 @@ func TestDrain(t *testing.T) {
 	}
 	drained := make(chan error, 1)
 	go func() { drained <- e.srv.Drain(t.Context()) }()
-	// The open stream keeps working during the drain.
-	time.Sleep(50 * time.Millisecond)
+	// The drain has begun once the client holds the server's GOAWAY.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		st.c.mu.Lock()
+		away := st.c.goingAway
+		st.c.mu.Unlock()
+		if away {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client never got the draining server's GOAWAY")
+		}
+	}
+	// The open stream keeps working during the drain, which waits for it.
 	st.Write([]byte("ping"))
 	buf := make([]byte, 4)
 	if _, err := io.ReadFull(st, buf); err != nil {
 		t.Fatalf("stream during drain: %v", err)
+	}
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain returned with a stream open: %v", err)
+	default:
 	}
 	st.CloseWrite()
 	io.ReadAll(st)
@@ -502,8 +518,10 @@ func TestDrain(t *testing.T) {
 	if err := <-drained; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.dial(t.Context(), b.addr); err == nil || !strings.Contains(err.Error(), "") {
-		t.Fatal("dial after drain succeeded")
+	// The drained connection takes no new stream and the listener is
+	// closed: the next dial opens a connection, which is refused.
+	if _, err := e.dial(t.Context(), b.addr); !errors.Is(err, syscall.ECONNREFUSED) || e.tcpDial.Load() != 2 {
+		t.Fatalf("dial after drain: %v after %d connection(s), want a second one refused", err, e.tcpDial.Load())
 	}
 }
 
