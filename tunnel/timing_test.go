@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -115,6 +116,13 @@ func newBubbleEnv(t *testing.T, ca *certstest.CA, mutate func(*ServerConfig, *Cl
 	return e
 }
 
+// closeErr is what c was closed with, nil while it is open.
+func closeErr(c *h2conn) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeErr
+}
+
 func (e *bubbleEnv) dial(ctx context.Context) (*Stream, error) {
 	return e.cli.Dial(ctx, DialRequest{Src: idClient, Dst: idServer,
 		HBONEAddr: netip.MustParseAddrPort("127.0.0.1:15008"), Authority: netip.MustParseAddrPort("127.0.0.1:80")})
@@ -144,6 +152,9 @@ func TestIdleEviction(t *testing.T) {
 		synctest.Wait()
 		if n := e.cli.Conns(); n != 0 {
 			t.Fatalf("%d connections after the idle timeout, want 0", n)
+		}
+		if err := closeErr(st.c); !errors.Is(err, errIdle) {
+			t.Fatalf("connection closed by %v, want the idle timeout", err)
 		}
 		// The pool dials again when needed.
 		st, err = e.dial(t.Context())
@@ -192,6 +203,9 @@ func TestKeepaliveTimeout(t *testing.T) {
 		synctest.Wait()
 		if n := cli.Conns(); n != 0 {
 			t.Fatalf("%d connections to a silent peer, want 0", n)
+		}
+		if err := closeErr(c); !errors.Is(err, errPingTimeout) {
+			t.Fatalf("connection closed by %v, want the PING timeout", err)
 		}
 	})
 }
@@ -293,6 +307,16 @@ func TestFirstStreamTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.unreserve()
+		synctest.Wait()
+		var served *h2conn
+		e.srv.mu.Lock()
+		for sc := range e.srv.conns {
+			served = sc
+		}
+		e.srv.mu.Unlock()
+		if served == nil {
+			t.Fatal("the server holds no connection")
+		}
 		time.Sleep(9 * time.Second)
 		synctest.Wait()
 		if n := e.cli.Conns(); n != 1 {
@@ -302,6 +326,9 @@ func TestFirstStreamTimeout(t *testing.T) {
 		synctest.Wait()
 		if n := e.cli.Conns(); n != 0 {
 			t.Fatalf("%d connections after the first-stream timeout, want 0", n)
+		}
+		if err := closeErr(served); err == nil || !strings.Contains(err.Error(), "no stream opened") {
+			t.Fatalf("server closed the connection with %v, want the first-stream timeout", err)
 		}
 	})
 }
