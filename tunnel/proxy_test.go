@@ -309,6 +309,17 @@ func TestSlowConsumer(t *testing.T) {
 	}
 	defer c.Close()
 	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	// The application reads nothing until the stream holds back more than
+	// the sockets take: bytes the full socket refused, queued behind.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		held := heldBack(e.cli)
+		if held >= 512<<10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream never held bytes back from the full socket: %d held", held)
+		}
+	}
 	got := make([]byte, 0, size)
 	buf := make([]byte, 3000)
 	for i := 0; ; i++ {
@@ -628,4 +639,26 @@ func TestResetAfterEndDeliversInFull(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("upstream never finished reading")
 	}
+}
+
+// heldBack is what the client's streams proxied into sockets hold queued,
+// the sockets not having taken it.
+func heldBack(cli *Client) int {
+	cli.mu.Lock()
+	var conns []*h2conn
+	for _, p := range cli.pools {
+		conns = append(conns, p.conns...)
+	}
+	cli.mu.Unlock()
+	n := 0
+	for _, c := range conns {
+		c.mu.Lock()
+		for _, s := range c.streams {
+			if s.fwd.sink.Valid() {
+				n += s.recv.n
+			}
+		}
+		c.mu.Unlock()
+	}
+	return n
 }
