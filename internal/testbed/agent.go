@@ -26,9 +26,15 @@ import (
 // before it did.
 var ErrNotReady = errors.New("testbed: agent not ready")
 
-// startPod starts the pod's podapp server.
+// startPod starts the pod's podapp server: on every address of its own
+// namespace, or on its address alone when it shares its node's
+// (LayoutDirect).
 func (tb *Testbed) startPod(p Pod) error {
-	pid, err := spawn(p.Netns, p.Log, []string{"POD_NAME=" + p.String()}, tb.Podapp, "serve", "--addr", ":8000", "--name", p.String())
+	addr := ":8000"
+	if tb.Layout == LayoutDirect {
+		addr = p.IP + ":8000"
+	}
+	pid, err := spawn(p.Netns, p.Log, []string{"POD_NAME=" + p.String()}, tb.Podapp, "serve", "--addr", addr, "--name", p.String())
 	if err != nil {
 		return fmt.Errorf("testbed: pod %s: %w", p, err)
 	}

@@ -12,6 +12,22 @@
 // from the root netns, and no host-wide setting changes: ip_forward is set
 // inside node namespaces only.
 //
+// That is LayoutFabric, the default. Config.Layout = LayoutDirect builds the
+// shape ferrybench measures in instead: two nodes joined by one veth pair,
+// and pods as /32 addresses on their node's lo, sharing its namespace.
+//
+//	node1 netns (eth0 198.18.0.1/24) ⇄ node2 netns (eth0 198.18.0.2/24)
+//	  └── lo: pods 198.18.1.x/32          └── lo: pods 198.18.2.x/32
+//
+// A packet from a pod on node1 to a pod on node2 crosses that one veth and
+// nothing else: no bridge, no pod veth, no forwarding (ip_forward stays off).
+// The nodes, their addresses and routes, and the pods' addresses are as in
+// LayoutFabric. Since a pod shares its node's namespace, a pod server (when
+// there is one) listens on the pod's address only, and a client must bind
+// the pod's address to be seen as the pod. Up starts no agents in this
+// layout (NoMesh): Ferry's redirection works on pod namespaces; ferrybench
+// runs its own agents.
+//
 // Every object is named after a per-run prefix (ftbXXXXXX): netns
 // "<prefix>-fabric", "<prefix>-node<k>", "<prefix>-pod-<ns>-<name>", BPF pin
 // directories "/sys/fs/bpf/<prefix>-node<k>", and a registry entry

@@ -16,7 +16,7 @@ func TestManifestsAndEnv(t *testing.T) {
 		Namespaces: []Namespace{{Name: "foo", Labels: []string{"istio.io/dataplane-mode=ambient"}}, {Name: "bar"}},
 		Pods:       []PodSpec{{Namespace: "foo", Name: "web-1", Node: "node1", ServiceAccount: "web", Labels: []string{"app=web"}}},
 	}
-	tb := &Testbed{Prefix: "ftb00aa11", RunDir: dir, Manifests: dir, FabricNetns: "ftb00aa11-fabric", Podapp: "/bin/podapp",
+	tb := &Testbed{Prefix: "ftb00aa11", RunDir: dir, Layout: LayoutFabric, Manifests: dir, FabricNetns: "ftb00aa11-fabric", Podapp: "/bin/podapp",
 		Nodes: []Node{{Name: "node1", Netns: "ftb00aa11-node1", IP: "198.18.0.1", PinDir: "/sys/fs/bpf/ftb00aa11-node1"}},
 		Pods: []Pod{{Namespace: "foo", Name: "web-1", ServiceAccount: "web", Labels: []string{"app=web"}, Node: "node1",
 			IP: "198.18.1.2", Netns: "ftb00aa11-pod-foo-web-1"}}}
@@ -64,7 +64,7 @@ func TestManifestsAndEnv(t *testing.T) {
 		t.Errorf("pod: %+v", pod)
 	}
 	env := tb.env()
-	for _, want := range []string{"TB_PREFIX=ftb00aa11\n", "TB_FERRY=none\n", `TB_NODES="node1"`, "TB_NODE1_IP=198.18.0.1\n",
+	for _, want := range []string{"TB_PREFIX=ftb00aa11\n", "TB_LAYOUT=fabric\n", "TB_FERRY=none\n", `TB_NODES="node1"`, "TB_NODE1_IP=198.18.0.1\n",
 		"TB_POD_FOO_WEB_1_NETNS=ftb00aa11-pod-foo-web-1\n"} {
 		if !strings.Contains(env, want) {
 			t.Errorf("testbed.env lacks %q:\n%s", want, env)

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -26,17 +27,18 @@ const (
 type Testbed struct {
 	Prefix       string   `json:"prefix"`
 	RunDir       string   `json:"run_dir"`
+	Layout       Layout   `json:"layout"`
 	Mesh         bool     `json:"mesh"` // whether Up started the agents
 	Redirect     string   `json:"redirect"`
 	LogLevel     string   `json:"log_level"`
 	AgentArgs    []string `json:"agent_args"`
-	FabricNetns  string   `json:"fabric_netns"`
-	FabricBridge string   `json:"fabric_bridge"`
+	FabricNetns  string   `json:"fabric_netns"`  // "" in LayoutDirect
+	FabricBridge string   `json:"fabric_bridge"` // "" in LayoutDirect
 	Manifests    string   `json:"manifests"`
 	CACert       string   `json:"ca_cert"`
 	CAKey        string   `json:"ca_key"`
-	Ferry        string   `json:"ferry"` // "" when the testbed runs no agents
-	Podapp       string   `json:"podapp"`
+	Ferry        string   `json:"ferry"`  // "" when the testbed runs no agents
+	Podapp       string   `json:"podapp"` // "" when the pods run no server
 	Nodes        []Node   `json:"nodes"`
 	Pods         []Pod    `json:"pods"`
 }
@@ -51,7 +53,9 @@ type Node struct {
 	AgentLog string `json:"agent_log"`
 }
 
-// Pod is one pod of a testbed: a namespace running podapp on :8000.
+// Pod is one pod of a testbed: an address and, unless the testbed has no
+// podapp, a server on its port 8000. In LayoutFabric the pod is a namespace
+// of its own; in LayoutDirect it shares its node's.
 type Pod struct {
 	Namespace      string   `json:"namespace"`
 	Name           string   `json:"name"`
@@ -59,9 +63,9 @@ type Pod struct {
 	Labels         []string `json:"labels"`
 	Node           string   `json:"node"`
 	IP             string   `json:"ip"`
-	Netns          string   `json:"netns"`
+	Netns          string   `json:"netns"` // the node's in LayoutDirect
 	Enrolled       bool     `json:"enrolled"`
-	NodeIface      string   `json:"node_iface"` // its veth on the node
+	NodeIface      string   `json:"node_iface"` // its veth on the node; lo in LayoutDirect
 	Log            string   `json:"log"`
 }
 
@@ -111,6 +115,9 @@ func (tb *Testbed) Pod(name string) (Pod, bool) {
 func (tb *Testbed) NetnsOf(target string) (string, error) {
 	switch {
 	case target == "fabric":
+		if tb.FabricNetns == "" {
+			return "", fmt.Errorf("testbed: no fabric in layout %s", tb.Layout)
+		}
 		return tb.FabricNetns, nil
 	case strings.Contains(target, "/"):
 		if p, ok := tb.Pod(target); ok {
@@ -144,12 +151,8 @@ func (tb *Testbed) save() error {
 func (tb *Testbed) env() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# testbed %s: source this file\n", tb.Prefix)
-	ferry := tb.Ferry
-	if ferry == "" {
-		ferry = "none"
-	}
-	fmt.Fprintf(&b, "TB_PREFIX=%s\nTB_RUN_DIR=%s\nTB_FABRIC_NETNS=%s\nTB_MANIFESTS=%s\nTB_FERRY=%s\nTB_PODAPP=%s\n",
-		tb.Prefix, tb.RunDir, tb.FabricNetns, tb.Manifests, ferry, tb.Podapp)
+	fmt.Fprintf(&b, "TB_PREFIX=%s\nTB_RUN_DIR=%s\nTB_LAYOUT=%s\nTB_FABRIC_NETNS=%s\nTB_MANIFESTS=%s\nTB_FERRY=%s\nTB_PODAPP=%s\n",
+		tb.Prefix, tb.RunDir, tb.Layout, tb.FabricNetns, tb.Manifests, cmp.Or(tb.Ferry, "none"), cmp.Or(tb.Podapp, "none"))
 	var nodes, pods []string
 	for _, n := range tb.Nodes {
 		nodes = append(nodes, n.Name)

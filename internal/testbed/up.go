@@ -36,6 +36,8 @@ type Config struct {
 	Nodes int
 	// Spec lists the namespaces and pods; see ParseSpec and DefaultSpec.
 	Spec Spec
+	// Layout is how nodes and pods are wired; empty means LayoutFabric.
+	Layout Layout
 	// NoMesh starts no agents (they may be started later with StartAgent
 	// when Ferry is set).
 	NoMesh bool
@@ -46,7 +48,8 @@ type Config struct {
 	// AgentArgs are more arguments for every agent.
 	AgentArgs []string
 	// Ferry and Podapp are the binaries to run. Ferry may be empty with
-	// NoMesh; Podapp is required.
+	// NoMesh. Podapp empty means the pods run no server: their addresses
+	// route all the same (ferrybench brings its own servers).
 	Ferry, Podapp string
 	// ReadyTimeout bounds the wait for each agent to be ready; 0 means 30 s.
 	ReadyTimeout time.Duration
@@ -56,6 +59,21 @@ type Config struct {
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
+
+// Layout is how a testbed wires its nodes and pods.
+type Layout string
+
+const (
+	// LayoutFabric puts the nodes on a bridge in a fabric namespace and each
+	// pod in a namespace of its own behind a veth to its node, like a
+	// cluster with a ptp CNI. Any number of nodes.
+	LayoutFabric Layout = "fabric"
+	// LayoutDirect joins two nodes by one veth pair, with no fabric, and
+	// makes each pod a /32 address on its node's lo, in the node's
+	// namespace: the fewest hops a pod-to-pod path across two nodes can
+	// take, for benchmarks. Exactly two nodes, and no agents (NoMesh).
+	LayoutDirect Layout = "direct"
+)
 
 // PrefixRE matches a testbed prefix.
 var PrefixRE = regexp.MustCompile(`^ftb[0-9a-f]{6}$`)
@@ -78,8 +96,22 @@ func (c *Config) validate() error {
 		return err
 	}
 	c.Nodes = max(c.Nodes, c.Spec.maxNode())
-	if c.Nodes > 250 {
-		return fmt.Errorf("testbed: %d nodes; at most 250", c.Nodes)
+	switch c.Layout {
+	case "", LayoutFabric:
+		c.Layout = LayoutFabric
+		if c.Nodes > 250 {
+			return fmt.Errorf("testbed: %d nodes; at most 250", c.Nodes)
+		}
+	case LayoutDirect:
+		if c.Nodes > 2 {
+			return fmt.Errorf("testbed: %d nodes; layout direct has two", c.Nodes)
+		}
+		if !c.NoMesh {
+			return errors.New("testbed: layout direct runs no agents (set NoMesh)")
+		}
+		c.Nodes = 2
+	default:
+		return fmt.Errorf("testbed: unknown layout '%s' (fabric, direct)", c.Layout)
 	}
 	if c.Redirect == "" {
 		c.Redirect = "ebpf"
@@ -90,9 +122,6 @@ func (c *Config) validate() error {
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = 30 * time.Second
 	}
-	if c.Podapp == "" {
-		return errors.New("testbed: no podapp binary")
-	}
 	if c.Ferry == "" && !c.NoMesh {
 		return errors.New("testbed: no ferry binary")
 	}
@@ -102,9 +131,10 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Up builds a testbed: the fabric, the nodes, the pods with their servers
-// answering, and (unless NoMesh) the agents, ready. If it fails, it removes
-// whatever it made (unless KeepOnFailure), keeping the logs.
+// Up builds a testbed: the nodes (and the fabric), the pods with their
+// servers answering (unless Podapp is empty), and (unless NoMesh) the
+// agents, ready. If it fails, it removes whatever it made (unless
+// KeepOnFailure), keeping the logs.
 func Up(ctx context.Context, cfg Config) (*Testbed, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -139,12 +169,14 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 		}
 	}
 	tb := &Testbed{
-		Prefix: cfg.Prefix, RunDir: dir, Mesh: !cfg.NoMesh, Redirect: cfg.Redirect,
+		Prefix: cfg.Prefix, RunDir: dir, Layout: cfg.Layout, Mesh: !cfg.NoMesh, Redirect: cfg.Redirect,
 		LogLevel: cfg.LogLevel, AgentArgs: cfg.AgentArgs,
-		FabricNetns: cfg.Prefix + "-fabric", FabricBridge: Bridge,
 		Manifests: filepath.Join(dir, "manifests"),
 		CACert:    filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
 		Ferry: cfg.Ferry, Podapp: cfg.Podapp,
+	}
+	if tb.Layout == LayoutFabric {
+		tb.FabricNetns, tb.FabricBridge = cfg.Prefix+"-fabric", Bridge
 	}
 	if owned {
 		if err := os.WriteFile(tb.path("state", "owned"), nil, 0o644); err != nil {
@@ -160,8 +192,13 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 	if err := os.WriteFile(filepath.Join(Registry, cfg.Prefix), []byte(dir+"\n"), 0o644); err != nil {
 		return tb, err
 	}
-	fmt.Fprintf(cfg.Log, "testbed: up %s: %d nodes, %d pods, run dir %s\n", cfg.Prefix, cfg.Nodes, len(cfg.Spec.Pods), dir)
-	if err := tb.buildFabric(cfg.Nodes); err != nil {
+	fmt.Fprintf(cfg.Log, "testbed: up %s: %d nodes, %d pods, layout %s, run dir %s\n", cfg.Prefix, cfg.Nodes, len(cfg.Spec.Pods), cfg.Layout, dir)
+	if tb.Layout == LayoutDirect {
+		err = tb.buildDirect()
+	} else {
+		err = tb.buildFabric(cfg.Nodes)
+	}
+	if err != nil {
 		return tb, err
 	}
 	if err := tb.buildPods(cfg.Spec); err != nil {
@@ -173,14 +210,16 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 	if err := tb.save(); err != nil {
 		return tb, err
 	}
-	for _, p := range tb.Pods {
-		if err := tb.startPod(p); err != nil {
-			return tb, err
+	if tb.Podapp != "" {
+		for _, p := range tb.Pods {
+			if err := tb.startPod(p); err != nil {
+				return tb, err
+			}
 		}
-	}
-	for _, p := range tb.Pods {
-		if err := tb.waitServing(ctx, p, 10*time.Second); err != nil {
-			return tb, err
+		for _, p := range tb.Pods {
+			if err := tb.waitServing(ctx, p, 10*time.Second); err != nil {
+				return tb, err
+			}
 		}
 	}
 	if tb.Mesh {
@@ -199,7 +238,8 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 	return tb, nil
 }
 
-// buildFabric makes the fabric namespace with its bridge, and the nodes.
+// buildFabric makes the nodes of LayoutFabric: the fabric namespace with
+// its bridge, and each node with its eth0 on the bridge.
 func (tb *Testbed) buildFabric(nodes int) error {
 	fabric, err := addNetns(tb.FabricNetns, "net/ipv6/conf/all/disable_ipv6")
 	if err != nil {
@@ -214,13 +254,21 @@ func (tb *Testbed) buildFabric(nodes int) error {
 		return fmt.Errorf("testbed: set %s up: %w", Bridge, err)
 	}
 	for k := 1; k <= nodes; k++ {
-		n := Node{
-			Name: fmt.Sprintf("node%d", k), Netns: fmt.Sprintf("%s-node%d", tb.Prefix, k),
-			IP: fmt.Sprintf("198.18.0.%d", k), PodCIDR: fmt.Sprintf("198.18.%d.0/24", k),
-			PinDir: filepath.Join(BPFFS, fmt.Sprintf("%s-node%d", tb.Prefix, k)),
-		}
-		n.AgentLog = tb.path("logs", "agent-"+n.Name+".log")
-		if err := tb.buildNode(fabric, br, n, k, nodes); err != nil {
+		n := tb.newNode(k)
+		err := func() error {
+			// ip_forward: the node routes between its pods and the fabric.
+			node, err := addNetns(n.Netns, "net/ipv4/ip_forward", "net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
+			if err != nil {
+				return err
+			}
+			defer node.close()
+			eth0, err := fabric.veth(n.Name, br.Index, node, "eth0")
+			if err != nil {
+				return err
+			}
+			return node.routeNode(eth0, k, nodes)
+		}()
+		if err != nil {
 			return fmt.Errorf("testbed: %s: %w", n.Name, err)
 		}
 		tb.Nodes = append(tb.Nodes, n)
@@ -228,18 +276,54 @@ func (tb *Testbed) buildFabric(nodes int) error {
 	return nil
 }
 
-func (tb *Testbed) buildNode(fabric *nsLinks, br *netlink.Bridge, n Node, k, nodes int) error {
-	node, err := addNetns(n.Netns, "net/ipv4/ip_forward", "net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
-	if err != nil {
-		return err
+// buildDirect makes the two nodes of LayoutDirect, joined by one veth pair,
+// eth0 on each side. They forward nothing: their pods are local addresses.
+func (tb *Testbed) buildDirect() error {
+	var nodes [2]*nsLinks
+	for i := range nodes {
+		n := tb.newNode(i + 1)
+		l, err := addNetns(n.Netns, "net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6")
+		if err != nil {
+			return fmt.Errorf("testbed: %s: %w", n.Name, err)
+		}
+		defer l.close()
+		nodes[i] = l
+		tb.Nodes = append(tb.Nodes, n)
 	}
-	defer node.close()
-	eth0, err := fabric.veth(n.Name, br.Index, node, "eth0")
+	eth0b, err := nodes[0].veth("eth0", 0, nodes[1], "eth0")
 	if err != nil {
-		return err
+		return fmt.Errorf("testbed: %w", err)
 	}
-	if err := node.h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(n.IP), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		return fmt.Errorf("address %s: %w", n.IP, err)
+	eth0a, err := nodes[0].h.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("testbed: %w", err)
+	}
+	for i, eth0 := range []netlink.Link{eth0a, eth0b} {
+		if err := nodes[i].routeNode(eth0, i+1, 2); err != nil {
+			return fmt.Errorf("testbed: %s: %w", tb.Nodes[i].Name, err)
+		}
+	}
+	return nil
+}
+
+// newNode describes node k: its address 198.18.0.k and its pod CIDR
+// 198.18.k.0/24.
+func (tb *Testbed) newNode(k int) Node {
+	n := Node{
+		Name: fmt.Sprintf("node%d", k), Netns: fmt.Sprintf("%s-node%d", tb.Prefix, k),
+		IP: fmt.Sprintf("198.18.0.%d", k), PodCIDR: fmt.Sprintf("198.18.%d.0/24", k),
+		PinDir: filepath.Join(BPFFS, fmt.Sprintf("%s-node%d", tb.Prefix, k)),
+	}
+	n.AgentLog = tb.path("logs", "agent-"+n.Name+".log")
+	return n
+}
+
+// routeNode gives node k its address on eth0, sets eth0 up, and routes the
+// other nodes' pod CIDRs via their node addresses.
+func (node *nsLinks) routeNode(eth0 netlink.Link, k, nodes int) error {
+	ip := fmt.Sprintf("198.18.0.%d", k)
+	if err := node.h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(ip), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		return fmt.Errorf("address %s: %w", ip, err)
 	}
 	if err := node.h.LinkSetUp(eth0); err != nil {
 		return err
@@ -256,9 +340,10 @@ func (tb *Testbed) buildNode(fabric *nsLinks, br *netlink.Bridge, n Node, k, nod
 	return nil
 }
 
-// buildPods makes the pods' namespaces and wires each to its node like the
-// ptp CNI: a /32 on eth0, a link route to the node and a default route
-// through it, and a /32 host route on the node's side.
+// buildPods makes the pods. In LayoutFabric each gets a namespace wired to
+// its node like the ptp CNI: a /32 on eth0, a link route to the node and a
+// default route through it, and a /32 host route on the node's side. In
+// LayoutDirect each is a /32 on its node's lo.
 func (tb *Testbed) buildPods(spec Spec) error {
 	next := map[string]int{} // per node: pods so far
 	for _, ps := range spec.Pods {
@@ -274,10 +359,34 @@ func (tb *Testbed) buildPods(spec Spec) error {
 			Enrolled: spec.enrolled(ps), NodeIface: fmt.Sprintf("vp%d", i),
 			Log: tb.path("logs", "pod-"+ps.Namespace+"-"+ps.Name+".log"),
 		}
-		if err := tb.buildPod(p, k); err != nil {
+		var err error
+		if tb.Layout == LayoutDirect {
+			p.Netns, p.NodeIface = fmt.Sprintf("%s-node%d", tb.Prefix, k), "lo"
+			err = addPodAddr(p)
+		} else {
+			err = tb.buildPod(p, k)
+		}
+		if err != nil {
 			return fmt.Errorf("testbed: pod %s: %w", p, err)
 		}
 		tb.Pods = append(tb.Pods, p)
+	}
+	return nil
+}
+
+// addPodAddr puts the pod's address on its node's lo (LayoutDirect).
+func addPodAddr(p Pod) error {
+	node, err := openLinks(p.Netns)
+	if err != nil {
+		return err
+	}
+	defer node.close()
+	lo, err := node.h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := node.h.AddrAdd(lo, &netlink.Addr{IPNet: hostNet(p.IP)}); err != nil {
+		return fmt.Errorf("address %s: %w", p.IP, err)
 	}
 	return nil
 }
