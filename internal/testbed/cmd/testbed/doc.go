@@ -2,8 +2,9 @@
 // drives it; scripts/testbed builds and runs it. Needs root.
 //
 //	testbed up     [--nodes N] [--pods M] [--spec FILE] [--run-dir DIR] [--prefix P]
-//	               [--no-mesh] [--redirect ebpf|none] [--log-level L] [--agent-arg ARG]...
-//	               [--ferry BIN] [--podapp BIN] [--ready-timeout SECONDS] [--keep-on-failure]
+//	               [--layout fabric|direct] [--no-mesh] [--redirect ebpf|none] [--log-level L]
+//	               [--agent-arg ARG]... [--ferry BIN] [--podapp BIN] [--ready-timeout SECONDS]
+//	               [--keep-on-failure]
 //	testbed down   [--run-dir DIR | --prefix P | --all] [--keep-logs]
 //	testbed status [--run-dir DIR | --prefix P] [--json]
 //	testbed agent  start|stop|kill|restart|wait NODE [--run-dir DIR | --prefix P] [--ready-timeout SECONDS]
