@@ -1,9 +1,11 @@
 // Command ferrybench runs Ferry's performance benchmark suite (issue 8) and
 // writes bench/results.json and a table.
 //
-// It builds two "nodes" as network namespaces joined by a veth pair, node a
-// holding the client pod's address and node b the server pod's, and runs
-// every tunnel pair (the peers) as two separate processes, one per node: Ferry's agents
+// It brings up internal/testbed's direct layout: two "nodes", network
+// namespaces joined by a veth pair, node a holding the client pod's address
+// on its lo and node b the server pod's (after a killed run,
+// `scripts/testbed down --all` removes what is left). It runs every tunnel
+// pair (the peers) as two separate processes, one per node: Ferry's agents
 // (--redirect none), the in-repo go-tls pair, ghostunnel, HAProxy, nginx
 // stream, stunnel and Istio's pkg/hbone when they are installed, plus direct
 // TCP. This process is the load generator (its client sockets live in node

@@ -163,11 +163,15 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 	if err != nil {
 		return err
 	}
-	t, err := newTopo(ctx)
+	t, err := newTopo(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer t.close()
+	defer func() {
+		if err := t.close(); err != nil {
+			log.Warn("testbed down", "err", err)
+		}
+	}()
 	e := &env{topo: t, dir: dir, pki: pk, ferry: absIf(o.ferry), baseline: absIf(o.baseline), self: self, ghost: absIf(o.ghost), istio: absIf(o.istio)}
 	rec.Meta["started"] = time.Now().UTC().Format(time.RFC3339)
 	rec.Meta["go"] = runtime.Version()

@@ -2,27 +2,31 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strconv"
-	"strings"
+	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testbed"
 )
 
-// The bench's addresses, all in 198.18.0.0/15 and only inside its own
-// network namespaces.
+// The bench's addresses: those internal/testbed gives LayoutDirect's nodes
+// and the pods newTopo asks for (newTopo checks), all in 198.18.0.0/15 and
+// only inside the testbed's namespaces.
 var (
 	nodeAIP   = netip.MustParseAddr("198.18.0.1")
 	nodeBIP   = netip.MustParseAddr("198.18.0.2")
-	clientPod = netip.MustParseAddr("198.18.10.3") // on node a
-	serverPod = netip.MustParseAddr("198.18.20.2") // on node b
+	clientPod = netip.MustParseAddr("198.18.1.2") // on node a
+	serverPod = netip.MustParseAddr("198.18.2.2") // on node b
 )
 
 const (
@@ -32,107 +36,126 @@ const (
 	hbonePort    = 15008
 )
 
-// topo is the two-node network: namespaces nsA and nsB joined by a veth.
-//
-// It is not internal/testbed's fabric on purpose. The peers under comparison
-// (ferry, ghostunnel, haproxy, nginx, stunnel, istio's HBONE) run in the node
-// namespaces and bind the pod addresses there, on lo, with node a's local
-// table moved behind two rules so that only the captured ports reach the
-// server pod's address locally; the testbed would put each pod in a namespace
-// of its own behind a veth and the nodes behind a bridge, adding hops to every
-// path measured and breaking the comparison with earlier results.
+// topo is the two-node network: internal/testbed's LayoutDirect, whose
+// node1 and node2 are the bench's node a and node b, joined by one veth
+// pair, with the client pod's address on node a's lo and the server pod's
+// on node b's. The peers under comparison (ferry, ghostunnel, haproxy,
+// nginx, stunnel, istio's HBONE) run in the node namespaces and bind the
+// pod addresses there; every path measured crosses that veth and nothing
+// else. On top of the testbed, newTopo adds capture to node a and two
+// settings (see capture and tune).
 type topo struct {
+	tb       *testbed.Testbed
 	nsA, nsB string
 }
 
-const nsPrefix = "fbench-"
-
-// newTopo creates the namespaces, named after this process's pid, after
-// deleting any left by an earlier run whose process is gone.
-func newTopo(ctx context.Context) (*topo, error) {
-	removeStaleNetns(ctx)
-	id := strconv.Itoa(os.Getpid())
-	t := &topo{nsA: nsPrefix + id + "-a", nsB: nsPrefix + id + "-b"}
-	va, vb := "fb"+id+"a", "fb"+id+"b"
-	if len(va) > 15 {
-		va, vb = va[len(va)-15:], vb[len(vb)-15:]
+// newTopo brings the testbed up. Its namespaces are named after the
+// testbed's per-run prefix, so after a killed run `scripts/testbed down
+// --prefix P` (or --all) removes them and whatever still runs in them.
+func newTopo(ctx context.Context, log *slog.Logger) (*topo, error) {
+	tb, err := testbed.Up(ctx, testbed.Config{Layout: testbed.LayoutDirect, NoMesh: true, Spec: testbed.Spec{
+		Pods: []testbed.PodSpec{
+			{Namespace: "bench", Name: "client", Node: "node1"},
+			{Namespace: "bench", Name: "server", Node: "node2"},
+		}}})
+	if err != nil {
+		return nil, err // Up removed what it made
 	}
-	a, b, A, B := t.nsA, t.nsB, nodeAIP.String(), nodeBIP.String()
-	C, X := clientPod.String(), serverPod.String()
-	steps := [][]string{
-		{"netns", "add", a},
-		{"netns", "add", b},
-		{"link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b},
-		{"-n", a, "link", "set", "lo", "up"},
-		{"-n", b, "link", "set", "lo", "up"},
-		{"-n", a, "addr", "add", A + "/24", "dev", va},
-		{"-n", b, "addr", "add", B + "/24", "dev", vb},
-		{"-n", a, "link", "set", va, "up"},
-		{"-n", b, "link", "set", vb, "up"},
-		{"-n", a, "addr", "add", C + "/32", "dev", "lo"},
-		{"-n", b, "addr", "add", X + "/32", "dev", "lo"},
-		{"-n", a, "route", "add", "198.18.20.0/24", "via", B},
-		{"-n", b, "route", "add", "198.18.10.0/24", "via", A},
-		// Node a: the server pod's address is local too (so the peers'
-		// client sides can bind it), but only for the captured ports; the
-		// local table moves behind two rules that say so.
-		{"-n", a, "addr", "add", X + "/32", "dev", "lo"},
-		{"-n", a, "rule", "add", "pref", "10", "to", X, "ipproto", "tcp", "dport",
-			fmt.Sprintf("%d-%d", captureFirst, captureLast), "lookup", "local"},
-		{"-n", a, "rule", "add", "pref", "20", "to", X, "lookup", "main"},
-		{"-n", a, "rule", "add", "pref", "100", "lookup", "local"},
-		{"-n", a, "rule", "del", "pref", "0"},
+	log.Info("testbed up", "prefix", tb.Prefix, "layout", tb.Layout)
+	t := &topo{tb: tb, nsA: tb.Nodes[0].Netns, nsB: tb.Nodes[1].Netns}
+	err = t.checkAddrs()
+	if err == nil {
+		err = capture(t.nsA)
 	}
-	for _, s := range steps {
-		if out, err := exec.CommandContext(ctx, "ip", s...).CombinedOutput(); err != nil {
-			t.close()
-			return nil, fmt.Errorf("ip %s: %v: %s", strings.Join(s, " "), err, out)
-		}
+	if err == nil {
+		err = tune(t.nsA, t.nsB)
 	}
-	for _, s := range [][]string{
-		{"-n", a, "net.ipv4.conf.all.accept_local=1"}, // replies from the server pod's address
-		{"-n", a, "net.ipv4.conf." + va + ".accept_local=1"},
-		// Connection-rate benchmarks leave tens of thousands of sockets in
-		// TIME_WAIT; let new outgoing connections reuse them.
-		{"-n", a, "net.ipv4.tcp_tw_reuse=1"},
-		{"-n", b, "net.ipv4.tcp_tw_reuse=1"},
-	} {
-		if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", s[1], "sysctl", "-qw", s[2]).CombinedOutput(); err != nil {
-			t.close()
-			return nil, fmt.Errorf("sysctl %s: %v: %s", s[2], err, out)
-		}
+	if err != nil {
+		return nil, errors.Join(err, t.close())
 	}
 	return t, nil
 }
 
-// close deletes the namespaces (and with them the veth pair).
-func (t *topo) close() {
-	for _, ns := range []string{t.nsA, t.nsB} {
-		exec.Command("ip", "netns", "del", ns).Run()
+// checkAddrs fails unless the testbed gave the addresses the bench uses.
+func (t *topo) checkAddrs() error {
+	client, _ := t.tb.Pod("bench/client")
+	server, _ := t.tb.Pod("bench/server")
+	for _, c := range []struct {
+		got  string
+		want netip.Addr
+	}{{t.tb.Nodes[0].IP, nodeAIP}, {t.tb.Nodes[1].IP, nodeBIP}, {client.IP, clientPod}, {server.IP, serverPod}} {
+		if c.got != c.want.String() {
+			return fmt.Errorf("testbed gave %s where the bench expects %s", c.got, c.want)
+		}
 	}
+	return nil
 }
 
-// removeStaleNetns deletes fbench-PID-* namespaces whose PID is not running.
-func removeStaleNetns(ctx context.Context) {
-	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
-	if err != nil {
-		return
+// close stops whatever still runs in the namespaces and removes them.
+func (t *topo) close() error {
+	return t.tb.Down(false, nil)
+}
+
+// capture is the bench's stand-in for Ferry's redirection, in node a: the
+// server pod's address is local there too, so that each peer's client side
+// can listen on it, but only for TCP to the captured ports. The local table
+// moves behind two rules that say so; everything else to the server pod's
+// address (the peers' server sides, direct TCP) crosses the veth.
+//
+//	10:  to serverPod tcp dport 20001-20099 lookup local
+//	20:  to serverPod lookup main
+//	100: lookup local (instead of 0)
+func capture(ns string) error {
+	server := &net.IPNet{IP: serverPod.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	captured := netlink.NewRule()
+	captured.Priority, captured.Dst, captured.Table = 10, server, unix.RT_TABLE_LOCAL
+	captured.IPProto, captured.Dport = unix.IPPROTO_TCP, netlink.NewRulePortRange(captureFirst, captureLast)
+	rest := netlink.NewRule()
+	rest.Priority, rest.Dst, rest.Table = 20, server, unix.RT_TABLE_MAIN
+	local := netlink.NewRule()
+	local.Priority, local.Table = 100, unix.RT_TABLE_LOCAL
+	local0 := netlink.NewRule() // the kernel's: priority 0, lookup local
+	local0.Priority, local0.Table = 0, unix.RT_TABLE_LOCAL
+	return netns.DoNamed(ns, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("capture: %w", err)
+		}
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: server}); err != nil {
+			return fmt.Errorf("capture: address %s on lo: %w", server, err)
+		}
+		for _, r := range []*netlink.Rule{captured, rest, local} {
+			if err := netlink.RuleAdd(r); err != nil {
+				return fmt.Errorf("capture: add %s: %w", r, err)
+			}
+		}
+		if err := netlink.RuleDel(local0); err != nil {
+			return fmt.Errorf("capture: delete %s: %w", local0, err)
+		}
+		return nil
+	})
+}
+
+// tune sets what the bench needs beyond the testbed, inside node a and node
+// b only: node a accepts packets from the server pod's address, which is
+// local there too (capture), and connection-rate benchmarks, which leave
+// tens of thousands of sockets in TIME_WAIT, may reuse them for new
+// outgoing connections.
+func tune(nsA, nsB string) error {
+	for _, s := range []struct{ ns, sysctl string }{
+		{nsA, "net/ipv4/conf/all/accept_local"},
+		{nsA, "net/ipv4/conf/eth0/accept_local"},
+		{nsA, "net/ipv4/tcp_tw_reuse"},
+		{nsB, "net/ipv4/tcp_tw_reuse"},
+	} {
+		err := netns.DoNamed(s.ns, func() error {
+			return os.WriteFile(filepath.Join("/proc/sys", s.sysctl), []byte("1"), 0o644)
+		})
+		if err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", s.sysctl, s.ns, err)
+		}
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || !strings.HasPrefix(f[0], nsPrefix) {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(strings.TrimPrefix(f[0], nsPrefix), "-")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if syscall.Kill(pid, 0) == nil {
-			continue // still running
-		}
-		exec.CommandContext(ctx, "ip", "netns", "del", f[0]).Run()
-	}
+	return nil
 }
 
 // dialFrom dials dst from src inside the namespace ns.
