@@ -19,7 +19,7 @@ var errUsage = errors.New("usage")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	err := run(ctx, commandArgs(os.Args), os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		if !errors.Is(err, errUsage) && !errors.Is(err, flag.ErrHelp) {
@@ -46,6 +46,7 @@ func commands() []command {
 		{"connections", "[--namespace NS] [-o ...]", "open tunnelled connections", runConnections},
 		{"log", "[LEVEL]", "show or set the local agent's log level", runLog},
 		{"policy", "check --manifests PATH --from ID|none --from-ip IP (--to-pod NS/NAME | --to IP) --port N [-o json]", "explain an authorization decision offline", runPolicy},
+		{"cni", "[install|uninstall [flags]]", "the chained CNI plugin (run by the container runtime as ferry-cni), and its installer", runCNI},
 		{"cleanup", "[--bpf-pin-dir DIR]", "remove every kernel object Ferry owns in this network namespace", runCleanup},
 		{"version", "", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, "ferry", version)
