@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -22,38 +23,52 @@ import (
 // that is defunct (its namespace is gone) or belongs to another namespace is
 // replaced. One pin directory serves one namespace.
 func (o *Objects) AttachNetNS(nsPath string) error {
+	l, err := attachPinned(nsPath, filepath.Join(o.pinDir, linkPinName), o.objs.FerrySkLookup)
+	if err != nil {
+		return err
+	}
+	if o.link != nil && o.link != l {
+		o.link.Close()
+	}
+	o.link = l
+	return nil
+}
+
+// attachPinned attaches prog to the network namespace at nsPath through the
+// netns link pinned at pin: a live link there for the same namespace is
+// updated in place (atomically: no window without capture); a defunct or
+// foreign one is replaced once the new link is in place.
+func attachPinned(nsPath, pin string, prog *ebpf.Program) (link.Link, error) {
 	ns, err := os.Open(nsPath)
 	if err != nil {
-		return fmt.Errorf("bpf: attach: %w", err)
+		return nil, fmt.Errorf("bpf: attach: %w", err)
 	}
 	defer ns.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
-		return fmt.Errorf("bpf: attach: stat %s: %w", nsPath, err)
+		return nil, fmt.Errorf("bpf: attach: stat %s: %w", nsPath, err)
 	}
-	pin := filepath.Join(o.pinDir, linkPinName)
 
 	old, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		old = nil
 	case err != nil:
-		return fmt.Errorf("bpf: attach: load pinned link: %w", err)
+		return nil, fmt.Errorf("bpf: attach: load pinned link: %w", err)
 	default:
 		if sameNetNS(old, st.Ino) {
-			if err := old.Update(o.objs.FerrySkLookup); err == nil {
-				o.setLink(old)
-				return nil
+			if err := old.Update(prog); err == nil {
+				return old, nil
 			}
 		}
 	}
 
-	l, err := link.AttachNetNs(int(ns.Fd()), o.objs.FerrySkLookup)
+	l, err := link.AttachNetNs(int(ns.Fd()), prog)
 	if err != nil {
 		if old != nil {
 			old.Close()
 		}
-		return fmt.Errorf("bpf: attach sk_lookup to %s: %w", nsPath, err)
+		return nil, fmt.Errorf("bpf: attach sk_lookup to %s: %w", nsPath, err)
 	}
 	if old != nil {
 		// The new link is in place before the stale one goes.
@@ -61,23 +76,36 @@ func (o *Objects) AttachNetNS(nsPath string) error {
 		if err := old.Unpin(); err != nil {
 			old.Close()
 			l.Close()
-			return fmt.Errorf("bpf: attach: unpin stale link: %w", err)
+			return nil, fmt.Errorf("bpf: attach: unpin stale link: %w", err)
 		}
 		old.Close()
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
-		return fmt.Errorf("bpf: attach: pin link: %w", err)
+		return nil, fmt.Errorf("bpf: attach: pin link: %w", err)
 	}
-	o.setLink(l)
-	return nil
+	return l, nil
 }
 
-func (o *Objects) setLink(l link.Link) {
-	if o.link != nil && o.link != l {
-		o.link.Close()
+// detachPinned detaches and unpins the link pinned at pin, even while
+// another process holds it open. Nothing pinned there is not an error.
+func detachPinned(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	o.link = l
+	if err != nil {
+		return fmt.Errorf("load pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	var errs []error
+	if err := l.Detach(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("detach %s: %w", pin, err))
+	}
+	if err := l.Unpin(); err != nil {
+		errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+	}
+	return errors.Join(errs...)
 }
 
 // sameNetNS reports whether l is a live netns link attached to the namespace

@@ -45,3 +45,31 @@ func (o *Objects) Pods() ([]netip.Addr, error) { return nil, ErrNotSupported }
 
 // Counters fails outside Linux.
 func (o *Objects) Counters() (map[Verdict]uint64, error) { return nil, ErrNotSupported }
+
+// PodCapture is in-pod capture. Outside Linux it cannot be created.
+type PodCapture struct{}
+
+// LoadPods fails outside Linux.
+func LoadPods(cfg Config) (*PodCapture, error) {
+	return nil, fmt.Errorf("bpf: load pods: %w", ErrNotSupported)
+}
+
+// Attach fails outside Linux.
+func (p *PodCapture) Attach(pod netip.Addr, nsPath string) error { return ErrNotSupported }
+
+// SetListeners fails outside Linux.
+func (p *PodCapture) SetListeners(pod netip.Addr, outbound, inbound, hbone syscall.Conn) error {
+	return ErrNotSupported
+}
+
+// Detach fails outside Linux.
+func (p *PodCapture) Detach(pod netip.Addr) error { return ErrNotSupported }
+
+// Pinned fails outside Linux.
+func (p *PodCapture) Pinned() ([]netip.Addr, error) { return nil, ErrNotSupported }
+
+// Counters fails outside Linux.
+func (p *PodCapture) Counters() (map[Verdict]uint64, error) { return nil, ErrNotSupported }
+
+// Close does nothing outside Linux.
+func (p *PodCapture) Close() error { return nil }

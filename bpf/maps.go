@@ -35,6 +35,11 @@ func (o *Objects) SetListener(l Listener, c syscall.Conn) error {
 	if l > ListenerHBONE {
 		return fmt.Errorf("bpf: set listener: invalid slot %d", l)
 	}
+	return updateSocket(o.objs.FerryListeners, uint32(l), l, c)
+}
+
+// updateSocket puts the listening socket c at key in a SOCKMAP or SOCKHASH.
+func updateSocket(m *ebpf.Map, key any, l Listener, c syscall.Conn) error {
 	if c == nil {
 		return fmt.Errorf("bpf: set %s listener: nil socket", l)
 	}
@@ -44,7 +49,7 @@ func (o *Objects) SetListener(l Listener, c syscall.Conn) error {
 	}
 	var uerr error
 	err = rc.Control(func(fd uintptr) {
-		uerr = o.objs.FerryListeners.Update(uint32(l), uint64(fd), ebpf.UpdateAny)
+		uerr = m.Update(key, uint64(fd), ebpf.UpdateAny)
 	})
 	if err == nil {
 		err = uerr
@@ -126,10 +131,15 @@ func (o *Objects) pods() (map[[4]byte]bool, error) {
 // the counters map was created (the map is pinned: counts survive agent
 // restarts).
 func (o *Objects) Counters() (map[Verdict]uint64, error) {
+	return readCounters(o.objs.FerryCounters)
+}
+
+// readCounters sums a per-CPU array of per-verdict counts.
+func readCounters(m *ebpf.Map) (map[Verdict]uint64, error) {
 	out := make(map[Verdict]uint64, numVerdicts)
 	var perCPU []uint64
 	for _, v := range Verdicts() {
-		if err := o.objs.FerryCounters.Lookup(uint32(v), &perCPU); err != nil {
+		if err := m.Lookup(uint32(v), &perCPU); err != nil {
 			return nil, fmt.Errorf("bpf: read counter %s: %w", v, err)
 		}
 		var sum uint64

@@ -98,8 +98,9 @@ func (o *Objects) Close() error {
 	return nil
 }
 
-// Remove detaches the program pinned under pinDir from its network namespace
-// and deletes every Ferry pin there, then the directory itself. "" means
+// Remove detaches the programs pinned under pinDir from their network
+// namespaces (the node's, and each pod's with --capture pod) and deletes
+// every Ferry pin there, then the directory itself. "" means
 // DefaultPinDir. It is idempotent: nothing to remove is not an error. It does
 // not unmount the BPF filesystem.
 //
@@ -110,19 +111,10 @@ func Remove(pinDir string) error {
 		pinDir = DefaultPinDir
 	}
 	var errs []error
-	l, err := link.LoadPinnedLink(filepath.Join(pinDir, linkPinName), nil)
-	switch {
-	case err == nil:
-		if err := l.Detach(); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("detach link: %w", err))
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin link: %w", err))
-		}
-		errs = append(errs, l.Close())
-	case errors.Is(err, os.ErrNotExist):
-	default:
-		errs = append(errs, fmt.Errorf("load pinned link: %w", err))
+	links, err := filepath.Glob(filepath.Join(pinDir, "ferry_*_link"))
+	errs = append(errs, err)
+	for _, pin := range links { // the node's link and the pods' (--capture pod)
+		errs = append(errs, detachPinned(pin))
 	}
 	errs = append(errs, removeMapPins(pinDir))
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -134,8 +126,8 @@ func Remove(pinDir string) error {
 	return nil
 }
 
-// removeMapPins deletes the pinned maps (every ferry_* entry but the link) in
-// dir.
+// removeMapPins deletes the pinned maps (every ferry_* entry but the links)
+// in dir.
 func removeMapPins(dir string) error {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -146,7 +138,7 @@ func removeMapPins(dir string) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "ferry_") || e.Name() == linkPinName {
+		if !strings.HasPrefix(e.Name(), "ferry_") || strings.HasSuffix(e.Name(), "_link") {
 			continue
 		}
 		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -69,13 +69,20 @@ func TestSpecNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pod, err := loadPod()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both objects pin into one directory: their names must not collide.
 	seen := map[string]string{}
 	var names []string
-	for n := range spec.Maps {
-		names = append(names, n)
-	}
-	for n := range spec.Programs {
-		names = append(names, n)
+	for _, s := range []*ebpf.CollectionSpec{spec, pod} {
+		for n := range s.Maps {
+			names = append(names, n)
+		}
+		for n := range s.Programs {
+			names = append(names, n)
+		}
 	}
 	for _, n := range names {
 		if strings.HasPrefix(n, ".") { // .rodata
@@ -89,6 +96,9 @@ func TestSpecNames(t *testing.T) {
 			t.Errorf("%s and %s share their first 15 characters", n, other)
 		}
 		seen[k] = n
+	}
+	if pod.Programs[podProgFerryPodLookup].Type != ebpf.SkLookup {
+		t.Errorf("pod program type %v, want SkLookup", pod.Programs[podProgFerryPodLookup].Type)
 	}
 	if spec.Programs[redirectProgFerrySkLookup].Type != ebpf.SkLookup {
 		t.Errorf("program type %v, want SkLookup", spec.Programs[redirectProgFerrySkLookup].Type)

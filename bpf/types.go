@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 )
@@ -30,6 +31,10 @@ type Config struct {
 	// enrolled pod to the HBONE listener rather than the inbound plaintext
 	// one. 0 means DefaultHBONEPort.
 	HBONEPort uint16
+	// ProbeSource is the address the node sends the kubelet's health
+	// probes from (--capture pod): connections from it to a pod are not
+	// captured. The zero Addr exempts nothing.
+	ProbeSource netip.Addr
 }
 
 // Listener names a slot of the listener SOCKMAP. Values equal the C enum

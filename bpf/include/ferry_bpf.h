@@ -28,6 +28,7 @@ typedef __u32 __be32;
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
 #define BPF_MAP_TYPE_SOCKMAP 15
+#define BPF_MAP_TYPE_SOCKHASH 18
 
 /* map_flags */
 #define BPF_F_NO_PREALLOC (1U << 0)
