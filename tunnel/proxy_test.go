@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
+	"github.com/ferrymesh/ferry/tunnel/internal/sockio"
 )
 
 // serveProxy runs serve on a fresh loopback listener until the test ends.
@@ -605,32 +606,84 @@ func TestCancelAfterEndResetsUpstream(t *testing.T) {
 
 // TestResetAfterEndDeliversInFull: the peer sends its whole request, then
 // RST_STREAM(NO_ERROR) because it wants no more of the answer (RFC 9113
-// §8.1), while the upstream is still talking and has not read the request
-// yet. The request must still arrive in full: closing the upstream socket
-// with the upstream's bytes unread would reset it and throw away what was
-// still queued for it.
+// §8.1), while the upstream is still talking and has not read all of the
+// request yet. The request must still arrive in full: closing the upstream
+// socket with the upstream's bytes unread would reset it and throw away
+// what was still queued for it, so the server settles the socket first.
 func TestResetAfterEndDeliversInFull(t *testing.T) {
-	const size = 8 << 20
-	got := make(chan int, 1)
+	if runtime.GOOS != "linux" {
+		t.Skip("settling reads the socket's unacknowledged bytes (SIOCOUTQ), on Linux only")
+	}
+	const size, tail = 8 << 20, 256 << 10
+	upstream := make(chan *net.TCPConn, 1)
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) {
+		s.Dial = func(ctx context.Context, _, dst netip.AddrPort) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", dst.String())
+			if err == nil {
+				c.(*net.TCPConn).SetWriteBuffer(1 << 20) // room for the tail
+				upstream <- c.(*net.TCPConn)
+			}
+			return c, err
+		}
+	})
+	paused := make(chan struct{})
+	release := sync.OnceFunc(func() { close(paused) })
+	got := make(chan int64, 1)
 	b := newBackend(t, func(c *net.TCPConn) {
+		c.SetReadBuffer(32 << 10)                        // less than the tail
 		stopNoise, noise := writeUntilStopped(c, 32<<10) // talks until it has read the request
-		time.Sleep(300 * time.Millisecond)               // the request waits in the socket
-		n, _ := io.Copy(io.Discard, c)
+		n, _ := io.CopyN(io.Discard, c, size-tail)
+		<-paused // the tail waits in the sockets
+		m, _ := io.Copy(io.Discard, c)
 		stopNoise()
 		<-noise
 		c.CloseWrite()
-		got <- int(n)
+		got <- n + m
 	})
-	e := newEnv(t)
+	t.Cleanup(release) // before the backend's cleanup waits for it
 	st, err := e.dial(t.Context(), b.addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	up := <-upstream
+	var srv *Stream
+	e.srv.mu.Lock()
+	for c := range e.srv.conns {
+		c.mu.Lock()
+		for _, s := range c.streams {
+			srv = s
+		}
+		c.mu.Unlock()
+	}
+	e.srv.mu.Unlock()
+	if srv == nil {
+		t.Fatal("the server holds no stream")
 	}
 	if _, err := st.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
 	st.CloseWrite()
 	st.Close() // END_STREAM sent, none received: RST_STREAM(NO_ERROR)
+	// The server has the reset and has handed the whole request to the
+	// upstream socket, which holds bytes the paused upstream has not
+	// acknowledged: closing the socket now would lose them.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		srv.c.mu.Lock()
+		reset, handed := srv.wreset != nil, srv.fwd.drain == nil && srv.recvDone && srv.recv.n == 0
+		srv.c.mu.Unlock()
+		if !isOpen(up) {
+			t.Fatal("the server closed the upstream socket before the upstream read the request")
+		}
+		unacked := sockio.Unacked(up)
+		if reset && handed && unacked > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reset %v, request handed to the socket %v, %d bytes unacknowledged", reset, handed, unacked)
+		}
+	}
+	release()
 	select {
 	case n := <-got:
 		if n != size {
@@ -639,6 +692,12 @@ func TestResetAfterEndDeliversInFull(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("upstream never finished reading")
 	}
+}
+
+// isOpen reports whether c has not been closed.
+func isOpen(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	return err == nil && rc.Control(func(uintptr) {}) == nil
 }
 
 // heldBack is what the client's streams proxied into sockets hold queued,
