@@ -220,11 +220,16 @@ func TestIdentityChecks(t *testing.T) {
 	b := newBackend(t, echo)
 	otherCA := certstest.NewCA(t)
 	otherStore := otherCA.Store(t, idClient)
-	for _, name := range []string{"wrong server identity", "wrong trust domain", "untrusted client", "expired client", "untrusted server"} {
+	for _, name := range []string{"good client", "wrong server identity", "wrong trust domain", "untrusted client", "expired client", "untrusted server"} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
 			want := idServer
 			switch name {
+			case "good client":
+				// The control: a valid certificate, presented as the bad
+				// ones below are, is accepted.
+				cert := e.ca.Leaf(t, idClient)
+				e.cli.cfg.TLS = func(_, w certs.Identity) (*tls.Config, error) { return certstest.PeerConfig(cert), nil }
 			case "wrong server identity":
 				want = certs.Identity{TrustDomain: "cluster.local", Namespace: "b", ServiceAccount: "other"}
 			case "wrong trust domain":
@@ -239,7 +244,14 @@ func TestIdentityChecks(t *testing.T) {
 			case "untrusted server":
 				e.cli.cfg.TLS = func(s, w certs.Identity) (*tls.Config, error) { return otherStore.ClientConfig(s, w), nil }
 			}
-			_, err := e.cli.Dial(t.Context(), DialRequest{Src: idClient, Dst: want, HBONEAddr: e.hbone, Authority: b.addr})
+			st, err := e.cli.Dial(t.Context(), DialRequest{Src: idClient, Dst: want, HBONEAddr: e.hbone, Authority: b.addr})
+			if name == "good client" {
+				if err != nil {
+					t.Fatalf("Dial with a good certificate: %v", err)
+				}
+				st.Close()
+				return
+			}
 			if err == nil {
 				t.Fatal("Dial succeeded")
 			}
