@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,12 +125,26 @@ func TestOutbound(t *testing.T) {
 // counted once; a client that waits for the server to speak first is
 // carried as before.
 func TestOutboundEarlyData(t *testing.T) {
-	e := newEnv(t)
 	echoer := newBackend(t, echo)
 	greeter := newBackend(t, func(c *net.TCPConn) {
 		c.Write([]byte("hello: "))
 		echo(c)
 	})
+	const early = "written, and half-closed, before the proxy read"
+	// What the server's stream holds when it dials the echoer, before it
+	// answers the CONNECT: the early bytes, if they came with it.
+	var srv atomic.Pointer[Server]
+	heldAtDial := make(chan int, 1)
+	e := newEnv(t, func(s *ServerConfig, _ *ClientConfig) {
+		dial := s.Dial
+		s.Dial = func(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+			if dst == echoer.addr {
+				heldAtDial <- serverHolds(srv.Load(), len(early))
+			}
+			return dial(ctx, src, dst)
+		}
+	})
+	srv.Store(e.srv)
 	dst := make(chan netip.AddrPort, 1)
 	obs := &recordingObserver{}
 	out, err := NewOutbound(OutboundConfig{
@@ -155,11 +170,13 @@ func TestOutboundEarlyData(t *testing.T) {
 		return c.(*net.TCPConn)
 	}
 
-	early := "written, and half-closed, before the proxy read"
 	c := dial()
 	c.Write([]byte(early))
 	c.CloseWrite()
 	dst <- echoer.addr
+	if n := <-heldAtDial; n != len(early) {
+		t.Fatalf("the server held %d bytes before it answered the CONNECT, want the %d early ones", n, len(early))
+	}
 	if got, err := io.ReadAll(c); err != nil || string(got) != early {
 		t.Fatalf("early: got %q, %v", got, err)
 	}
@@ -692,6 +709,24 @@ func TestResetAfterEndDeliversInFull(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("upstream never finished reading")
 	}
+}
+
+// serverHolds waits until one of s's streams has received n bytes not yet
+// read, for 10 s at most, and returns the most a stream held.
+func serverHolds(s *Server, n int) int {
+	most := 0
+	for deadline := time.Now().Add(10 * time.Second); most < n && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		for c := range s.conns {
+			c.mu.Lock()
+			for _, st := range c.streams {
+				most = max(most, st.recv.n)
+			}
+			c.mu.Unlock()
+		}
+		s.mu.Unlock()
+	}
+	return most
 }
 
 // isOpen reports whether c has not been closed.
