@@ -29,6 +29,7 @@ import (
 type UninstallWatch struct {
 	deleted atomic.Bool
 	synced  chan struct{} // closed once the watch has listed (tests wait on it)
+	handled atomic.Int64  // events about the DaemonSet taken (tests wait on them)
 }
 
 // WatchUninstall starts watching the DaemonSet that owns pod namespace/name
@@ -94,6 +95,9 @@ func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namesp
 			// delete-and-reinstall upgrade): the new one's agent takes over.
 			log.Info("the agent's DaemonSet exists again: the agent will keep its capture state when it stops", "daemonset", ds)
 		}
+		if ok {
+			w.handled.Add(1)
+		}
 	}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    seen,
@@ -101,6 +105,7 @@ func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namesp
 		DeleteFunc: func(obj any) {
 			if _, ok := ours(obj); ok {
 				w.set(log, ds, "deleted")
+				w.handled.Add(1)
 			}
 		},
 	})
