@@ -340,6 +340,10 @@ spec:
 	} else if !isClosed(err) {
 		t.Fatalf("open connection not closed by the new policy: %v", err)
 	}
+	// The one denial so far: the open connection's, by re-authorization.
+	if body, want := scrape(t, h.cfg.MetricsAddr), `ferry_authz_decisions_total{direction="inbound",reason="",result="deny"} 1`; !strings.Contains(body, want) {
+		t.Fatalf("metrics lack %s:\n%s", want, grep(body, "ferry_authz_decisions_total"))
+	}
 	_, err := h.hboneDial(t.Context(), app)
 	var se *tunnel.StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusUnauthorized {
@@ -432,8 +436,18 @@ func TestAgentOutboundHBONE(t *testing.T) {
 		// The agent may accept and then reset, or reset during the dial.
 		defer c2.Close()
 		c2.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if n, err := c2.Read(make([]byte, 1)); n != 0 || err == nil {
-			t.Fatalf("unknown source got through: n=%d err=%v", n, err)
+		if n, err := c2.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("unknown source not refused: n=%d err=%v", n, err)
+		}
+	}
+	// Refused by the routing decision, which counts it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		body := scrape(t, h.cfg.MetricsAddr)
+		if strings.Contains(body, `ferry_tunnel_rejected_total{reason="policy"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the refusal was not counted:\n%s", grep(body, "ferry_tunnel_rejected_total"))
 		}
 	}
 
