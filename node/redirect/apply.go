@@ -214,6 +214,11 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 	nr.IifName = r.IIF
 	nr.IPProto = int(r.IPProto)
 	nr.Protocol = Protocol
+	if r.Mark != 0 {
+		nr.Mark = r.Mark
+		mask := uint32(MarkMask)
+		nr.Mask = &mask
+	}
 	if r.Src.IsValid() {
 		nr.Src = prefixToIPNet(r.Src)
 	}
@@ -227,12 +232,12 @@ func toNetlinkRule(r Rule) *netlink.Rule {
 // attributes a Rule can express.
 func fromNetlinkRule(nr *netlink.Rule) (Rule, bool) {
 	if nr.Family != netlink.FAMILY_V4 && nr.Family != netlink.FAMILY_V6 || nr.Table <= 0 || nr.Goto >= 0 || nr.Invert ||
-		nr.Mark != 0 || nr.Mask != nil || nr.Tos != 0 || nr.TunID != 0 || nr.Flow >= 0 ||
+		nr.Mark != 0 && (nr.Mask == nil || *nr.Mask != MarkMask) || nr.Mark == 0 && nr.Mask != nil || nr.Tos != 0 || nr.TunID != 0 || nr.Flow >= 0 ||
 		nr.OifName != "" || nr.SuppressIfgroup >= 0 || nr.SuppressPrefixlen >= 0 ||
 		nr.Dport != nil || nr.Sport != nil || nr.UIDRange != nil || nr.IPProto < 0 || nr.IPProto > 255 {
 		return Rule{}, false
 	}
-	r := Rule{Priority: nr.Priority, IIF: nr.IifName, IPProto: uint8(nr.IPProto), Table: nr.Table}
+	r := Rule{Priority: nr.Priority, IIF: nr.IifName, IPProto: uint8(nr.IPProto), Mark: nr.Mark, Table: nr.Table}
 	if nr.Src != nil {
 		p, ok := ipNetToPrefix(nr.Src)
 		if !ok {
@@ -265,7 +270,7 @@ func toNetlinkRoute(r Route, lo int) *netlink.Route {
 			Family:   family(r.Dst),
 		}
 	}
-	return &netlink.Route{
+	nr := &netlink.Route{
 		LinkIndex: lo,
 		Dst:       prefixToIPNet(r.Dst),
 		Table:     r.Table,
@@ -274,6 +279,10 @@ func toNetlinkRoute(r Route, lo int) *netlink.Route {
 		Protocol:  Protocol,
 		Family:    netlink.FAMILY_V4,
 	}
+	if r.Src.IsValid() {
+		nr.Src = r.Src.AsSlice()
+	}
+	return nr
 }
 
 func family(p netip.Prefix) int {
@@ -304,8 +313,16 @@ func fromNetlinkRoute(nr *netlink.Route, lo int) (Route, bool) {
 		return Route{Table: nr.Table, Dst: dst, Prohibit: true}, true
 	}
 	if nr.Type != unix.RTN_LOCAL || nr.LinkIndex != lo || nr.Scope != netlink.SCOPE_HOST ||
-		nr.Gw != nil || nr.Src != nil || len(nr.MultiPath) > 0 || nr.Priority != 0 {
+		nr.Gw != nil || len(nr.MultiPath) > 0 || nr.Priority != 0 {
 		return Route{}, false
+	}
+	var src netip.Addr
+	if nr.Src != nil {
+		a, ok := netip.AddrFromSlice(nr.Src)
+		if !ok {
+			return Route{}, false
+		}
+		src = a.Unmap()
 	}
 	dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	if nr.Dst != nil {
@@ -315,7 +332,7 @@ func fromNetlinkRoute(nr *netlink.Route, lo int) (Route, bool) {
 		}
 		dst = p
 	}
-	return Route{Table: nr.Table, Dst: dst}, true
+	return Route{Table: nr.Table, Dst: dst, Src: src}, true
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

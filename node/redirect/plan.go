@@ -103,7 +103,8 @@ func (c Config) validate() error {
 }
 
 // Rule is one policy routing rule: `ip [-6] rule add pref Priority [from
-// Src] [to Dst] [iif IIF] [ipproto IPProto] lookup Table proto 153`. It is an
+// Src] [to Dst] [iif IIF] [ipproto IPProto] [fwmark Mark/MarkMask] lookup
+// Table proto 153`. It is an
 // IPv6 rule when Src or Dst is an IPv6 prefix, an IPv4 rule otherwise.
 type Rule struct {
 	Priority int
@@ -111,6 +112,7 @@ type Rule struct {
 	Dst      netip.Prefix // the zero Prefix matches any destination
 	IIF      string       // "" matches any input interface
 	IPProto  uint8        // 0 matches any protocol
+	Mark     uint32       // with MarkMask: fwmark Mark/MarkMask; 0 matches any
 	Table    int
 }
 
@@ -139,24 +141,33 @@ func (r Rule) String() string {
 	if r.IPProto != 0 {
 		fmt.Fprintf(&b, " ipproto %s", protoName(r.IPProto))
 	}
+	if r.Mark != 0 {
+		fmt.Fprintf(&b, " fwmark %#x/%#x", r.Mark, MarkMask)
+	}
 	fmt.Fprintf(&b, " lookup %s proto %d", tableName(r.Table), Protocol)
 	return b.String()
 }
 
 // Route is one route in one of Ferry's tables: `ip route add local Dst dev
-// lo table Table proto 153` (scope host), or with Prohibit, `ip -6 route add
-// prohibit Dst table Table proto 153`. Ferry installs no other kind.
+// lo [src Src] table Table proto 153` (scope host), or with Prohibit, `ip -6
+// route add prohibit Dst table Table proto 153`. Ferry installs no other
+// kind.
 type Route struct {
 	Table    int
 	Dst      netip.Prefix
-	Prohibit bool // refuse: the kernel drops the packet and answers ICMP administratively prohibited
+	Src      netip.Addr // the preferred source; the zero Addr sets none
+	Prohibit bool       // refuse: the kernel drops the packet and answers ICMP administratively prohibited
 }
 
 func (r Route) String() string {
 	if r.Prohibit {
 		return fmt.Sprintf("prohibit %s table %d proto %d", r.Dst, r.Table, Protocol)
 	}
-	return fmt.Sprintf("local %s dev lo table %d proto %d scope host", r.Dst, r.Table, Protocol)
+	src := ""
+	if r.Src.IsValid() {
+		src = " src " + r.Src.String()
+	}
+	return fmt.Sprintf("local %s dev lo%s table %d proto %d scope host", r.Dst, src, r.Table, Protocol)
 }
 
 // Plan is the state the node's network namespace must be in for a set of
