@@ -21,6 +21,7 @@ import (
 	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/istioca"
+	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/node/redirect"
 	"github.com/ferrymesh/ferry/tunnel"
@@ -77,8 +78,9 @@ type Agent struct {
 	ca        *istioCA // nil with a local CA
 	store     *certs.Store
 	conns     *tunnel.Registry
-	redirect  *redirection // nil with --redirect none
-	local     *localHBONE  // same-node HBONE, in process
+	redirect  capture     // nil with --redirect none
+	pods      *podCapture // with --capture pod, the same as redirect
+	local     *localHBONE // same-node HBONE, in process
 	server    *tunnel.Server
 	client    *tunnel.Client
 	outbound  *tunnel.Outbound
@@ -124,6 +126,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if cfg.Redirect == RedirectEBPF {
 		tasks = append(tasks, TaskRedirection)
 	}
+	if cfg.Redirect == RedirectEBPF && cfg.Capture == CapturePod && cfg.CNIConfDir != "" {
+		tasks = append(tasks, TaskCNI)
+	}
 	a.ready = newReadiness(tasks...)
 	if err := a.wire(); err != nil {
 		return nil, err
@@ -142,7 +147,14 @@ func (a *Agent) wire() error {
 	a.conns = tunnel.NewRegistry()
 	a.local = newLocalHBONE()
 	var dialled func(net.Conn) netip.AddrPort
-	if a.cfg.Redirect == RedirectEBPF {
+	switch {
+	case a.cfg.Redirect != RedirectEBPF:
+	case a.cfg.Capture == CapturePod:
+		// Captured inside the pod, before any DNAT on the node: the
+		// destination is what the pod dialled.
+		a.pods = newPodCapture(a.cfg, a.log.With("component", "redirect"))
+		a.redirect = a.pods
+	default:
 		a.redirect = newRedirection(a.cfg, a.log.With("component", "redirect"))
 		dialled = redirect.DialledDst
 	}
@@ -217,7 +229,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	defer lns.close()
 	defer a.local.Close()
 	if a.redirect != nil {
-		if err := a.redirect.attach(lns); err != nil {
+		var err error
+		if a.pods != nil {
+			err = a.pods.start()
+		} else {
+			err = a.redirect.(*redirection).attach(lns)
+		}
+		if err != nil {
 			return err
 		}
 		defer func() {
@@ -252,6 +270,12 @@ func (a *Agent) serve(ctx context.Context, lns *listeners) error {
 	g.Go(func() error { return a.outbound.Serve(gctx, outboundLn) })
 	g.Go(func() error { return a.plaintext.Serve(gctx, inboundLn) })
 	g.Go(func() error { return serveHTTP(gctx, lns.admin, newAdminHandler(a, a.level, a.log)) })
+	if a.pods != nil {
+		g.Go(func() error { return a.serveCNI(gctx, lns.cni) })
+		if a.cfg.CNIConfDir != "" {
+			g.Go(func() error { return a.keepCNIInstalled(gctx) })
+		}
+	}
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "metrics", lns.metrics, a.metricsHandler()) })
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "readiness", lns.readiness, a.readinessHandler()) })
 	g.Go(func() error {
@@ -262,6 +286,9 @@ func (a *Agent) serve(ctx context.Context, lns *listeners) error {
 		}
 		outboundLn.drain()
 		inboundLn.drain()
+		if a.pods != nil {
+			a.pods.closeListeners()
+		}
 		a.drain(ctx)
 		stopRun()
 		return nil
@@ -295,11 +322,20 @@ func keepNewest(snaps chan *inventory.Snapshot, s *inventory.Snapshot) {
 // Otherwise it stays for the next agent, and enrolled pods fail closed
 // meanwhile.
 func (a *Agent) release(lns *listeners) error {
+	uninstall := a.uninst != nil && a.uninst() && a.lastAgent(lns)
+	if uninstall && a.pods != nil {
+		if a.cfg.CNIConfDir != "" {
+			if err := cni.Uninstall(a.cfg.CNIConfDir, a.cfg.CNIBinDir); err != nil {
+				a.log.Error("uninstall: removing the ferry-cni plugin failed", "dir", a.cfg.CNIConfDir, "err", err)
+			}
+		}
+		a.pods.removeAll()
+	}
 	a.redirect.Close()
-	if a.uninst == nil || !a.uninst() || !a.lastAgent(lns) {
+	if !uninstall {
 		return nil
 	}
-	if err := Cleanup(a.cfg.BPFPinDir); err != nil {
+	if err := Cleanup(a.cfg.BPFPinDir, a.cfg.StateDir); err != nil {
 		a.log.Error("uninstall: removing the capture state failed; run ferry cleanup on the node", "err", err)
 		return err
 	}
@@ -314,6 +350,11 @@ func (a *Agent) release(lns *listeners) error {
 // without SO_REUSEPORT: only another agent's listener makes that fail.
 func (a *Agent) lastAgent(lns *listeners) bool {
 	lns.close()
+	if a.pods != nil {
+		// With --capture pod no other agent can run: it could not have
+		// taken the CNI socket from this one (cni.Listen).
+		return true
+	}
 	ln, err := net.Listen("tcp4", a.cfg.HBONEAddr)
 	if err != nil {
 		a.log.Info("uninstall: another agent listens on the HBONE address; leaving it the capture state", "addr", a.cfg.HBONEAddr, "err", err)
@@ -462,7 +503,7 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 	// connection the scan misses is authorized against it (tunnel.Registry).
 	a.conns.Reauthorize(func(r tunnel.Request) error { return a.authorize(r) })
 	if a.redirect != nil {
-		if err := a.redirect.Apply(v.localIPs()); err != nil {
+		if err := a.redirect.apply(v); err != nil {
 			a.ready.set(TaskRedirection, false, err.Error())
 			return err
 		}
@@ -681,11 +722,11 @@ func (a *Agent) Route(src, dst, dialled netip.AddrPort) (tunnel.Route, error) {
 	}, nil
 }
 
-// dialFrom dials dst from src's address when capture is on (IP_TRANSPARENT),
-// plainly otherwise.
-func (a *Agent) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+// dialOut dials dst as the local pod src when capture is on, plainly
+// otherwise.
+func (a *Agent) dialOut(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if a.redirect != nil {
-		return a.redirect.dialFrom(ctx, src, dst)
+		return a.redirect.dialOut(ctx, src, dst)
 	}
 	return dialPlain(ctx, dst)
 }
@@ -699,7 +740,10 @@ func dialPlain(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 // dialPod dials a local pod for inbound delivery, from the client's own
 // address when capture is on, so the pod sees the real client IP.
 func (a *Agent) dialPod(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	return a.dialFrom(ctx, src.Addr(), dst)
+	if a.redirect != nil {
+		return a.redirect.dialIn(ctx, src, dst)
+	}
+	return dialPlain(ctx, dst)
 }
 
 // dialHBONE dials a peer agent's HBONE port, from the source pod's address
@@ -708,7 +752,7 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPor
 	if a.Local(dst.Addr()) {
 		return a.local.dial(ctx, src, dst)
 	}
-	return a.dialFrom(ctx, src, dst)
+	return a.dialOut(ctx, src, dst)
 }
 
 // dialPassthrough dials a destination outside the mesh, from the pod's own
@@ -716,10 +760,10 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPor
 // dial to a local address would be captured again by the sk_lookup program
 // (its source is an enrolled pod) and loop back into the agent.
 func (a *Agent) dialPassthrough(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
-	if a.redirect != nil && isLocalAddr(dst.Addr()) {
+	if a.redirect != nil && a.pods == nil && isLocalAddr(dst.Addr()) {
 		return dialPlain(ctx, dst)
 	}
-	return a.dialFrom(ctx, src.Addr(), dst)
+	return a.dialOut(ctx, src.Addr(), dst)
 }
 
 func (a *Agent) metricsHandler() http.Handler {
@@ -745,16 +789,19 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 	})
 }
 
-// listeners are the agent's sockets.
+// listeners are the agent's sockets. With --capture pod, outbound, inbound
+// and hbone are the fan-ins of the pods' listeners, and cni is the CNI
+// plugin's socket.
 type listeners struct {
-	outbound, inbound, hbone  *net.TCPListener
+	outbound, inbound, hbone  net.Listener
 	admin, metrics, readiness net.Listener
+	cni                       net.Listener
 	once                      sync.Once
 }
 
 func (l *listeners) close() {
 	l.once.Do(func() {
-		for _, c := range []net.Listener{l.outbound, l.inbound, l.hbone, l.admin, l.metrics, l.readiness} {
+		for _, c := range []net.Listener{l.outbound, l.inbound, l.hbone, l.admin, l.metrics, l.readiness, l.cni} {
 			if c != nil {
 				c.Close()
 			}

@@ -20,6 +20,18 @@ const (
 	RedirectNone = "none"
 )
 
+// Where eBPF redirection captures (DESIGN §3, §3b).
+const (
+	// CaptureNode captures in the node's network namespace: for CNIs whose
+	// pod traffic crosses the node's routing (bridge, ptp, flannel, Calico
+	// in iptables mode).
+	CaptureNode = "node"
+	// CapturePod captures inside each enrolled pod's network namespace,
+	// which the CNI plugin hands the agent: any CNI, including those that
+	// bypass the node's routing (macvlan, ipvlan, Cilium, Calico eBPF).
+	CapturePod = "pod"
+)
+
 // Config is the agent's configuration. The zero value of each field means the
 // default given by RegisterFlags.
 type Config struct {
@@ -38,7 +50,16 @@ type Config struct {
 	PostQuantum     bool   // offer the hybrid X25519MLKEM768 key exchange
 	SystemNamespace string // Istio's root namespace: mesh-wide policies, the agent's own pods
 	Redirect        string // RedirectEBPF or RedirectNone
+	Capture         string // with RedirectEBPF: CaptureNode or CapturePod
 	BPFPinDir       string
+	// With CapturePod: the CNI plugin's socket, the directory recording
+	// the captured pods for the next agent, and the address the node
+	// sends the kubelet's probes from ("" exempts none).
+	CNISocket, StateDir, ProbeSource string
+	// With CapturePod: the node's CNI configuration and plugin directories
+	// the agent keeps the ferry-cni plugin installed in ("": the operator
+	// installs it).
+	CNIConfDir, CNIBinDir string
 
 	OutboundAddr, InboundAddr, HBONEAddr  string
 	AdminAddr, MetricsAddr, ReadinessAddr string
@@ -82,6 +103,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.PostQuantum, "post-quantum", false, "offer and prefer the hybrid X25519MLKEM768 key exchange on HBONE (about a third more CPU per handshake; default X25519)")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "istio-system", "root namespace: its policies apply mesh-wide")
 	fs.StringVar(&c.Redirect, "redirect", RedirectEBPF, "traffic capture: ebpf (sk_lookup + policy routing) or none (user-space tests)")
+	fs.StringVar(&c.Capture, "capture", CaptureNode, "with --redirect ebpf, where enrolled pods' TCP is captured: node (the node's network namespace; CNIs whose pod traffic crosses the node's routing) or pod (inside each pod's namespace, handed over by the ferry-cni plugin; any CNI)")
+	fs.StringVar(&c.CNISocket, "cni-socket", "/var/run/ferry/cni.sock", "with --capture pod: the unix socket the ferry-cni plugin reports new pods on")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/run/ferry", "with --capture pod: where the agent records the pods it captured, for the next agent and `ferry cleanup`")
+	fs.StringVar(&c.ProbeSource, "probe-source", "", "with --capture pod: the address the node sends the kubelet's health probes from; connections from it reach pods uncaptured (empty: none)")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "with --capture pod: the node's CNI configuration directory (/etc/cni/net.d), where the agent chains the ferry-cni plugin after the network plugin and keeps it there; empty: installed by hand")
+	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "with --capture pod and --cni-conf-dir: the node's CNI plugin directory, where the agent copies its binary as ferry-cni")
 	fs.StringVar(&c.BPFPinDir, "bpf-pin-dir", "/sys/fs/bpf/ferry", "bpffs directory for Ferry's pinned maps and links (one per agent)")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "0.0.0.0:15001", "outbound capture listener")
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:15006", "inbound plaintext capture listener")
@@ -94,6 +121,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", defaultHTTPWriteTimeout, "metrics and readiness servers: longest time to serve a request")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", defaultHTTPIdleTimeout, "metrics and readiness servers: longest time a keep-alive connection waits for its next request")
 	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", defaultHTTPMaxConns, "metrics and readiness servers: most open connections each; at the cap the oldest connection not serving a request is closed")
+}
+
+// probeSource is ProbeSource parsed (validated), or the zero Addr.
+func (c *Config) probeSource() netip.Addr {
+	a, _ := netip.ParseAddr(c.ProbeSource)
+	return a
 }
 
 // hbonePort is the port peers' HBONE listeners use, taken from HBONEAddr.
@@ -137,6 +170,20 @@ func (c *Config) validate() error {
 	}
 	if c.Redirect != RedirectEBPF && c.Redirect != RedirectNone {
 		errs = append(errs, fmt.Errorf("--redirect %q: want ebpf or none", c.Redirect))
+	}
+	if c.Capture == "" {
+		c.Capture = CaptureNode
+	}
+	if c.Capture != CaptureNode && c.Capture != CapturePod {
+		errs = append(errs, fmt.Errorf("--capture %q: want node or pod", c.Capture))
+	}
+	if c.ProbeSource != "" {
+		if a, err := netip.ParseAddr(c.ProbeSource); err != nil || !a.Is4() {
+			errs = append(errs, fmt.Errorf("--probe-source %q: want an IPv4 address", c.ProbeSource))
+		}
+	}
+	if c.Capture == CapturePod && (c.CNISocket == "" || c.StateDir == "") {
+		errs = append(errs, errors.New("--capture pod needs --cni-socket and --state-dir"))
 	}
 	if c.TrustDomain == "" {
 		errs = append(errs, errors.New("--trust-domain must not be empty"))

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/redirect"
 )
 
@@ -23,7 +24,7 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 			l.close()
 		}
 	}()
-	tcp := func(name, addr string) (*net.TCPListener, error) {
+	tcp := func(name, addr string) (net.Listener, error) {
 		var ln net.Listener
 		var err error
 		if a.cfg.Redirect == RedirectEBPF {
@@ -38,7 +39,7 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("node: %s listener on %s: %w", name, addr, err)
 		}
-		return ln.(*net.TCPListener), nil
+		return ln, nil
 	}
 	plain := func(name, addr string) (net.Listener, error) {
 		// SO_REUSEPORT: during an upgrade the new agent binds while the old
@@ -57,12 +58,20 @@ func (a *Agent) listen(ctx context.Context) (l *listeners, err error) {
 	var errs []error
 	add := func(err error) { errs = append(errs, err) }
 	var e error
-	l.outbound, e = tcp("outbound", a.cfg.OutboundAddr)
-	add(e)
-	l.inbound, e = tcp("inbound", a.cfg.InboundAddr)
-	add(e)
-	l.hbone, e = tcp("hbone", a.cfg.HBONEAddr)
-	add(e)
+	if a.pods != nil {
+		// The data-plane listeners are the pods' own, opened in their
+		// namespaces as they are captured.
+		l.outbound, l.inbound, l.hbone = a.pods.outbound, a.pods.inbound, a.pods.hbone
+		l.cni, e = cni.Listen(a.cfg.CNISocket)
+		add(e)
+	} else {
+		l.outbound, e = tcp("outbound", a.cfg.OutboundAddr)
+		add(e)
+		l.inbound, e = tcp("inbound", a.cfg.InboundAddr)
+		add(e)
+		l.hbone, e = tcp("hbone", a.cfg.HBONEAddr)
+		add(e)
+	}
 	l.admin, e = plain("admin", a.cfg.AdminAddr)
 	add(e)
 	l.metrics, e = plain("metrics", a.cfg.MetricsAddr)

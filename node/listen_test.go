@@ -23,12 +23,12 @@ func TestDataPlaneKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.close()
-	for name, ln := range map[string]*net.TCPListener{"outbound": l.outbound, "inbound": l.inbound, "hbone": l.hbone} {
+	for name, ln := range map[string]net.Listener{"outbound": l.outbound, "inbound": l.inbound, "hbone": l.hbone} {
 		dialled, err := dialPlain(t.Context(), ln.Addr().(*net.TCPAddr).AddrPort())
 		if err != nil {
 			t.Fatal(err)
 		}
-		accepted, err := ln.AcceptTCP()
+		accepted, err := ln.(*net.TCPListener).AcceptTCP()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,6 +48,7 @@ type Metrics struct {
 	PolicyErrors   *prometheus.GaugeVec   // kind, namespace
 	TunnelRejects  *prometheus.CounterVec // reason
 	HTTPShed       *prometheus.CounterVec // server, reason: see shedListener
+	CNIRequests    *prometheus.CounterVec // op, result: the ferry-cni plugin's requests (--capture pod)
 }
 
 // NewMetrics creates and registers the agent's metrics.
@@ -80,12 +81,14 @@ func NewMetrics(version string) *Metrics {
 		HTTPShed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "node", Name: "http_connections_shed_total",
 			Help: "Connections the metrics and readiness servers closed to stay under their cap, by server and by whether the connection was idle or busy."},
 			[]string{"server", "reason"}),
+		CNIRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "cni", Name: "requests_total",
+			Help: "Requests of the ferry-cni plugin (--capture pod), by operation (add, del) and result (ok, error)."}, []string{"op", "result"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "istio", Name: "build", Help: "Istio component build info."},
 		[]string{"component", "tag"})
 	build.WithLabelValues("ztunnel", version).Set(1)
 	r.MustRegister(m.opened, m.closed, m.sent, m.received, build, m.EnrolledPods, m.CertExpiry, m.CARequests,
-		m.PolicyDecision, m.InventoryError, m.PolicyErrors, m.TunnelRejects, m.HTTPShed,
+		m.PolicyDecision, m.InventoryError, m.PolicyErrors, m.TunnelRejects, m.HTTPShed, m.CNIRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

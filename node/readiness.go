@@ -14,6 +14,7 @@ const (
 	TaskRedirection  = "redirection (BPF and routing)"
 	TaskCertificates = "workload certificates"
 	TaskListeners    = "proxy listeners"
+	TaskCNI          = "ferry-cni plugin installed"
 )
 
 // readiness tracks what the agent still waits for before it can carry traffic.

@@ -18,6 +18,29 @@ import (
 	"github.com/ferrymesh/ferry/node/redirect"
 )
 
+// capture is eBPF redirection as the agent uses it: in the node's network
+// namespace (redirection) or in each pod's (podCapture).
+type capture interface {
+	// apply converges capture to the view's enrolled pods on this node.
+	apply(v *view) error
+	// Captured reports whether the pod with address ip is captured;
+	// Refused whether ip is an enrolled pod's IPv6 address, whose TCP is
+	// refused.
+	Captured(ip netip.Addr) bool
+	Refused(ip netip.Addr) bool
+	// pods lists the captured addresses; counters reads the programs'
+	// per-verdict counters.
+	pods() []netip.Addr
+	counters() (map[bpf.Verdict]uint64, error)
+	// dialOut dials dst as the local pod src (HBONE to a peer, or
+	// passthrough); dialIn delivers a connection from src to the local
+	// pod dst.
+	dialOut(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
+	dialIn(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error)
+	// Close releases the agent's handles; capture stays (fail closed).
+	Close() error
+}
+
 // redirection owns the node's capture: the sk_lookup program and its maps,
 // and the policy-routing rules and routes. Apply converges both to a set of
 // enrolled pod addresses, once attach has put the program in place.
@@ -50,6 +73,7 @@ func newRedirection(cfg Config, log *slog.Logger) *redirection {
 // hands it the agent's listeners. Capture stays attached (pinned) after the
 // agent exits, so enrolled pods fail closed.
 func (r *redirection) attach(lns *listeners) error {
+	out, in, hbone := lns.outbound.(*net.TCPListener), lns.inbound.(*net.TCPListener), lns.hbone.(*net.TCPListener)
 	objs, err := bpf.Load(r.load)
 	if err != nil {
 		return fmt.Errorf("node: load BPF (needs root, CAP_BPF and a 5.9+ kernel): %w", err)
@@ -58,13 +82,15 @@ func (r *redirection) attach(lns *listeners) error {
 		objs.Close()
 		return fmt.Errorf("node: attach sk_lookup: %w", err)
 	}
-	if err := objs.SetListeners(lns.outbound, lns.inbound, lns.hbone); err != nil {
+	if err := objs.SetListeners(out, in, hbone); err != nil {
 		objs.Close()
 		return fmt.Errorf("node: register listeners: %w", err)
 	}
 	r.objs.Store(objs)
 	return nil
 }
+
+func (r *redirection) apply(v *view) error { return r.Apply(v.localIPs()) }
 
 // Apply converges the routing rules and the enrolled-pods map to exactly pods.
 // It is idempotent.
@@ -120,9 +146,14 @@ func (r *redirection) Captured(ip netip.Addr) bool {
 	return r.captured[ip]
 }
 
-// dialFrom dials dst with src as the source address (IP_TRANSPARENT).
-func (r *redirection) dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+// dialOut dials dst with src as the source address (IP_TRANSPARENT).
+func (r *redirection) dialOut(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	return redirect.DialTransparent(ctx, src, dst)
+}
+
+// dialIn dials the pod dst from the client's address (IP_TRANSPARENT).
+func (r *redirection) dialIn(ctx context.Context, src, dst netip.AddrPort) (net.Conn, error) {
+	return redirect.DialTransparent(ctx, src.Addr(), dst)
 }
 
 // pods lists the addresses in the BPF map, for the admin endpoint: none
@@ -155,10 +186,11 @@ func (r *redirection) counters() (map[bpf.Verdict]uint64, error) {
 func (r *redirection) Close() error { return r.objs.Load().Close() }
 
 // Cleanup removes every kernel object Ferry owns in the calling network
-// namespace: the pinned program, link and maps under pinDir, and the tagged
-// rules and routes.
-func Cleanup(pinDir string) error {
-	return errors.Join(bpf.Remove(pinDir), redirect.Cleanup())
+// namespace and in the pods an agent captured with --capture pod (recorded
+// in stateDir): the pinned programs, links and maps under pinDir, and the
+// tagged rules and routes.
+func Cleanup(pinDir, stateDir string) error {
+	return errors.Join(cleanupPods(stateDir), bpf.Remove(pinDir), redirect.Cleanup())
 }
 
 // listenTransparent opens an IP_TRANSPARENT data-plane listener.

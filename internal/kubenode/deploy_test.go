@@ -16,11 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymesh/ferry/deploy"
-	"github.com/ferrymesh/ferry/internal/kubetest"
-	"github.com/ferrymesh/ferry/internal/testutil"
-	"github.com/ferrymesh/ferry/node"
-	"github.com/ferrymesh/ferry/node/redirect"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
@@ -28,6 +23,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/ferrymesh/ferry/deploy"
+	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/testutil"
+	"github.com/ferrymesh/ferry/node"
+	"github.com/ferrymesh/ferry/node/redirect"
 )
 
 // testTag is the image tag the test overlay sets (`kustomize edit set
@@ -83,7 +84,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 				t.Errorf("Down: %v", err)
 			}
 			// Whatever the test failed to uninstall.
-			_ = node.Cleanup(filepath.Join(n.BPFFS(), "ferry"))
+			_ = node.Cleanup(filepath.Join(n.BPFFS(), "ferry"), "")
 		}
 	})
 	if err := n.Up(ctx); err != nil {
