@@ -16,9 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // bed is one testbed brought up for a test.
@@ -81,6 +82,7 @@ type tbOptions struct {
 	spec     string // the testbed spec (testbed.ParseSpec); required
 	noMesh   bool   // start no agents
 	logLevel string // the agents' --log-level; empty means info
+	capture  string // the agents' --capture; empty means node
 }
 
 // startTestbed brings up a testbed with a fresh prefix and registers its
@@ -95,7 +97,7 @@ func startTestbed(t testing.TB, bins binaries, o tbOptions) *bed {
 	defer cancel()
 	var log bytes.Buffer
 	tb, err := testbed.Up(ctx, testbed.Config{RunDir: t.TempDir(), Spec: spec, NoMesh: o.noMesh,
-		LogLevel: o.logLevel, Ferry: bins.ferry, Podapp: bins.podapp, Log: &log})
+		LogLevel: o.logLevel, Capture: o.capture, Ferry: bins.ferry, Podapp: bins.podapp, Log: &log})
 	t.Logf("testbed up:\n%s", log.String())
 	if err != nil {
 		if tb != nil {

@@ -43,9 +43,42 @@ func (tb *Testbed) startPod(p Pod) error {
 
 // AgentArgv returns the command line of node's agent.
 func (tb *Testbed) AgentArgv(node Node) []string {
-	return append([]string{tb.Ferry, "agent", "--node", node.Name, "--manifests", tb.Manifests,
+	argv := []string{tb.Ferry, "agent", "--node", node.Name, "--manifests", tb.Manifests,
 		"--ca-cert", tb.CACert, "--ca-key", tb.CAKey, "--redirect", tb.Redirect,
-		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel}, tb.AgentArgs...)
+		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel}
+	if tb.Capture == "pod" {
+		argv = append(argv, "--capture", "pod", "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name))
+	}
+	return append(argv, tb.AgentArgs...)
+}
+
+// CNISocket is where node's agent listens for the ferry-cni plugin
+// (--capture pod).
+func (tb *Testbed) CNISocket(node Node) string { return tb.path("state", node.Name, "cni.sock") }
+
+// CNI runs the ferry-cni plugin for pod as a container runtime does after
+// the pod's network is set up (command ADD) or before it is torn down (DEL),
+// with the pod's address as the network plugin's result. The plugin is
+// `ferry cni`, talking to the agent of the pod's node.
+func (tb *Testbed) CNI(ctx context.Context, command string, p Pod) error {
+	n, ok := tb.Node(p.Node)
+	if !ok {
+		return fmt.Errorf("testbed: pod %s: no node %s", p, p.Node)
+	}
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"testbed","type":"ferry-cni","agent_socket":%q,`+
+		`"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":%q}],"ips":[{"address":"%s/32","interface":0}]}}`,
+		tb.CNISocket(n), filepath.Join(netns.NamedDir, p.Netns), p.IP)
+	cmd := exec.CommandContext(ctx, tb.Ferry, "cni")
+	cmd.Stdin = strings.NewReader(conf)
+	id := tb.Prefix + "-" + p.Namespace + "-" + p.Name
+	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+id,
+		"CNI_NETNS="+filepath.Join(netns.NamedDir, p.Netns), "CNI_IFNAME=eth0", "CNI_PATH="+filepath.Dir(tb.Ferry),
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE="+p.Namespace+";K8S_POD_NAME="+p.Name+";K8S_POD_INFRA_CONTAINER_ID="+id)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("testbed: ferry-cni %s %s: %v: %s", command, p, err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // StartAgent starts the agent of the named node, without waiting for it to

@@ -30,6 +30,7 @@ type Testbed struct {
 	Layout       Layout   `json:"layout"`
 	Mesh         bool     `json:"mesh"` // whether Up started the agents
 	Redirect     string   `json:"redirect"`
+	Capture      string   `json:"capture"` // the agents' --capture: node or pod
 	LogLevel     string   `json:"log_level"`
 	AgentArgs    []string `json:"agent_args"`
 	FabricNetns  string   `json:"fabric_netns"`  // "" in LayoutDirect

@@ -43,6 +43,11 @@ type Config struct {
 	NoMesh bool
 	// Redirect is the agents' --redirect mode; empty means "ebpf".
 	Redirect string
+	// Capture is the agents' --capture mode: "node" (empty) or "pod". In
+	// pod mode each agent listens for the ferry-cni plugin, and Up, acting
+	// as the container runtime, runs the plugin for every pod once the
+	// agents are ready (Testbed.CNI).
+	Capture string
 	// LogLevel is the agents' --log-level; empty means "info".
 	LogLevel string
 	// AgentArgs are more arguments for every agent.
@@ -116,6 +121,13 @@ func (c *Config) validate() error {
 	if c.Redirect == "" {
 		c.Redirect = "ebpf"
 	}
+	switch c.Capture {
+	case "":
+		c.Capture = "node"
+	case "node", "pod":
+	default:
+		return fmt.Errorf("testbed: unknown capture '%s' (node, pod)", c.Capture)
+	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
@@ -170,7 +182,7 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 	}
 	tb := &Testbed{
 		Prefix: cfg.Prefix, RunDir: dir, Layout: cfg.Layout, Mesh: !cfg.NoMesh, Redirect: cfg.Redirect,
-		LogLevel: cfg.LogLevel, AgentArgs: cfg.AgentArgs,
+		Capture: cfg.Capture, LogLevel: cfg.LogLevel, AgentArgs: cfg.AgentArgs,
 		Manifests: filepath.Join(dir, "manifests"),
 		CACert:    filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
 		Ferry: cfg.Ferry, Podapp: cfg.Podapp,
@@ -231,6 +243,13 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 		for _, n := range tb.Nodes {
 			if err := tb.WaitReady(ctx, n.Name, cfg.ReadyTimeout); err != nil {
 				return tb, err
+			}
+		}
+		if tb.Capture == "pod" {
+			for _, p := range tb.Pods {
+				if err := tb.CNI(ctx, "ADD", p); err != nil {
+					return tb, err
+				}
 			}
 		}
 	}

@@ -2,7 +2,7 @@
 // drives it; scripts/testbed builds and runs it. Needs root.
 //
 //	testbed up     [--nodes N] [--pods M] [--spec FILE] [--run-dir DIR] [--prefix P]
-//	               [--layout fabric|direct] [--no-mesh] [--redirect ebpf|none] [--log-level L]
+//	               [--layout fabric|direct] [--capture node|pod] [--no-mesh] [--redirect ebpf|none] [--log-level L]
 //	               [--agent-arg ARG]... [--ferry BIN] [--podapp BIN] [--ready-timeout SECONDS]
 //	               [--keep-on-failure]
 //	testbed down   [--run-dir DIR | --prefix P | --all] [--keep-logs]

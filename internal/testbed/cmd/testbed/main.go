@@ -138,7 +138,7 @@ func (o options) selectRun() (*testbed.Testbed, error) {
 
 func up(ctx context.Context, args []string) error {
 	o, err := parse("up", args, []string{"--nodes", "--pods", "--spec", "--run-dir", "--prefix", "--redirect",
-		"--log-level", "--agent-arg", "--ferry", "--podapp", "--ready-timeout", "--layout"}, []string{"--no-mesh", "--keep-on-failure"}, false)
+		"--log-level", "--agent-arg", "--ferry", "--podapp", "--ready-timeout", "--layout", "--capture"}, []string{"--no-mesh", "--keep-on-failure"}, false)
 	if err != nil {
 		return err
 	}
@@ -173,7 +173,7 @@ func up(ctx context.Context, args []string) error {
 	}
 	cfg := testbed.Config{
 		Prefix: o.get("--prefix", "TESTBED_PREFIX"), RunDir: o.get("--run-dir", "TESTBED_RUN_DIR"),
-		Nodes: nodes, Layout: testbed.Layout(o.get("--layout", "")), NoMesh: o.bools["--no-mesh"], Redirect: o.get("--redirect", ""),
+		Nodes: nodes, Layout: testbed.Layout(o.get("--layout", "")), NoMesh: o.bools["--no-mesh"], Redirect: o.get("--redirect", ""), Capture: o.get("--capture", ""),
 		LogLevel: o.get("--log-level", ""), AgentArgs: o.values["--agent-arg"],
 		Ferry: o.get("--ferry", "FERRY_BIN"), Podapp: o.get("--podapp", "PODAPP_BIN"),
 		ReadyTimeout: time.Duration(timeout) * time.Second, KeepOnFailure: o.bools["--keep-on-failure"],
