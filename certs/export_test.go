@@ -18,3 +18,14 @@ func (s *Store) CachedPeers() int {
 	defer s.peers.mu.Unlock()
 	return len(s.peers.m)
 }
+
+// SetCachedIdentity makes every chain s remembers answer id, so that a test
+// can tell an answer from the cache.
+func (s *Store) SetCachedIdentity(id Identity) {
+	s.peers.mu.Lock()
+	defer s.peers.mu.Unlock()
+	for k, e := range s.peers.m {
+		e.id = id
+		s.peers.m[k] = e
+	}
+}

@@ -349,6 +349,13 @@ func TestVerifiedChainCache(t *testing.T) {
 	if n := s.CachedPeers(); n != 1 {
 		t.Fatalf("%d chains cached after three checks of one, want 1", n)
 	}
+	// What the cache holds is what is answered.
+	marked := ca.Identity("ns", "from-cache")
+	s.SetCachedIdentity(marked)
+	if got, err := s.VerifyClient(cs, now); err != nil || got != marked {
+		t.Fatalf("VerifyClient = %v, %v; want the cached %v", got, err, marked)
+	}
+	s.SetCachedIdentity(client)
 	if _, err := s.VerifyClient(cs, now.Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Errorf("cached chain after its expiry: %v", err)
 	}
