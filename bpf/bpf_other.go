@@ -62,6 +62,9 @@ func (p *PodCapture) SetListeners(pod netip.Addr, outbound, inbound, hbone sysca
 	return ErrNotSupported
 }
 
+// AttachProbes fails outside Linux.
+func (p *PodCapture) AttachProbes(path string) error { return ErrNotSupported }
+
 // Detach fails outside Linux.
 func (p *PodCapture) Detach(pod netip.Addr) error { return ErrNotSupported }
 

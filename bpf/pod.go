@@ -75,7 +75,7 @@ func LoadPods(cfg Config) (*PodCapture, error) {
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
 	err = spec.LoadAndAssign(&p.maps, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		for _, name := range []string{podMapFerryPodSocks, podMapFerryPodCounts, podMapFerryPodOwn} {
+		for _, name := range []string{podMapFerryPodSocks, podMapFerryPodCounts, podMapFerryPodOwn, podMapFerryPodIps} {
 			if rmErr := os.Remove(filepath.Join(cfg.PinDir, name)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 				return nil, fmt.Errorf("bpf: replace incompatible pins: %w", rmErr)
 			}
@@ -111,7 +111,9 @@ func (p *PodCapture) Attach(pod netip.Addr, nsPath string) error {
 	if err := spec.Variables[podVarFerryPodIp].Set(pod.As4()); err != nil {
 		return fmt.Errorf("bpf: attach pod %s: %w", pod, err)
 	}
-	var prog podPrograms
+	var prog struct {
+		Lookup *ebpf.Program `ebpf:"ferry_pod_lookup"`
+	}
 	err := spec.LoadAndAssign(&prog, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		podMapFerryPodSocks:  p.maps.FerryPodSocks,
 		podMapFerryPodCounts: p.maps.FerryPodCounts,
@@ -120,11 +122,14 @@ func (p *PodCapture) Attach(pod netip.Addr, nsPath string) error {
 	if err != nil {
 		return &loadError{op: "load pod program for " + pod.String(), err: err}
 	}
-	defer prog.Close() // the link holds the program
+	defer prog.Lookup.Close() // the link holds the program
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	l, err := attachPinned(nsPath, podLinkPin(p.pinDir, pod), prog.FerryPodLookup)
+	l, err := attachPinned(nsPath, podLinkPin(p.pinDir, pod), prog.Lookup)
 	if err != nil {
+		return fmt.Errorf("bpf: pod %s: %w", pod, err)
+	}
+	if err := p.maps.FerryPodIps.Update(pod.As4(), uint8(1), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("bpf: pod %s: %w", pod, err)
 	}
 	if old := p.links[pod]; old != nil && old != l {
@@ -191,6 +196,9 @@ func (p *PodCapture) Detach(pod netip.Addr) error {
 		delete(p.links, pod)
 	}
 	errs := []error{detachPinned(podLinkPin(p.pinDir, pod))}
+	if err := p.maps.FerryPodIps.Delete(pod.As4()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
 	for _, l := range []Listener{ListenerOutbound, ListenerInbound, ListenerHBONE} {
 		if err := p.maps.FerryPodSocks.Delete(podKey(pod, l)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
@@ -198,6 +206,46 @@ func (p *PodCapture) Detach(pod netip.Addr) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bpf: detach pod %s: %w", pod, err)
+	}
+	return nil
+}
+
+// probeLinkPin names the pinned link of the probe program.
+const probeLinkPin = "ferry_probe_link"
+
+// AttachProbes attaches the probe program to the cgroup (v2) at path, the
+// kubelet's, pinned: the kubelet's TCP connections to captured pods then
+// leave from Config.ProbeSource, which must be an address of the node. A
+// link pinned by an earlier agent is updated in place.
+func (p *PodCapture) AttachProbes(path string) error {
+	var prog struct {
+		Connect *ebpf.Program `ebpf:"ferry_probe_connect"`
+	}
+	err := p.spec.Copy().LoadAndAssign(&prog, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		podMapFerryPodIps: p.maps.FerryPodIps,
+	}})
+	if err != nil {
+		return &loadError{op: "load probe program", err: err}
+	}
+	defer prog.Connect.Close()
+	pin := filepath.Join(p.pinDir, probeLinkPin)
+	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+		err = old.Update(prog.Connect)
+		old.Close()
+		if err == nil {
+			return nil
+		}
+		if err := detachPinned(pin); err != nil {
+			return fmt.Errorf("bpf: probes: %w", err)
+		}
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupInet4Connect, Program: prog.Connect})
+	if err != nil {
+		return fmt.Errorf("bpf: attach the probe program to cgroup %s: %w", path, err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("bpf: probes: pin link: %w", err)
 	}
 	return nil
 }

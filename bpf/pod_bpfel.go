@@ -31,13 +31,15 @@ type podFerryPodKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	podMapFerryPodCounts    = "ferry_pod_counts"
-	podMapFerryPodOwn       = "ferry_pod_own"
-	podMapFerryPodSocks     = "ferry_pod_socks"
-	podProgFerryPodLookup   = "ferry_pod_lookup"
-	podVarFerryPodHbonePort = "ferry_pod_hbone_port"
-	podVarFerryPodIp        = "ferry_pod_ip"
-	podVarFerryProbeSrc     = "ferry_probe_src"
+	podMapFerryPodCounts     = "ferry_pod_counts"
+	podMapFerryPodIps        = "ferry_pod_ips"
+	podMapFerryPodOwn        = "ferry_pod_own"
+	podMapFerryPodSocks      = "ferry_pod_socks"
+	podProgFerryPodLookup    = "ferry_pod_lookup"
+	podProgFerryProbeConnect = "ferry_probe_connect"
+	podVarFerryPodHbonePort  = "ferry_pod_hbone_port"
+	podVarFerryPodIp         = "ferry_pod_ip"
+	podVarFerryProbeSrc      = "ferry_probe_src"
 )
 
 // loadPod returns the embedded CollectionSpec for pod.
@@ -82,7 +84,8 @@ type podSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podProgramSpecs struct {
-	FerryPodLookup *ebpf.ProgramSpec `ebpf:"ferry_pod_lookup"`
+	FerryPodLookup    *ebpf.ProgramSpec `ebpf:"ferry_pod_lookup"`
+	FerryProbeConnect *ebpf.ProgramSpec `ebpf:"ferry_probe_connect"`
 }
 
 // podMapSpecs contains maps before they are loaded into the kernel.
@@ -90,6 +93,7 @@ type podProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type podMapSpecs struct {
 	FerryPodCounts *ebpf.MapSpec `ebpf:"ferry_pod_counts"`
+	FerryPodIps    *ebpf.MapSpec `ebpf:"ferry_pod_ips"`
 	FerryPodOwn    *ebpf.MapSpec `ebpf:"ferry_pod_own"`
 	FerryPodSocks  *ebpf.MapSpec `ebpf:"ferry_pod_socks"`
 }
@@ -124,6 +128,7 @@ func (o *podObjects) Close() error {
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podMaps struct {
 	FerryPodCounts *ebpf.Map `ebpf:"ferry_pod_counts"`
+	FerryPodIps    *ebpf.Map `ebpf:"ferry_pod_ips"`
 	FerryPodOwn    *ebpf.Map `ebpf:"ferry_pod_own"`
 	FerryPodSocks  *ebpf.Map `ebpf:"ferry_pod_socks"`
 }
@@ -131,6 +136,7 @@ type podMaps struct {
 func (m *podMaps) Close() error {
 	return _PodClose(
 		m.FerryPodCounts,
+		m.FerryPodIps,
 		m.FerryPodOwn,
 		m.FerryPodSocks,
 	)
@@ -149,12 +155,14 @@ type podVariables struct {
 //
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podPrograms struct {
-	FerryPodLookup *ebpf.Program `ebpf:"ferry_pod_lookup"`
+	FerryPodLookup    *ebpf.Program `ebpf:"ferry_pod_lookup"`
+	FerryProbeConnect *ebpf.Program `ebpf:"ferry_probe_connect"`
 }
 
 func (p *podPrograms) Close() error {
 	return _PodClose(
 		p.FerryPodLookup,
+		p.FerryProbeConnect,
 	)
 }
 

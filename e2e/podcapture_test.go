@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -67,6 +69,44 @@ func TestPrivilegedPodCapture(t *testing.T) {
 	t.Run("same-node", func(t *testing.T) { tb.mustGetIP(t, client, local) })
 	t.Run("plaintext-inbound", func(t *testing.T) { tb.mustGetIP(t, legacy, remote) })
 	t.Run("passthrough", func(t *testing.T) { tb.mustGetIP(t, client, legacyRemote) })
+
+	t.Run("strict-probes-and-node-traffic", func(t *testing.T) {
+		strict := filepath.Join(tb.Manifests, "strict.yaml")
+		if err := os.WriteFile(strict, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"+
+			"metadata: {name: strict, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(strict)
+		// A plaintext client is refused once the agents have the policy.
+		refusedPlain := false
+		for range 40 {
+			if code, _, err := tb.get(legacy, "http://"+remote.IP+":8000/ip", 2*time.Second); err != nil && code == 0 {
+				refusedPlain = true
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if !refusedPlain {
+			t.Fatal("STRICT never refused the plaintext pod")
+		}
+		tb.mustGetIP(t, client, remote) // mutual TLS still passes
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		url := "http://" + remote.IP + ":8000/ip"
+		// Node traffic (a hostNetwork pod, a node process) is captured
+		// like a plaintext client's, and refused.
+		if out, err := testbed.Run(ctx, node2.Netns, tb.Podapp, "get", url, "--timeout", "2s"); err == nil {
+			t.Errorf("node process reached the STRICT pod: %q", out)
+		}
+		// The kubelet's probe leaves from the probe source and passes.
+		out, err := tb.Probe(ctx, node2, tb.Podapp, "get", url, "--timeout", "2s", "--expect-code", "200")
+		if err != nil {
+			t.Fatalf("kubelet probe: %v", err)
+		}
+		if _, body, _ := strings.Cut(out, "\n"); strings.TrimSpace(body) != testbed.ProbeSource {
+			t.Errorf("the pod saw the probe from %q, want %s", strings.TrimSpace(body), testbed.ProbeSource)
+		}
+	})
 
 	t.Run("restart-adopts", func(t *testing.T) {
 		if err := tb.RestartAgent("node2"); err != nil {

@@ -60,6 +60,9 @@ type Config struct {
 	// the agent keeps the ferry-cni plugin installed in ("": the operator
 	// installs it).
 	CNIConfDir, CNIBinDir string
+	// With ProbeSource: the kubelet's cgroup (v2), whose connections to
+	// captured pods leave from ProbeSource.
+	ProbeCgroup string
 
 	OutboundAddr, InboundAddr, HBONEAddr  string
 	AdminAddr, MetricsAddr, ReadinessAddr string
@@ -106,7 +109,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Capture, "capture", CaptureNode, "with --redirect ebpf, where enrolled pods' TCP is captured: node (the node's network namespace; CNIs whose pod traffic crosses the node's routing) or pod (inside each pod's namespace, handed over by the ferry-cni plugin; any CNI)")
 	fs.StringVar(&c.CNISocket, "cni-socket", "/var/run/ferry/cni.sock", "with --capture pod: the unix socket the ferry-cni plugin reports new pods on")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/run/ferry", "with --capture pod: where the agent records the pods it captured, for the next agent and `ferry cleanup`")
-	fs.StringVar(&c.ProbeSource, "probe-source", "", "with --capture pod: the address the node sends the kubelet's health probes from; connections from it reach pods uncaptured (empty: none)")
+	fs.StringVar(&c.ProbeSource, "probe-source", "", "with --capture pod: an address only the node uses (Istio uses 169.254.7.127), put on lo; the kubelet's connections to captured pods leave from it and reach them uncaptured (empty: probes are captured like any node traffic)")
+	fs.StringVar(&c.ProbeCgroup, "probe-cgroup", "/sys/fs/cgroup/system.slice/kubelet.service", "with --probe-source: the kubelet's cgroup (v2); its TCP connections to captured pods leave from --probe-source, so health probes pass STRICT pods uncaptured while every other node process is captured")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "with --capture pod: the node's CNI configuration directory (/etc/cni/net.d), where the agent chains the ferry-cni plugin after the network plugin and keeps it there; empty: installed by hand")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "with --capture pod and --cni-conf-dir: the node's CNI plugin directory, where the agent copies its binary as ferry-cni")
 	fs.StringVar(&c.BPFPinDir, "bpf-pin-dir", "/sys/fs/bpf/ferry", "bpffs directory for Ferry's pinned maps and links (one per agent)")
@@ -181,6 +185,9 @@ func (c *Config) validate() error {
 		if a, err := netip.ParseAddr(c.ProbeSource); err != nil || !a.Is4() {
 			errs = append(errs, fmt.Errorf("--probe-source %q: want an IPv4 address", c.ProbeSource))
 		}
+	}
+	if c.ProbeSource != "" && c.ProbeCgroup == "" {
+		errs = append(errs, errors.New("--probe-source needs --probe-cgroup (the kubelet's cgroup)"))
 	}
 	if c.Capture == CapturePod && (c.CNISocket == "" || c.StateDir == "") {
 		errs = append(errs, errors.New("--capture pod needs --cni-socket and --state-dir"))

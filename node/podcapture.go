@@ -38,6 +38,7 @@ type podCapture struct {
 	probe     netip.Addr
 	addrs     [3]string // where the outbound, inbound and HBONE listeners bind in each pod
 	stateFile string
+	probeCG   string // the kubelet's cgroup, with probe
 	sysNS     string // the system namespace, for Enrolled
 	log       *slog.Logger
 	// outbound, inbound and hbone carry every pod's listeners to the
@@ -77,6 +78,7 @@ func newPodCapture(cfg Config, log *slog.Logger) *podCapture {
 		probe:     cfg.probeSource(),
 		addrs:     [3]string{cfg.OutboundAddr, cfg.InboundAddr, cfg.HBONEAddr},
 		stateFile: filepath.Join(cfg.StateDir, "pods.json"),
+		probeCG:   cfg.ProbeCgroup,
 		sysNS:     cfg.SystemNamespace,
 		log:       log,
 		outbound:  newFanIn("outbound", addr(cfg.OutboundAddr), log),
@@ -99,6 +101,17 @@ func (p *podCapture) start() error {
 	if err != nil {
 		objs.Close()
 		return err
+	}
+	if p.probe.IsValid() {
+		err := redirect.AddProbeSource(p.probe)
+		if err == nil {
+			err = objs.AttachProbes(p.probeCG)
+		}
+		if err != nil {
+			socks.stop()
+			objs.Close()
+			return fmt.Errorf("node: kubelet probes (--probe-source, --probe-cgroup): %w", err)
+		}
 	}
 	p.objs, p.socks = objs, socks
 	earlier, err := readPodState(p.stateFile)

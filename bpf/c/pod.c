@@ -77,6 +77,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ferry_pod_own SEC(".maps");
 
+/* The captured pods' addresses, for ferry_probe_connect. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ferry_pod_ips SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FERRY_POD_VERDICT_MAX);
@@ -143,6 +153,29 @@ int ferry_pod_lookup(struct bpf_sk_lookup *ctx)
 	}
 	count(key.listener);
 	return SK_PASS;
+}
+
+/*
+ * ferry_probe_connect, attached to the kubelet's cgroup (one instance): the
+ * kubelet's TCP connections to a captured pod leave from ferry_probe_src, an
+ * address only the node uses, which the pod programs let through
+ * uncaptured. Every other process on the node, hostNetwork pods included,
+ * keeps its address and meets the pod's capture. It never refuses a
+ * connection: if binding fails, the probe is captured like any other.
+ */
+SEC("cgroup/connect4")
+int ferry_probe_connect(struct bpf_sock_addr *ctx)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	__be32 dst = ctx->user_ip4;
+
+	if (!ferry_probe_src || ctx->protocol != IPPROTO_TCP)
+		return 1;
+	if (!bpf_map_lookup_elem(&ferry_pod_ips, &dst))
+		return 1;
+	sa.sin_addr = ferry_probe_src;
+	bpf_bind(ctx, &sa, sizeof(sa));
+	return 1;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -68,7 +68,33 @@ struct bpf_sk_lookup {
 	__u32 ingress_ifindex;
 };
 
+/* struct bpf_sock_addr: the cgroup/connect4 program context (Linux 4.17).
+ * Only the fields Ferry reads are used. */
+struct bpf_sock_addr {
+	__u32 user_family;
+	__u32 user_ip4;    /* network byte order */
+	__u32 user_ip6[4]; /* network byte order */
+	__u32 user_port;   /* network byte order */
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 msg_src_ip4;
+	__u32 msg_src_ip6[4];
+	union {
+		struct bpf_sock *sk __attribute__((aligned(8)));
+		__u64 : 64;
+	};
+};
+
+struct sockaddr_in {
+	__u16 sin_family;
+	__be16 sin_port;
+	__be32 sin_addr;
+	__u8 sin_zero[8];
+};
+
 /* Helpers, by their stable numbers in enum bpf_func_id. */
+static long (*bpf_bind)(void *ctx, struct sockaddr_in *addr, int addr_len) = (void *)64;
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_sk_release)(void *sock) = (void *)86;
 static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;

@@ -47,7 +47,8 @@ func (tb *Testbed) AgentArgv(node Node) []string {
 		"--ca-cert", tb.CACert, "--ca-key", tb.CAKey, "--redirect", tb.Redirect,
 		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel}
 	if tb.Capture == "pod" {
-		argv = append(argv, "--capture", "pod", "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name))
+		argv = append(argv, "--capture", "pod", "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name),
+			"--probe-source", ProbeSource, "--probe-cgroup", tb.KubeletCgroup(node))
 	}
 	return append(argv, tb.AgentArgs...)
 }

@@ -30,8 +30,10 @@
 //
 // Every object is named after a per-run prefix (ftbXXXXXX): netns
 // "<prefix>-fabric", "<prefix>-node<k>", "<prefix>-pod-<ns>-<name>", BPF pin
-// directories "/sys/fs/bpf/<prefix>-node<k>", and a registry entry
-// /run/ferry-testbed/<prefix> holding the run directory. Teardown finds them
+// directories "/sys/fs/bpf/<prefix>-node<k>", a registry entry
+// /run/ferry-testbed/<prefix> holding the run directory and, with capture
+// pod, a cgroup v2 mount /run/ferry-testbed-cgroups/<prefix> holding each
+// node's kubelet cgroup (Probe runs commands there). Teardown finds them
 // by that prefix, so it also cleans up after a killed run.
 //
 // The run directory holds testbed.json (the Testbed value, which tests read

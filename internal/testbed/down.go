@@ -73,6 +73,9 @@ func Teardown(prefix, runDir string, keepLogs bool, log io.Writer) error {
 			errs = append(errs, fmt.Errorf("testbed: %w", err))
 		}
 	}
+	if err := removeKubeletCgroups(prefix); err != nil {
+		errs = append(errs, err)
+	}
 	os.Remove(filepath.Join(Registry, prefix))
 	if runDir != "" {
 		os.RemoveAll(filepath.Join(runDir, "pids"))
@@ -96,6 +99,9 @@ func Leftovers(prefix string) []string {
 	pins, _ := filepath.Glob(filepath.Join(BPFFS, prefix+"-*"))
 	for _, p := range pins {
 		left = append(left, "pin "+p)
+	}
+	if _, err := os.Stat(cgroupMount(prefix)); err == nil {
+		left = append(left, "cgroup mount "+cgroupMount(prefix))
 	}
 	return left
 }

@@ -216,6 +216,11 @@ func up(ctx context.Context, cfg Config) (*Testbed, error) {
 	if err := tb.buildPods(cfg.Spec); err != nil {
 		return tb, err
 	}
+	if tb.Capture == "pod" {
+		if err := tb.makeKubeletCgroups(); err != nil {
+			return tb, err
+		}
+	}
 	if err := tb.writeManifests(cfg.Spec); err != nil {
 		return tb, err
 	}

@@ -34,7 +34,8 @@ func Apply(p Plan) error {
 }
 
 // Cleanup removes every rule and route carrying Ferry's protocol tag from the
-// calling thread's network namespace, and nothing else. It is what `ferry
+// calling thread's network namespace, and the probe source address
+// (AddProbeSource), and nothing else. It is what `ferry
 // cleanup` and an agent shutting down for good run; it is idempotent.
 func Cleanup() error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -42,7 +43,7 @@ func Cleanup() error {
 		return fmt.Errorf("redirect: cleanup: netlink: %w", err)
 	}
 	defer h.Close()
-	if err := apply(h, Plan{}); err != nil {
+	if err := errors.Join(apply(h, Plan{}), removeProbeSource(h)); err != nil {
 		return fmt.Errorf("redirect: cleanup: %w", err)
 	}
 	return nil

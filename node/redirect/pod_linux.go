@@ -5,7 +5,11 @@ package redirect
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // acceptLocal is the pod namespace's sysctl ApplyPod sets and CleanupPod
@@ -32,4 +36,45 @@ func CleanupPod() error {
 		err = errors.Join(err, fmt.Errorf("redirect: cleanup pod: %w", werr))
 	}
 	return err
+}
+
+// probeLabel labels the probe source address on lo: how Ferry recognises
+// it as its own (addresses carry no protocol tag).
+const probeLabel = "lo:ferry"
+
+// AddProbeSource gives the calling thread's network namespace, the node's,
+// the probe source address (--probe-source) on lo, labelled lo:ferry, so
+// the kubelet's probes can leave from it and the pods' answers come back to
+// it. An address already there is left as it is.
+func AddProbeSource(a netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("redirect: probe source: %w", err)
+	}
+	addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(a, 32)), Label: probeLabel, Scope: unix.RT_SCOPE_LINK}
+	if err := netlink.AddrAdd(lo, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("redirect: probe source %s on lo: %w", a, err)
+	}
+	return nil
+}
+
+// removeProbeSource deletes the addresses labelled lo:ferry.
+func removeProbeSource(h *netlink.Handle) error {
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	addrs, err := h.AddrList(lo, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := range addrs {
+		if addrs[i].Label == probeLabel {
+			if err := h.AddrDel(lo, &addrs[i]); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

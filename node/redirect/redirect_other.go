@@ -47,3 +47,6 @@ func DialSocket(ctx context.Context, fd int, src netip.Addr, dst netip.AddrPort,
 
 // NewSocket fails outside Linux.
 func NewSocket() (int, error) { return -1, errors.ErrUnsupported }
+
+// AddProbeSource fails outside Linux.
+func AddProbeSource(a netip.Addr) error { return errors.ErrUnsupported }
