@@ -60,6 +60,10 @@ type Config struct {
 	// the agent keeps the ferry-cni plugin installed in ("": the operator
 	// installs it).
 	CNIConfDir, CNIBinDir string
+	// With CapturePod: the container runtime's CRI endpoint, which says
+	// where the pods that were running before the CNI plugin, or became
+	// enrolled later, have their network namespaces ("": none).
+	CRISocket string
 	// With ProbeSource: the kubelet's cgroup (v2), whose connections to
 	// captured pods leave from ProbeSource.
 	ProbeCgroup string
@@ -110,6 +114,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CNISocket, "cni-socket", "/var/run/ferry/cni.sock", "with --capture pod: the unix socket the ferry-cni plugin reports new pods on")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/run/ferry", "with --capture pod: where the agent records the pods it captured, for the next agent and `ferry cleanup`")
 	fs.StringVar(&c.ProbeSource, "probe-source", "", "with --capture pod: an address only the node uses (Istio uses 169.254.7.127), put on lo; the kubelet's connections to captured pods leave from it and reach them uncaptured (empty: probes are captured like any node traffic)")
+	fs.StringVar(&c.CRISocket, "cri-socket", "unix:///run/containerd/containerd.sock", "with --capture pod: the container runtime's CRI endpoint, asked for the network namespaces of enrolled pods the CNI plugin did not report (running before it, or enrolled later); empty: only pods the plugin reports are captured")
 	fs.StringVar(&c.ProbeCgroup, "probe-cgroup", "/sys/fs/cgroup/system.slice/kubelet.service", "with --probe-source: the kubelet's cgroup (v2); its TCP connections to captured pods leave from --probe-source, so health probes pass STRICT pods uncaptured while every other node process is captured")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "with --capture pod: the node's CNI configuration directory (/etc/cni/net.d), where the agent chains the ferry-cni plugin after the network plugin and keeps it there; empty: installed by hand")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "with --capture pod and --cni-conf-dir: the node's CNI plugin directory, where the agent copies its binary as ferry-cni")

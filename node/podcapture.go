@@ -18,6 +18,7 @@ import (
 	"github.com/ferrymesh/ferry/bpf"
 	"github.com/ferrymesh/ferry/internal/netns"
 	"github.com/ferrymesh/ferry/node/cni"
+	"github.com/ferrymesh/ferry/node/cri"
 	"github.com/ferrymesh/ferry/node/redirect"
 )
 
@@ -47,7 +48,16 @@ type podCapture struct {
 
 	objs  *bpf.PodCapture // set by start
 	socks *nsSockets      // set by start
+	// cri finds the namespaces of enrolled pods the plugin did not report;
+	// nil without --cri-socket (criSocket). tried is when each such pod
+	// (namespace/name) was last looked for; only apply uses it.
+	criSocket string
+	cri       *cri.Client
+	tried     map[string]time.Time
 
+	// ops serializes add and remove (the CNI plugin's requests, the
+	// reconcile loop); mu guards the fields below it.
+	ops      sync.Mutex
 	mu       sync.Mutex
 	captured map[netip.Addr]*capturedPod // by the pod's IPv4 address
 	stopping bool                        // closeListeners ran: add refuses
@@ -85,6 +95,8 @@ func newPodCapture(cfg Config, log *slog.Logger) *podCapture {
 		inbound:   newFanIn("inbound", addr(cfg.InboundAddr), log),
 		hbone:     newFanIn("hbone", addr(cfg.HBONEAddr), log),
 		captured:  map[netip.Addr]*capturedPod{},
+		tried:     map[string]time.Time{},
+		criSocket: cfg.CRISocket,
 	}
 }
 
@@ -113,6 +125,15 @@ func (p *podCapture) start() error {
 			return fmt.Errorf("node: kubelet probes (--probe-source, --probe-cgroup): %w", err)
 		}
 	}
+	if p.criSocket != "" {
+		c, err := cri.Dial(p.criSocket) // connects on first use
+		if err != nil {
+			socks.stop()
+			objs.Close()
+			return err
+		}
+		p.cri = c
+	}
 	p.objs, p.socks = objs, socks
 	earlier, err := readPodState(p.stateFile)
 	if err != nil {
@@ -139,7 +160,13 @@ func (p *podCapture) start() error {
 
 // add captures pod; it is idempotent for the same sandbox. It returns once
 // the capture is in place, or fails having undone what it did.
-func (p *podCapture) add(pod cni.Pod) (err error) {
+func (p *podCapture) add(pod cni.Pod) error {
+	p.ops.Lock()
+	defer p.ops.Unlock()
+	return p.addLocked(pod)
+}
+
+func (p *podCapture) addLocked(pod cni.Pod) (err error) {
 	var ip netip.Addr
 	var refused []netip.Addr
 	for _, a := range pod.IPs {
@@ -161,7 +188,7 @@ func (p *podCapture) add(pod cni.Pod) (err error) {
 			return nil
 		}
 		// The address now belongs to another sandbox.
-		p.remove(old)
+		p.removeLocked(old)
 	}
 	ns, err := netns.Open(pod.Netns)
 	if err != nil {
@@ -220,10 +247,18 @@ func (p *podCapture) add(pod cni.Pod) (err error) {
 
 // remove undoes pod's capture and forgets it.
 func (p *podCapture) remove(cp *capturedPod) {
+	p.ops.Lock()
+	defer p.ops.Unlock()
+	p.removeLocked(cp)
+}
+
+func (p *podCapture) removeLocked(cp *capturedPod) {
 	p.mu.Lock()
-	if p.captured[cp.ip] == cp {
-		delete(p.captured, cp.ip)
+	if p.captured[cp.ip] != cp {
+		p.mu.Unlock()
+		return // removed meanwhile
 	}
+	delete(p.captured, cp.ip)
 	if err := p.saveLocked(); err != nil {
 		p.log.Warn("cannot record the captured pods", "file", p.stateFile, "err", err)
 	}
@@ -293,7 +328,56 @@ func (p *podCapture) apply(v *view) error {
 	for _, cp := range stale {
 		p.remove(cp)
 	}
+	p.adopt(v)
 	return nil
+}
+
+// criRetry is how long apply waits before asking the runtime again about an
+// enrolled pod it could not capture.
+const criRetry = 10 * time.Second
+
+// adopt captures the view's enrolled local pods that are not captured yet,
+// with their namespaces from the container runtime: pods that ran before
+// the CNI plugin was installed, or became enrolled after they started.
+func (p *podCapture) adopt(v *view) {
+	missing := map[string]bool{}
+	for _, w := range v.local {
+		if p.Captured(w.IP) {
+			continue
+		}
+		key := w.Namespace + "/" + w.Name
+		missing[key] = true
+		if p.cri == nil {
+			if p.tried[key].IsZero() {
+				p.log.Warn("enrolled pod not captured: the CNI plugin has not reported it and no --cri-socket is set; restart the pod", "pod", key)
+				p.tried[key] = time.Now()
+			}
+			continue
+		}
+		if time.Since(p.tried[key]) < criRetry {
+			continue
+		}
+		p.tried[key] = time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		pod, ok, err := p.cri.Find(ctx, w.Namespace, w.Name, w.UID)
+		cancel()
+		if err == nil && !ok {
+			err = errors.New("the runtime has no ready sandbox with a network namespace for it")
+		}
+		if err == nil {
+			err = p.add(pod)
+		}
+		if err != nil {
+			p.log.Warn("enrolled pod not captured; retrying", "pod", key, "err", err)
+			continue
+		}
+		delete(p.tried, key)
+	}
+	for key := range p.tried {
+		if !missing[key] {
+			delete(p.tried, key) // captured, or gone
+		}
+	}
 }
 
 func (p *podCapture) stillEnrolled(v *view, cp *capturedPod) bool {
@@ -414,6 +498,9 @@ func (p *podCapture) Close() error {
 	p.closeListeners()
 	if p.socks != nil {
 		p.socks.stop()
+	}
+	if p.cri != nil {
+		p.cri.Close()
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

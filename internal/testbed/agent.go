@@ -48,7 +48,7 @@ func (tb *Testbed) AgentArgv(node Node) []string {
 		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel}
 	if tb.Capture == "pod" {
 		argv = append(argv, "--capture", "pod", "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name),
-			"--probe-source", ProbeSource, "--probe-cgroup", tb.KubeletCgroup(node))
+			"--probe-source", ProbeSource, "--probe-cgroup", tb.KubeletCgroup(node), "--cri-socket", "")
 	}
 	return append(argv, tb.AgentArgs...)
 }
