@@ -213,19 +213,7 @@ func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
 	if err := cfg.validate(); err != nil {
 		return Plan{}, err
 	}
-	var p Plan
-	for _, a := range pods {
-		a = a.Unmap()
-		if a.Is4() {
-			p.Pods = append(p.Pods, a)
-		} else if a.IsValid() {
-			p.Refused = append(p.Refused, a)
-		}
-	}
-	slices.SortFunc(p.Pods, netip.Addr.Compare)
-	p.Pods = slices.Compact(p.Pods)
-	slices.SortFunc(p.Refused, netip.Addr.Compare)
-	p.Refused = slices.Compact(p.Refused)
+	p := planFor(pods)
 	p.refuse(cfg)
 	if len(p.Pods) == 0 {
 		return p, nil
@@ -245,6 +233,25 @@ func NewPlan(pods []netip.Addr, cfg Config) (Plan, error) {
 }
 
 const tcp = 6
+
+// planFor starts a plan for addrs: the IPv4 ones in Pods, the IPv6 ones in
+// Refused, each sorted and without duplicates.
+func planFor(addrs []netip.Addr) Plan {
+	var p Plan
+	for _, a := range addrs {
+		a = a.Unmap()
+		if a.Is4() {
+			p.Pods = append(p.Pods, a)
+		} else if a.IsValid() {
+			p.Refused = append(p.Refused, a)
+		}
+	}
+	slices.SortFunc(p.Pods, netip.Addr.Compare)
+	p.Pods = slices.Compact(p.Pods)
+	slices.SortFunc(p.Refused, netip.Addr.Compare)
+	p.Refused = slices.Compact(p.Refused)
+	return p
+}
 
 // refuse adds the IPv6 refusal of p.Refused (see NewPlan).
 func (p *Plan) refuse(cfg Config) {

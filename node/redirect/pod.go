@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 )
 
 // Mark is the socket mark (SO_MARK) of the agent's sockets inside an
@@ -37,19 +36,7 @@ func NewPodPlan(addrs []netip.Addr, probe netip.Addr, cfg Config) (Plan, error) 
 	if err := cfg.validate(); err != nil {
 		return Plan{}, err
 	}
-	var p Plan
-	for _, a := range addrs {
-		a = a.Unmap()
-		if a.Is4() {
-			p.Pods = append(p.Pods, a)
-		} else if a.IsValid() {
-			p.Refused = append(p.Refused, a)
-		}
-	}
-	slices.SortFunc(p.Pods, netip.Addr.Compare)
-	p.Pods = slices.Compact(p.Pods)
-	slices.SortFunc(p.Refused, netip.Addr.Compare)
-	p.Refused = slices.Compact(p.Refused)
+	p := planFor(addrs)
 	if len(p.Pods) != 1 {
 		return Plan{}, fmt.Errorf("redirect: pod plan: want one IPv4 address, have %v", p.Pods)
 	}
