@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -433,9 +434,7 @@ func TestForwardBackpressure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	near, far := tcpPair(t)
-	near.SetWriteBuffer(32 << 10)
-	far.SetReadBuffer(32 << 10)
+	near, far := smallBufferPair(t)
 	done := make(chan copyResult, 1)
 	go func() { done <- (&pair{src: st, dst: near}).run(t.Context(), func(int) {}, func(int) {}) }()
 
@@ -477,6 +476,41 @@ func TestForwardBackpressure(t *testing.T) {
 	if r := <-done; r.err != nil {
 		t.Fatalf("pair: %v", r.err)
 	}
+}
+
+// smallBufferPair is tcpPair with 32 KiB for near's writes and far's reads.
+// far's is set before the handshake: shrunk after it, below the window
+// already advertised, far drops what the peer may still send, and loopback
+// TCP at times then stalls for longer than a test waits.
+func smallBufferPair(t *testing.T) (near, far *net.TCPConn) {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	near, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		near.Close()
+		t.Fatal(err)
+	}
+	far = c.(*net.TCPConn)
+	t.Cleanup(func() { near.Close(); far.Close() })
+	near.SetWriteBuffer(32 << 10)
+	return near, far
 }
 
 // When accepting fails for good while connections are being copied, Serve
