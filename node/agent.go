@@ -349,12 +349,18 @@ func (a *Agent) release(lns *listeners) error {
 // and routes. It closes this agent's listeners and binds the HBONE address
 // without SO_REUSEPORT: only another agent's listener makes that fail.
 func (a *Agent) lastAgent(lns *listeners) bool {
-	lns.close()
 	if a.pods != nil {
-		// With --capture pod no other agent can run: it could not have
-		// taken the CNI socket from this one (cni.Listen).
-		return true
+		// With --capture pod another agent takes the CNI socket over
+		// (cni.Listen) as it starts.
+		taken, ok := lns.cni.(interface{ TakenOver() bool })
+		other := ok && taken.TakenOver()
+		lns.close()
+		if other {
+			a.log.Info("uninstall: another agent took over the CNI socket; leaving it the capture state", "socket", a.cfg.CNISocket)
+		}
+		return !other
 	}
+	lns.close()
 	ln, err := net.Listen("tcp4", a.cfg.HBONEAddr)
 	if err != nil {
 		a.log.Info("uninstall: another agent listens on the HBONE address; leaving it the capture state", "addr", a.cfg.HBONEAddr, "err", err)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"sync"
 	"time"
 )
 
@@ -187,10 +188,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // Listen makes the agent's unix socket at path, mode 0600, for Server.Serve.
-// It creates the socket's directory with mode 0700 if it is missing, and
-// removes a stale socket left by an agent that died; it refuses to replace a
-// socket another process still serves, or a file that is not a socket.
-// Closing the listener removes the socket.
+// It creates the socket's directory with mode 0700 if it is missing. A
+// socket already there is taken over, whether its agent died or still runs:
+// during a rolling update the new agent starts beside the old one (the
+// DaemonSet's maxSurge), and the plugin's next request must reach the new
+// one, as new connections reach its listeners. The old agent finishes the
+// requests it has. A file that is not a socket is refused. Closing the
+// listener removes the socket only if it is still this listener's.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("cni: listen: %w", err)
@@ -199,23 +203,51 @@ func Listen(path string) (net.Listener, error) {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("cni: listen: %s exists and is not a socket", path)
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("cni: listen: %s is in use by another process", path)
-		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("cni: listen: remove stale socket: %w", err)
+			return nil, fmt.Errorf("cni: listen: take over %s: %w", path, err)
 		}
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("cni: listen: %w", err)
 	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
 	// Until this chmod the socket's mode follows the umask; a directory
 	// made here is 0700, which keeps others out meanwhile.
-	if err := os.Chmod(path, 0o600); err != nil {
+	fi, err := os.Lstat(path)
+	if err == nil {
+		err = os.Chmod(path, 0o600)
+	}
+	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("cni: listen: %w", err)
 	}
-	return ln, nil
+	return &ownSocket{UnixListener: ul, path: path, file: fi}, nil
+}
+
+// ownSocket removes its path on Close unless another agent has taken it
+// over since.
+type ownSocket struct {
+	*net.UnixListener
+	path string
+	file os.FileInfo
+	once sync.Once
+}
+
+// TakenOver reports whether another agent has listened on the path since
+// (Listen over a live socket).
+func (l *ownSocket) TakenOver() bool {
+	fi, err := os.Lstat(l.path)
+	return err != nil || !os.SameFile(fi, l.file)
+}
+
+func (l *ownSocket) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.file) {
+			os.Remove(l.path)
+		}
+	})
+	return err
 }

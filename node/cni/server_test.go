@@ -222,8 +222,7 @@ func TestClientUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
+	ln.(*ownSocket).UnixListener.Close() // as a killed agent leaves it
 	for name, sock := range map[string]string{"no socket": filepath.Join(t.TempDir(), "cni.sock"), "stale socket": stale} {
 		err := (&Client{Socket: sock}).AddPod(t.Context(), testPod)
 		if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), sock) {
@@ -294,19 +293,37 @@ func TestListen(t *testing.T) {
 			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode(), err, want)
 		}
 	}
-	// A socket someone serves is not stale.
-	if ln2, err := Listen(sock); err == nil {
-		ln2.Close()
-		t.Error("Listen replaced a live socket")
+	// A socket another agent serves is taken over (a rolling update), and
+	// that agent closing later leaves the new socket alone.
+	ln2, err := Listen(sock)
+	if err != nil {
+		t.Fatalf("Listen over a live socket: %v", err)
 	}
-	// A stale one, left by a dead agent, is replaced.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("the old agent's Close removed the new socket: %v", err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if a, err := ln2.Accept(); err != nil {
+		t.Fatalf("the new agent does not get the connection: %v", err)
+	} else {
+		a.Close()
+	}
+	// A stale one, left by a dead agent, is replaced too; its own Close
+	// removes it.
+	ln2.(*ownSocket).UnixListener.Close()
 	ln, err = Listen(sock)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	ln.Close()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left after Close: %v", err)
+	}
 	// A file that is not a socket is not ours to remove.
 	file := filepath.Join(t.TempDir(), "cni.sock")
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
