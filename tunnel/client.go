@@ -148,9 +148,18 @@ func (cl *Client) Dial(ctx context.Context, req DialRequest) (*Stream, error) {
 		if err == nil && !sent && len(req.Early) > 0 {
 			err = st.writeEarly(ctx, req.Early)
 		}
-		if errors.Is(err, errRefused) && attempt < 3 {
+		if errors.Is(err, errRefused) && attempt < 5 {
 			if st != nil {
 				st.Close()
+			}
+			// The peer did not process the stream (RFC 9113 §8.7): a
+			// GOAWAY, or a stream the client has closed still counted
+			// by the server until its handler ends. Retry after a
+			// moment rather than at once into the same refusal.
+			select {
+			case <-time.After(time.Duration(1<<attempt) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, fmt.Errorf("tunnel: CONNECT %s via %s: %w", req.Authority, req.HBONEAddr, err)
 			}
 			continue
 		}
