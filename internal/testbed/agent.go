@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 
 	"github.com/ferrymesh/ferry/internal/netns"
 )
+
+var closeInherited sync.Once
 
 // ErrNotReady reports that an agent did not become ready in time, or exited
 // before it did.
@@ -273,6 +276,10 @@ func Run(ctx context.Context, ns string, argv ...string) (string, error) {
 // host's bpffs from the agent. The caller reaps the process when it is the
 // parent, so a dead process never looks alive as a zombie.
 func spawn(ns, logPath string, env []string, bin string, args ...string) (int, error) {
+	// Descriptors this process inherited without close-on-exec (a lock
+	// held by flock(1) around the tests) would otherwise live on in agents
+	// and pods that outlive a killed test.
+	closeInherited.Do(func() { unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) })
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
