@@ -236,10 +236,11 @@ type ownSocket struct {
 }
 
 // TakenOver reports whether another agent has listened on the path since
-// (Listen over a live socket).
+// (Listen over a live socket). A path that is gone is not another's: Close
+// removes it when it is still this listener's.
 func (l *ownSocket) TakenOver() bool {
 	fi, err := os.Lstat(l.path)
-	return err != nil || !os.SameFile(fi, l.file)
+	return err == nil && !os.SameFile(fi, l.file)
 }
 
 func (l *ownSocket) Close() error {
