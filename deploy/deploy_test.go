@@ -88,7 +88,10 @@ func TestManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	referenced := append(slices.Clone(files), patchFiles(t, deploy.IstiodOverlay)...)
+	referenced := slices.Clone(files)
+	for _, o := range []string{deploy.IstiodOverlay, deploy.CapturePodOverlay} {
+		referenced = append(referenced, patchFiles(t, o)...)
+	}
 	for _, f := range all {
 		if path.Base(f) != "kustomization.yaml" && !slices.Contains(referenced, f) {
 			t.Errorf("%s is in no kustomization.yaml", f)
@@ -132,8 +135,9 @@ func TestManifests(t *testing.T) {
 }
 
 // TestPrivilegedKubeManifestsDryRun applies every manifest, in kustomization
-// order, with a server-side dry run against a real API server: schemas,
-// defaulting, admission (Pod Security included) and RBAC escalation checks.
+// order, and deploy/capture-pod's DaemonSet with a server-side dry run
+// against a real API server: schemas, defaulting, admission (Pod Security
+// included) and RBAC escalation checks.
 func TestPrivilegedKubeManifestsDryRun(t *testing.T) {
 	testutil.Privileged(t)
 	c := kubetest.Start(t)
@@ -159,6 +163,17 @@ func TestPrivilegedKubeManifestsDryRun(t *testing.T) {
 		}
 		for _, o := range objs {
 			t.Logf("%s: %s %s/%s: ok", f, o.GetKind(), o.GetNamespace(), o.GetName())
+		}
+	}
+	// deploy/capture-pod's agent (its other objects are the default's).
+	for _, o := range kubetest.RenderDeploy(t, deploy.CapturePodOverlay) {
+		if o.GetKind() != "DaemonSet" {
+			continue
+		}
+		if _, err := c.ApplyObjects(ctx, []*unstructured.Unstructured{o}, kubetest.ApplyOptions{DryRun: true}); err != nil {
+			t.Errorf("%s: %s: %v", deploy.CapturePodOverlay, objectKey(o), err)
+		} else {
+			t.Logf("%s: %s: ok", deploy.CapturePodOverlay, objectKey(o))
 		}
 	}
 }
@@ -354,18 +369,18 @@ func fromUnstructured(t *testing.T, o *unstructured.Unstructured, into any) {
 	}
 }
 
-// TestRenderMatchesKustomize renders deploy/ and deploy/istiod with
-// `kubectl kustomize`, where kubectl is installed, and checks that
-// kubetest.Render, which the tests apply, gives the same objects. Lists of
-// named entries (volumes, containers) are compared by name: kustomize may
-// move a patched entry.
+// TestRenderMatchesKustomize renders deploy/, deploy/istiod and
+// deploy/capture-pod with `kubectl kustomize`, where kubectl is installed,
+// and checks that kubetest.Render, which the tests apply, gives the same
+// objects. Lists of named entries (volumes, containers) are compared by
+// name: kustomize may move a patched entry.
 func TestRenderMatchesKustomize(t *testing.T) {
 	testutil.System(t)
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Skip("kubectl not installed")
 	}
-	for _, dir := range []string{".", deploy.IstiodOverlay} {
+	for _, dir := range []string{".", deploy.IstiodOverlay, deploy.CapturePodOverlay} {
 		out, err := exec.CommandContext(t.Context(), kubectl, "kustomize", dir).Output()
 		if err != nil {
 			t.Fatalf("kubectl kustomize %s: %v", dir, err)

@@ -1,0 +1,198 @@
+package deploy_test
+
+import (
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/ferrymesh/ferry/deploy"
+	"github.com/ferrymesh/ferry/internal/kubetest"
+)
+
+// podModeArgs are the arguments deploy/capture-pod adds to deploy/base's.
+var podModeArgs = []string{
+	"--capture=pod",
+	"--cni-conf-dir=/host/etc/cni/net.d",
+	"--cni-bin-dir=/host/opt/cni/bin",
+	"--cni-socket=/var/run/ferry/cni.sock",
+	"--state-dir=/var/run/ferry",
+	"--cri-socket=unix:///run/containerd/containerd.sock",
+}
+
+// podModeVolumes are the host directories deploy/capture-pod mounts into
+// the agent, by volume name.
+var podModeVolumes = map[string]struct {
+	hostPath, mountPath string
+	readOnly            bool
+	propagation         corev1.MountPropagationMode
+}{
+	"cni-conf":   {"/etc/cni/net.d", "/host/etc/cni/net.d", false, ""},
+	"cni-bin":    {"/opt/cni/bin", "/host/opt/cni/bin", false, ""},
+	"ferry-run":  {"/var/run/ferry", "/var/run/ferry", false, ""},
+	"netns":      {"/var/run/netns", "/var/run/netns", false, corev1.MountPropagationHostToContainer},
+	"cri-socket": {"/run/containerd/containerd.sock", "/run/containerd/containerd.sock", true, ""},
+}
+
+// TestCapturePodOverlay checks what deploy/capture-pod renders to: every
+// object of the default install, unchanged but the agent's DaemonSet, which
+// differs from deploy/base's only by the pod mode's arguments, SYS_ADMIN,
+// and the four host directories and the CRI socket it needs — each mounted
+// where the agent's arguments point, the CNI socket's directory and the
+// namespaces' at their host paths (the plugin on the node and the runtime
+// name them by those).
+func TestCapturePodOverlay(t *testing.T) {
+	def := kubetest.RenderDeploy(t, ".")
+	got := kubetest.RenderDeploy(t, deploy.CapturePodOverlay)
+	keys := func(objs []*unstructured.Unstructured) []string {
+		var k []string
+		for _, o := range objs {
+			k = append(k, objectKey(o))
+		}
+		return k
+	}
+	if !slices.Equal(keys(got), keys(def)) {
+		t.Fatalf("objects %q, want the default install's %q", keys(got), keys(def))
+	}
+	var ds, baseDS appsv1.DaemonSet
+	for i, o := range got {
+		if o.GetKind() == "DaemonSet" {
+			fromUnstructured(t, o, &ds)
+			fromUnstructured(t, def[i], &baseDS)
+			continue
+		}
+		if !reflect.DeepEqual(o, def[i]) {
+			t.Errorf("%s differs from the default install's", objectKey(o))
+		}
+	}
+	if ds.Name != "ferry" {
+		t.Fatal("no agent DaemonSet")
+	}
+	c := &ds.Spec.Template.Spec.Containers[0]
+	base := &baseDS.Spec.Template.Spec.Containers[0]
+	if want := append(slices.Clone(base.Args), podModeArgs...); !slices.Equal(c.Args, want) {
+		t.Errorf("args %q, want deploy/base's and the pod mode's: %q", c.Args, want)
+	}
+	wantCaps := append(slices.Clone(base.SecurityContext.Capabilities.Add), "SYS_ADMIN")
+	if !slices.Equal(c.SecurityContext.Capabilities.Add, wantCaps) {
+		t.Errorf("capabilities %v, want %v", c.SecurityContext.Capabilities.Add, wantCaps)
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m
+	}
+	for name, want := range podModeVolumes {
+		var vol *corev1.Volume
+		for i, v := range ds.Spec.Template.Spec.Volumes {
+			if v.Name == name {
+				vol = &ds.Spec.Template.Spec.Volumes[i]
+			}
+		}
+		if vol == nil || vol.HostPath == nil || vol.HostPath.Path != want.hostPath {
+			t.Errorf("volume %s = %+v, want hostPath %s", name, vol, want.hostPath)
+			continue
+		}
+		m, ok := mounts[name]
+		if !ok || m.MountPath != want.mountPath || m.ReadOnly != want.readOnly || propagation(m) != want.propagation {
+			t.Errorf("mount of %s = %+v, want %s (read-only %v), propagation %q", name, m, want.mountPath, want.readOnly, want.propagation)
+		}
+	}
+	// The arguments point into those mounts.
+	arg := func(name string) string {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	for flag, vol := range map[string]string{"cni-conf-dir": "cni-conf", "cni-bin-dir": "cni-bin", "state-dir": "ferry-run"} {
+		if arg(flag) != podModeVolumes[vol].mountPath {
+			t.Errorf("--%s=%s, want the mount of %s (%s)", flag, arg(flag), vol, podModeVolumes[vol].mountPath)
+		}
+	}
+	if sock := arg("cni-socket"); !strings.HasPrefix(sock, podModeVolumes["ferry-run"].hostPath+"/") {
+		t.Errorf("--cni-socket=%s: want it under %s, the same path on the node", sock, podModeVolumes["ferry-run"].hostPath)
+	}
+	if cri := arg("cri-socket"); cri != "unix://"+podModeVolumes["cri-socket"].mountPath {
+		t.Errorf("--cri-socket=%s, want the mounted socket %s", cri, podModeVolumes["cri-socket"].mountPath)
+	}
+
+	// Nothing else changed.
+	baseDS.Spec.Template.Spec.Containers[0].Args = c.Args
+	baseDS.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add = c.SecurityContext.Capabilities.Add
+	var extraMounts []corev1.VolumeMount
+	for _, m := range c.VolumeMounts {
+		if _, ok := podModeVolumes[m.Name]; !ok {
+			extraMounts = append(extraMounts, m)
+		}
+	}
+	var extraVols []corev1.Volume
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if _, ok := podModeVolumes[v.Name]; !ok {
+			extraVols = append(extraVols, v)
+		}
+	}
+	ds.Spec.Template.Spec.Containers[0].VolumeMounts = extraMounts
+	ds.Spec.Template.Spec.Volumes = extraVols
+	if !reflect.DeepEqual(ds, baseDS) {
+		t.Errorf("the DaemonSet differs from deploy/base's in more than its args, capabilities and the pod mode's volumes:\n%+v\nwant\n%+v", ds, baseDS)
+	}
+}
+
+func propagation(m corev1.VolumeMount) corev1.MountPropagationMode {
+	if m.MountPropagation == nil {
+		return ""
+	}
+	return *m.MountPropagation
+}
+
+// TestAgentSecurityContext checks the agent's pod in every install for
+// what deploy/README.md promises: not privileged, no privilege escalation,
+// a read-only root, RuntimeDefault seccomp, every capability dropped but
+// the install's own list, no host PID or IPC namespace, and no mount that
+// propagates from the container to the host.
+func TestAgentSecurityContext(t *testing.T) {
+	for dir, wantCaps := range map[string][]corev1.Capability{
+		".":                      {"NET_ADMIN", "BPF", "PERFMON"},
+		deploy.IstiodOverlay:     {"NET_ADMIN", "BPF", "PERFMON"},
+		deploy.CapturePodOverlay: {"NET_ADMIN", "BPF", "PERFMON", "SYS_ADMIN"},
+	} {
+		t.Run(dir, func(t *testing.T) {
+			var ds appsv1.DaemonSet
+			for _, o := range kubetest.RenderDeploy(t, dir) {
+				if o.GetKind() == "DaemonSet" {
+					fromUnstructured(t, o, &ds)
+				}
+			}
+			spec := ds.Spec.Template.Spec
+			if spec.HostPID || spec.HostIPC || len(spec.InitContainers) > 0 || len(spec.Containers) != 1 {
+				t.Errorf("pod: hostPID %v, hostIPC %v, %d init containers, %d containers; want neither namespace and one container",
+					spec.HostPID, spec.HostIPC, len(spec.InitContainers), len(spec.Containers))
+			}
+			sc := spec.Containers[0].SecurityContext
+			switch {
+			case sc == nil:
+				t.Fatal("no securityContext")
+			case sc.Privileged == nil || *sc.Privileged,
+				sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation,
+				sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem,
+				sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault,
+				sc.ProcMount != nil:
+				t.Errorf("securityContext %+v: want not privileged, no escalation, read-only root, RuntimeDefault seccomp, default /proc", sc)
+			}
+			if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || !slices.Equal(sc.Capabilities.Add, wantCaps) {
+				t.Errorf("capabilities %+v, want drop ALL, add %v", sc.Capabilities, wantCaps)
+			}
+			for _, m := range spec.Containers[0].VolumeMounts {
+				if propagation(m) == corev1.MountPropagationBidirectional {
+					t.Errorf("mount %s propagates to the host (Bidirectional)", m.Name)
+				}
+			}
+		})
+	}
+}
