@@ -2,6 +2,7 @@ package kubenode
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -33,6 +34,27 @@ const (
 	KubeletPort = 10250
 	// DefaultDir is where scripts/kube-node keeps a node's state.
 	DefaultDir = "/var/lib/ferry-kubenode"
+	// MacvlanParent is the interface the macvlan CNI (Config.CNI) hangs
+	// the pods' interfaces on: a veth without an address whose peer is
+	// alone in a namespace of the node's. It leads nowhere: pods reach
+	// each other through it, in macvlan's bridge mode, and nothing else.
+	MacvlanParent = "ferrykn-mv0"
+)
+
+// The node's network plugins (Config.CNI), from the containernetworking
+// plugins package.
+const (
+	// CNIBridge puts pods on Bridge, their IPv4 traffic to each other
+	// routed through the node (nftRules), as on a routed CNI.
+	CNIBridge = "bridge"
+	// CNIMacvlan gives each pod a macvlan interface on MacvlanParent, in
+	// bridge mode, with an address in MacvlanCIDR: pods talk to each other
+	// without the node's IP stack seeing a packet, as on the CNIs Ferry's
+	// node-level capture cannot serve (README, Limits). The node cannot
+	// reach its pods either (macvlan isolates the parent's namespace from
+	// its children): no probes, no Services from the node, no cluster DNS
+	// for them.
+	CNIMacvlan = "macvlan"
 )
 
 // Addresses: all inside 198.18.0.0/15 and clear of the netns testbed's
@@ -46,6 +68,9 @@ var (
 	// ServiceCIDR is the ClusterIP range; its first address is the
 	// "kubernetes" Service, which kube-proxy sends to kube-apiserver.
 	ServiceCIDR = netip.MustParsePrefix("198.19.128.0/20")
+	// MacvlanCIDR is the pods' range with CNIMacvlan. No address of the
+	// node is in it.
+	MacvlanCIDR = netip.MustParsePrefix("198.18.80.0/20")
 )
 
 // Config configures a Node.
@@ -64,6 +89,9 @@ type Config struct {
 	// PauseBinary is a static executable that sleeps until SIGTERM
 	// (internal/kubenode/pause), the sandbox image's only file. Up needs it.
 	PauseBinary string
+	// CNI is the pods' network plugin: CNIBridge or CNIMacvlan. Empty
+	// means CNIBridge.
+	CNI string
 	// ReadyTimeout bounds Up's wait for the Node to be Ready. 0 means 3
 	// minutes.
 	ReadyTimeout time.Duration
@@ -81,6 +109,13 @@ func (c *Config) validate() error {
 	c.Dir = filepath.Clean(c.Dir)
 	if c.Dir == "/" {
 		return errors.New("kubenode: Config.Dir must not be /")
+	}
+	switch c.CNI {
+	case "":
+		c.CNI = CNIBridge
+	case CNIBridge, CNIMacvlan:
+	default:
+		return fmt.Errorf("kubenode: Config.CNI %q: want %s or %s", c.CNI, CNIBridge, CNIMacvlan)
 	}
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = 3 * time.Minute

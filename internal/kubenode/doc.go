@@ -2,14 +2,17 @@
 // and demos: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 // kube-proxy in nftables mode, a private containerd with runc, a kubelet
 // and the bridge CNI plugin, with the pods' traffic to each other routed
-// through the node as on a routed CNI (nftRules says why) — Kubernetes 1.37.1 built by
-// scripts/kube-test-binaries --node, containerd/runc/CNI from Debian.
+// through the node as on a routed CNI (nftRules says why) — Kubernetes
+// 1.37.1 built by scripts/kube-test-binaries --node, containerd/runc/CNI
+// from Debian. With Config.CNI = CNIMacvlan the pods are on macvlan
+// instead, where their traffic to each other never crosses the node's IP
+// stack (the CNIs Ferry's node-level capture cannot serve).
 // scripts/kube-node (up|down|status) is a thin command line over it.
 //
 // Everything listens on loopback or on the node's address GatewayIP
-// (198.18.64.1, on the bridge Bridge); pods get addresses from PodCIDR and
-// Services from ServiceCIDR, both inside 198.18.0.0/15 and clear of the
-// netns testbed's ranges. The "kubernetes" Service works (kube-proxy sends
+// (198.18.64.1, on the bridge Bridge); pods get addresses from PodCIDR (or
+// MacvlanCIDR) and Services from ServiceCIDR, all inside 198.18.0.0/15 and
+// clear of the netns testbed's ranges. The "kubernetes" Service works (kube-proxy sends
 // it to the API server on GatewayIP).
 //
 // Cluster DNS: the kubelet gives pods (and hostNetwork pods with dnsPolicy
@@ -30,13 +33,15 @@
 //     namespace of its own where those files are copies;
 //   - no host mounts: the node's bpffs is its own, under Dir, made shared
 //     there (the host's /sys/fs/bpf is left as it is);
-//   - its own containerd root, state, socket and configuration under Dir.
+//   - its own containerd root, state, socket and configuration under Dir,
+//     and its own CNI configuration and plugin directories (CNIConfDir,
+//     CNIBinDir: links to Debian's plugins, which stay as they are).
 //
-// Ownership: the bridge, the nft tables ferry-kubenode and kube-proxy, the
-// cgroup ferry-kubenode under each hierarchy (the kubelet's kubepods live
-// below it), every mount under Dir and the processes Up records belong to
-// this package; Down removes them all, even after a failed Up, and only
-// them. Only one node can exist on a machine at a time: Up returns
+// Ownership: the bridge, the macvlan parent, the nft tables ferry-kubenode
+// and kube-proxy, the cgroup ferry-kubenode under each hierarchy (the
+// kubelet's kubepods live below it), every mount under Dir and the
+// processes Up records belong to this package; Down removes them all, even
+// after a failed Up, and only them. Only one node can exist on a machine at a time: Up returns
 // ErrLeftovers while another's objects exist.
 //
 // Images have no registry: WriteImage writes a one-layer docker-archive

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"os"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"path/filepath"
 	"strings"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // stopOrder is the order Down stops the daemons in: the kubelet first (it
@@ -21,8 +22,8 @@ var stopOrder = []string{"kubelet", "kube-controller-manager", "kube-scheduler",
 // way or is running in another process: the processes (by recorded PID and
 // process group, then any process still naming Dir, then everything in the
 // node's cgroups), containerd's shim sockets, the pods' veths, the bridge,
-// the nft tables (this package's and kube-proxy's), the cgroups, every
-// mount under Dir and Dir itself. It is idempotent: with nothing to remove
+// the macvlan parent, the nft tables (this package's and kube-proxy's), the
+// cgroups, every mount under Dir and Dir itself. It is idempotent: with nothing to remove
 // it returns nil. It does not use the API: it must work when the API
 // server is the thing that failed.
 func (n *Node) Down(ctx context.Context) error {
@@ -73,6 +74,15 @@ func (n *Node) Down(ctx context.Context) error {
 		}
 	}
 
+	// The macvlan parent, with its peer (a veth) and the pods' macvlan
+	// interfaces, before its peer's namespace is unmounted below: deleting
+	// the link is synchronous, a namespace's teardown is not.
+	if linkExists(MacvlanParent) {
+		if err := run("ip", "link", "del", MacvlanParent); err != nil {
+			errs = append(errs, fmt.Errorf("kubenode: %w", err))
+		}
+	}
+
 	// 3. Mounts under Dir (the pods' netns and volumes, containerd's
 	// rootfs and shm mounts, the bpffs, Dir's own bind mount): after this
 	// the pods' network namespaces are gone and with them their veths.
@@ -90,6 +100,7 @@ func (n *Node) Down(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("kubenode: %w", err))
 		}
 	}
+
 	for _, t := range ownedTables {
 		for _, have := range tablesPresent() {
 			if have == t[0]+" "+t[1] {
@@ -138,8 +149,10 @@ func (n *Node) Status(ctx context.Context) Status {
 	for _, r := range n.loadState().Procs {
 		s.Procs[r.Name] = r.alive()
 	}
-	if linkExists(Bridge) {
-		s.Objects = append(s.Objects, "interface "+Bridge)
+	for _, l := range []string{Bridge, MacvlanParent} {
+		if linkExists(l) {
+			s.Objects = append(s.Objects, "interface "+l)
+		}
 	}
 	for _, t := range tablesPresent() {
 		s.Objects = append(s.Objects, "nft table "+t)

@@ -18,7 +18,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrymesh/ferry/internal/netns"
 )
 
 // run runs a command and returns its error with its output.
@@ -41,10 +44,10 @@ func linkExists(name string) bool {
 // go, and nftRules addresses frames to it.
 const BridgeMAC = "02:66:72:6b:6e:30" // locally administered: "frkn0"
 
-// podCIDRInUse names an address or route of this host inside PodCIDR
-// (default routes aside): nftRules tells the node's frames by those
-// addresses, so they must be the node's alone.
-func podCIDRInUse() error {
+// rangesInUse names an address or route of this host inside one of ranges
+// (default routes aside): the node's pod ranges must be the node's alone
+// (nftRules tells the node's frames by PodCIDR's addresses).
+func rangesInUse(ranges ...netip.Prefix) error {
 	for _, args := range [][]string{{"-4", "-o", "addr", "show"}, {"-4", "route", "show", "table", "all"}} {
 		out, err := exec.Command("ip", args...).Output()
 		if err != nil {
@@ -60,8 +63,10 @@ func podCIDRInUse() error {
 					}
 					p = netip.PrefixFrom(a, 32)
 				}
-				if p.Bits() > 0 && p.Overlaps(PodCIDR) {
-					return fmt.Errorf("kubenode: %v is in use on this host (%q); the node's pod range %v must be free", p, strings.TrimSpace(line), PodCIDR)
+				for _, r := range ranges {
+					if p.Bits() > 0 && p.Overlaps(r) {
+						return fmt.Errorf("kubenode: %v is in use on this host (%q); the node's pod range %v must be free", p, strings.TrimSpace(line), r)
+					}
 				}
 			}
 		}
@@ -97,6 +102,51 @@ func setupBridge() error {
 	}
 	if err := run("ip", "link", "set", Bridge, "up"); err != nil {
 		return fmt.Errorf("kubenode: bridge: %w", err)
+	}
+	return nil
+}
+
+// macvlanPeer is the other end of MacvlanParent, a veth, in a network
+// namespace of its own (bound at Dir/macvlan-peer.netns) where nothing
+// else exists: frames the parent sends leave the node's network namespace
+// and go nowhere. (A dummy interface would do, but kernels without
+// CONFIG_DUMMY exist, this machine's among them.)
+const macvlanPeer = "ferrykn-mvp"
+
+// setupMacvlanParent creates MacvlanParent, up and without an address,
+// its peer in the namespace bound at nsPath: macvlan needs a parent, and
+// this one leads nowhere, so the pods (in macvlan's bridge mode) reach
+// each other and nothing else.
+func setupMacvlanParent(nsPath string) error {
+	ns, err := netns.New()
+	if err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: %w", err)
+	}
+	defer ns.Close()
+	if err := os.WriteFile(nsPath, nil, 0o600); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: %w", err)
+	}
+	if err := unix.Mount(ns.Path(), nsPath, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: bind its peer's namespace: %w", err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: MacvlanParent}, PeerName: macvlanPeer, PeerNamespace: netlink.NsFd(ns.FD())}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: %w", err)
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+MacvlanParent+"/disable_ipv6", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: %w", err)
+	}
+	if err := ns.Do(func() error {
+		peer, err := netlink.LinkByName(macvlanPeer)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(peer)
+	}); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent's peer: %w", err)
+	}
+	if err := run("ip", "link", "set", MacvlanParent, "up"); err != nil {
+		return fmt.Errorf("kubenode: macvlan parent: %w", err)
 	}
 	return nil
 }

@@ -21,10 +21,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymesh/ferry/internal/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
 // TestWriteImage reads the archive back the way an importer does: the

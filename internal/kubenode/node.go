@@ -74,6 +74,45 @@ func (n *Node) LogPath(name string) string { return filepath.Join(n.cfg.Dir, "lo
 // private and left alone).
 func (n *Node) BPFFS() string { return filepath.Join(n.cfg.Dir, "bpffs") }
 
+// CNI returns the node's network plugin, CNIBridge or CNIMacvlan.
+func (n *Node) CNI() string { return n.cfg.CNI }
+
+// CNIConfDir returns the node's CNI configuration directory, which
+// containerd reads (the node's /etc/cni/net.d). It holds one network
+// configuration list, CNIConfFile.
+func (n *Node) CNIConfDir() string { return n.path("cni", "net.d") }
+
+// CNIConfFile is the name of the node's network configuration list in
+// CNIConfDir.
+const CNIConfFile = "10-ferry-kubenode.conflist"
+
+// CNIBinDir returns the node's CNI plugin directory (its /opt/cni/bin):
+// links to the plugins of Debian's containernetworking-plugins (in
+// /usr/lib/cni, which is left alone), and whatever a test installs there.
+func (n *Node) CNIBinDir() string { return n.path("cni", "bin") }
+
+// NetnsDir returns where containerd binds its pods' network namespaces
+// (the node's /var/run/netns), the paths it gives CNI plugins as
+// CNI_NETNS. It is inside Dir's shared mount, so a hostPath volume with
+// HostToContainer propagation sees the namespaces bound after it.
+func (n *Node) NetnsDir() string {
+	return n.path("containerd", "state", "io.containerd.grpc.v1.cri", "netns")
+}
+
+// RunDir returns the node's stand-in for /var/run/ferry, the directory of
+// the agent's CNI socket and state with --capture pod (Overlay).
+func (n *Node) RunDir() string { return n.path("run", "ferry") }
+
+// debianCNIDir is where Debian's containernetworking-plugins installs the
+// plugins.
+const debianCNIDir = "/usr/lib/cni"
+
+// cniPlugins are the plugins of debianCNIDir the node links into
+// CNIBinDir (containerd runs loopback for every sandbox).
+func cniPlugins(cni string) []string {
+	return []string{"loopback", "host-local", cni}
+}
+
 // APIServer returns kube-apiserver's URL.
 func APIServer() string {
 	return "https://" + net.JoinHostPort(GatewayIP.String(), strconv.Itoa(APIServerPort))
@@ -160,8 +199,10 @@ var ErrLeftovers = errors.New("kubenode: another node's objects are on this mach
 // leftovers describes the fixed-name objects that exist now.
 func (n *Node) leftovers() []string {
 	var out []string
-	if linkExists(Bridge) {
-		out = append(out, "interface "+Bridge)
+	for _, l := range []string{Bridge, MacvlanParent} {
+		if linkExists(l) {
+			out = append(out, "interface "+l)
+		}
 	}
 	for _, t := range tablesPresent() {
 		out = append(out, "nft table "+t)
@@ -197,12 +238,12 @@ func (n *Node) Up(ctx context.Context) error {
 			return fmt.Errorf("kubenode: %s not found (scripts/install-deps installs it)", b)
 		}
 	}
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
+	for _, p := range cniPlugins(n.cfg.CNI) {
+		if _, err := os.Stat(filepath.Join(debianCNIDir, p)); err != nil {
 			return fmt.Errorf("kubenode: CNI plugin %s: %w (apt containernetworking-plugins)", p, err)
 		}
 	}
-	if err := podCIDRInUse(); err != nil {
+	if err := rangesInUse(n.podRanges()...); err != nil {
 		return err
 	}
 	if _, err := os.Stat(n.cfg.PauseBinary); err != nil || n.cfg.PauseBinary == "" {
@@ -223,9 +264,14 @@ func (n *Node) Up(ctx context.Context) error {
 	if err := n.writeFiles(p); err != nil {
 		return err
 	}
-	n.log.Info("network")
+	n.log.Info("network", "cni", n.cfg.CNI)
 	if err := setupBridge(); err != nil {
 		return err
+	}
+	if n.cfg.CNI == CNIMacvlan {
+		if err := setupMacvlanParent(n.path("macvlan-peer.netns")); err != nil {
+			return err
+		}
 	}
 	if err := setupNFT(n.cfg.Dir); err != nil {
 		return err
@@ -257,7 +303,7 @@ const containerLogLinks = "/var/log/containers"
 // mounts, made in its own mount namespace, propagate to containerd through
 // it) and mounts the node's bpffs inside it.
 func (n *Node) prepareDir() error {
-	for _, d := range []string{"", "logs", "bpffs", "etcd", "containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs"} {
+	for _, d := range []string{"", "logs", "bpffs", "etcd", "containerd", "cni/net.d", "cni/bin", "cni/ipam", "kubelet", "pod-logs"} {
 		if err := os.MkdirAll(n.path(d), 0o700); err != nil {
 			return fmt.Errorf("kubenode: %w", err)
 		}
@@ -281,6 +327,11 @@ func (n *Node) prepareDir() error {
 	}
 	if err := unix.Mount("", n.BPFFS(), "", unix.MS_SHARED, ""); err != nil {
 		return fmt.Errorf("kubenode: make bpffs shared: %w", err)
+	}
+	for _, p := range cniPlugins(n.cfg.CNI) {
+		if err := os.Symlink(filepath.Join(debianCNIDir, p), filepath.Join(n.CNIBinDir(), p)); err != nil {
+			return fmt.Errorf("kubenode: %w", err)
+		}
 	}
 	return nil
 }
@@ -457,42 +508,64 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         SystemdCgroup = false
         Root = %[6]q
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = %[8]q
     conf_dir = %[7]q
     max_conf_num = 1
 `, n.path("containerd", "root"), n.path("containerd", "state"), n.ContainerdAddress(),
-		n.ContainerdAddress()+".ttrpc", PauseImage, n.path("containerd", "runc"), n.path("cni", "net.d"))
+		n.ContainerdAddress()+".ttrpc", PauseImage, n.path("containerd", "runc"), n.CNIConfDir(), n.CNIBinDir())
 }
 
+// podRanges are the ranges the node's pods and its own address take.
+func (n *Node) podRanges() []netip.Prefix {
+	if n.cfg.CNI == CNIMacvlan {
+		return []netip.Prefix{PodCIDR, MacvlanCIDR}
+	}
+	return []netip.Prefix{PodCIDR}
+}
+
+// cniConfig is the network configuration list CNINetwork for the node's
+// CNI.
 func (n *Node) cniConfig() string {
+	ipam := map[string]any{
+		"type":    "host-local",
+		"dataDir": n.path("cni", "ipam"),
+		"ranges": [][]map[string]string{{{
+			"subnet":     PodCIDR.String(),
+			"rangeStart": PodCIDR.Addr().Next().Next().String(),
+			"gateway":    GatewayIP.String(),
+		}}},
+		"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+	}
+	plugin := map[string]any{
+		"type":        "bridge",
+		"bridge":      Bridge,
+		"isGateway":   false,
+		"ipMasq":      false,
+		"hairpinMode": false,
+		"ipam":        ipam,
+	}
+	if n.cfg.CNI == CNIMacvlan {
+		// No gateway and no default route: the pods' subnet is all they
+		// reach.
+		ipam["ranges"] = [][]map[string]string{{{
+			"subnet":     MacvlanCIDR.String(),
+			"rangeStart": MacvlanCIDR.Addr().Next().Next().String(),
+		}}}
+		delete(ipam, "routes")
+		plugin = map[string]any{"type": "macvlan", "master": MacvlanParent, "mode": "bridge", "ipam": ipam}
+	}
 	b, _ := json.MarshalIndent(map[string]any{
 		"cniVersion": "0.4.0",
 		"name":       CNINetwork,
-		"plugins": []map[string]any{{
-			"type":        "bridge",
-			"bridge":      Bridge,
-			"isGateway":   false,
-			"ipMasq":      false,
-			"hairpinMode": false,
-			"ipam": map[string]any{
-				"type":    "host-local",
-				"dataDir": n.path("cni", "ipam"),
-				"ranges": [][]map[string]string{{{
-					"subnet":     PodCIDR.String(),
-					"rangeStart": PodCIDR.Addr().Next().Next().String(),
-					"gateway":    GatewayIP.String(),
-				}}},
-				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
-			},
-		}},
+		"plugins":    []map[string]any{plugin},
 	}, "", "  ")
 	return string(b)
 }
 
 func (n *Node) startContainerd(ctx context.Context) error {
 	files := map[string]string{
-		"containerd/config.toml":               n.containerdConfig(),
-		"cni/net.d/10-ferry-kubenode.conflist": n.cniConfig(),
+		"containerd/config.toml":   n.containerdConfig(),
+		"cni/net.d/" + CNIConfFile: n.cniConfig(),
 	}
 	for name, s := range files {
 		if err := os.WriteFile(n.path(name), []byte(s), 0o600); err != nil {

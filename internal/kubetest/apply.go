@@ -18,6 +18,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 
 	"github.com/ferrymesh/ferry/deploy"
@@ -199,34 +200,77 @@ func (c *Cluster) Delete(ctx context.Context, manifests []byte) error {
 	if err != nil {
 		return err
 	}
-	disco, err := discovery.NewDiscoveryClientForConfig(c.Config)
-	if err != nil {
-		return err
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
+	return c.DeleteObjects(ctx, objs)
+}
+
+// DeleteObjects deletes objs, in order, as Delete does.
+func (c *Cluster) DeleteObjects(ctx context.Context, objs []*unstructured.Unstructured) error {
+	resource := c.resources()
 	bg := metav1.DeletePropagationBackground
 	for _, obj := range objs {
-		gvk := obj.GroupVersionKind()
-		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		ri, err := resource(obj)
 		if err != nil {
-			return fmt.Errorf("kubetest: %s %s: %w", gvk.Kind, obj.GetName(), err)
+			return err
 		}
-		ri := c.Dynamic.Resource(mapping.Resource)
-		do := metav1.DeleteOptions{PropagationPolicy: &bg}
-		if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-			ns := obj.GetNamespace()
-			if ns == "" {
-				ns = "default"
-			}
-			err = ri.Namespace(ns).Delete(ctx, obj.GetName(), do)
-		} else {
-			err = ri.Delete(ctx, obj.GetName(), do)
-		}
+		err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{PropagationPolicy: &bg})
 		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("kubetest: delete %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+			return fmt.Errorf("kubetest: delete %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
 		}
 	}
 	return nil
+}
+
+// Remaining returns the objects of objs that still exist, as "Kind
+// namespace/name": after DeleteObjects, those whose finalizers (a
+// namespace's, a CRD's) have not finished yet.
+func (c *Cluster) Remaining(ctx context.Context, objs []*unstructured.Unstructured) ([]string, error) {
+	resource := c.resources()
+	var left []string
+	for _, obj := range objs {
+		ri, err := resource(obj)
+		if err != nil {
+			return nil, err
+		}
+		_, err = ri.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return nil, fmt.Errorf("kubetest: get %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		default:
+			left = append(left, obj.GetKind()+" "+obj.GetNamespace()+"/"+obj.GetName())
+		}
+	}
+	return left, nil
+}
+
+// resources returns a function that finds an object's resource client
+// through discovery (namespaced objects without a namespace are in
+// "default").
+func (c *Cluster) resources() func(*unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+	var mapper meta.RESTMapper
+	return func(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+		if mapper == nil {
+			disco, err := discovery.NewDiscoveryClientForConfig(c.Config)
+			if err != nil {
+				return nil, err
+			}
+			mapper = restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
+		}
+		gvk := obj.GroupVersionKind()
+		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			return nil, fmt.Errorf("kubetest: %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		ri := c.Dynamic.Resource(mapping.Resource)
+		if mapping.Scope.Name() != meta.RESTScopeNameNamespace {
+			return ri, nil
+		}
+		ns := obj.GetNamespace()
+		if ns == "" {
+			ns = "default"
+		}
+		return ri.Namespace(ns), nil
+	}
 }
 
 // The Istio security resources, for the dynamic client.

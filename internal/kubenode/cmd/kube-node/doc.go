@@ -1,7 +1,7 @@
 // Command kube-node is the command line of package kubenode, run by
 // scripts/kube-node (which builds the binaries it needs first):
 //
-//	kube-node up --bin-dir DIR --pause FILE [--dir DIR]
+//	kube-node up --bin-dir DIR --pause FILE [--dir DIR] [--cni bridge|macvlan]
 //	kube-node down [--dir DIR]
 //	kube-node status [--dir DIR]
 //

@@ -33,6 +33,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Dir, "dir", kubenode.DefaultDir, "the node's state directory")
 	fs.StringVar(&cfg.BinDir, "bin-dir", "", "directory of etcd and the Kubernetes binaries (scripts/kube-test-binaries --node)")
 	fs.StringVar(&cfg.PauseBinary, "pause", "", "static sleeper binary for the sandbox image (internal/kubenode/pause)")
+	fs.StringVar(&cfg.CNI, "cni", kubenode.CNIBridge, "the pods' network plugin: bridge, or macvlan (pod traffic never crosses the node's IP stack; the node cannot reach its pods)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
