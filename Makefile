@@ -62,8 +62,8 @@ bench: build ## the benchmark suite; writes bench/results.json
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
 	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
 
-demo-kube: deps ## the same walkthrough on a real kubelet node, Ferry installed from deploy/ (root)
-	scripts/demo-kube
+demo-kube: deps ## the same walkthrough on a real kubelet node, Ferry installed from deploy/ (root; CAPTURE=pod: deploy/capture-pod)
+	scripts/demo-kube $(if $(CAPTURE),--capture $(CAPTURE))
 
 image: ## build the container image without Docker: bin/ferry-image.tar (docker-archive) and bin/ferry-image.oci
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false \

@@ -2,12 +2,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -44,7 +46,12 @@ func main() {
 	fs.StringVar(&d.tag, "tag", "", "the image's tag (make image TAG=…)")
 	fs.StringVar(&d.root, "root", ".", "the repository (for the podapp image)")
 	fs.BoolVar(&d.keep, "keep", false, "leave the node up at the end (scripts/kube-node down --dir DIR removes it)")
+	fs.StringVar(&d.capture, "capture", "node", "the agent's capture mode: node (deploy/) or pod (deploy/capture-pod: in each pod's network namespace, handed over by the ferry-cni plugin)")
 	fs.Parse(os.Args[1:])
+	if d.capture != "node" && d.capture != "pod" {
+		fmt.Fprintf(os.Stderr, "demo-kube: --capture %q: want node or pod\n", d.capture)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := d.run(ctx)
 	stop()
@@ -66,6 +73,8 @@ type demo struct {
 	out                                    io.Writer
 	binDir, pause, ferry, image, tag, root string
 	keep                                   bool
+	capture                                string // node or pod
+	applied                                []*unstructured.Unstructured
 
 	start    time.Time
 	step     string
@@ -95,7 +104,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (a kubelet, containerd, eBPF): sudo make demo-kube")
 	}
-	d.stepf("Setup: a real node (kubelet, containerd, kube-proxy), Ferry installed from deploy/")
+	d.stepf("Setup: a real node (kubelet, containerd, kube-proxy), Ferry installed from deploy/%s", d.overlay())
 	dir, err := os.MkdirTemp("", "ferry-demo-kube.")
 	if err != nil {
 		return err
@@ -123,7 +132,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 			return
 		}
 		// Whatever the demo did not get to uninstall.
-		_ = exec.Command(d.ferry, "cleanup", "--bpf-pin-dir", filepath.Join(d.n.BPFFS(), "ferry")).Run()
+		_ = exec.Command(d.ferry, "cleanup", "--bpf-pin-dir", filepath.Join(d.n.BPFFS(), "ferry"), "--state-dir", d.n.RunDir()).Run()
 		if derr := d.n.Down(context.WithoutCancel(ctx)); derr != nil {
 			err = errors.Join(err, fmt.Errorf("node down: %w", derr))
 		}
@@ -170,9 +179,20 @@ func (d *demo) run(ctx context.Context) (err error) {
 	return nil
 }
 
+// overlay is the kustomization of deploy/ the demo installs: "" (deploy/
+// itself) or capture-pod.
+func (d *demo) overlay() string {
+	if d.capture == "pod" {
+		return deploy.CapturePodOverlay
+	}
+	return ""
+}
+
 // install follows deploy/README.md: a root from `ferry ca init`, its Secret
-// and ConfigMap, every manifest server-side applied (with kubenode's
-// overlay: the image tag and the node's bpffs).
+// and ConfigMap, every manifest of deploy/ (or deploy/capture-pod)
+// server-side applied (with kubenode's overlay: the image tag, and the
+// node's own bpffs, CNI directories, network namespaces and run directory
+// in place of the host's).
 func (d *demo) install(ctx context.Context, dir string) error {
 	caDir := filepath.Join(dir, "ca")
 	if out, err := exec.CommandContext(ctx, d.ferry, "ca", "init", "--out", caDir).CombinedOutput(); err != nil {
@@ -201,19 +221,18 @@ func (d *demo) install(ctx context.Context, dir string) error {
 	}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	for _, f := range deploy.Files() {
-		b, err := fs.ReadFile(deploy.FS(), f)
-		if err != nil {
-			return err
-		}
-		if b, err = kubenode.DeployOverlay(f, b, d.tag, d.n.BPFFS()); err != nil {
-			return err
-		}
-		if _, err := d.cluster.Apply(ctx, b, kubetest.ApplyOptions{}); err != nil {
-			return fmt.Errorf("apply %s: %w", f, err)
-		}
+	objs, err := kubetest.Render(deploy.FS(), cmp.Or(d.overlay(), "."))
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(d.out, "  $ kubectl apply --server-side -k deploy/   (image tag %s)\n", d.tag)
+	if err := d.n.Overlay(objs, d.tag); err != nil {
+		return err
+	}
+	if _, err := d.cluster.ApplyObjects(ctx, objs, kubetest.ApplyOptions{}); err != nil {
+		return fmt.Errorf("apply deploy/%s: %w", d.overlay(), err)
+	}
+	d.applied = objs
+	fmt.Fprintf(d.out, "  $ kubectl apply --server-side -k deploy/%s   (image tag %s)\n", d.overlay(), d.tag)
 	err = kubenode.Poll(ctx, 4*time.Minute, func() error {
 		ds, err := d.c.AppsV1().DaemonSets(ns).Get(ctx, "ferry", metav1.GetOptions{})
 		if err != nil {
@@ -231,6 +250,26 @@ func (d *demo) install(ctx context.Context, dir string) error {
 	d.check("the agent DaemonSet and the CA Deployment are Ready (kubelet probes)", err == nil)
 	if err != nil {
 		return err
+	}
+	if d.capture == "pod" {
+		b, err := os.ReadFile(filepath.Join(d.n.CNIConfDir(), kubenode.CNIConfFile))
+		if err != nil {
+			return err
+		}
+		var conf struct {
+			Plugins []struct {
+				Type string `json:"type"`
+			} `json:"plugins"`
+		}
+		if err := json.Unmarshal(b, &conf); err != nil {
+			return err
+		}
+		var types []string
+		for _, p := range conf.Plugins {
+			types = append(types, p.Type)
+		}
+		fmt.Fprintf(d.out, "  the node's CNI configuration (%s) now chains: %s\n", kubenode.CNIConfFile, strings.Join(types, " → "))
+		d.check("the agent chained ferry-cni after the node's network plugin", slices.Equal(types, []string{d.n.CNI(), "ferry-cni"}))
 	}
 	return nil
 }
@@ -544,39 +583,39 @@ func (d *demo) uninstall(ctx context.Context) (err error) {
 	}); err != nil {
 		return err
 	}
-	files := deploy.Files()
-	for i := len(files) - 1; i >= 0; i-- {
-		b, err := fs.ReadFile(deploy.FS(), files[i])
+	rev := slices.Clone(d.applied)
+	slices.Reverse(rev)
+	if err := d.cluster.DeleteObjects(ctx, rev); err != nil {
+		return err
+	}
+	fmt.Fprintf(d.out, "  $ kubectl delete -k deploy/%s\n", d.overlay())
+	if err := kubenode.Poll(ctx, 2*time.Minute, func() error {
+		left, err := d.cluster.Remaining(ctx, d.applied)
 		if err != nil {
 			return err
 		}
-		if err := d.cluster.Delete(ctx, b); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintln(d.out, "  $ kubectl delete -k deploy/")
-	if err := kubenode.Poll(ctx, 2*time.Minute, func() error {
-		if _, err := d.c.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); err == nil {
-			return errors.New("namespace istio-system still exists")
+		if len(left) > 0 {
+			return fmt.Errorf("still there: %v", left)
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
 	// The agent saw its DaemonSet deleted: on SIGTERM it removed its
-	// rules, routes and pins itself (no `ferry cleanup` needed).
-	var rules, routes []byte
-	for _, v := range []struct {
-		out  *[]byte
-		args []string
-	}{{&rules, []string{"rule", "show"}}, {&routes, []string{"route", "show", "table", "all"}}} {
-		if *v.out, err = exec.CommandContext(ctx, "ip", v.args...).Output(); err != nil {
-			return err
-		}
+	// rules, routes and pins itself (no `ferry cleanup` needed), and in pod
+	// mode the ferry-cni plugin from the node's CNI configuration.
+	left, err := d.n.FerryLeftovers()
+	if err != nil {
+		return err
 	}
-	pins, _ := os.ReadDir(filepath.Join(d.n.BPFFS(), "ferry"))
-	d.check("the agent removed its rules and routes (none with proto 153)", !bytes.Contains(rules, []byte("proto 153")) && !bytes.Contains(routes, []byte("proto 153")))
-	d.check(fmt.Sprintf("the agent removed its BPF pins (%d left)", len(pins)), len(pins) == 0)
+	what := "its rules, routes and BPF pins"
+	if d.capture == "pod" {
+		what += ", ferry-cni and its configuration entry, and the capture in every pod"
+	}
+	d.check(fmt.Sprintf("the agent removed %s (%d objects left)", what, len(left)), len(left) == 0)
+	for _, l := range left {
+		fmt.Fprintf(d.out, "    left: %s\n", l)
+	}
 	return nil
 }
 
