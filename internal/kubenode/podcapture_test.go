@@ -721,7 +721,10 @@ func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
 		if ev.Reason != "Unhealthy" {
 			continue
 		}
-		if last := ev.LastTimestamp.Time; last.Before(ready) {
+		// Both times are in whole seconds: the same second is before (a
+		// failure after Ready flips it, FailureThreshold 1, which the loop
+		// above would have seen).
+		if last := ev.LastTimestamp.Time; !last.After(ready) {
 			t.Logf("before web was first Ready (%s): %s: %s (x%d)", ready.Format(time.TimeOnly), ev.Reason, ev.Message, ev.Count)
 			// The probe's connection in the agent's log: "tcp SRC->DST".
 			if _, rest, ok := strings.Cut(ev.Message, "tcp "); ok {
