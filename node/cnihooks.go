@@ -60,10 +60,8 @@ func (a *Agent) enrolment(ctx context.Context, pod cni.Pod) (bool, error) {
 	defer t.Stop()
 	for {
 		if s := a.current(); s != nil {
-			for _, p := range s.view.snap.Pods {
-				if p.Namespace != pod.Namespace || p.Name != pod.Name || p.UID != "" && pod.UID != "" && p.UID != pod.UID {
-					continue
-				}
+			p, ok := s.view.podNamed(pod.Namespace, pod.Name)
+			if ok && (p.UID == "" || pod.UID == "" || p.UID == pod.UID) {
 				if len(pod.IPs) > 0 {
 					p.IP = pod.IPs[0]
 				}

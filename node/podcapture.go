@@ -36,10 +36,9 @@ import (
 type podCapture struct {
 	load      bpf.Config
 	cfg       redirect.Config
-	probe     netip.Addr
 	addrs     [3]string // where the outbound, inbound and HBONE listeners bind in each pod
 	stateFile string
-	probeCG   string // the kubelet's cgroup, with probe
+	probeCG   string // the kubelet's cgroup, with load.ProbeSource
 	sysNS     string // the system namespace, for Enrolled
 	log       *slog.Logger
 	// outbound, inbound and hbone carry every pod's listeners to the
@@ -85,7 +84,6 @@ func newPodCapture(cfg Config, log *slog.Logger) *podCapture {
 	}
 	return &podCapture{
 		load:      bpf.Config{PinDir: cfg.BPFPinDir, HBONEPort: cfg.hbonePort(), ProbeSource: cfg.probeSource()},
-		probe:     cfg.probeSource(),
 		addrs:     [3]string{cfg.OutboundAddr, cfg.InboundAddr, cfg.HBONEAddr},
 		stateFile: filepath.Join(cfg.StateDir, "pods.json"),
 		probeCG:   cfg.ProbeCgroup,
@@ -114,8 +112,8 @@ func (p *podCapture) start() error {
 		objs.Close()
 		return err
 	}
-	if p.probe.IsValid() {
-		err := redirect.AddProbeSource(p.probe)
+	if p.load.ProbeSource.IsValid() {
+		err := redirect.AddProbeSource(p.load.ProbeSource)
 		if err == nil {
 			err = objs.AttachProbes(p.probeCG)
 		}
@@ -200,7 +198,7 @@ func (p *podCapture) addLocked(pod cni.Pod) (err error) {
 			p.undo(cp)
 		}
 	}()
-	plan, err := redirect.NewPodPlan(pod.IPs, p.probe, p.cfg)
+	plan, err := redirect.NewPodPlan(pod.IPs, p.load.ProbeSource, p.cfg)
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", pod, err)
 	}
@@ -381,19 +379,17 @@ func (p *podCapture) adopt(v *view) {
 }
 
 func (p *podCapture) stillEnrolled(v *view, cp *capturedPod) bool {
-	for _, pod := range v.snap.Pods {
-		if pod.Namespace != cp.Namespace || pod.Name != cp.Name {
-			continue
-		}
-		if pod.UID != "" && cp.UID != "" && pod.UID != cp.UID {
-			return false
-		}
-		if !pod.IP.IsValid() {
-			pod.IP = cp.ip // the kubelet has not reported it yet
-		}
-		return Enrolled(pod, v.snap.Namespaces[pod.Namespace], p.sysNS)
+	pod, ok := v.podNamed(cp.Namespace, cp.Name)
+	if !ok {
+		return time.Since(cp.added) < podGrace
 	}
-	return time.Since(cp.added) < podGrace
+	if pod.UID != "" && cp.UID != "" && pod.UID != cp.UID {
+		return false
+	}
+	if !pod.IP.IsValid() {
+		pod.IP = cp.ip // the kubelet has not reported it yet
+	}
+	return Enrolled(pod, v.snap.Namespaces[pod.Namespace], p.sysNS)
 }
 
 // Captured reports whether ip is a captured pod's.

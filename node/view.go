@@ -145,6 +145,17 @@ func (v *view) workload(ip netip.Addr) (*Workload, bool) {
 	return w, ok
 }
 
+// podNamed returns the pod namespace/name, as listed whether or not it has
+// an address yet (--capture pod meets pods before the kubelet reports one).
+func (v *view) podNamed(namespace, name string) (inventory.Pod, bool) {
+	for _, p := range v.snap.Pods {
+		if p.Namespace == namespace && p.Name == name {
+			return p, true
+		}
+	}
+	return inventory.Pod{}, false
+}
+
 // localEnrolled returns the enrolled pod with address ip on this node, if any.
 func (v *view) localEnrolled(ip netip.Addr) (*Workload, bool) {
 	w, ok := v.workload(ip)
