@@ -85,6 +85,10 @@ type Agent struct {
 	client    *tunnel.Client
 	outbound  *tunnel.Outbound
 	plaintext *tunnel.Plaintext
+	// reapply asks reconcile to apply the last snapshot again, closing the
+	// channel sent when done: a pod captured since has an address the
+	// snapshot may lack (withAddresses).
+	reapply chan chan struct{}
 
 	ran atomic.Bool // Run was called
 }
@@ -154,6 +158,7 @@ func (a *Agent) wire() error {
 		// destination is what the pod dialled.
 		a.pods = newPodCapture(a.cfg, a.log.With("component", "redirect"))
 		a.redirect = a.pods
+		a.reapply = make(chan chan struct{})
 	default:
 		a.redirect = newRedirection(a.cfg, a.log.With("component", "redirect"))
 		dialled = redirect.DialledDst
@@ -472,14 +477,25 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 	var retry <-chan time.Time
 	var last *inventory.Snapshot
 	for {
+		var done chan struct{}
 		select {
 		case <-ctx.Done():
 			return nil
 		case last = <-snaps:
 		case <-retry:
+		case done = <-a.reapply:
+		}
+		if last == nil {
+			if done != nil {
+				close(done)
+			}
+			continue
 		}
 		retry = nil
 		err := a.apply(last)
+		if done != nil {
+			close(done)
+		}
 		if err == nil {
 			err = a.annotate(ctx)
 		}
@@ -491,6 +507,9 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 }
 
 func (a *Agent) apply(snap *inventory.Snapshot) error {
+	if a.pods != nil {
+		snap = a.pods.withAddresses(snap, a.cfg.NodeName)
+	}
 	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
 	engine, diags := compilePolicies(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap)
 	diags = append(diags, snap.PolicyProblems...)

@@ -32,7 +32,9 @@ type cniHooks struct{ a *Agent }
 // AddPod captures pod if it is enrolled. The plugin reports a sandbox before
 // the kubelet has reported the pod's address, so the pod's labels and
 // namespace come from the inventory, waited for while ctx lasts, and its
-// addresses from the plugin.
+// addresses from the plugin. The agent's view takes them from the capture
+// until the API lists them, and AddPod returns once it has, so the pod is
+// served from its first connection.
 func (h cniHooks) AddPod(ctx context.Context, pod cni.Pod) error {
 	enrolled, err := h.a.enrolment(ctx, pod)
 	if err != nil {
@@ -41,7 +43,20 @@ func (h cniHooks) AddPod(ctx context.Context, pod cni.Pod) error {
 	if !enrolled {
 		return nil
 	}
-	return h.a.pods.add(pod)
+	if err := h.a.pods.add(pod); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	select {
+	case h.a.reapply <- done:
+	case <-ctx.Done():
+		return nil // captured; the view catches up with the next snapshot
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
 }
 
 // DelPod releases pod's capture. The plugin ignores the answer: a pod

@@ -19,6 +19,7 @@ import (
 	"github.com/ferrymesh/ferry/internal/netns"
 	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/cri"
+	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/node/redirect"
 )
 
@@ -386,9 +387,6 @@ func (p *podCapture) stillEnrolled(v *view, cp *capturedPod) bool {
 	if pod.UID != "" && cp.UID != "" && pod.UID != cp.UID {
 		return false
 	}
-	if !pod.IP.IsValid() {
-		pod.IP = cp.ip // the kubelet has not reported it yet
-	}
 	return Enrolled(pod, v.snap.Namespaces[pod.Namespace], p.sysNS)
 }
 
@@ -397,6 +395,42 @@ func (p *podCapture) Captured(ip netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.captured[ip.Unmap()] != nil
+}
+
+// withAddresses returns snap with the addresses the CNI plugin reported
+// filled in for this node's captured pods the API lists without one yet:
+// the kubelet reports a pod's IP a second or so after its sandbox starts,
+// and until then the pod's probes and first connections would meet an
+// unknown address and be refused. The API's address, once listed, wins.
+// snap itself is not changed.
+func (p *podCapture) withAddresses(snap *inventory.Snapshot, nodeName string) *inventory.Snapshot {
+	p.mu.Lock()
+	byName := make(map[string]*capturedPod, len(p.captured))
+	for _, cp := range p.captured {
+		byName[cp.Namespace+"/"+cp.Name] = cp
+	}
+	p.mu.Unlock()
+	var pods []inventory.Pod
+	for i, pod := range snap.Pods {
+		if pod.IP.IsValid() || pod.HostNetwork || pod.NodeName != nodeName {
+			continue
+		}
+		cp := byName[pod.Namespace+"/"+pod.Name]
+		if cp == nil || pod.UID != "" && cp.UID != "" && pod.UID != cp.UID {
+			continue
+		}
+		if pods == nil {
+			pods = slices.Clone(snap.Pods)
+		}
+		pods[i].IP = cp.ip
+		pods[i].IPs = cp.IPs
+	}
+	if pods == nil {
+		return snap
+	}
+	filled := *snap
+	filled.Pods = pods
+	return &filled
 }
 
 // Refused reports whether ip is a captured pod's IPv6 address.

@@ -59,7 +59,7 @@ import (
 // in any pod. Requests are made with `kubectl exec` in long-running pods:
 // the node cannot reach macvlan pods, and a pod's requests then start after
 // the agent has seen its address (a pod's very first connection is
-// measured apart, by "early").
+// checked apart, by "early": it, and every probe, must pass).
 func TestPrivilegedRealNodePodCapture(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Minute)
@@ -293,6 +293,7 @@ type workloads struct {
 	ns                   string
 	web, client, blocked *corev1.Pod
 	vip                  string
+	metrics              string // the agents' metrics before the pods were created
 }
 
 // startWorkloads creates the namespace ns, labelled ambient, and its
@@ -322,7 +323,7 @@ func (e *podEnv) startWorkloads(ctx context.Context, t *testing.T, ns string, pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &workloads{ns: ns, vip: svc.Spec.ClusterIP}
+	w := &workloads{ns: ns, vip: svc.Spec.ClusterIP, metrics: scrape(ctx, t)}
 	for _, name := range []string{"web", "client", "blocked"} {
 		p := servePod(name)
 		p.Labels = map[string]string{"app": name}
@@ -565,7 +566,8 @@ spec:
 	}
 
 	t.Run("a pod's first connection", func(t *testing.T) {
-		// Measured, not asserted: a connection made as the container starts.
+		// A request made as the container starts, before the kubelet has
+		// reported the pod's address: the agent knows it from the CNI ADD.
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: "early"},
 			Spec: corev1.PodSpec{
@@ -584,9 +586,18 @@ spec:
 			t.Fatal(err)
 		}
 		logs, _ := e.c.CoreV1().Pods(ns).GetLogs("early", &corev1.PodLogOptions{}).DoRaw(ctx)
-		t.Logf("a request made as the pod starts (%s): %s; output %q", done.Status.PodIP, done.Status.Phase, bytes.TrimSpace(logs))
-		for _, l := range agentLog(ctx, t, e.c, done.Status.PodIP+":") {
-			t.Logf("agent: %s", l)
+		if code, body, _ := strings.Cut(strings.TrimSpace(string(logs)), "\n"); done.Status.Phase != corev1.PodSucceeded || code != "200" || strings.TrimSpace(body) != done.Status.PodIP {
+			t.Errorf("a request made as the pod starts (%s): %s, output %q; want 200 and web seeing %s", done.Status.PodIP, done.Status.Phase, logs, done.Status.PodIP)
+			for _, l := range agentLog(ctx, t, e.c, done.Status.PodIP+":") {
+				t.Logf("agent: %s", l)
+			}
+		}
+		// Nor was any connection to a new pod refused for want of its
+		// address (the probes of web, the first connections to each pod).
+		unknown := map[string]string{"result": "deny", "reason": "unknown destination"}
+		const decisions = "ferry_authz_decisions_total"
+		if d := metric(scrape(ctx, t), decisions, unknown) - metric(w.metrics, decisions, unknown); d != 0 {
+			t.Errorf("the agent refused %v connections to pods it did not know since the workloads were created; want none", d)
 		}
 		if err := e.c.CoreV1().Pods(ns).Delete(ctx, "early", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 			t.Fatal(err)
@@ -688,7 +699,8 @@ func (e *podEnv) checkCaptured(t *testing.T, w *workloads) {
 // the node to the pod, is and stays Ready while captured (PERMISSIVE: the
 // agent passes the plaintext connections on), and that the agent did see
 // them. Probes that failed before the pod first became Ready are reported,
-// not failed: see "a pod's first connection".
+// not failed (the server may not listen yet); that none was refused by the
+// agent is checked by "a pod's first connection".
 func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
 	before := scrape(ctx, t)
 	var ready time.Time
