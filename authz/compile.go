@@ -69,6 +69,7 @@ func Compile(cfg Config, aps []AuthorizationPolicy, pas []PeerAuthentication) (*
 		e.emit(p)
 		e.index(p)
 	}
+	e.seal()
 	e.prog.intern, e.prog.key = nil, nil
 
 	clear(seen)
@@ -188,6 +189,11 @@ type policy struct {
 	// Quick rejects (see Engine.emit).
 	needPrincipal bool
 	bloom         uint64
+	principals    []string // with needPrincipal: the peers it can match, sorted
+	// needNamespace (without needPrincipal) says every rule needs the
+	// peer's namespace to be one of namespaces, sorted.
+	needNamespace bool
+	namespaces    []string
 	ports         uint64
 	srcCover      cover
 
@@ -212,8 +218,10 @@ type keptRule struct {
 }
 
 // emit lays out p's rules (a translated policy's groups) in e.prog and sets
-// its quick rejects: when every rule needs the peer principal to be one of a
-// few exact values, bloom has their bits and needPrincipal is true; ports
+// its quick rejects: when every rule needs the peer principal to be one of
+// exact values, principals lists them, bloom has their bits and
+// needPrincipal is true (else, likewise with namespaces, needNamespace);
+// ports
 // has the bits of every port some rule can match (all ones when a rule
 // matches any port); srcCover holds every source address some rule can
 // match. Decide then skips the policy for other peers, ports or sources
@@ -233,8 +241,10 @@ func (e *Engine) emit(p *policy) {
 	if p.denyAll {
 		p.keep, p.groups = []keptRule{{index: -1, rule: &Rule{}}}, nil
 	}
-	add := func(index int, faulty bool, cs span, b, ports uint64, src cover) {
-		p.srcCover = p.srcCover.union(src)
+	needNamespace := true
+	add := func(index int, faulty bool, cs span, f filter) {
+		p.srcCover = p.srcCover.union(f.src)
+		ports := f.ports
 		if ports == 0 {
 			ports = ^uint64(0) // the rule matches any port
 		}
@@ -247,22 +257,41 @@ func (e *Engine) emit(p *policy) {
 			reason = verb + " by " + p.action.String() + " policy " + p.key + " (" + unit + "[" + strconv.Itoa(index) + "] matched, its erroneous conditions read as matching until it is fixed)"
 		}
 		pr.rules = append(pr.rules, rule{clauses: cs, index: int32(index), reason: reason})
-		if b == 0 {
+		if f.principals == nil {
 			p.needPrincipal = false
 		}
-		p.bloom |= b
+		if f.namespaces == nil {
+			needNamespace = false
+		}
+		for _, v := range f.principals {
+			p.bloom |= principalBit(v)
+		}
+		p.principals = append(p.principals, f.principals...)
+		p.namespaces = append(p.namespaces, f.namespaces...)
 	}
 	for _, k := range p.keep {
-		cs, b, ports, src := pr.emitRule(k.rule, p.ns, k.faults)
-		add(k.index, k.faults != nil, cs, b, ports, src)
+		cs, f := pr.emitRule(k.rule, p.ns, k.faults)
+		add(k.index, k.faults != nil, cs, f)
 	}
 	for i := range p.groups {
 		g := &p.groups[i]
-		cs, b, ports, src := pr.emitGroup(g)
-		add(g.index, g.faulty, cs, b, ports, src)
+		cs, f := pr.emitGroup(g)
+		add(g.index, g.faulty, cs, f)
 	}
 	p.rules.hi = int32(len(pr.rules))
 	p.keep, p.groups = nil, nil
+	// A policy without rules matches nothing (needPrincipal, no bits).
+	p.needNamespace = !p.needPrincipal && needNamespace && p.rules.hi > p.rules.lo
+	if !p.needPrincipal || p.rules.hi == p.rules.lo {
+		p.principals = nil
+	}
+	if !p.needNamespace {
+		p.namespaces = nil
+	}
+	slices.Sort(p.principals)
+	p.principals = slices.Compact(p.principals)
+	slices.Sort(p.namespaces)
+	p.namespaces = slices.Compact(p.namespaces)
 }
 
 // match returns the first rule of p that matches c, or nil.

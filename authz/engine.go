@@ -35,8 +35,55 @@ type Engine struct {
 // scopeSet holds the AuthorizationPolicies of one namespace (or those that
 // apply in every namespace), split by action and scope.
 type scopeSet struct {
-	allow, deny       []*policy // no selector; by ord
-	selAllow, selDeny selIndex[*policy]
+	allow, deny       policyList // no selector
+	selAllow, selDeny selIndex[*selGroup]
+	// groups finds a selector's group while compiling; nil after.
+	groups map[string]*selGroup
+}
+
+// selGroup is the policies of one action with the same selector.
+type selGroup struct {
+	rest  []labelKV // the selector but its first label (its bucket's key)
+	first int32     // the lowest ord in list
+	list  policyList
+}
+
+// policyList is policies in ascending ord. A long one also indexes them by
+// the exact peer principals (or namespaces) they need, so that Decide reads
+// only the policies a peer can match and those open to every peer, however
+// many policies the workload has.
+type policyList struct {
+	all         []*policy
+	byPrincipal map[string][]*policy // needPrincipal; nil while the list is short
+	byNamespace map[string][]*policy // needNamespace
+	open        []*policy            // the others
+}
+
+// principalIndexMin is the length from which a policyList is indexed.
+var principalIndexMin = 16
+
+func (l *policyList) add(p *policy) { l.all = append(l.all, p) }
+
+// seal builds the principal index of a long list.
+func (l *policyList) seal() {
+	if len(l.all) < principalIndexMin {
+		return
+	}
+	l.byPrincipal, l.byNamespace = map[string][]*policy{}, map[string][]*policy{}
+	for _, p := range l.all {
+		switch {
+		case p.needPrincipal:
+			for _, v := range p.principals {
+				l.byPrincipal[v] = append(l.byPrincipal[v], p)
+			}
+		case p.needNamespace:
+			for _, v := range p.namespaces {
+				l.byNamespace[v] = append(l.byNamespace[v], p)
+			}
+		default:
+			l.open = append(l.open, p)
+		}
+	}
 }
 
 // selIndex finds selector policies from a workload's labels: each policy sits
@@ -109,15 +156,57 @@ func (e *Engine) index(p *policy) {
 	switch {
 	case p.scope == ScopeWorkload && len(p.selector) == 0:
 		// An empty selector attaches to no workload in ambient mode.
-	case p.scope == ScopeWorkload && p.action == actionAllow:
-		set.selAllow.add(p.selector[0], p)
 	case p.scope == ScopeWorkload:
-		set.selDeny.add(p.selector[0], p)
+		key := p.action.String() + selectorKey(p.selector)
+		g := set.groups[key]
+		if g == nil {
+			if set.groups == nil {
+				set.groups = map[string]*selGroup{}
+			}
+			g = &selGroup{rest: p.selector[1:], first: p.ord}
+			set.groups[key] = g
+			if p.action == actionAllow {
+				set.selAllow.add(p.selector[0], g)
+			} else {
+				set.selDeny.add(p.selector[0], g)
+			}
+		}
+		g.list.add(p)
 	case p.action == actionAllow:
-		set.allow = append(set.allow, p)
+		set.allow.add(p)
 	default:
-		set.deny = append(set.deny, p)
+		set.deny.add(p)
 	}
+}
+
+// seal builds the principal indexes once every policy is indexed.
+func (e *Engine) seal() {
+	sets := []*scopeSet{&e.global}
+	for _, set := range e.byNS {
+		sets = append(sets, set)
+	}
+	for _, set := range sets {
+		set.allow.seal()
+		set.deny.seal()
+		for _, g := range set.groups {
+			g.list.seal()
+		}
+		set.groups = nil
+	}
+}
+
+// selectorKey names a selector (sorted pairs) unambiguously.
+func selectorKey(sel []labelKV) string {
+	var b []byte
+	for _, kv := range sel {
+		b = strconv.AppendInt(b, int64(len(kv.k)), 10)
+		b = append(b, ':')
+		b = append(b, kv.k...)
+		b = strconv.AppendInt(b, int64(len(kv.v)), 10)
+		b = append(b, ':')
+		b = append(b, kv.v...)
+	}
+	return string(b)
 }
 
 // Request describes one inbound connection at the destination's node.
@@ -217,10 +306,10 @@ func (e *Engine) Decide(r Request) Decision {
 	nss := e.byNS[r.Namespace]
 
 	s := search{pr: &e.prog, c: &c, labels: r.Labels}
-	s.list(e.global.deny)
+	s.list(&e.global.deny)
 	s.sel(&e.global.selDeny)
 	if nss != nil {
-		s.list(nss.deny)
+		s.list(&nss.deny)
 		s.sel(&nss.selDeny)
 	}
 	s.bound(e.byKey, r.BoundPolicies, bound, actionDeny)
@@ -229,10 +318,10 @@ func (e *Engine) Decide(r Request) Decision {
 	}
 
 	s = search{pr: &e.prog, c: &c, labels: r.Labels}
-	s.list(e.global.allow)
+	s.list(&e.global.allow)
 	s.sel(&e.global.selAllow)
 	if nss != nil {
-		s.list(nss.allow)
+		s.list(&nss.allow)
 		s.sel(&nss.selAllow)
 	}
 	s.bound(e.byKey, r.BoundPolicies, bound, actionAllow)
@@ -262,7 +351,39 @@ func (s *search) consider(p *policy) {
 	}
 }
 
-func (s *search) list(ps []*policy) {
+// list considers the policies of l, which all apply to the workload: with
+// an index, only those the peer can match, in ord order.
+func (s *search) list(l *policyList) {
+	if len(l.all) == 0 {
+		return
+	}
+	s.selected = true
+	if l.byPrincipal == nil {
+		s.scan(l.all)
+		return
+	}
+	// Merge the three ord-sorted candidate lists; a policy is in one.
+	lists := [3][]*policy{l.byPrincipal[s.c.principal], l.byNamespace[s.c.ns], l.open}
+	for {
+		next := -1
+		for i, ps := range lists {
+			if len(ps) > 0 && (next < 0 || ps[0].ord < lists[next][0].ord) {
+				next = i
+			}
+		}
+		if next < 0 {
+			return
+		}
+		p := lists[next][0]
+		lists[next] = lists[next][1:]
+		if s.best != nil && p.ord >= s.best.ord {
+			return
+		}
+		s.consider(p)
+	}
+}
+
+func (s *search) scan(ps []*policy) {
 	for _, p := range ps {
 		if s.best != nil && p.ord >= s.best.ord {
 			return
@@ -297,7 +418,7 @@ func (s *search) boundList(ps []*policy, act action) {
 	}
 }
 
-func (s *search) sel(x *selIndex[*policy]) {
+func (s *search) sel(x *selIndex[*selGroup]) {
 	if len(x.m) == 0 || len(s.labels) == 0 {
 		return
 	}
@@ -316,14 +437,14 @@ func (s *search) sel(x *selIndex[*policy]) {
 	}
 }
 
-func (s *search) bucket(b []*policy) {
-	for _, p := range b {
-		if s.best != nil && p.ord >= s.best.ord {
+func (s *search) bucket(b []*selGroup) {
+	for _, g := range b { // by first
+		if s.best != nil && g.first >= s.best.ord {
 			return
 		}
-		// The bucket key is selector[0]: the workload has it.
-		if selects(p.selector[1:], s.labels) {
-			s.consider(p)
+		// The bucket key is the selector's first label: the workload has it.
+		if selects(g.rest, s.labels) {
+			s.list(&g.list)
 		}
 	}
 }

@@ -315,12 +315,12 @@ func ruleShape(r *Rule, rf *ruleFaults) (l7 []string, dead bool) {
 // emitRule lays out a live rule: a clause for the to list, one for the from
 // list, one per when condition (cheapest first: ports compare fastest);
 // entries without L4 fields are skipped unless rf forces them (they then
-// match anything). It returns the rule's clauses, its principal Bloom bits
-// (0 unless some clause needs the principal to be one of exact values), its
-// port Bloom bits (likewise for ports) and the source addresses it can
-// match.
-func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, bloom, ports uint64, src cover) {
-	src = cover{all: true}
+// match anything). It returns the rule's clauses and its filter: the exact
+// principals (namespaces) one of which it needs when some clause needs the
+// peer's to be one of exact values, its port Bloom bits (0 unless some
+// clause needs one of exact ports) and the source addresses it can match.
+func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, f filter) {
+	f.src = cover{all: true}
 	cs.lo = int32(len(pr.clauses))
 	if len(r.To) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
@@ -339,12 +339,12 @@ func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, blo
 		}
 		cl.hi = int32(len(pr.matches))
 		pr.clauses = append(pr.clauses, cl)
-		ports = pb
+		f.ports = pb
 	}
 	if len(r.From) > 0 {
 		cl := span{lo: int32(len(pr.matches))}
-		var b uint64
-		exact := true
+		var ps, nss []string
+		psExact, nssExact := true, true
 		var sc cover
 		for i := range r.From {
 			s := &r.From[i].Source
@@ -363,14 +363,18 @@ func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, blo
 			pr.addStrs(checkNamespace, true, s.NotNamespaces)
 			m.hi = int32(len(pr.checks))
 			pr.matches = append(pr.matches, m)
-			b, exact = exactBloom(b, exact, s.Principals)
+			ps, psExact = exactValues(ps, psExact, s.Principals)
+			nss, nssExact = exactValues(nss, nssExact, s.Namespaces)
 		}
 		cl.hi = int32(len(pr.matches))
 		pr.clauses = append(pr.clauses, cl)
-		if exact {
-			bloom = b
+		if psExact {
+			f.principals = ps
 		}
-		src = sc
+		if nssExact {
+			f.namespaces = nss
+		}
+		f.src = sc
 	}
 	for _, w := range r.When {
 		cl := span{lo: int32(len(pr.matches))}
@@ -379,8 +383,8 @@ func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, blo
 		case "source.ip":
 			pr.addIPs(checkSrcIP, false, w.Values)
 			pr.addIPs(checkSrcIP, true, w.NotValues)
-			if src.all {
-				src = cover{}.addAll(w.Values)
+			if f.src.all {
+				f.src = cover{}.addAll(w.Values)
 			}
 		case "destination.ip":
 			pr.addIPs(checkDstIP, false, w.Values)
@@ -388,17 +392,20 @@ func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, blo
 		case "destination.port":
 			pr.addPorts(false, w.Values)
 			pr.addPorts(true, w.NotValues)
-			if ports == 0 || ports == ^uint64(0) {
-				ports = portBloom(0, w.Values)
+			if f.ports == 0 || f.ports == ^uint64(0) {
+				f.ports = portBloom(0, w.Values)
 			}
 		case "source.namespace":
 			pr.addStrs(checkNamespace, false, w.Values)
 			pr.addStrs(checkNamespace, true, w.NotValues)
+			if vs, exact := exactValues(nil, true, w.Values); exact && f.namespaces == nil {
+				f.namespaces = vs
+			}
 		case "source.principal":
 			pr.addStrs(checkPrincipal, false, w.Values)
 			pr.addStrs(checkPrincipal, true, w.NotValues)
-			if b, exact := exactBloom(0, true, w.Values); exact && bloom == 0 {
-				bloom = b
+			if vs, exact := exactValues(nil, true, w.Values); exact && f.principals == nil {
+				f.principals = vs
 			}
 		}
 		m.hi = int32(len(pr.checks))
@@ -407,7 +414,7 @@ func (pr *prog) emitRule(r *Rule, policyNS string, rf *ruleFaults) (cs span, blo
 		pr.clauses = append(pr.clauses, cl)
 	}
 	cs.hi = int32(len(pr.clauses))
-	return cs, bloom, ports, src
+	return cs, f
 }
 
 // cover is the smallest prefix holding a set of address blocks: a policy's
@@ -475,20 +482,28 @@ func portBloom(b uint64, ports []string) uint64 {
 	return b
 }
 
-// exactBloom folds one match entry's principals into a clause's filter:
-// the clause keeps a filter only while every entry requires the principal
-// to be one of exact values.
-func exactBloom(b uint64, exact bool, principals []string) (uint64, bool) {
-	if len(principals) == 0 {
-		return 0, false
+// exactValues folds one match entry's principals (or namespaces) into a
+// clause's filter: the clause keeps a filter only while every entry
+// requires the value to be one of exact values (exact stays true).
+func exactValues(need []string, exact bool, values []string) ([]string, bool) {
+	if len(values) == 0 {
+		return nil, false
 	}
-	for _, p := range principals {
-		if strings.Contains(p, "*") {
-			return 0, false
+	for _, v := range values {
+		if strings.Contains(v, "*") {
+			return nil, false
 		}
-		b |= principalBit(p)
 	}
-	return b, exact
+	return append(need, values...), exact
+}
+
+// filter is what a rule needs of a connection for its checks to be worth
+// reading (Engine.emit): nil lists and zero ports need nothing.
+type filter struct {
+	principals []string // the peer's principal is one of these
+	namespaces []string // the peer's namespace is one of these
+	ports      uint64   // Bloom bits of the ports it can match
+	src        cover    // the source addresses it can match
 }
 
 func (pr *prog) addPorts(neg bool, values []string) {

@@ -177,6 +177,7 @@ func CompileTranslated(cfg Config, tps []TranslatedPolicy) (*Engine, []Diagnosti
 		e.index(p)
 		e.byKey[p.key] = append(e.byKey[p.key], p)
 	}
+	e.seal()
 	e.prog.intern, e.prog.key = nil, nil
 	return e, ds
 }
@@ -654,14 +655,15 @@ func indexList(name string, idx []int) string {
 
 // emitGroup lays out an enforced group as one rule: a clause per Rules entry
 // holding one match per enforced match, and returns the same quick rejects
-// as emitRule (0 bloom or ports: no filter).
-func (pr *prog) emitGroup(g *tGroup) (cs span, bloom, ports uint64, src cover) {
-	src = cover{all: true}
+// as emitRule.
+func (pr *prog) emitGroup(g *tGroup) (cs span, f filter) {
+	f.src = cover{all: true}
 	cs.lo = int32(len(pr.clauses))
 	for _, cl := range g.clauses {
 		c := span{lo: int32(len(pr.matches))}
-		var b, pb uint64
-		exact := true
+		var ps, nss []string
+		var pb uint64
+		psExact, nssExact := true, true
 		var sc cover
 		for i := range cl {
 			m := &cl[i]
@@ -681,7 +683,8 @@ func (pr *prog) emitGroup(g *tGroup) (cs span, bloom, ports uint64, src cover) {
 			k.hi = int32(len(pr.checks))
 			pr.matches = append(pr.matches, k)
 
-			b, exact = exactStringBloom(b, exact, m.Principals)
+			ps, psExact = exactStringValues(ps, psExact, m.Principals)
+			nss, nssExact = exactStringValues(nss, nssExact, m.Namespaces)
 			pb = portValuesBloom(pb, m.DestinationPorts)
 			sc = sc.union(prefixCover(m.SourceIPs))
 		}
@@ -691,32 +694,37 @@ func (pr *prog) emitGroup(g *tGroup) (cs span, bloom, ports uint64, src cover) {
 			continue // matches nothing: no filter needed
 		}
 		// Any clause's filter is the rule's: the rule needs every clause.
-		if exact && b != 0 && bloom == 0 {
-			bloom = b
+		if psExact && ps != nil && f.principals == nil {
+			f.principals = ps
 		}
-		if pb != ^uint64(0) && ports == 0 {
-			ports = pb
+		if nssExact && nss != nil && f.namespaces == nil {
+			f.namespaces = nss
 		}
-		if !sc.all && src.all {
-			src = sc
+		if pb != ^uint64(0) && f.ports == 0 {
+			f.ports = pb
+		}
+		if !sc.all && f.src.all {
+			f.src = sc
 		}
 	}
 	cs.hi = int32(len(pr.clauses))
-	return cs, bloom, ports, src
+	return cs, f
 }
 
-// exactStringBloom is exactBloom for StringMatches.
-func exactStringBloom(b uint64, exact bool, ms []StringMatch) (uint64, bool) {
+// exactStringValues is exactValues for StringMatches.
+func exactStringValues(need []string, exact bool, ms []StringMatch) ([]string, bool) {
 	if len(ms) == 0 {
-		return 0, false
+		return nil, false
 	}
 	for _, m := range ms {
 		if m.Kind != StringMatchExact {
-			return 0, false
+			return nil, false
 		}
-		b |= principalBit(m.Value)
 	}
-	return b, exact
+	for _, m := range ms {
+		need = append(need, m.Value)
+	}
+	return need, exact
 }
 
 // portValuesBloom is portBloom for validated port numbers.
