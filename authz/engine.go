@@ -233,6 +233,51 @@ type Request struct {
 	// while one is unknown to it; it ignores Labels. An Engine from
 	// Compile selects by Labels and ignores BoundPolicies.
 	BoundPolicies []string `json:"boundPolicies,omitempty"`
+	// Binding, when the Engine deciding made it from BoundPolicies (Bind),
+	// stands for them: a workload with many bound policies then costs what
+	// a namespace with many policies does. Otherwise it is ignored.
+	Binding *Binding `json:"-"`
+}
+
+// Binding is one workload's BoundPolicies resolved and indexed by an Engine
+// from CompileTranslated, to be reused for each of its connections.
+type Binding struct {
+	e           *Engine
+	unknown     string // the first name the Engine does not know
+	allow, deny policyList
+}
+
+// Bind resolves names, a workload's BoundPolicies, for Request.Binding.
+func (e *Engine) Bind(names []string) *Binding {
+	b := &Binding{e: e}
+	if !e.translated {
+		return b
+	}
+	seen := map[*policy]bool{}
+	var ps []*policy
+	for _, name := range names {
+		found, ok := e.byKey[name]
+		if !ok && b.unknown == "" {
+			b.unknown = name
+		}
+		for _, p := range found {
+			if !seen[p] {
+				seen[p] = true
+				ps = append(ps, p)
+			}
+		}
+	}
+	slices.SortFunc(ps, func(x, y *policy) int { return int(x.ord - y.ord) })
+	for _, p := range ps {
+		if p.action == actionAllow {
+			b.allow.add(p)
+		} else {
+			b.deny.add(p)
+		}
+	}
+	b.allow.seal()
+	b.deny.seal()
+	return b
 }
 
 // Decision is the answer for one Request.
@@ -286,10 +331,17 @@ func (e *Engine) Decide(r Request) Decision {
 			return Decision{Policy: v.policy.key, Kind: KindPeerAuthentication, Reason: v.reason(c.port)}
 		}
 	}
+	b := r.Binding
+	if b != nil && b.e != e {
+		b = nil
+	}
+	if b != nil && b.unknown != "" {
+		return Decision{Policy: b.unknown, Kind: KindAuthorizationPolicy, Reason: ReasonUnknownBoundPolicy}
+	}
 	// Resolve the bound names once (on the stack for a usual count).
 	var buf [16][]*policy
 	bound := buf[:0]
-	if e.translated {
+	if e.translated && b == nil {
 		for _, name := range r.BoundPolicies {
 			ps, ok := e.byKey[name]
 			if !ok {
@@ -312,7 +364,11 @@ func (e *Engine) Decide(r Request) Decision {
 		s.list(&nss.deny)
 		s.sel(&nss.selDeny)
 	}
-	s.bound(e.byKey, r.BoundPolicies, bound, actionDeny)
+	if b != nil {
+		s.list(&b.deny)
+	} else {
+		s.bound(e.byKey, r.BoundPolicies, bound, actionDeny)
+	}
 	if s.best != nil {
 		return Decision{Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}
 	}
@@ -324,7 +380,11 @@ func (e *Engine) Decide(r Request) Decision {
 		s.list(&nss.allow)
 		s.sel(&nss.selAllow)
 	}
-	s.bound(e.byKey, r.BoundPolicies, bound, actionAllow)
+	if b != nil {
+		s.list(&b.allow)
+	} else {
+		s.bound(e.byKey, r.BoundPolicies, bound, actionAllow)
+	}
 	switch {
 	case s.best != nil:
 		return Decision{Allow: true, Policy: s.best.key, Kind: KindAuthorizationPolicy, Reason: s.rule.reason}

@@ -714,3 +714,27 @@ func TestPrincipalIndexMatchesReference(t *testing.T) {
 	t.Run("fail closed", TestFailClosedSeeded)
 	t.Run("translated fail closed", TestTranslatedFailClosedSeeded)
 }
+
+// TestBindingOfAnotherEngineIgnored: a Binding is only used by the Engine
+// that made it; another Engine resolves the names itself.
+func TestBindingOfAnotherEngineIgnored(t *testing.T) {
+	deny := []TranslatedPolicy{{Name: "deny", Namespace: "app", Scope: TranslatedScopeWorkloadSelector, Action: "DENY", Groups: []TranslatedGroup{{}}}}
+	old, _ := CompileTranslated(Config{}, nil)
+	e, ds := CompileTranslated(Config{}, deny)
+	if len(ds) > 0 {
+		t.Fatal(ds)
+	}
+	r := Request{SourcePrincipal: "cluster.local/ns/a/sa/b", Namespace: "app", BoundPolicies: []string{"app/deny"}}
+	r.Binding = old.Bind(r.BoundPolicies) // names unknown to old
+	if d := e.Decide(r); d.Allow || d.Policy != "app/deny" {
+		t.Errorf("with another Engine's Binding: %+v, want denied by app/deny", d)
+	}
+	r.Binding = e.Bind(r.BoundPolicies)
+	if d := e.Decide(r); d.Allow || d.Policy != "app/deny" {
+		t.Errorf("with its Binding: %+v, want denied by app/deny", d)
+	}
+	r.Binding = e.Bind([]string{"app/missing"})
+	if d := e.Decide(r); d.Allow || d.Reason != ReasonUnknownBoundPolicy {
+		t.Errorf("with a Binding naming an unknown policy: %+v, want denied", d)
+	}
+}

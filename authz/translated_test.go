@@ -1252,6 +1252,12 @@ func checkTranslatedReference(t *testing.T, data []byte, outcomes map[string]int
 		r = bindGenerated(tps, r)
 		got := e.Decide(r)
 		want := refTranslatedDecide(tps, r)
+		// The same names resolved once, as the agent does per workload.
+		rb := r
+		rb.Binding = e.Bind(r.BoundPolicies)
+		if bound := e.Decide(rb); bound != got {
+			t.Fatalf("request %+v: with its Binding %+v, without %+v", r, bound, got)
+		}
 		if got.Allow != want.allow || got.Policy != want.policy || got.Kind != want.kind {
 			js, _ := json.MarshalIndent(tps, "", " ")
 			t.Fatalf("request %+v\nengine    %+v\nreference %+v\npolicies %s", r, got, want, js)
@@ -1320,6 +1326,7 @@ func BenchmarkDecideTranslated(b *testing.B) {
 			r := Request{SourcePrincipal: last, SourceIP: ip("198.18.1.1"), Namespace: "app",
 				DestinationIP: ip("198.18.2.2"), DestinationPort: 8080}
 			r = r.bind(boundFor(DefaultRootNamespace, aps, Request{Namespace: "app", Labels: map[string]string{"app": "x"}})...)
+			r.Binding = e.Bind(r.BoundPolicies) // as the agent does, once per workload
 			if d := e.Decide(r); !d.Allow || d.Policy == "" {
 				b.Fatalf("Decide = %+v, want allowed by a policy", d)
 			}

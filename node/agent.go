@@ -97,8 +97,11 @@ type Agent struct {
 type state struct {
 	view   *view
 	engine *authz.Engine
-	diags  []authz.Diagnostic
-	at     time.Time
+	// bindings are the local pods' bound policies (xDS mode) resolved by
+	// engine, once per snapshot rather than per connection.
+	bindings map[*Workload]*authz.Binding
+	diags    []authz.Diagnostic
+	at       time.Time
 }
 
 // New validates cfg, loads the CA's certificates and builds the agent's
@@ -518,7 +521,13 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 		a.log.Warn("inventory conflict", "err", e)
 	}
 	a.metrics.InventoryError.Set(float64(len(snap.Errors) + len(v.conflicts)))
-	a.state.Store(&state{view: v, engine: engine, diags: diags, at: time.Now()})
+	bindings := map[*Workload]*authz.Binding{}
+	for _, w := range v.local {
+		if w.Mesh != nil {
+			bindings[w] = engine.Bind(w.Mesh.AuthorizationPolicies)
+		}
+	}
+	a.state.Store(&state{view: v, engine: engine, bindings: bindings, diags: diags, at: time.Now()})
 	a.store.SetIdentities(v.identities)
 	a.checkCertificates()
 	a.metrics.EnrolledPods.Set(float64(len(v.local)))
@@ -669,7 +678,9 @@ func (a *Agent) authorize(r tunnel.Request) error {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "unknown to istiod").Inc()
 		return fmt.Errorf("node: istiod has not sent pod %s/%s: deny until it does", w.Namespace, w.Name)
 	}
-	d := s.engine.Decide(authzRequest(r.Peer, r.Src, w, r.Dst.Port()))
+	req := authzRequest(r.Peer, r.Src, w, r.Dst.Port())
+	req.Binding = s.bindings[w]
+	d := s.engine.Decide(req)
 	if d.Allow {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "allow", "").Inc()
 		return nil
