@@ -15,9 +15,8 @@ import (
 // object (by UID), its last decoded version and its last good one: a live
 // edit that introduces an error leaves the last good version enforced until
 // it is fixed, and reported; an object that never was good is enforced as
-// decoded, which authz.Compile reads fail-closed. Decoding is redone only
-// when an object's resourceVersion changes. A policyBook is used by one
-// goroutine.
+// decoded, which authz.Compile reads fail-closed. The informer's transform
+// decodes each version once. A policyBook is used by one goroutine.
 type policyBook struct {
 	entries map[types.UID]*policyEntry // by UID (namespace/name for objects without one)
 }
@@ -38,15 +37,15 @@ type decodedPolicy struct {
 	err  error
 }
 
-// add decodes the policies in objs (all of one kind) into snap.
-func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*unstructured.Unstructured, seen map[types.UID]bool) {
+// add adds the policies in objs (all of one kind) to snap.
+func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyObject, seen map[types.UID]bool) {
 	if b.entries == nil {
 		b.entries = map[types.UID]*policyEntry{}
 	}
-	for _, u := range objs {
-		uid := u.GetUID()
+	for _, o := range objs {
+		uid := o.UID
 		if uid == "" {
-			uid = types.UID(u.GetNamespace() + "/" + u.GetName())
+			uid = types.UID(o.Namespace + "/" + o.Name)
 		}
 		seen[uid] = true
 		e := b.entries[uid]
@@ -54,9 +53,9 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*unstruct
 			e = &policyEntry{}
 			b.entries[uid] = e
 		}
-		if rv := u.GetResourceVersion(); e.resourceVersion != rv || rv == "" {
+		if rv := o.ResourceVersion; e.resourceVersion != rv || rv == "" {
 			e.resourceVersion = rv
-			e.current = decodePolicy(kind, u)
+			e.current = o.decoded
 			if e.current.err == nil && len(e.current.errs) == 0 {
 				good := e.current
 				e.good, e.goodVersion = &good, rv

@@ -146,7 +146,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	informers := []informer{{"pods", pods, tr.pod}, {"namespaces", namespaces, tr.namespace}}
 	if s.NodeOnly == "" {
 		informers = append(informers, informer{"services", services, tr.service},
-			informer{authorizationPolicies, aps, tr.policy}, informer{peerAuthentications, pas, tr.policy})
+			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy)},
+			informer{peerAuthentications, pas, tr.policy(authz.KindPeerAuthentication)})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -278,9 +279,9 @@ func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.
 			continue
 		}
 		snap.Pods = append(snap.Pods, inventory.Pod{
-			Name:           p.Name,
-			Namespace:      p.Namespace,
-			UID:            string(p.UID),
+			Name:           p.name,
+			Namespace:      p.namespace,
+			UID:            string(p.uid),
 			ServiceAccount: p.serviceAccount,
 			NodeName:       p.nodeName,
 			IP:             p.ip,
@@ -310,15 +311,15 @@ func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.
 	return snap
 }
 
-func sortedObjects(store cache.Store) []*unstructured.Unstructured {
-	var out []*unstructured.Unstructured
+func sortedObjects(store cache.Store) []*policyObject {
+	var out []*policyObject
 	for _, obj := range store.List() {
-		if u, ok := obj.(*unstructured.Unstructured); ok {
-			out = append(out, u)
+		if o, ok := obj.(*policyObject); ok {
+			out = append(out, o)
 		}
 	}
-	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int {
-		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	slices.SortFunc(out, func(a, b *policyObject) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
 }

@@ -73,7 +73,7 @@ func TestTransformPod(t *testing.T) {
 	want := podInfo{
 		serviceAccount: "web", nodeName: "node-3", ip: netip.MustParseAddr("10.1.0.8"), phase: corev1.PodRunning,
 	}
-	if p.Name != "web-7d9f8c6b5-00007" || p.Namespace != "shop" || p.UID == "" || p.ResourceVersion != "12345" ||
+	if p.name != "web-7d9f8c6b5-00007" || p.namespace != "shop" || p.uid == "" || p.resourceVersion != "12345" ||
 		p.serviceAccount != want.serviceAccount || p.nodeName != want.nodeName || p.ip != want.ip || p.phase != want.phase {
 		t.Errorf("transformed pod = %+v", p)
 	}
@@ -84,8 +84,8 @@ func TestTransformPod(t *testing.T) {
 	if !maps.Equal(p.annotations.get(), wantAnn) {
 		t.Errorf("annotations = %v, want %v", p.annotations.get(), wantAnn)
 	}
-	if p.OwnerReferences != nil || p.ManagedFields != nil || p.Labels != nil || p.Annotations != nil {
-		t.Errorf("metadata not stripped: %+v", p.ObjectMeta)
+	if key, err := cache.MetaNamespaceKeyFunc(p); err != nil || key != "shop/web-7d9f8c6b5-00007" {
+		t.Errorf("informer key = %q, %v", key, err)
 	}
 
 	// Idempotent, and tombstones pass through.
@@ -227,14 +227,17 @@ func TestPolicyBook(t *testing.T) {
 	tr := &transformer{}
 	run := func(b *policyBook, objs ...*unstructured.Unstructured) *inventory.Snapshot {
 		t.Helper()
+		var pos []*policyObject
 		for _, u := range objs {
-			if _, err := tr.policy(u); err != nil {
+			o, err := tr.policy(authz.KindAuthorizationPolicy)(u)
+			if err != nil {
 				t.Fatal(err)
 			}
+			pos = append(pos, o.(*policyObject))
 		}
 		snap := &inventory.Snapshot{}
 		seen := map[types.UID]bool{}
-		b.add(snap, authz.KindAuthorizationPolicy, objs, seen)
+		b.add(snap, authz.KindAuthorizationPolicy, pos, seen)
 		b.forget(seen)
 		return snap
 	}
@@ -341,7 +344,8 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 				}}}}},
 			},
 		}}
-		if err := aps.Add(u); err != nil {
+		o, _ := (&transformer{}).policy(authz.KindAuthorizationPolicy)(u)
+		if err := aps.Add(o); err != nil {
 			b.Fatal(err)
 		}
 	}
