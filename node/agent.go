@@ -570,7 +570,7 @@ func (a *Agent) annotate(ctx context.Context) error {
 		if want == has {
 			continue
 		}
-		if err := a.annot.SetRedirection(ctx, w.Pod, want); err != nil {
+		if err := a.annot.SetRedirection(ctx, *w.Pod, want); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -39,7 +39,7 @@ func (v *view) indexEndpoints() {
 			continue
 		}
 		for _, s := range v.servicesByNS[w.Namespace] {
-			if s.Selects(&w.Pod) {
+			if s.Selects(w.Pod) {
 				v.endpoints[s] = append(v.endpoints[s], w)
 			}
 		}

@@ -10,9 +10,10 @@ import (
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
-// Workload is one pod as the agent sees it.
+// Workload is one pod as the agent sees it. The Pod is the snapshot's own
+// (a cluster's pods are not held twice).
 type Workload struct {
-	inventory.Pod
+	*inventory.Pod
 	Identity certs.Identity
 	Enrolled bool
 	Local    bool // scheduled on this agent's node
@@ -45,7 +46,8 @@ type view struct {
 func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace string) *view {
 	v := &view{snap: snap, byIP: make(map[netip.Addr]*Workload, len(snap.Pods))}
 	dup := map[netip.Addr]bool{}
-	for _, p := range snap.Pods {
+	for i := range snap.Pods {
+		p := &snap.Pods[i]
 		if !p.IP.IsValid() || p.HostNetwork {
 			continue // host-network pods share the node's IP: not workload addresses
 		}
@@ -54,7 +56,7 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 			Identity: certs.Identity{TrustDomain: trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount},
 			Local:    p.NodeName == nodeName,
 		}
-		w.Enrolled = Enrolled(p, snap.Namespaces[p.Namespace], systemNamespace)
+		w.Enrolled = Enrolled(*p, snap.Namespaces[p.Namespace], systemNamespace)
 		if p.Mesh != nil && !w.Local {
 			// Another node's pod as istiod sends it, without labels: its
 			// agent decided the capture and announced it.
@@ -126,7 +128,7 @@ func (v *view) serviceAt(vip netip.AddrPort) (*inventory.Service, bool) {
 func (v *view) serviceOf(w *Workload, port uint16) (*inventory.Service, bool) {
 	var found *inventory.Service
 	for _, s := range v.servicesByNS[w.Namespace] {
-		if !s.Selects(&w.Pod) || !slices.ContainsFunc(s.Ports, func(p inventory.ServicePort) bool {
+		if !s.Selects(w.Pod) || !slices.ContainsFunc(s.Ports, func(p inventory.ServicePort) bool {
 			return p.TargetPort == port || p.TargetPort == 0 && p.TargetPortName == "" && p.Port == port
 		}) {
 			continue

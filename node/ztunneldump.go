@@ -399,7 +399,7 @@ func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 		zw.Services = slices.Clone(m.Services)
 	} else {
 		for _, svc := range s.view.servicesByNS[w.Namespace] {
-			if svc.Selects(&w.Pod) {
+			if svc.Selects(w.Pod) {
 				zw.Services = append(zw.Services, svc.Namespace+"/"+in.hostname(svc))
 			}
 		}
