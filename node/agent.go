@@ -239,6 +239,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if a.redirect != nil {
 		var err error
 		if a.pods != nil {
+			if t, ok := lns.cni.(interface{ TakenOver() bool }); ok {
+				a.pods.takenOver = t.TakenOver
+			}
 			err = a.pods.start()
 		} else {
 			err = a.redirect.(*redirection).attach(lns)

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymesh/ferry/bpf"
@@ -61,6 +62,12 @@ type podCapture struct {
 	mu       sync.Mutex
 	captured map[netip.Addr]*capturedPod // by the pod's IPv4 address
 	stopping bool                        // closeListeners ran: add refuses
+
+	// takenOver reports whether another agent took the CNI socket over
+	// (cni.Listen, during a rolling update); nil: never. handed is set
+	// once this agent has seen it.
+	takenOver func() bool
+	handed    atomic.Bool
 }
 
 // capturedPod is one pod whose capture is in place.
@@ -316,6 +323,9 @@ func (p *podCapture) delete(pod cni.Pod) {
 // replaced by another pod of the same name, or gone from the inventory for
 // longer than podGrace. Capturing is the CNI plugin's to start (add).
 func (p *podCapture) apply(v *view) error {
+	if p.handedOver() {
+		return nil
+	}
 	p.mu.Lock()
 	var stale []*capturedPod
 	for _, cp := range p.captured {
@@ -329,6 +339,24 @@ func (p *podCapture) apply(v *view) error {
 	}
 	p.adopt(v)
 	return nil
+}
+
+// handedOver reports whether another agent has taken the pods over: a
+// rolling update starts the new agent beside this one, and it takes the CNI
+// socket as it starts. From then on the new agent captures, releases and
+// records pods; this one only serves the connections it has until it stops
+// (two agents releasing and recording the same pods would undo each other).
+func (p *podCapture) handedOver() bool {
+	if p.handed.Load() {
+		return true
+	}
+	if p.takenOver == nil || !p.takenOver() {
+		return false
+	}
+	if !p.handed.Swap(true) {
+		p.log.Info("another agent took over the CNI socket: it now captures and records the pods; this one serves its open connections until it stops")
+	}
+	return true
 }
 
 // criRetry is how long apply waits before asking the runtime again about an
@@ -558,6 +586,9 @@ func (p *podCapture) removeAll() {
 
 // saveLocked records the captured pods for the next agent.
 func (p *podCapture) saveLocked() error {
+	if p.handedOver() {
+		return nil // the record is the new agent's
+	}
 	pods := make([]cni.Pod, 0, len(p.captured))
 	for _, cp := range p.captured {
 		pods = append(pods, cp.Pod)

@@ -1,8 +1,12 @@
 package node
 
 import (
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -44,5 +48,41 @@ func TestWithAddressesFillsCapturedPods(t *testing.T) {
 		if got := p.withAddresses(s, "n1"); got != s {
 			t.Errorf("%s: filled %v", name, got.Pods[0].IP)
 		}
+	}
+}
+
+// TestHandedOverPodCaptureStandsBack: once another agent has taken the CNI
+// socket over, apply releases nothing and the record is left to it.
+func TestHandedOverPodCaptureStandsBack(t *testing.T) {
+	ip := netip.MustParseAddr("198.18.1.5")
+	taken := false
+	p := &podCapture{
+		log:       slog.New(slog.DiscardHandler),
+		stateFile: filepath.Join(t.TempDir(), "pods.json"),
+		takenOver: func() bool { return taken },
+		captured: map[netip.Addr]*capturedPod{
+			ip: {Pod: cni.Pod{Namespace: "mesh", Name: "gone"}, ip: ip, added: time.Now().Add(-2 * podGrace)},
+		},
+	}
+	if err := p.saveLocked(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.stateFile); err != nil {
+		t.Fatalf("not handed over: no record written: %v", err)
+	}
+	os.Remove(p.stateFile)
+	taken = true
+	// The pod is gone from the inventory: this agent would release it.
+	if err := p.apply(newView(&inventory.Snapshot{}, "n1", "cluster.local", "istio-system")); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Captured(ip) {
+		t.Error("a handed-over agent released a pod")
+	}
+	if err := p.saveLocked(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.stateFile); !os.IsNotExist(err) {
+		t.Errorf("a handed-over agent wrote the record: %v", err)
 	}
 }
