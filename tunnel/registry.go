@@ -107,10 +107,11 @@ type tracked struct {
 	hasReq bool // authorized against req (inbound paths)
 	recv   atomic.Int64
 	sent   atomic.Int64
-	// cancel ends the dial's context; nil for a connection added open.
-	cancel context.CancelFunc
-
 	// Guarded by Registry.mu.
+	// cancel ends the dial's context while the connection is pending; nil
+	// once settled (the context is not kept for the connection's life) and
+	// for a connection added open.
+	cancel  context.CancelFunc
 	open    bool   // set up: listed by Connections, aborted by kill
 	refused error  // why Reauthorize refused it, once it has
 	kill    func() // aborts both halves
@@ -151,9 +152,10 @@ func (r *Registry) insert(t *tracked) {
 // kill if a later Reauthorize refuses it; with kill nil (the setup failed)
 // it is removed.
 func (r *Registry) settle(t *tracked, kill func()) error {
-	t.cancel() // the dial is over; this releases its context
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	t.cancel() // the dial is over; this releases its context
+	t.cancel = nil
 	if t.refused != nil || kill == nil {
 		delete(r.conns, t.info.ID)
 		return t.refused
@@ -166,9 +168,10 @@ func (r *Registry) settle(t *tracked, kill func()) error {
 func (r *Registry) remove(t *tracked) {
 	r.mu.Lock()
 	delete(r.conns, t.info.ID)
+	cancel := t.cancel
 	r.mu.Unlock()
-	if t.cancel != nil {
-		t.cancel()
+	if cancel != nil {
+		cancel()
 	}
 }
 
