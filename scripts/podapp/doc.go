@@ -11,6 +11,8 @@
 // The server answers:
 //
 //	/ip         the client IP it saw, one line (the address of the TCP peer)
+//	/ip?from=A  the same, with status 403 unless that IP is A (a readiness
+//	            probe that passes only when the kubelet's probes come from A)
 //	/addr       the client IP:port it saw
 //	/           "hostname=H pod=NS/POD"
 //	/bytes?n=N  N bytes (at most 1 GiB)

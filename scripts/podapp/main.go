@@ -85,6 +85,9 @@ func handler(host, name string) http.Handler {
 		if err != nil {
 			ip = r.RemoteAddr
 		}
+		if from := r.URL.Query().Get("from"); from != "" && from != ip {
+			w.WriteHeader(http.StatusForbidden)
+		}
 		fmt.Fprintln(w, ip)
 	})
 	mux.HandleFunc("/addr", func(w http.ResponseWriter, r *http.Request) {

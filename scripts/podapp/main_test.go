@@ -22,6 +22,8 @@ func TestHandler(t *testing.T) {
 		want string
 	}{
 		{[]string{srv.URL + "/ip"}, "200\n127.0.0.1\n"},
+		{[]string{srv.URL + "/ip?from=127.0.0.1"}, "200\n127.0.0.1\n"},
+		{[]string{srv.URL + "/ip?from=169.254.7.127", "--expect-code", "403"}, "403\n127.0.0.1\n"},
 		{[]string{srv.URL + "/"}, "200\nhostname=h pod=ns/pod\n"},
 		{[]string{srv.URL + "/bytes?n=3"}, "200\nxxx"},
 		{[]string{srv.URL + "/echo", "--data", "2"}, "200\nxx"},
