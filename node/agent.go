@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,12 @@ type Agent struct {
 	client    *tunnel.Client
 	outbound  *tunnel.Outbound
 	plaintext *tunnel.Plaintext
+	// compiled is the policy last compiled (compile), for apply alone.
+	compiled struct {
+		revision uint64
+		engine   *authz.Engine
+		diags    []authz.Diagnostic
+	}
 	// reapply asks reconcile to apply the last snapshot again, closing the
 	// channel sent when done: a pod captured since has an address the
 	// snapshot may lack (withAddresses).
@@ -517,8 +524,8 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 		snap = a.pods.withAddresses(snap, a.cfg.NodeName)
 	}
 	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
-	engine, diags := compilePolicies(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap)
-	diags = append(diags, snap.PolicyProblems...)
+	engine, diags := a.compile(snap)
+	diags = slices.Concat(diags, snap.PolicyProblems)
 	a.reportPolicyProblems(diags)
 	for _, e := range v.conflicts {
 		a.log.Warn("inventory conflict", "err", e)
@@ -547,6 +554,18 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 		a.ready.set(TaskRedirection, true, "")
 	}
 	return nil
+}
+
+// compile returns the Engine for snap's policies, compiling them only when
+// their revision is new: a pod's change leaves a cluster's 10,000 policies
+// as they were, and compiling them took most of an apply.
+func (a *Agent) compile(snap *inventory.Snapshot) (*authz.Engine, []authz.Diagnostic) {
+	c := &a.compiled
+	if snap.PolicyRevision == 0 || snap.PolicyRevision != c.revision {
+		c.engine, c.diags = compilePolicies(authz.Config{RootNamespace: a.cfg.SystemNamespace, TrustDomain: a.cfg.TrustDomain}, snap)
+		c.revision = snap.PolicyRevision
+	}
+	return c.engine, c.diags
 }
 
 // annotate converges the redirection annotation of this node's pods to their

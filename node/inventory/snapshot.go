@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	"github.com/ferrymesh/ferry/authz"
 )
@@ -28,7 +29,20 @@ type Snapshot struct {
 	// version the snapshot holds instead (Effect says so): authz.Compile
 	// cannot see them, so they are reported beside its own diagnostics.
 	PolicyProblems []authz.Diagnostic
+	// PolicyRevision names the content of the policy fields above
+	// (AuthorizationPolicies, PeerAuthentications, TranslatedPolicies):
+	// two snapshots with the same non-zero revision hold the same policies,
+	// so a consumer may reuse what it compiled from them. Sources take a new
+	// one from NewPolicyRevision whenever their policies change; zero says
+	// nothing (compile every time).
+	PolicyRevision uint64
 }
+
+var policyRevisions atomic.Uint64
+
+// NewPolicyRevision returns a revision no other call in this process
+// returns, for Snapshot.PolicyRevision.
+func NewPolicyRevision() uint64 { return policyRevisions.Add(1) }
 
 // Namespace is the part of a v1 Namespace Ferry uses.
 type Namespace struct {

@@ -19,6 +19,10 @@ import (
 // decodes each version once. A policyBook is used by one goroutine.
 type policyBook struct {
 	entries map[types.UID]*policyEntry // by UID (namespace/name for objects without one)
+	// revision is the policies' Snapshot.PolicyRevision; changed says an
+	// object was added, changed or removed since it was taken.
+	revision uint64
+	changed  bool
 }
 
 type policyEntry struct {
@@ -54,6 +58,7 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 			b.entries[uid] = e
 		}
 		if rv := o.ResourceVersion; e.resourceVersion != rv || rv == "" {
+			b.changed = true
 			e.resourceVersion = rv
 			e.current = o.decoded
 			if e.current.err == nil && len(e.current.errs) == 0 {
@@ -84,13 +89,19 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 	}
 }
 
-// forget drops the entries of objects that are gone.
-func (b *policyBook) forget(seen map[types.UID]bool) {
+// forget drops the entries of objects that are gone, and returns the
+// revision of the policies added since the last call.
+func (b *policyBook) forget(seen map[types.UID]bool) uint64 {
 	for uid := range b.entries {
 		if !seen[uid] {
 			delete(b.entries, uid)
+			b.changed = true
 		}
 	}
+	if b.changed || b.revision == 0 {
+		b.revision, b.changed = inventory.NewPolicyRevision(), false
+	}
+	return b.revision
 }
 
 // decodePolicy decodes one informer object strictly (exact field names,

@@ -307,7 +307,7 @@ func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.
 	seen := map[types.UID]bool{}
 	book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
 	book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
-	book.forget(seen)
+	snap.PolicyRevision = book.forget(seen)
 	return snap
 }
 

@@ -238,8 +238,21 @@ func TestPolicyBook(t *testing.T) {
 		snap := &inventory.Snapshot{}
 		seen := map[types.UID]bool{}
 		b.add(snap, authz.KindAuthorizationPolicy, pos, seen)
-		b.forget(seen)
+		snap.PolicyRevision = b.forget(seen)
 		return snap
+	}
+
+	// The revision names the policies: it changes with an object's version
+	// or the set of objects, and only then.
+	var revs policyBook
+	r1 := run(&revs, obj("1", goodSpec, nil)).PolicyRevision
+	if r2 := run(&revs, obj("1", goodSpec, nil)).PolicyRevision; r1 == 0 || r2 != r1 {
+		t.Errorf("same policies: revisions %d then %d, want one non-zero", r1, r2)
+	}
+	r3 := run(&revs, obj("2", goodSpec, nil)).PolicyRevision
+	r4 := run(&revs).PolicyRevision
+	if r3 == r1 || r4 == r3 || r4 == r1 {
+		t.Errorf("revisions %d, %d (new version), %d (object gone): want each new", r1, r3, r4)
 	}
 
 	// A new object with an error is published as decoded, its problem on it.

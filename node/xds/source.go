@@ -60,6 +60,9 @@ type state struct {
 	// Authorizations without versions, so those are never advertised: its
 	// first answer holds them all.)
 	advertised map[string]map[string]bool
+	// policyRevision is the Snapshot.PolicyRevision of the Authorizations
+	// held: a new one after every response of that type.
+	policyRevision uint64
 }
 
 func newState() *state {
@@ -224,6 +227,9 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 		return str.ads.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(),
 			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "type not subscribed"}})
 	}
+	if t == TypeAuthorization {
+		st.policyRevision = inventory.NewPolicyRevision()
+	}
 	if resync {
 		sent := map[string]bool{}
 		for _, r := range resp.GetResources() {
@@ -288,6 +294,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		Namespaces:         local.Namespaces,
 		Errors:             slices.Clone(local.Errors),
 		TranslatedPolicies: []authz.TranslatedPolicy{},
+		PolicyRevision:     st.policyRevision,
 	}
 	byUID := map[string]int{} // istiod's UID of a local pod → index in snap.Pods
 	localIPs := map[netip.Addr]bool{}

@@ -291,7 +291,7 @@ func TestSourceNacksAndKeepsLastGood(t *testing.T) {
 	f.request(s)
 	respond(t, s, TypeAuthorization, "p1", []res{{"foo/deny", "", denyPolicy("foo", "deny", 9000)}})
 	f.request(s)
-	f.snapshot()
+	rev1 := f.snapshot().PolicyRevision
 
 	// Version 2 has an address of 3 bytes: refused, version 1 stays. A new
 	// policy that was never good is published with its problems, for
@@ -326,9 +326,17 @@ func TestSourceNacksAndKeepsLastGood(t *testing.T) {
 	if ack := f.request(s); ack.GetErrorDetail() != nil {
 		t.Fatalf("want ACK, got %v", ack)
 	}
+	rev2 := snap.PolicyRevision
 	snap = f.snapshot()
 	if len(snap.Errors) != 0 || len(snap.TranslatedPolicies) != 1 || snap.TranslatedPolicies[0].Groups[0].Rules[0].Matches[0].DestinationPorts[0] != 9002 {
 		t.Errorf("after the fix: policies %+v, errors %v", snap.TranslatedPolicies, snap.Errors)
+	}
+	// Each policy response makes a new revision; an address one does not.
+	rev3 := snap.PolicyRevision
+	respond(t, s, TypeAddress, "a2", nil)
+	f.request(s)
+	if rev4 := f.snapshot().PolicyRevision; rev1 == 0 || rev2 == rev1 || rev3 == rev2 || rev4 != rev3 {
+		t.Errorf("policy revisions %d, %d, %d, then %d after an address response", rev1, rev2, rev3, rev4)
 	}
 }
 
