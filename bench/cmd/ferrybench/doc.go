@@ -18,6 +18,10 @@
 // figure is reported as min/median/max over rounds; the headline figures are
 // ratios taken within a round.
 //
+// The capture section (-benchmarks capture; capture.go) compares Ferry's
+// agents with --capture pod and --capture node on two more testbeds of the
+// default layout, where pods are network namespaces of their own.
+//
 // Peer processes' CPU is utime+stime of their process trees from /proc, RSS
 // is VmRSS, and the agents' Go heap is HeapAlloc after a forced GC from the
 // admin endpoint's /debug/pprof/heap?debug=1&gc=1. Idle connections (2000

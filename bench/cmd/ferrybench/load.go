@@ -35,7 +35,8 @@ const (
 const chunk = 64 << 10
 
 // sink is the server side of the load: listeners at the server pod's address
-// in node b, one per peer port. It shares counters with the load generator
+// in node b, one per peer port (and the capture section's, in its testbeds'
+// pods). It shares counters with the load generator
 // (one process), so uploads need no end-of-stream signal from the tunnel.
 type sink struct {
 	counters sync.Map // uint64 → *atomic.Int64
@@ -48,10 +49,11 @@ type sink struct {
 
 func newSink() *sink { return &sink{conns: map[net.Conn]struct{}{}} }
 
-// serve listens on each port and serves until ctx ends.
-func (s *sink) listen(ctx context.Context, ns string, ports []uint16) error {
+// listen listens at ip on each port inside the namespace ns and serves
+// until close; it may be called more than once.
+func (s *sink) listen(ctx context.Context, ns string, ip netip.Addr, ports []uint16) error {
 	for _, port := range ports {
-		ln, err := listenIn(ctx, ns, netip.AddrPortFrom(serverPod, port))
+		ln, err := listenIn(ctx, ns, netip.AddrPortFrom(ip, port))
 		if err != nil {
 			return fmt.Errorf("sink: %w", err)
 		}
@@ -360,22 +362,16 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
 	end := time.Now().Add(d)
-	hdr := header(modeConnect, 0)
 	for w := range workers {
 		wg.Go(func() {
 			errs[w] = netns.DoNamed(t.ns, func() error {
-				var one [1]byte
 				for time.Now().Before(end) {
 					t0 := time.Now()
 					c, err := dialHere(ctx, clientPod, t.dst)
 					if err != nil {
 						return err
 					}
-					c.SetDeadline(time.Now().Add(10 * time.Second))
-					_, err = c.Write(hdr)
-					if err == nil {
-						_, err = io.ReadFull(c, one[:])
-					}
+					err = connectExchange(c)
 					c.Close()
 					if err != nil {
 						return err
@@ -388,6 +384,29 @@ func (t target) connectRate(ctx context.Context, workers int, d time.Duration) (
 	}
 	wg.Wait()
 	return slices.Concat(lats...), errors.Join(errs...)
+}
+
+// connect makes one connect-rate exchange: connect, one byte from the sink,
+// close.
+func (t target) connect(ctx context.Context) error {
+	c, err := t.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return connectExchange(c)
+}
+
+// connectExchange sends the connect mode's header on c and reads the sink's
+// byte, within 10 s.
+func connectExchange(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(header(modeConnect, 0)); err != nil {
+		return err
+	}
+	var one [1]byte
+	_, err := io.ReadFull(c, one[:])
+	return err
 }
 
 // holdIdle opens n connections that each completed an exchange with the
@@ -434,17 +453,12 @@ func runHold(args []string) int {
 		fmt.Fprintln(os.Stderr, "hold:", err)
 		return 2
 	}
-	var one [1]byte
-	hdr := header(modeConnect, 0)
 	conns := make([]net.Conn, 0, *n)
 	for range *n {
 		c, err := dialHere(context.Background(), clientPod, to)
 		if err == nil {
 			conns = append(conns, c)
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			if _, err = c.Write(hdr); err == nil {
-				_, err = io.ReadFull(c, one[:])
-			}
+			err = connectExchange(c)
 			c.SetDeadline(time.Time{})
 		}
 		if err != nil {

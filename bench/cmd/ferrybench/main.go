@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -125,7 +126,7 @@ func run(args []string) int {
 }
 
 // peerNames is the table order.
-var peerNames = []string{"direct", "ferry", "ferry-baseline", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct"}
+var peerNames = []string{"direct", "ferry", "ferry-baseline", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct", "ferry-node", "ferry-pod"}
 
 type suiteOpts struct {
 	dir, ferry, baseline, ghost, istio, only string
@@ -181,7 +182,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 	rec.Meta["idle_conns"] = cfg.idleConns
 	rec.Meta["topology"] = "two network namespaces (nodes) joined by a veth pair; load generator in node a " +
 		"from the client pod address, sink in node b at the server pod address; each peer = client side in node a + server side in node b"
-	rec.Meta["definitions"] = map[string]string{
+	defs := map[string]string{
 		"path_1conn_up_vs_gotls":       "ferry ÷ go-tls MB/s, one connection, client→server, same round",
 		"path_1conn_down_vs_gotls":     "ferry ÷ go-tls MB/s, one connection, server→client",
 		"path_1conn_vs_best_peer":      "min over directions of ferry ÷ the fastest other tunnel peer in that direction",
@@ -195,6 +196,8 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
 		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
 	}
+	maps.Copy(defs, captureDefinitions)
+	rec.Meta["definitions"] = defs
 
 	s := &suite{cfg: cfg, env: e, rec: rec, log: log, sink: newSink()}
 	var ports []uint16
@@ -233,10 +236,26 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		}
 		s.peers = append(s.peers, p)
 	}
-	if err := s.sink.listen(ctx, t.nsB, ports); err != nil {
+	if err := s.sink.listen(ctx, t.nsB, serverPod, ports); err != nil {
 		return err
 	}
 	defer s.sink.close()
+	if why := captureSkip(cfg, e, want); why != "" {
+		rec.Skipped["capture"] = why
+	} else if c, err := startCapture(ctx, log, e.ferry, dir, s.sink); err != nil {
+		rec.Errors = append(rec.Errors, "capture: "+err.Error())
+		log.Error("capture section not run", "err", err)
+	} else {
+		s.capture = c
+		rec.Meta["capture_topology"] = "per capture mode, internal/testbed's fabric layout: two nodes on a bridge, each pod a network " +
+			"namespace behind a veth to its node; real agents with eBPF redirection (and, for pod mode, the ferry-cni plugin per pod); " +
+			"load generator in the client pod on node1, sinks in a server pod on node2 and one on node1"
+		defer func() {
+			if err := c.close(); err != nil {
+				log.Warn("capture testbeds down", "err", err)
+			}
+		}()
+	}
 	if ip, err := newInproc(ctx, pk, slog.New(slog.DiscardHandler)); err != nil {
 		rec.Errors = append(rec.Errors, "hbone/stream-1: "+err.Error())
 	} else {

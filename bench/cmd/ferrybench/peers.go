@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -28,14 +30,27 @@ type peer struct {
 	bothSides bool
 	procs     []*proc
 	// adminA and adminB, when set, are Go admin endpoints (127.0.0.1:port in
-	// node a and node b) serving /debug/pprof/heap.
+	// node a and node b, or in adminNS) serving /debug/pprof/.
 	adminA, adminB string
+	// adminNS, when set, are the namespaces adminA and adminB listen in
+	// instead of node a's and node b's.
+	adminNS [2]string
+	// reach, when its ns is set, is where the load generator reaches the
+	// peer instead of the server pod's address at port from node a: the
+	// capture section's peers live on testbeds of their own.
+	reach struct {
+		ns  string
+		dst netip.AddrPort
+	}
+	// agents are processes of the peer that a testbed started, not the
+	// suite: their CPU counts as the peer's, and their exit fails it.
+	agents []int
 }
 
 func (p *peer) tunnel() bool { return p.name != "direct" }
 
 func (p *peer) pids() []int {
-	var out []int
+	out := slices.Clone(p.agents)
 	for _, pr := range p.procs {
 		out = append(out, pr.pid())
 	}
@@ -58,19 +73,25 @@ func (p *peer) checkAlive() error {
 			return fmt.Errorf("%s: process %s exited:\n%s", p.name, pr.name, pr.tail())
 		}
 	}
+	for _, pid := range p.agents {
+		if syscall.Kill(pid, 0) != nil {
+			return fmt.Errorf("%s: agent (pid %d) exited", p.name, pid)
+		}
+	}
 	return nil
 }
 
 var heapAllocRE = regexp.MustCompile(`(?m)^# HeapAlloc = (\d+)`)
 
-// heap returns the Go heap in use (after a forced GC) of both sides, or
-// false when the peer has no admin endpoint.
-func (p *peer) heap(ctx context.Context, t *topo) (uint64, bool, error) {
+// heap returns the Go heap in use (after a forced GC) of both sides, whose
+// admin endpoints listen in nsA and nsB, or false when the peer has no admin
+// endpoint.
+func (p *peer) heap(ctx context.Context, nsA, nsB string) (uint64, bool, error) {
 	if p.adminA == "" {
 		return 0, false, nil
 	}
 	var sum uint64
-	for _, side := range []struct{ ns, addr string }{{t.nsA, p.adminA}, {t.nsB, p.adminB}} {
+	for _, side := range []struct{ ns, addr string }{{nsA, p.adminA}, {nsB, p.adminB}} {
 		ap := netip.MustParseAddrPort(side.addr)
 		c, err := dialFrom(ctx, side.ns, netip.Addr{}, ap)
 		if err != nil {

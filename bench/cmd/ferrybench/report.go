@@ -88,6 +88,20 @@ var keyOrder = []struct{ name, target string }{
 	{"idle_conn_heap_kib", "<= 32"},
 	{"mux8_vs_8tls", ">= 0.9"},
 	{"hol_p99_ratio", "<= 2"},
+	{"capture_pod_vs_node_1conn_up", "pod ÷ node"},
+	{"capture_pod_vs_node_1conn_down", "pod ÷ node"},
+	{"capture_pod_vs_node_cpu_per_gb", "pod ÷ node"},
+	{"capture_pod_vs_node_rr1k_p50", "pod ÷ node"},
+	{"capture_pod_vs_node_cpu_per_rr1k", "pod ÷ node"},
+	{"capture_pod_vs_node_connect_rate", "pod ÷ node"},
+	{"capture_pod_vs_node_cpu_per_conn", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_1conn_up", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_1conn_down", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_cpu_per_gb", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_rr1k_p50", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_cpu_per_rr1k", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_connect_rate", "pod ÷ node"},
+	{"capture_pod_vs_node_same_node_cpu_per_conn", "pod ÷ node"},
 }
 
 // write stores results.json: the keys at the top level, then raw, meta.
@@ -134,9 +148,9 @@ func fmtStat(s *stat) string {
 // table prints the keys, then each benchmark's raw figures per peer.
 func (r *recorder) table(w io.Writer, peerOrder []string) {
 	fmt.Fprintf(w, "\nHeadline figures (Ferry ÷ peer, same round; min/median/max over rounds)\n")
-	fmt.Fprintf(w, "%-30s %-24s %s\n", "key", "value", "target")
+	fmt.Fprintf(w, "%-42s %-24s %s\n", "key", "value", "target")
 	for _, k := range keyOrder {
-		fmt.Fprintf(w, "%-30s %-24s %s\n", k.name, fmtStat(r.Keys[k.name]), k.target)
+		fmt.Fprintf(w, "%-42s %-24s %s\n", k.name, fmtStat(r.Keys[k.name]), k.target)
 	}
 	benches := make([]string, 0, len(r.Raw))
 	for b := range r.Raw {

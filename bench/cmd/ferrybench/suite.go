@@ -41,7 +41,8 @@ type suite struct {
 	sink    *sink
 	log     *slog.Logger
 	roundNo int
-	inproc  *inproc // B3; nil when it could not start
+	inproc  *inproc         // B3; nil when it could not start
+	capture *captureSection // nil when the capture section does not run
 }
 
 func (s *suite) peer(name string) *peer {
@@ -54,7 +55,19 @@ func (s *suite) peer(name string) *peer {
 }
 
 func (s *suite) target(p *peer) target {
+	if p.reach.ns != "" {
+		return target{ns: p.reach.ns, dst: p.reach.dst, sink: s.sink}
+	}
 	return target{ns: s.env.topo.nsA, dst: netip.AddrPortFrom(serverPod, p.port), sink: s.sink}
+}
+
+// adminNS returns the namespaces of the peer's admin endpoints (adminA,
+// adminB): node a's and node b's unless the peer says otherwise.
+func (s *suite) adminNS(p *peer) (a, b string) {
+	if p.adminNS[0] != "" {
+		return p.adminNS[0], p.adminNS[1]
+	}
+	return s.env.topo.nsA, s.env.topo.nsB
 }
 
 func (s *suite) fail(bench string, p *peer, err error) {
@@ -78,7 +91,8 @@ func (s *suite) measureProfiled(bench string, p *peer, profile bool, fn func() e
 	var wg sync.WaitGroup
 	if s.cfg.profileDir != "" && profile && p.adminA != "" {
 		secs := max(1, int(s.cfg.dur.Seconds()))
-		for _, side := range []struct{ name, ns, addr string }{{"a", s.env.topo.nsA, p.adminA}, {"b", s.env.topo.nsB, p.adminB}} {
+		nsA, nsB := s.adminNS(p)
+		for _, side := range []struct{ name, ns, addr string }{{"a", nsA, p.adminA}, {"b", nsB, p.adminB}} {
 			wg.Go(func() {
 				name := strings.NewReplacer("/", "_").Replace(bench) + "-" + p.name + "-" + side.name + ".pprof"
 				if err := fetchProfile(context.Background(), side.ns, side.addr, secs, filepath.Join(s.cfg.profileDir, name)); err != nil {
@@ -126,12 +140,17 @@ const timeSlices = 3
 // A peer whose run fails is recorded as failed and left out of the result
 // and of the later slices.
 func (s *suite) interleaved(bench string, fn func(p *peer, d time.Duration) error) map[string]time.Duration {
+	return s.interleavedOver(s.peers, bench, fn)
+}
+
+// interleavedOver is interleaved over the given peers.
+func (s *suite) interleavedOver(peers []*peer, bench string, fn func(p *peer, d time.Duration) error) map[string]time.Duration {
 	cpu := map[string]time.Duration{}
 	failed := map[string]bool{}
 	d := s.cfg.dur / timeSlices
 	for i := range timeSlices {
-		shift := (s.roundNo*timeSlices + i) % len(s.peers)
-		for _, p := range append(s.peers[shift:len(s.peers):len(s.peers)], s.peers[:shift]...) {
+		shift := (s.roundNo*timeSlices + i) % len(peers)
+		for _, p := range append(peers[shift:len(peers):len(peers)], peers[:shift]...) {
 			if failed[p.name] {
 				continue
 			}
@@ -169,6 +188,7 @@ func (s *suite) round(ctx context.Context, r int) {
 		{"handshake", s.handshakes},
 		{"mux", s.mux},
 		{"hol", s.hol},
+		{"capture", s.captureBenchmarks},
 	} {
 		if len(s.cfg.benchmarks) == 0 || s.cfg.benchmarks[b.name] {
 			b.run(ctx)
@@ -177,20 +197,24 @@ func (s *suite) round(ctx context.Context, r int) {
 }
 
 // benchmarkNames are the values -benchmarks accepts.
-const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol"
+const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol,capture"
 
 type dirResult struct {
 	mbps, bytes float64
 	cpu         time.Duration
 }
 
-func (s *suite) throughput(ctx context.Context) {
+// tputOver measures one connection's throughput through each of peers,
+// upload then download, interleaved, and records each one's MB/s and (for
+// tunnels) the agents' CPU per GB under prefix+"up" and prefix+"down". It
+// returns the figures by direction and peer name.
+func (s *suite) tputOver(ctx context.Context, peers []*peer, prefix string) map[string]map[string]dirResult {
 	res := map[string]map[string]dirResult{"up": {}, "down": {}}
 	for _, dir := range []string{"up", "down"} {
-		bench := "path/tput-1conn/" + dir
+		bench := prefix + dir
 		moved := map[string]int64{}
 		took := map[string]time.Duration{}
-		cpu := s.interleaved(bench, func(p *peer, d time.Duration) error {
+		cpu := s.interleavedOver(peers, bench, func(p *peer, d time.Duration) error {
 			var n int64
 			var el time.Duration
 			var err error
@@ -203,7 +227,7 @@ func (s *suite) throughput(ctx context.Context) {
 			took[p.name] += el
 			return err
 		})
-		for _, p := range s.peers {
+		for _, p := range peers {
 			used, ok := cpu[p.name]
 			if !ok {
 				continue
@@ -217,6 +241,22 @@ func (s *suite) throughput(ctx context.Context) {
 			res[dir][p.name] = dirResult{mbps: mbps, bytes: float64(n), cpu: used}
 		}
 	}
+	return res
+}
+
+// cpuPerGB is the agents' CPU ms per GB moved over both directions of res
+// (tputOver's) for the named peer; false when a direction is missing.
+func cpuPerGB(res map[string]map[string]dirResult, name string) (float64, bool) {
+	u, ok1 := res["up"][name]
+	d, ok2 := res["down"][name]
+	if !ok1 || !ok2 {
+		return 0, false
+	}
+	return (u.cpu + d.cpu).Seconds() * 1e3 / ((u.bytes + d.bytes) / 1e9), true
+}
+
+func (s *suite) throughput(ctx context.Context) {
+	res := s.tputOver(ctx, s.peers, "path/tput-1conn/")
 	f, g := "ferry", "go-tls"
 	worst := math.Inf(1)
 	for _, dir := range []string{"up", "down"} {
@@ -240,25 +280,27 @@ func (s *suite) throughput(ctx context.Context) {
 	if !math.IsInf(worst, 1) && len(res["up"]) > 0 && len(res["down"]) > 0 {
 		s.rec.key("path_1conn_vs_best_peer", worst)
 	}
-	cpuPerGB := func(name string) (float64, bool) {
-		u, ok1 := res["up"][name]
-		d, ok2 := res["down"][name]
-		if !ok1 || !ok2 {
-			return 0, false
-		}
-		return (u.cpu + d.cpu).Seconds() * 1e3 / ((u.bytes + d.bytes) / 1e9), true
-	}
-	if cf, ok := cpuPerGB(f); ok {
-		if cg, ok := cpuPerGB(g); ok && cg > 0 {
+	if cf, ok := cpuPerGB(res, f); ok {
+		if cg, ok := cpuPerGB(res, g); ok && cg > 0 {
 			s.rec.key("cpu_per_gb_vs_gotls", cf/cg)
 		}
 	}
 }
 
-func (s *suite) rr(ctx context.Context, size int, bench string) {
-	p50 := map[string]float64{}
+// rrResult is one peer's request/response figures in a round.
+type rrResult struct {
+	p50       float64 // µs
+	cpuPerReq float64 // the agents' CPU µs per exchange; 0 for direct TCP
+}
+
+// rrOver runs size-byte request/response exchanges on one connection
+// through each of peers, interleaved, and records each one's latency
+// percentiles and (for tunnels) the agents' CPU per exchange under bench.
+// It returns the figures by peer name.
+func (s *suite) rrOver(ctx context.Context, peers []*peer, size int, bench string) map[string]rrResult {
+	res := map[string]rrResult{}
 	lats := map[string][]time.Duration{}
-	cpu := s.interleaved(bench, func(p *peer, d time.Duration) error {
+	cpu := s.interleavedOver(peers, bench, func(p *peer, d time.Duration) error {
 		lat, err := s.target(p).rr(ctx, size, d, 1_000_000)
 		if err == nil && len(lat) == 0 {
 			err = errors.New("no exchange completed")
@@ -266,7 +308,7 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 		lats[p.name] = append(lats[p.name], lat...)
 		return err
 	})
-	for _, p := range s.peers {
+	for _, p := range peers {
 		used, ok := cpu[p.name]
 		if !ok {
 			continue
@@ -278,24 +320,31 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 		s.rec.raw(bench, p.name, "p90", "us", us(90))
 		s.rec.raw(bench, p.name, "p99", "us", us(99))
 		s.rec.raw(bench, p.name, "p99_over_p50", "ratio", us(99)/us(50))
+		r := rrResult{p50: us(50)}
 		if p.tunnel() {
-			s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", float64(used.Microseconds())/float64(len(lat)))
+			r.cpuPerReq = float64(used.Microseconds()) / float64(len(lat))
+			s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", r.cpuPerReq)
 		}
-		p50[p.name] = us(50)
-		if size == 1024 && p.name == "ferry" {
-			s.rec.key("cpu_us_per_rr1k", float64(used.Microseconds())/float64(len(lat)))
-		}
+		res[p.name] = r
 	}
+	return res
+}
+
+func (s *suite) rr(ctx context.Context, size int, bench string) {
+	res := s.rrOver(ctx, s.peers, size, bench)
 	if size != 1024 {
 		return
 	}
-	d, okd := p50["direct"]
-	f, okf := p50["ferry"]
-	g, okg := p50["go-tls"]
-	if okd && okf && okg && g > d {
-		s.rec.key("rr1k_added_p50_vs_gotls", (f-d)/(g-d))
-		s.rec.raw(bench, "ferry", "added_p50_vs_direct", "us", f-d)
-		s.rec.raw(bench, "go-tls", "added_p50_vs_direct", "us", g-d)
+	if r, ok := res["ferry"]; ok {
+		s.rec.key("cpu_us_per_rr1k", r.cpuPerReq)
+	}
+	d, okd := res["direct"]
+	f, okf := res["ferry"]
+	g, okg := res["go-tls"]
+	if okd && okf && okg && g.p50 > d.p50 {
+		s.rec.key("rr1k_added_p50_vs_gotls", (f.p50-d.p50)/(g.p50-d.p50))
+		s.rec.raw(bench, "ferry", "added_p50_vs_direct", "us", f.p50-d.p50)
+		s.rec.raw(bench, "go-tls", "added_p50_vs_direct", "us", g.p50-d.p50)
 	}
 }
 
@@ -339,19 +388,11 @@ func (s *suite) connectRate(ctx context.Context) {
 			lat, err = s.target(p).connectRate(ctx, s.cfg.connWorkers, s.cfg.dur)
 			return err
 		})
-		n := len(lat)
-		if err != nil || n == 0 {
-			s.fail(bench, p, fmt.Errorf("%d connections: %v", n, err))
+		if err != nil || len(lat) == 0 {
+			s.fail(bench, p, fmt.Errorf("%d connections: %v", len(lat), err))
 			continue
 		}
-		rate[p.name] = float64(n) / s.cfg.dur.Seconds()
-		s.rec.raw(bench, p.name, "conns_per_s", "1/s", rate[p.name])
-		sorted := sortedCopy(lat)
-		s.rec.raw(bench, p.name, "conn_p50", "us", float64(percentile(sorted, 50))/1e3)
-		s.rec.raw(bench, p.name, "conn_p99", "us", float64(percentile(sorted, 99))/1e3)
-		if p.tunnel() {
-			s.rec.raw(bench, p.name, "agents_cpu_us_per_conn", "us", float64(cpu.Microseconds())/float64(n))
-		}
+		rate[p.name], _ = s.recordConnect(bench, p, lat, cpu, s.cfg.dur)
 		// Let TIME_WAIT and the peers' closing work drain.
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -364,6 +405,23 @@ func (s *suite) connectRate(ctx context.Context) {
 	if f, ok := rate["ferry"]; ok && best > 0 {
 		s.rec.key("connect_rate_vs_tls_peers", f/best)
 	}
+}
+
+// recordConnect records the connect-rate figures of peer p, which opened
+// len(lat) connections in d using cpu, under bench, and returns its
+// connections/s and (for tunnels) the agents' CPU µs per connection.
+func (s *suite) recordConnect(bench string, p *peer, lat []time.Duration, cpu, d time.Duration) (rate, cpuPerConn float64) {
+	n := len(lat)
+	rate = float64(n) / d.Seconds()
+	s.rec.raw(bench, p.name, "conns_per_s", "1/s", rate)
+	sorted := sortedCopy(lat)
+	s.rec.raw(bench, p.name, "conn_p50", "us", float64(percentile(sorted, 50))/1e3)
+	s.rec.raw(bench, p.name, "conn_p99", "us", float64(percentile(sorted, 99))/1e3)
+	if p.tunnel() {
+		cpuPerConn = float64(cpu.Microseconds()) / float64(n)
+		s.rec.raw(bench, p.name, "agents_cpu_us_per_conn", "us", cpuPerConn)
+	}
+	return rate, cpuPerConn
 }
 
 // h2Preface is an HTTP/2 client connection preface and an empty SETTINGS
@@ -483,8 +541,9 @@ func (s *suite) idleAt(ctx context.Context, n int, headline bool) {
 			continue
 		}
 		time.Sleep(300 * time.Millisecond)
+		nsA, nsB := s.adminNS(p)
 		_, rss0 := p.usage()
-		heap0, hasHeap, err := p.heap(ctx, s.env.topo)
+		heap0, hasHeap, err := p.heap(ctx, nsA, nsB)
 		if err != nil {
 			s.fail(bench, p, fmt.Errorf("heap: %w", err))
 			hasHeap = false
@@ -498,7 +557,7 @@ func (s *suite) idleAt(ctx context.Context, n int, headline bool) {
 		_, rss1 := p.usage()
 		var heap1 uint64
 		if hasHeap {
-			if heap1, _, err = p.heap(ctx, s.env.topo); err != nil {
+			if heap1, _, err = p.heap(ctx, nsA, nsB); err != nil {
 				s.fail(bench, p, fmt.Errorf("heap: %w", err))
 				hasHeap = false
 			}
