@@ -20,6 +20,13 @@
 // ServeDNS answers Service names (NAME.NAMESPACE.svc.cluster.local) while
 // the caller runs it; there is no CoreDNS.
 //
+// The kubelet runs in a cgroup v2 directory of its own, KubeletCgroup,
+// from its first instruction, as systemd runs a node's kubelet in
+// kubelet.service: deploy/capture-pod's agent attaches its probe program
+// there (--probe-cgroup, which Overlay points at it), so that the kubelet's
+// health probes, and no other process's connections, leave from the probe
+// source address.
+//
 // It changes no host-wide setting that other processes rely on:
 //   - no net.ipv4.ip_forward: forwarding is enabled on the bridge alone (the
 //     input interface's setting decides), and table inet ferry-kubenode
@@ -39,7 +46,8 @@
 //
 // Ownership: the bridge, the macvlan parent, the nft tables ferry-kubenode
 // and kube-proxy, the cgroup ferry-kubenode under each hierarchy (the
-// kubelet's kubepods live below it), every mount under Dir and the
+// kubelet's kubepods live below it, and in the cgroup v2 hierarchy the
+// kubelet itself, in KubeletCgroup), every mount under Dir and the
 // processes Up records belong to this package; Down removes them all, even
 // after a failed Up, and only them. Only one node can exist on a machine at a time: Up returns
 // ErrLeftovers while another's objects exist.

@@ -111,7 +111,8 @@ func (n *Node) Down(ctx context.Context) error {
 		}
 	}
 
-	// 5. Cgroups.
+	// 5. Cgroups: the kubelet's pods' and the kubelet's own (KubeletCgroup),
+	// all below CgroupRoot.
 	if err := removeCgroups(10 * time.Second); err != nil {
 		errs = append(errs, err)
 	}

@@ -316,6 +316,25 @@ func cgroupMounts() []string {
 	return out
 }
 
+// cgroup2Root returns the mount point of the cgroup v2 hierarchy
+// (/sys/fs/cgroup, or /sys/fs/cgroup/unified beside v1 controllers), or ""
+// if none is mounted.
+func cgroup2Root() string {
+	var found string
+	for _, m := range mounts() {
+		if m.fstype != "cgroup2" {
+			continue
+		}
+		if m.point == "/sys/fs/cgroup" || m.point == "/sys/fs/cgroup/unified" {
+			return m.point
+		}
+		if found == "" {
+			found = m.point
+		}
+	}
+	return found
+}
+
 // setupCgroups makes CgroupRoot in every hierarchy (the kubelet requires
 // its cgroupRoot to exist) and gives the cpuset one its parent's CPUs and
 // memory nodes (a v1 cpuset is empty when made).

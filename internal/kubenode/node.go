@@ -1,6 +1,7 @@
 package kubenode
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,6 +74,22 @@ func (n *Node) LogPath(name string) string { return filepath.Join(n.cfg.Dir, "lo
 // with HostToContainer propagation accepts it; the host's /sys/fs/bpf is
 // private and left alone).
 func (n *Node) BPFFS() string { return filepath.Join(n.cfg.Dir, "bpffs") }
+
+// KubeletCgroup returns the kubelet's cgroup: the directory
+// CgroupRoot/kubelet of the machine's cgroup v2 hierarchy (CgroupV2),
+// which Up makes and creates the kubelet's process in, so that the kubelet
+// and nothing else runs there (the agent's --probe-cgroup names it, through
+// Overlay). Down removes it with CgroupRoot.
+func (n *Node) KubeletCgroup() string { return filepath.Join(n.CgroupV2(), kubeletCgroup) }
+
+// kubeletCgroup is KubeletCgroup relative to CgroupV2.
+const kubeletCgroup = CgroupRoot + "/kubelet"
+
+// CgroupV2 returns where the machine's cgroup v2 hierarchy is mounted: the
+// node's /sys/fs/cgroup, which is /sys/fs/cgroup/unified on a host with
+// cgroup v1 controllers. Where none is mounted (Up refuses to start), it
+// returns /sys/fs/cgroup.
+func (n *Node) CgroupV2() string { return cmp.Or(cgroup2Root(), "/sys/fs/cgroup") }
 
 // CNI returns the node's network plugin, CNIBridge or CNIMacvlan.
 func (n *Node) CNI() string { return n.cfg.CNI }
@@ -183,7 +200,13 @@ func (n *Node) loadState() state {
 
 // daemon starts a process and records it before anything else can fail.
 func (n *Node) daemon(name, bin string, args ...string) (procRecord, error) {
-	r, err := n.startDaemon(name, bin, args...)
+	return n.daemonIn("", name, bin, args...)
+}
+
+// daemonIn is daemon with the process created in cgroup, a cgroup v2
+// directory ("": the caller's).
+func (n *Node) daemonIn(cgroup, name, bin string, args ...string) (procRecord, error) {
+	r, err := n.startDaemon(name, cgroup, bin, args...)
 	if err != nil {
 		return r, err
 	}
@@ -246,6 +269,9 @@ func (n *Node) Up(ctx context.Context) error {
 	if err := rangesInUse(n.podRanges()...); err != nil {
 		return err
 	}
+	if cgroup2Root() == "" {
+		return errors.New("kubenode: no cgroup v2 hierarchy is mounted: the kubelet runs in a cgroup v2 directory of its own (KubeletCgroup)")
+	}
 	if _, err := os.Stat(n.cfg.PauseBinary); err != nil || n.cfg.PauseBinary == "" {
 		return fmt.Errorf("kubenode: Config.PauseBinary: %v", err)
 	}
@@ -278,6 +304,9 @@ func (n *Node) Up(ctx context.Context) error {
 	}
 	if err := setupCgroups(); err != nil {
 		return err
+	}
+	if err := os.Mkdir(n.KubeletCgroup(), 0o755); err != nil {
+		return fmt.Errorf("kubenode: the kubelet's cgroup: %w", err)
 	}
 	if err := n.startControlPlane(ctx); err != nil {
 		return err
@@ -689,7 +718,9 @@ clusterDomain: %[8]s
 	if err != nil {
 		return err
 	}
-	_, err = n.daemon("kubelet", cmd, args...)
+	// In its own cgroup from the start, so that every connection it makes
+	// is its cgroup's (the agent's --probe-cgroup, KubeletCgroup).
+	_, err = n.daemonIn(n.KubeletCgroup(), "kubelet", cmd, args...)
 	return err
 }
 

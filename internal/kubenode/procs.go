@@ -23,8 +23,10 @@ type procRecord struct {
 
 // startDaemon starts bin as a daemon of its own session (so it outlives
 // the process that ran Up, and its process group can be signalled as one),
-// its output in Dir/logs/name.log.
-func (n *Node) startDaemon(name, bin string, args ...string) (procRecord, error) {
+// its output in Dir/logs/name.log. With cgroup (a cgroup v2 directory) the
+// process is created in that cgroup (clone3's CLONE_INTO_CGROUP): it runs
+// nothing outside it, not even its first instruction.
+func (n *Node) startDaemon(name, cgroup, bin string, args ...string) (procRecord, error) {
 	logPath := n.LogPath(name)
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -36,6 +38,14 @@ func (n *Node) startDaemon(name, bin string, args ...string) (procRecord, error)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = n.cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cgroup != "" {
+		cg, err := os.Open(cgroup)
+		if err != nil {
+			return procRecord{}, fmt.Errorf("kubenode: %s's cgroup: %w", name, err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cg.Fd())
+	}
 	if err := cmd.Start(); err != nil {
 		return procRecord{}, fmt.Errorf("kubenode: start %s: %w", name, err)
 	}
