@@ -22,6 +22,8 @@ var podModeArgs = []string{
 	"--cni-socket=/var/run/ferry/cni.sock",
 	"--state-dir=/var/run/ferry",
 	"--cri-socket=unix:///run/containerd/containerd.sock",
+	"--probe-source=169.254.7.127",
+	"--probe-cgroup=/host/sys/fs/cgroup/system.slice/kubelet.service",
 }
 
 // podModeVolumes are the host directories deploy/capture-pod mounts into
@@ -31,20 +33,22 @@ var podModeVolumes = map[string]struct {
 	readOnly            bool
 	propagation         corev1.MountPropagationMode
 }{
-	"cni-conf":   {"/etc/cni/net.d", "/host/etc/cni/net.d", false, ""},
-	"cni-bin":    {"/opt/cni/bin", "/host/opt/cni/bin", false, ""},
-	"ferry-run":  {"/var/run/ferry", "/var/run/ferry", false, ""},
-	"netns":      {"/var/run/netns", "/var/run/netns", false, corev1.MountPropagationHostToContainer},
-	"cri-socket": {"/run/containerd/containerd.sock", "/run/containerd/containerd.sock", true, ""},
+	"cni-conf":    {"/etc/cni/net.d", "/host/etc/cni/net.d", false, ""},
+	"cni-bin":     {"/opt/cni/bin", "/host/opt/cni/bin", false, ""},
+	"ferry-run":   {"/var/run/ferry", "/var/run/ferry", false, ""},
+	"netns":       {"/var/run/netns", "/var/run/netns", false, corev1.MountPropagationHostToContainer},
+	"cri-socket":  {"/run/containerd/containerd.sock", "/run/containerd/containerd.sock", true, ""},
+	"host-cgroup": {"/sys/fs/cgroup", "/host/sys/fs/cgroup", true, ""},
 }
 
 // TestCapturePodOverlay checks what deploy/capture-pod renders to: every
 // object of the default install, unchanged but the agent's DaemonSet, which
 // differs from deploy/base's only by the pod mode's arguments, SYS_ADMIN,
-// and the four host directories and the CRI socket it needs — each mounted
+// and the five host directories and the CRI socket it needs — each mounted
 // where the agent's arguments point, the CNI socket's directory and the
 // namespaces' at their host paths (the plugin on the node and the runtime
-// name them by those).
+// name them by those), the kubelet's cgroup (--probe-cgroup) inside the
+// node's cgroup hierarchy, mounted read-only.
 func TestCapturePodOverlay(t *testing.T) {
 	def := kubetest.RenderDeploy(t, ".")
 	got := kubetest.RenderDeploy(t, deploy.CapturePodOverlay)
@@ -120,6 +124,11 @@ func TestCapturePodOverlay(t *testing.T) {
 	}
 	if cri := arg("cri-socket"); cri != "unix://"+podModeVolumes["cri-socket"].mountPath {
 		t.Errorf("--cri-socket=%s, want the mounted socket %s", cri, podModeVolumes["cri-socket"].mountPath)
+	}
+	// The container's /sys/fs/cgroup is its own cgroup namespace's: the
+	// kubelet's cgroup is only found in the node's hierarchy, mounted.
+	if cg := arg("probe-cgroup"); !strings.HasPrefix(cg, podModeVolumes["host-cgroup"].mountPath+"/") {
+		t.Errorf("--probe-cgroup=%s: want it in the node's cgroup hierarchy, mounted at %s", cg, podModeVolumes["host-cgroup"].mountPath)
 	}
 
 	// Nothing else changed.

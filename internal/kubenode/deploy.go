@@ -2,6 +2,7 @@ package kubenode
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -52,7 +53,12 @@ var nodePaths = []nodePath{
 	{"/var/run/netns", (*Node).NetnsDir, true},
 	{"/var/run/ferry", (*Node).RunDir, true},
 	{"/run/containerd/containerd.sock", (*Node).ContainerdAddress, false},
+	{"/sys/fs/cgroup", (*Node).CgroupV2, false},
 }
+
+// probeCgroupFlag is the agent's flag naming the kubelet's cgroup, a path
+// in the mount of the node's cgroup hierarchy.
+const probeCgroupFlag = "--probe-cgroup="
 
 // Overlay applies to the objects of a rendered kustomization of deploy/
 // (internal/kubetest.Render: the default install, deploy/capture-pod) what
@@ -61,7 +67,9 @@ var nodePaths = []nodePath{
 // agent moved to this node's own (nodePaths: the host's bpffs is private
 // here and the node must not remount it, and the CNI directories, the
 // pods' namespaces, the run directory and containerd's socket are the
-// node's, under Dir);
+// node's, under Dir, and its cgroup hierarchy is the machine's cgroup v2
+// one, CgroupV2); --probe-cgroup, if set, pointed at the kubelet's cgroup
+// (KubeletCgroup) in the mount of that hierarchy;
 // and, with CNIMacvlan, the CA in the node's network namespace (one
 // replica): the agent, in the node's, could not reach a macvlan pod. It
 // changes the objects in place.
@@ -75,6 +83,7 @@ func (n *Node) Overlay(objs []*unstructured.Unstructured, tag string) error {
 		spec, _, _ := unstructured.NestedMap(o.Object, "spec", "template", "spec")
 		containers, _, _ := unstructured.NestedSlice(spec, "containers")
 		renames := map[string]string{} // old path → new, for named mounts and args
+		var cgroupVol string           // the volume of the host's cgroup hierarchy
 		if o.GetKind() == "DaemonSet" && o.GetName() == "ferry" {
 			vols, _, _ := unstructured.NestedSlice(spec, "volumes")
 			for _, v := range vols {
@@ -82,6 +91,9 @@ func (n *Node) Overlay(objs []*unstructured.Unstructured, tag string) error {
 				hp, ok, _ := unstructured.NestedString(v, "hostPath", "path")
 				if !ok {
 					continue
+				}
+				if hp == "/sys/fs/cgroup" {
+					cgroupVol, _ = v["name"].(string)
 				}
 				i := slices.IndexFunc(nodePaths, func(p nodePath) bool { return p.host == hp })
 				if i < 0 {
@@ -102,8 +114,12 @@ func (n *Node) Overlay(objs []*unstructured.Unstructured, tag string) error {
 				images++
 			}
 			mounts, _, _ := unstructured.NestedSlice(c, "volumeMounts")
+			var cgroupMount string // where the container sees the host's cgroup hierarchy
 			for _, m := range mounts {
 				m := m.(map[string]any)
+				if cgroupVol != "" && m["name"] == cgroupVol {
+					cgroupMount, _ = m["mountPath"].(string)
+				}
 				if to, ok := renames[m["mountPath"].(string)]; ok {
 					m["mountPath"] = to
 				}
@@ -115,6 +131,14 @@ func (n *Node) Overlay(objs []*unstructured.Unstructured, tag string) error {
 					if k, v, ok := strings.Cut(a, "="); ok && (v == from || strings.HasPrefix(v, from+"/")) {
 						args[i] = k + "=" + to + strings.TrimPrefix(v, from)
 					}
+				}
+				// The kubelet's cgroup: the host's (systemd's
+				// kubelet.service) is not this node's kubelet's.
+				if v, ok := strings.CutPrefix(a, probeCgroupFlag); ok {
+					if cgroupMount == "" || !strings.HasPrefix(v, cgroupMount+"/") {
+						return fmt.Errorf("kubenode: overlay: %s%s is not in a mount of the host's /sys/fs/cgroup", probeCgroupFlag, v)
+					}
+					args[i] = probeCgroupFlag + path.Join(cgroupMount, kubeletCgroup)
 				}
 			}
 			if len(args) > 0 {

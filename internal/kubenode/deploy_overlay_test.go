@@ -1,6 +1,7 @@
 package kubenode
 
 import (
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -16,8 +17,9 @@ import (
 // TestOverlay checks Overlay on deploy/capture-pod for both CNIs: the
 // image, every host path moved to the node's own, the named ones (the CNI
 // socket's directory, the pods' namespaces) at the node's path inside the
-// container too with the arguments following, and the CA in the node's
-// network only on macvlan.
+// container too with the arguments following, --probe-cgroup at the node's
+// kubelet's cgroup in the mount of the machine's cgroup v2 hierarchy, and
+// the CA in the node's network only on macvlan.
 func TestOverlay(t *testing.T) {
 	for _, cniName := range []string{CNIBridge, CNIMacvlan} {
 		t.Run(cniName, func(t *testing.T) {
@@ -48,6 +50,7 @@ func TestOverlay(t *testing.T) {
 			want := map[string]string{
 				"bpffs": n.BPFFS(), "cni-conf": n.CNIConfDir(), "cni-bin": n.CNIBinDir(),
 				"netns": n.NetnsDir(), "ferry-run": n.RunDir(), "cri-socket": n.ContainerdAddress(),
+				"host-cgroup": n.CgroupV2(),
 			}
 			for name, p := range want {
 				if hostPaths[name] != p {
@@ -59,12 +62,18 @@ func TestOverlay(t *testing.T) {
 			for _, m := range c.VolumeMounts {
 				mounts[m.Name] = m.MountPath
 			}
-			for name, p := range map[string]string{"bpffs": "/sys/fs/bpf", "cni-conf": "/host/etc/cni/net.d", "netns": n.NetnsDir(), "ferry-run": n.RunDir()} {
+			for name, p := range map[string]string{"bpffs": "/sys/fs/bpf", "cni-conf": "/host/etc/cni/net.d", "netns": n.NetnsDir(), "ferry-run": n.RunDir(), "host-cgroup": "/host/sys/fs/cgroup"} {
 				if mounts[name] != p {
 					t.Errorf("mount %s at %q, want %q", name, mounts[name], p)
 				}
 			}
-			for _, a := range []string{"--cni-socket=" + n.RunDir() + "/cni.sock", "--state-dir=" + n.RunDir(), "--bpf-pin-dir=/sys/fs/bpf/ferry", "--cni-conf-dir=/host/etc/cni/net.d"} {
+			if want := filepath.Join(n.CgroupV2(), CgroupRoot, "kubelet"); n.KubeletCgroup() != want {
+				t.Errorf("KubeletCgroup() = %s, want %s: the --probe-cgroup below names that", n.KubeletCgroup(), want)
+			}
+			for _, a := range []string{
+				"--cni-socket=" + n.RunDir() + "/cni.sock", "--state-dir=" + n.RunDir(), "--bpf-pin-dir=/sys/fs/bpf/ferry", "--cni-conf-dir=/host/etc/cni/net.d",
+				"--probe-source=169.254.7.127", "--probe-cgroup=/host/sys/fs/cgroup/" + CgroupRoot + "/kubelet",
+			} {
 				if !slices.Contains(c.Args, a) {
 					t.Errorf("args %q: no %s", c.Args, a)
 				}
