@@ -96,9 +96,10 @@ func ferryRouting() ([]string, error) {
 // FerryLeftovers lists what a Ferry agent put on the node and left there:
 // files under the node's bpffs pin directory (BPFFS/ferry), ferry-cni in
 // the CNI configuration or plugin directory, files in RunDir (the pod
-// mode's socket and record), and Ferry's routing in the node's network
-// namespace (this process's) and in every pod's (FerryRouting). It is
-// empty once an uninstall removed everything.
+// mode's socket and record), Ferry's routing in the node's network
+// namespace (this process's) and in every pod's (FerryRouting), and the
+// probe source address (--probe-source) on the node's lo. It is empty once
+// an uninstall removed everything.
 func (n *Node) FerryLeftovers() ([]string, error) {
 	var out, errs = []string(nil), []error(nil)
 	for _, dir := range []string{filepath.Join(n.BPFFS(), "ferry"), n.RunDir()} {
@@ -126,6 +127,13 @@ func (n *Node) FerryLeftovers() ([]string, error) {
 	for _, l := range host {
 		out = append(out, "node: "+l)
 	}
+	probe, err := probeSources()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("kubenode: node's lo: %w", err))
+	}
+	for _, a := range probe {
+		out = append(out, "node: address "+a+" on lo (--probe-source)")
+	}
 	for _, path := range n.PodNetns() {
 		r, err := FerryRouting(path)
 		if err != nil {
@@ -137,4 +145,25 @@ func (n *Node) FerryLeftovers() ([]string, error) {
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// probeSources lists the addresses an agent with --probe-source put on lo
+// in the calling thread's network namespace: those labelled lo:ferry
+// (redirect.AddProbeSource).
+func probeSources() ([]string, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := netlink.AddrList(lo, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range addrs {
+		if a.Label == "lo:ferry" {
+			out = append(out, a.IPNet.String())
+		}
+	}
+	return out, nil
 }

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -142,6 +143,7 @@ type hostSnapshot struct {
 	logLinks   []string
 	cniResults []string
 	rootCgroup map[string][]string // top-level cgroups per hierarchy
+	loAddrs    []string            // the addresses on lo (a --probe-source is put there)
 }
 
 func snapshot(t *testing.T) hostSnapshot {
@@ -182,6 +184,12 @@ func snapshot(t *testing.T) hostSnapshot {
 	ents, _ = os.ReadDir(containerLogLinks)
 	for _, e := range ents {
 		s.logLinks = append(s.logLinks, e.Name())
+	}
+	if lo, err := netlink.LinkByName("lo"); err == nil {
+		addrs, _ := netlink.AddrList(lo, netlink.FAMILY_ALL)
+		for _, a := range addrs {
+			s.loAddrs = append(s.loAddrs, a.IPNet.String())
+		}
 	}
 	_, err := os.Stat("/run/containerd")
 	s.runCtrd = err == nil

@@ -48,10 +48,13 @@ import (
 //     reach on macvlan) over HBONE in mTLS, and a DENY policy refuses; a
 //     pod already running when its namespace is labelled is captured too,
 //     its namespace found through containerd's CRI;
-//   - bridge, pod mode: the same, and pods with readiness probes stay Ready
-//     under PERMISSIVE (the kubelet's probes pass through the capture),
-//     and a hostNetwork pod's plaintext connection to a STRICT pod is
-//     refused (node mode on the bridge is TestPrivilegedRealNodeDeploy's).
+//   - bridge, pod mode: the same, and pods with readiness probes become and
+//     stay Ready under PERMISSIVE and under STRICT: the kubelet, which runs
+//     in a cgroup of its own (KubeletCgroup, the agent's --probe-cgroup),
+//     sends its probes from the probe source, which the pods' capture lets
+//     through (each probe passes only from that address), while a
+//     hostNetwork pod's plaintext connection to a STRICT pod is refused
+//     (node mode on the bridge is TestPrivilegedRealNodeDeploy's).
 //
 // Each install is uninstalled as deploy/README.md says (`kubectl delete`
 // of what was applied) with pods still enrolled, and leaves nothing: no
@@ -108,6 +111,7 @@ func TestPrivilegedRealNodePodCapture(t *testing.T) {
 		{"iptables KUBE lines", before.iptables, after.iptables},
 		{"sysctls", before.sysctls, after.sysctls},
 		{"top-level cgroups", before.rootCgroup, after.rootCgroup},
+		{"addresses on lo", before.loAddrs, after.loAddrs},
 		{cniResults, before.cniResults, after.cniResults},
 		{containerLogLinks, before.logLinks, after.logLinks},
 	} {
@@ -120,6 +124,20 @@ func TestPrivilegedRealNodePodCapture(t *testing.T) {
 	}
 	if _, err := os.Stat(podTestDir); err == nil {
 		t.Errorf("%s left", podTestDir)
+	}
+}
+
+// probeSource is the --probe-source of deploy/capture-pod: the kubelet's
+// probes to captured pods leave from it.
+const probeSource = "169.254.7.127"
+
+// readinessFrom is a readiness probe of podapp's port 8000 that passes
+// only when the probe arrives from src (/ip?from=), every period seconds;
+// one failure makes the pod unready.
+func readinessFrom(src string, period int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ip?from=" + src, Port: intstr.FromInt32(8000)}},
+		PeriodSeconds: period, FailureThreshold: 1,
 	}
 }
 
@@ -298,7 +316,8 @@ type workloads struct {
 
 // startWorkloads creates the namespace ns, labelled ambient, and its
 // workloads, and waits until the agent has captured each (its redirection
-// annotation). probe gives web a readiness probe.
+// annotation). probe gives web a readiness probe that passes only from
+// probeSource.
 func (e *podEnv) startWorkloads(ctx context.Context, t *testing.T, ns string, probe bool) *workloads {
 	t.Helper()
 	if _, err := e.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
@@ -331,10 +350,7 @@ func (e *podEnv) startWorkloads(ctx context.Context, t *testing.T, ns string, pr
 			p.Spec.ServiceAccountName = name
 		}
 		if name == "web" && probe {
-			p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{
-				ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8000)}},
-				PeriodSeconds: 2, FailureThreshold: 1,
-			}
+			p.Spec.Containers[0].ReadinessProbe = readinessFrom(probeSource, 2)
 		}
 		if _, err := e.c.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -562,7 +578,7 @@ spec:
 
 	if probed {
 		t.Run("probed pods stay Ready under PERMISSIVE", func(t *testing.T) { e.checkProbes(ctx, t, w) })
-		t.Run("node traffic to a STRICT pod is refused", func(t *testing.T) { e.checkStrictFromNode(ctx, t, w) })
+		t.Run("a probed STRICT pod is Ready, node traffic to it refused", func(t *testing.T) { e.checkStrictFromNode(ctx, t, w) })
 	}
 
 	t.Run("a pod's first connection", func(t *testing.T) {
@@ -593,7 +609,7 @@ spec:
 			}
 		}
 		// Nor was any connection to a new pod refused for want of its
-		// address (the probes of web, the first connections to each pod).
+		// address (the first connections to each pod).
 		unknown := map[string]string{"result": "deny", "reason": "unknown destination"}
 		const decisions = "ferry_authz_decisions_total"
 		if d := metric(scrape(ctx, t), decisions, unknown) - metric(w.metrics, decisions, unknown); d != 0 {
@@ -695,14 +711,13 @@ func (e *podEnv) checkCaptured(t *testing.T, w *workloads) {
 	t.Logf("%d pods captured, %d sandboxes on the node", len(record), len(e.n.PodNetns()))
 }
 
-// checkProbes checks that web, whose readiness probe the kubelet sends from
-// the node to the pod, is and stays Ready while captured (PERMISSIVE: the
-// agent passes the plaintext connections on), and that the agent did see
-// them. Probes that failed before the pod first became Ready are reported,
-// not failed (the server may not listen yet); that none was refused by the
-// agent is checked by "a pod's first connection".
+// checkProbes checks that web, whose readiness probe passes only from
+// probeSource, is and stays Ready while captured under PERMISSIVE: the
+// kubelet's probes leave from that address and pass the pod's capture
+// uncaptured, so the kubelet counts them successful and the agent sees
+// none of them.
 func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
-	before := scrape(ctx, t)
+	before, okBefore := scrape(ctx, t), e.probes(ctx, t, w.ns, "web", "successful")
 	var ready time.Time
 	start := time.Now()
 	for time.Since(start) < 12*time.Second {
@@ -713,19 +728,49 @@ func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
 		if !podReady(p) {
 			t.Fatalf("web not Ready %v into the check: %+v", time.Since(start).Round(time.Second), p.Status.Conditions)
 		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady {
-				ready = c.LastTransitionTime.Time
-			}
-		}
+		ready = readySince(p)
 		time.Sleep(2 * time.Second)
 	}
-	want := map[string]string{"reporter": "destination", "connection_security_policy": "unknown", "destination_workload": "web", "response_flags": "-"}
-	d := opened(before, scrape(ctx, t), want)
-	if d < 3 {
-		t.Errorf("the agent passed %v plaintext connections to web in 12 s; want the kubelet's probes (every 2 s)", d)
+	want := map[string]string{"reporter": "destination", "destination_workload": "web", "destination_workload_namespace": w.ns}
+	if d := opened(before, scrape(ctx, t), want); d != 0 {
+		t.Errorf("the agent saw %v connections to web in 12 s; want none: the kubelet's probes pass the capture from %s", d, probeSource)
 	}
-	evs, err := e.c.CoreV1().Events(w.ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=web"})
+	ok := e.probes(ctx, t, w.ns, "web", "successful") - okBefore
+	if ok < 3 {
+		t.Errorf("the kubelet counted %v successful probes of web in 12 s; want one every 2 s", ok)
+	}
+	e.checkUnhealthy(ctx, t, w.ns, "web", ready)
+	t.Logf("web Ready throughout; %v probes passed in 12 s, each from %s, none through the agent", ok, probeSource)
+}
+
+// readySince returns when p's Ready condition last changed.
+func readySince(p *corev1.Pod) time.Time {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return time.Time{}
+}
+
+// probes returns the kubelet's count of readiness probes of pod ns/name
+// with result (successful, failed), from its /metrics/probes (through the
+// API server's node proxy).
+func (e *podEnv) probes(ctx context.Context, t *testing.T, ns, name, result string) float64 {
+	t.Helper()
+	b, err := e.c.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", NodeName, "proxy/metrics/probes").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("the kubelet's probe metrics: %v", err)
+	}
+	return metric(string(b), "prober_probe_total", map[string]string{"namespace": ns, "pod": name, "probe_type": "Readiness", "result": result})
+}
+
+// checkUnhealthy fails t for each probe failure of pod ns/name after it
+// became Ready at ready; those before are reported, not failed (the server
+// may not listen yet).
+func (e *podEnv) checkUnhealthy(ctx context.Context, t *testing.T, ns, name string, ready time.Time) {
+	t.Helper()
+	evs, err := e.c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -734,10 +779,10 @@ func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
 			continue
 		}
 		// Both times are in whole seconds: the same second is before (a
-		// failure after Ready flips it, FailureThreshold 1, which the loop
-		// above would have seen).
+		// failure after Ready flips it, FailureThreshold 1, which the
+		// caller would have seen).
 		if last := ev.LastTimestamp.Time; !last.After(ready) {
-			t.Logf("before web was first Ready (%s): %s: %s (x%d)", ready.Format(time.TimeOnly), ev.Reason, ev.Message, ev.Count)
+			t.Logf("before %s/%s was first Ready (%s): %s: %s (x%d)", ns, name, ready.Format(time.TimeOnly), ev.Reason, ev.Message, ev.Count)
 			// The probe's connection in the agent's log: "tcp SRC->DST".
 			if _, rest, ok := strings.Cut(ev.Message, "tcp "); ok {
 				src, _, _ := strings.Cut(rest, "->")
@@ -746,15 +791,17 @@ func (e *podEnv) checkProbes(ctx context.Context, t *testing.T, w *workloads) {
 				}
 			}
 		} else {
-			t.Errorf("web, Ready since %s: %s at %s: %s (x%d)", ready.Format(time.TimeOnly), ev.Reason, last.Format(time.TimeOnly), ev.Message, ev.Count)
+			t.Errorf("%s/%s, Ready since %s: %s at %s: %s (x%d)", ns, name, ready.Format(time.TimeOnly), ev.Reason, last.Format(time.TimeOnly), ev.Message, ev.Count)
 		}
 	}
-	t.Logf("web Ready throughout; %v probe connections through the agent in 12 s", d)
 }
 
 // checkStrictFromNode checks that node-originated plaintext — a hostNetwork
 // pod's — reaches a PERMISSIVE pod through the capture, and is refused by
-// a STRICT one, which an enrolled client still reaches over HBONE.
+// a STRICT one, which an enrolled client still reaches over HBONE; and
+// that the STRICT pod, probed by the kubelet, becomes and stays Ready: the
+// kubelet's probes, and only they, leave the node from probeSource and
+// pass the capture.
 func (e *podEnv) checkStrictFromNode(ctx context.Context, t *testing.T, w *workloads) {
 	const strictNS, hostNS = "pod-strict", "pod-hostnet"
 	for _, ns := range []string{strictNS, hostNS} {
@@ -777,7 +824,9 @@ spec: {mtls: {mode: STRICT}}
 		t.Fatal(err)
 	}
 	awaitPolicy(ctx, t, strictNS, "strict")
-	if _, err := e.c.CoreV1().Pods(strictNS).Create(ctx, servePod("web"), metav1.CreateOptions{}); err != nil {
+	strict := servePod("web")
+	strict.Spec.Containers[0].ReadinessProbe = readinessFrom(probeSource, 1)
+	if _, err := e.c.CoreV1().Pods(strictNS).Create(ctx, strict, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	host := servePod("node")
@@ -786,10 +835,22 @@ spec: {mtls: {mode: STRICT}}
 	if _, err := e.c.CoreV1().Pods(hostNS).Create(ctx, host, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	strictWeb, err := waitAnnotation(ctx, e.c, strictNS, "web", "enabled")
-	if err != nil {
+	if _, err := waitAnnotation(ctx, e.c, strictNS, "web", "enabled"); err != nil {
 		t.Fatal(err)
 	}
+	// Captured, STRICT, and Ready: the kubelet's probes passed its capture.
+	rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+	strictWeb, err := WaitPod(rctx, e.c, strictNS, "web", func(p *corev1.Pod) (bool, error) { return podReady(p), nil })
+	rcancel()
+	if err != nil {
+		t.Fatalf("the probed STRICT pod: %v%s", err, lastEvent(ctx, e.c, strictNS, "web"))
+	}
+	ready := readySince(strictWeb)
+	var started time.Time
+	if cs := strictWeb.Status.ContainerStatuses; len(cs) == 1 && cs[0].State.Running != nil {
+		started = cs[0].State.Running.StartedAt.Time
+	}
+	okReady := e.probes(ctx, t, strictNS, "web", "successful")
 	if _, err := WaitPod(ctx, e.c, hostNS, "node", PodRunning); err != nil {
 		t.Fatal(err)
 	}
@@ -809,6 +870,31 @@ spec: {mtls: {mode: STRICT}}
 	if code, body := e.execGet(ctx, t, w.ns, "client", strictURL); code != "200" || body != w.client.Status.PodIP {
 		t.Errorf("an enrolled client → the STRICT pod: status %s, web saw %q, want 200 from %s", code, body, w.client.Status.PodIP)
 	}
+	// It stays Ready: three more probes, every one from probeSource (the
+	// only address its probe answers), none refused by the capture (the
+	// count of refused plaintext above is the hostNetwork pod's alone).
+	var ok float64
+	if err := Poll(ctx, 15*time.Second, func() error {
+		p, err := e.c.CoreV1().Pods(strictNS).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !podReady(p) {
+			t.Fatalf("the STRICT pod is no longer Ready: %+v", p.Status.Conditions)
+		}
+		if ok = e.probes(ctx, t, strictNS, "web", "successful") - okReady; ok < 3 {
+			return fmt.Errorf("%v successful probes of the STRICT pod since it became Ready, want 3", ok)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if failed := e.probes(ctx, t, strictNS, "web", "failed"); failed > 0 {
+		t.Logf("%v failed probes of the STRICT pod (before it was Ready: checked below)", failed)
+	}
+	e.checkUnhealthy(ctx, t, strictNS, "web", ready)
+	t.Logf("the STRICT pod was Ready %v after its container started, and stayed Ready for %v more probes, each from %s",
+		ready.Sub(started), ok, probeSource)
 	for _, ns := range []string{strictNS, hostNS} {
 		if err := e.c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
