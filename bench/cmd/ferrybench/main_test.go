@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -69,5 +70,39 @@ func TestRecorderWrite(t *testing.T) {
 	r.table(&sb, peerNames)
 	if !strings.Contains(sb.String(), "path_1conn_up_vs_gotls") || !strings.Contains(sb.String(), "ferry") {
 		t.Errorf("table:\n%s", sb.String())
+	}
+}
+
+// TestRecorderWriteKeepsOtherSuites checks that a run keeps what
+// scripts/bench-inventory recorded in the same file, and drops its own
+// earlier keys.
+func TestRecorderWriteKeepsOtherSuites(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "r.json")
+	before := `{"inventory_scale": [{"mode": "kube", "pods": 1000}], "cpu_us_per_rr1k": {"median": 1},` +
+		`"meta": {"definitions": {"inventory_scale": "memory per mode"}}}`
+	if err := os.WriteFile(p, []byte(before), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newRecorder()
+	r.Meta["definitions"] = map[string]string{"mux8_vs_8tls": "d"}
+	r.key("mux8_vs_8tls", 1)
+	if err := r.write(p); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Inventory []map[string]any `json:"inventory_scale"`
+		Old       any              `json:"cpu_us_per_rr1k"`
+		Mux       *stat            `json:"mux8_vs_8tls"`
+		Meta      struct {
+			Definitions map[string]string `json:"definitions"`
+		} `json:"meta"`
+	}
+	b, _ := os.ReadFile(p)
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Inventory) != 1 || got.Old != nil || got.Mux == nil ||
+		got.Meta.Definitions["inventory_scale"] != "memory per mode" || got.Meta.Definitions["mux8_vs_8tls"] != "d" {
+		t.Errorf("results after the run:\n%s", b)
 	}
 }

@@ -104,9 +104,33 @@ var keyOrder = []struct{ name, target string }{
 	{"capture_pod_vs_node_same_node_cpu_per_conn", "pod ÷ node"},
 }
 
-// write stores results.json: the keys at the top level, then raw, meta.
+// otherSuites are the top-level keys of results.json that other suites
+// write (scripts/bench-inventory); write keeps them, and their definitions.
+var otherSuites = []string{"inventory_scale"}
+
+// write stores results.json: the keys at the top level, then raw, meta, and
+// what other suites recorded in the file before.
 func (r *recorder) write(path string) error {
 	out := map[string]any{}
+	var before struct {
+		Meta struct {
+			Definitions map[string]any `json:"definitions"`
+		} `json:"meta"`
+	}
+	old := map[string]json.RawMessage{}
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &old)
+		json.Unmarshal(b, &before)
+	}
+	defs, _ := r.Meta["definitions"].(map[string]string)
+	for _, k := range otherSuites {
+		if v, ok := old[k]; ok {
+			out[k] = v
+			if d, ok := before.Meta.Definitions[k].(string); ok && defs != nil {
+				defs[k] = d
+			}
+		}
+	}
 	for k, v := range r.Keys {
 		out[k] = v
 	}

@@ -84,13 +84,15 @@ func (s *suite) fail(bench string, p *peer, err error) {
 // peers that serve /debug/pprof/ while fn runs (for about the length of
 // one measurement).
 func (s *suite) measure(bench string, p *peer, fn func() error) (time.Duration, error) {
-	return s.measureProfiled(bench, p, s.roundNo == 0, fn)
+	return s.measureProfiled(bench, p, s.roundNo == 0, s.cfg.dur, fn)
 }
 
-func (s *suite) measureProfiled(bench string, p *peer, profile bool, fn func() error) (time.Duration, error) {
+// measureProfiled is measure; with profile, the profiles last d (whole
+// seconds, at least one), how long fn runs.
+func (s *suite) measureProfiled(bench string, p *peer, profile bool, d time.Duration, fn func() error) (time.Duration, error) {
 	var wg sync.WaitGroup
 	if s.cfg.profileDir != "" && profile && p.adminA != "" {
-		secs := max(1, int(s.cfg.dur.Seconds()))
+		secs := max(1, int(d.Seconds()))
 		nsA, nsB := s.adminNS(p)
 		for _, side := range []struct{ name, ns, addr string }{{"a", nsA, p.adminA}, {"b", nsB, p.adminB}} {
 			wg.Go(func() {
@@ -154,7 +156,7 @@ func (s *suite) interleavedOver(peers []*peer, bench string, fn func(p *peer, d 
 			if failed[p.name] {
 				continue
 			}
-			used, err := s.measureProfiled(bench, p, s.roundNo == 0 && i == 0, func() error { return fn(p, d) })
+			used, err := s.measureProfiled(bench, p, s.roundNo == 0 && i == 0, d, func() error { return fn(p, d) })
 			if err != nil {
 				s.fail(bench, p, err)
 				failed[p.name] = true
