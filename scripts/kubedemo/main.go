@@ -275,7 +275,8 @@ func (d *demo) install(ctx context.Context, dir string) error {
 }
 
 // workloads makes Istio's sample: httpbin (with a Service) in foo and bar,
-// curl in foo, bar and legacy; foo and bar are ambient.
+// curl in foo, bar and legacy; foo and bar are ambient. httpbin has a
+// readiness probe, which must keep passing once the mesh is STRICT.
 func (d *demo) workloads(ctx context.Context) error {
 	for _, ns := range []string{"foo", "bar", "legacy"} {
 		labels := map[string]string{}
@@ -312,6 +313,12 @@ func (d *demo) workloads(ctx context.Context) error {
 					}},
 				},
 			}
+			if app == "httpbin" {
+				pod.Spec.Containers[0].ReadinessProbe = &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8000)}},
+					PeriodSeconds: 1, FailureThreshold: 1,
+				}
+			}
 			if _, err := d.c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 				return err
 			}
@@ -332,6 +339,9 @@ func (d *demo) workloads(ctx context.Context) error {
 				want := ns != "legacy"
 				if p.Status.Phase != corev1.PodRunning || (p.Annotations["ambient.istio.io/redirection"] == "enabled") != want {
 					return fmt.Errorf("pod %s/%s: %s, redirection %q", ns, app, p.Status.Phase, p.Annotations["ambient.istio.io/redirection"])
+				}
+				if app == "httpbin" && !podReady(p) {
+					return fmt.Errorf("pod %s/%s not Ready", ns, app)
 				}
 				return nil
 			})
@@ -488,7 +498,39 @@ spec:
 `, "istio-system", "default"); err != nil {
 		return err
 	}
+	probed, err := d.probes(ctx)
+	if err != nil {
+		return err
+	}
 	d.matrix(ctx, "foo:foo:200", "foo:bar:200", "bar:foo:200", "bar:bar:200", "legacy:foo:000", "legacy:bar:000")
+	// The kubelet's probes are node traffic too: in node mode the node's own
+	// connections are not captured; in pod mode the kubelet's alone leave
+	// from --probe-source, which the pods' capture lets through. Both
+	// httpbins are probed every second; three probes each under STRICT.
+	var now map[string][2]float64
+	err = kubenode.Poll(ctx, 15*time.Second, func() error {
+		if now, err = d.probes(ctx); err != nil {
+			return err
+		}
+		for _, ns := range []string{"foo", "bar"} {
+			if n := now[ns][0] + now[ns][1] - probed[ns][0] - probed[ns][1]; n < 3 {
+				return fmt.Errorf("httpbin.%s probed %v times under STRICT", ns, n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"foo", "bar"} {
+		p, err := d.c.CoreV1().Pods(ns).Get(ctx, "httpbin", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		passed, failed := now[ns][0]-probed[ns][0], now[ns][1]-probed[ns][1]
+		d.check(fmt.Sprintf("httpbin.%s stays Ready under STRICT: the kubelet's probes passed (%v passed, %v failed)", ns, passed, failed),
+			podReady(p) && failed == 0)
+	}
 
 	d.stepf("Step 4: AuthorizationPolicy in bar: httpbin accepts only foo's curl")
 	if err := d.apply(ctx, `apiVersion: security.istio.io/v1
@@ -627,4 +669,41 @@ func label(line, name string) string {
 	}
 	v, _, _ := strings.Cut(rest, `"`)
 	return v
+}
+
+// podReady reports whether p is Ready.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// probes returns the kubelet's count of httpbin's readiness probes per
+// namespace, passed and failed (prober_probe_total on its /metrics/probes,
+// through the API server's node proxy).
+func (d *demo) probes(ctx context.Context) (map[string][2]float64, error) {
+	b, err := d.c.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", kubenode.NodeName, "proxy/metrics/probes").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the kubelet's probe metrics: %w", err)
+	}
+	out := map[string][2]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "prober_probe_total{") || label(l, "pod") != "httpbin" || label(l, "probe_type") != "Readiness" {
+			continue
+		}
+		var v float64
+		fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v)
+		c := out[label(l, "namespace")]
+		switch label(l, "result") {
+		case "successful":
+			c[0] += v
+		case "failed":
+			c[1] += v
+		}
+		out[label(l, "namespace")] = c
+	}
+	return out, nil
 }
