@@ -73,6 +73,7 @@ func run(args []string) int {
 	}
 	if *smoke {
 		cfg.rounds, cfg.dur, *idle, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, "50,250", 4, 2, 8
+		cfg.crossNodeOnly = true
 	}
 	for _, f := range strings.Split(*idle, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))

@@ -30,6 +30,9 @@ type config struct {
 	muxConns    int
 	profileDir  string          // CPU profiles of the Go peers, first round
 	benchmarks  map[string]bool // run only these (all when empty)
+	// crossNodeOnly: the capture section leaves out its same-node path
+	// (-smoke, to keep make test short).
+	crossNodeOnly bool
 }
 
 // suite runs the benchmarks over the started peers.
