@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // PodCapture is in-pod capture (--capture pod): one instance of the pod
@@ -216,8 +217,21 @@ const probeLinkPin = "ferry_probe_link"
 // AttachProbes attaches the probe program to the cgroup (v2) at path, the
 // kubelet's, pinned: the kubelet's TCP connections to captured pods then
 // leave from Config.ProbeSource, which must be an address of the node. A
-// link pinned by an earlier agent is updated in place.
+// link an earlier agent pinned on the same cgroup is updated in place; one
+// on another cgroup (the path changed) is replaced. A path that is not a
+// cgroup v2 directory is an ErrNotCgroup2 error.
 func (p *PodCapture) AttachProbes(path string) error {
+	var fs unix.Statfs_t
+	var st unix.Stat_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return fmt.Errorf("bpf: cgroup %s: %w: %w", path, ErrNotCgroup2, err)
+	}
+	if fs.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("bpf: %s: %w", path, ErrNotCgroup2)
+	}
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("bpf: cgroup %s: %w", path, err)
+	}
 	var prog struct {
 		Connect *ebpf.Program `ebpf:"ferry_probe_connect"`
 	}
@@ -230,7 +244,11 @@ func (p *PodCapture) AttachProbes(path string) error {
 	defer prog.Connect.Close()
 	pin := filepath.Join(p.pinDir, probeLinkPin)
 	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
-		err = old.Update(prog.Connect)
+		// A cgroup's id is its directory's inode number.
+		err = errors.New("attached to another cgroup")
+		if info, ierr := old.Info(); ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == st.Ino {
+			err = old.Update(prog.Connect)
+		}
 		old.Close()
 		if err == nil {
 			return nil

@@ -7,11 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cilium/ebpf/link"
 
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
@@ -233,4 +236,72 @@ func listenMarked(t *testing.T, ns *testutil.NetNS) *net.TCPListener {
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln.(*net.TCPListener)
+}
+
+// TestPrivilegedProbeCgroup: the probe program is attached only to a cgroup
+// v2 directory, and an agent started with another --probe-cgroup moves the
+// pinned link there instead of updating it where it was.
+func TestPrivilegedProbeCgroup(t *testing.T) {
+	testutil.Privileged(t)
+	mnt := t.TempDir()
+	if err := unix.Mount("cgroup2", mnt, "cgroup2", 0, ""); err != nil {
+		t.Fatalf("mount cgroup2: %v", err)
+	}
+	a, b := filepath.Join(mnt, "ferry-test-kubelet-a"), filepath.Join(mnt, "ferry-test-kubelet-b")
+	t.Cleanup(func() {
+		os.Remove(a)
+		os.Remove(b)
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount cgroup2: %v", err)
+		}
+	})
+	for _, d := range []string{a, b} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := pinDir(t)
+	pc, err := LoadPods(Config{PinDir: dir, ProbeSource: netip.MustParseAddr("198.18.0.21")})
+	if err := testutil.KernelFeature(t, err); err != nil {
+		t.Fatalf("%+v", err)
+	}
+	t.Cleanup(func() {
+		pc.Close()
+		if err := Remove(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, bad := range []string{t.TempDir(), filepath.Join(mnt, "missing")} {
+		if err := pc.AttachProbes(bad); !errors.Is(err, ErrNotCgroup2) {
+			t.Errorf("AttachProbes(%s) = %v, want ErrNotCgroup2", bad, err)
+		}
+	}
+	attachedTo := func() uint64 {
+		t.Helper()
+		l, err := link.LoadPinnedLink(filepath.Join(dir, probeLinkPin), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil || info.Cgroup() == nil {
+			t.Fatalf("link info: %+v, %v", info, err)
+		}
+		return info.Cgroup().CgroupId
+	}
+	ino := func(path string) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	for _, cg := range []string{a, a, b} { // attach, update in place, move
+		if err := pc.AttachProbes(cg); err != nil {
+			t.Fatalf("AttachProbes(%s): %v", cg, err)
+		}
+		if got := attachedTo(); got != ino(cg) {
+			t.Fatalf("after AttachProbes(%s) the link is on cgroup %d, want %d", cg, got, ino(cg))
+		}
+	}
 }

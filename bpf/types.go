@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 
@@ -15,6 +16,10 @@ const DefaultPinDir = "/sys/fs/bpf/ferry"
 // DefaultHBONEPort is the port that selects the HBONE listener for
 // connections to an enrolled pod, as in Istio's ztunnel.
 const DefaultHBONEPort = 15008
+
+// ErrNotCgroup2 is PodCapture.AttachProbes' error for a path that is not a
+// cgroup v2 directory (or does not exist).
+var ErrNotCgroup2 = errors.New("not a cgroup v2 directory")
 
 // ErrNotSupported is wrapped by errors caused by a kernel that lacks a
 // feature the program needs (sk_lookup needs Linux 5.9). Match it with

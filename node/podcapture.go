@@ -124,6 +124,12 @@ func (p *podCapture) start() error {
 		err := redirect.AddProbeSource(p.load.ProbeSource)
 		if err == nil {
 			err = objs.AttachProbes(p.probeCG)
+			if errors.Is(err, bpf.ErrNotCgroup2) {
+				err = fmt.Errorf("%w; set --probe-cgroup to the kubelet's cgroup: the cgroup v2 mount (/sys/fs/cgroup, or its unified/ directory on a cgroup v1 node) joined with the path on the 0:: line of /proc/<kubelet's pid>/cgroup", err)
+			}
+			if err != nil {
+				err = errors.Join(err, redirect.RemoveProbeSource())
+			}
 		}
 		if err != nil {
 			socks.stop()

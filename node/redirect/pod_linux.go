@@ -88,6 +88,20 @@ func AddProbeSource(a netip.Addr) error {
 	return nil
 }
 
+// RemoveProbeSource deletes the probe source address AddProbeSource gave
+// the calling thread's network namespace.
+func RemoveProbeSource() error {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("redirect: probe source: %w", err)
+	}
+	defer h.Close()
+	if err := removeProbeSource(h); err != nil {
+		return fmt.Errorf("redirect: probe source: %w", err)
+	}
+	return nil
+}
+
 // removeProbeSource deletes the addresses labelled lo:ferry.
 func removeProbeSource(h *netlink.Handle) error {
 	lo, err := h.LinkByName("lo")

@@ -50,3 +50,6 @@ func NewSocket() (int, error) { return -1, errors.ErrUnsupported }
 
 // AddProbeSource fails outside Linux.
 func AddProbeSource(a netip.Addr) error { return errors.ErrUnsupported }
+
+// RemoveProbeSource does nothing outside Linux.
+func RemoveProbeSource() error { return nil }
