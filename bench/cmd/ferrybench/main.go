@@ -198,6 +198,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
 	}
 	maps.Copy(defs, captureDefinitions)
+	maps.Copy(defs, policyDefinitions)
 	rec.Meta["definitions"] = defs
 
 	s := &suite{cfg: cfg, env: e, rec: rec, log: log, sink: newSink()}

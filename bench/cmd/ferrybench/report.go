@@ -88,6 +88,7 @@ var keyOrder = []struct{ name, target string }{
 	{"idle_conn_heap_kib", "<= 32"},
 	{"mux8_vs_8tls", ">= 0.9"},
 	{"hol_p99_ratio", "<= 2"},
+	{"decide_10k_vs_1_policy", "<= 20"},
 	{"capture_pod_vs_node_1conn_up", "pod ÷ node"},
 	{"capture_pod_vs_node_1conn_down", "pod ÷ node"},
 	{"capture_pod_vs_node_cpu_per_gb", "pod ÷ node"},

@@ -194,6 +194,7 @@ func (s *suite) round(ctx context.Context, r int) {
 		{"mux", s.mux},
 		{"hol", s.hol},
 		{"capture", s.captureBenchmarks},
+		{"policy", s.policy},
 	} {
 		if len(s.cfg.benchmarks) == 0 || s.cfg.benchmarks[b.name] {
 			b.run(ctx)
@@ -202,7 +203,7 @@ func (s *suite) round(ctx context.Context, r int) {
 }
 
 // benchmarkNames are the values -benchmarks accepts.
-const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol,capture"
+const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol,capture,policy"
 
 type dirResult struct {
 	mbps, bytes float64
