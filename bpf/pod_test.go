@@ -52,16 +52,7 @@ func TestPrivilegedPodCapture(t *testing.T) {
 	}
 
 	dir := pinDir(t)
-	pc, err := LoadPods(Config{PinDir: dir, ProbeSource: probeIP})
-	if err := testutil.KernelFeature(t, err); err != nil {
-		t.Fatalf("%+v", err)
-	}
-	t.Cleanup(func() {
-		pc.Close()
-		if err := Remove(dir); err != nil {
-			t.Error(err)
-		}
-	})
+	pc := loadPods(t, Config{PinDir: dir, ProbeSource: probeIP})
 	if err := pc.Attach(podIP, pod.Path()); err != nil {
 		t.Fatalf("%+v", err)
 	}
@@ -261,16 +252,7 @@ func TestPrivilegedProbeCgroup(t *testing.T) {
 		}
 	}
 	dir := pinDir(t)
-	pc, err := LoadPods(Config{PinDir: dir, ProbeSource: netip.MustParseAddr("198.18.0.21")})
-	if err := testutil.KernelFeature(t, err); err != nil {
-		t.Fatalf("%+v", err)
-	}
-	t.Cleanup(func() {
-		pc.Close()
-		if err := Remove(dir); err != nil {
-			t.Error(err)
-		}
-	})
+	pc := loadPods(t, Config{PinDir: dir, ProbeSource: netip.MustParseAddr("198.18.0.21")})
 	for _, bad := range []string{t.TempDir(), filepath.Join(mnt, "missing")} {
 		if err := pc.AttachProbes(bad); !errors.Is(err, ErrNotCgroup2) {
 			t.Errorf("AttachProbes(%s) = %v, want ErrNotCgroup2", bad, err)
@@ -304,4 +286,22 @@ func TestPrivilegedProbeCgroup(t *testing.T) {
 			t.Fatalf("after AttachProbes(%s) the link is on cgroup %d, want %d", cg, got, ino(cg))
 		}
 	}
+}
+
+// loadPods loads the pod program's objects for a test, skipping on kernels
+// without sk_lookup; when the test ends they are closed and every pin under
+// cfg.PinDir removed.
+func loadPods(t *testing.T, cfg Config) *PodCapture {
+	t.Helper()
+	pc, err := LoadPods(cfg)
+	if err := testutil.KernelFeature(t, err); err != nil {
+		t.Fatalf("%+v", err)
+	}
+	t.Cleanup(func() {
+		pc.Close()
+		if err := Remove(cfg.PinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	return pc
 }

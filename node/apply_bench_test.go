@@ -3,12 +3,10 @@ package node
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/ferrymesh/ferry/authz"
-	"github.com/ferrymesh/ferry/certs/certstest"
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
@@ -55,18 +53,7 @@ func scaleSnapshot(n, policies, version int) *inventory.Snapshot {
 func BenchmarkApply(b *testing.B) {
 	for _, n := range []int{1000, 100_000} {
 		b.Run("pods="+strconv.Itoa(n), func(b *testing.B) {
-			dir := b.TempDir()
-			ca := certstest.NewCA(b)
-			cert, key := ca.WriteFiles(b, dir)
-			a, err := New(Config{
-				NodeName: "node-3", Manifests: filepath.Join(dir, "m"), CACert: cert, CAKey: key,
-				TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: RedirectNone,
-				OutboundAddr: "127.0.0.1:1", InboundAddr: "127.0.0.1:2", HBONEAddr: "127.0.0.1:3",
-				AdminAddr: "127.0.0.1:4", MetricsAddr: "127.0.0.1:5", ReadinessAddr: "127.0.0.1:6",
-			}, Deps{})
-			if err != nil {
-				b.Fatal(err)
-			}
+			a := applyAgent(b, "node-3")
 			// The policies are the same in both, as a source says (the
 			// same revision).
 			snaps := [2]*inventory.Snapshot{scaleSnapshot(n, 10_000, 0), scaleSnapshot(n, 10_000, 1)}

@@ -13,17 +13,7 @@ import (
 // revision last compiled reuse its Engine; a new revision, or none, is
 // compiled.
 func TestApplyCompilesPoliciesOncePerRevision(t *testing.T) {
-	dir := t.TempDir()
-	cert, key := certstest.NewCA(t).WriteFiles(t, dir)
-	a, err := New(Config{
-		NodeName: "n1", Manifests: filepath.Join(dir, "m"), CACert: cert, CAKey: key,
-		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: RedirectNone,
-		OutboundAddr: "127.0.0.1:1", InboundAddr: "127.0.0.1:2", HBONEAddr: "127.0.0.1:3",
-		AdminAddr: "127.0.0.1:4", MetricsAddr: "127.0.0.1:5", ReadinessAddr: "127.0.0.1:6",
-	}, Deps{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := applyAgent(t, "n1")
 	deny := []authz.AuthorizationPolicy{{Metadata: authz.ObjectMeta{Name: "deny", Namespace: "app"},
 		Spec: authz.AuthorizationPolicySpec{Action: "DENY", Rules: []authz.Rule{{}}}}}
 	engine := func(s *inventory.Snapshot) *authz.Engine {
@@ -48,4 +38,21 @@ func TestApplyCompilesPoliciesOncePerRevision(t *testing.T) {
 	if e4 := engine(&inventory.Snapshot{}); e4 == e3 {
 		t.Error("revision 0: not compiled")
 	}
+}
+
+// applyAgent is an agent on node, never run, whose apply is called directly.
+func applyAgent(t testing.TB, node string) *Agent {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key := certstest.NewCA(t).WriteFiles(t, dir)
+	a, err := New(Config{
+		NodeName: node, Manifests: filepath.Join(dir, "m"), CACert: cert, CAKey: key,
+		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: RedirectNone,
+		OutboundAddr: "127.0.0.1:1", InboundAddr: "127.0.0.1:2", HBONEAddr: "127.0.0.1:3",
+		AdminAddr: "127.0.0.1:4", MetricsAddr: "127.0.0.1:5", ReadinessAddr: "127.0.0.1:6",
+	}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
