@@ -75,7 +75,7 @@ func (a *Agent) enrolment(ctx context.Context, pod cni.Pod) (bool, error) {
 	defer t.Stop()
 	for {
 		if s := a.current(); s != nil {
-			p, ok := s.view.podNamed(pod.Namespace, pod.Name)
+			p, ok := s.view.localPod(pod.Namespace, pod.Name)
 			if ok && (p.UID == "" || pod.UID == "" || p.UID == pod.UID) {
 				if len(pod.IPs) > 0 {
 					p.IP = pod.IPs[0]

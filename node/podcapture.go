@@ -414,7 +414,7 @@ func (p *podCapture) adopt(v *view) {
 }
 
 func (p *podCapture) stillEnrolled(v *view, cp *capturedPod) bool {
-	pod, ok := v.podNamed(cp.Namespace, cp.Name)
+	pod, ok := v.localPod(cp.Namespace, cp.Name)
 	if !ok {
 		return time.Since(cp.added) < podGrace
 	}

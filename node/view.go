@@ -25,6 +25,9 @@ type view struct {
 	snap  *inventory.Snapshot
 	byIP  map[netip.Addr]*Workload
 	local []*Workload // enrolled pods on this node, sorted by IP
+	// localByName is every pod on this node, with an address or not, by
+	// "namespace/name".
+	localByName map[string]*inventory.Pod
 	// identities are the service accounts with an enrolled pod on this node.
 	identities []certs.Identity
 	// conflicts names pod IPs claimed by more than one pod; such IPs are
@@ -44,10 +47,13 @@ type view struct {
 
 // newView indexes snap for the agent on nodeName.
 func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace string) *view {
-	v := &view{snap: snap, byIP: make(map[netip.Addr]*Workload, len(snap.Pods))}
+	v := &view{snap: snap, byIP: make(map[netip.Addr]*Workload, len(snap.Pods)), localByName: map[string]*inventory.Pod{}}
 	dup := map[netip.Addr]bool{}
 	for i := range snap.Pods {
 		p := &snap.Pods[i]
+		if p.NodeName == nodeName {
+			v.localByName[p.Namespace+"/"+p.Name] = p
+		}
 		if !p.IP.IsValid() || p.HostNetwork {
 			continue // host-network pods share the node's IP: not workload addresses
 		}
@@ -147,15 +153,15 @@ func (v *view) workload(ip netip.Addr) (*Workload, bool) {
 	return w, ok
 }
 
-// podNamed returns the pod namespace/name, as listed whether or not it has
-// an address yet (--capture pod meets pods before the kubelet reports one).
-func (v *view) podNamed(namespace, name string) (inventory.Pod, bool) {
-	for _, p := range v.snap.Pods {
-		if p.Namespace == namespace && p.Name == name {
-			return p, true
-		}
+// localPod returns this node's pod namespace/name, as listed whether or not
+// it has an address yet (--capture pod meets pods before the kubelet reports
+// one).
+func (v *view) localPod(namespace, name string) (inventory.Pod, bool) {
+	p, ok := v.localByName[namespace+"/"+name]
+	if !ok {
+		return inventory.Pod{}, false
 	}
-	return inventory.Pod{}, false
+	return *p, true
 }
 
 // localEnrolled returns the enrolled pod with address ip on this node, if any.
