@@ -400,7 +400,7 @@ func checkNodeModeBlind(ctx context.Context, t *testing.T, e *podEnv) {
 	objs := e.install(ctx, t, ".")
 	w := e.startWorkloads(ctx, t, "mv-node", false)
 	// Deny every connection from the namespace to web.
-	if _, err := e.cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+	applyPolicy(ctx, t, e.cluster, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-namespace, namespace: mv-node}
 spec:
@@ -409,10 +409,7 @@ spec:
   rules:
   - from:
     - source: {namespaces: ["mv-node"]}
-`), kubetest.ApplyOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	awaitPolicy(ctx, t, "mv-node", "deny-namespace")
+`)
 	before := scrape(ctx, t)
 	code, body := e.execGet(ctx, t, w.ns, "client", "http://"+w.web.Status.PodIP+":8000/ip")
 	after := scrape(ctx, t)
@@ -504,7 +501,7 @@ func checkPodMode(ctx context.Context, t *testing.T, e *podEnv) {
 	})
 
 	t.Run("AuthorizationPolicy DENY refuses", func(t *testing.T) {
-		if _, err := e.cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+		applyPolicy(ctx, t, e.cluster, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-blocked, namespace: `+ns+`}
 spec:
@@ -513,10 +510,7 @@ spec:
   rules:
   - from:
     - source: {principals: ["cluster.local/ns/`+ns+`/sa/blocked"]}
-`), kubetest.ApplyOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		awaitPolicy(ctx, t, ns, "deny-blocked")
+`)
 		before := scrape(ctx, t)
 		if code, body := e.execGet(ctx, t, ns, "blocked", url); code == "200" {
 			t.Fatalf("the denied principal got through: %s %q", code, body)
@@ -816,14 +810,11 @@ func (e *podEnv) checkStrictFromNode(ctx context.Context, t *testing.T, w *workl
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+	applyPolicy(ctx, t, e.cluster, `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: strict, namespace: `+strictNS+`}
 spec: {mtls: {mode: STRICT}}
-`), kubetest.ApplyOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	awaitPolicy(ctx, t, strictNS, "strict")
+`)
 	strict := servePod("web")
 	strict.Spec.Containers[0].ReadinessProbe = readinessFrom(probeSource, 1)
 	if _, err := e.c.CoreV1().Pods(strictNS).Create(ctx, strict, metav1.CreateOptions{}); err != nil {

@@ -97,14 +97,11 @@ func checkTraffic(t *testing.T, ctx context.Context, n *Node, c kubernetes.Inter
 	})
 
 	t.Run("STRICT refuses plaintext", func(t *testing.T) {
-		if _, err := cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+		applyPolicy(ctx, t, cluster, `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: strict, namespace: ambient-on}
 spec: {mtls: {mode: STRICT}}
-`), kubetest.ApplyOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		awaitPolicy(ctx, t, "ambient-on", "strict")
+`)
 		before := scrape(ctx, t)
 		if code, _, _ := runClient(ctx, t, c, "ambient-off", "client", "default", onURL); code == "200" {
 			t.Fatal("a plaintext client reached an enrolled pod under STRICT")
@@ -121,7 +118,7 @@ spec: {mtls: {mode: STRICT}}
 	})
 
 	t.Run("AuthorizationPolicy denies by principal", func(t *testing.T) {
-		if _, err := cluster.Apply(ctx, []byte(`apiVersion: security.istio.io/v1
+		applyPolicy(ctx, t, cluster, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-blocked, namespace: ambient-on}
 spec:
@@ -130,10 +127,7 @@ spec:
   rules:
   - from:
     - source: {principals: ["cluster.local/ns/ambient-on/sa/blocked"]}
-`), kubetest.ApplyOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		awaitPolicy(ctx, t, "ambient-on", "deny-blocked")
+`)
 		before := scrape(ctx, t)
 		if code, _, _ := runClient(ctx, t, c, "ambient-on", "blocked", "blocked", onURL); code == "200" {
 			t.Fatal("the denied principal got through")
@@ -586,6 +580,19 @@ func grep(body, prefix string) string {
 
 // awaitPolicy waits until the agent enforces the policy ns/name (its
 // /config_dump on the node's loopback).
+// applyPolicy applies the policies of manifest and waits until the agent
+// enforces each.
+func applyPolicy(ctx context.Context, t *testing.T, cluster *kubetest.Cluster, manifest string) {
+	t.Helper()
+	objs, err := cluster.Apply(ctx, []byte(manifest), kubetest.ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		awaitPolicy(ctx, t, o.GetNamespace(), o.GetName())
+	}
+}
+
 func awaitPolicy(ctx context.Context, t *testing.T, ns, name string) {
 	t.Helper()
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
