@@ -58,16 +58,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	defer cancel()
 	root, bins, pause := nodeAssets(ctx, t)
 	tmp := t.TempDir()
-	// Ferry's image as users build it.
-	imageTar := filepath.Join(tmp, "ferry-image.tar")
-	mk := exec.CommandContext(ctx, "make", "-C", root, "image", "TAG="+testTag, "IMAGE_TAR="+imageTar, "IMAGE_OCI="+filepath.Join(tmp, "oci"))
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make image: %v\n%s", err, out)
-	}
-	ferry := filepath.Join(tmp, "ferry")
-	if err := BuildStatic(ctx, root, "./cmd/ferry", ferry); err != nil {
-		t.Fatal(err)
-	}
+	imageTar, ferry := buildFerry(ctx, t, root, tmp)
 
 	dir := filepath.Join(os.TempDir(), "ferry-kubenode-deploy-test")
 	n, err := New(Config{Dir: dir, BinDir: bins, PauseBinary: pause, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
@@ -513,4 +504,20 @@ func dumpNamespace(t *testing.T, c kubernetes.Interface, ns string) {
 			t.Logf("event %s %s: %s %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
 		}
 	}
+}
+
+// buildFerry builds, in dir, Ferry's image as users build it (`make image`,
+// a docker archive) and the static binary the node gets as its CNI plugin.
+func buildFerry(ctx context.Context, t *testing.T, root, dir string) (imageTar, ferry string) {
+	t.Helper()
+	imageTar = filepath.Join(dir, "ferry-image.tar")
+	mk := exec.CommandContext(ctx, "make", "-C", root, "image", "TAG="+testTag, "IMAGE_TAR="+imageTar, "IMAGE_OCI="+filepath.Join(dir, "oci"))
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("make image: %v\n%s", err, out)
+	}
+	ferry = filepath.Join(dir, "ferry")
+	if err := BuildStatic(ctx, root, "./cmd/ferry", ferry); err != nil {
+		t.Fatal(err)
+	}
+	return imageTar, ferry
 }

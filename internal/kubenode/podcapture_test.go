@@ -69,15 +69,7 @@ func TestPrivilegedRealNodePodCapture(t *testing.T) {
 	defer cancel()
 	root, bins, pause := nodeAssets(ctx, t)
 	tmp := t.TempDir()
-	imageTar := filepath.Join(tmp, "ferry-image.tar")
-	mk := exec.CommandContext(ctx, "make", "-C", root, "image", "TAG="+testTag, "IMAGE_TAR="+imageTar, "IMAGE_OCI="+filepath.Join(tmp, "oci"))
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make image: %v\n%s", err, out)
-	}
-	ferry := filepath.Join(tmp, "ferry")
-	if err := BuildStatic(ctx, root, "./cmd/ferry", ferry); err != nil {
-		t.Fatal(err)
-	}
+	imageTar, ferry := buildFerry(ctx, t, root, tmp)
 	caDir := filepath.Join(tmp, "ca")
 	if out, err := exec.CommandContext(ctx, ferry, "ca", "init", "--out", caDir).CombinedOutput(); err != nil {
 		t.Fatalf("ferry ca init: %v\n%s", err, out)
