@@ -126,6 +126,25 @@ func run(args []string) int {
 	return 0
 }
 
+// suiteDefinitions define the data-path suite's keys (meta.definitions).
+var suiteDefinitions = map[string]string{
+	"path_1conn_up_vs_gotls":       "ferry ÷ go-tls MB/s, one connection, client→server, same round",
+	"path_1conn_down_vs_gotls":     "ferry ÷ go-tls MB/s, one connection, server→client",
+	"path_1conn_vs_best_peer":      "min over directions of ferry ÷ the fastest other tunnel peer in that direction",
+	"path_1conn_vs_direct":         "min over directions (up, down) of ferry ÷ direct TCP MB/s (no tunnel, same veth path), one connection, same round; each direction's ratio is raw path/tput-1conn/DIR ferry vs_direct",
+	"cpu_per_gb_vs_gotls":          "both agents' CPU per GB (up+down) ÷ go-tls's",
+	"rr1k_added_p50_vs_gotls":      "(ferry p50 − direct p50) ÷ (go-tls p50 − direct p50), 1 KiB request/response on one connection",
+	"cpu_us_per_rr1k":              "both agents' CPU µs per 1 KiB request/response (= vCPU per 1000 rps ×1000)",
+	"cpu_per_rr1k_vs_best_peer":    "cpu_us_per_rr1k ÷ the lowest agents' CPU per 1 KiB request/response among the other tunnel peers that ran (go-tls, ghostunnel, haproxy, nginx, stunnel, istio-hbone), same round",
+	"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",
+	"connect_cpu_vs_best_tls_peer": "both agents' CPU per new connection (path/connect-rate) ÷ the lowest agents' CPU per connection among the TLS-per-connection peers that ran (go-tls, ghostunnel, haproxy, nginx, stunnel), same round",
+	"handshakes_per_s_core_x25519": "1 s ÷ node b agent's CPU per full mTLS handshake (X25519, P-256 certs, no resumption)",
+	"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection, at the largest -idle-conns count (raw figures for each count under mem/idle-N)",
+	"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection, at the largest -idle-conns count",
+	"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
+	"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
+}
+
 // peerNames is the table order.
 var peerNames = []string{"direct", "ferry", "ferry-baseline", "go-tls", "ghostunnel", "haproxy", "nginx", "stunnel", "istio-hbone", "ferry-tunnel", "go-tls-direct", "ferry-node", "ferry-pod"}
 
@@ -183,20 +202,7 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 	rec.Meta["idle_conns"] = cfg.idleConns
 	rec.Meta["topology"] = "two network namespaces (nodes) joined by a veth pair; load generator in node a " +
 		"from the client pod address, sink in node b at the server pod address; each peer = client side in node a + server side in node b"
-	defs := map[string]string{
-		"path_1conn_up_vs_gotls":       "ferry ÷ go-tls MB/s, one connection, client→server, same round",
-		"path_1conn_down_vs_gotls":     "ferry ÷ go-tls MB/s, one connection, server→client",
-		"path_1conn_vs_best_peer":      "min over directions of ferry ÷ the fastest other tunnel peer in that direction",
-		"cpu_per_gb_vs_gotls":          "both agents' CPU per GB (up+down) ÷ go-tls's",
-		"rr1k_added_p50_vs_gotls":      "(ferry p50 − direct p50) ÷ (go-tls p50 − direct p50), 1 KiB request/response on one connection",
-		"cpu_us_per_rr1k":              "both agents' CPU µs per 1 KiB request/response (= vCPU per 1000 rps ×1000)",
-		"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",
-		"handshakes_per_s_core_x25519": "1 s ÷ node b agent's CPU per full mTLS handshake (X25519, P-256 certs, no resumption)",
-		"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection, at the largest -idle-conns count (raw figures for each count under mem/idle-N)",
-		"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection, at the largest -idle-conns count",
-		"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",
-		"hol_p99_ratio":                "ferry 1 KiB RR p99 while a bulk download with a slow (32 MiB/s) consumer shares the HBONE connection ÷ p99 alone",
-	}
+	defs := maps.Clone(suiteDefinitions)
 	maps.Copy(defs, captureDefinitions)
 	maps.Copy(defs, policyDefinitions)
 	rec.Meta["definitions"] = defs

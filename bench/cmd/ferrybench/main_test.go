@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -104,5 +105,61 @@ func TestRecorderWriteKeepsOtherSuites(t *testing.T) {
 	if len(got.Inventory) != 1 || got.Old != nil || got.Mux == nil ||
 		got.Meta.Definitions["inventory_scale"] != "memory per mode" || got.Meta.Definitions["mux8_vs_8tls"] != "d" {
 		t.Errorf("results after the run:\n%s", b)
+	}
+}
+
+// TestKeysDefined checks that every key of the table has a definition in
+// meta.definitions.
+func TestKeysDefined(t *testing.T) {
+	defs := maps.Clone(suiteDefinitions)
+	maps.Copy(defs, captureDefinitions)
+	maps.Copy(defs, policyDefinitions)
+	for _, k := range keyOrder {
+		if defs[k.name] == "" {
+			t.Errorf("key %s has no definition", k.name)
+		}
+		if k.target == "" {
+			t.Errorf("key %s has no target", k.name)
+		}
+	}
+}
+
+func TestLowest(t *testing.T) {
+	cpu := map[string]float64{"ferry": 50, "ferry-baseline": 40, "direct": 0, "go-tls": 150, "nginx": 105, "stunnel": 105, "haproxy": 0}
+	for _, tc := range []struct {
+		name   string
+		m      map[string]float64
+		keep   func(string) bool
+		want   string
+		wantV  float64
+		wantOK bool
+	}{
+		{"other tunnels", cpu, otherTunnel, "nginx", 105, true},
+		{"ties go to the first name", map[string]float64{"stunnel": 7, "nginx": 7}, otherTunnel, "nginx", 7, true},
+		{"zero is no figure", map[string]float64{"haproxy": 0, "go-tls": 3}, otherTunnel, "go-tls", 3, true},
+		{"only ferry", map[string]float64{"ferry": 1, "ferry-baseline": 1, "direct": 1}, otherTunnel, "", 0, false},
+		{"nothing", nil, otherTunnel, "", 0, false},
+		{"filter", cpu, func(n string) bool { return n == "go-tls" }, "go-tls", 150, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name, v, ok := lowest(tc.m, tc.keep)
+			if name != tc.want || v != tc.wantV || ok != tc.wantOK {
+				t.Errorf("lowest = %q, %v, %v; want %q, %v, %v", name, v, ok, tc.want, tc.wantV, tc.wantOK)
+			}
+		})
+	}
+}
+
+func TestVsDirect(t *testing.T) {
+	res := map[string]map[string]dirResult{
+		"up":   {"direct": {mbps: 2000}, "ferry": {mbps: 800}},
+		"down": {"direct": {mbps: 2500}, "ferry": {mbps: 750}},
+	}
+	if v, ok := vsDirect(res, "ferry"); !ok || math.Abs(v-0.3) > 1e-9 {
+		t.Errorf("vsDirect = %v, %v; want the lower ratio 0.3 (down)", v, ok)
+	}
+	delete(res["down"], "direct")
+	if v, ok := vsDirect(res, "ferry"); ok {
+		t.Errorf("vsDirect without direct down = %v, want none", v)
 	}
 }

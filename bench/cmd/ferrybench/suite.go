@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/netip"
 	"os"
@@ -286,11 +287,56 @@ func (s *suite) throughput(ctx context.Context) {
 	if !math.IsInf(worst, 1) && len(res["up"]) > 0 && len(res["down"]) > 0 {
 		s.rec.key("path_1conn_vs_best_peer", worst)
 	}
+	if v, ok := vsDirect(res, f); ok {
+		s.rec.key("path_1conn_vs_direct", v)
+	}
 	if cf, ok := cpuPerGB(res, f); ok {
 		if cg, ok := cpuPerGB(res, g); ok && cg > 0 {
 			s.rec.key("cpu_per_gb_vs_gotls", cf/cg)
 		}
 	}
+	for _, dir := range []string{"up", "down"} {
+		if rf, ok := res[dir][f]; ok {
+			if rd, ok := res[dir]["direct"]; ok && rd.mbps > 0 {
+				s.rec.raw("path/tput-1conn/"+dir, f, "vs_direct", "ratio", rf.mbps/rd.mbps)
+			}
+		}
+	}
+}
+
+// vsDirect is the lower over both directions of the named peer's MB/s ÷
+// direct TCP's in res (tputOver's); false unless both peers have both
+// directions.
+func vsDirect(res map[string]map[string]dirResult, name string) (float64, bool) {
+	worst := math.Inf(1)
+	for _, dir := range []string{"up", "down"} {
+		p, ok1 := res[dir][name]
+		d, ok2 := res[dir]["direct"]
+		if !ok1 || !ok2 || d.mbps <= 0 {
+			return 0, false
+		}
+		worst = min(worst, p.mbps/d.mbps)
+	}
+	return worst, true
+}
+
+// otherTunnel reports whether the named peer is a tunnel other than Ferry
+// (the peers Ferry's figures are set against): neither direct TCP nor one
+// of Ferry's own binaries.
+func otherTunnel(name string) bool {
+	return name != "direct" && name != "ferry" && name != "ferry-baseline"
+}
+
+// lowest returns the name and value of the lowest positive value in m
+// among the names keep accepts (ties go to the first name in order); ok is
+// false when there is none.
+func lowest(m map[string]float64, keep func(string) bool) (name string, v float64, ok bool) {
+	for _, n := range slices.Sorted(maps.Keys(m)) {
+		if x := m[n]; keep(n) && x > 0 && (!ok || x < v) {
+			name, v, ok = n, x, true
+		}
+	}
+	return name, v, ok
 }
 
 // rrResult is one peer's request/response figures in a round.
@@ -343,6 +389,16 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 	}
 	if r, ok := res["ferry"]; ok {
 		s.rec.key("cpu_us_per_rr1k", r.cpuPerReq)
+		cpu := map[string]float64{}
+		for name, o := range res {
+			cpu[name] = o.cpuPerReq
+		}
+		if name, best, ok := lowest(cpu, otherTunnel); ok {
+			s.rec.key("cpu_per_rr1k_vs_best_peer", r.cpuPerReq/best)
+			s.log.Debug("lowest CPU per request", "peer", name)
+		} else {
+			s.rec.Skipped["cpu_per_rr1k_vs_best_peer"] = "no tunnel peer other than Ferry completed " + bench
+		}
 	}
 	d, okd := res["direct"]
 	f, okf := res["ferry"]
@@ -387,6 +443,7 @@ func (s *suite) fixedRate(ctx context.Context) {
 func (s *suite) connectRate(ctx context.Context) {
 	const bench = "path/connect-rate"
 	rate := map[string]float64{}
+	cpuPerConn := map[string]float64{}
 	for _, p := range s.peers {
 		var lat []time.Duration
 		cpu, err := s.measure(bench, p, func() error {
@@ -398,7 +455,7 @@ func (s *suite) connectRate(ctx context.Context) {
 			s.fail(bench, p, fmt.Errorf("%d connections: %v", len(lat), err))
 			continue
 		}
-		rate[p.name], _ = s.recordConnect(bench, p, lat, cpu, s.cfg.dur)
+		rate[p.name], cpuPerConn[p.name] = s.recordConnect(bench, p, lat, cpu, s.cfg.dur)
 		// Let TIME_WAIT and the peers' closing work drain.
 		time.Sleep(500 * time.Millisecond)
 	}
@@ -410,6 +467,15 @@ func (s *suite) connectRate(ctx context.Context) {
 	}
 	if f, ok := rate["ferry"]; ok && best > 0 {
 		s.rec.key("connect_rate_vs_tls_peers", f/best)
+	}
+	perConnTLS := func(name string) bool { p := s.peer(name); return p != nil && p.perConnTLS }
+	if f, ok := cpuPerConn["ferry"]; ok && f > 0 {
+		if name, low, ok := lowest(cpuPerConn, perConnTLS); ok {
+			s.rec.key("connect_cpu_vs_best_tls_peer", f/low)
+			s.log.Debug("lowest CPU per connection", "peer", name)
+		} else {
+			s.rec.Skipped["connect_cpu_vs_best_tls_peer"] = "no TLS-per-connection peer completed " + bench
+		}
 	}
 }
 
