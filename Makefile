@@ -62,7 +62,7 @@ bench: build ## the benchmark suite; writes bench/results.json
 demo: deps build ## the mTLS migration walkthrough on the netns testbed (root)
 	FERRY_BIN=$(CURDIR)/$(BIN) scripts/demo
 
-demo-kube: deps ## the same walkthrough on a real kubelet node, Ferry installed from deploy/ (root; CAPTURE=pod: deploy/capture-pod)
+demo-kube: deps ## the same walkthrough on a real kubelet node, Ferry installed from deploy/ (root; CAPTURE=node: deploy/capture-node)
 	scripts/demo-kube $(if $(CAPTURE),--capture $(CAPTURE))
 
 image: ## build the container image without Docker: bin/ferry-image.tar (docker-archive) and bin/ferry-image.oci

@@ -89,7 +89,7 @@ func TestManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	referenced := slices.Clone(files)
-	for _, o := range []string{deploy.IstiodOverlay, deploy.CapturePodOverlay} {
+	for _, o := range []string{deploy.IstiodOverlay, deploy.CaptureNodeOverlay} {
 		referenced = append(referenced, patchFiles(t, o)...)
 	}
 	for _, f := range all {
@@ -135,7 +135,7 @@ func TestManifests(t *testing.T) {
 }
 
 // TestPrivilegedKubeManifestsDryRun applies every manifest, in kustomization
-// order, and deploy/capture-pod's DaemonSet with a server-side dry run
+// order, and deploy/capture-node's DaemonSet with a server-side dry run
 // against a real API server: schemas, defaulting, admission (Pod Security
 // included) and RBAC escalation checks.
 func TestPrivilegedKubeManifestsDryRun(t *testing.T) {
@@ -165,15 +165,15 @@ func TestPrivilegedKubeManifestsDryRun(t *testing.T) {
 			t.Logf("%s: %s %s/%s: ok", f, o.GetKind(), o.GetNamespace(), o.GetName())
 		}
 	}
-	// deploy/capture-pod's agent (its other objects are the default's).
-	for _, o := range kubetest.RenderDeploy(t, deploy.CapturePodOverlay) {
+	// deploy/capture-node's agent (its other objects are the default's).
+	for _, o := range kubetest.RenderDeploy(t, deploy.CaptureNodeOverlay) {
 		if o.GetKind() != "DaemonSet" {
 			continue
 		}
 		if _, err := c.ApplyObjects(ctx, []*unstructured.Unstructured{o}, kubetest.ApplyOptions{DryRun: true}); err != nil {
-			t.Errorf("%s: %s: %v", deploy.CapturePodOverlay, objectKey(o), err)
+			t.Errorf("%s: %s: %v", deploy.CaptureNodeOverlay, objectKey(o), err)
 		} else {
-			t.Logf("%s: %s: ok", deploy.CapturePodOverlay, objectKey(o))
+			t.Logf("%s: %s: ok", deploy.CaptureNodeOverlay, objectKey(o))
 		}
 	}
 }
@@ -370,7 +370,7 @@ func fromUnstructured(t *testing.T, o *unstructured.Unstructured, into any) {
 }
 
 // TestRenderMatchesKustomize renders deploy/, deploy/istiod and
-// deploy/capture-pod with `kubectl kustomize`, where kubectl is installed,
+// deploy/capture-node with `kubectl kustomize`, where kubectl is installed,
 // and checks that kubetest.Render, which the tests apply, gives the same
 // objects. Lists of named entries (volumes, containers) are compared by
 // name: kustomize may move a patched entry.
@@ -380,7 +380,7 @@ func TestRenderMatchesKustomize(t *testing.T) {
 	if err != nil {
 		t.Skip("kubectl not installed")
 	}
-	for _, dir := range []string{".", deploy.IstiodOverlay, deploy.CapturePodOverlay} {
+	for _, dir := range []string{".", deploy.IstiodOverlay, deploy.CaptureNodeOverlay} {
 		out, err := exec.CommandContext(t.Context(), kubectl, "kustomize", dir).Output()
 		if err != nil {
 			t.Fatalf("kubectl kustomize %s: %v", dir, err)

@@ -5,11 +5,11 @@ import (
 	"io/fs"
 )
 
-//go:embed kustomization.yaml crds/*.yaml base/*.yaml istiod/*.yaml capture-pod/*.yaml
+//go:embed kustomization.yaml crds/*.yaml base/*.yaml istiod/*.yaml capture-node/*.yaml
 var manifests embed.FS
 
 // FS returns the manifests, rooted at this directory: kustomization.yaml,
-// crds/*.yaml, base/*.yaml, istiod/*.yaml and capture-pod/*.yaml. The returned file system is
+// crds/*.yaml, base/*.yaml, istiod/*.yaml and capture-node/*.yaml. The returned file system is
 // read-only and safe for concurrent use.
 func FS() fs.FS { return manifests }
 
@@ -21,12 +21,13 @@ func FS() fs.FS { return manifests }
 // tests use internal/kubetest.Render).
 const IstiodOverlay = "istiod"
 
-// CapturePodOverlay is the directory, in FS, of the kustomize overlay that
-// runs the agent with --capture pod: the default install (CRDs and
-// deploy/base) with the agent capturing inside each enrolled pod's network
-// namespace, which the ferry-cni plugin it installs on the node hands it.
+// CaptureNodeOverlay is the directory, in FS, of the kustomize overlay that
+// runs the agent with --capture node: the default install (CRDs and
+// deploy/base) with the agent capturing in the node's network namespace,
+// for CNIs whose pod traffic crosses the node's routing, without the CNI
+// plugin, SYS_ADMIN or the node's CNI, runtime and cgroup directories.
 // Render it as IstiodOverlay.
-const CapturePodOverlay = "capture-pod"
+const CaptureNodeOverlay = "capture-node"
 
 // CRDFiles lists, in FS, the CustomResourceDefinitions Ferry reads: Istio's
 // security.istio.io AuthorizationPolicy and PeerAuthentication.

@@ -82,7 +82,7 @@ func TestPrivilegedIstiodTestbed(t *testing.T) {
 			"nsenter", "--net=/var/run/netns/"+n.Netns, "--", "env", "POD_NAME="+agentPod.Name, "POD_NAMESPACE=istio-system", "POD_IP="+n.IP,
 			bins.ferry, "agent", "--node", n.Name, "--kube", "--kubeconfig", apiKubeconfig,
 			"--xds-addr", istiod.XDSAddr, "--ca-addr", istiod.XDSAddr, "--ca-root", root, "--ca-token-file", tokenFile,
-			"--bpf-pin-dir", n.PinDir, "--log-level", "debug")
+			"--bpf-pin-dir", n.PinDir, "--capture", "node", "--log-level", "debug")
 	}
 	for _, n := range tb.Nodes {
 		waitReady(t, tb, n)

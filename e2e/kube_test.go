@@ -11,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymesh/ferry/internal/netns"
-	"github.com/ferrymesh/ferry/internal/testbed"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/ferrymesh/ferry/internal/kubetest"
+	"github.com/ferrymesh/ferry/internal/netns"
+	"github.com/ferrymesh/ferry/internal/testbed"
 	"github.com/ferrymesh/ferry/internal/testutil"
 )
 
@@ -78,7 +78,7 @@ func TestPrivilegedKubeTestbed(t *testing.T) {
 		startProcess(t, filepath.Join(tb.RunDir, "logs", "kube-agent-"+n.Name+".log"),
 			"nsenter", "--net=/var/run/netns/"+n.Netns, "--", bins.ferry, "agent", "--node", n.Name, "--kube",
 			"--kubeconfig", apiKubeconfig, "--ca-addr", caAddr, "--ca-root", filepath.Join(dir, "root-cert.pem"),
-			"--ca-token-file", tokenFile, "--bpf-pin-dir", n.PinDir, "--log-level", "debug")
+			"--ca-token-file", tokenFile, "--bpf-pin-dir", n.PinDir, "--capture", "node", "--log-level", "debug")
 	}
 	for _, n := range tb.Nodes {
 		waitReady(t, tb, n)

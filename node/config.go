@@ -28,7 +28,9 @@ const (
 	CaptureNode = "node"
 	// CapturePod captures inside each enrolled pod's network namespace,
 	// which the CNI plugin hands the agent: any CNI, including those that
-	// bypass the node's routing (macvlan, ipvlan, Cilium, Calico eBPF).
+	// bypass the node's routing (macvlan, ipvlan, Cilium, Calico eBPF). The
+	// default: it works wherever node capture does, for about the same cost
+	// (bench/README.md, capture section), and where node capture cannot.
 	CapturePod = "pod"
 )
 
@@ -110,7 +112,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.PostQuantum, "post-quantum", false, "offer and prefer the hybrid X25519MLKEM768 key exchange on HBONE (about a third more CPU per handshake; default X25519)")
 	fs.StringVar(&c.SystemNamespace, "system-namespace", "istio-system", "root namespace: its policies apply mesh-wide")
 	fs.StringVar(&c.Redirect, "redirect", RedirectEBPF, "traffic capture: ebpf (sk_lookup + policy routing) or none (user-space tests)")
-	fs.StringVar(&c.Capture, "capture", CaptureNode, "with --redirect ebpf, where enrolled pods' TCP is captured: node (the node's network namespace; CNIs whose pod traffic crosses the node's routing) or pod (inside each pod's namespace, handed over by the ferry-cni plugin; any CNI)")
+	fs.StringVar(&c.Capture, "capture", CapturePod, "with --redirect ebpf, where enrolled pods' TCP is captured: pod (inside each pod's namespace, handed over by the ferry-cni plugin or found through --cri-socket; any CNI) or node (the node's network namespace; only CNIs whose pod traffic crosses the node's routing)")
 	fs.StringVar(&c.CNISocket, "cni-socket", "/var/run/ferry/cni.sock", "with --capture pod: the unix socket the ferry-cni plugin reports new pods on")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/run/ferry", "with --capture pod: where the agent records the pods it captured, for the next agent and `ferry cleanup`")
 	fs.StringVar(&c.ProbeSource, "probe-source", "", "with --capture pod: an address only the node uses (Istio uses 169.254.7.127), put on lo; the kubelet's connections to captured pods leave from it and reach them uncaptured (empty: probes are captured like any node traffic)")
@@ -181,7 +183,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("--redirect %q: want ebpf or none", c.Redirect))
 	}
 	if c.Capture == "" {
-		c.Capture = CaptureNode
+		c.Capture = CapturePod
 	}
 	if c.Capture != CaptureNode && c.Capture != CapturePod {
 		errs = append(errs, fmt.Errorf("--capture %q: want node or pod", c.Capture))

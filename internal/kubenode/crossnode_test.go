@@ -106,7 +106,7 @@ func checkCrossNode(t *testing.T, ctx context.Context, n *Node, c kubernetes.Int
 		}
 	})
 	start(t, "ferry-node2-agent", node2, ferry, "agent", "--kube", "--kubeconfig", n.Kubeconfig(), "--node", node2Name,
-		"--redirect", "ebpf", "--bpf-pin-dir", pinDir, "--drain-timeout", "1s",
+		"--redirect", "ebpf", "--capture", "node", "--bpf-pin-dir", pinDir, "--drain-timeout", "1s",
 		"--ca-cert", filepath.Join(caDir, "root-cert.pem"), "--ca-key", filepath.Join(caDir, "root-key.pem"))
 	if _, err := waitAnnotation(ctx, c, "remote", "web", "enabled"); err != nil {
 		t.Fatal(err)

@@ -9,31 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-// DeployOverlay applies to one of deploy/'s manifests (name as in
-// deploy.Files) the overlay a node of this package needs, as text edits of
-// what a kustomize overlay would change: the image tag (`kustomize edit
-// set image`), and the agent's bpffs hostPath moved to bpffs, the node's
-// own (the host's /sys/fs/bpf is private here and the node must not
-// remount it; on a real node systemd mounts it shared). Nothing else.
-func DeployOverlay(name string, b []byte, tag, bpffs string) ([]byte, error) {
-	s := string(b)
-	const image = "image: ghcr.io/ferrymesh/ferry:dev"
-	if name == "base/agent.yaml" || name == "base/ca.yaml" {
-		if strings.Count(s, image) != 1 {
-			return nil, fmt.Errorf("kubenode: overlay: %s has %d × %q, want 1", name, strings.Count(s, image), image)
-		}
-		s = strings.Replace(s, image, "image: ghcr.io/ferrymesh/ferry:"+tag, 1)
-	}
-	if name == "base/agent.yaml" {
-		const hostPath = "hostPath:\n          path: /sys/fs/bpf\n"
-		if strings.Count(s, hostPath) != 1 {
-			return nil, fmt.Errorf("kubenode: overlay: %s: bpffs hostPath not found", name)
-		}
-		s = strings.Replace(s, hostPath, "hostPath:\n          path: "+bpffs+"\n", 1)
-	}
-	return []byte(s), nil
-}
-
 // nodePath is a host directory deploy/'s agent mounts, and this node's own
 // for it. A named one is a path the agent tells the node (the CNI socket,
 // in the plugin's configuration) or the node tells the agent (CNI_NETNS):
@@ -61,7 +36,7 @@ var nodePaths = []nodePath{
 const probeCgroupFlag = "--probe-cgroup="
 
 // Overlay applies to the objects of a rendered kustomization of deploy/
-// (internal/kubetest.Render: the default install, deploy/capture-pod) what
+// (internal/kubetest.Render: the default install, deploy/capture-node) what
 // a node of this package needs, as a kustomize overlay would: every Ferry
 // image set to tag (`kustomize edit set image`); every hostPath of the
 // agent moved to this node's own (nodePaths: the host's bpffs is private

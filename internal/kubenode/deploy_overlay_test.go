@@ -10,11 +10,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/ferrymesh/ferry/deploy"
 	"github.com/ferrymesh/ferry/internal/kubetest"
 )
 
-// TestOverlay checks Overlay on deploy/capture-pod for both CNIs: the
+// TestOverlay checks Overlay on deploy/ (pod mode) for both CNIs: the
 // image, every host path moved to the node's own, the named ones (the CNI
 // socket's directory, the pods' namespaces) at the node's path inside the
 // container too with the arguments following, --probe-cgroup at the node's
@@ -27,7 +26,7 @@ func TestOverlay(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			objs := kubetest.RenderDeploy(t, deploy.CapturePodOverlay)
+			objs := kubetest.RenderDeploy(t, ".")
 			if err := n.Overlay(objs, "t1"); err != nil {
 				t.Fatal(err)
 			}

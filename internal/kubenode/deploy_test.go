@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,22 +37,23 @@ import (
 // from an earlier `make image`.
 const testTag = "kubenode-test"
 
-// TestPrivilegedRealNodeDeploy installs deploy/ on a real node the way
+// TestPrivilegedRealNodeDeploy installs deploy/capture-node (node-mode
+// capture, on the bridge CNI, which serves it) on a real node the way
 // deploy/README.md tells users to (root from `ferry ca init`, its Secret
-// and ConfigMap, then every manifest server-side applied with a test
-// overlay that only sets the image and the node's bpffs; the ConfigMap
+// and ConfigMap, then every manifest server-side applied with the node's
+// overlay, Node.Overlay: the image and the node's host paths; the ConfigMap
 // comes late, to check the documented symptom and recovery), and checks
 // that the kubelet runs it: the CA Deployment and the agent DaemonSet become
 // Ready through their readiness probes with no kubelet warning but the
 // expected ones, their declared metrics ports answer, the agent gets
-// certificates from
-// `ferry ca serve` through the ferry-ca Service (resolved by name), and
-// enrols a pod of a namespace labelled ambient and not one of an
-// unlabelled namespace; checkTraffic then drives real pods through it. It
+// certificates from `ferry ca serve` through the ferry-ca Service (resolved
+// by name), and enrols a pod of a namespace labelled ambient and not one of
+// an unlabelled namespace; checkTraffic then drives real pods through it. It
 // then uninstalls as documented — delete every manifest — with the ambient
 // namespace left in place, and checks that the agent, seeing its DaemonSet
 // deleted, removed its pins and the capture rules and routes of the pod
-// that was still enrolled.
+// that was still enrolled. The default install, pod mode, is
+// TestPrivilegedRealNodePodCapture's.
 func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	testutil.Privileged(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
@@ -133,19 +135,12 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	var applied [][]byte
-	for _, f := range deploy.Files() {
-		b, err := fs.ReadFile(deploy.FS(), f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b, err = DeployOverlay(f, b, testTag, n.BPFFS()); err != nil {
-			t.Fatal(err)
-		}
-		applied = append(applied, b)
-		if _, err := cluster.Apply(ctx, b, kubetest.ApplyOptions{}); err != nil {
-			t.Fatalf("apply %s: %v", f, err)
-		}
+	applied := kubetest.RenderDeploy(t, deploy.CaptureNodeOverlay)
+	if err := n.Overlay(applied, testTag); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.ApplyObjects(ctx, applied, kubetest.ApplyOptions{}); err != nil {
+		t.Fatalf("apply %s: %v", deploy.CaptureNodeOverlay, err)
 	}
 
 	// Until the operator creates the root ConfigMap the agent cannot start,
@@ -377,10 +372,9 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for i := len(applied) - 1; i >= 0; i-- {
-		if err := cluster.Delete(ctx, applied[i]); err != nil {
-			t.Fatal(err)
-		}
+	slices.Reverse(applied)
+	if err := cluster.DeleteObjects(ctx, applied); err != nil {
+		t.Fatal(err)
 	}
 	if err := Poll(waitCtx, 0, func() error {
 		pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})

@@ -22,7 +22,7 @@
 //
 // The kubelet runs in a cgroup v2 directory of its own, KubeletCgroup,
 // from its first instruction, as systemd runs a node's kubelet in
-// kubelet.service: deploy/capture-pod's agent attaches its probe program
+// kubelet.service: deploy/'s agent attaches its probe program
 // there (--probe-cgroup, which Overlay points at it), so that the kubelet's
 // health probes, and no other process's connections, leave from the probe
 // source address.

@@ -38,10 +38,10 @@ import (
 // whose CNI bypasses the node's routing and on the bridge one, in both
 // capture modes, as issue 22's checks ask:
 //
-//   - macvlan, node mode (deploy/): the agent enrols the pods, yet sees
+//   - macvlan, node mode (deploy/capture-node): the agent enrols the pods, yet sees
 //     none of their traffic — no sk_lookup verdict, no connection counted,
 //     and an AuthorizationPolicy denying the caller is not enforced;
-//   - macvlan, pod mode (deploy/capture-pod): the agent chains ferry-cni
+//   - macvlan, pod mode (deploy/, the default): the agent chains ferry-cni
 //     (its static binary) into the node's CNI configuration, captures each
 //     enrolled pod in its own namespace before it starts, carries a pod's
 //     request to another pod and to a Service (which kube-proxy could not
@@ -119,7 +119,7 @@ func TestPrivilegedRealNodePodCapture(t *testing.T) {
 	}
 }
 
-// probeSource is the --probe-source of deploy/capture-pod: the kubelet's
+// probeSource is the --probe-source of deploy/'s agent: the kubelet's
 // probes to captured pods leave from it.
 const probeSource = "169.254.7.127"
 
@@ -385,11 +385,11 @@ func lastEvent(ctx context.Context, c kubernetes.Interface, ns, name string) str
 // principal is the SPIFFE ID of ns's service account sa.
 func principal(ns, sa string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/" + sa }
 
-// checkNodeModeBlind installs deploy/ (node mode) on a macvlan node: the
+// checkNodeModeBlind installs deploy/capture-node (node mode) on a macvlan node: the
 // agent enrols the pods, but their traffic never crosses the node's
 // network namespace, where it captures.
 func checkNodeModeBlind(ctx context.Context, t *testing.T, e *podEnv) {
-	objs := e.install(ctx, t, ".")
+	objs := e.install(ctx, t, deploy.CaptureNodeOverlay)
 	w := e.startWorkloads(ctx, t, "mv-node", false)
 	// Deny every connection from the namespace to web.
 	applyPolicy(ctx, t, e.cluster, `apiVersion: security.istio.io/v1
@@ -445,10 +445,10 @@ spec:
 	}
 }
 
-// checkPodMode installs deploy/capture-pod and drives enrolled pods through
+// checkPodMode installs deploy/ (pod mode, the default) and drives enrolled pods through
 // it; then uninstalls with the pods still enrolled.
 func checkPodMode(ctx context.Context, t *testing.T, e *podEnv) {
-	objs := e.install(ctx, t, deploy.CapturePodOverlay)
+	objs := e.install(ctx, t, ".")
 	e.checkPlugin(t)
 	ns := "pod-" + e.n.CNI()
 	probed := e.n.CNI() == CNIBridge // macvlan pods cannot be reached from the node

@@ -48,9 +48,9 @@ func (tb *Testbed) startPod(p Pod) error {
 func (tb *Testbed) AgentArgv(node Node) []string {
 	argv := []string{tb.Ferry, "agent", "--node", node.Name, "--manifests", tb.Manifests,
 		"--ca-cert", tb.CACert, "--ca-key", tb.CAKey, "--redirect", tb.Redirect,
-		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel}
+		"--bpf-pin-dir", node.PinDir, "--log-level", tb.LogLevel, "--capture", tb.Capture}
 	if tb.Capture == "pod" {
-		argv = append(argv, "--capture", "pod", "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name),
+		argv = append(argv, "--cni-socket", tb.CNISocket(node), "--state-dir", tb.path("state", node.Name),
 			"--probe-source", ProbeSource, "--probe-cgroup", tb.KubeletCgroup(node), "--cri-socket", "")
 	}
 	return append(argv, tb.AgentArgs...)

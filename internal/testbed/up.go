@@ -43,8 +43,10 @@ type Config struct {
 	NoMesh bool
 	// Redirect is the agents' --redirect mode; empty means "ebpf".
 	Redirect string
-	// Capture is the agents' --capture mode: "node" (empty) or "pod". In
-	// pod mode each agent listens for the ferry-cni plugin, and Up, acting
+	// Capture is the agents' --capture mode: "node" (empty) or "pod". The
+	// testbed's pods sit behind veths on routed nodes, which node capture
+	// serves, so node stays its default although the agent's is pod; the
+	// agents are always given the mode. In pod mode each agent listens for the ferry-cni plugin, and Up, acting
 	// as the container runtime, runs the plugin for every pod once the
 	// agents are ready (Testbed.CNI).
 	Capture string

@@ -46,7 +46,7 @@ func main() {
 	fs.StringVar(&d.tag, "tag", "", "the image's tag (make image TAG=…)")
 	fs.StringVar(&d.root, "root", ".", "the repository (for the podapp image)")
 	fs.BoolVar(&d.keep, "keep", false, "leave the node up at the end (scripts/kube-node down --dir DIR removes it)")
-	fs.StringVar(&d.capture, "capture", "node", "the agent's capture mode: node (deploy/) or pod (deploy/capture-pod: in each pod's network namespace, handed over by the ferry-cni plugin)")
+	fs.StringVar(&d.capture, "capture", "pod", "the agent's capture mode: pod (deploy/: in each pod's network namespace, handed over by the ferry-cni plugin) or node (deploy/capture-node: in the node's)")
 	fs.Parse(os.Args[1:])
 	if d.capture != "node" && d.capture != "pod" {
 		fmt.Fprintf(os.Stderr, "demo-kube: --capture %q: want node or pod\n", d.capture)
@@ -180,16 +180,16 @@ func (d *demo) run(ctx context.Context) (err error) {
 }
 
 // overlay is the kustomization of deploy/ the demo installs: "" (deploy/
-// itself) or capture-pod.
+// itself) or capture-node.
 func (d *demo) overlay() string {
-	if d.capture == "pod" {
-		return deploy.CapturePodOverlay
+	if d.capture == "node" {
+		return deploy.CaptureNodeOverlay
 	}
 	return ""
 }
 
 // install follows deploy/README.md: a root from `ferry ca init`, its Secret
-// and ConfigMap, every manifest of deploy/ (or deploy/capture-pod)
+// and ConfigMap, every manifest of deploy/ (or deploy/capture-node)
 // server-side applied (with kubenode's overlay: the image tag, and the
 // node's own bpffs, CNI directories, network namespaces and run directory
 // in place of the host's).
