@@ -196,7 +196,7 @@ func (c *Config) validate() error {
 	if c.ProbeSource != "" && c.ProbeCgroup == "" {
 		errs = append(errs, errors.New("--probe-source needs --probe-cgroup (the kubelet's cgroup)"))
 	}
-	if c.Capture == CapturePod && (c.CNISocket == "" || c.StateDir == "") {
+	if c.Redirect == RedirectEBPF && c.Capture == CapturePod && (c.CNISocket == "" || c.StateDir == "") {
 		errs = append(errs, errors.New("--capture pod needs --cni-socket and --state-dir"))
 	}
 	if c.TrustDomain == "" {
