@@ -106,6 +106,26 @@ func TestPrivilegedPodCapture(t *testing.T) {
 		if _, body, _ := strings.Cut(out, "\n"); strings.TrimSpace(body) != testbed.ProbeSource {
 			t.Errorf("the pod saw the probe from %q, want %s", strings.TrimSpace(body), testbed.ProbeSource)
 		}
+		// The kubelet restarts: systemd removes its cgroup and makes a new
+		// one at the same path. The agent moves the probe program to it,
+		// and probes pass again.
+		cg := tb.KubeletCgroup(node2)
+		if err := os.Remove(cg); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var probeErr error
+		for range 40 {
+			if _, probeErr = tb.Probe(ctx, node2, tb.Podapp, "get", url, "--timeout", "1s", "--expect-code", "200"); probeErr == nil {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if probeErr != nil {
+			t.Fatalf("kubelet probe after the kubelet's cgroup was made anew: %v", probeErr)
+		}
 	})
 
 	t.Run("restart-adopts", func(t *testing.T) {

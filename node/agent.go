@@ -293,6 +293,9 @@ func (a *Agent) serve(ctx context.Context, lns *listeners) error {
 		if a.cfg.CNIConfDir != "" {
 			g.Go(func() error { return a.keepCNIInstalled(gctx) })
 		}
+		if a.cfg.ProbeSource != "" {
+			g.Go(func() error { return a.keepProbesAttached(gctx) })
+		}
 	}
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "metrics", lns.metrics, a.metricsHandler()) })
 	g.Go(func() error { return a.serveDataPlaneHTTP(gctx, "readiness", lns.readiness, a.readinessHandler()) })

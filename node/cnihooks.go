@@ -132,3 +132,36 @@ func (a *Agent) keepCNIInstalled(ctx context.Context) error {
 		}
 	}
 }
+
+// probeCgroupCheck is how often the agent looks whether the kubelet's
+// cgroup was made anew (a kubelet restart): a stat(2) each time.
+const probeCgroupCheck = 2 * time.Second
+
+// keepProbesAttached keeps the probe program on the kubelet's cgroup
+// (--probe-cgroup) across kubelet restarts until ctx ends
+// (podCapture.followProbeCgroup). A failure is logged once and retried:
+// probes to STRICT pods fail meanwhile.
+func (a *Agent) keepProbesAttached(ctx context.Context) error {
+	t := time.NewTicker(probeCgroupCheck)
+	defer t.Stop()
+	var last string
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		moved, err := a.pods.followProbeCgroup()
+		switch {
+		case err != nil && err.Error() != last:
+			a.log.Error("the kubelet's cgroup was made anew and the probe program cannot follow it: kubelet probes to captured pods are captured (STRICT pods refuse them) until it can; retrying",
+				"cgroup", a.cfg.ProbeCgroup, "err", err)
+		case moved:
+			a.log.Info("the kubelet's cgroup was made anew (a kubelet restart): the probe program follows it", "cgroup", a.cfg.ProbeCgroup)
+		}
+		last = ""
+		if err != nil {
+			last = err.Error()
+		}
+	}
+}

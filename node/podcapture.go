@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferrymesh/ferry/bpf"
 	"github.com/ferrymesh/ferry/internal/netns"
 	"github.com/ferrymesh/ferry/node/cni"
@@ -41,8 +43,12 @@ type podCapture struct {
 	addrs     [3]string // where the outbound, inbound and HBONE listeners bind in each pod
 	stateFile string
 	probeCG   string // the kubelet's cgroup, with load.ProbeSource
-	sysNS     string // the system namespace, for Enrolled
-	log       *slog.Logger
+	// probeCGIno is the inode (the cgroup's id) of probeCG when the probe
+	// program was last attached to it; only start and followProbeCgroup
+	// use it.
+	probeCGIno uint64
+	sysNS      string // the system namespace, for Enrolled
+	log        *slog.Logger
 	// outbound, inbound and hbone carry every pod's listeners to the
 	// tunnel.
 	outbound, inbound, hbone *fanIn
@@ -123,6 +129,7 @@ func (p *podCapture) start() error {
 	if p.load.ProbeSource.IsValid() {
 		err := redirect.AddProbeSource(p.load.ProbeSource)
 		if err == nil {
+			p.probeCGIno = inode(p.probeCG)
 			err = objs.AttachProbes(p.probeCG)
 			if errors.Is(err, bpf.ErrNotCgroup2) {
 				err = fmt.Errorf("%w; set --probe-cgroup to the kubelet's cgroup: the cgroup v2 mount (/sys/fs/cgroup, or its unified/ directory on a cgroup v1 node) joined with the path on the 0:: line of /proc/<kubelet's pid>/cgroup", err)
@@ -363,6 +370,34 @@ func (p *podCapture) handedOver() bool {
 		p.log.Info("another agent took over the CNI socket: it now captures and records the pods; this one serves its open connections until it stops")
 	}
 	return true
+}
+
+// followProbeCgroup moves the probe program to the kubelet's cgroup again
+// when its directory is a new one: systemd removes a service's cgroup when
+// it stops and makes a new one when it starts, so a restarted kubelet is in
+// a cgroup the program is not attached to, and its probes would be captured
+// (and refused by STRICT pods). While the directory is missing (the kubelet
+// stopped) there is nothing to attach to. It reports whether it moved the
+// program.
+func (p *podCapture) followProbeCgroup() (bool, error) {
+	ino := inode(p.probeCG)
+	if ino == 0 || ino == p.probeCGIno || p.handedOver() {
+		return false, nil
+	}
+	if err := p.objs.AttachProbes(p.probeCG); err != nil {
+		return false, err
+	}
+	p.probeCGIno = ino
+	return true, nil
+}
+
+// inode is path's inode number, 0 when it cannot be read.
+func inode(path string) uint64 {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return 0
+	}
+	return st.Ino
 }
 
 // criRetry is how long apply waits before asking the runtime again about an
