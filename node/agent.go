@@ -94,7 +94,7 @@ type Agent struct {
 	}
 	// reapply asks reconcile to apply the last snapshot again, closing the
 	// channel sent when done: a pod captured since has an address the
-	// snapshot may lack (withAddresses).
+	// snapshot may lack (podCapture.addresses).
 	reapply chan chan struct{}
 
 	ran atomic.Bool // Run was called
@@ -522,11 +522,21 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 	}
 }
 
+// apply makes the agent's state from snap: its view (updated from the last
+// one where snap lists its changes), its policy (compiled again only when
+// it changed), and then the certificates, capture and open connections
+// that follow from them.
 func (a *Agent) apply(snap *inventory.Snapshot) error {
+	var fills map[string]capturedAddrs
 	if a.pods != nil {
-		snap = a.pods.withAddresses(snap, a.cfg.NodeName)
+		fills = a.pods.addresses()
 	}
-	v := newView(snap, a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace)
+	var v *view
+	if s := a.current(); s != nil {
+		v = s.view.update(snap, fills)
+	} else {
+		v = buildView(snap, viewConfig{a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace}, fills)
+	}
 	engine, diags := a.compile(snap)
 	diags = slices.Concat(diags, snap.PolicyProblems)
 	a.reportPolicyProblems(diags)
@@ -582,9 +592,9 @@ func (a *Agent) annotate(ctx context.Context) error {
 	s := a.current()
 	var errs []error
 	seen := map[string]bool{}
-	for _, w := range s.view.byIP {
-		if !w.Local || w.UID == "" {
-			continue
+	for _, w := range s.view.localByName {
+		if cur, ok := s.view.workload(w.IP); !ok || cur != w || w.UID == "" {
+			continue // no address of its own
 		}
 		seen[w.UID] = true
 		want := w.Enrolled && (a.redirect == nil || a.redirect.Captured(w.IP))

@@ -53,7 +53,7 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 		if !ok {
 			return CheckResult{}, fmt.Errorf("--to-pod %q: want NAMESPACE/NAME", q.ToPod)
 		}
-		for _, cand := range v.byIP {
+		for _, cand := range v.byIP.All() {
 			if cand.Namespace == ns && cand.Name == name {
 				w = cand
 			}

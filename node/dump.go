@@ -19,7 +19,7 @@ func (a *Agent) configDump() ConfigDump {
 	}
 	s := a.current()
 	if s != nil {
-		for _, w := range s.view.byIP {
+		for _, w := range s.view.byIP.All() {
 			proto := "TCP"
 			if w.Enrolled {
 				proto = "HBONE"
@@ -126,7 +126,7 @@ func (a *Agent) serviceDumps(v *view) []ServiceDump {
 	out := []ServiceDump{}
 	for i := range v.snap.Services {
 		svc := &v.snap.Services[i]
-		d := ServiceDump{Name: svc.Name, Namespace: svc.Namespace, Endpoints: len(v.endpoints[svc])}
+		d := ServiceDump{Name: svc.Name, Namespace: svc.Namespace, Endpoints: len(v.endpointsOf(svc))}
 		for _, ip := range svc.ClusterIPs {
 			d.Addresses = append(d.Addresses, ip.String())
 		}

@@ -25,30 +25,6 @@ import (
 // pick (ztunnel's NoHealthyUpstream).
 var errNoHealthyEndpoint = errors.New("no healthy endpoint")
 
-// indexEndpoints indexes each Service's endpoints: the pods istiod lists under
-// it, or those its selector selects.
-func (v *view) indexEndpoints() {
-	v.endpoints = map[*inventory.Service][]*Workload{}
-	for _, w := range v.byIP {
-		if w.Mesh != nil {
-			for _, k := range w.Mesh.Services {
-				if s, ok := v.byHostname[k]; ok {
-					v.endpoints[s] = append(v.endpoints[s], w)
-				}
-			}
-			continue
-		}
-		for _, s := range v.servicesByNS[w.Namespace] {
-			if s.Selects(w.Pod) {
-				v.endpoints[s] = append(v.endpoints[s], w)
-			}
-		}
-	}
-	for _, ws := range v.endpoints {
-		slices.SortFunc(ws, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
-	}
-}
-
 // pickEndpoint chooses where a connection from client to port of svc goes:
 // an endpoint and its target port. rnd(n) returns a number in [0, n).
 func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workload, rnd func(uint64) uint64) (*Workload, uint16, error) {
@@ -69,7 +45,7 @@ func (v *view) pickEndpoint(svc *inventory.Service, port uint16, client *Workloa
 	}
 	var cands []candidate
 	best := 0
-	for _, w := range v.endpoints[svc] {
+	for _, w := range v.endpointsOf(svc) {
 		weight := capacity(w, lb.AllowUnhealthy)
 		if weight == 0 {
 			continue

@@ -22,7 +22,6 @@ import (
 	"github.com/ferrymesh/ferry/internal/netns"
 	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/cri"
-	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/node/redirect"
 )
 
@@ -466,40 +465,17 @@ func (p *podCapture) Captured(ip netip.Addr) bool {
 	return p.captured[ip.Unmap()] != nil
 }
 
-// withAddresses returns snap with the addresses the CNI plugin reported
-// filled in for this node's captured pods the API lists without one yet:
-// the kubelet reports a pod's IP a second or so after its sandbox starts,
-// and until then the pod's probes and first connections would meet an
-// unknown address and be refused. The API's address, once listed, wins.
-// snap itself is not changed.
-func (p *podCapture) withAddresses(snap *inventory.Snapshot, nodeName string) *inventory.Snapshot {
+// addresses returns the addresses the CNI plugin reported for the captured
+// pods, by "namespace/name", for the view to fill in where the API lists
+// none yet (capturedAddrs).
+func (p *podCapture) addresses() map[string]capturedAddrs {
 	p.mu.Lock()
-	byName := make(map[string]*capturedPod, len(p.captured))
+	defer p.mu.Unlock()
+	out := make(map[string]capturedAddrs, len(p.captured))
 	for _, cp := range p.captured {
-		byName[cp.Namespace+"/"+cp.Name] = cp
+		out[cp.Namespace+"/"+cp.Name] = capturedAddrs{UID: cp.UID, IP: cp.ip, IPs: cp.IPs}
 	}
-	p.mu.Unlock()
-	var pods []inventory.Pod
-	for i, pod := range snap.Pods {
-		if pod.IP.IsValid() || pod.HostNetwork || pod.NodeName != nodeName {
-			continue
-		}
-		cp := byName[pod.Namespace+"/"+pod.Name]
-		if cp == nil || pod.UID != "" && cp.UID != "" && pod.UID != cp.UID {
-			continue
-		}
-		if pods == nil {
-			pods = slices.Clone(snap.Pods)
-		}
-		pods[i].IP = cp.ip
-		pods[i].IPs = cp.IPs
-	}
-	if pods == nil {
-		return snap
-	}
-	filled := *snap
-	filled.Pods = pods
-	return &filled
+	return out
 }
 
 // Refused reports whether ip is a captured pod's IPv6 address.

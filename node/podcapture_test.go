@@ -12,30 +12,31 @@ import (
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
-// TestWithAddressesFillsCapturedPods: a captured pod the API lists without
-// an address gets the one the CNI plugin reported; the API's address, other
+// TestViewFillsCapturedAddresses: a captured pod the API lists without an
+// address gets the one the CNI plugin reported; the API's address, other
 // nodes' pods, another incarnation (UID) and the snapshot itself are left
 // alone.
-func TestWithAddressesFillsCapturedPods(t *testing.T) {
+func TestViewFillsCapturedAddresses(t *testing.T) {
 	ip := netip.MustParseAddr("198.18.1.5")
 	v6 := netip.MustParseAddr("2001:db8::5")
 	p := &podCapture{captured: map[netip.Addr]*capturedPod{
 		ip: {Pod: cni.Pod{Namespace: "mesh", Name: "web", UID: "u1", IPs: []netip.Addr{ip, v6}}, ip: ip},
 	}}
+	cfg := viewConfig{"n1", "cluster.local", "istio-system"}
 	listed := netip.MustParseAddr("198.18.1.9")
 	snap := &inventory.Snapshot{Pods: []inventory.Pod{
 		{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1"},
 		{Namespace: "mesh", Name: "other", NodeName: "n1", IP: listed},
 	}}
-	got := p.withAddresses(snap, "n1")
-	if got == snap {
-		t.Fatal("nothing filled")
+	v := buildView(snap, cfg, p.addresses())
+	if w, ok := v.workload(ip); !ok || w.Name != "web" || len(w.IPs) != 2 {
+		t.Errorf("web at %v: %v, want it with both addresses", ip, w)
 	}
-	if got.Pods[0].IP != ip || len(got.Pods[0].IPs) != 2 {
-		t.Errorf("web = %v %v, want %v and both addresses", got.Pods[0].IP, got.Pods[0].IPs, ip)
+	if got, _ := v.localPod("mesh", "web"); got.IP != ip {
+		t.Errorf("localPod(web) = %v, want %v", got.IP, ip)
 	}
-	if got.Pods[1].IP != listed {
-		t.Errorf("other pod changed: %v", got.Pods[1].IP)
+	if w, ok := v.workload(listed); !ok || w.Name != "other" {
+		t.Errorf("other pod changed: %v", w)
 	}
 	if snap.Pods[0].IP.IsValid() {
 		t.Error("the snapshot itself was changed")
@@ -45,8 +46,8 @@ func TestWithAddressesFillsCapturedPods(t *testing.T) {
 		"another UID":  {Pods: []inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u2", NodeName: "n1"}}},
 		"API address":  {Pods: []inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1", IP: listed}}},
 	} {
-		if got := p.withAddresses(s, "n1"); got != s {
-			t.Errorf("%s: filled %v", name, got.Pods[0].IP)
+		if _, ok := buildView(s, cfg, p.addresses()).workload(ip); ok {
+			t.Errorf("%s: filled", name)
 		}
 	}
 }

@@ -1,7 +1,9 @@
 package node
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,91 +13,183 @@ import (
 )
 
 // Workload is one pod as the agent sees it. The Pod is the snapshot's own
-// (a cluster's pods are not held twice).
+// or the view's copy (a cluster's pods are not held twice); it is never
+// modified.
 type Workload struct {
 	*inventory.Pod
 	Identity certs.Identity
 	Enrolled bool
 	Local    bool // scheduled on this agent's node
+	// src is the pod as the source listed it when the view filled in its
+	// addresses from capture (fill); nil otherwise.
+	src *inventory.Pod
 }
 
-// view is the agent's compiled picture of the cluster, rebuilt from each
-// inventory snapshot and then only read. It is safe for concurrent readers.
+// source returns the pod as its source listed it.
+func (w *Workload) source() *inventory.Pod { return cmp.Or(w.src, w.Pod) }
+
+// addressed reports whether the pod's IP is a workload address: host-network
+// pods share the node's IP.
+func addressed(p *inventory.Pod) bool { return p.IP.IsValid() && !p.HostNetwork }
+
+// capturedAddrs are the addresses capture (the CNI plugin) reported for a
+// pod of this node the API lists without one yet: the kubelet reports a
+// pod's IP a second or so after its sandbox starts, and until then the
+// pod's probes and first connections would meet an unknown address and be
+// refused.
+type capturedAddrs struct {
+	UID string
+	IP  netip.Addr
+	IPs []netip.Addr
+}
+
+func (c capturedAddrs) equal(d capturedAddrs) bool {
+	return c.UID == d.UID && c.IP == d.IP && slices.Equal(c.IPs, d.IPs)
+}
+
+// view is the agent's compiled picture of the cluster, made from an
+// inventory snapshot and then only read: it is safe for concurrent readers.
+// The next snapshot makes a new view (update), which shares with this one
+// what the snapshot did not change: a pod's change costs the same in a
+// cluster of 1,000 pods and in one of 100,000.
 type view struct {
-	snap  *inventory.Snapshot
-	byIP  map[netip.Addr]*Workload
-	local []*Workload // enrolled pods on this node, sorted by IP
+	cfg viewConfig
+	// snap is the snapshot the view was made from, without its Pods (pods
+	// holds them) and, after an update, with the Services the view was
+	// built from (the same, or the update would have rebuilt the view).
+	snap *inventory.Snapshot
+	// pods is every pod by "namespace/name"; byIP every pod with a
+	// workload address by that address.
+	pods pmap[string, *Workload]
+	byIP pmap[netip.Addr, *Workload]
+	// claims are the pod IPs claimed by more than one pod, with the pods
+	// claiming them: such IPs are treated as unknown (fail closed) and are
+	// in no other index until one pod is left. conflicts says so, one
+	// error per IP.
+	claims    map[netip.Addr][]*Workload
+	conflicts []error
+	local     []*Workload // enrolled pods on this node, sorted by IP
 	// localByName is every pod on this node, with an address or not, by
 	// "namespace/name".
-	localByName map[string]*inventory.Pod
+	localByName map[string]*Workload
 	// identities are the service accounts with an enrolled pod on this node.
 	identities []certs.Identity
-	// conflicts names pod IPs claimed by more than one pod; such IPs are
-	// treated as unknown (fail closed).
-	conflicts []error
 	// services are the Services by ClusterIP and port; servicesByNS lists
 	// each namespace's Services with a selector.
 	services     map[netip.AddrPort]*inventory.Service
 	servicesByNS map[string][]*inventory.Service
 	// endpoints are each Service's pods, by IP.
-	endpoints map[*inventory.Service][]*Workload
+	endpoints pmap[*inventory.Service, []*Workload]
 	// servicesByIP finds a Service by any of its addresses, byHostname by
 	// "namespace/hostname" (xDS mode): how waypoints are named.
 	servicesByIP map[netip.Addr]*inventory.Service
 	byHostname   map[string]*inventory.Service
+	// fills are the captured addresses the view filled in, by
+	// "namespace/name".
+	fills map[string]capturedAddrs
+	// rebuild says the next snapshot must build a new view whole: this
+	// one's snapshot named two pods alike.
+	rebuild bool
+}
+
+// viewConfig is what a view needs of the agent's configuration.
+type viewConfig struct {
+	nodeName, trustDomain, systemNamespace string
 }
 
 // newView indexes snap for the agent on nodeName.
 func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace string) *view {
-	v := &view{snap: snap, byIP: make(map[netip.Addr]*Workload, len(snap.Pods)), localByName: map[string]*inventory.Pod{}}
-	dup := map[netip.Addr]bool{}
+	return buildView(snap, viewConfig{nodeName, trustDomain, systemNamespace}, nil)
+}
+
+// buildView indexes snap whole, with the addresses fills has for this
+// node's pods listed without one.
+func buildView(snap *inventory.Snapshot, cfg viewConfig, fills map[string]capturedAddrs) *view {
+	v := &view{cfg: cfg, snap: withoutPods(snap), claims: map[netip.Addr][]*Workload{}, localByName: map[string]*Workload{}, fills: fills}
+	ws := make([]*Workload, len(snap.Pods))
+	byIP := make(map[netip.Addr]*Workload, len(snap.Pods))
 	for i := range snap.Pods {
-		p := &snap.Pods[i]
-		if p.NodeName == nodeName {
-			v.localByName[p.Namespace+"/"+p.Name] = p
+		w := v.newWorkload(&snap.Pods[i])
+		ws[i] = w
+		key := w.Key()
+		if w.Local {
+			v.localByName[key] = w
 		}
-		if !p.IP.IsValid() || p.HostNetwork {
-			continue // host-network pods share the node's IP: not workload addresses
-		}
-		w := &Workload{
-			Pod:      p,
-			Identity: certs.Identity{TrustDomain: trustDomain, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount},
-			Local:    p.NodeName == nodeName,
-		}
-		w.Enrolled = Enrolled(*p, snap.Namespaces[p.Namespace], systemNamespace)
-		if p.Mesh != nil && !w.Local {
-			// Another node's pod as istiod sends it, without labels: its
-			// agent decided the capture and announced it.
-			w.Enrolled = p.Mesh.HBONE
-		}
-		if old, ok := v.byIP[p.IP]; ok || dup[p.IP] {
-			if ok {
-				v.conflicts = append(v.conflicts, fmt.Errorf("node: pod IP %s claimed by %s/%s and %s/%s: treated as unknown", p.IP, old.Namespace, old.Name, p.Namespace, p.Name))
-			}
-			dup[p.IP] = true
-			delete(v.byIP, p.IP)
+		if !addressed(w.Pod) {
 			continue
 		}
-		v.byIP[p.IP] = w
-	}
-	ids := map[certs.Identity]bool{}
-	for _, w := range v.byIP {
-		if w.Local && w.Enrolled {
-			v.local = append(v.local, w)
-			ids[w.Identity] = true
+		if ws, ok := v.claims[w.IP]; ok {
+			v.claims[w.IP] = append(ws, w)
+		} else if old, ok := byIP[w.IP]; ok {
+			delete(byIP, w.IP)
+			v.claims[w.IP] = []*Workload{old, w}
+		} else {
+			byIP[w.IP] = w
 		}
 	}
-	slices.SortFunc(v.local, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
-	for id := range ids {
-		v.identities = append(v.identities, id)
+	v.pods = pmapOf(stringHash(), len(ws), func(yield func(string, *Workload) bool) {
+		for _, w := range ws {
+			if !yield(w.Key(), w) {
+				return
+			}
+		}
+	})
+	// Two pods of one name: the view cannot tell which a change names.
+	v.rebuild = v.pods.Len() != len(ws)
+	v.byIP = pmapOf(addrHash(), len(byIP), maps.All(byIP))
+	v.indexServices()
+	v.indexEndpoints(byIP)
+	v.indexLocal()
+	v.indexConflicts()
+	return v
+}
+
+// withoutPods returns a copy of snap without its Pods, which the view
+// indexes: the snapshot's slice is not kept for them.
+func withoutPods(snap *inventory.Snapshot) *inventory.Snapshot {
+	s := *snap
+	s.Pods = nil
+	return &s
+}
+
+// newWorkload makes p's Workload, with its addresses filled in from capture.
+func (v *view) newWorkload(p *inventory.Pod) *Workload {
+	w := &Workload{Pod: p, Local: p.NodeName == v.cfg.nodeName}
+	if f, ok := v.fill(p); ok {
+		c := *p
+		c.IP, c.IPs = f.IP, f.IPs
+		w.Pod, w.src = &c, p
 	}
-	slices.SortFunc(v.identities, func(a, b certs.Identity) int { return strings.Compare(a.String(), b.String()) })
+	w.Identity = certs.Identity{TrustDomain: v.cfg.trustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+	w.Enrolled = Enrolled(*w.Pod, v.snap.Namespaces[w.Namespace], v.cfg.systemNamespace)
+	if w.Mesh != nil && !w.Local {
+		// Another node's pod as istiod sends it, without labels: its
+		// agent decided the capture and announced it.
+		w.Enrolled = w.Mesh.HBONE
+	}
+	return w
+}
+
+// fill returns the captured addresses of p, a pod of this node the API
+// lists without an address; the API's address, once listed, wins.
+func (v *view) fill(p *inventory.Pod) (capturedAddrs, bool) {
+	if p.IP.IsValid() || p.HostNetwork || p.NodeName != v.cfg.nodeName || len(v.fills) == 0 {
+		return capturedAddrs{}, false
+	}
+	f, ok := v.fills[p.Key()]
+	if !ok || p.UID != "" && f.UID != "" && p.UID != f.UID {
+		return capturedAddrs{}, false
+	}
+	return f, true
+}
+
+func (v *view) indexServices() {
 	v.services = map[netip.AddrPort]*inventory.Service{}
 	v.servicesByNS = map[string][]*inventory.Service{}
 	v.servicesByIP = map[netip.Addr]*inventory.Service{}
 	v.byHostname = map[string]*inventory.Service{}
-	for i := range snap.Services {
-		s := &snap.Services[i]
+	for i := range v.snap.Services {
+		s := &v.snap.Services[i]
 		if s.Hostname != "" {
 			v.byHostname[s.Namespace+"/"+s.Hostname] = s
 		}
@@ -109,8 +203,280 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 			v.servicesByNS[s.Namespace] = append(v.servicesByNS[s.Namespace], s)
 		}
 	}
-	v.indexEndpoints()
-	return v
+}
+
+// indexLocal lists the enrolled pods on this node and their identities.
+func (v *view) indexLocal() {
+	v.local = v.local[:0:0]
+	ids := map[certs.Identity]bool{}
+	for _, w := range v.localByName {
+		if got, ok := v.byIP.Get(w.IP); ok && got == w && w.Enrolled {
+			v.local = append(v.local, w)
+			ids[w.Identity] = true
+		}
+	}
+	slices.SortFunc(v.local, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
+	v.identities = slices.SortedFunc(maps.Keys(ids), func(a, b certs.Identity) int { return strings.Compare(a.String(), b.String()) })
+}
+
+// indexConflicts says which IPs are claimed by more than one pod.
+func (v *view) indexConflicts() {
+	v.conflicts = nil
+	for _, ip := range slices.SortedFunc(maps.Keys(v.claims), netip.Addr.Compare) {
+		var names []string
+		for _, w := range v.claims[ip] {
+			names = append(names, w.Key())
+		}
+		slices.Sort(names)
+		v.conflicts = append(v.conflicts, fmt.Errorf("node: pod IP %s claimed by %s: treated as unknown", ip, strings.Join(names, " and ")))
+	}
+}
+
+// update returns the view of snap, the agent's next snapshot, with fills
+// for this node's pods listed without an address. When snap lists its
+// changes since v's snapshot (or is v's snapshot again), the new view
+// shares what they leave as it was; otherwise it is built whole. v is not
+// changed.
+func (v *view) update(snap *inventory.Snapshot, fills map[string]capturedAddrs) *view {
+	var changed map[string]*inventory.Pod
+	switch rev := v.snap.Revision; {
+	case v.rebuild || rev == 0:
+		return buildView(snap, v.cfg, fills)
+	case snap.Revision == rev:
+	case snap.Changes != nil && snap.Changes.Since == rev:
+		changed = snap.Changes.Pods
+	default:
+		return buildView(snap, v.cfg, fills)
+	}
+	n := *v
+	n.snap = withoutPods(snap)
+	n.snap.Services = v.snap.Services // the Changes say they are the same: endpoints are indexed by them
+	n.fills = fills
+	u := &viewUpdate{view: &n, pods: v.pods.edit(), byIP: v.byIP.edit(), endpoints: v.endpoints.edit()}
+	for key, p := range changed {
+		if p != nil {
+			c := *p // not the snapshot's: its slice is not kept
+			p = &c
+		}
+		u.replace(key, p)
+	}
+	for key := range fills {
+		if _, ok := changed[key]; !ok && !fills[key].equal(v.fills[key]) {
+			u.refill(key)
+		}
+	}
+	for key := range v.fills {
+		if _, ok := changed[key]; !ok {
+			if _, ok := fills[key]; !ok {
+				u.refill(key)
+			}
+		}
+	}
+	n.pods, n.byIP, n.endpoints = u.pods.Done(), u.byIP.Done(), u.endpoints.Done()
+	if u.localChanged {
+		n.indexLocal()
+	}
+	if u.claimsChanged {
+		n.indexConflicts()
+	}
+	return &n
+}
+
+// viewUpdate changes a copy of a view, pod by pod.
+type viewUpdate struct {
+	*view
+	pods      *pmapTxn[string, *Workload]
+	byIP      *pmapTxn[netip.Addr, *Workload]
+	endpoints *pmapTxn[*inventory.Service, []*Workload]
+	// localChanged and claimsChanged say that the local pods, or the
+	// claims, changed; localCopied and claimsCopied that localByName, or
+	// claims, are the update's own.
+	localChanged, claimsChanged, localCopied, claimsCopied bool
+}
+
+// replace puts pod p (nil: none) in place of the pod named key.
+func (u *viewUpdate) replace(key string, p *inventory.Pod) {
+	old, _ := u.pods.Get(key)
+	var w *Workload
+	if p != nil {
+		w = u.newWorkload(p)
+		u.pods.Set(key, w)
+	} else if old != nil {
+		u.pods.Delete(key)
+	}
+	if old != nil && old.Local || w != nil && w.Local {
+		u.ownLocal()
+		delete(u.localByName, key)
+		if w != nil && w.Local {
+			u.localByName[key] = w
+		}
+		u.localChanged = true
+	}
+	switch oldAddr, newAddr := old != nil && addressed(old.Pod), w != nil && addressed(w.Pod); {
+	case oldAddr && newAddr && old.IP == w.IP && u.holds(old):
+		u.reindex(old, w) // the common change: labels, readiness
+	default:
+		if oldAddr {
+			u.unclaim(old)
+		}
+		if newAddr {
+			u.claim(w)
+		}
+	}
+}
+
+// holds reports whether w is the pod at its IP.
+func (u *viewUpdate) holds(w *Workload) bool {
+	cur, ok := u.byIP.Get(w.IP)
+	return ok && cur == w
+}
+
+// refill makes the pod named key again, its captured addresses changed.
+func (u *viewUpdate) refill(key string) {
+	if w, ok := u.pods.Get(key); ok {
+		u.replace(key, w.source())
+	}
+}
+
+// ownLocal and ownClaims copy the Go maps the update changes in place,
+// once each: the view updated keeps its own.
+func (u *viewUpdate) ownLocal() {
+	if !u.localCopied {
+		u.localByName, u.localCopied = maps.Clone(u.localByName), true
+	}
+}
+
+func (u *viewUpdate) ownClaims() {
+	if !u.claimsCopied {
+		u.claims, u.claimsCopied = maps.Clone(u.claims), true
+	}
+}
+
+// claim gives w its IP, or makes the IP a conflict.
+func (u *viewUpdate) claim(w *Workload) {
+	if ws, ok := u.claims[w.IP]; ok {
+		u.ownClaims()
+		u.claims[w.IP] = append(slices.Clip(ws), w)
+		u.claimsChanged = true
+		return
+	}
+	if old, ok := u.byIP.Get(w.IP); ok {
+		u.unindex(old)
+		u.ownClaims()
+		u.claims[w.IP] = []*Workload{old, w}
+		u.claimsChanged = true
+		return
+	}
+	u.index(w)
+}
+
+// unclaim takes w's IP from it: the IP goes to the one pod left claiming
+// it, if any.
+func (u *viewUpdate) unclaim(w *Workload) {
+	ws, ok := u.claims[w.IP]
+	if !ok {
+		if u.holds(w) {
+			u.unindex(w)
+		}
+		return
+	}
+	u.claimsChanged = true
+	u.ownClaims()
+	ws = slices.DeleteFunc(slices.Clone(ws), func(c *Workload) bool { return c == w })
+	if len(ws) > 1 {
+		u.claims[w.IP] = ws
+		return
+	}
+	delete(u.claims, w.IP)
+	if len(ws) == 1 {
+		u.index(ws[0])
+	}
+}
+
+// index makes w the pod at its IP, and an endpoint of the Services that
+// select it.
+func (u *viewUpdate) index(w *Workload) {
+	u.byIP.Set(w.IP, w)
+	u.addEndpoint(w)
+	u.localChanged = u.localChanged || w.Local
+}
+
+// addEndpoint makes w an endpoint of the Services that select it.
+func (u *viewUpdate) addEndpoint(w *Workload) {
+	for _, s := range u.servicesSelecting(w) {
+		eps, _ := u.endpoints.Get(s)
+		i, _ := slices.BinarySearchFunc(eps, w.IP, func(e *Workload, ip netip.Addr) int { return e.IP.Compare(ip) })
+		u.endpoints.Set(s, slices.Insert(slices.Clip(eps), i, w))
+	}
+}
+
+// removeEndpoint undoes addEndpoint.
+func (u *viewUpdate) removeEndpoint(w *Workload) {
+	for _, s := range u.servicesSelecting(w) {
+		eps, _ := u.endpoints.Get(s)
+		eps = slices.DeleteFunc(slices.Clone(eps), func(e *Workload) bool { return e == w })
+		if len(eps) == 0 {
+			u.endpoints.Delete(s)
+		} else {
+			u.endpoints.Set(s, eps)
+		}
+	}
+}
+
+// reindex puts w, at the same IP, in the place of old.
+func (u *viewUpdate) reindex(old, w *Workload) {
+	u.byIP.Set(w.IP, w)
+	u.removeEndpoint(old)
+	u.addEndpoint(w)
+	u.localChanged = u.localChanged || old.Local || w.Local
+}
+
+// unindex undoes index.
+func (u *viewUpdate) unindex(w *Workload) {
+	u.byIP.Delete(w.IP)
+	u.removeEndpoint(w)
+	u.localChanged = u.localChanged || w.Local
+}
+
+// servicesSelecting returns the Services w is an endpoint of: those istiod
+// lists it under, or those whose selector selects it.
+func (v *view) servicesSelecting(w *Workload) []*inventory.Service {
+	var out []*inventory.Service
+	if w.Mesh != nil {
+		for _, k := range w.Mesh.Services {
+			if s, ok := v.byHostname[k]; ok && !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	for _, s := range v.servicesByNS[w.Namespace] {
+		if s.Selects(w.Pod) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// indexEndpoints indexes each Service's endpoints among the pods byIP
+// holds.
+func (v *view) indexEndpoints(byIP map[netip.Addr]*Workload) {
+	eps := map[*inventory.Service][]*Workload{}
+	for _, w := range byIP {
+		for _, s := range v.servicesSelecting(w) {
+			eps[s] = append(eps[s], w)
+		}
+	}
+	for _, ws := range eps {
+		slices.SortFunc(ws, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
+	}
+	v.endpoints = pmapOf(comparableHash[*inventory.Service](), len(eps), maps.All(eps))
+}
+
+// endpointsOf returns svc's endpoints, sorted by IP.
+func (v *view) endpointsOf(svc *inventory.Service) []*Workload {
+	eps, _ := v.endpoints.Get(svc)
+	return eps
 }
 
 // serviceByAddr returns the Service with address ip, whatever the port
@@ -149,19 +515,18 @@ func (v *view) serviceOf(w *Workload, port uint16) (*inventory.Service, bool) {
 
 // workload returns the pod with address ip, if any.
 func (v *view) workload(ip netip.Addr) (*Workload, bool) {
-	w, ok := v.byIP[ip.Unmap()]
-	return w, ok
+	return v.byIP.Get(ip.Unmap())
 }
 
 // localPod returns this node's pod namespace/name, as listed whether or not
 // it has an address yet (--capture pod meets pods before the kubelet reports
 // one).
 func (v *view) localPod(namespace, name string) (inventory.Pod, bool) {
-	p, ok := v.localByName[namespace+"/"+name]
+	w, ok := v.localByName[namespace+"/"+name]
 	if !ok {
 		return inventory.Pod{}, false
 	}
-	return *p, true
+	return *w.Pod, true
 }
 
 // localEnrolled returns the enrolled pod with address ip on this node, if any.

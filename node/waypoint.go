@@ -53,7 +53,7 @@ func (v *view) waypointPods(wp *inventory.Waypoint) ([]*Workload, error) {
 			return nil, fmt.Errorf("no pod or Service at %s", wp.Address)
 		}
 	}
-	return v.endpoints[svc], nil
+	return v.endpointsOf(svc), nil
 }
 
 // capacity is a pod's weight as a Service endpoint: 0 when it may not be

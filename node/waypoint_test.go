@@ -3,7 +3,6 @@ package node
 import (
 	"log/slog"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 
@@ -129,7 +128,11 @@ func TestRouteFailsClosed(t *testing.T) {
 	unseen := inventory.Pod{Name: "new", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.2"),
 		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
 	v := endpointView(nil, meshPod("a", "198.18.2.1", "node2", "z1", true, 1))
-	v = newView(&inventory.Snapshot{Pods: append(slices.Clone(v.snap.Pods), unseen), Services: v.snap.Services}, "node1", "cluster.local", "istio-system")
+	pods := []inventory.Pod{unseen}
+	for _, w := range v.pods.All() {
+		pods = append(pods, *w.Pod)
+	}
+	v = newView(&inventory.Snapshot{Pods: pods, Services: v.snap.Services}, "node1", "cluster.local", "istio-system")
 	a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
 	a.state.Store(&state{view: v})
 	for _, dst := range []string{"198.18.1.2:8080", "198.19.0.10:9999"} {

@@ -258,7 +258,7 @@ func (in *ztunnelInput) dump() ztunnelDump {
 	svcs := in.services(s)
 	policies := in.policies(s)
 	converted := map[string]bool{} // PeerAuthentication conversions listed
-	for _, w := range s.view.byIP {
+	for _, w := range s.view.byIP.All() {
 		zw := in.workload(s, w)
 		for _, key := range zw.Services {
 			if zs := svcs[key]; zs != nil {

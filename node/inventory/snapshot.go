@@ -36,13 +36,41 @@ type Snapshot struct {
 	// one from NewPolicyRevision whenever their policies change; zero says
 	// nothing (compile every time).
 	PolicyRevision uint64
+	// Revision names this snapshot among those its source publishes (from
+	// NewRevision); zero names none.
+	Revision uint64
+	// Changes, when set, says how this snapshot differs from the earlier
+	// one Changes.Since names, so a consumer holding what it built from
+	// that one may update it rather than build it again; nil says nothing.
+	Changes *Changes
 }
 
-var policyRevisions atomic.Uint64
+// Changes lists what a snapshot changed since an earlier one of the same
+// source: pods only. A source whose namespaces or Services changed too
+// sets no Changes (its policies are named by PolicyRevision, and its
+// Errors are read whole).
+type Changes struct {
+	// Since is the Revision of the earlier snapshot.
+	Since uint64
+	// Pods names every pod added, changed or removed since, by
+	// "namespace/name", with its entry in the snapshot's Pods, or nil when
+	// it was removed. Every pod of a snapshot with Changes has a name of
+	// its own. A pod listed unchanged is harmless.
+	Pods map[string]*Pod
+}
+
+var revisions atomic.Uint64
 
 // NewPolicyRevision returns a revision no other call in this process
 // returns, for Snapshot.PolicyRevision.
-func NewPolicyRevision() uint64 { return policyRevisions.Add(1) }
+func NewPolicyRevision() uint64 { return revisions.Add(1) }
+
+// NewRevision returns a revision no other call in this process returns,
+// for Snapshot.Revision.
+func NewRevision() uint64 { return revisions.Add(1) }
+
+// Key returns p's name in Changes.Pods: "namespace/name".
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
 
 // Namespace is the part of a v1 Namespace Ferry uses.
 type Namespace struct {
