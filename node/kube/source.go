@@ -189,13 +189,14 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	s.log.Info("kubernetes inventory synced")
 	var last time.Time
 	var book policyBook
+	var built published
 	for {
 		// Everything that happened until now is in this snapshot.
 		select {
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(&book, pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
+		snap := buildSnapshot(&book, &built, pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
 		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods), "services", len(snap.Services),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
@@ -258,27 +259,43 @@ func (s *Source) waitForSync(ctx context.Context, unsynced func() []string) bool
 	}
 }
 
+// published is what the last snapshot was built from, by pointer: the
+// stores replace an object that changes, so the next snapshot can say which
+// pods changed (Snapshot.Changes) by comparing pointers.
+type published struct {
+	revision   uint64
+	pods       []*podInfo // sorted by namespace and name; terminal ones left out
+	namespaces []*corev1.Namespace
+	services   []*corev1.Service
+}
+
 // buildSnapshot reads the informers' stores into a new Snapshot, policies
-// through book. The label maps are shared with the stores, which never modify
-// an object in place.
-func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
-	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
+// through book, and the pods it changed since the one last built from. The
+// label maps are shared with the stores, which never modify an object in
+// place.
+func buildSnapshot(book *policyBook, last *published, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
+	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}, Revision: inventory.NewRevision()}
+	next := published{revision: snap.Revision}
 	for _, obj := range namespaces.List() {
 		ns, ok := obj.(*corev1.Namespace)
 		if !ok {
 			continue
 		}
 		snap.Namespaces[ns.Name] = inventory.Namespace{Name: ns.Name, Labels: ns.Labels}
+		next.namespaces = append(next.namespaces, ns)
 	}
 
 	podObjs := pods.List()
-	snap.Pods = make([]inventory.Pod, 0, len(podObjs))
+	next.pods = make([]*podInfo, 0, len(podObjs))
 	for _, obj := range podObjs {
-		p, ok := obj.(*podInfo)
-		if !ok || p.terminal() {
-			continue
+		if p, ok := obj.(*podInfo); ok && !p.terminal() {
+			next.pods = append(next.pods, p)
 		}
-		snap.Pods = append(snap.Pods, inventory.Pod{
+	}
+	slices.SortFunc(next.pods, comparePods)
+	snap.Pods = make([]inventory.Pod, len(next.pods))
+	for i, p := range next.pods {
+		snap.Pods[i] = inventory.Pod{
 			Name:           p.name,
 			Namespace:      p.namespace,
 			UID:            string(p.uid),
@@ -289,26 +306,70 @@ func buildSnapshot(book *policyBook, pods, namespaces, services, aps, pas cache.
 			HostNetwork:    p.hostNetwork,
 			Labels:         p.labels.get(),
 			Annotations:    p.annotations.get(),
-		})
+		}
 	}
-	slices.SortFunc(snap.Pods, func(a, b inventory.Pod) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
 
 	for _, obj := range services.List() {
 		if svc, ok := obj.(*corev1.Service); ok {
-			snap.Services = append(snap.Services, serviceFromAPI(svc))
+			next.services = append(next.services, svc)
 		}
 	}
-	slices.SortFunc(snap.Services, func(a, b inventory.Service) int {
+	slices.SortFunc(next.services, func(a, b *corev1.Service) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	for _, svc := range next.services {
+		snap.Services = append(snap.Services, serviceFromAPI(svc))
+	}
 
 	seen := map[types.UID]bool{}
 	book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
 	book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
 	snap.PolicyRevision = book.forget(seen)
+
+	slices.SortFunc(next.namespaces, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
+	if last.revision != 0 && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
+		snap.Changes = &inventory.Changes{Since: last.revision, Pods: changedPods(last.pods, next.pods, snap.Pods)}
+	}
+	*last = next
 	return snap
+}
+
+func comparePods(a, b *podInfo) int {
+	return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+}
+
+// changedPods names the pods of before and after (both sorted by
+// comparePods) that are not the same object in both, with their entries in
+// listed (after's, in its order), or nil for those gone.
+func changedPods(before, after []*podInfo, listed []inventory.Pod) map[string]*inventory.Pod {
+	changed := map[string]*inventory.Pod{}
+	i, j := 0, 0
+	for i < len(before) || j < len(after) {
+		c := 0
+		switch {
+		case i == len(before):
+			c = 1
+		case j == len(after):
+			c = -1
+		default:
+			c = comparePods(before[i], after[j])
+		}
+		switch {
+		case c < 0: // gone
+			changed[before[i].namespace+"/"+before[i].name] = nil
+			i++
+		case c > 0: // new
+			changed[listed[j].Key()] = &listed[j]
+			j++
+		default:
+			if before[i] != after[j] {
+				changed[listed[j].Key()] = &listed[j]
+			}
+			i++
+			j++
+		}
+	}
+	return changed
 }
 
 func sortedObjects(store cache.Store) []*policyObject {

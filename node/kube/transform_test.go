@@ -365,8 +365,9 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 	pas := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	b.ReportAllocs()
 	var book policyBook
+	var built published
 	for b.Loop() {
-		s := buildSnapshot(&book, pods, namespaces, cache.NewStore(cache.MetaNamespaceKeyFunc), aps, pas)
+		s := buildSnapshot(&book, &built, pods, namespaces, cache.NewStore(cache.MetaNamespaceKeyFunc), aps, pas)
 		if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 {
 			b.Fatalf("%d pods, %d policies", len(s.Pods), len(s.AuthorizationPolicies))
 		}
