@@ -142,7 +142,7 @@ func TestPrivilegedInventoryScale(t *testing.T) {
 			if mode == "xds" {
 				args = append(args, "--xds-addr", istiod.XDSAddr, "--ca-root", root, "--ca-token-file", token)
 			}
-			r := measure(t, ferry, args, client, kc)
+			r := measure(t, ferry, args, client, kc, fmt.Sprintf("%s-%d", mode, pods))
 			r.Mode, r.Pods, r.Policies = mode, pods, pols
 			if mode == "xds" {
 				r.IstiodRSSMiB = rssMiB(istiod.PID())
@@ -160,17 +160,19 @@ func TestPrivilegedInventoryScale(t *testing.T) {
 	}
 }
 
-// measure starts an agent, waits for it to be ready, reads its memory and
-// times five policy changes, then stops it.
-func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, kc *kubetest.Cluster) Result {
+// measure starts an agent, waits for it to be ready, reads its memory (and,
+// with FERRY_INVENTORY_PROFILES, saves its heap profile there, named
+// heap-NAME.pb.gz) and times five policy changes, then stops it.
+func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, kc *kubetest.Cluster, name string) Result {
 	t.Helper()
 	lo := netip.MustParseAddr("127.0.0.1")
 	metrics, ready := freeAddr(t, lo), freeAddr(t, lo)
 	// Without capture the HBONE server tells the pod a connection is for by
 	// its own address: it listens on the target's.
 	hbone := netip.AddrPortFrom(targetIP, freePort(t, targetIP))
+	admin := freeAddr(t, lo)
 	args = append(args, "--outbound-addr", freeAddr(t, lo), "--inbound-addr", freeAddr(t, lo), "--hbone-addr", hbone.String(),
-		"--admin-addr", freeAddr(t, lo), "--metrics-addr", metrics, "--readiness-addr", ready)
+		"--admin-addr", admin, "--metrics-addr", metrics, "--readiness-addr", ready)
 	cmd := exec.Command(ferry, args...)
 	cmd.Env = append(os.Environ(), "POD_NAME="+nodeAgent, "POD_NAMESPACE=istio-system", "POD_IP="+agentIP.String())
 	logf, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
@@ -207,6 +209,9 @@ func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, k
 	time.Sleep(2 * time.Second) // let start-up garbage go
 	r.RSSMiB = rssMiB(cmd.Process.Pid)
 	r.HeapMiB = heapMiB(t, metrics)
+	if dir := os.Getenv("FERRY_INVENTORY_PROFILES"); dir != "" {
+		saveHeapProfile(t, admin, filepath.Join(dir, "heap-"+name+".pb.gz"))
+	}
 
 	var lastErr error
 	allowed := func() bool {
@@ -406,6 +411,24 @@ func rssMiB(pid int) float64 {
 }
 
 // heapMiB reads go_memstats_heap_alloc_bytes from the agent's metrics.
+// saveHeapProfile writes the agent's heap profile (its admin endpoint's
+// /debug/pprof/heap, after a collection) to path: what the memory is.
+func saveHeapProfile(t *testing.T, admin, path string) {
+	resp, err := http.Get("http://" + admin + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		t.Logf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o644)
+	}
+	if err != nil {
+		t.Logf("heap profile: %v", err)
+	}
+}
+
 func heapMiB(t *testing.T, addr string) float64 {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
