@@ -674,7 +674,7 @@ func (a *Agent) identityForLocal(local netip.Addr) (certs.Identity, error) {
 	if !ok {
 		return certs.Identity{}, fmt.Errorf("node: %s is not an enrolled pod on node %s", local, a.cfg.NodeName)
 	}
-	return w.Identity, nil
+	return w.Identity(), nil
 }
 
 // Local implements tunnel.Destinations: dst is an enrolled pod on this node.
@@ -767,7 +767,7 @@ func (a *Agent) Route(src, dst, dialled netip.AddrPort) (tunnel.Route, error) {
 		}
 		// Outside the mesh: pass through in plaintext, as Istio does for
 		// destinations that do not speak HBONE.
-		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity}, nil
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity()}, nil
 	}
 	// A pod's own waypoint, unless the pod was reached through a Service.
 	if to.Mesh != nil && to.Mesh.Waypoint != nil && !dialled.IsValid() {
@@ -780,15 +780,15 @@ func (a *Agent) Route(src, dst, dialled netip.AddrPort) (tunnel.Route, error) {
 			// istiod says the pod is captured here; this agent has not
 			// captured it (yet, or any more): plaintext would skip its
 			// policy.
-			return tunnel.Route{Mode: tunnel.Deny, Src: from.Identity, Reason: fmt.Sprintf(
+			return tunnel.Route{Mode: tunnel.Deny, Src: from.Identity(), Reason: fmt.Sprintf(
 				"pod %s/%s: istiod says it is captured on this node, this agent does not capture it", to.Namespace, to.Name)}, nil
 		}
-		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity}, nil
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: from.Identity()}, nil
 	}
 	return tunnel.Route{
 		Mode:      tunnel.HBONE,
-		Src:       from.Identity,
-		Dst:       to.Identity,
+		Src:       from.Identity(),
+		Dst:       to.Identity(),
 		HBONEAddr: netip.AddrPortFrom(dst.Addr(), a.cfg.hbonePort()),
 	}, nil
 }

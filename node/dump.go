@@ -32,7 +32,7 @@ func (a *Agent) configDump() ConfigDump {
 			}
 			d.Workloads = append(d.Workloads, WorkloadDump{
 				Name: w.Name, Namespace: w.Namespace, Address: w.IP.String(), Node: w.NodeName,
-				ServiceAccount: w.ServiceAccount, Identity: w.Identity.String(), Protocol: proto,
+				ServiceAccount: w.ServiceAccount, Identity: w.Identity().String(), Protocol: proto,
 				Local: w.Local, Captured: w.Local && w.Enrolled && (a.redirect == nil || a.redirect.Captured(w.IP)),
 				Refused: refused, Labels: w.Labels,
 			})

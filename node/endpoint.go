@@ -154,15 +154,15 @@ func (v *view) serviceRoute(client *Workload, svc *inventory.Service, dst netip.
 		}
 	}
 	if svc.LoadBalancing != nil && svc.LoadBalancing.Mode == "PASSTHROUGH" {
-		return tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity}, nil
+		return tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity()}, nil
 	}
 	ep, port, err := v.pickEndpoint(svc, dst.Port(), client, randN)
 	if err != nil {
-		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: err.Error()}, nil
+		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity(), Reason: err.Error()}, nil
 	}
-	r := tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity, Target: netip.AddrPortFrom(ep.IP, port)}
+	r := tunnel.Route{Mode: tunnel.Passthrough, Src: client.Identity(), Target: netip.AddrPortFrom(ep.IP, port)}
 	if ep.Enrolled {
-		r.Mode, r.Dst, r.HBONEAddr = tunnel.HBONE, ep.Identity, netip.AddrPortFrom(ep.IP, hbonePort)
+		r.Mode, r.Dst, r.HBONEAddr = tunnel.HBONE, ep.Identity(), netip.AddrPortFrom(ep.IP, hbonePort)
 	}
 	return r, nil
 }

@@ -76,7 +76,7 @@ func (a *Agent) trafficLabels(info tunnel.ConnInfo) TrafficLabels {
 			if info.Mode == "hbone" && info.Direction == tunnel.DirInbound && w.Local {
 				// Inbound, the destination principal is our own pod's, whose
 				// certificate this agent presented.
-				l.DestinationPrincipal = w.Identity.String()
+				l.DestinationPrincipal = w.Identity().String()
 			}
 		}
 		// The Service: the one whose ClusterIP the source dialled, else

@@ -370,15 +370,23 @@ func buildNode[K comparable, V any](es, scratch []hashedEntry[K, V], shift uint)
 		if len(run) == 0 {
 			continue
 		}
-		bit := uint32(1) << slot
 		last := run[len(run)-1]
 		if !slices.ContainsFunc(run, func(e hashedEntry[K, V]) bool { return e.h != last.h || e.e.key != last.e.key }) {
-			n.datamap |= bit // one key, perhaps given more than once
-			n.data = append(n.data, last.e)
-			continue
+			n.datamap |= 1 << slot // one key, perhaps given more than once
+		} else {
+			n.nodemap |= 1 << slot
 		}
-		n.nodemap |= bit
-		n.nodes = append(n.nodes, buildNode(run, es[start[slot]:start[slot+1]], shift+pmapBits))
+	}
+	n.data = make([]pentry[K, V], 0, bits.OnesCount32(n.datamap))
+	n.nodes = make([]*pnode[K, V], 0, bits.OnesCount32(n.nodemap))
+	for slot := range uint(32) {
+		run := scratch[start[slot]:start[slot+1]]
+		switch {
+		case n.datamap&(1<<slot) != 0:
+			n.data = append(n.data, run[len(run)-1].e)
+		case n.nodemap&(1<<slot) != 0:
+			n.nodes = append(n.nodes, buildNode(run, es[start[slot]:start[slot+1]], shift+pmapBits))
+		}
 	}
 	return n
 }

@@ -17,12 +17,18 @@ import (
 // modified.
 type Workload struct {
 	*inventory.Pod
-	Identity certs.Identity
-	Enrolled bool
-	Local    bool // scheduled on this agent's node
+	trustDomain string
+	Enrolled    bool
+	Local       bool // scheduled on this agent's node
 	// src is the pod as the source listed it when the view filled in its
 	// addresses from capture (fill); nil otherwise.
 	src *inventory.Pod
+}
+
+// Identity is the pod's SPIFFE identity. (Made when asked: a cluster's
+// 100,000 pods would hold 5 MB of them.)
+func (w *Workload) Identity() certs.Identity {
+	return certs.Identity{TrustDomain: w.trustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
 }
 
 // source returns the pod as its source listed it.
@@ -154,13 +160,12 @@ func withoutPods(snap *inventory.Snapshot) *inventory.Snapshot {
 
 // newWorkload makes p's Workload, with its addresses filled in from capture.
 func (v *view) newWorkload(p *inventory.Pod) *Workload {
-	w := &Workload{Pod: p, Local: p.NodeName == v.cfg.nodeName}
+	w := &Workload{Pod: p, trustDomain: v.cfg.trustDomain, Local: p.NodeName == v.cfg.nodeName}
 	if f, ok := v.fill(p); ok {
 		c := *p
 		c.IP, c.IPs = f.IP, f.IPs
 		w.Pod, w.src = &c, p
 	}
-	w.Identity = certs.Identity{TrustDomain: v.cfg.trustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
 	w.Enrolled = Enrolled(*w.Pod, v.snap.Namespaces[w.Namespace], v.cfg.systemNamespace)
 	if w.Mesh != nil && !w.Local {
 		// Another node's pod as istiod sends it, without labels: its
@@ -212,7 +217,7 @@ func (v *view) indexLocal() {
 	for _, w := range v.localByName {
 		if got, ok := v.byIP.Get(w.IP); ok && got == w && w.Enrolled {
 			v.local = append(v.local, w)
-			ids[w.Identity] = true
+			ids[w.Identity()] = true
 		}
 	}
 	slices.SortFunc(v.local, func(a, b *Workload) int { return a.IP.Compare(b.IP) })

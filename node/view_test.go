@@ -229,7 +229,7 @@ type workloadDump struct {
 
 func dumpView(v *view) viewDump {
 	wd := func(w *Workload) workloadDump {
-		d := workloadDump{Pod: *w.Pod, Identity: w.Identity.String(), Enrolled: w.Enrolled, Local: w.Local, Source: *w.source()}
+		d := workloadDump{Pod: *w.Pod, Identity: w.Identity().String(), Enrolled: w.Enrolled, Local: w.Local, Source: *w.source()}
 		for _, s := range v.servicesSelecting(w) {
 			d.Services = append(d.Services, s.Namespace+"/"+s.Name)
 		}

@@ -21,16 +21,16 @@ import (
 func (v *view) viaWaypoint(client *Workload, wp *inventory.Waypoint, of string) (r tunnel.Route, ok bool) {
 	pods, err := v.waypointPods(wp)
 	if err != nil {
-		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: fmt.Sprintf("waypoint of %s: %v", of, err)}, true
+		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity(), Reason: fmt.Sprintf("waypoint of %s: %v", of, err)}, true
 	}
 	if slices.Contains(pods, client) {
 		return tunnel.Route{}, false
 	}
 	p, found := chooseWeighted(pods, func(w *Workload) uint64 { return capacity(w, false) }, randN)
 	if !found {
-		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity, Reason: fmt.Sprintf("waypoint of %s: %v", of, errNoHealthyEndpoint)}, true
+		return tunnel.Route{Mode: tunnel.Deny, Src: client.Identity(), Reason: fmt.Sprintf("waypoint of %s: %v", of, errNoHealthyEndpoint)}, true
 	}
-	return tunnel.Route{Mode: tunnel.HBONE, Src: client.Identity, Dst: p.Identity,
+	return tunnel.Route{Mode: tunnel.HBONE, Src: client.Identity(), Dst: p.Identity(),
 		HBONEAddr: netip.AddrPortFrom(p.IP, wp.HBONEPort)}, true
 }
 
