@@ -318,74 +318,110 @@ func (t *pmapTxn[K, V]) del(n *pnode[K, V], shift uint, h uint64, k K) (*pnode[K
 }
 
 // pmapOf returns a map of the keys and values that entries yields, the last
-// value of a key yielded twice winning, faster than setting them one by one:
-// it sorts them into their slots, level by level, and builds each node once.
-func pmapOf[K comparable, V any](hash func(K) uint64, size int, entries iter.Seq2[K, V]) pmap[K, V] {
-	all := make([]hashedEntry[K, V], 0, size)
+// value of a key yielded twice winning (and dup, unless nil, called with
+// that key once), faster than setting them one by one: it sorts them into
+// their slots, level by level, and builds each node once.
+func pmapOf[K comparable, V any](hash func(K) uint64, size int, entries iter.Seq2[K, V], dup func(K)) pmap[K, V] {
+	b := pmapBuilder[K, V]{es: make([]pentry[K, V], 0, size), hs: make([]uint64, 0, size), dup: dup}
 	for k, v := range entries {
-		all = append(all, hashedEntry[K, V]{hash(k), pentry[K, V]{k, v}})
+		b.es = append(b.es, pentry[K, V]{k, v})
+		b.hs = append(b.hs, hash(k))
 	}
-	m := pmap[K, V]{hash: hash, root: buildNode(all, make([]hashedEntry[K, V], len(all)), 0)}
+	idx, scratch := make([]int32, len(b.es)), make([]int32, len(b.es))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	m := pmap[K, V]{hash: hash, root: b.node(idx, scratch, 0)}
 	for range m.All() {
 		m.n++
 	}
 	return m
 }
 
-type hashedEntry[K comparable, V any] struct {
-	h uint64
-	e pentry[K, V]
+// pmapBuilder builds a trie from entries es with hashes hs, sorting their
+// indexes (no pointers to move).
+type pmapBuilder[K comparable, V any] struct {
+	es  []pentry[K, V]
+	hs  []uint64
+	dup func(K)
 }
 
-// buildNode builds the node at shift holding es, in the order given (the
-// later of two alike wins); scratch is as long as es.
-func buildNode[K comparable, V any](es, scratch []hashedEntry[K, V], shift uint) *pnode[K, V] {
+// node builds the node at shift holding the entries idx names, in that
+// order (the later of two alike wins); scratch is as long as idx.
+func (b *pmapBuilder[K, V]) node(idx, scratch []int32, shift uint) *pnode[K, V] {
 	n := &pnode[K, V]{}
 	if shift >= pmapMaxShift {
-		for _, e := range es {
-			if i := slices.IndexFunc(n.data, func(d pentry[K, V]) bool { return d.key == e.e.key }); i >= 0 {
-				n.data[i] = e.e
+		var dups []K
+		for _, x := range idx {
+			e := b.es[x]
+			if i := slices.IndexFunc(n.data, func(d pentry[K, V]) bool { return d.key == e.key }); i >= 0 {
+				if b.dup != nil && !slices.Contains(dups, e.key) {
+					dups = append(dups, e.key)
+					b.dup(e.key)
+				}
+				n.data[i] = e
 			} else {
-				n.data = append(n.data, e.e)
+				n.data = append(n.data, e)
 			}
 		}
 		return n
 	}
-	// A stable counting sort by slot, into scratch.
-	var start [33]int
-	for _, e := range es {
-		start[(e.h>>shift)&31+1]++
-	}
-	for i := 1; i < len(start); i++ {
-		start[i] += start[i-1]
-	}
-	next := start
-	for _, e := range es {
-		slot := (e.h >> shift) & 31
-		scratch[next[slot]] = e
-		next[slot]++
-	}
-	for slot := range uint(32) {
-		run := scratch[start[slot]:start[slot+1]]
-		if len(run) == 0 {
-			continue
+	slot := func(x int32) uint64 { return (b.hs[x] >> shift) & 31 }
+	// A stable sort by slot, into scratch: counting for many, insertion
+	// for few.
+	if len(idx) > 16 {
+		var start [33]int
+		for _, x := range idx {
+			start[slot(x)+1]++
 		}
-		last := run[len(run)-1]
-		if !slices.ContainsFunc(run, func(e hashedEntry[K, V]) bool { return e.h != last.h || e.e.key != last.e.key }) {
-			n.datamap |= 1 << slot // one key, perhaps given more than once
+		for i := 1; i < len(start); i++ {
+			start[i] += start[i-1]
+		}
+		for _, x := range idx {
+			scratch[start[slot(x)]] = x
+			start[slot(x)]++
+		}
+	} else {
+		copy(scratch, idx)
+		for i := 1; i < len(scratch); i++ {
+			for j := i; j > 0 && slot(scratch[j]) < slot(scratch[j-1]); j-- {
+				scratch[j], scratch[j-1] = scratch[j-1], scratch[j]
+			}
+		}
+	}
+	// Each run of one slot is a key (perhaps given more than once) or a
+	// subtrie.
+	type run struct {
+		i, j   int
+		single bool
+	}
+	var runsBuf [32]run
+	runs := runsBuf[:0]
+	for i := 0; i < len(scratch); {
+		j := i + 1
+		for j < len(scratch) && slot(scratch[j]) == slot(scratch[i]) {
+			j++
+		}
+		last := scratch[j-1]
+		single := !slices.ContainsFunc(scratch[i:j], func(x int32) bool { return b.hs[x] != b.hs[last] || b.es[x].key != b.es[last].key })
+		runs = append(runs, run{i, j, single})
+		if single {
+			n.datamap |= 1 << slot(scratch[i])
 		} else {
-			n.nodemap |= 1 << slot
+			n.nodemap |= 1 << slot(scratch[i])
 		}
+		i = j
 	}
 	n.data = make([]pentry[K, V], 0, bits.OnesCount32(n.datamap))
 	n.nodes = make([]*pnode[K, V], 0, bits.OnesCount32(n.nodemap))
-	for slot := range uint(32) {
-		run := scratch[start[slot]:start[slot+1]]
-		switch {
-		case n.datamap&(1<<slot) != 0:
-			n.data = append(n.data, run[len(run)-1].e)
-		case n.nodemap&(1<<slot) != 0:
-			n.nodes = append(n.nodes, buildNode(run, es[start[slot]:start[slot+1]], shift+pmapBits))
+	for _, r := range runs {
+		if !r.single {
+			n.nodes = append(n.nodes, b.node(scratch[r.i:r.j], idx[r.i:r.j], shift+pmapBits))
+			continue
+		}
+		n.data = append(n.data, b.es[scratch[r.j-1]])
+		if r.j-r.i > 1 && b.dup != nil {
+			b.dup(b.es[scratch[r.i]].key)
 		}
 	}
 	return n

@@ -60,14 +60,26 @@ func TestPmapMatchesMap(t *testing.T) {
 				keys, vals = append(keys, k), append(vals, v)
 				want[k] = v
 			}
+			dups := map[int]int{}
 			built := pmapOf(hash, len(keys), func(yield func(int, int) bool) {
 				for i := range keys {
 					if !yield(keys[i], vals[i]) {
 						return
 					}
 				}
-			})
+			}, func(k int) { dups[k]++ })
 			checkPmap(t, "built", built, want)
+			wantDups := map[int]int{}
+			seen := map[int]bool{}
+			for _, k := range keys {
+				if seen[k] {
+					wantDups[k] = 1
+				}
+				seen[k] = true
+			}
+			if !maps.Equal(dups, wantDups) {
+				t.Errorf("dup called for %v, want once for each of %v", dups, wantDups)
+			}
 			txn := built.edit()
 			for k := range 300 {
 				if k%2 == 0 {

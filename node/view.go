@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"fmt"
+	"iter"
 	"maps"
 	"net/netip"
 	"slices"
@@ -113,24 +114,15 @@ func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace st
 func buildView(snap *inventory.Snapshot, cfg viewConfig, fills map[string]capturedAddrs) *view {
 	v := &view{cfg: cfg, snap: withoutPods(snap), claims: map[netip.Addr][]*Workload{}, localByName: map[string]*Workload{}, fills: fills}
 	ws := make([]*Workload, len(snap.Pods))
-	byIP := make(map[netip.Addr]*Workload, len(snap.Pods))
+	var addressedWs []*Workload
 	for i := range snap.Pods {
 		w := v.newWorkload(&snap.Pods[i])
 		ws[i] = w
-		key := w.Key()
 		if w.Local {
-			v.localByName[key] = w
+			v.localByName[w.Key()] = w
 		}
-		if !addressed(w.Pod) {
-			continue
-		}
-		if ws, ok := v.claims[w.IP]; ok {
-			v.claims[w.IP] = append(ws, w)
-		} else if old, ok := byIP[w.IP]; ok {
-			delete(byIP, w.IP)
-			v.claims[w.IP] = []*Workload{old, w}
-		} else {
-			byIP[w.IP] = w
+		if addressed(w.Pod) {
+			addressedWs = append(addressedWs, w)
 		}
 	}
 	v.pods = pmapOf(stringHash(), len(ws), func(yield func(string, *Workload) bool) {
@@ -139,12 +131,35 @@ func buildView(snap *inventory.Snapshot, cfg viewConfig, fills map[string]captur
 				return
 			}
 		}
-	})
+	}, nil)
 	// Two pods of one name: the view cannot tell which a change names.
 	v.rebuild = v.pods.Len() != len(ws)
-	v.byIP = pmapOf(addrHash(), len(byIP), maps.All(byIP))
+	var claimed []netip.Addr // by more than one pod
+	v.byIP = pmapOf(addrHash(), len(addressedWs), func(yield func(netip.Addr, *Workload) bool) {
+		for _, w := range addressedWs {
+			if !yield(w.IP, w) {
+				return
+			}
+		}
+	}, func(ip netip.Addr) { claimed = append(claimed, ip) })
+	if len(claimed) > 0 {
+		for _, w := range addressedWs {
+			if slices.Contains(claimed, w.IP) {
+				v.claims[w.IP] = append(v.claims[w.IP], w)
+			}
+		}
+		txn := v.byIP.edit()
+		for _, ip := range claimed {
+			txn.Delete(ip)
+		}
+		v.byIP = txn.Done()
+	}
 	v.indexServices()
-	v.indexEndpoints(byIP)
+	if len(v.servicesByNS) > 0 {
+		v.indexEndpoints(slices.Values(addressedWs))
+	} else {
+		v.endpoints = newPmap[*inventory.Service, []*Workload](comparableHash[*inventory.Service]())
+	}
 	v.indexLocal()
 	v.indexConflicts()
 	return v
@@ -463,11 +478,14 @@ func (v *view) servicesSelecting(w *Workload) []*inventory.Service {
 	return out
 }
 
-// indexEndpoints indexes each Service's endpoints among the pods byIP
-// holds.
-func (v *view) indexEndpoints(byIP map[netip.Addr]*Workload) {
+// indexEndpoints indexes each Service's endpoints among ws, those of them
+// byIP holds.
+func (v *view) indexEndpoints(ws iter.Seq[*Workload]) {
 	eps := map[*inventory.Service][]*Workload{}
-	for _, w := range byIP {
+	for w := range ws {
+		if _, claimed := v.claims[w.IP]; claimed {
+			continue
+		}
 		for _, s := range v.servicesSelecting(w) {
 			eps[s] = append(eps[s], w)
 		}
@@ -475,7 +493,7 @@ func (v *view) indexEndpoints(byIP map[netip.Addr]*Workload) {
 	for _, ws := range eps {
 		slices.SortFunc(ws, func(a, b *Workload) int { return a.IP.Compare(b.IP) })
 	}
-	v.endpoints = pmapOf(comparableHash[*inventory.Service](), len(eps), maps.All(eps))
+	v.endpoints = pmapOf(comparableHash[*inventory.Service](), len(eps), maps.All(eps), nil)
 }
 
 // endpointsOf returns svc's endpoints, sorted by IP.
