@@ -512,6 +512,11 @@ func (a *Agent) reconcile(ctx context.Context, snaps <-chan *inventory.Snapshot)
 		if done != nil {
 			close(done)
 		}
+		if s := a.current(); s != nil && last.Revision != 0 && s.view.snap.Revision == last.Revision && !s.view.rebuild {
+			// Applying it again (a retry, a pod captured since) changes no
+			// pod the view holds: its Pods need not be kept twice.
+			last = withoutPods(last)
+		}
 		if err == nil {
 			err = a.annotate(ctx)
 		}

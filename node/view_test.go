@@ -334,3 +334,22 @@ func TestViewUpdateRemovedPodIsGone(t *testing.T) {
 		t.Errorf("after the conflict: %v, conflicts %v; want other, none", w, v4.conflicts)
 	}
 }
+
+// TestApplySameRevisionWithoutPods: once the agent's view is made from a
+// snapshot, applying that snapshot again without its Pods (how reconcile
+// keeps it for a retry or a pod captured since) leaves every pod in place.
+func TestApplySameRevisionWithoutPods(t *testing.T) {
+	a := applyAgent(t, "node-3")
+	snap := scaleSnapshot(1000, 10, 0)
+	snap.Revision = inventory.NewRevision()
+	if err := a.apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	want := dumpView(a.current().view)
+	if err := a.apply(withoutPods(snap)); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpView(a.current().view); !reflect.DeepEqual(got, want) {
+		t.Errorf("the view changed:\n%s", diffDumps(got, want))
+	}
+}
