@@ -1,12 +1,22 @@
 package kube
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -43,9 +53,13 @@ func TestSnapshotChanges(t *testing.T) {
 	put(namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
 	var book policyBook
 	var built published
+	hints := map[string]bool{}
 	build := func() *inventory.Snapshot {
-		return buildSnapshot(&book, &built, pods, namespaces, services, aps, pas)
+		s := buildSnapshot(&book, &built, hints, pods, namespaces, services, aps, pas)
+		hints = map[string]bool{}
+		return s
 	}
+	hint := func(i int) { hints["shop/"+fullPod(i).Name] = true }
 	changes := func(s *inventory.Snapshot) map[string]string {
 		t.Helper()
 		if s.Changes == nil {
@@ -74,6 +88,10 @@ func TestSnapshotChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod(3, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
+	for _, i := range []int{1, 7, 2, 3, 4} { // 4: named, unchanged
+		hint(i)
+	}
+	pod(0, func(p *corev1.Pod) { p.Labels["version"] = "v3" }) // its handler has not run yet
 	second := build()
 	if second.Changes == nil || second.Changes.Since != first.Revision {
 		t.Fatalf("second snapshot: changes %+v, want them since %d", second.Changes, first.Revision)
@@ -86,6 +104,17 @@ func TestSnapshotChanges(t *testing.T) {
 	}
 	if got := changes(second); !maps.Equal(got, want) {
 		t.Errorf("changes = %v, want %v", got, want)
+	}
+	if i := slices.IndexFunc(second.Pods, func(p inventory.Pod) bool { return p.Name == fullPod(0).Name }); second.Pods[i].Labels["version"] != "v1" {
+		t.Errorf("a pod changed before its handler ran: %v, want it as it was until then", second.Pods[i].Labels)
+	}
+	if len(second.Pods) != 4 {
+		t.Errorf("%d pods, want 4 (0, 1, 4, 7)", len(second.Pods))
+	}
+	hint(0)
+	third := build()
+	if got := changes(third); !maps.Equal(got, map[string]string{"shop/web-7d9f8c6b5-00000": string(fullPod(0).UID)}) {
+		t.Errorf("after pod 0's handler: changes = %v", got)
 	}
 	if got := changes(build()); len(got) != 0 {
 		t.Errorf("nothing changed: changes = %v", got)
@@ -111,4 +140,80 @@ func mustObj(t *testing.T, s cache.Store, key string) any {
 		t.Fatalf("%s: %v %v", key, ok, err)
 	}
 	return obj
+}
+
+// TestSourceListsPodChanges runs the Source on a fake API: pods created,
+// relabelled and deleted through it reach the snapshots, which list them
+// as changed (the informer's handler names them).
+func TestSourceListsPodChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
+		dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+			{Group: "security.istio.io", Version: "v1", Resource: authorizationPolicies}: "AuthorizationPolicyList",
+			{Group: "security.istio.io", Version: "v1", Resource: peerAuthentications}:   "PeerAuthenticationList",
+		})
+		src := NewSource(client, dyn, slog.New(slog.DiscardHandler))
+		var mu sync.Mutex
+		var last *inventory.Snapshot
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() {
+			done <- src.Run(ctx, func(s *inventory.Snapshot) {
+				mu.Lock()
+				defer mu.Unlock()
+				last = s
+			})
+		}()
+		step := func(what string, change func(), want map[string]string, changed ...string) {
+			t.Helper()
+			change()
+			time.Sleep(5 * time.Second)
+			synctest.Wait()
+			mu.Lock()
+			s := last
+			mu.Unlock()
+			got := map[string]string{}
+			for _, p := range s.Pods {
+				got[p.Name] = p.Labels["app"]
+			}
+			if !maps.Equal(got, want) {
+				t.Errorf("%s: pods %v, want %v", what, got, want)
+			}
+			if s.Changes == nil {
+				t.Fatalf("%s: no changes listed", what)
+			}
+			if keys := slices.Sorted(maps.Keys(s.Changes.Pods)); !slices.Equal(keys, changed) {
+				t.Errorf("%s: changes %v, want %v", what, keys, changed)
+			}
+		}
+		pods := client.CoreV1().Pods("shop")
+		time.Sleep(time.Second)
+		synctest.Wait()
+		step("created", func() {
+			for i := range 3 {
+				pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-%d", i), Namespace: "shop", Labels: map[string]string{"app": "web"}},
+					Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("198.18.1.%d", i+1)}}
+				if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, map[string]string{"web-0": "web", "web-1": "web", "web-2": "web"}, "shop/web-0", "shop/web-1", "shop/web-2")
+		step("relabelled and deleted", func() {
+			pod, err := pods.Get(ctx, "web-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod.Labels = map[string]string{"app": "api"}
+			if _, err := pods.Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := pods.Delete(ctx, "web-2", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, map[string]string{"web-0": "web", "web-1": "api"}, "shop/web-1", "shop/web-2")
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,17 +138,34 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		},
 		DeleteFunc: func(any) { changed() },
 	}
+	// The pods' handler also names the pods that changed: the next
+	// snapshot looks only those up again.
+	hints := &podHints{}
+	podHandler := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { hints.add(obj); changed() },
+		UpdateFunc: func(oldObj, newObj any) {
+			if o, ok := oldObj.(*podInfo); ok {
+				if n, ok := newObj.(*podInfo); ok && o.sameAs(n) {
+					return
+				}
+			}
+			hints.add(newObj)
+			changed()
+		},
+		DeleteFunc: func(obj any) { hints.add(obj); changed() },
+	}
 	tr := &transformer{}
 	type informer struct {
-		name string
-		inf  cache.SharedIndexInformer
-		fn   cache.TransformFunc
+		name    string
+		inf     cache.SharedIndexInformer
+		fn      cache.TransformFunc
+		handler cache.ResourceEventHandler
 	}
-	informers := []informer{{"pods", pods, tr.pod}, {"namespaces", namespaces, tr.namespace}}
+	informers := []informer{{"pods", pods, tr.pod, podHandler}, {"namespaces", namespaces, tr.namespace, handler}}
 	if s.NodeOnly == "" {
-		informers = append(informers, informer{"services", services, tr.service},
-			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy)},
-			informer{peerAuthentications, pas, tr.policy(authz.KindPeerAuthentication)})
+		informers = append(informers, informer{"services", services, tr.service, handler},
+			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy), handler},
+			informer{peerAuthentications, pas, tr.policy(authz.KindPeerAuthentication), handler})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -157,7 +175,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		if err := i.inf.SetTransform(i.fn); err != nil {
 			return fmt.Errorf("kube: %s informer: %w", i.name, err)
 		}
-		if _, err := i.inf.AddEventHandler(handler); err != nil {
+		if _, err := i.inf.AddEventHandler(i.handler); err != nil {
 			return fmt.Errorf("kube: %s informer: %w", i.name, err)
 		}
 		name := i.name
@@ -196,7 +214,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(&book, &built, pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
+		snap := buildSnapshot(&book, &built, hints.take(), pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
 		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods), "services", len(snap.Services),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
@@ -259,9 +277,37 @@ func (s *Source) waitForSync(ctx context.Context, unsynced func() []string) bool
 	}
 }
 
-// published is what the last snapshot was built from, by pointer: the
-// stores replace an object that changes, so the next snapshot can say which
-// pods changed (Snapshot.Changes) by comparing pointers.
+// podHints names the pods the informer changed since the last snapshot.
+// It is safe for concurrent use.
+type podHints struct {
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (h *podHints) add(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.keys == nil {
+		h.keys = map[string]bool{}
+	}
+	h.keys[key] = true
+}
+
+// take returns the pods named since the last call, and forgets them.
+func (h *podHints) take() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys := h.keys
+	h.keys = nil
+	return keys
+}
+
+// published is what the last snapshot was built from: the store's objects,
+// by pointer (the stores replace an object that changes).
 type published struct {
 	revision   uint64
 	pods       []*podInfo // sorted by namespace and name; terminal ones left out
@@ -270,10 +316,13 @@ type published struct {
 }
 
 // buildSnapshot reads the informers' stores into a new Snapshot, policies
-// through book, and the pods it changed since the one last built from. The
-// label maps are shared with the stores, which never modify an object in
-// place.
-func buildSnapshot(book *policyBook, last *published, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
+// through book, with the pods it changed since the one last built from.
+// The pods are those last built from with the pods named in hints (the
+// pod informer's handler names every pod it changes) read again from the
+// store: a pod the store changed whose handler has not run yet is as it was,
+// until the next snapshot; the first snapshot reads them all. The label
+// maps are shared with the stores, which never modify an object in place.
+func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}, Revision: inventory.NewRevision()}
 	next := published{revision: snap.Revision}
 	for _, obj := range namespaces.List() {
@@ -285,14 +334,42 @@ func buildSnapshot(book *policyBook, last *published, pods, namespaces, services
 		next.namespaces = append(next.namespaces, ns)
 	}
 
-	podObjs := pods.List()
-	next.pods = make([]*podInfo, 0, len(podObjs))
-	for _, obj := range podObjs {
-		if p, ok := obj.(*podInfo); ok && !p.terminal() {
-			next.pods = append(next.pods, p)
+	var changed map[string]bool // nil: all
+	if last.revision == 0 {
+		podObjs := pods.List()
+		next.pods = make([]*podInfo, 0, len(podObjs))
+		for _, obj := range podObjs {
+			if p, ok := obj.(*podInfo); ok && !p.terminal() {
+				next.pods = append(next.pods, p)
+			}
+		}
+		slices.SortFunc(next.pods, comparePods)
+	} else {
+		next.pods, changed = last.pods, map[string]bool{}
+		for key := range hints {
+			var p *podInfo
+			if obj, ok, _ := pods.GetByKey(key); ok {
+				if p, ok = obj.(*podInfo); ok && p.terminal() {
+					p = nil
+				}
+			}
+			ns, name, _ := strings.Cut(key, "/")
+			i, found := slices.BinarySearchFunc(next.pods, [2]string{ns, name}, func(q *podInfo, k [2]string) int {
+				return cmp.Or(cmp.Compare(q.namespace, k[0]), cmp.Compare(q.name, k[1]))
+			})
+			switch {
+			case found && p == nil:
+				next.pods = slices.Delete(next.pods, i, i+1)
+			case found && p != next.pods[i]:
+				next.pods[i] = p
+			case !found && p != nil:
+				next.pods = slices.Insert(next.pods, i, p)
+			default:
+				continue
+			}
+			changed[key] = true
 		}
 	}
-	slices.SortFunc(next.pods, comparePods)
 	snap.Pods = make([]inventory.Pod, len(next.pods))
 	for i, p := range next.pods {
 		snap.Pods[i] = inventory.Pod{
@@ -327,8 +404,19 @@ func buildSnapshot(book *policyBook, last *published, pods, namespaces, services
 	snap.PolicyRevision = book.forget(seen)
 
 	slices.SortFunc(next.namespaces, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
-	if last.revision != 0 && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
-		snap.Changes = &inventory.Changes{Since: last.revision, Pods: changedPods(last.pods, next.pods, snap.Pods)}
+	if changed != nil && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
+		snap.Changes = &inventory.Changes{Since: last.revision, Pods: map[string]*inventory.Pod{}}
+		for key := range changed {
+			ns, name, _ := strings.Cut(key, "/")
+			i, found := slices.BinarySearchFunc(snap.Pods, [2]string{ns, name}, func(q inventory.Pod, k [2]string) int {
+				return cmp.Or(cmp.Compare(q.Namespace, k[0]), cmp.Compare(q.Name, k[1]))
+			})
+			if found {
+				snap.Changes.Pods[key] = &snap.Pods[i]
+			} else {
+				snap.Changes.Pods[key] = nil
+			}
+		}
 	}
 	*last = next
 	return snap
@@ -336,40 +424,6 @@ func buildSnapshot(book *policyBook, last *published, pods, namespaces, services
 
 func comparePods(a, b *podInfo) int {
 	return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
-}
-
-// changedPods names the pods of before and after (both sorted by
-// comparePods) that are not the same object in both, with their entries in
-// listed (after's, in its order), or nil for those gone.
-func changedPods(before, after []*podInfo, listed []inventory.Pod) map[string]*inventory.Pod {
-	changed := map[string]*inventory.Pod{}
-	i, j := 0, 0
-	for i < len(before) || j < len(after) {
-		c := 0
-		switch {
-		case i == len(before):
-			c = 1
-		case j == len(after):
-			c = -1
-		default:
-			c = comparePods(before[i], after[j])
-		}
-		switch {
-		case c < 0: // gone
-			changed[before[i].namespace+"/"+before[i].name] = nil
-			i++
-		case c > 0: // new
-			changed[listed[j].Key()] = &listed[j]
-			j++
-		default:
-			if before[i] != after[j] {
-				changed[listed[j].Key()] = &listed[j]
-			}
-			i++
-			j++
-		}
-	}
-	return changed
 }
 
 func sortedObjects(store cache.Store) []*policyObject {

@@ -332,7 +332,9 @@ func TestParseServiceAccountUser(t *testing.T) {
 }
 
 // BenchmarkBuildSnapshot measures one snapshot of 100k pods (2,000
-// Deployments of 50) and 100 policies: the work after each coalesced change.
+// Deployments of 50) and 100 policies: the work after each coalesced change,
+// all of it read from the stores (whole, the first snapshot) or one pod
+// changed since the last (one-pod).
 func BenchmarkBuildSnapshot(b *testing.B) {
 	tr := &transformer{}
 	pods := cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -362,14 +364,34 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	pas := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	b.ReportAllocs()
-	var book policyBook
-	var built published
-	for b.Loop() {
-		s := buildSnapshot(&book, &built, pods, namespaces, cache.NewStore(cache.MetaNamespaceKeyFunc), aps, pas)
-		if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 {
-			b.Fatalf("%d pods, %d policies", len(s.Pods), len(s.AuthorizationPolicies))
+	pas, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	for _, whole := range []bool{true, false} {
+		name := "one-pod"
+		if whole {
+			name = "whole"
 		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			var book policyBook
+			var built published
+			buildSnapshot(&book, &built, nil, pods, namespaces, services, aps, pas)
+			i := 0
+			for b.Loop() {
+				if whole {
+					built = published{}
+				}
+				p := fullPod(7)
+				p.Labels["version"] = fmt.Sprint(i)
+				obj, _ := tr.pod(p)
+				if err := pods.Update(obj); err != nil {
+					b.Fatal(err)
+				}
+				i++
+				s := buildSnapshot(&book, &built, map[string]bool{"shop/" + p.Name: true}, pods, namespaces, services, aps, pas)
+				if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 || !whole && len(s.Changes.Pods) != 1 {
+					b.Fatalf("%d pods, %d policies, changes %v", len(s.Pods), len(s.AuthorizationPolicies), s.Changes)
+				}
+			}
+		})
 	}
 }
