@@ -63,6 +63,28 @@ type state struct {
 	// policyRevision is the Snapshot.PolicyRevision of the Authorizations
 	// held: a new one after every response of that type.
 	policyRevision uint64
+	// published is what the last snapshot held, for the next to say which
+	// pods it changed.
+	published published
+}
+
+// published is what a snapshot was made of: the node's pods by name, and
+// istiod's other pods and its Services as it sent them (by pointer: a
+// resource istiod sends again is decoded anew), in resource-name order.
+type published struct {
+	revision   uint64
+	namespaces map[string]inventory.Namespace
+	local      []string
+	pods       []publishedPod
+	services   []*inventory.Service
+	// whole says the snapshot's pods cannot be told apart by name (pods
+	// of other clusters): the next lists no changes.
+	whole bool
+}
+
+type publishedPod struct {
+	key string
+	pod *inventory.Pod
 }
 
 func newState() *state {
@@ -296,6 +318,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		TranslatedPolicies: []authz.TranslatedPolicy{},
 		PolicyRevision:     st.policyRevision,
 	}
+	next := published{revision: inventory.NewRevision(), namespaces: local.Namespaces}
+	snap.Revision = next.revision
 	byUID := map[string]int{} // istiod's UID of a local pod → index in snap.Pods
 	localIPs := map[netip.Addr]bool{}
 	for _, p := range local.Pods {
@@ -304,7 +328,9 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 			localIPs[ip] = true
 		}
 		snap.Pods = append(snap.Pods, p)
+		next.local = append(next.local, p.Key())
 	}
+	podPrefix := clusterID + "//Pod/"
 	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
 		r := st.res[TypeAddress][name]
 		switch {
@@ -317,10 +343,19 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 				continue
 			}
 			snap.Pods = append(snap.Pods, *r.pod)
+			// A pod of this cluster is named by its resource (its UID),
+			// so in the resources' order, and no node's pod has its name
+			// (byUID would have matched it); another cluster's may.
+			key := r.pod.Key()
+			next.whole = next.whole || name != podPrefix+key || r.pod.Mesh.UID != name
+			next.pods = append(next.pods, publishedPod{key, r.pod})
 		case r.service != nil:
 			snap.Services = append(snap.Services, *r.service)
+			next.services = append(next.services, r.service)
 		}
 	}
+	snap.Changes = st.published.changes(&next, snap)
+	st.published = next
 	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAuthorization])) {
 		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *st.res[TypeAuthorization][name].policy)
 	}
@@ -336,4 +371,52 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		}
 	}
 	return snap
+}
+
+// changes lists the pods of snap (made of next) that differ from those of
+// the snapshot p was made of, or nil when it cannot: the first snapshot, or
+// namespaces or Services changed, or pods not told apart by name. The
+// node's pods are listed every time (they come from the local source, a
+// few).
+func (p *published) changes(next *published, snap *inventory.Snapshot) *inventory.Changes {
+	if p.revision == 0 || p.whole || next.whole || !slices.Equal(p.services, next.services) ||
+		!maps.EqualFunc(p.namespaces, next.namespaces, func(a, b inventory.Namespace) bool { return maps.Equal(a.Labels, b.Labels) }) {
+		return nil
+	}
+	changed := map[string]bool{}
+	for _, key := range slices.Concat(p.local, next.local) {
+		changed[key] = true
+	}
+	i, j := 0, 0
+	for i < len(p.pods) || j < len(next.pods) {
+		switch {
+		case j == len(next.pods) || i < len(p.pods) && p.pods[i].key < next.pods[j].key:
+			changed[p.pods[i].key] = true // gone
+			i++
+		case i == len(p.pods) || next.pods[j].key < p.pods[i].key:
+			changed[next.pods[j].key] = true // new
+			j++
+		default:
+			if p.pods[i].pod != next.pods[j].pod {
+				changed[next.pods[j].key] = true
+			}
+			i++
+			j++
+		}
+	}
+	c := &inventory.Changes{Since: p.revision, Pods: make(map[string]*inventory.Pod, len(changed))}
+	for key := range changed {
+		c.Pods[key] = nil
+	}
+	// The node's pods come first in snap.Pods, then istiod's in next.pods'
+	// order.
+	for k := range next.local {
+		c.Pods[snap.Pods[k].Key()] = &snap.Pods[k]
+	}
+	for k, pp := range next.pods {
+		if changed[pp.key] {
+			c.Pods[pp.key] = &snap.Pods[len(next.local)+k]
+		}
+	}
+	return c
 }

@@ -1,0 +1,101 @@
+package xds
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"strconv"
+	"testing"
+
+	"github.com/ferrymesh/ferry/node/inventory"
+)
+
+// TestSnapshotChanges: after random changes to istiod's workloads and the
+// node's own pods, each snapshot lists every pod that differs from the one
+// before (added, changed, gone), with its own entry; a changed Service, or
+// a pod of another cluster, lists nothing (the agent builds its view whole).
+func TestSnapshotChanges(t *testing.T) {
+	const cluster, node = "Kubernetes", "n1"
+	rnd := rand.New(rand.NewPCG(3, 4))
+	st := newState()
+	local := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{"a": {Name: "a"}}}
+	pod := func(name, nodeName string) *inventory.Pod {
+		ip := netip.AddrFrom4([4]byte{198, 18, 0, byte(rnd.IntN(40))})
+		return &inventory.Pod{Namespace: "a", Name: name, NodeName: nodeName, IP: ip,
+			Mesh: &inventory.MeshWorkload{UID: cluster + "//Pod/a/" + name, HBONE: rnd.IntN(2) == 0}}
+	}
+	var prev *inventory.Snapshot
+	for step := range 300 {
+		wantNone := false
+		switch r := rnd.IntN(20); {
+		case r == 0: // a Service
+			st.res[TypeAddress]["svc"] = resource{service: &inventory.Service{Name: "s" + strconv.Itoa(step), Namespace: "a"}}
+			wantNone = true
+		case r == 1: // the node's pods
+			local = &inventory.Snapshot{Namespaces: local.Namespaces}
+			for i := range rnd.IntN(3) {
+				local.Pods = append(local.Pods, *pod("p"+strconv.Itoa(i), node))
+			}
+		default:
+			for range rnd.IntN(4) + 1 {
+				name := "p" + strconv.Itoa(rnd.IntN(30))
+				if rnd.IntN(3) == 0 {
+					delete(st.res[TypeAddress], cluster+"//Pod/a/"+name)
+				} else {
+					st.res[TypeAddress][cluster+"//Pod/a/"+name] = resource{pod: pod(name, []string{node, "n2", "n3"}[rnd.IntN(3)])}
+				}
+			}
+		}
+		snap := st.snapshot(local, node, cluster)
+		if prev == nil || wantNone {
+			if prev != nil && snap.Changes != nil {
+				t.Fatalf("step %d: a Service changed, yet changes are listed", step)
+			}
+			prev = snap
+			continue
+		}
+		if snap.Changes == nil || snap.Changes.Since != prev.Revision {
+			t.Fatalf("step %d: changes %+v, want them since %d", step, snap.Changes, prev.Revision)
+		}
+		before, after := byKey(t, prev), byKey(t, snap)
+		for key, p := range after {
+			if q, ok := before[key]; !ok || !reflect.DeepEqual(*p, *q) {
+				if got, ok := snap.Changes.Pods[key]; !ok || got != p {
+					t.Fatalf("step %d: %s changed, listed as %v", step, key, got)
+				}
+			}
+		}
+		for key := range before {
+			if _, ok := after[key]; !ok {
+				if got, ok := snap.Changes.Pods[key]; !ok || got != nil {
+					t.Fatalf("step %d: %s gone, listed as %v (%v)", step, key, got, ok)
+				}
+			}
+		}
+		for key, p := range snap.Changes.Pods {
+			if p != nil && after[key] != p {
+				t.Fatalf("step %d: %s listed with an entry not the snapshot's", step, key)
+			}
+		}
+		prev = snap
+	}
+
+	// Another cluster's pod may share a name: nothing listed.
+	st.res[TypeAddress]["other//Pod/a/p1"] = resource{pod: &inventory.Pod{Namespace: "a", Name: "p1", Mesh: &inventory.MeshWorkload{UID: "other//Pod/a/p1"}}}
+	st.snapshot(local, node, cluster)
+	if s := st.snapshot(local, node, cluster); s.Changes != nil {
+		t.Errorf("pods of another cluster: changes listed")
+	}
+}
+
+func byKey(t *testing.T, s *inventory.Snapshot) map[string]*inventory.Pod {
+	t.Helper()
+	m := map[string]*inventory.Pod{}
+	for i := range s.Pods {
+		if _, dup := m[s.Pods[i].Key()]; dup {
+			t.Fatalf("two pods named %s", s.Pods[i].Key())
+		}
+		m[s.Pods[i].Key()] = &s.Pods[i]
+	}
+	return m
+}
