@@ -1,9 +1,11 @@
 package xds
 
 import (
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -29,7 +31,7 @@ func TestSnapshotChanges(t *testing.T) {
 		wantNone := false
 		switch r := rnd.IntN(20); {
 		case r == 0: // a Service
-			st.res[TypeAddress]["svc"] = resource{service: &inventory.Service{Name: "s" + strconv.Itoa(step), Namespace: "a"}}
+			st.put(TypeAddress, "svc", resource{service: &inventory.Service{Name: "s" + strconv.Itoa(step), Namespace: "a"}})
 			wantNone = true
 		case r == 1: // the node's pods
 			local = &inventory.Snapshot{Namespaces: local.Namespaces}
@@ -40,13 +42,20 @@ func TestSnapshotChanges(t *testing.T) {
 			for range rnd.IntN(4) + 1 {
 				name := "p" + strconv.Itoa(rnd.IntN(30))
 				if rnd.IntN(3) == 0 {
-					delete(st.res[TypeAddress], cluster+"//Pod/a/"+name)
+					st.drop(TypeAddress, cluster+"//Pod/a/"+name)
 				} else {
-					st.res[TypeAddress][cluster+"//Pod/a/"+name] = resource{pod: pod(name, []string{node, "n2", "n3"}[rnd.IntN(3)])}
+					st.put(TypeAddress, cluster+"//Pod/a/"+name, resource{pod: pod(name, []string{node, "n2", "n3"}[rnd.IntN(3)])})
 				}
 			}
 		}
 		snap := st.snapshot(local, node, cluster)
+		var want []namedResource
+		for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
+			want = append(want, namedResource{name, st.res[TypeAddress][name]})
+		}
+		if got := st.sortedRes[TypeAddress]; !reflect.DeepEqual(got, want) {
+			t.Fatalf("step %d: resources in order %v, want %v", step, got, want)
+		}
 		if prev == nil || wantNone {
 			if prev != nil && snap.Changes != nil {
 				t.Fatalf("step %d: a Service changed, yet changes are listed", step)
@@ -81,7 +90,7 @@ func TestSnapshotChanges(t *testing.T) {
 	}
 
 	// Another cluster's pod may share a name: nothing listed.
-	st.res[TypeAddress]["other//Pod/a/p1"] = resource{pod: &inventory.Pod{Namespace: "a", Name: "p1", Mesh: &inventory.MeshWorkload{UID: "other//Pod/a/p1"}}}
+	st.put(TypeAddress, "other//Pod/a/p1", resource{pod: &inventory.Pod{Namespace: "a", Name: "p1", Mesh: &inventory.MeshWorkload{UID: "other//Pod/a/p1"}}})
 	st.snapshot(local, node, cluster)
 	if s := st.snapshot(local, node, cluster); s.Changes != nil {
 		t.Errorf("pods of another cluster: changes listed")

@@ -66,6 +66,62 @@ type state struct {
 	// published is what the last snapshot held, for the next to say which
 	// pods it changed.
 	published published
+	// sortedRes are each type's resources in name order, as last sorted;
+	// touched, the names put or dropped since (put and drop keep them).
+	sortedRes map[string][]namedResource
+	touched   map[string]map[string]bool
+}
+
+type namedResource struct {
+	name string
+	r    resource
+}
+
+// put holds r as resource name of type t.
+func (st *state) put(t, name string, r resource) {
+	st.res[t][name] = r
+	st.touch(t, name)
+}
+
+// drop forgets resource name of type t.
+func (st *state) drop(t, name string) {
+	delete(st.res[t], name)
+	st.touch(t, name)
+}
+
+func (st *state) touch(t, name string) {
+	if st.touched[t] == nil {
+		st.touched[t] = map[string]bool{}
+	}
+	st.touched[t][name] = true
+}
+
+// sorted returns type t's resources in name order: the last order with the
+// resources touched since put in, replaced or taken out, or (many touched)
+// all sorted again.
+func (st *state) sorted(t string) []namedResource {
+	sorted, touched := st.sortedRes[t], st.touched[t]
+	st.touched[t] = nil
+	if sorted == nil || len(touched) > 1000 {
+		sorted = sorted[:0]
+		for _, name := range slices.Sorted(maps.Keys(st.res[t])) {
+			sorted = append(sorted, namedResource{name, st.res[t][name]})
+		}
+	} else {
+		for name := range touched {
+			i, found := slices.BinarySearchFunc(sorted, name, func(nr namedResource, name string) int { return strings.Compare(nr.name, name) })
+			switch r, held := st.res[t][name]; {
+			case held && found:
+				sorted[i].r = r
+			case held:
+				sorted = slices.Insert(sorted, i, namedResource{name, r})
+			case found:
+				sorted = slices.Delete(sorted, i, i+1)
+			}
+		}
+	}
+	st.sortedRes[t] = sorted
+	return sorted
 }
 
 // published is what a snapshot was made of: the node's pods by name, and
@@ -89,7 +145,7 @@ type publishedPod struct {
 
 func newState() *state {
 	s := &state{res: map[string]map[string]resource{}, refused: map[string]map[string]string{}, received: map[string]bool{},
-		advertised: map[string]map[string]bool{}}
+		advertised: map[string]map[string]bool{}, sortedRes: map[string][]namedResource{}, touched: map[string]map[string]bool{}}
 	for _, t := range types {
 		s.res[t] = map[string]resource{}
 		s.refused[t] = map[string]string{}
@@ -259,7 +315,7 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 		}
 		for name := range held {
 			if !sent[name] && !st.advertised[t][name] {
-				delete(held, name)
+				st.drop(t, name)
 				delete(st.refused[t], name)
 			}
 		}
@@ -276,20 +332,20 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 				// Never good: its fail-closed reading applies, never
 				// nothing (leaving out an ALLOW policy widens access).
 				res.failClosed = true
-				held[name] = res
+				st.put(t, name, res)
 			}
 			continue
 		}
 		delete(st.refused[t], name)
 		if res.pod == nil && res.service == nil && res.policy == nil {
-			delete(held, name) // a workload Ferry does not model (not a pod)
+			st.drop(t, name) // a workload Ferry does not model (not a pod)
 			continue
 		}
 		res.version = r.GetVersion()
-		held[name] = res
+		st.put(t, name, res)
 	}
 	for _, name := range resp.GetRemovedResources() {
-		delete(held, name)
+		st.drop(t, name)
 		delete(st.refused[t], name)
 	}
 	st.received[t] = true
@@ -331,8 +387,10 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		next.local = append(next.local, p.Key())
 	}
 	podPrefix := clusterID + "//Pod/"
-	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
-		r := st.res[TypeAddress][name]
+	snap.Pods = slices.Grow(snap.Pods, len(st.res[TypeAddress]))
+	next.pods = make([]publishedPod, 0, len(st.res[TypeAddress]))
+	for _, nr := range st.sorted(TypeAddress) {
+		name, r := nr.name, nr.r
 		switch {
 		case r.pod != nil:
 			if i, ok := byUID[r.pod.Mesh.UID]; ok {
@@ -346,8 +404,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 			// A pod of this cluster is named by its resource (its UID),
 			// so in the resources' order, and no node's pod has its name
 			// (byUID would have matched it); another cluster's may.
-			key := r.pod.Key()
-			next.whole = next.whole || name != podPrefix+key || r.pod.Mesh.UID != name
+			key, ok := strings.CutPrefix(name, podPrefix)
+			next.whole = next.whole || !ok || r.pod.Mesh.UID != name || !isKey(key, r.pod)
 			next.pods = append(next.pods, publishedPod{key, r.pod})
 		case r.service != nil:
 			snap.Services = append(snap.Services, *r.service)
@@ -356,8 +414,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 	}
 	snap.Changes = st.published.changes(&next, snap)
 	st.published = next
-	for _, name := range slices.Sorted(maps.Keys(st.res[TypeAuthorization])) {
-		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *st.res[TypeAuthorization][name].policy)
+	for _, nr := range st.sorted(TypeAuthorization) {
+		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *nr.r.policy)
 	}
 	for _, t := range types {
 		for _, name := range slices.Sorted(maps.Keys(st.refused[t])) {
@@ -419,4 +477,10 @@ func (p *published) changes(next *published, snap *inventory.Snapshot) *inventor
 		}
 	}
 	return c
+}
+
+// isKey reports whether key is "namespace/name" of p.
+func isKey(key string, p *inventory.Pod) bool {
+	ns, name, ok := strings.Cut(key, "/")
+	return ok && ns == p.Namespace && name == p.Name
 }
