@@ -33,4 +33,5 @@
 //	ferrybench [-rounds 3] [-duration 3s] [-smoke] [-out bench/results.json] [-ferry bin/ferry] ...
 //	ferrybench gotls client|server -listen ADDR -target ADDR -cert F -key F -ca F
 //	ferrybench hold -n N -dst ADDR   (inside node a: hold N idle connections)
+//	ferrybench tlsserver -listen ADDR -cert F -key F -ca F   (the handshake benchmark's plain Go TLS server)
 package main

@@ -31,6 +31,9 @@ func main() {
 	if len(args) > 0 && args[0] == "hold" {
 		os.Exit(runHold(args[1:]))
 	}
+	if len(args) > 0 && args[0] == "tlsserver" {
+		os.Exit(runTLSServer(args[1:]))
+	}
 	if len(args) > 0 && args[0] == "run" {
 		args = args[1:]
 	}
@@ -139,6 +142,7 @@ var suiteDefinitions = map[string]string{
 	"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",
 	"connect_cpu_vs_best_tls_peer": "both agents' CPU per new connection (path/connect-rate) ÷ the lowest agents' CPU per connection among the TLS-per-connection peers that ran (go-tls, ghostunnel, haproxy, nginx, stunnel), same round",
 	"handshakes_per_s_core_x25519": "1 s ÷ node b agent's CPU per full mTLS handshake (X25519, P-256 certs, no resumption)",
+	"handshake_cpu_vs_gotls":       "node b agent's (HBONE server's) CPU per full mTLS handshake ÷ a plain Go crypto/tls server's (ferrybench tlsserver: go-tls's server configuration, ALPN h2, no session tickets, a leaf from the same root), same client, same round, interleaved; each handshake ends at the server's first byte after the HTTP/2 preface",
 	"idle_conn_rss_kib":            "RSS growth of both agents per idle tunnelled connection, at the largest -idle-conns count (raw figures for each count under mem/idle-N)",
 	"idle_conn_heap_kib":           "Go HeapAlloc (after GC) growth of both agents per idle tunnelled connection, at the largest -idle-conns count",
 	"mux8_vs_8tls":                 "aggregate upload MB/s of 8 connections: ferry (one HBONE connection) ÷ go-tls (8 TLS connections)",

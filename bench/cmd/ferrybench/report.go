@@ -88,6 +88,7 @@ var keyOrder = []struct{ name, target string }{
 	{"connect_rate_vs_tls_peers", ">= 4.5"},
 	{"connect_cpu_vs_best_tls_peer", "<= 0.15"},
 	{"handshakes_per_s_core_x25519", ">= 1500"},
+	{"handshake_cpu_vs_gotls", "<= 0.70"},
 	{"idle_conn_rss_kib", "<= 6"},
 	{"idle_conn_heap_kib", "<= 5"},
 	{"mux8_vs_8tls", ">= 1.2"},

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,11 +13,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/ferrymesh/ferry/internal/netns"
 )
 
 // config sizes a run.
@@ -494,101 +490,6 @@ func (s *suite) recordConnect(bench string, p *peer, lat []time.Duration, cpu, d
 		s.rec.raw(bench, p.name, "agents_cpu_us_per_conn", "us", cpuPerConn)
 	}
 	return rate, cpuPerConn
-}
-
-// h2Preface is an HTTP/2 client connection preface and an empty SETTINGS
-// frame: what a client sends right after the TLS handshake.
-var h2Preface = append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)
-
-// handshakes measures full mTLS handshakes (ECDSA P-256 certificates, no
-// resumption) against Ferry's server side, with that agent's CPU per
-// handshake: X25519 against node b's agent, X25519MLKEM768 against a second
-// agent in node b started with --post-quantum for the measurement. Each
-// handshake sends the HTTP/2 preface and waits for the server's first frame,
-// which comes only after the server verified the client's certificate and
-// Finished. Resumed handshakes are not measured: Ferry's HBONE server issues
-// no session tickets, as ztunnel's client does not resume.
-func (s *suite) handshakes(ctx context.Context) {
-	p := s.peer("ferry")
-	if p == nil {
-		return
-	}
-	s.rec.Skipped["tls/handshake-resumed/ferry"] = "Ferry's HBONE server issues no session tickets (as ztunnel's client disables resumption): every HBONE connection is a full mTLS handshake"
-	s.handshakesAt(ctx, p, "tls/handshake-x25519", tls.X25519, p.procs[1], netip.AddrPortFrom(serverPod, hbonePort))
-	const bench = "tls/handshake-x25519mlkem768"
-	pq, err := startFerryPQ(ctx, s.env)
-	if err != nil {
-		s.fail(bench, p, err)
-		return
-	}
-	defer pq.stop()
-	s.handshakesAt(ctx, p, bench, tls.X25519MLKEM768, pq, netip.AddrPortFrom(serverPod, pqHBONEPort))
-}
-
-// handshakesAt runs handshakes offering only curve against the agent
-// process server listening at dst.
-func (s *suite) handshakesAt(ctx context.Context, p *peer, bench string, curve tls.CurveID, server *proc, dst netip.AddrPort) {
-	cert, err := tls.LoadX509KeyPair(s.env.pki.cert, s.env.pki.key)
-	if err != nil {
-		s.fail(bench, p, err)
-		return
-	}
-	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"},
-		CurvePreferences: []tls.CurveID{curve}, InsecureSkipVerify: true, SessionTicketsDisabled: true,
-	}
-	var count atomic.Int64
-	errs := make([]error, s.cfg.hsWorkers)
-	c0, _ := treeUsage([]int{server.pid()})
-	start := time.Now()
-	end := start.Add(s.cfg.dur)
-	var wg sync.WaitGroup
-	for w := range s.cfg.hsWorkers {
-		wg.Go(func() {
-			errs[w] = netns.DoNamed(s.env.topo.nsA, func() error {
-				var one [1]byte
-				for time.Now().Before(end) {
-					raw, err := dialHere(ctx, netip.Addr{}, dst)
-					if err != nil {
-						return err
-					}
-					raw.SetDeadline(time.Now().Add(10 * time.Second))
-					tc := tls.Client(raw, cfg)
-					if err = tc.Handshake(); err == nil && tc.ConnectionState().CurveID != curve {
-						err = fmt.Errorf("negotiated %v, want %v", tc.ConnectionState().CurveID, curve)
-					}
-					if err == nil {
-						_, err = tc.Write(h2Preface)
-					}
-					if err == nil {
-						_, err = tc.Read(one[:])
-					}
-					tc.Close()
-					if err != nil {
-						return err
-					}
-					count.Add(1)
-				}
-				return nil
-			})
-		})
-	}
-	wg.Wait()
-	el := time.Since(start)
-	c1, _ := treeUsage([]int{server.pid()})
-	n := count.Load()
-	if err := errors.Join(errs...); err != nil || n == 0 {
-		s.fail(bench, p, fmt.Errorf("%d handshakes: %v", n, err))
-		return
-	}
-	cpuPer := (c1 - c0).Seconds() * 1e6 / float64(n)
-	s.rec.raw(bench, p.name, "handshakes_per_s", "1/s", float64(n)/el.Seconds())
-	s.rec.raw(bench, p.name, "server_cpu_us_per_handshake", "us", cpuPer)
-	s.rec.raw(bench, p.name, "server_handshakes_per_s_core", "1/s", 1e6/cpuPer)
-	if curve == tls.X25519 {
-		s.rec.key("handshakes_per_s_core_x25519", 1e6/cpuPer)
-	}
-	time.Sleep(500 * time.Millisecond)
 }
 
 func (s *suite) idle(ctx context.Context) {
