@@ -137,6 +137,7 @@ var suiteDefinitions = map[string]string{
 	"path_1conn_vs_direct":         "min over directions (up, down) of ferry ÷ direct TCP MB/s (no tunnel, same veth path), one connection, same round; each direction's ratio is raw path/tput-1conn/DIR ferry vs_direct",
 	"cpu_per_gb_vs_gotls":          "both agents' CPU per GB (up+down) ÷ go-tls's",
 	"rr1k_added_p50_vs_gotls":      "(ferry p50 − direct p50) ÷ (go-tls p50 − direct p50), 1 KiB request/response on one connection",
+	"rr1k_p99_at_80pct_vs_p50":     "ferry 1 KiB request/response p99 under an open-loop load of 80% of its saturating rate ÷ its unloaded p50 (path/rr-1k, one connection, one request at a time), same round; saturating rate = exchanges/s with 16 connections back to back (path/rr-1k-saturated); the load spreads its requests evenly over 16 connections on a fixed schedule, each latency from the request's slot (or its send, when the sender was on time) to its response (path/rr-1k-80pct)",
 	"cpu_us_per_rr1k":              "both agents' CPU µs per 1 KiB request/response (= vCPU per 1000 rps ×1000)",
 	"cpu_per_rr1k_vs_best_peer":    "cpu_us_per_rr1k ÷ the lowest agents' CPU per 1 KiB request/response among the other tunnel peers that ran (go-tls, ghostunnel, haproxy, nginx, stunnel, istio-hbone), same round",
 	"connect_rate_vs_tls_peers":    "ferry new connections/s ÷ the best TLS-per-connection peer's",

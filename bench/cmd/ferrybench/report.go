@@ -85,6 +85,7 @@ var keyOrder = []struct{ name, target string }{
 	{"cpu_us_per_rr1k", "<= 100"},
 	{"cpu_per_rr1k_vs_best_peer", "<= 0.65"},
 	{"rr1k_added_p50_vs_gotls", "<= 0.75"},
+	{"rr1k_p99_at_80pct_vs_p50", "<= 3"},
 	{"connect_rate_vs_tls_peers", ">= 4.5"},
 	{"connect_cpu_vs_best_tls_peer", "<= 0.15"},
 	{"handshakes_per_s_core_x25519", ">= 1500"},

@@ -404,6 +404,7 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 		s.rec.raw(bench, "ferry", "added_p50_vs_direct", "us", f.p50-d.p50)
 		s.rec.raw(bench, "go-tls", "added_p50_vs_direct", "us", g.p50-d.p50)
 	}
+	s.rrLoaded(ctx, res)
 }
 
 // fixedRate is Istio's published set-up: 1000 rps of 1 KiB over 4
