@@ -33,5 +33,6 @@
 //	ferrybench [-rounds 3] [-duration 3s] [-smoke] [-out bench/results.json] [-ferry bin/ferry] ...
 //	ferrybench gotls client|server -listen ADDR -target ADDR -cert F -key F -ca F
 //	ferrybench hold -n N -dst ADDR   (inside node a: hold N idle connections)
+//	ferrybench active -n N -size S -dst ADDR   (inside node a: N connections, one request per second each)
 //	ferrybench tlsserver -listen ADDR -cert F -key F -ca F   (the handshake benchmark's plain Go TLS server)
 package main

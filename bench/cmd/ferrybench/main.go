@@ -31,6 +31,9 @@ func main() {
 	if len(args) > 0 && args[0] == "hold" {
 		os.Exit(runHold(args[1:]))
 	}
+	if len(args) > 0 && args[0] == "active" {
+		os.Exit(runActive(args[1:]))
+	}
 	if len(args) > 0 && args[0] == "tlsserver" {
 		os.Exit(runTLSServer(args[1:]))
 	}
@@ -49,6 +52,7 @@ func run(args []string) int {
 	fs.IntVar(&cfg.connWorkers, "connect-workers", 8, "parallel connectors (connect rate)")
 	fs.IntVar(&cfg.hsWorkers, "handshake-workers", 4, "parallel TLS handshakers")
 	fs.IntVar(&cfg.muxConns, "mux-conns", 8, "connections of the multiplexing benchmark")
+	fs.IntVar(&cfg.activeConns, "active-conns", 10000, "connections of the active benchmark, each making one 1 KiB request/response per second")
 	smoke := fs.Bool("smoke", false, "one round of one second with tiny sizes (CI): checks that every benchmark runs")
 	out := fs.String("out", "bench/results.json", "results file")
 	dir := fs.String("dir", "", "run directory for configs and logs (default: a new temporary directory, removed unless -keep)")
@@ -76,6 +80,7 @@ func run(args []string) int {
 	}
 	if *smoke {
 		cfg.rounds, cfg.dur, *idle, cfg.connWorkers, cfg.hsWorkers, cfg.muxConns = 1, time.Second, "50,250", 4, 2, 8
+		cfg.activeConns = 200
 		cfg.crossNodeOnly = true
 	}
 	for _, f := range strings.Split(*idle, ",") {
@@ -96,7 +101,11 @@ func run(args []string) int {
 		log.Error("ferrybench needs root (network namespaces)")
 		return 2
 	}
-	if err := raiseFileLimit(2*slices.Max(cfg.idleConns) + 1000); err != nil {
+	if cfg.activeConns <= 0 {
+		fmt.Fprintf(os.Stderr, "ferrybench: -active-conns: %d is not a positive count\n", cfg.activeConns)
+		return 2
+	}
+	if err := raiseFileLimit(2*max(slices.Max(cfg.idleConns), cfg.activeConns) + 1000); err != nil {
 		// Without CAP_SYS_RESOURCE the hard limit stays; a peer process
 		// that runs out of descriptors fails the idle benchmark, recorded.
 		log.Warn("open files limit", "err", err)
@@ -205,9 +214,11 @@ func runSuite(ctx context.Context, log *slog.Logger, cfg config, rec *recorder, 
 	rec.Meta["rounds"] = cfg.rounds
 	rec.Meta["duration_s"] = cfg.dur.Seconds()
 	rec.Meta["idle_conns"] = cfg.idleConns
+	rec.Meta["active_conns"] = cfg.activeConns
 	rec.Meta["topology"] = "two network namespaces (nodes) joined by a veth pair; load generator in node a " +
 		"from the client pod address, sink in node b at the server pod address; each peer = client side in node a + server side in node b"
 	defs := maps.Clone(suiteDefinitions)
+	maps.Copy(defs, activeDefinitions)
 	maps.Copy(defs, captureDefinitions)
 	maps.Copy(defs, policyDefinitions)
 	rec.Meta["definitions"] = defs

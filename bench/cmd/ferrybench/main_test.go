@@ -112,6 +112,7 @@ func TestRecorderWriteKeepsOtherSuites(t *testing.T) {
 // meta.definitions.
 func TestKeysDefined(t *testing.T) {
 	defs := maps.Clone(suiteDefinitions)
+	maps.Copy(defs, activeDefinitions)
 	maps.Copy(defs, captureDefinitions)
 	maps.Copy(defs, policyDefinitions)
 	for _, k := range keyOrder {

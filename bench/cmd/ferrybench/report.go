@@ -94,6 +94,7 @@ var keyOrder = []struct{ name, target string }{
 	{"idle_conn_heap_kib", "<= 5"},
 	{"mux8_vs_8tls", ">= 1.2"},
 	{"hol_p99_ratio", "<= 1.5"},
+	{"active_10k_cpu_per_req_vs_1conn", "<= 1.3"},
 	{"decide_10k_vs_1_policy", "<= 20"},
 	{"capture_pod_vs_node_1conn_up", "pod ÷ node"},
 	{"capture_pod_vs_node_1conn_down", "pod ÷ node"},

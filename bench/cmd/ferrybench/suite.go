@@ -25,6 +25,7 @@ type config struct {
 	connWorkers int           // parallel connectors (connect rate)
 	hsWorkers   int           // parallel TLS handshakers
 	muxConns    int
+	activeConns int             // connections of the active benchmark
 	profileDir  string          // CPU profiles of the Go peers, first round
 	benchmarks  map[string]bool // run only these (all when empty)
 	// crossNodeOnly: the capture section leaves out its same-node path
@@ -43,6 +44,9 @@ type suite struct {
 	roundNo int
 	inproc  *inproc         // B3; nil when it could not start
 	capture *captureSection // nil when the capture section does not run
+	// rr1k is this round's path/rr-1k figures by peer; nil until rr1k ran
+	// in the round.
+	rr1k map[string]rrResult
 }
 
 func (s *suite) peer(name string) *peer {
@@ -176,6 +180,7 @@ func (s *suite) interleavedOver(peers []*peer, bench string, fn func(p *peer, d 
 func (s *suite) round(ctx context.Context, r int) {
 	s.log.Info("round", "n", r+1, "of", s.cfg.rounds)
 	s.roundNo = r
+	s.rr1k = nil
 	for _, b := range []struct {
 		name string
 		run  func(context.Context)
@@ -190,6 +195,7 @@ func (s *suite) round(ctx context.Context, r int) {
 		{"handshake", s.handshakes},
 		{"mux", s.mux},
 		{"hol", s.hol},
+		{"active", s.active},
 		{"capture", s.captureBenchmarks},
 		{"policy", s.policy},
 	} {
@@ -200,7 +206,7 @@ func (s *suite) round(ctx context.Context, r int) {
 }
 
 // benchmarkNames are the values -benchmarks accepts.
-const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol,capture,policy"
+const benchmarkNames = "idle,stream,tput,rr1k,rr16k,fixed,connect,handshake,mux,hol,active,capture,policy"
 
 type dirResult struct {
 	mbps, bytes float64
@@ -383,6 +389,7 @@ func (s *suite) rr(ctx context.Context, size int, bench string) {
 	if size != 1024 {
 		return
 	}
+	s.rr1k = res
 	if r, ok := res["ferry"]; ok {
 		s.rec.key("cpu_us_per_rr1k", r.cpuPerReq)
 		cpu := map[string]float64{}
