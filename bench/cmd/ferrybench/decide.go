@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"testing"
 
 	"github.com/ferrymesh/ferry/authz"
@@ -63,7 +67,12 @@ func decideCost(n int) (float64, error) {
 func (s *suite) policy(context.Context) {
 	var ns [2]float64
 	for i, n := range []int{1, 10_000} {
+		stop := func() {}
+		if n == 10_000 && s.roundNo == 0 {
+			stop = s.profileSelf("policy/decide-10k")
+		}
 		v, err := decideCost(n)
+		stop()
 		if err != nil {
 			s.rec.Errors = append(s.rec.Errors, err.Error())
 			return
@@ -72,4 +81,28 @@ func (s *suite) policy(context.Context) {
 		s.rec.raw("policy/decide", "ferry", fmt.Sprintf("ns_%d_policies", n), "ns", v)
 	}
 	s.rec.key("decide_10k_vs_1_policy", ns[1]/ns[0])
+}
+
+// profileSelf starts, with -profile, a CPU profile of this process (the
+// in-process benchmarks' Ferry code runs here), named after bench; the
+// returned function stops it.
+func (s *suite) profileSelf(bench string) (stop func()) {
+	if s.cfg.profileDir == "" {
+		return func() {}
+	}
+	path := filepath.Join(s.cfg.profileDir, strings.NewReplacer("/", "_").Replace(bench)+"-ferrybench.pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		s.log.Warn("profile", "bench", bench, "err", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		s.log.Warn("profile", "bench", bench, "err", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }

@@ -608,7 +608,13 @@ func (s *suite) hol(ctx context.Context) {
 		if p == nil {
 			continue
 		}
-		alone, bulk, bulkMBps, err := s.target(p).hol(ctx, s.cfg.dur)
+		var alone, bulk []time.Duration
+		var bulkMBps float64
+		_, err := s.measureProfiled(bench, p, s.roundNo == 0, 2*s.cfg.dur, func() error {
+			var err error
+			alone, bulk, bulkMBps, err = s.target(p).hol(ctx, s.cfg.dur)
+			return err
+		})
 		if err != nil || len(alone) == 0 || len(bulk) == 0 {
 			s.fail(bench, p, fmt.Errorf("%d/%d exchanges: %v", len(alone), len(bulk), err))
 			continue
