@@ -273,15 +273,24 @@ func runTLSServer(args []string) int {
 		log.Error("tlsserver", "err", err)
 		return 1
 	}
+	if err := serveHandshakes(ctx, ln, cfg); err != nil {
+		log.Error("tlsserver", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// serveHandshakes is the plain TLS server's loop (see runTLSServer) on ln
+// until ctx is done, when it closes ln and returns nil.
+func serveHandshakes(ctx context.Context, ln net.Listener, cfg *tls.Config) error {
 	context.AfterFunc(ctx, func() { ln.Close() })
 	for {
 		raw, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
-				return 0
+				return nil
 			}
-			log.Error("tlsserver", "err", err)
-			return 1
+			return fmt.Errorf("tlsserver: accept: %w", err)
 		}
 		go func() {
 			c := tls.Server(raw, cfg)
