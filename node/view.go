@@ -263,7 +263,7 @@ func (v *view) update(snap *inventory.Snapshot, fills map[string]capturedAddrs) 
 	case v.rebuild || rev == 0:
 		return buildView(snap, v.cfg, fills)
 	case snap.Revision == rev:
-	case snap.Changes != nil && snap.Changes.Since == rev:
+	case snap.Changes != nil && snap.Changes.Since == rev && namedAsListed(snap.Changes.Pods):
 		changed = snap.Changes.Pods
 	default:
 		return buildView(snap, v.cfg, fills)
@@ -300,6 +300,17 @@ func (v *view) update(snap *inventory.Snapshot, fills map[string]capturedAddrs) 
 		n.indexConflicts()
 	}
 	return &n
+}
+
+// namedAsListed reports whether each pod of changes is listed under its
+// own name: if not, the source is wrong, and the view is built whole.
+func namedAsListed(changes map[string]*inventory.Pod) bool {
+	for key, p := range changes {
+		if ns, name, _ := strings.Cut(key, "/"); p != nil && (p.Namespace != ns || p.Name != name) {
+			return false
+		}
+	}
+	return true
 }
 
 // viewUpdate changes a copy of a view, pod by pod.

@@ -353,3 +353,18 @@ func TestApplySameRevisionWithoutPods(t *testing.T) {
 		t.Errorf("the view changed:\n%s", diffDumps(got, want))
 	}
 }
+
+// TestViewUpdateMisnamedChange: a change listing a pod under another name
+// (a source's mistake) builds the view whole rather than trust it.
+func TestViewUpdateMisnamedChange(t *testing.T) {
+	ns := map[string]inventory.Namespace{"a": {Name: "a"}}
+	web := inventory.Pod{Namespace: "a", Name: "web", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.1")}
+	s1 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{web}}
+	db := inventory.Pod{Namespace: "a", Name: "db", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.2")}
+	s2 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{web, db},
+		Changes: &inventory.Changes{Since: s1.Revision, Pods: map[string]*inventory.Pod{"a/web": &db}}}
+	got, want := dumpView(buildView(s1, genCfg, nil).update(s2, nil)), dumpView(buildView(s2, genCfg, nil))
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("misnamed change trusted:\n%s", diffDumps(got, want))
+	}
+}
