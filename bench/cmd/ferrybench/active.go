@@ -42,10 +42,11 @@ const activeDialers = 16
 
 // activeResult is what the child reports of its run (one JSON line).
 type activeResult struct {
-	N     int    `json:"n"`      // exchanges completed
-	P50   int64  `json:"p50_ns"` // latency percentiles
-	P99   int64  `json:"p99_ns"`
-	Error string `json:"error,omitempty"` // the first error, if any
+	N       int    `json:"n"`          // exchanges completed
+	Elapsed int64  `json:"elapsed_ns"` // from the first slot to the last response
+	P50     int64  `json:"p50_ns"`     // latency percentiles
+	P99     int64  `json:"p99_ns"`
+	Error   string `json:"error,omitempty"` // the first error, if any
 }
 
 // active runs the benchmark at -active-conns connections through every
@@ -97,7 +98,7 @@ func (s *suite) active(ctx context.Context) {
 			continue
 		}
 		perReq := float64(used.Microseconds()) / float64(res.N)
-		s.rec.raw(bench, p.name, "completed_rps", "1/s", float64(res.N)/d.Seconds())
+		s.rec.raw(bench, p.name, "completed_rps", "1/s", float64(res.N)/time.Duration(res.Elapsed).Seconds())
 		s.rec.raw(bench, p.name, "p50", "us", float64(res.P50)/1e3)
 		s.rec.raw(bench, p.name, "p99", "us", float64(res.P99)/1e3)
 		s.rec.raw(bench, p.name, "agents_cpu_us_per_req", "us", perReq)
@@ -206,8 +207,8 @@ func runActive(args []string) int {
 		fmt.Fprintf(os.Stderr, "active: bad command %q\n", line)
 		return 2
 	}
-	lat, err := activeLoop(conns, *size, activePeriod, time.Duration(ns))
-	res := activeResult{N: len(lat)}
+	lat, el, err := activeLoop(conns, *size, activePeriod, time.Duration(ns))
+	res := activeResult{N: len(lat), Elapsed: int64(el)}
 	sorted := sortedCopy(lat)
 	res.P50, res.P99 = int64(percentile(sorted, 50)), int64(percentile(sorted, 99))
 	if err != nil {
@@ -260,11 +261,14 @@ func openActive(n, size int, dst netip.AddrPort) ([]net.Conn, error) {
 // activeLoop has each of conns (already in echo mode) send a size-byte
 // request every period for d and read its response, the connections'
 // first slots spread evenly over one period, and returns each exchange's
-// latency, counted as openLoop counts it: from the send when the
-// connection slept until its slot, from the slot when it was late.
-func activeLoop(conns []net.Conn, size int, period, d time.Duration) ([]time.Duration, error) {
+// latency, counted as openLoop counts it (from the send when the
+// connection slept until its slot, from the slot when it was late), and the
+// time from the first slot to the last response (about d, unless the path
+// or this process fell behind).
+func activeLoop(conns []net.Conn, size int, period, d time.Duration) ([]time.Duration, time.Duration, error) {
 	lats := make([][]time.Duration, len(conns))
 	errs := make([]error, len(conns))
+	last := make([]time.Time, len(conns))
 	wbuf := make([]byte, size) // only read from: shared by the writers
 	start := time.Now().Add(10 * time.Millisecond)
 	var wg sync.WaitGroup
@@ -291,7 +295,8 @@ func activeLoop(conns []net.Conn, size int, period, d time.Duration) ([]time.Dur
 					errs[i] = err
 					return
 				}
-				lats[i] = append(lats[i], time.Since(t0))
+				last[i] = time.Now()
+				lats[i] = append(lats[i], last[i].Sub(t0))
 			}
 		})
 	}
@@ -300,7 +305,7 @@ func activeLoop(conns []net.Conn, size int, period, d time.Duration) ([]time.Dur
 	for _, l := range lats {
 		all = append(all, l...)
 	}
-	return all, firstOf(errs)
+	return all, latest(last).Sub(start), firstOf(errs)
 }
 
 // firstOf returns the first of errs that is not nil, with how many are

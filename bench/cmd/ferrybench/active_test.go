@@ -15,9 +15,12 @@ func TestActiveLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lat, err := activeLoop(conns, 1024, 100*time.Millisecond, 300*time.Millisecond)
+	lat, el, err := activeLoop(conns, 1024, 100*time.Millisecond, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if el < 250*time.Millisecond || el > time.Second {
+		t.Errorf("elapsed %v, want about 300ms (the last slot at 295ms)", el)
 	}
 	// Three slots on each of 20 connections.
 	if len(lat) != 60 {

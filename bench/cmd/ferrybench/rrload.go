@@ -96,9 +96,9 @@ func (s *suite) rrLoaded(ctx context.Context, unloaded map[string]rrResult) {
 	lats := map[string][]time.Duration{}
 	ran := map[string]time.Duration{}
 	cpu := s.interleavedOver(loaded, loadBench, func(p *peer, d time.Duration) error {
-		lat, err := s.target(p).rrOpen(ctx, satConns, rate[p.name], 1024, d)
+		lat, el, err := s.target(p).rrOpen(ctx, satConns, rate[p.name], 1024, d)
 		lats[p.name] = append(lats[p.name], lat...)
-		ran[p.name] += d
+		ran[p.name] += el
 		if err == nil && len(lat) == 0 {
 			err = errors.New("no exchange completed")
 		}
@@ -157,11 +157,11 @@ func (t target) rrClosed(ctx context.Context, conns, size int, d time.Duration) 
 
 // rrOpen offers size-byte requests at rate per second for d, spread evenly
 // over conns new connections; see openLoop.
-func (t target) rrOpen(ctx context.Context, conns int, rate float64, size int, d time.Duration) ([]time.Duration, error) {
+func (t target) rrOpen(ctx context.Context, conns int, rate float64, size int, d time.Duration) ([]time.Duration, time.Duration, error) {
 	cs, err := t.dialN(ctx, conns)
 	defer closeAll(cs)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	return openLoop(cs, rate, size, d)
 }
@@ -191,31 +191,32 @@ func closeAll(cs []net.Conn) {
 // connections'), without waiting for responses: each connection's writer
 // sends on its schedule while its reader takes the responses in order (open
 // loop, so a slow response does not hold back the requests behind it, as it
-// would in a closed loop). It returns each exchange's latency. A request's
-// latency counts from its actual send when the writer slept until its slot,
-// so a late timer wake-up here is not charged to the path, and from its slot
-// when the writer was behind (a write that blocked or a path that stalled
-// delays the requests after it, and that counts).
-func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Duration, error) {
+// would in a closed loop). It returns each exchange's latency and the time
+// from the first slot to the last response (d, unless the path fell
+// behind). A request's latency counts from its actual send when the writer
+// slept until its slot, so a late timer wake-up here is not charged to the
+// path, and from its slot when the writer was behind (a write that blocked
+// or a path that stalled delays the requests after it, and that counts).
+func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Duration, time.Duration, error) {
 	if rate <= 0 || len(cs) == 0 {
-		return nil, fmt.Errorf("open loop: rate %v over %d connections", rate, len(cs))
+		return nil, 0, fmt.Errorf("open loop: rate %v over %d connections", rate, len(cs))
 	}
 	interval := slotInterval(rate, len(cs))
 	if interval <= 0 {
-		return nil, fmt.Errorf("open loop: rate %v is too high", rate)
+		return nil, 0, fmt.Errorf("open loop: rate %v is too high", rate)
 	}
 	buf := make([]byte, size)
 	for _, c := range cs {
 		c.SetDeadline(time.Now().Add(d + 30*time.Second))
 		if _, err := c.Write(header(modeEcho, uint64(size))); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for range openWarmup {
 			if _, err := c.Write(buf); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			if _, err := io.ReadFull(c, buf); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 	}
@@ -223,6 +224,7 @@ func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Du
 	lats := make([][]time.Duration, len(cs))
 	rerrs := make([]error, len(cs))
 	werrs := make([]error, len(cs))
+	last := make([]time.Time, len(cs))
 	start := time.Now().Add(10 * time.Millisecond)
 	var wg sync.WaitGroup
 	for i, c := range cs {
@@ -237,7 +239,8 @@ func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Du
 					}
 					return
 				}
-				lats[i] = append(lats[i], time.Since(t0))
+				last[i] = time.Now()
+				lats[i] = append(lats[i], last[i].Sub(t0))
 			}
 		})
 		wg.Go(func() {
@@ -271,5 +274,16 @@ func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Du
 	if err == nil {
 		err = errors.Join(werrs...)
 	}
-	return slices.Concat(lats...), err
+	return slices.Concat(lats...), latest(last).Sub(start), err
+}
+
+// latest is the latest of ts (the zero time for none).
+func latest(ts []time.Time) time.Time {
+	var l time.Time
+	for _, t := range ts {
+		if t.After(l) {
+			l = t
+		}
+	}
+	return l
 }

@@ -87,9 +87,12 @@ func dialLoopback(t *testing.T, addr string, n int) []net.Conn {
 
 func TestOpenLoop(t *testing.T) {
 	addr := echoServer(t, 1024, -1, 0)
-	lat, err := openLoop(dialLoopback(t, addr, 4), 1000, 1024, 300*time.Millisecond)
+	lat, el, err := openLoop(dialLoopback(t, addr, 4), 1000, 1024, 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if el < 290*time.Millisecond || el > time.Second {
+		t.Errorf("elapsed %v, want about 300ms", el)
 	}
 	// 1000/s for 0.3 s: 75 slots on each of 4 connections.
 	if len(lat) != 300 {
@@ -106,7 +109,7 @@ func TestOpenLoop(t *testing.T) {
 func TestOpenLoopStall(t *testing.T) {
 	const stall = 150 * time.Millisecond
 	addr := echoServer(t, 1024, openWarmup, stall)
-	lat, err := openLoop(dialLoopback(t, addr, 2), 200, 1024, 400*time.Millisecond)
+	lat, _, err := openLoop(dialLoopback(t, addr, 2), 200, 1024, 400*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
