@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metainternalversion "k8s.io/apimachinery/pkg/apis/meta/internalversion"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -83,39 +84,42 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	coalesce := cmp.Or(s.Coalesce, 100*time.Millisecond)
 	minInterval := cmp.Or(s.MinInterval, time.Second)
 
-	// ToListWatcherWithWatchListSemantics lets a client that cannot stream
-	// initial events (a fake) say so; real clients use watch-list.
+	// The pod informer's list, when it has to list (see listWatcher),
+	// keeps Ferry's copy of each pod as each page arrives: the reflector
+	// gathers every page before the informer's transform runs.
+	tr := &transformer{}
 	onNode := func(o *metav1.ListOptions) {
 		if s.NodeOnly != "" {
 			o.FieldSelector = "spec.nodeName=" + s.NodeOnly
 		}
 	}
-	pods := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	pods := cache.NewSharedIndexInformer(s.listWatcher("pods", s.client,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			onNode(&o)
-			return s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+			list, err := s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			return compactPods(list, tr.pod)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			onNode(&o)
 			return s.client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, s.client), &corev1.Pod{}, 0, cache.Indexers{})
-	namespaces := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		}), &corev1.Pod{}, 0, cache.Indexers{})
+	namespaces := cache.NewSharedIndexInformer(s.listWatcher("namespaces", s.client,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return s.client.CoreV1().Namespaces().List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return s.client.CoreV1().Namespaces().Watch(ctx, o)
-		},
-	}, s.client), &corev1.Namespace{}, 0, cache.Indexers{})
-	services := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		}), &corev1.Namespace{}, 0, cache.Indexers{})
+	services := cache.NewSharedIndexInformer(s.listWatcher("services", s.client,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return s.client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return s.client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, s.client), &corev1.Service{}, 0, cache.Indexers{})
+		}), &corev1.Service{}, 0, cache.Indexers{})
 	aps := s.policyInformer(authorizationPolicies)
 	pas := s.policyInformer(peerAuthentications)
 
@@ -154,7 +158,6 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		},
 		DeleteFunc: func(obj any) { hints.add(obj); changed() },
 	}
-	tr := &transformer{}
 	type informer struct {
 		name    string
 		inf     cache.SharedIndexInformer
@@ -242,14 +245,64 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 
 func (s *Source) policyInformer(resource string) cache.SharedIndexInformer {
 	ri := s.dyn.Resource(schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: resource})
-	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+	return cache.NewSharedIndexInformer(s.listWatcher(resource, s.dyn,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return ri.Namespace(metav1.NamespaceAll).List(ctx, o)
 		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return ri.Namespace(metav1.NamespaceAll).Watch(ctx, o)
+		}), &unstructured.Unstructured{}, 0, cache.Indexers{})
+}
+
+// listWatcher returns the ListerWatcher of the informer on resource.
+//
+// Its reflector first tries to stream the initial list (watch-list: a watch
+// with sendInitialEvents), which decodes and transforms the objects one at
+// a time. ToListWatcherWithWatchListSemantics lets a client that cannot
+// stream (a fake) say so; real clients try. An API server without the
+// WatchList feature (off by default in 1.33), or whose etcd cannot send
+// progress notifications (before 3.4.31 and 3.5.13), refuses the stream and
+// the reflector lists instead, from resourceVersion "0" in pages of 500.
+// The API server answers that from its watch cache whole, ignoring the
+// limit: every object in one response, read and decoded at once (at 100k
+// pods, more than a gigabyte of garbage at start-up). So the list here asks
+// from resourceVersion "" instead: a consistent read, which the API server
+// pages (from its watch cache where it can, else from etcd) and which is at
+// least as fresh. It logs once that it lists.
+func (s *Source) listWatcher(resource string, client any, lister cache.ListWithContextFunc, watcher cache.WatchFuncWithContext) cache.ListerWatcher {
+	var once sync.Once
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			if o.ResourceVersion == "0" && o.ResourceVersionMatch == "" && o.Limit > 0 && o.Continue == "" {
+				o.ResourceVersion = ""
+				once.Do(func() {
+					s.log.Info("kubernetes initial list not streamed (API server without watch-list), listing in pages", "resource", resource)
+				})
+			}
+			return lister(ctx, o)
 		},
-	}, s.dyn), &unstructured.Unstructured{}, 0, cache.Indexers{})
+		WatchFuncWithContext: watcher,
+	}, client)
+}
+
+// compactPods returns one page of pods as the pod informer keeps them
+// (transform is its TransformFunc), so that a list gathered page by page
+// never holds every whole Pod at once. The page's continue token and
+// resource version are kept.
+func compactPods(list *corev1.PodList, transform cache.TransformFunc) (*metainternalversion.List, error) {
+	out := &metainternalversion.List{ListMeta: list.ListMeta, Items: make([]runtime.Object, 0, len(list.Items))}
+	for i := range list.Items {
+		obj, err := transform(&list.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		o, ok := obj.(runtime.Object)
+		if !ok {
+			return nil, fmt.Errorf("kube: pod transform returned %T", obj)
+		}
+		out.Items = append(out.Items, o)
+	}
+	return out, nil
 }
 
 // waitForSync waits until unsynced reports no informer, logging the ones
