@@ -277,27 +277,19 @@ func activeLoop(conns []net.Conn, size int, period, d time.Duration) ([]time.Dur
 			c.SetDeadline(start.Add(d + 30*time.Second))
 			rbuf := make([]byte, size)
 			first := start.Add(time.Duration(i) * period / time.Duration(len(conns)))
-			for k := 0; ; k++ {
-				at := first.Add(time.Duration(k) * period)
-				if at.Sub(start) >= d {
-					return
-				}
-				t0 := at
-				if wait := time.Until(at); wait > 0 {
-					time.Sleep(wait)
-					t0 = time.Now()
-				}
+			paced(start, first, period, d, func(t0 time.Time) bool {
 				if _, err := c.Write(wbuf); err != nil {
 					errs[i] = err
-					return
+					return false
 				}
 				if _, err := io.ReadFull(c, rbuf); err != nil {
 					errs[i] = err
-					return
+					return false
 				}
 				last[i] = time.Now()
 				lats[i] = append(lats[i], last[i].Sub(t0))
-			}
+				return true
+			})
 		})
 	}
 	wg.Wait()

@@ -247,23 +247,15 @@ func openLoop(cs []net.Conn, rate float64, size int, d time.Duration) ([]time.Du
 			defer close(sent)
 			wbuf := make([]byte, size)
 			first := start.Add(time.Duration(i) * interval / time.Duration(len(cs)))
-			for k := 0; ; k++ {
-				at := first.Add(time.Duration(k) * interval)
-				if at.Sub(start) >= d {
-					return
-				}
-				t0 := at
-				if wait := time.Until(at); wait > 0 {
-					time.Sleep(wait)
-					t0 = time.Now()
-				}
+			paced(start, first, interval, d, func(t0 time.Time) bool {
 				sent <- t0
 				if _, err := c.Write(wbuf); err != nil {
 					werrs[i] = err
 					c.Close() // the reader waits for no response to it
-					return
+					return false
 				}
-			}
+				return true
+			})
 		})
 	}
 	wg.Wait()
@@ -286,4 +278,26 @@ func latest(ts []time.Time) time.Time {
 		}
 	}
 	return l
+}
+
+// paced calls send at first, first+period, first+2·period … while less than
+// d has passed since start, until send returns false. Each call gets the
+// time its request counts from: its slot, which for a sender behind
+// schedule is in the past (open loop: a stall is charged to the requests
+// behind it, not hidden by sending late).
+func paced(start, first time.Time, period, d time.Duration, send func(t0 time.Time) bool) {
+	for k := 0; ; k++ {
+		at := first.Add(time.Duration(k) * period)
+		if at.Sub(start) >= d {
+			return
+		}
+		t0 := at
+		if wait := time.Until(at); wait > 0 {
+			time.Sleep(wait)
+			t0 = time.Now()
+		}
+		if !send(t0) {
+			return
+		}
+	}
 }
