@@ -225,18 +225,7 @@ func startPlainTLS(ctx context.Context, e *env) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = waitFor(ctx, 30*time.Second, func() error {
-		if pr.exited() {
-			return fmt.Errorf("exited: %s", pr.tail())
-		}
-		c, err := dialFrom(ctx, e.topo.nsB, netip.Addr{}, dst)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
-	if err != nil {
-		pr.stop()
+	if err := waitAccepting(ctx, 30*time.Second, pr, e.topo.nsB, dst); err != nil {
 		return nil, err
 	}
 	return pr, nil

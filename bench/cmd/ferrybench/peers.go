@@ -323,11 +323,20 @@ func startFerryPQ(ctx context.Context, e *env) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = waitFor(ctx, 60*time.Second, func() error {
+	if err := waitAccepting(ctx, 60*time.Second, pr, e.topo.nsB, netip.AddrPortFrom(serverPod, pqHBONEPort)); err != nil {
+		return nil, fmt.Errorf("post-quantum agent: %w", err)
+	}
+	return pr, nil
+}
+
+// waitAccepting waits until dst, in namespace ns, accepts a connection,
+// for at most timeout; pr exiting first fails it. On failure pr is stopped.
+func waitAccepting(ctx context.Context, timeout time.Duration, pr *proc, ns string, dst netip.AddrPort) error {
+	err := waitFor(ctx, timeout, func() error {
 		if pr.exited() {
-			return fmt.Errorf("post-quantum agent exited: %s", pr.tail())
+			return fmt.Errorf("exited: %s", pr.tail())
 		}
-		c, err := dialFrom(ctx, e.topo.nsB, netip.Addr{}, netip.AddrPortFrom(serverPod, pqHBONEPort))
+		c, err := dialFrom(ctx, ns, netip.Addr{}, dst)
 		if err != nil {
 			return err
 		}
@@ -335,9 +344,8 @@ func startFerryPQ(ctx context.Context, e *env) (*proc, error) {
 	})
 	if err != nil {
 		pr.stop()
-		return nil, err
 	}
-	return pr, nil
+	return err
 }
 
 func startGoTLS(ctx context.Context, e *env, p *peer) error {
