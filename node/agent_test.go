@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testutil"
+
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/tunnel"
 )
@@ -122,7 +124,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // Run stopped with.
 func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.LevelVar) (*harness, error) {
 	hbone := freePort(t, serverPod)
-	lo := netip.MustParseAddr("127.0.0.1")
+	control := testutil.ControlAddrs(t, 3)
 	cfg := Config{
 		NodeName: "a", Manifests: filepath.Join(dir, "m"),
 		CACert: filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
@@ -130,9 +132,9 @@ func tryStartAgent(t *testing.T, dir string, log *slog.Logger, level *slog.Level
 		OutboundAddr:  netip.AddrPortFrom(remotePod, freePort(t, remotePod)).String(),
 		InboundAddr:   netip.AddrPortFrom(serverPod, freePort(t, serverPod)).String(),
 		HBONEAddr:     netip.AddrPortFrom(serverPod, hbone).String(),
-		AdminAddr:     netip.AddrPortFrom(lo, freePort(t, lo)).String(),
-		MetricsAddr:   netip.AddrPortFrom(lo, freePort(t, lo)).String(),
-		ReadinessAddr: netip.AddrPortFrom(lo, freePort(t, lo)).String(),
+		AdminAddr:     control[0],
+		MetricsAddr:   control[1],
+		ReadinessAddr: control[2],
 		DrainTimeout:  2 * time.Second,
 	}
 	a, err := New(cfg, Deps{Log: log, Level: level, Version: "test"})

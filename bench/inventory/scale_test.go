@@ -166,11 +166,11 @@ func TestPrivilegedInventoryScale(t *testing.T) {
 func measure(t *testing.T, ferry string, args []string, client *tunnel.Client, kc *kubetest.Cluster, name string) Result {
 	t.Helper()
 	lo := netip.MustParseAddr("127.0.0.1")
-	metrics, ready := freeAddr(t, lo), freeAddr(t, lo)
+	control := testutil.ControlAddrs(t, 3)
+	admin, metrics, ready := control[0], control[1], control[2]
 	// Without capture the HBONE server tells the pod a connection is for by
 	// its own address: it listens on the target's.
 	hbone := netip.AddrPortFrom(targetIP, freePort(t, targetIP))
-	admin := freeAddr(t, lo)
 	args = append(args, "--outbound-addr", freeAddr(t, lo), "--inbound-addr", freeAddr(t, lo), "--hbone-addr", hbone.String(),
 		"--admin-addr", admin, "--metrics-addr", metrics, "--readiness-addr", ready)
 	cmd := exec.Command(ferry, args...)

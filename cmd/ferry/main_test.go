@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testutil"
+
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node"
 )
@@ -154,11 +156,12 @@ func tryStartAgent(t *testing.T, dir, manifests string) (string, error) {
 		return ln.Addr().String()
 	}
 	pod := func() string { return port("127.0.40.2") }
+	control := testutil.ControlAddrs(t, 3)
 	cfg := node.Config{
 		NodeName: "a", Manifests: manifests, CACert: filepath.Join(dir, "ca", "root-cert.pem"), CAKey: filepath.Join(dir, "ca", "root-key.pem"),
 		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: node.RedirectNone,
 		OutboundAddr: pod(), InboundAddr: pod(), HBONEAddr: pod(),
-		AdminAddr: port("127.0.0.1"), MetricsAddr: pod(), ReadinessAddr: pod(),
+		AdminAddr: control[0], MetricsAddr: control[1], ReadinessAddr: control[2],
 		DrainTimeout: time.Second,
 	}
 	a, err := node.New(cfg, node.Deps{Version: "test"})

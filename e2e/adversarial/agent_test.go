@@ -73,7 +73,6 @@ var (
 	serverPod = netip.MustParseAddr("127.0.10.2") // foo/server, node a
 	clientPod = netip.MustParseAddr("127.0.10.3") // foo/client, node a
 	remotePod = netip.MustParseAddr("127.0.20.2") // foo/remote, node b
-	loopback  = netip.MustParseAddr("127.0.0.1")
 )
 
 const baseManifests = `apiVersion: v1
@@ -183,7 +182,8 @@ func newAgent(t testing.TB, manifests string) *agent {
 	a.writeManifest("cluster.yaml", manifests)
 	port := func(ip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(ip, freePort(t, ip)) }
 	a.hbone, a.outbound, a.inbound = port(serverPod), port(remotePod), port(serverPod)
-	a.admin, a.metrics, a.ready = port(loopback), port(loopback), port(loopback)
+	control := testutil.ControlAddrs(t, 3)
+	a.admin, a.metrics, a.ready = netip.MustParseAddrPort(control[0]), netip.MustParseAddrPort(control[1]), netip.MustParseAddrPort(control[2])
 	return a
 }
 

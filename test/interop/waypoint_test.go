@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/internal/testutil"
+
 	"istio.io/istio/pkg/hbone"
 
 	"github.com/ferrymesh/ferry/authz"
@@ -176,11 +178,12 @@ func startAgent(t *testing.T, ca *certstest.CA, src staticSource, dst netip.Addr
 		defer ln.Close()
 		return ln.Addr().String()
 	}
+	control := testutil.ControlAddrs(t, 3)
 	cfg := node.Config{
 		NodeName: "a", Kube: true, CACert: certFile, CAKey: keyFile,
 		TrustDomain: "cluster.local", SystemNamespace: "istio-system", Redirect: node.RedirectNone,
 		OutboundAddr: dst.String(), InboundAddr: free(lo), HBONEAddr: free(lo),
-		AdminAddr: free(lo), MetricsAddr: free(lo), ReadinessAddr: free(lo), DrainTimeout: time.Second,
+		AdminAddr: control[0], MetricsAddr: control[1], ReadinessAddr: control[2], DrainTimeout: time.Second,
 	}
 	a, err := node.New(cfg, node.Deps{Log: slog.New(slog.DiscardHandler), Source: src, Version: "interop"})
 	if err != nil {
