@@ -275,7 +275,7 @@ func BenchmarkNewStream(b *testing.B) {
 // BenchmarkIdleMemory holds 1000 idle tunnelled connections along the full
 // path (app → outbound proxy → HBONE client → server → upstream) in one
 // process, i.e. both agents, and reports Go heap and goroutine stack bytes
-// per connection after GC.
+// per connection after GC, once they have been idle long enough to park.
 func BenchmarkIdleMemory(b *testing.B) {
 	const n = 1000
 	for b.Loop() {
@@ -360,6 +360,7 @@ func idleMemory(b *testing.B, n int) (heap, stack float64) {
 	if got := len(e.srv.Connections()); got < n {
 		b.Fatalf("only %d of %d connections established", got, n)
 	}
+	time.Sleep(2 * parkAfter) // idle: parked
 	h1, s1 := measure()
 	return float64(int64(h1)-int64(h0)) / float64(n), float64(int64(s1)-int64(s0)) / float64(n)
 }

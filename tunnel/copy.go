@@ -32,17 +32,24 @@ type halfCloser interface{ CloseWrite() error }
 type pair struct {
 	src, dst  net.Conn
 	abortOnce sync.Once
-	left      atomic.Int32 // directions still copying
-	errs      [2]error     // how src→dst and dst→src ended
-	unread    *net.TCPConn // a side half stopped reading early, if any
-	early     int          // bytes of src's carried to dst before copying
+	left      atomic.Int32                    // directions still copying
+	errs      [2]error                        // how src→dst and dst→src ended
+	unread    *net.TCPConn                    // a side half stopped reading early, if any
+	early     int                             // bytes of src's carried to dst before copying
+	readers   [2]atomic.Pointer[socketReader] // abort wakes them
 }
 
-// abort resets both connections, so both copy directions end at once.
+// abort resets both connections, so both copy directions end at once
+// (parked ones are woken to see it).
 func (p *pair) abort() {
 	p.abortOnce.Do(func() {
 		abortConn(p.src)
 		abortConn(p.dst)
+		for i := range p.readers {
+			if r := p.readers[i].Load(); r != nil {
+				sockio.Wake(&r.spot)
+			}
+		}
 	})
 }
 
@@ -67,14 +74,13 @@ type copyResult struct {
 // start copies both ways in the background until both directions end,
 // carrying half-closes across, then closes both connections and calls done.
 // A failing direction, or ctx ending, aborts both. recv and sent count bytes
-// src→dst and dst→src, once per chunk. A stream's direction into a TCP
-// socket needs no goroutine while idle (see forward); any other direction
-// runs on a goroutine of its own, whose stack stays as small as copying
-// needs, rather than on the caller's, which grew while dialling: an idle
-// tunnelled connection costs one small stack per proxy.
+// src→dst and dst→src, once per chunk. No direction holds a goroutine while
+// its side is idle: a stream's direction into a TCP socket runs only while
+// bytes move (see forward), and a TCP socket's is parked once idle (see
+// socketReader). Any other direction runs on a goroutine of its own.
 func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyResult)) {
-	stop := context.AfterFunc(ctx, p.abort)
 	p.left.Store(2)
+	var stop func() bool
 	finish := func(dir int, err error) {
 		p.errs[dir] = err
 		if p.left.Add(-1) > 0 {
@@ -90,45 +96,135 @@ func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyRe
 	}
 	toDst := func(err error) { finish(0, err) }
 	toSrc := func(err error) { finish(1, err) }
-	if s, ok := p.src.(*Stream); !ok || !p.forward(p.dst, s, recv, toDst) {
-		go func() { toDst(p.half(p.dst, p.src, recv)) }()
+	// The readers exist before ctx can abort the pair, which wakes them.
+	r0 := newSocketReader(p, p.dst, p.src, recv, toDst)
+	r1 := newSocketReader(p, p.src, p.dst, sent, toSrc)
+	p.readers[0].Store(r0)
+	p.readers[1].Store(r1)
+	stop = context.AfterFunc(ctx, p.abort)
+	p.launch(r0, p.dst, p.src, recv, toDst)
+	p.launch(r1, p.src, p.dst, sent, toSrc)
+}
+
+// launch starts the direction from → to: r when from is a TCP socket, else
+// forward, else a goroutine copying until from ends.
+func (p *pair) launch(r *socketReader, to, from net.Conn, count func(int), finish func(error)) {
+	if r != nil {
+		go r.run()
+		return
 	}
-	if s, ok := p.dst.(*Stream); !ok || !p.forward(p.src, s, sent, toSrc) {
-		go func() { toSrc(p.half(p.src, p.dst, sent)) }()
+	if s, ok := from.(*Stream); ok && p.forward(to, s, count, finish) {
+		return
+	}
+	go func() { finish(p.end(to, copyOne(to, from, count))) }()
+}
+
+// parkAfter is how long a TCP socket being copied stays idle before its
+// reader parks it: short enough that an idle connection soon costs no
+// goroutine, long enough that a busy one never pays for parking (two epoll
+// calls and a new goroutine per wake-up).
+var parkAfter = time.Second
+
+// socketReader copies a TCP socket into to, like copyOne, on a goroutine
+// that lives only while the socket is active: after parkAfter without a
+// byte, the read deadline it keeps ends the read and the socket is parked
+// (sockio.Park); a new goroutine carries on when bytes, the socket's end,
+// the pair's abort or the end of the stream's writes arrive. Copying into a
+// stream ends as soon as the stream can take no more, without waiting for
+// from to send: a client gone, or a tunnel lost, must not leave the other
+// side's socket open until it next speaks. If the peer merely reset the
+// stream after finishing its own side (RFC 9113 §8.1), the pair is not
+// aborted: what it sent is still delivered the other way, and from is
+// settled before it is closed.
+type socketReader struct {
+	p      *pair
+	to     net.Conn
+	from   *net.TCPConn
+	s      *Stream // to, when it is a stream
+	r      *sockio.Reader
+	count  func(int)
+	finish func(error)
+	size   int       // buffer size class, kept across parking
+	extend time.Time // when the idle deadline is next pushed back
+	// stopWriteEnd cancels writesEnded; nil when to is no stream.
+	stopWriteEnd func()
+	writeEnded   atomic.Bool
+	spot         sockio.Spot
+}
+
+// newSocketReader returns the reader copying from into to, or nil when from
+// is no TCP socket.
+func newSocketReader(p *pair, to, from net.Conn, count func(int), finish func(error)) *socketReader {
+	tc, ok := from.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	r := &socketReader{p: p, to: to, from: tc, r: sockio.NewReader(tc), count: count, finish: finish, size: copyStart}
+	if s, ok := to.(*Stream); ok {
+		r.s = s
+		r.stopWriteEnd = s.afterWriteEnd(r.writesEnded)
+	}
+	return r
+}
+
+// writesEnded ends the read in progress, or the parking, once the stream
+// can take no more. It runs with the stream's connection lock held.
+func (r *socketReader) writesEnded() {
+	r.writeEnded.Store(true)
+	r.from.SetReadDeadline(longAgo)
+	sockio.Wake(&r.spot)
+}
+
+// beforeRead pushes the idle deadline back, at most once per parkAfter/2.
+func (r *socketReader) beforeRead() {
+	now := time.Now()
+	if now.Before(r.extend) {
+		return
+	}
+	r.extend = now.Add(parkAfter / 2)
+	r.from.SetReadDeadline(now.Add(parkAfter))
+	if r.writeEnded.Load() {
+		r.from.SetReadDeadline(longAgo) // writesEnded's, which the line above may have replaced
 	}
 }
 
-// half copies from → to until EOF, then half-closes to. On an error it
-// aborts the pair and returns the error. Copying into a stream ends as soon
-// as the stream can take no more, without waiting for from to send: a
-// client gone, or a tunnel lost, must not leave the other side's socket
-// open until it next speaks. If the peer merely reset the stream after
-// finishing its own side (RFC 9113 §8.1), the pair is not aborted: what it
-// sent is still delivered the other way, and from is settled before it is
-// closed.
-func (p *pair) half(to, from net.Conn, count func(int)) error {
-	s, ok := to.(*Stream)
-	tc, isTCP := from.(*net.TCPConn)
-	if !ok || !isTCP {
-		return p.end(to, copyOne(to, from, count))
+func (r *socketReader) run() {
+	var err error
+	for {
+		err = copyChunks(r.to, r.r, &r.size, r.count, r.beforeRead)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || r.writeEnded.Load() {
+			break
+		}
+		// Idle. Parking fails only once from is closed (or epoll does):
+		// the next read reports it.
+		if sockio.Park(&r.spot, r.from, r.run) == nil {
+			if r.writeEnded.Load() {
+				sockio.Wake(&r.spot) // writesEnded ran before it could
+			}
+			return
+		}
 	}
-	stop := s.afterWriteEnd(func() { tc.SetReadDeadline(longAgo) })
-	err := copyOne(to, from, count)
-	stop()
-	finished, werr := s.writeErr()
+	if r.s == nil {
+		r.finish(r.p.end(r.to, err))
+		return
+	}
+	r.stopWriteEnd()
+	finished, werr := r.s.writeErr()
 	if finished {
 		var reset *StreamResetError
 		if errors.As(werr, &reset) && reset.Code == http2.ErrCodeNo {
-			p.unread = tc
-			return nil
+			r.p.unread = r.from
+			r.finish(nil)
+			return
 		}
-		p.abort()
-		return werr
+		r.p.abort()
+		r.finish(werr)
+		return
 	}
 	if err != nil && werr != nil {
 		err = werr // the cause, not the read deadline it set
 	}
-	return p.end(to, err)
+	r.finish(r.p.end(r.to, err))
 }
 
 // settleTime bounds how long a socket left with bytes unread is settled
@@ -200,9 +296,16 @@ func copyOne(to, from net.Conn, count func(int)) error {
 		return copyFromStream(to, s, count, true)
 	}
 	size := copyStart
-	r := sockio.NewReader(from)
+	return copyChunks(to, sockio.NewReader(from), &size, count, func() {})
+}
+
+// copyChunks moves bytes read by r into to until a read reports EOF (nil)
+// or an error, calling before ahead of each read. *size is the buffer size
+// class, doubled while reads fill it and halved when they come back small.
+func copyChunks(to net.Conn, r *sockio.Reader, size *int, count func(int), before func()) error {
 	for {
-		buf, n, err := r.Read(size)
+		before()
+		buf, n, err := r.Read(*size)
 		if n > 0 {
 			count(n)
 			if _, werr := to.Write(buf[:n]); werr != nil {
@@ -214,10 +317,10 @@ func copyOne(to, from net.Conn, count func(int)) error {
 			bufpool.Put(buf)
 		}
 		switch {
-		case n == size && size < bufpool.MaxSize:
-			size *= 2
-		case n < size/4 && size > copyStart:
-			size /= 2
+		case n == *size && *size < bufpool.MaxSize:
+			*size *= 2
+		case n < *size/4 && *size > copyStart:
+			*size /= 2
 		}
 		if err == io.EOF {
 			return nil

@@ -37,7 +37,7 @@
 // hpack, because x/net's server cannot end a CONNECT response while still
 // reading the request (TCP half-close must travel both ways) and its
 // Transport pins up to 512 KiB per open stream. Its settings are ztunnel's
-// (h2conn.go). An idle tunnelled connection holds no buffer and costs each
-// proxy one small goroutine; bench/README.md has the measurements behind
-// the design.
+// (h2conn.go). An idle tunnelled connection holds no buffer and, once idle
+// for a second, no goroutine: its sockets are parked (copy.go);
+// bench/README.md has the measurements behind the design.
 package tunnel

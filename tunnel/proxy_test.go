@@ -366,13 +366,31 @@ func TestSlowConsumer(t *testing.T) {
 	}
 }
 
-// TestIdleConnectionGoroutines: an idle tunnelled connection holds one
-// goroutine in each proxy (the one reading its TCP side), not one per
-// direction; the stream's direction runs only while bytes move.
+// TestIdleConnectionGoroutines: a tunnelled connection holds one goroutine
+// in each proxy while its TCP side is active (the one reading it), not one
+// per direction, and none once that side has been idle for parkAfter: the
+// socket is parked. Parked connections resume when bytes, a half-close or
+// an abort arrive, and carry each across as before.
 func TestIdleConnectionGoroutines(t *testing.T) {
+	// Restored last, once the proxies have stopped.
+	old := parkAfter
+	t.Cleanup(func() { parkAfter = old })
+	parkAfter = 100 * time.Millisecond
 	e := newEnv(t)
 	b := newBackend(t, echo) // one goroutine per connection
-	addr := hboneOutbound(t, e, b.addr, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, err := NewOutbound(OutboundConfig{
+		Client: e.cli,
+		Routes: RouterFunc(func(src, _, _ netip.AddrPort) (Route, error) {
+			return Route{Mode: HBONE, Src: idClient, Dst: idServer, HBONEAddr: e.hbone}, nil
+		}),
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return b.addr, nil },
+	}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serveProxy(t, func(_ context.Context, ln net.Listener) error { return out.Serve(ctx, ln) })
 	const n = 40
 	// One connection first, so that the HBONE connection's own goroutines
 	// exist before counting.
@@ -382,19 +400,46 @@ func TestIdleConnectionGoroutines(t *testing.T) {
 	}
 	defer warm.Close()
 	exchange(t, warm, "warm")
+	time.Sleep(3 * parkAfter)
 	before := settledGoroutines()
-	for i := range n {
-		c, err := net.Dial("tcp", addr.String())
-		if err != nil {
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		if conns[i], err = net.Dial("tcp", addr.String()); err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		exchange(t, c, fmt.Sprint("hello ", i))
+		defer conns[i].Close()
+		exchange(t, conns[i], fmt.Sprint("hello ", i))
 	}
-	perConn := float64(settledGoroutines()-before) / n
-	// backend + Outbound + Server: three.
-	if perConn > 3 {
-		t.Fatalf("%.2f goroutines per idle tunnelled connection, want 3 (backend, outbound proxy, HBONE server)", perConn)
+	// Active: backend + Outbound + Server.
+	if perConn := float64(settledGoroutines()-before) / n; perConn > 3 {
+		t.Fatalf("%.2f goroutines per active tunnelled connection, want 3 (backend, outbound proxy, HBONE server)", perConn)
+	}
+	for round := range 2 {
+		// Idle: only the backend's.
+		time.Sleep(3 * parkAfter)
+		if perConn := float64(settledGoroutines()-before) / n; perConn > 1 {
+			t.Fatalf("round %d: %.2f goroutines per idle tunnelled connection, want 1 (the backend's)", round, perConn)
+		}
+		// Parked both ways, each connection still carries bytes.
+		for i, c := range conns {
+			exchange(t, c, fmt.Sprint("again ", round, i))
+		}
+	}
+	time.Sleep(3 * parkAfter)
+	// A parked client's half-close reaches the backend, whose echo ends.
+	for _, c := range conns[:n/2] {
+		c.(*net.TCPConn).CloseWrite()
+		if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+			t.Fatalf("after half-close: %q, %v; want EOF", rest, err)
+		}
+	}
+	// Ending the outbound proxy aborts the parked rest.
+	cancel()
+	for _, c := range conns[n/2:] {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read after the proxy ended: %v, want a reset or EOF", err)
+		}
 	}
 }
 

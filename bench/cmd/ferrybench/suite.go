@@ -534,7 +534,8 @@ func (s *suite) idleAt(ctx context.Context, n int, headline bool) {
 			s.fail(bench, p, err)
 			continue
 		}
-		time.Sleep(500 * time.Millisecond)
+		// Idle for longer than Ferry waits before it parks a socket (1 s).
+		time.Sleep(2500 * time.Millisecond)
 		_, rss1 := p.usage()
 		var heap1 uint64
 		if hasHeap {

@@ -15,6 +15,7 @@
 //	TryRead(c, p)       reads what has arrived, without waiting
 //	SinkOf(c), TryWriter  writes what a socket takes without blocking
 //	Unacked(c)          bytes written the peer has not acknowledged
+//	Park(s, c, resume)  waits for an idle socket without a goroutine
 //
 // FERRY_SOCKIO=plain turns raw calls off: every read and write then goes
 // through the syscall package, as the net package's would. Race, msan and

@@ -3,6 +3,7 @@
 package sockio
 
 import (
+	"errors"
 	"net"
 
 	"github.com/ferrymesh/ferry/tunnel/internal/bufpool"
@@ -37,3 +38,10 @@ type TryWriter struct{}
 func (*TryWriter) Write(Sink, []byte) (int, error) { return 0, nil }
 
 func Unacked(*net.TCPConn) int { return 0 }
+
+type Spot struct{}
+
+// Park is not supported: idle readers keep their goroutines.
+func Park(*Spot, *net.TCPConn, func()) error { return errors.ErrUnsupported }
+
+func Wake(*Spot) bool { return false }
