@@ -149,8 +149,9 @@ func (s *Stream) unforward() {
 	f.sink, f.count, f.drain = sockio.Sink{}, nil, nil
 	for f.busy {
 		f.waiter = true
+		w := s.rwaitLocked()
 		s.c.mu.Unlock()
-		<-s.rwake
+		<-w
 		s.c.mu.Lock()
 	}
 }
@@ -197,8 +198,9 @@ func (s *Stream) nextChunk(wait bool) (data, base []byte, fresh int, err error) 
 		case s.rdl.expired():
 			return nil, nil, 0, os.ErrDeadlineExceeded
 		}
+		w := s.rwaitLocked()
 		c.mu.Unlock()
-		<-s.rwake
+		<-w
 		c.mu.Lock()
 	}
 }

@@ -290,8 +290,6 @@ func (c *h2conn) newStreamLocked(id uint32) *Stream {
 		id:      id,
 		sendWnd: sendWindow{c.peerInitWnd},
 		recvWnd: newRecvWindow(streamWindow),
-		rwake:   make(chan struct{}, 1),
-		wwake:   make(chan struct{}, 1),
 	}
 	if c.opt.client {
 		s.respReady = make(chan struct{})

@@ -330,10 +330,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 				sctx, cancel := context.WithCancel(ctx)
 				st.cancel = cancel
 				handlers.Add(1)
-				go s.handle(sctx, st, peer, local, remote, log, func() {
-					cancel()
-					handlers.Done()
-				})
+				go s.handle(ctx, sctx, st, peer, local, remote, log, handlers.Done)
 			},
 		})
 		err = c.handshake()
@@ -393,11 +390,15 @@ func (s *Server) handshake(tc *tls.Conn) (certs.Identity, error) {
 	return peer, nil
 }
 
-// handle answers one CONNECT and proxies it; release is called once the
-// stream is done with, which is after the copying when it is proxied.
-func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, local, remote netip.AddrPort, log *slog.Logger, release func()) {
+// handle answers one CONNECT and proxies it. ctx is the stream's own, which
+// its reset cancels, for the setup (authorization, dial); conn is the
+// connection's, for the copying, which the stream's reset ends anyway.
+// release is called once the stream is done with, which is after the
+// copying when it is proxied.
+func (s *Server) handle(conn, ctx context.Context, st *Stream, peer certs.Identity, local, remote netip.AddrPort, log *slog.Logger, release func()) {
 	proxied := false
 	defer func() {
+		st.endSetup() // ctx is not kept for the connection's life
 		if !proxied {
 			release()
 		}
@@ -408,6 +409,7 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 	if err := checkPseudoHeaders(st.reqFields); err != nil {
 		dst, status, reason = netip.AddrPort{}, 400, err.Error()
 	}
+	st.reqFields = nil // read once; the read loop set it before this handler began
 	req := Request{Peer: peer, Src: remote, Dst: dst}
 	info := ConnInfo{Direction: DirInbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
@@ -472,7 +474,7 @@ func (s *Server) handle(ctx context.Context, st *Stream, peer certs.Identity, lo
 		return
 	}
 	proxied = true
-	proxyTracked(ctx, p, s.reg, t, obs, release)
+	proxyTracked(conn, p, s.reg, t, obs, release)
 }
 
 // check validates a CONNECT; status 0 means it may proceed to policy.

@@ -39,23 +39,44 @@ type Stream struct {
 	responded   bool  // server: response headers sent
 	gotResponse bool  // client: response headers received (or never will be)
 	status      int
-	respFields  []hpack.HeaderField
-	reqFields   []hpack.HeaderField
+	reqFields   []hpack.HeaderField // server: the request, until its handler read it
 	rdl, wdl    deadline
-	cancel      context.CancelFunc // server: ends the handler's context
+	cancel      context.CancelFunc // server: ends the handler's setup context (endSetup)
 	writeEnd    func()             // see afterWriteEnd
 
 	fwd forwarding // proxied into a socket: see deliver.go
 
 	respReady    chan struct{} // client: closed when the response arrives
-	rwake, wwake chan struct{}
+	rwake, wwake chan struct{} // made on first wait; see rwaitLocked
 }
 
 var _ net.Conn = (*Stream)(nil)
 
+// The wake channels are made by the first waiter, under c.mu: most streams
+// are never waited on (a proxied stream is forwarded, not read), and two
+// channels per stream were a sixth of an idle connection's heap. Waiters
+// check their condition under c.mu before they wait, and every wake is
+// made under c.mu, so a wake with no channel yet has no waiter to miss.
+
+// rwaitLocked returns the channel a reader waits on.
+func (s *Stream) rwaitLocked() chan struct{} {
+	if s.rwake == nil {
+		s.rwake = make(chan struct{}, 1)
+	}
+	return s.rwake
+}
+
+// wwaitLocked returns the channel a writer waits on.
+func (s *Stream) wwaitLocked() chan struct{} {
+	if s.wwake == nil {
+		s.wwake = make(chan struct{}, 1)
+	}
+	return s.wwake
+}
+
 func (s *Stream) wakeRead() {
 	select {
-	case s.rwake <- struct{}{}:
+	case s.rwake <- struct{}{}: // a nil channel: nobody waits
 	default:
 	}
 }
@@ -84,6 +105,16 @@ func (s *Stream) afterWriteEnd(f func()) (stop func()) {
 		c.mu.Lock()
 		s.writeEnd = nil
 		c.mu.Unlock()
+	}
+}
+
+// endSetup cancels, and lets go of, the context of a server stream's setup.
+func (s *Stream) endSetup() {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+		s.cancel = nil
 	}
 }
 
@@ -146,8 +177,9 @@ func (s *Stream) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, os.ErrDeadlineExceeded
 		}
+		w := s.rwaitLocked()
 		c.mu.Unlock()
-		<-s.rwake
+		<-w
 		c.mu.Lock()
 	}
 }
@@ -182,8 +214,9 @@ func (s *Stream) Write(p []byte) (int, error) {
 			if n > 0 {
 				break
 			}
+			w := s.wwaitLocked()
 			c.mu.Unlock()
-			<-s.wwake
+			<-w
 			c.mu.Lock()
 		}
 		s.sendWnd.take(n)
@@ -282,7 +315,7 @@ func (s *Stream) SetDeadline(t time.Time) error {
 func (s *Stream) SetReadDeadline(t time.Time) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.rdl.set(t, s.wakeRead)
+	s.rdl.set(t, s.c, s.wakeRead)
 	return nil
 }
 
@@ -290,7 +323,7 @@ func (s *Stream) SetReadDeadline(t time.Time) error {
 func (s *Stream) SetWriteDeadline(t time.Time) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.wdl.set(t, s.wakeWrite)
+	s.wdl.set(t, s.c, s.wakeWrite)
 	return nil
 }
 
@@ -300,7 +333,9 @@ type deadline struct {
 	timer *time.Timer
 }
 
-func (d *deadline) set(t time.Time, wake func()) {
+// set moves the deadline to t; wake, called with c.mu held, wakes the
+// waiter. The caller holds c.mu.
+func (d *deadline) set(t time.Time, c *h2conn, wake func()) {
 	d.stop()
 	d.t = t
 	if t.IsZero() {
@@ -308,7 +343,11 @@ func (d *deadline) set(t time.Time, wake func()) {
 		return
 	}
 	if dur := time.Until(t); dur > 0 {
-		d.timer = time.AfterFunc(dur, wake)
+		d.timer = time.AfterFunc(dur, func() {
+			c.mu.Lock()
+			wake()
+			c.mu.Unlock()
+		})
 	} else {
 		wake()
 	}
