@@ -189,7 +189,7 @@ func (s *Stream) awaitResponse(ctx context.Context) error {
 		return errConnClosed
 	}
 	if s.status != 200 {
-		return &StatusError{Code: s.status}
+		return &StatusError{Code: int(s.status)}
 	}
 	return nil
 }

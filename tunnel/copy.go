@@ -31,6 +31,8 @@ type halfCloser interface{ CloseWrite() error }
 // dst its destination. It aborts both at most once.
 type pair struct {
 	src, dst  net.Conn
+	hooks     copyHooks
+	stop      func() bool // ends abort's hold on the context
 	abortOnce sync.Once
 	left      atomic.Int32                    // directions still copying
 	errs      [2]error                        // how src→dst and dst→src ended
@@ -71,52 +73,65 @@ type copyResult struct {
 	err error // first copy error; nil when both directions ended cleanly
 }
 
-// start copies both ways in the background until both directions end,
-// carrying half-closes across, then closes both connections and calls done.
-// A failing direction, or ctx ending, aborts both. recv and sent count bytes
-// src→dst and dst→src, once per chunk. No direction holds a goroutine while
-// its side is idle: a stream's direction into a TCP socket runs only while
-// bytes move (see forward), and a TCP socket's is parked once idle (see
-// socketReader). Any other direction runs on a goroutine of its own.
-func (p *pair) start(ctx context.Context, recv, sent func(int), done func(copyResult)) {
-	p.left.Store(2)
-	var stop func() bool
-	finish := func(dir int, err error) {
-		p.errs[dir] = err
-		if p.left.Add(-1) > 0 {
-			return
-		}
-		if p.unread != nil {
-			settle(p.unread, settleTime) // ctx ending still aborts it
-		}
-		stop()
-		p.src.Close()
-		p.dst.Close()
-		done(copyResult{err: errors.Join(p.errs[0], p.errs[1])})
-	}
-	toDst := func(err error) { finish(0, err) }
-	toSrc := func(err error) { finish(1, err) }
-	// The readers exist before ctx can abort the pair, which wakes them.
-	r0 := newSocketReader(p, p.dst, p.src, recv, toDst)
-	r1 := newSocketReader(p, p.src, p.dst, sent, toSrc)
-	p.readers[0].Store(r0)
-	p.readers[1].Store(r1)
-	stop = context.AfterFunc(ctx, p.abort)
-	p.launch(r0, p.dst, p.src, recv, toDst)
-	p.launch(r1, p.src, p.dst, sent, toSrc)
+// copyHooks is told about a pair's bytes and its end.
+type copyHooks interface {
+	// copied reports n bytes carried src→dst (dir 0) or dst→src (dir 1),
+	// once per chunk.
+	copied(dir, n int)
+	// ended reports how the pair ended, once both connections are closed.
+	ended(copyResult)
 }
 
-// launch starts the direction from → to: r when from is a TCP socket, else
-// forward, else a goroutine copying until from ends.
-func (p *pair) launch(r *socketReader, to, from net.Conn, count func(int), finish func(error)) {
+// start copies both ways in the background until both directions end,
+// carrying half-closes across, then closes both connections and tells
+// hooks. A failing direction, or ctx ending, aborts both. No direction
+// holds a goroutine while its side is idle: a stream's direction into a
+// TCP socket runs only while bytes move (see forward), and a TCP socket's
+// is parked once idle (see socketReader). Any other direction runs on a
+// goroutine of its own.
+func (p *pair) start(ctx context.Context, hooks copyHooks) {
+	p.hooks = hooks
+	p.left.Store(2)
+	// The readers exist before ctx can abort the pair, which wakes them.
+	r0 := newSocketReader(p, 0, p.dst, p.src)
+	r1 := newSocketReader(p, 1, p.src, p.dst)
+	p.readers[0].Store(r0)
+	p.readers[1].Store(r1)
+	p.stop = context.AfterFunc(ctx, p.abort)
+	p.launch(r0, 0, p.dst, p.src)
+	p.launch(r1, 1, p.src, p.dst)
+}
+
+// copied implements forwardTarget.
+func (p *pair) copied(dir, n int) { p.hooks.copied(dir, n) }
+
+// finish records how direction dir ended; the second to end closes both
+// connections and reports the pair's end.
+func (p *pair) finish(dir int, err error) {
+	p.errs[dir] = err
+	if p.left.Add(-1) > 0 {
+		return
+	}
+	if p.unread != nil {
+		settle(p.unread, settleTime) // ctx ending still aborts it
+	}
+	p.stop()
+	p.src.Close()
+	p.dst.Close()
+	p.hooks.ended(copyResult{err: errors.Join(p.errs[0], p.errs[1])})
+}
+
+// launch starts direction dir, from → to: r when from is a TCP socket,
+// else forward, else a goroutine copying until from ends.
+func (p *pair) launch(r *socketReader, dir int, to, from net.Conn) {
 	if r != nil {
 		go r.run()
 		return
 	}
-	if s, ok := from.(*Stream); ok && p.forward(to, s, count, finish) {
+	if s, ok := from.(*Stream); ok && p.forward(dir, to, s) {
 		return
 	}
-	go func() { finish(p.end(to, copyOne(to, from, count))) }()
+	go func() { p.finish(dir, p.end(to, copyOne(to, from, func(n int) { p.copied(dir, n) }))) }()
 }
 
 // parkAfter is how long a TCP socket being copied stays idle before its
@@ -138,12 +153,11 @@ var parkAfter = time.Second
 // settled before it is closed.
 type socketReader struct {
 	p      *pair
+	dir    int
 	to     net.Conn
 	from   *net.TCPConn
 	s      *Stream // to, when it is a stream
 	r      *sockio.Reader
-	count  func(int)
-	finish func(error)
 	size   int       // buffer size class, kept across parking
 	extend time.Time // when the idle deadline is next pushed back
 	// stopWriteEnd cancels writesEnded; nil when to is no stream.
@@ -154,12 +168,12 @@ type socketReader struct {
 
 // newSocketReader returns the reader copying from into to, or nil when from
 // is no TCP socket.
-func newSocketReader(p *pair, to, from net.Conn, count func(int), finish func(error)) *socketReader {
+func newSocketReader(p *pair, dir int, to, from net.Conn) *socketReader {
 	tc, ok := from.(*net.TCPConn)
 	if !ok {
 		return nil
 	}
-	r := &socketReader{p: p, to: to, from: tc, r: sockio.NewReader(tc), count: count, finish: finish, size: copyStart}
+	r := &socketReader{p: p, dir: dir, to: to, from: tc, r: sockio.NewReader(tc), size: copyStart}
 	if s, ok := to.(*Stream); ok {
 		r.s = s
 		r.stopWriteEnd = s.afterWriteEnd(r.writesEnded)
@@ -188,10 +202,12 @@ func (r *socketReader) beforeRead() {
 	}
 }
 
+func (r *socketReader) copied(n int) { r.p.hooks.copied(r.dir, n) }
+
 func (r *socketReader) run() {
 	var err error
 	for {
-		err = copyChunks(r.to, r.r, &r.size, r.count, r.beforeRead)
+		err = copyChunks(r.to, r.r, &r.size, r.copied, r.beforeRead)
 		if !errors.Is(err, os.ErrDeadlineExceeded) || r.writeEnded.Load() {
 			break
 		}
@@ -205,7 +221,7 @@ func (r *socketReader) run() {
 		}
 	}
 	if r.s == nil {
-		r.finish(r.p.end(r.to, err))
+		r.p.finish(r.dir, r.p.end(r.to, err))
 		return
 	}
 	r.stopWriteEnd()
@@ -214,17 +230,17 @@ func (r *socketReader) run() {
 		var reset *StreamResetError
 		if errors.As(werr, &reset) && reset.Code == http2.ErrCodeNo {
 			r.p.unread = r.from
-			r.finish(nil)
+			r.p.finish(r.dir, nil)
 			return
 		}
 		r.p.abort()
-		r.finish(werr)
+		r.p.finish(r.dir, werr)
 		return
 	}
 	if err != nil && werr != nil {
 		err = werr // the cause, not the read deadline it set
 	}
-	r.finish(r.p.end(r.to, err))
+	r.p.finish(r.dir, r.p.end(r.to, err))
 }
 
 // settleTime bounds how long a socket left with bytes unread is settled
@@ -274,20 +290,30 @@ func (p *pair) end(to net.Conn, err error) error {
 // wait for a full socket, or to carry the stream's end or failure over.
 // finish gets the direction's result. It reports false, doing nothing,
 // when to is not a TCP connection.
-func (p *pair) forward(to net.Conn, s *Stream, count func(int), finish func(error)) bool {
+func (p *pair) forward(dir int, to net.Conn, s *Stream) bool {
 	sink, ok := sockio.SinkOf(to)
 	if !ok {
 		return false
 	}
-	s.forwardTo(sink, count, func() {
-		err := copyFromStream(to, s, count, false)
-		if err == errDrained {
-			return
-		}
-		s.unforward()
-		finish(p.end(to, err))
-	})
+	s.forwardTo(sink, p, dir)
 	return true
+}
+
+// drain implements forwardTarget: it writes what direction dir's stream
+// queued for its full socket, and carries the stream's end or failure
+// over.
+func (p *pair) drain(dir int) {
+	to, from := p.dst, p.src
+	if dir == 1 {
+		to, from = p.src, p.dst
+	}
+	s := from.(*Stream)
+	err := copyFromStream(to, s, func(n int) { p.copied(dir, n) }, false)
+	if err == errDrained {
+		return
+	}
+	s.unforward()
+	p.finish(dir, p.end(to, err))
 }
 
 // copyOne moves bytes until from reports EOF (nil) or an error.

@@ -38,13 +38,13 @@ import (
 // forwarding is a stream's state while it is proxied into a socket.
 type forwarding struct {
 	sink       sockio.Sink
-	count      func(int) // reports bytes carried
-	drain      func()    // the drain goroutine's body
-	draining   bool      // the drain goroutine runs
-	busy       bool      // the read loop is writing to sink
-	waiter     bool      // unforward waits for that write to finish
-	err        error     // an inline write failed
-	precounted int       // queued bytes already reported to count
+	to         forwardTarget // counts the bytes carried, drains (dir says which way)
+	dir        int
+	draining   bool  // the drain goroutine runs
+	busy       bool  // the read loop is writing to sink
+	waiter     bool  // unforward waits for that write to finish
+	err        error // an inline write failed
+	precounted int   // queued bytes already reported to to.copied
 }
 
 // delivery is what becomes of a received chunk.
@@ -75,7 +75,7 @@ func (d delivery) String() string {
 // needsDrainLocked reports whether a drain goroutine is to start.
 func (s *Stream) needsDrainLocked() bool {
 	f := &s.fwd
-	return f.drain != nil && !f.draining && (s.recv.n > 0 || s.recvDone || s.err != nil || f.err != nil)
+	return f.to != nil && !f.draining && (s.recv.n > 0 || s.recvDone || s.err != nil || f.err != nil)
 }
 
 // deliverLocked hands p to s. With own, p is a pooled buffer handed over.
@@ -94,9 +94,9 @@ func (r *readLoop) deliverLocked(s *Stream, p []byte, own bool) {
 	case deliverInline:
 		f := &s.fwd
 		f.busy = true
-		sink, count := f.sink, f.count
+		sink, to, dir := f.sink, f.to, f.dir
 		c.mu.Unlock()
-		count(len(p)) // counted when read, before the peer can answer
+		to.copied(dir, len(p)) // counted when read, before the peer can answer
 		k, err := r.inline.Write(sink, p)
 		c.mu.Lock()
 		f.busy = false
@@ -130,14 +130,22 @@ func (r *readLoop) deliverLocked(s *Stream, p []byte, own bool) {
 	}
 }
 
+// forwardTarget is what a forwarded stream reports to: the bytes carried
+// in direction dir, and the need for a drain goroutine, whose body
+// drain(dir) reads with nextChunk(false) until errDrained. Methods, not
+// closures: a forwarded stream keeps them for its whole life.
+type forwardTarget interface {
+	copied(dir, n int)
+	drain(dir int)
+}
+
 // forwardTo lets the read loop write received bytes straight to sink,
-// telling count about them; drain runs on a goroutine of its own whenever
-// bytes, the stream's end or its failure wait, and reads them with
-// nextChunk(false) until errDrained.
-func (s *Stream) forwardTo(sink sockio.Sink, count func(int), drain func()) {
+// telling to about them; to.drain(dir) runs on a goroutine of its own
+// whenever bytes, the stream's end or its failure wait.
+func (s *Stream) forwardTo(sink sockio.Sink, to forwardTarget, dir int) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.fwd.sink, s.fwd.count, s.fwd.drain = sink, count, drain
+	s.fwd.sink, s.fwd.to, s.fwd.dir = sink, to, dir
 	s.kickLocked()
 }
 
@@ -146,7 +154,7 @@ func (s *Stream) unforward() {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	f := &s.fwd
-	f.sink, f.count, f.drain = sockio.Sink{}, nil, nil
+	f.sink, f.to = sockio.Sink{}, nil
 	for f.busy {
 		f.waiter = true
 		w := s.rwaitLocked()
@@ -160,7 +168,7 @@ func (s *Stream) unforward() {
 func (s *Stream) kickLocked() {
 	if s.needsDrainLocked() {
 		s.fwd.draining = true
-		go s.fwd.drain()
+		go s.fwd.to.drain(s.fwd.dir)
 	}
 }
 

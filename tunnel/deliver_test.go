@@ -40,7 +40,7 @@ func TestDeliveryRules(t *testing.T) {
 	} {
 		s := &Stream{}
 		if tc.st.forwarded {
-			s.fwd.sink, s.fwd.drain = sink, func() {}
+			s.fwd.sink, s.fwd.to = sink, &pair{}
 		}
 		s.fwd.draining = tc.st.draining
 		if tc.st.queued {

@@ -164,12 +164,21 @@ func echo(c *net.TCPConn) {
 	io.Copy(io.Discard, c)
 }
 
-// run is pair.start, waiting for the result.
+// run is pair.start, waiting for the result; recv and sent count bytes
+// src→dst and dst→src.
 func (p *pair) run(ctx context.Context, recv, sent func(int)) copyResult {
-	res := make(chan copyResult, 1)
-	p.start(ctx, recv, sent, func(r copyResult) { res <- r })
-	return <-res
+	h := &funcHooks{count: [2]func(int){recv, sent}, res: make(chan copyResult, 1)}
+	p.start(ctx, h)
+	return <-h.res
 }
+
+type funcHooks struct {
+	count [2]func(int)
+	res   chan copyResult
+}
+
+func (h *funcHooks) copied(dir, n int)  { h.count[dir](n) }
+func (h *funcHooks) ended(r copyResult) { h.res <- r }
 
 // writeUntilStopped writes chunk-sized buffers to w on a goroutine of its
 // own until stop is called or a write fails; done closes when it has.

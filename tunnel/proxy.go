@@ -243,21 +243,39 @@ const earlySize = 16 << 10
 // counted there and by obs, removed from reg when it ends, its end reported
 // to obs; then done is called.
 func proxyTracked(ctx context.Context, p *pair, reg *Registry, t *tracked, obs ConnObserver, done func()) {
-	recv := func(n int) { t.recv.Add(int64(n)); obs.Received(n) }
+	h := &trackedCopy{reg: reg, t: t, obs: obs, done: done}
 	if p.early > 0 {
-		recv(p.early)
+		h.copied(0, p.early)
 	}
-	p.start(ctx, recv,
-		func(n int) { t.sent.Add(int64(n)); obs.Sent(n) },
-		func(res copyResult) {
-			reg.remove(t)
-			if res.err != nil {
-				obs.Closed("error", res.err.Error())
-			} else {
-				obs.Closed("ok", "")
-			}
-			done()
-		})
+	p.start(ctx, h)
+}
+
+// trackedCopy is the copyHooks of a registered connection.
+type trackedCopy struct {
+	reg  *Registry
+	t    *tracked
+	obs  ConnObserver
+	done func()
+}
+
+func (h *trackedCopy) copied(dir, n int) {
+	if dir == 0 {
+		h.t.recv.Add(int64(n))
+		h.obs.Received(n)
+	} else {
+		h.t.sent.Add(int64(n))
+		h.obs.Sent(n)
+	}
+}
+
+func (h *trackedCopy) ended(res copyResult) {
+	h.reg.remove(h.t)
+	if res.err != nil {
+		h.obs.Closed("error", res.err.Error())
+	} else {
+		h.obs.Closed("ok", "")
+	}
+	h.done()
 }
 
 // PlaintextConfig configures the inbound plaintext proxy (port 15006):
@@ -320,7 +338,6 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 		abortConn(c)
 		return
 	}
-	req := Request{Src: src, Dst: dst, Plaintext: true}
 	info := ConnInfo{Direction: DirInboundPlaintext, Src: src, Dst: dst, DialledDst: dialledDst(p.cfg.DialledDst, c, dst),
 		Mode: "plaintext", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
@@ -330,8 +347,8 @@ func (p *Plaintext) handle(ctx context.Context, c net.Conn, copying *sync.WaitGr
 	// Registered before it is authorized, so that a policy change from here
 	// on reaches it (see Registry).
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
-	t := p.cfg.Registry.pending(info, req, cancel)
-	if err := p.cfg.Authorizer.Authorize(ctx, req); err != nil {
+	t := p.cfg.Registry.pending(info, cancel)
+	if err := p.cfg.Authorizer.Authorize(ctx, info.request()); err != nil {
 		p.cfg.Registry.remove(t)
 		p.log.Debug("tunnel: plaintext denied", "src", src, "dst", dst, "err", err)
 		abortConn(c)

@@ -766,7 +766,7 @@ func TestResetAfterEndDeliversInFull(t *testing.T) {
 	// acknowledged: closing the socket now would lose them.
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 		srv.c.mu.Lock()
-		reset, handed := srv.wreset != nil, srv.fwd.drain == nil && srv.recvDone && srv.recv.n == 0
+		reset, handed := srv.wreset != nil, srv.fwd.to == nil && srv.recvDone && srv.recv.n == 0
 		srv.c.mu.Unlock()
 		if !isOpen(up) {
 			t.Fatal("the server closed the upstream socket before the upstream read the request")

@@ -396,7 +396,7 @@ func (r *readLoop) streamHeadersLocked(s *Stream, end bool, fields []hpack.Heade
 		if status < 200 {
 			return 0, "" // informational; the final response follows
 		}
-		s.gotResponse, s.status = true, status
+		s.gotResponse, s.status = true, int16(status)
 		close(s.respReady)
 		if end {
 			s.endRecvLocked()

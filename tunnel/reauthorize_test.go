@@ -262,7 +262,7 @@ func TestRegistryNoEscape(t *testing.T) {
 		)
 		for i := range n {
 			wg.Go(func() {
-				tr := reg.pending(ConnInfo{}, Request{}, func() {})
+				tr := reg.pending(ConnInfo{}, func() {})
 				if authorize(Request{}) != nil {
 					reg.remove(tr)
 					return

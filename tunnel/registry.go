@@ -47,6 +47,12 @@ type ConnInfo struct {
 	Start                    time.Time
 }
 
+// request is what an inbound connection is authorized against: derived,
+// not stored beside the ConnInfo, so the two cannot disagree.
+func (i *ConnInfo) request() Request {
+	return Request{Peer: i.SrcIdentity, Src: i.Src, Dst: i.Dst, Plaintext: i.Direction == DirInboundPlaintext}
+}
+
 // Observer is told about every proxied connection, for metrics and access
 // logs. Methods may be called concurrently from many connections.
 type Observer interface {
@@ -103,8 +109,7 @@ func NewRegistry() *Registry {
 // tracked is one registered connection.
 type tracked struct {
 	info   ConnInfo
-	req    Request
-	hasReq bool // authorized against req (inbound paths)
+	hasReq bool // authorized against info.request() (inbound paths)
 	recv   atomic.Int64
 	sent   atomic.Int64
 	// Guarded by Registry.mu.
@@ -126,13 +131,13 @@ func (r *Registry) add(info ConnInfo, kill func()) *tracked {
 	return t
 }
 
-// pending registers a connection about to be authorized against req and
-// dialled, before either happens. cancel cancels the context its dial
+// pending registers a connection about to be authorized against
+// info.request() and dialled, before either happens. cancel cancels the context its dial
 // uses: Reauthorize calls it if it refuses the connection meanwhile. The
 // caller ends the setup with settle, or with remove if authorization
 // refuses it.
-func (r *Registry) pending(info ConnInfo, req Request, cancel context.CancelFunc) *tracked {
-	t := &tracked{info: info, req: req, hasReq: true, cancel: cancel}
+func (r *Registry) pending(info ConnInfo, cancel context.CancelFunc) *tracked {
+	t := &tracked{info: info, hasReq: true, cancel: cancel}
 	r.insert(t)
 	return t
 }
@@ -211,7 +216,7 @@ func (r *Registry) Reauthorize(allow func(Request) error) int {
 		if !t.hasReq || t.refused != nil {
 			continue
 		}
-		if err := allow(t.req); err != nil {
+		if err := allow(t.info.request()); err != nil {
 			t.refused = err
 			if t.open {
 				victims = append(victims, t.kill)

@@ -410,7 +410,6 @@ func (s *Server) handle(conn, ctx context.Context, st *Stream, peer certs.Identi
 		dst, status, reason = netip.AddrPort{}, 400, err.Error()
 	}
 	st.reqFields = nil // read once; the read loop set it before this handler began
-	req := Request{Peer: peer, Src: remote, Dst: dst}
 	info := ConnInfo{Direction: DirInbound, Src: remote, Dst: dst, SrcIdentity: peer, Mode: "hbone", Start: time.Now()}
 	var obs ConnObserver = nopConnObserver{}
 	switch status {
@@ -429,8 +428,8 @@ func (s *Server) handle(conn, ctx context.Context, st *Stream, peer certs.Identi
 		// here on reaches it (see Registry).
 		var cancel context.CancelFunc
 		dctx, cancel = context.WithTimeout(ctx, s.cfg.DialTimeout)
-		t = s.reg.pending(info, req, cancel)
-		if err := s.cfg.Authorizer.Authorize(ctx, req); err != nil {
+		t = s.reg.pending(info, cancel)
+		if err := s.cfg.Authorizer.Authorize(ctx, info.request()); err != nil {
 			s.reg.remove(t)
 			status, reason = 401, "denied: "+err.Error()
 		}

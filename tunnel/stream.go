@@ -27,18 +27,19 @@ type Stream struct {
 	c  *h2conn
 	id uint32
 
-	// Guarded by c.mu.
-	sendWnd     sendWindow
-	recvWnd     recvWindow
-	recv        recvBuf
+	// Guarded by c.mu. The small fields come first, packed: an idle
+	// connection holds two streams.
+	status      int16 // client: the response's :status
 	recvDone    bool  // END_STREAM received
 	sentEnd     bool  // END_STREAM sent or queued
-	err         error // reset, connection closed or Close called
-	wreset      error // peer reset the stream after its END_STREAM: writes fail
 	closedLocal bool  // Close called
 	responded   bool  // server: response headers sent
 	gotResponse bool  // client: response headers received (or never will be)
-	status      int
+	sendWnd     sendWindow
+	recvWnd     recvWindow
+	recv        recvBuf
+	err         error               // reset, connection closed or Close called
+	wreset      error               // peer reset the stream after its END_STREAM: writes fail
 	reqFields   []hpack.HeaderField // server: the request, until its handler read it
 	rdl, wdl    deadline
 	cancel      context.CancelFunc // server: ends the handler's setup context (endSetup)
