@@ -35,4 +35,5 @@
 //	ferrybench hold -n N -dst ADDR   (inside node a: hold N idle connections)
 //	ferrybench active -n N -size S -dst ADDR   (inside node a: N connections, one request per second each)
 //	ferrybench tlsserver -listen ADDR -cert F -key F -ca F   (the handshake benchmark's plain Go TLS server)
+//	ferrybench split PROFILE...   (a -profile CPU profile split: kernel, runtime, crypto, own code, other)
 package main

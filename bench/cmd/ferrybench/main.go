@@ -37,6 +37,9 @@ func main() {
 	if len(args) > 0 && args[0] == "tlsserver" {
 		os.Exit(runTLSServer(args[1:]))
 	}
+	if len(args) > 0 && args[0] == "split" {
+		os.Exit(runSplit(args[1:]))
+	}
 	if len(args) > 0 && args[0] == "run" {
 		args = args[1:]
 	}
