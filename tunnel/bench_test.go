@@ -176,6 +176,12 @@ func tlsProxy(b *testing.B, store *certs.Store, dst netip.AddrPort) netip.AddrPo
 	if err != nil {
 		b.Fatal(err)
 	}
+	return forwardEach(b, ln, func() (net.Conn, error) { return net.Dial("tcp", dst.String()) })
+}
+
+// forwardEach copies each connection ln accepts to one dial opens, with the
+// tunnel's copier, until b ends; it returns ln's address.
+func forwardEach(b *testing.B, ln net.Listener, dial func() (net.Conn, error)) netip.AddrPort {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -185,7 +191,7 @@ func tlsProxy(b *testing.B, store *certs.Store, dst netip.AddrPort) netip.AddrPo
 				return
 			}
 			go func() {
-				up, err := net.Dial("tcp", dst.String())
+				up, err := dial()
 				if err != nil {
 					c.Close()
 					return
@@ -372,27 +378,7 @@ func tlsClientProxy(b *testing.B, store *certs.Store, dst netip.AddrPort) netip.
 	if err != nil {
 		b.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				up, err := tls.Dial("tcp", dst.String(), store.ClientConfig(idClient, idServer))
-				if err != nil {
-					c.Close()
-					return
-				}
-				p := &pair{src: c, dst: up}
-				p.run(context.Background(), func(int) {}, func(int) {})
-			}()
-		}
-	}()
-	b.Cleanup(func() { ln.Close(); <-done })
-	return addrPort(ln.Addr())
+	return forwardEach(b, ln, func() (net.Conn, error) { return tls.Dial("tcp", dst.String(), store.ClientConfig(idClient, idServer)) })
 }
 
 // BenchmarkPath moves 64 MiB per iteration through the whole path, app →
