@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -350,9 +351,42 @@ func (d *demo) workloads(ctx context.Context) error {
 			}
 		}
 	}
+	// legacy is not captured: its requests reach httpbin through kube-proxy
+	// alone, which rejects a Service's connections until it has programmed
+	// the Service's ready endpoint.
+	for _, ns := range []string{"foo", "bar"} {
+		if err := d.waitKubeProxy(ctx, ns, "httpbin"); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(d.out, "  namespaces foo and bar carry istio.io/dataplane-mode=ambient; legacy does not.")
 	fmt.Fprintln(d.out, "  $ ferry workloads")
 	return d.ferryCLI(ctx, "workloads")
+}
+
+// waitKubeProxy waits until kube-proxy's nftables rules name Service
+// ns/name's ClusterIP and its pod's address.
+func (d *demo) waitKubeProxy(ctx context.Context, ns, name string) error {
+	return kubenode.Poll(ctx, time.Minute, func() error {
+		svc, err := d.c.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pod, err := d.c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		out, err := exec.CommandContext(ctx, "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft list table ip kube-proxy: %v: %s", err, out)
+		}
+		for _, a := range []string{svc.Spec.ClusterIP, pod.Status.PodIP} {
+			if a == "" || !regexp.MustCompile(`\b`+regexp.QuoteMeta(a)+`\b`).Match(out) {
+				return fmt.Errorf("kube-proxy has not programmed %s/%s (%q) yet", ns, name, a)
+			}
+		}
+		return nil
+	})
 }
 
 // ferryCLI prints `ferry ARGS` against the agent's admin endpoint (the
@@ -370,8 +404,8 @@ func (d *demo) ferryCLI(ctx context.Context, args ...string) error {
 }
 
 // request is `kubectl exec -n FROM curl -- podapp get http://httpbin.TO:8000/ip`:
-// the status code (000: no response).
-func (d *demo) request(ctx context.Context, from, to string) string {
+// the status code (000: no response) and what podapp said on stderr.
+func (d *demo) request(ctx context.Context, from, to string) (code, stderr string) {
 	req := d.c.CoreV1().RESTClient().Post().Resource("pods").Namespace(from).Name("curl").SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{
 			Container: "curl", Stdout: true, Stderr: true,
@@ -379,19 +413,20 @@ func (d *demo) request(ctx context.Context, from, to string) string {
 		}, scheme.ParameterCodec)
 	ex, err := remotecommand.NewWebSocketExecutor(d.rc, "GET", req.URL().String())
 	if err != nil {
-		return "exec: " + err.Error()
+		return "exec: " + err.Error(), ""
 	}
-	var stdout, stderr bytes.Buffer
+	var out, errOut bytes.Buffer
 	ectx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	// A failed request exits 1, which the stream reports as an error:
 	// the status line is what counts.
-	_ = ex.StreamWithContext(ectx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
-	code, _, _ := strings.Cut(stdout.String(), "\n")
+	_ = ex.StreamWithContext(ectx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut})
+	code, _, _ = strings.Cut(out.String(), "\n")
+	stderr = strings.TrimSpace(errOut.String())
 	if code == "" {
-		return "exec failed: " + strings.TrimSpace(stderr.String())
+		return "exec failed: " + stderr, ""
 	}
-	return code
+	return code, stderr
 }
 
 // matrix runs every request of Istio's task and checks each code; want is
@@ -400,11 +435,14 @@ func (d *demo) matrix(ctx context.Context, want ...string) {
 	bad := 0
 	for _, w := range want {
 		parts := strings.Split(w, ":")
-		code := d.request(ctx, parts[0], parts[1])
+		code, why := d.request(ctx, parts[0], parts[1])
 		if code == parts[2] {
 			fmt.Fprintf(d.out, "curl.%s to httpbin.%s: %s\n", parts[0], parts[1], code)
 		} else {
 			fmt.Fprintf(d.out, "curl.%s to httpbin.%s: %s   <- expected %s\n", parts[0], parts[1], code, parts[2])
+			if why != "" {
+				fmt.Fprintf(d.out, "      podapp: %s\n", why)
+			}
 			bad++
 		}
 	}
