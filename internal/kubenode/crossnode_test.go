@@ -91,7 +91,7 @@ func checkCrossNode(t *testing.T, ctx context.Context, n *Node, c kubernetes.Int
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitNFT(ctx, svc.Spec.ClusterIP, node2Pod.String()); err != nil {
+	if err := WaitKubeProxy(ctx, svc.Spec.ClusterIP, node2Pod.String()); err != nil {
 		t.Fatal(err)
 	}
 

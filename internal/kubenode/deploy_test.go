@@ -261,7 +261,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := waitNFT(ctx, svc.Spec.ClusterIP); err != nil {
+	if err := WaitKubeProxy(ctx, svc.Spec.ClusterIP); err != nil {
 		t.Fatal(err)
 	}
 

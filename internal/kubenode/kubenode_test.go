@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -345,7 +344,7 @@ func TestPrivilegedRealNodeUpDown(t *testing.T) {
 	}
 	// kube-proxy has programmed the Service and its endpoint in its own
 	// table (the mechanism the client's request goes through).
-	if err := waitNFT(ctx, vip.String(), webIP); err != nil {
+	if err := WaitKubeProxy(ctx, vip.String(), webIP); err != nil {
 		t.Fatal(err)
 	}
 	client := pod("client", "ferry.test/podapp:1", nil, corev1.RestartPolicyNever, "get", "--timeout", "10s", "http://"+vip.String()+"/ip")
@@ -435,23 +434,6 @@ func waitSA(ctx context.Context, get func(context.Context, string, metav1.GetOpt
 		case <-ctx.Done():
 			return err
 		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// waitNFT waits until kube-proxy's table mentions every addr.
-func waitNFT(ctx context.Context, addrs ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	for {
-		out, err := exec.Command("nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
-		if err == nil && !slices.ContainsFunc(addrs, func(a string) bool { return !strings.Contains(string(out), a) }) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("kube-proxy never programmed %v: %s", addrs, out)
-		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

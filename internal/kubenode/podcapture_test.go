@@ -477,7 +477,7 @@ func checkPodMode(ctx context.Context, t *testing.T, e *podEnv) {
 	t.Run("pod to Service over HBONE", func(t *testing.T) {
 		// Captured in the pod before any node DNAT: the agent picks the
 		// endpoint (on macvlan, kube-proxy is not on the path at all).
-		if err := waitNFT(ctx, w.vip); err != nil {
+		if err := WaitKubeProxy(ctx, w.vip); err != nil {
 			t.Fatal(err)
 		}
 		before := scrape(ctx, t)

@@ -51,7 +51,7 @@ func checkTraffic(t *testing.T, ctx context.Context, n *Node, c kubernetes.Inter
 		}
 		vips[ns] = svc.Spec.ClusterIP
 	}
-	if err := waitNFT(ctx, vips["ambient-on"], vips["ambient-off"]); err != nil {
+	if err := WaitKubeProxy(ctx, vips["ambient-on"], vips["ambient-off"]); err != nil {
 		t.Fatal(err)
 	}
 	onURL := "http://" + vips["ambient-on"] + "/ip"

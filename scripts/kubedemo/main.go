@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -364,29 +363,18 @@ func (d *demo) workloads(ctx context.Context) error {
 	return d.ferryCLI(ctx, "workloads")
 }
 
-// waitKubeProxy waits until kube-proxy's nftables rules name Service
-// ns/name's ClusterIP and its pod's address.
+// waitKubeProxy waits until kube-proxy has programmed Service ns/name's
+// ClusterIP and its pod's address.
 func (d *demo) waitKubeProxy(ctx context.Context, ns, name string) error {
-	return kubenode.Poll(ctx, time.Minute, func() error {
-		svc, err := d.c.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		pod, err := d.c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		out, err := exec.CommandContext(ctx, "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("nft list table ip kube-proxy: %v: %s", err, out)
-		}
-		for _, a := range []string{svc.Spec.ClusterIP, pod.Status.PodIP} {
-			if a == "" || !regexp.MustCompile(`\b`+regexp.QuoteMeta(a)+`\b`).Match(out) {
-				return fmt.Errorf("kube-proxy has not programmed %s/%s (%q) yet", ns, name, a)
-			}
-		}
-		return nil
-	})
+	svc, err := d.c.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	pod, err := d.c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	return kubenode.WaitKubeProxy(ctx, svc.Spec.ClusterIP, pod.Status.PodIP)
 }
 
 // ferryCLI prints `ferry ARGS` against the agent's admin endpoint (the
