@@ -141,7 +141,7 @@ spec: {selector: {matchLabels: {app: no-such-workload}}}
 		crd, _ := authz.Compile(sc.Cfg, aps, pas)
 		translated, _ := authz.CompileTranslated(sc.Cfg, snap.TranslatedPolicies)
 		podName := pods[dest{sc.Req.Namespace, labelKey(sc.Req)}]
-		i := slices.IndexFunc(snap.Pods, func(p inventory.Pod) bool { return p.Namespace == sc.Req.Namespace && p.Name == podName })
+		i := slices.IndexFunc(snap.Pods, func(p *inventory.Pod) bool { return p.Namespace == sc.Req.Namespace && p.Name == podName })
 		if i < 0 {
 			t.Fatalf("%s: istiod did not send pod %s/%s", sc.Name, sc.Req.Namespace, podName)
 		}

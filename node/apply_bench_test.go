@@ -29,7 +29,7 @@ func scaleSnapshot(n, policies, version int) *inventory.Snapshot {
 			snap.Namespaces[ns] = inventory.Namespace{Name: ns, Labels: map[string]string{DataplaneModeLabel: "ambient"}}
 		}
 		ip := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
-		p := inventory.Pod{Name: "p" + strconv.Itoa(i), Namespace: ns, UID: fmt.Sprintf("uid-%d", i), ServiceAccount: "app",
+		p := &inventory.Pod{Name: "p" + strconv.Itoa(i), Namespace: ns, UID: fmt.Sprintf("uid-%d", i), ServiceAccount: "app",
 			NodeName: "node-" + strconv.Itoa(i/100), IP: ip, IPs: []netip.Addr{ip}, Labels: labels[app]}
 		if i == 0 {
 			p.Labels = map[string]string{"app": app, "version": strconv.Itoa(version)}
@@ -74,7 +74,7 @@ func benchmarkApply(b *testing.B, changes bool) {
 			next := func(i int) *inventory.Snapshot {
 				s := *snaps[i%2]
 				if changes {
-					s.Changes = &inventory.Changes{Since: last, Pods: map[string]*inventory.Pod{s.Pods[0].Key(): &s.Pods[0]}}
+					s.Changes = &inventory.Changes{Since: last, Pods: map[string]*inventory.Pod{s.Pods[0].Key(): s.Pods[0]}}
 				}
 				s.Revision = inventory.NewRevision()
 				last = s.Revision

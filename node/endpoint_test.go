@@ -10,18 +10,18 @@ import (
 )
 
 // meshPod is a pod as istiod sends it, endpoint of web.shop.
-func meshPod(name, ip, node, zone string, healthy bool, capacity uint32) inventory.Pod {
-	return inventory.Pod{Name: name, Namespace: "shop", ServiceAccount: name, NodeName: node, IP: netip.MustParseAddr(ip),
+func meshPod(name, ip, node, zone string, healthy bool, capacity uint32) *inventory.Pod {
+	return &inventory.Pod{Name: name, Namespace: "shop", ServiceAccount: name, NodeName: node, IP: netip.MustParseAddr(ip),
 		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: healthy, Capacity: capacity, Region: "r1", Zone: zone,
 			Services: []string{"shop/web.shop.svc.cluster.local"}}}
 }
 
-func endpointView(lb *inventory.LoadBalancing, pods ...inventory.Pod) *view {
-	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+func endpointView(lb *inventory.LoadBalancing, pods ...*inventory.Pod) *view {
+	client := &inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
 		Labels: map[string]string{DataplaneModeLabel: "ambient"},
 		Mesh:   &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1, Region: "r1", Zone: "z1"}}
 	snap := &inventory.Snapshot{
-		Pods: append([]inventory.Pod{client}, pods...),
+		Pods: append([]*inventory.Pod{client}, pods...),
 		Services: []inventory.Service{{Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local",
 			ClusterIPs: []netip.Addr{netip.MustParseAddr("198.19.0.10")},
 			Ports:      []inventory.ServicePort{{Port: 80, TargetPort: 8080}, {Port: 81}}, LoadBalancing: lb}},
@@ -56,26 +56,26 @@ func TestPickEndpoint(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		lb   *inventory.LoadBalancing
-		pods []inventory.Pod
+		pods []*inventory.Pod
 		port uint16
 		want map[string]int // over 8 picks
 		err  string
 	}{
-		{"healthy endpoints by capacity", nil, []inventory.Pod{z1a, z1b, sick, drained}, 80,
+		{"healthy endpoints by capacity", nil, []*inventory.Pod{z1a, z1b, sick, drained}, 80,
 			map[string]int{"a:198.18.2.1:8080": 2, "b:198.18.2.2:8080": 6}, ""},
-		{"unhealthy allowed", &inventory.LoadBalancing{AllowUnhealthy: true}, []inventory.Pod{z1a, sick}, 80,
+		{"unhealthy allowed", &inventory.LoadBalancing{AllowUnhealthy: true}, []*inventory.Pod{z1a, sick}, 80,
 			map[string]int{"a:198.18.2.1:8080": 4, "d:198.18.2.3:8080": 4}, ""},
-		{"named target port istiod did not resolve for the pod", nil, []inventory.Pod{z1a}, 81, nil, "no healthy endpoint"},
+		{"named target port istiod did not resolve for the pod", nil, []*inventory.Pod{z1a}, 81, nil, "no healthy endpoint"},
 		{"FAILOVER keeps the client's zone", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "FAILOVER"},
-			[]inventory.Pod{z1a, z2}, 80, map[string]int{"a:198.18.2.1:8080": 8}, ""},
+			[]*inventory.Pod{z1a, z2}, 80, map[string]int{"a:198.18.2.1:8080": 8}, ""},
 		{"FAILOVER falls over to another zone", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "FAILOVER"},
-			[]inventory.Pod{z2, sick}, 80, map[string]int{"c:198.18.3.1:8080": 8}, ""},
+			[]*inventory.Pod{z2, sick}, 80, map[string]int{"c:198.18.3.1:8080": 8}, ""},
 		{"STRICT refuses another zone", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "STRICT"},
-			[]inventory.Pod{z2}, 80, nil, "no healthy endpoint"},
+			[]*inventory.Pod{z2}, 80, nil, "no healthy endpoint"},
 		{"unspecified mode ignores locality", &inventory.LoadBalancing{RoutingPreference: zone, Mode: "UNSPECIFIED"},
-			[]inventory.Pod{z1a, z2}, 80, map[string]int{"a:198.18.2.1:8080": 4, "c:198.18.3.1:8080": 4}, ""},
-		{"only unhealthy", nil, []inventory.Pod{sick}, 80, nil, "no healthy endpoint"},
-		{"no such port", nil, []inventory.Pod{z1a}, 82, nil, "has no port 82"},
+			[]*inventory.Pod{z1a, z2}, 80, map[string]int{"a:198.18.2.1:8080": 4, "c:198.18.3.1:8080": 4}, ""},
+		{"only unhealthy", nil, []*inventory.Pod{sick}, 80, nil, "no healthy endpoint"},
+		{"no such port", nil, []*inventory.Pod{z1a}, 82, nil, "has no port 82"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := counts(t, endpointView(c.lb, c.pods...), c.port, 8)

@@ -16,7 +16,7 @@ func TestTrafficLabelsService(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	snap := &inventory.Snapshot{
 		Namespaces: map[string]inventory.Namespace{"shop": {Name: "shop"}},
-		Pods: []inventory.Pod{
+		Pods: []*inventory.Pod{
 			{Name: "web-0", Namespace: "shop", ServiceAccount: "web", NodeName: "n1", IP: ip("198.18.1.2"), Labels: map[string]string{"app": "web"}},
 			{Name: "db-0", Namespace: "shop", ServiceAccount: "db", NodeName: "n1", IP: ip("198.18.1.3"), Labels: map[string]string{"app": "db", "tier": "data"}},
 		},

@@ -24,7 +24,7 @@ func TestViewFillsCapturedAddresses(t *testing.T) {
 	}}
 	cfg := viewConfig{"n1", "cluster.local", "istio-system"}
 	listed := netip.MustParseAddr("198.18.1.9")
-	snap := &inventory.Snapshot{Pods: []inventory.Pod{
+	snap := &inventory.Snapshot{Pods: []*inventory.Pod{
 		{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1"},
 		{Namespace: "mesh", Name: "other", NodeName: "n1", IP: listed},
 	}}
@@ -42,9 +42,9 @@ func TestViewFillsCapturedAddresses(t *testing.T) {
 		t.Error("the snapshot itself was changed")
 	}
 	for name, s := range map[string]*inventory.Snapshot{
-		"another node": {Pods: []inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n2"}}},
-		"another UID":  {Pods: []inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u2", NodeName: "n1"}}},
-		"API address":  {Pods: []inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1", IP: listed}}},
+		"another node": {Pods: []*inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n2"}}},
+		"another UID":  {Pods: []*inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u2", NodeName: "n1"}}},
+		"API address":  {Pods: []*inventory.Pod{{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1", IP: listed}}},
 	} {
 		if _, ok := buildView(s, cfg, p.addresses()).workload(ip); ok {
 			t.Errorf("%s: filled", name)

@@ -115,8 +115,8 @@ func buildView(snap *inventory.Snapshot, cfg viewConfig, fills map[string]captur
 	v := &view{cfg: cfg, snap: withoutPods(snap), claims: map[netip.Addr][]*Workload{}, localByName: map[string]*Workload{}, fills: fills}
 	ws := make([]*Workload, len(snap.Pods))
 	var addressedWs []*Workload
-	for i := range snap.Pods {
-		w := v.newWorkload(&snap.Pods[i])
+	for i, p := range snap.Pods {
+		w := v.newWorkload(p)
 		ws[i] = w
 		if w.Local {
 			v.localByName[w.Key()] = w
@@ -274,10 +274,6 @@ func (v *view) update(snap *inventory.Snapshot, fills map[string]capturedAddrs) 
 	n.fills = fills
 	u := &viewUpdate{view: &n, pods: v.pods.edit(), byIP: v.byIP.edit(), endpoints: v.endpoints.edit()}
 	for key, p := range changed {
-		if p != nil {
-			c := *p // not the snapshot's: its slice is not kept
-			p = &c
-		}
 		u.replace(key, p)
 	}
 	for key := range fills {

@@ -98,7 +98,7 @@ func (g *viewGen) cluster() {
 func (g *viewGen) snapshot() *inventory.Snapshot {
 	s := &inventory.Snapshot{Namespaces: g.namespaces, Services: g.services, Revision: inventory.NewRevision()}
 	for _, p := range g.pods {
-		s.Pods = append(s.Pods, p)
+		s.Pods = append(s.Pods, &p)
 	}
 	g.rnd.Shuffle(len(s.Pods), func(i, j int) { s.Pods[i], s.Pods[j] = s.Pods[j], s.Pods[i] })
 	return s
@@ -136,7 +136,7 @@ func (g *viewGen) change(prev *inventory.Snapshot) *inventory.Snapshot {
 	}
 	for i := range s.Pods {
 		if changed[s.Pods[i].Key()] {
-			s.Changes.Pods[s.Pods[i].Key()] = &s.Pods[i]
+			s.Changes.Pods[s.Pods[i].Key()] = s.Pods[i]
 		}
 	}
 	return s
@@ -299,7 +299,7 @@ func diffDumps(got, want viewDump) string {
 func TestViewUpdateRemovedPodIsGone(t *testing.T) {
 	ip := netip.MustParseAddr("198.18.0.1")
 	ns := map[string]inventory.Namespace{"a": {Name: "a", Labels: map[string]string{DataplaneModeLabel: "ambient"}}}
-	s1 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{
+	s1 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []*inventory.Pod{
 		{Namespace: "a", Name: "web", NodeName: "n1", IP: ip, ServiceAccount: "web"},
 	}}
 	v1 := buildView(s1, genCfg, nil)
@@ -320,14 +320,14 @@ func TestViewUpdateRemovedPodIsGone(t *testing.T) {
 	}
 
 	// Two pods on one address: neither is known until one goes.
-	other := inventory.Pod{Namespace: "a", Name: "other", NodeName: "n2", IP: ip, ServiceAccount: "other"}
-	s3 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{s1.Pods[0], other},
-		Changes: &inventory.Changes{Since: s2.Revision, Pods: map[string]*inventory.Pod{"a/web": &s1.Pods[0], "a/other": &other}}}
+	other := &inventory.Pod{Namespace: "a", Name: "other", NodeName: "n2", IP: ip, ServiceAccount: "other"}
+	s3 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []*inventory.Pod{s1.Pods[0], other},
+		Changes: &inventory.Changes{Since: s2.Revision, Pods: map[string]*inventory.Pod{"a/web": s1.Pods[0], "a/other": other}}}
 	v3 := v2.update(s3, nil)
 	if w, ok := v3.workload(ip); ok || len(v3.conflicts) != 1 || len(v3.identities) != 0 {
 		t.Errorf("conflicting address: workload %v, conflicts %v, identities %v; want none, one, none", w, v3.conflicts, v3.identities)
 	}
-	s4 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{other},
+	s4 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []*inventory.Pod{other},
 		Changes: &inventory.Changes{Since: s3.Revision, Pods: map[string]*inventory.Pod{"a/web": nil}}}
 	v4 := v3.update(s4, nil)
 	if w, ok := v4.workload(ip); !ok || w.Name != "other" || len(v4.conflicts) != 0 {
@@ -358,11 +358,11 @@ func TestApplySameRevisionWithoutPods(t *testing.T) {
 // (a source's mistake) builds the view whole rather than trust it.
 func TestViewUpdateMisnamedChange(t *testing.T) {
 	ns := map[string]inventory.Namespace{"a": {Name: "a"}}
-	web := inventory.Pod{Namespace: "a", Name: "web", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.1")}
-	s1 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{web}}
-	db := inventory.Pod{Namespace: "a", Name: "db", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.2")}
-	s2 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []inventory.Pod{web, db},
-		Changes: &inventory.Changes{Since: s1.Revision, Pods: map[string]*inventory.Pod{"a/web": &db}}}
+	web := &inventory.Pod{Namespace: "a", Name: "web", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.1")}
+	s1 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []*inventory.Pod{web}}
+	db := &inventory.Pod{Namespace: "a", Name: "db", NodeName: "n2", IP: netip.MustParseAddr("198.18.0.2")}
+	s2 := &inventory.Snapshot{Namespaces: ns, Revision: inventory.NewRevision(), Pods: []*inventory.Pod{web, db},
+		Changes: &inventory.Changes{Since: s1.Revision, Pods: map[string]*inventory.Pod{"a/web": db}}}
 	got, want := dumpView(buildView(s1, genCfg, nil).update(s2, nil)), dumpView(buildView(s2, genCfg, nil))
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("misnamed change trusted:\n%s", diffDumps(got, want))

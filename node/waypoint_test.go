@@ -20,15 +20,15 @@ func TestRouteViaWaypoint(t *testing.T) {
 	wpVIP := netip.MustParseAddr("198.19.0.20")
 	byAddr := &inventory.Waypoint{Address: wpVIP, HBONEPort: 15008}
 	byName := &inventory.Waypoint{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local", HBONEPort: 15008}
-	wpPod := inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
+	wpPod := &inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
 		IP: netip.MustParseAddr("198.18.3.9"), Mesh: &inventory.MeshWorkload{Healthy: true, Capacity: 1,
 			Services: []string{"shop/waypoint.shop.svc.cluster.local"}}}
 	wpSvc := inventory.Service{Name: "waypoint", Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local",
 		ClusterIPs: []netip.Addr{wpVIP}, Ports: []inventory.ServicePort{{Port: 15008}}}
-	viewWith := func(svcWP, podWP *inventory.Waypoint, client inventory.Pod) *view {
+	viewWith := func(svcWP, podWP *inventory.Waypoint, client *inventory.Pod) *view {
 		web := meshPod("a", "198.18.2.1", "node2", "z1", true, 1)
 		web.Mesh.Waypoint = podWP
-		pods := []inventory.Pod{client, web}
+		pods := []*inventory.Pod{client, web}
 		if client.Name != wpPod.Name {
 			pods = append(pods, wpPod)
 		}
@@ -37,16 +37,16 @@ func TestRouteViaWaypoint(t *testing.T) {
 				ClusterIPs: []netip.Addr{netip.MustParseAddr("198.19.0.10")}, Ports: []inventory.ServicePort{{Port: 80, TargetPort: 8080}}}}}
 		return newView(snap, client.NodeName, "cluster.local", "istio-system")
 	}
-	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+	client := &inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
 		Labels: map[string]string{DataplaneModeLabel: "ambient"}, Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
-	fromWaypoint := wpPod
+	fromWaypoint := new(*wpPod)
 	fromWaypoint.NodeName = "node1"
 	fromWaypoint.Labels = map[string]string{DataplaneModeLabel: "ambient"}
 	toWaypoint := tunnel.Route{Mode: tunnel.HBONE, HBONEAddr: netip.MustParseAddrPort("198.18.3.9:15008")}
 	for _, c := range []struct {
 		name   string
 		v      *view
-		src    inventory.Pod
+		src    *inventory.Pod
 		dst    string
 		want   tunnel.Route
 		reason string
@@ -88,18 +88,18 @@ func TestRouteViaWaypoint(t *testing.T) {
 // waypoint, with that address as the authority, and it skips the
 // endpoint's own waypoint.
 func TestRouteAfterKubeProxy(t *testing.T) {
-	wp := inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
+	wp := &inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
 		IP: netip.MustParseAddr("198.18.3.9"), Mesh: &inventory.MeshWorkload{Healthy: true, Capacity: 1}}
 	web := meshPod("a", "198.18.2.1", "node2", "z1", true, 1)
 	web.Mesh.Waypoint = &inventory.Waypoint{Address: wp.IP, HBONEPort: 15008}
-	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+	client := &inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
 		Labels: map[string]string{DataplaneModeLabel: "ambient"}, Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
 	svc := func(w *inventory.Waypoint) inventory.Service {
 		return inventory.Service{Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local", Waypoint: w,
 			ClusterIPs: []netip.Addr{netip.MustParseAddr("198.19.0.10")}, Ports: []inventory.ServicePort{{Port: 80, TargetPort: 8080}}}
 	}
 	route := func(s inventory.Service) tunnel.Route {
-		v := newView(&inventory.Snapshot{Pods: []inventory.Pod{client, web, wp}, Services: []inventory.Service{s}}, "node1", "cluster.local", "istio-system")
+		v := newView(&inventory.Snapshot{Pods: []*inventory.Pod{client, web, wp}, Services: []inventory.Service{s}}, "node1", "cluster.local", "istio-system")
 		a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
 		a.state.Store(&state{view: v})
 		r, err := a.Route(netip.MustParseAddrPort("198.18.1.1:40000"), netip.MustParseAddrPort("198.18.2.1:8080"),
@@ -123,14 +123,14 @@ func TestRouteAfterKubeProxy(t *testing.T) {
 // this agent does not capture, and a Service address on a port the Service
 // does not list are refused, never passed through in plaintext.
 func TestRouteFailsClosed(t *testing.T) {
-	client := inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
+	client := &inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
 		Labels: map[string]string{DataplaneModeLabel: "ambient"}, Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
-	unseen := inventory.Pod{Name: "new", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.2"),
+	unseen := &inventory.Pod{Name: "new", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.2"),
 		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1}}
 	v := endpointView(nil, meshPod("a", "198.18.2.1", "node2", "z1", true, 1))
-	pods := []inventory.Pod{unseen}
+	pods := []*inventory.Pod{unseen}
 	for _, w := range v.pods.All() {
-		pods = append(pods, *w.Pod)
+		pods = append(pods, w.Pod)
 	}
 	v = newView(&inventory.Snapshot{Pods: pods, Services: v.snap.Services}, "node1", "cluster.local", "istio-system")
 	a := &Agent{cfg: Config{NodeName: "node1", HBONEAddr: "0.0.0.0:15008"}}
@@ -163,7 +163,7 @@ func TestAuthorizeNeedsIstiodsWorkload(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := pod
 			p.Mesh = c.mesh
-			snap := &inventory.Snapshot{Pods: []inventory.Pod{p}, TranslatedPolicies: []authz.TranslatedPolicy{}}
+			snap := &inventory.Snapshot{Pods: []*inventory.Pod{&p}, TranslatedPolicies: []authz.TranslatedPolicy{}}
 			engine, _ := authz.CompileTranslated(authz.Config{}, nil)
 			a := &Agent{cfg: Config{NodeName: "node1"}, metrics: NewMetrics("test"), log: slog.New(slog.DiscardHandler)}
 			a.state.Store(&state{view: newView(snap, "node1", "cluster.local", "istio-system"), engine: engine})

@@ -207,7 +207,7 @@ func crdSnapshot(t *testing.T) *inventory.Snapshot {
 	ambient := map[string]string{"istio.io/dataplane-mode": "ambient"}
 	snap := &inventory.Snapshot{
 		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: ambient}, "bar": {Name: "bar"}},
-		Pods: []inventory.Pod{
+		Pods: []*inventory.Pod{
 			{Name: "server", Namespace: "foo", UID: "uid-server", ServiceAccount: "server", NodeName: "a",
 				IP: netip.MustParseAddr("10.0.0.2"), IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2")},
 				Labels: map[string]string{"app": "server", "version": "v2"}},
@@ -413,7 +413,7 @@ func TestZtunnelDumpCRD(t *testing.T) {
 func TestZtunnelDumpXDS(t *testing.T) {
 	snap := &inventory.Snapshot{
 		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
-		Pods: []inventory.Pod{{
+		Pods: []*inventory.Pod{{
 			Name: "web-0", Namespace: "foo", ServiceAccount: "web", NodeName: "b", IP: netip.MustParseAddr("10.0.2.5"),
 			Mesh: &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/web-0", HBONE: true, AuthorizationPolicies: []string{"foo/allow"},
 				Services: []string{"foo/web.foo.svc.cluster.local"}, Zone: "z1", Region: "r1", Capacity: 2,
@@ -488,7 +488,7 @@ func waypointSnapshot() *inventory.Snapshot {
 	}
 	return &inventory.Snapshot{
 		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: ambient}},
-		Pods: []inventory.Pod{
+		Pods: []*inventory.Pod{
 			{Name: "waypoint-0", Namespace: "foo", ServiceAccount: "waypoint", NodeName: "b", IP: netip.MustParseAddr("10.0.2.9"),
 				Labels: map[string]string{"istio.io/dataplane-mode": "none"}, Mesh: mesh("waypoint-0", false, nil, "foo/waypoint.foo.svc.cluster.local")},
 			{Name: "web-0", Namespace: "foo", ServiceAccount: "web", NodeName: "b", IP: netip.MustParseAddr("10.0.2.5"),

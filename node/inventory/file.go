@@ -48,7 +48,7 @@ type fileState struct {
 // objects is what one manifest file contributes to a snapshot.
 type objects struct {
 	namespaces []Namespace
-	pods       []Pod
+	pods       []*Pod
 	services   []Service
 	aps        []authz.AuthorizationPolicy
 	pas        []authz.PeerAuthentication
@@ -370,7 +370,7 @@ func (r *parsed) object(path string, tm typeMeta, doc []byte) error {
 		if err := json.Unmarshal(doc, &m); err != nil {
 			return err
 		}
-		p := Pod{
+		p := &Pod{
 			Name: m.Metadata.Name, Namespace: m.Metadata.Namespace, UID: m.Metadata.UID,
 			ServiceAccount: m.Spec.ServiceAccountName, NodeName: m.Spec.NodeName,
 			HostNetwork: m.Spec.HostNetwork, Labels: m.Metadata.Labels, Annotations: m.Metadata.Annotations,

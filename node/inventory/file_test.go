@@ -117,7 +117,7 @@ func TestLoad(t *testing.T) {
 	if !reflect.DeepEqual(s.Services, wantSvcs) {
 		t.Errorf("services = %+v, want %+v", s.Services, wantSvcs)
 	}
-	if !s.Services[0].Selects(&s.Pods[0]) || s.Services[0].Selects(&s.Pods[1]) || s.Services[1].Selects(&s.Pods[0]) {
+	if !s.Services[0].Selects(s.Pods[0]) || s.Services[0].Selects(s.Pods[1]) || s.Services[1].Selects(s.Pods[0]) {
 		t.Error("Selects: want the httpbin Service to select the httpbin pod alone, the headless one none")
 	}
 }

@@ -12,8 +12,11 @@ import (
 // Snapshot is the cluster state one source last observed. A Snapshot is never
 // modified after it is published; readers may share it freely.
 type Snapshot struct {
-	Namespaces            map[string]Namespace
-	Pods                  []Pod
+	Namespaces map[string]Namespace
+	// Pods are shared with the source and with its other snapshots (a pod
+	// that did not change is the same *Pod in the next one): never
+	// modified once published, so a snapshot costs a pointer per pod.
+	Pods                  []*Pod
 	Services              []Service
 	AuthorizationPolicies []authz.AuthorizationPolicy
 	PeerAuthentications   []authz.PeerAuthentication
@@ -53,7 +56,7 @@ type Changes struct {
 	// Since is the Revision of the earlier snapshot.
 	Since uint64
 	// Pods names every pod added, changed or removed since, by
-	// "namespace/name", with its entry in the snapshot's Pods, or nil when
+	// "namespace/name", with its pod in the snapshot's Pods, or nil when
 	// it was removed. Every pod of a snapshot with Changes has a name of
 	// its own. A pod listed unchanged is harmless.
 	Pods map[string]*Pod

@@ -70,7 +70,7 @@ func TestSnapshotChanges(t *testing.T) {
 			got[k] = "removed"
 			if p != nil {
 				got[k] = p.UID
-				if i := slices.IndexFunc(s.Pods, func(q inventory.Pod) bool { return q.Key() == k }); i < 0 || &s.Pods[i] != p {
+				if i := slices.IndexFunc(s.Pods, func(q *inventory.Pod) bool { return q.Key() == k }); i < 0 || s.Pods[i] != p {
 					t.Errorf("%s: not the snapshot's own entry", k)
 				}
 			}
@@ -105,7 +105,7 @@ func TestSnapshotChanges(t *testing.T) {
 	if got := changes(second); !maps.Equal(got, want) {
 		t.Errorf("changes = %v, want %v", got, want)
 	}
-	if i := slices.IndexFunc(second.Pods, func(p inventory.Pod) bool { return p.Name == fullPod(0).Name }); second.Pods[i].Labels["version"] != "v1" {
+	if i := slices.IndexFunc(second.Pods, func(p *inventory.Pod) bool { return p.Name == fullPod(0).Name }); second.Pods[i].Labels["version"] != "v1" {
 		t.Errorf("a pod changed before its handler ran: %v, want it as it was until then", second.Pods[i].Labels)
 	}
 	if len(second.Pods) != 4 {

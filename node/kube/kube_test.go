@@ -128,7 +128,7 @@ func describe(s *inventory.Snapshot) string {
 func findPod(s *inventory.Snapshot, ns, name string) (inventory.Pod, bool) {
 	for _, p := range s.Pods {
 		if p.Namespace == ns && p.Name == name {
-			return p, true
+			return *p, true
 		}
 	}
 	return inventory.Pod{}, false

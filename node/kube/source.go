@@ -408,7 +408,7 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pod
 			}
 			ns, name, _ := strings.Cut(key, "/")
 			i, found := slices.BinarySearchFunc(next.pods, [2]string{ns, name}, func(q *podInfo, k [2]string) int {
-				return cmp.Or(cmp.Compare(q.namespace, k[0]), cmp.Compare(q.name, k[1]))
+				return cmp.Or(cmp.Compare(q.Namespace, k[0]), cmp.Compare(q.Name, k[1]))
 			})
 			switch {
 			case found && p == nil:
@@ -423,20 +423,9 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pod
 			changed[key] = true
 		}
 	}
-	snap.Pods = make([]inventory.Pod, len(next.pods))
+	snap.Pods = make([]*inventory.Pod, len(next.pods))
 	for i, p := range next.pods {
-		snap.Pods[i] = inventory.Pod{
-			Name:           p.name,
-			Namespace:      p.namespace,
-			UID:            string(p.uid),
-			ServiceAccount: p.serviceAccount,
-			NodeName:       p.nodeName,
-			IP:             p.ip,
-			IPs:            p.ips,
-			HostNetwork:    p.hostNetwork,
-			Labels:         p.labels.get(),
-			Annotations:    p.annotations.get(),
-		}
+		snap.Pods[i] = &p.Pod
 	}
 
 	for _, obj := range services.List() {
@@ -461,11 +450,11 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pod
 		snap.Changes = &inventory.Changes{Since: last.revision, Pods: map[string]*inventory.Pod{}}
 		for key := range changed {
 			ns, name, _ := strings.Cut(key, "/")
-			i, found := slices.BinarySearchFunc(snap.Pods, [2]string{ns, name}, func(q inventory.Pod, k [2]string) int {
+			i, found := slices.BinarySearchFunc(snap.Pods, [2]string{ns, name}, func(q *inventory.Pod, k [2]string) int {
 				return cmp.Or(cmp.Compare(q.Namespace, k[0]), cmp.Compare(q.Name, k[1]))
 			})
 			if found {
-				snap.Changes.Pods[key] = &snap.Pods[i]
+				snap.Changes.Pods[key] = snap.Pods[i]
 			} else {
 				snap.Changes.Pods[key] = nil
 			}
@@ -476,7 +465,7 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pod
 }
 
 func comparePods(a, b *podInfo) int {
-	return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 func sortedObjects(store cache.Store) []*policyObject {

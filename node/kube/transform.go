@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"encoding/binary"
 	"maps"
 	"net/netip"
@@ -45,20 +46,17 @@ const (
 // label keys and values) are interned, and pods with equal labels (a
 // Deployment's replicas) or equal kept annotations share one map.
 //
-// It holds the four metadata fields the informer needs, not an ObjectMeta
-// (a quarter of a kilobyte per pod, mostly empty): GetObjectMeta builds one
-// when the informer asks for a key.
+// Its Pod is the one every snapshot lists until the pod changes, so a
+// snapshot costs a pointer per pod. It holds the four metadata fields the
+// informer needs, not an ObjectMeta (a quarter of a kilobyte per pod, mostly
+// empty): GetObjectMeta builds one when the informer asks for a key.
 type podInfo struct {
-	name, namespace, resourceVersion string
-	uid                              types.UID
-	labels                           *sharedMap
-	annotations                      *sharedMap // only the annotations Ferry reads
-	serviceAccount                   string
-	nodeName                         string
-	ip                               netip.Addr
-	ips                              []netip.Addr // status.podIPs
-	hostNetwork                      bool
-	phase                            corev1.PodPhase
+	inventory.Pod
+	resourceVersion string
+	phase           corev1.PodPhase
+	// labels and annotations hold Pod.Labels and Pod.Annotations: the
+	// interner forgets a map once no podInfo holds it.
+	labels, annotations *sharedMap // annotations: only those Ferry reads
 }
 
 // GetObjectKind implements runtime.Object.
@@ -74,7 +72,7 @@ func (p *podInfo) DeepCopyObject() kruntime.Object {
 // GetObjectMeta implements metav1.ObjectMetaAccessor, for the informer's
 // keys and resource versions.
 func (p *podInfo) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Name: p.name, Namespace: p.namespace, UID: p.uid, ResourceVersion: p.resourceVersion}
+	return &metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: types.UID(p.UID), ResourceVersion: p.resourceVersion}
 }
 
 // terminal reports whether the pod has finished: its IP may already belong
@@ -86,10 +84,10 @@ func (p *podInfo) terminal() bool {
 // sameAs reports whether q differs from p only in fields Ferry ignores
 // (resourceVersion), so an update between them changes no snapshot.
 func (p *podInfo) sameAs(q *podInfo) bool {
-	return p.name == q.name && p.namespace == q.namespace && p.uid == q.uid &&
-		p.serviceAccount == q.serviceAccount && p.nodeName == q.nodeName && p.ip == q.ip && slices.Equal(p.ips, q.ips) &&
-		p.hostNetwork == q.hostNetwork && p.phase == q.phase &&
-		maps.Equal(p.labels.get(), q.labels.get()) && maps.Equal(p.annotations.get(), q.annotations.get())
+	return p.Name == q.Name && p.Namespace == q.Namespace && p.UID == q.UID &&
+		p.ServiceAccount == q.ServiceAccount && p.NodeName == q.NodeName && p.IP == q.IP && slices.Equal(p.IPs, q.IPs) &&
+		p.HostNetwork == q.HostNetwork && p.phase == q.phase &&
+		maps.Equal(p.Labels, q.Labels) && maps.Equal(p.Annotations, q.Annotations)
 }
 
 // transformer strips informer objects; it owns the map interner of one
@@ -106,27 +104,26 @@ func (tr *transformer) pod(obj any) (any, error) {
 		return obj, nil
 	}
 	p := &podInfo{
-		name:            pod.Name,
-		namespace:       intern(pod.Namespace),
-		uid:             pod.UID,
+		Pod: inventory.Pod{
+			Name:           pod.Name,
+			Namespace:      intern(pod.Namespace),
+			UID:            string(pod.UID),
+			ServiceAccount: cmp.Or(intern(pod.Spec.ServiceAccountName), "default"),
+			NodeName:       intern(pod.Spec.NodeName),
+			HostNetwork:    pod.Spec.HostNetwork,
+		},
 		resourceVersion: pod.ResourceVersion,
 		labels:          tr.maps.intern(pod.Labels),
-		serviceAccount:  intern(pod.Spec.ServiceAccountName),
-		nodeName:        intern(pod.Spec.NodeName),
-		hostNetwork:     pod.Spec.HostNetwork,
 		phase:           corev1.PodPhase(intern(string(pod.Status.Phase))),
-	}
-	if p.serviceAccount == "" {
-		p.serviceAccount = "default"
 	}
 	if pod.Status.PodIP != "" {
 		// A malformed IP (never written by a kubelet) leaves the pod without
 		// one: it cannot be enrolled or routed to.
-		p.ip, _ = netip.ParseAddr(pod.Status.PodIP)
+		p.IP, _ = netip.ParseAddr(pod.Status.PodIP)
 	}
 	for _, pip := range pod.Status.PodIPs {
 		if ip, err := netip.ParseAddr(pip.IP); err == nil {
-			p.ips = append(p.ips, ip)
+			p.IPs = append(p.IPs, ip)
 		}
 	}
 	var kept map[string]string
@@ -144,6 +141,7 @@ func (tr *transformer) pod(obj any) (any, error) {
 		kept[k] = v
 	}
 	p.annotations = tr.maps.intern(kept)
+	p.Labels, p.Annotations = p.labels.get(), p.annotations.get()
 	return p, nil
 }
 

@@ -71,18 +71,18 @@ func TestTransformPod(t *testing.T) {
 	}
 	p := obj.(*podInfo)
 	want := podInfo{
-		serviceAccount: "web", nodeName: "node-3", ip: netip.MustParseAddr("10.1.0.8"), phase: corev1.PodRunning,
+		Pod: inventory.Pod{ServiceAccount: "web", NodeName: "node-3", IP: netip.MustParseAddr("10.1.0.8")}, phase: corev1.PodRunning,
 	}
-	if p.name != "web-7d9f8c6b5-00007" || p.namespace != "shop" || p.uid == "" || p.resourceVersion != "12345" ||
-		p.serviceAccount != want.serviceAccount || p.nodeName != want.nodeName || p.ip != want.ip || p.phase != want.phase {
+	if p.Name != "web-7d9f8c6b5-00007" || p.Namespace != "shop" || p.UID == "" || p.resourceVersion != "12345" ||
+		p.ServiceAccount != want.ServiceAccount || p.NodeName != want.NodeName || p.IP != want.IP || p.phase != want.phase {
 		t.Errorf("transformed pod = %+v", p)
 	}
-	if l := p.labels.get(); len(l) != 4 || l["app"] != "web" {
+	if l := p.Labels; len(l) != 4 || l["app"] != "web" || !maps.Equal(l, p.labels.get()) {
 		t.Errorf("labels = %v", l)
 	}
 	wantAnn := map[string]string{RedirectionAnnotation: RedirectionEnabled, SidecarStatusAnnotation: ""}
-	if !maps.Equal(p.annotations.get(), wantAnn) {
-		t.Errorf("annotations = %v, want %v", p.annotations.get(), wantAnn)
+	if !maps.Equal(p.Annotations, wantAnn) || !maps.Equal(p.annotations.get(), wantAnn) {
+		t.Errorf("annotations = %v, want %v", p.Annotations, wantAnn)
 	}
 	if key, err := cache.MetaNamespaceKeyFunc(p); err != nil || key != "shop/web-7d9f8c6b5-00007" {
 		t.Errorf("informer key = %q, %v", key, err)
@@ -99,7 +99,7 @@ func TestTransformPod(t *testing.T) {
 
 	// Defaults and odd values.
 	bare, _ := tr.pod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "y"}, Status: corev1.PodStatus{PodIP: "not-an-ip"}})
-	if b := bare.(*podInfo); b.serviceAccount != "default" || b.ip.IsValid() || b.annotations != nil || b.labels != nil {
+	if b := bare.(*podInfo); b.ServiceAccount != "default" || b.IP.IsValid() || b.annotations != nil || b.labels != nil {
 		t.Errorf("bare pod = %+v", b)
 	}
 

@@ -36,7 +36,7 @@ func TestSnapshotChanges(t *testing.T) {
 		case r == 1: // the node's pods
 			local = &inventory.Snapshot{Namespaces: local.Namespaces}
 			for i := range rnd.IntN(3) {
-				local.Pods = append(local.Pods, *pod("p"+strconv.Itoa(i), node))
+				local.Pods = append(local.Pods, pod("p"+strconv.Itoa(i), node))
 			}
 		default:
 			for range rnd.IntN(4) + 1 {
@@ -104,7 +104,7 @@ func byKey(t *testing.T, s *inventory.Snapshot) map[string]*inventory.Pod {
 		if _, dup := m[s.Pods[i].Key()]; dup {
 			t.Fatalf("two pods named %s", s.Pods[i].Key())
 		}
-		m[s.Pods[i].Key()] = &s.Pods[i]
+		m[s.Pods[i].Key()] = s.Pods[i]
 	}
 	return m
 }

@@ -40,8 +40,8 @@ func await(t *testing.T, snaps <-chan *inventory.Snapshot, what string, cond fun
 }
 
 // fooPods are the test's pods: istiod also sends the agent's own pod.
-func fooPods(s *inventory.Snapshot) []inventory.Pod {
-	var out []inventory.Pod
+func fooPods(s *inventory.Snapshot) []*inventory.Pod {
+	var out []*inventory.Pod
 	for _, p := range s.Pods {
 		if p.Namespace == "foo" {
 			out = append(out, p)
@@ -97,7 +97,7 @@ func TestPrivilegedIstiodSource(t *testing.T) {
 		t.Errorf("pod %+v, mesh %+v", web, web.Mesh)
 	}
 	if svc.Hostname != "web.foo.svc.cluster.local" || len(svc.Ports) != 1 || svc.Ports[0].Port != 80 || svc.Ports[0].TargetPort != 8080 ||
-		!svc.Selects(&web) {
+		!svc.Selects(web) {
 		t.Errorf("service %+v", svc)
 	}
 	if snap.TranslatedPolicies == nil || len(snap.TranslatedPolicies) != 0 {

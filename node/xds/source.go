@@ -383,7 +383,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		for _, ip := range append([]netip.Addr{p.IP}, p.IPs...) {
 			localIPs[ip] = true
 		}
-		snap.Pods = append(snap.Pods, p)
+		c := *p // Local's, shared: istiod's view is attached to a copy
+		snap.Pods = append(snap.Pods, &c)
 		next.local = append(next.local, p.Key())
 	}
 	podPrefix := clusterID + "//Pod/"
@@ -400,7 +401,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 			if r.pod.NodeName == nodeName && localIPs[r.pod.IP] {
 				continue
 			}
-			snap.Pods = append(snap.Pods, *r.pod)
+			snap.Pods = append(snap.Pods, r.pod)
 			// A pod of this cluster is named by its resource (its UID),
 			// so in the resources' order, and no node's pod has its name
 			// (byUID would have matched it); another cluster's may.
@@ -469,11 +470,11 @@ func (p *published) changes(next *published, snap *inventory.Snapshot) *inventor
 	// The node's pods come first in snap.Pods, then istiod's in next.pods'
 	// order.
 	for k := range next.local {
-		c.Pods[snap.Pods[k].Key()] = &snap.Pods[k]
+		c.Pods[snap.Pods[k].Key()] = snap.Pods[k]
 	}
 	for k, pp := range next.pods {
 		if changed[pp.key] {
-			c.Pods[pp.key] = &snap.Pods[len(next.local)+k]
+			c.Pods[pp.key] = snap.Pods[len(next.local)+k]
 		}
 	}
 	return c

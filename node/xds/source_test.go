@@ -218,7 +218,7 @@ func denyPolicy(ns, name string, port uint32) *security.Authorization {
 		Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{DestinationPorts: []uint32{port}}}}}}}}
 }
 
-func localSnapshot(pods ...inventory.Pod) *inventory.Snapshot {
+func localSnapshot(pods ...*inventory.Pod) *inventory.Snapshot {
 	return &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo"}}, Pods: pods}
 }
 
@@ -243,7 +243,7 @@ func TestSourceSubscribesAsZtunnelAndMergesLocalPods(t *testing.T) {
 
 	// The node's own pod comes from the local source, with its labels;
 	// istiod's view of it is attached. Another node's pod comes from istiod.
-	f.local <- localSnapshot(inventory.Pod{Name: "a", Namespace: "foo", NodeName: "node1", Labels: map[string]string{"app": "a"}})
+	f.local <- localSnapshot(&inventory.Pod{Name: "a", Namespace: "foo", NodeName: "node1", Labels: map[string]string{"app": "a"}})
 	respond(t, s, TypeAddress, "n1", []res{
 		{"Kubernetes//Pod/foo/a", "1", workload("foo", "a", "node1", "198.18.0.11", "foo/allow")},
 		{"Kubernetes//Pod/foo/b", "1", workload("foo", "b", "node2", "198.18.1.11")},
@@ -274,7 +274,7 @@ func TestSourceSubscribesAsZtunnelAndMergesLocalPods(t *testing.T) {
 		t.Errorf("remote pod %+v (mesh %+v)", b, b.Mesh)
 	}
 	if len(snap.Services) != 1 || snap.Services[0].ClusterIPs[0].String() != "198.19.0.10" || snap.Services[0].Ports[0].TargetPort != 8080 ||
-		!snap.Services[0].Selects(&b) {
+		!snap.Services[0].Selects(b) {
 		t.Errorf("services %+v", snap.Services)
 	}
 	if len(snap.TranslatedPolicies) != 1 || snap.TranslatedPolicies[0].Action != "DENY" || snap.TranslatedPolicies[0].Groups[0].Rules[0].Matches[0].DestinationPorts[0] != 9000 {
@@ -420,7 +420,7 @@ func TestSourceMatchesLocalPodsByUID(t *testing.T) {
 	f := newFixture(t)
 	s := f.stream()
 	f.subscribe(s)
-	f.local <- localSnapshot(inventory.Pod{Name: "db", Namespace: "foo", NodeName: "node1", IP: netip.MustParseAddr("198.18.0.20")})
+	f.local <- localSnapshot(&inventory.Pod{Name: "db", Namespace: "foo", NodeName: "node1", IP: netip.MustParseAddr("198.18.0.20")})
 	entry := workload("foo", "db", "node1", "198.18.9.9", "foo/open-door")
 	entry.GetWorkload().Uid = "Kubernetes/networking.istio.io/WorkloadEntry/foo/db"
 	respond(t, s, TypeAddress, "a", []res{{entry.GetWorkload().Uid, "1", entry},

@@ -103,7 +103,7 @@ func TestWaypointWithIstioHBONE(t *testing.T) {
 	snapshot := func(wp netip.AddrPort) *inventory.Snapshot {
 		return &inventory.Snapshot{
 			Namespaces: map[string]inventory.Namespace{"shop": {Name: "shop", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
-			Pods: []inventory.Pod{
+			Pods: []*inventory.Pod{
 				{Name: "client", Namespace: "shop", ServiceAccount: "client", NodeName: "a", IP: clientPod},
 				{Name: "web-0", Namespace: "shop", ServiceAccount: "web", NodeName: "b", IP: endpointPod,
 					Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1, Services: []string{"shop/web.shop.svc.cluster.local"}}},
