@@ -123,11 +123,11 @@ func localityRank(prefs []string, client, endpoint *Workload) int {
 		case w.Mesh == nil:
 			return ""
 		case scope == "REGION":
-			return w.Mesh.Region
+			return w.Mesh.Where().Region
 		case scope == "ZONE":
-			return w.Mesh.Zone
+			return w.Mesh.Where().Zone
 		case scope == "SUBZONE":
-			return w.Mesh.Subzone
+			return w.Mesh.Where().Subzone
 		}
 		return "" // CLUSTER, NETWORK: one cluster and network here
 	}

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"unique"
 
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/tunnel"
@@ -12,14 +13,16 @@ import (
 // meshPod is a pod as istiod sends it, endpoint of web.shop.
 func meshPod(name, ip, node, zone string, healthy bool, capacity uint32) *inventory.Pod {
 	return &inventory.Pod{Name: name, Namespace: "shop", ServiceAccount: name, NodeName: node, IP: netip.MustParseAddr(ip),
-		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: healthy, Capacity: capacity, Region: "r1", Zone: zone,
+		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: healthy, Capacity: capacity,
+			Locality: unique.Make(inventory.Locality{Region: "r1", Zone: zone}),
 			Services: []string{"shop/web.shop.svc.cluster.local"}}}
 }
 
 func endpointView(lb *inventory.LoadBalancing, pods ...*inventory.Pod) *view {
 	client := &inventory.Pod{Name: "client", Namespace: "shop", NodeName: "node1", IP: netip.MustParseAddr("198.18.1.1"),
 		Labels: map[string]string{DataplaneModeLabel: "ambient"},
-		Mesh:   &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1, Region: "r1", Zone: "z1"}}
+		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1,
+			Locality: unique.Make(inventory.Locality{Region: "r1", Zone: "z1"})}}
 	snap := &inventory.Snapshot{
 		Pods: append([]*inventory.Pod{client}, pods...),
 		Services: []inventory.Service{{Name: "web", Namespace: "shop", Hostname: "web.shop.svc.cluster.local",

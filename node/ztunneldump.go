@@ -393,8 +393,8 @@ func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 		if !m.Healthy {
 			zw.Status = "Unhealthy"
 		}
-		if m.Region+m.Zone+m.Subzone != "" {
-			zw.Locality = &ztLocality{Region: m.Region, Zone: m.Zone, Subzone: m.Subzone}
+		if l := m.Where(); l != (inventory.Locality{}) {
+			zw.Locality = &ztLocality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}
 		}
 		zw.Services = slices.Clone(m.Services)
 	} else {

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unique"
 
 	"sigs.k8s.io/yaml"
 
@@ -416,7 +417,7 @@ func TestZtunnelDumpXDS(t *testing.T) {
 		Pods: []*inventory.Pod{{
 			Name: "web-0", Namespace: "foo", ServiceAccount: "web", NodeName: "b", IP: netip.MustParseAddr("10.0.2.5"),
 			Mesh: &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/web-0", HBONE: true, AuthorizationPolicies: []string{"foo/allow"},
-				Services: []string{"foo/web.foo.svc.cluster.local"}, Zone: "z1", Region: "r1", Capacity: 2,
+				Services: []string{"foo/web.foo.svc.cluster.local"}, Locality: unique.Make(inventory.Locality{Region: "r1", Zone: "z1"}), Capacity: 2,
 				TargetPorts: map[string]map[uint16]uint16{"foo/web.foo.svc.cluster.local": {81: 9091}}},
 		}},
 		Services: []inventory.Service{{Name: "web", Namespace: "foo", Hostname: "web.foo.svc.cluster.local",

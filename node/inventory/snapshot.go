@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
+	"unique"
 
 	"github.com/ferrymesh/ferry/authz"
 )
@@ -101,14 +102,11 @@ type Pod struct {
 	Mesh *MeshWorkload
 }
 
-// MeshWorkload is istiod's view of a pod (an istio.workload.Workload).
+// MeshWorkload is istiod's view of a pod (an istio.workload.Workload). Its
+// fields are ordered to pack: a cluster has one per pod.
 type MeshWorkload struct {
 	// UID is istiod's workload UID ("<cluster>//Pod/<namespace>/<name>").
 	UID string
-	// HBONE says the pod's node captures it (tunnelProtocol HBONE): its
-	// agent announced the capture (the ambient.istio.io/redirection
-	// annotation) and terminates HBONE for it.
-	HBONE bool
 	// AuthorizationPolicies are "namespace/name" of the selector policies
 	// istiod attached to the pod.
 	AuthorizationPolicies []string
@@ -121,12 +119,30 @@ type MeshWorkload struct {
 	// Capacity weighs the pod when a node picks a Service endpoint
 	// (default 1).
 	Capacity uint32
-	// Waypoint, when set, receives the pod's traffic before it does.
-	Waypoint *Waypoint
+	// HBONE says the pod's node captures it (tunnelProtocol HBONE): its
+	// agent announced the capture (the ambient.istio.io/redirection
+	// annotation) and terminates HBONE for it.
+	HBONE bool
 	// Healthy is false when istiod reports the pod not ready.
 	Healthy bool
-	// Region, Zone and Subzone are the pod's node's locality.
+	// Waypoint, when set, receives the pod's traffic before it does.
+	Waypoint *Waypoint
+	// Locality is the pod's node's, shared by every pod there; the zero
+	// Handle is none (read it with Where).
+	Locality unique.Handle[Locality]
+}
+
+// Locality is where a node runs: its region, zone and subzone.
+type Locality struct {
 	Region, Zone, Subzone string
+}
+
+// Where returns m's locality, empty when istiod sent none.
+func (m *MeshWorkload) Where() Locality {
+	if m.Locality == (unique.Handle[Locality]{}) {
+		return Locality{}
+	}
+	return m.Locality.Value()
 }
 
 // Service is the part of a v1 Service Ferry uses: it names the Service

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"unique"
 	"weak"
 
 	corev1 "k8s.io/api/core/v1"
@@ -106,15 +105,15 @@ func (tr *transformer) pod(obj any) (any, error) {
 	p := &podInfo{
 		Pod: inventory.Pod{
 			Name:           pod.Name,
-			Namespace:      intern(pod.Namespace),
+			Namespace:      inventory.Intern(pod.Namespace),
 			UID:            string(pod.UID),
-			ServiceAccount: cmp.Or(intern(pod.Spec.ServiceAccountName), "default"),
-			NodeName:       intern(pod.Spec.NodeName),
+			ServiceAccount: cmp.Or(inventory.Intern(pod.Spec.ServiceAccountName), "default"),
+			NodeName:       inventory.Intern(pod.Spec.NodeName),
 			HostNetwork:    pod.Spec.HostNetwork,
 		},
 		resourceVersion: pod.ResourceVersion,
 		labels:          tr.maps.intern(pod.Labels),
-		phase:           corev1.PodPhase(intern(string(pod.Status.Phase))),
+		phase:           corev1.PodPhase(inventory.Intern(string(pod.Status.Phase))),
 	}
 	if pod.Status.PodIP != "" {
 		// A malformed IP (never written by a kubelet) leaves the pod without
@@ -248,14 +247,6 @@ func (tr *transformer) policy(kind string) cache.TransformFunc {
 	}
 }
 
-// intern returns the canonical copy of s, so equal strings share memory.
-func intern(s string) string {
-	if s == "" {
-		return ""
-	}
-	return unique.Make(s).Value()
-}
-
 // sharedMap is an immutable string map shared by every pod with the same
 // contents. A nil *sharedMap is the empty map.
 type sharedMap struct{ m map[string]string }
@@ -289,7 +280,7 @@ func (in *mapInterner) intern(m map[string]string) *sharedMap {
 	}
 	cp := make(map[string]string, len(m))
 	for k, v := range m {
-		cp[intern(k)] = intern(v)
+		cp[inventory.Intern(k)] = inventory.Intern(v)
 	}
 	s := &sharedMap{m: cp}
 	if in.entries == nil {

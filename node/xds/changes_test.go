@@ -49,11 +49,11 @@ func TestSnapshotChanges(t *testing.T) {
 			}
 		}
 		snap := st.snapshot(local, node, cluster)
-		var want []namedResource
+		var want []*resource
 		for _, name := range slices.Sorted(maps.Keys(st.res[TypeAddress])) {
-			want = append(want, namedResource{name, st.res[TypeAddress][name]})
+			want = append(want, st.res[TypeAddress][name])
 		}
-		if got := st.sortedRes[TypeAddress]; !reflect.DeepEqual(got, want) {
+		if got := st.sortedRes[TypeAddress]; !slices.Equal(got, want) {
 			t.Fatalf("step %d: resources in order %v, want %v", step, got, want)
 		}
 		if prev == nil || wantNone {

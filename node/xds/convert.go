@@ -1,12 +1,14 @@
 package xds
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"unique"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -20,7 +22,7 @@ import (
 // A resource is one decoded xDS resource: at most one of pod, service and
 // policy is set (none for a workload Ferry does not model).
 type resource struct {
-	version string
+	name, version string
 	// failClosed marks a policy istiod sent that Ferry refused and never
 	// accepted a version of: its problems are read fail-closed.
 	failClosed bool
@@ -48,7 +50,7 @@ func decode(typeURL, name string, a *anypb.Any) (resource, error) {
 		}
 		switch t := addr.GetType().(type) {
 		case *workloadapi.Address_Workload:
-			p, err := podFromWorkload(t.Workload)
+			p, err := podFromWorkload(name, t.Workload)
 			return resource{pod: p}, err
 		case *workloadapi.Address_Service:
 			s, err := serviceFromProto(t.Service)
@@ -98,34 +100,41 @@ func addrFromBytes(b []byte) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// podFromWorkload converts a Workload. Only pods are kept (Ferry's
-// inventory is pods); other workload types are refused with no error by
-// returning nil.
-func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
+// podFromWorkload converts a Workload, resource name: a pod of 100k is
+// held for as long as istiod lists it, so the strings pods repeat are
+// interned and its UID (usually the name) and name share one copy. Only
+// pods are kept (Ferry's inventory is pods); other workload types are
+// refused with no error by returning nil.
+func podFromWorkload(name string, w *workloadapi.Workload) (*inventory.Pod, error) {
 	if w.GetName() == "" || w.GetNamespace() == "" || w.GetUid() == "" {
 		return nil, errors.New("workload without uid, name or namespace")
 	}
 	if w.GetWorkloadType() != workloadapi.WorkloadType_POD {
 		return nil, nil
 	}
+	uid := w.GetUid()
+	if uid == name {
+		uid = name
+	}
+	podName := w.GetName()
+	if strings.HasSuffix(uid, "/"+podName) {
+		podName = uid[len(uid)-len(podName):]
+	}
 	p := &inventory.Pod{
-		Name:           w.GetName(),
-		Namespace:      w.GetNamespace(),
-		ServiceAccount: w.GetServiceAccount(),
-		NodeName:       w.GetNode(),
+		Name:           podName,
+		Namespace:      inventory.Intern(w.GetNamespace()),
+		ServiceAccount: inventory.Intern(cmp.Or(w.GetServiceAccount(), "default")),
+		NodeName:       inventory.Intern(w.GetNode()),
 		HostNetwork:    w.GetNetworkMode() == workloadapi.NetworkMode_HOST_NETWORK,
 		Mesh: &inventory.MeshWorkload{
-			UID:                   w.GetUid(),
+			UID:                   uid,
 			HBONE:                 w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE,
-			AuthorizationPolicies: slices.Clone(w.GetAuthorizationPolicies()),
+			AuthorizationPolicies: internAll(w.GetAuthorizationPolicies()),
 			Healthy:               w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
-			Region:                w.GetLocality().GetRegion(),
-			Zone:                  w.GetLocality().GetZone(),
-			Subzone:               w.GetLocality().GetSubzone(),
 		},
 	}
-	if p.ServiceAccount == "" {
-		p.ServiceAccount = "default"
+	if l := w.GetLocality(); l.GetRegion()+l.GetZone()+l.GetSubzone() != "" {
+		p.Mesh.Locality = unique.Make(inventory.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()})
 	}
 	for i, b := range w.GetAddresses() {
 		a, ok := addrFromBytes(b)
@@ -148,6 +157,7 @@ func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
 		p.Mesh.Capacity = 1
 	}
 	for k, pl := range w.GetServices() {
+		k = inventory.Intern(k)
 		p.Mesh.Services = append(p.Mesh.Services, k)
 		for _, port := range pl.GetPorts() {
 			if port.GetServicePort() > 65535 || port.GetTargetPort() > 65535 {
@@ -167,6 +177,18 @@ func podFromWorkload(w *workloadapi.Workload) (*inventory.Pod, error) {
 	}
 	slices.Sort(p.Mesh.Services)
 	return p, nil
+}
+
+// internAll returns ss's strings interned, in a slice of its own.
+func internAll(ss []string) []string {
+	if len(ss) == 0 {
+		return nil
+	}
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = inventory.Intern(s)
+	}
+	return out
 }
 
 func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {

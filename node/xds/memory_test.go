@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/anypb"
@@ -16,8 +17,8 @@ import (
 // TestWorkloadMemory bounds what the source holds per pod of the cluster,
 // measured on the heap over 100k workloads as istiod sends them for
 // bench/inventory's cluster (100 pods a namespace and a node, one
-// service account, a selector policy each), decoded and published in a
-// snapshot. It logs the figure.
+// service account, each pod bound to one of its namespace's 10 policies),
+// decoded and published in a snapshot. It logs the figure.
 func TestWorkloadMemory(t *testing.T) {
 	const n = 100_000
 	bodies := make([]*anypb.Any, n)
@@ -32,7 +33,7 @@ func TestWorkloadMemory(t *testing.T) {
 			TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Status: workloadapi.WorkloadStatus_HEALTHY,
 			CanonicalName: "a" + strconv.Itoa(i%100), CanonicalRevision: "latest", WorkloadName: name, ClusterId: "Kubernetes",
 			TrustDomain: "cluster.local", Capacity: wrapperspb.UInt32(1),
-			AuthorizationPolicies: []string{ns + "/policy-" + strconv.Itoa(i%100)},
+			AuthorizationPolicies: []string{ns + "/policy-" + strconv.Itoa(i%10)}, // 10k policies
 		}}})
 		if err != nil {
 			t.Fatal(err)
@@ -45,19 +46,21 @@ func TestWorkloadMemory(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	st := newState()
 	for i, body := range bodies {
-		r, err := decode(TypeAddress, names[i], body)
+		name := strings.Clone(names[i]) // as decoding the response allocates it
+		r, err := decode(TypeAddress, name, body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.put(TypeAddress, names[i], r)
+		st.put(TypeAddress, name, r)
 	}
 	snap := st.snapshot(local, "node-7", "Kubernetes")
-	bodies, names = nil, nil
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	per := int(after.HeapAlloc-before.HeapAlloc) / n
 	runtime.KeepAlive(st)
-	if len(snap.Pods) != n || snap.Pods[n-1].Mesh.AuthorizationPolicies[0] != "scale-999/policy-99" {
+	runtime.KeepAlive(bodies)
+	runtime.KeepAlive(names)
+	if len(snap.Pods) != n || snap.Pods[n-1].Mesh.AuthorizationPolicies[0] != "scale-999/policy-9" {
 		t.Fatalf("%d pods, last %+v", len(snap.Pods), snap.Pods[n-1])
 	}
 	t.Logf("%d bytes per pod held by the source and its snapshot (%d MB for %d pods)", per, per*n>>20, n)

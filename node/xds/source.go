@@ -51,9 +51,9 @@ type Source struct {
 
 // state is what the stream has received, by type and resource name.
 type state struct {
-	res      map[string]map[string]resource // last good (or never-good fail-closed) versions
-	refused  map[string]map[string]string   // resources whose latest version was refused: why
-	received map[string]bool                // a response of the type arrived on some stream
+	res      map[string]map[string]*resource // last good (or never-good fail-closed) versions
+	refused  map[string]map[string]string    // resources whose latest version was refused: why
+	received map[string]bool                 // a response of the type arrived on some stream
 	// advertised are the resources whose versions the current stream told
 	// istiod it holds: istiod re-sends them only if they changed, and
 	// names them in RemovedResources if they are gone. (It sends
@@ -68,18 +68,14 @@ type state struct {
 	published published
 	// sortedRes are each type's resources in name order, as last sorted;
 	// touched, the names put or dropped since (put and drop keep them).
-	sortedRes map[string][]namedResource
+	sortedRes map[string][]*resource
 	touched   map[string]map[string]bool
-}
-
-type namedResource struct {
-	name string
-	r    resource
 }
 
 // put holds r as resource name of type t.
 func (st *state) put(t, name string, r resource) {
-	st.res[t][name] = r
+	r.name = name
+	st.res[t][name] = &r
 	st.touch(t, name)
 }
 
@@ -99,22 +95,22 @@ func (st *state) touch(t, name string) {
 // sorted returns type t's resources in name order: the last order with the
 // resources touched since put in, replaced or taken out, or (many touched)
 // all sorted again.
-func (st *state) sorted(t string) []namedResource {
+func (st *state) sorted(t string) []*resource {
 	sorted, touched := st.sortedRes[t], st.touched[t]
 	st.touched[t] = nil
 	if sorted == nil || len(touched) > 1000 {
 		sorted = sorted[:0]
 		for _, name := range slices.Sorted(maps.Keys(st.res[t])) {
-			sorted = append(sorted, namedResource{name, st.res[t][name]})
+			sorted = append(sorted, st.res[t][name])
 		}
 	} else {
 		for name := range touched {
-			i, found := slices.BinarySearchFunc(sorted, name, func(nr namedResource, name string) int { return strings.Compare(nr.name, name) })
+			i, found := slices.BinarySearchFunc(sorted, name, func(r *resource, name string) int { return strings.Compare(r.name, name) })
 			switch r, held := st.res[t][name]; {
 			case held && found:
-				sorted[i].r = r
+				sorted[i] = r
 			case held:
-				sorted = slices.Insert(sorted, i, namedResource{name, r})
+				sorted = slices.Insert(sorted, i, r)
 			case found:
 				sorted = slices.Delete(sorted, i, i+1)
 			}
@@ -144,10 +140,10 @@ type publishedPod struct {
 }
 
 func newState() *state {
-	s := &state{res: map[string]map[string]resource{}, refused: map[string]map[string]string{}, received: map[string]bool{},
-		advertised: map[string]map[string]bool{}, sortedRes: map[string][]namedResource{}, touched: map[string]map[string]bool{}}
+	s := &state{res: map[string]map[string]*resource{}, refused: map[string]map[string]string{}, received: map[string]bool{},
+		advertised: map[string]map[string]bool{}, sortedRes: map[string][]*resource{}, touched: map[string]map[string]bool{}}
 	for _, t := range types {
-		s.res[t] = map[string]resource{}
+		s.res[t] = map[string]*resource{}
 		s.refused[t] = map[string]string{}
 	}
 	return s
@@ -390,8 +386,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 	podPrefix := clusterID + "//Pod/"
 	snap.Pods = slices.Grow(snap.Pods, len(st.res[TypeAddress]))
 	next.pods = make([]publishedPod, 0, len(st.res[TypeAddress]))
-	for _, nr := range st.sorted(TypeAddress) {
-		name, r := nr.name, nr.r
+	for _, r := range st.sorted(TypeAddress) {
+		name := r.name
 		switch {
 		case r.pod != nil:
 			if i, ok := byUID[r.pod.Mesh.UID]; ok {
@@ -415,8 +411,8 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 	}
 	snap.Changes = st.published.changes(&next, snap)
 	st.published = next
-	for _, nr := range st.sorted(TypeAuthorization) {
-		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *nr.r.policy)
+	for _, r := range st.sorted(TypeAuthorization) {
+		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *r.policy)
 	}
 	for _, t := range types {
 		for _, name := range slices.Sorted(maps.Keys(st.refused[t])) {
