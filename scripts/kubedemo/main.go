@@ -314,9 +314,12 @@ func (d *demo) workloads(ctx context.Context) error {
 				},
 			}
 			if app == "httpbin" {
+				// Three failures before the endpoint goes: one slow probe on
+				// a loaded node must not make kube-proxy refuse legacy's
+				// requests. Step 3 still counts every failed probe.
 				pod.Spec.Containers[0].ReadinessProbe = &corev1.Probe{
 					ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8000)}},
-					PeriodSeconds: 1, FailureThreshold: 1,
+					PeriodSeconds: 1, FailureThreshold: 3,
 				}
 			}
 			if _, err := d.c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
