@@ -317,7 +317,11 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 		}
 	}
 	var rejects []string
-	for _, r := range resp.GetResources() {
+	for i, r := range resp.GetResources() {
+		// Let go of each resource once read: istiod's first answer holds
+		// the whole mesh (some 45 MB of messages at 100k pods), and what
+		// is read need not stay beside what it was decoded into.
+		resp.Resources[i] = nil
 		name := r.GetName()
 		res, err := decode(t, name, r.GetResource())
 		if err != nil {
