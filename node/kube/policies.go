@@ -25,9 +25,11 @@ type policyBook struct {
 	changed  bool
 }
 
+// policyEntry points at the informer's decoded versions (never modified),
+// not copies of them (700 bytes a policy, 7 MB at 10k policies).
 type policyEntry struct {
 	resourceVersion string
-	current         decodedPolicy // this resourceVersion
+	current         *decodedPolicy // this resourceVersion
 	good            *decodedPolicy
 	goodVersion     string
 }
@@ -62,11 +64,10 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 			e.resourceVersion = rv
 			e.current = o.decoded
 			if e.current.err == nil && len(e.current.errs) == 0 {
-				good := e.current
-				e.good, e.goodVersion = &good, rv
+				e.good, e.goodVersion = e.current, rv
 			}
 		}
-		use := &e.current
+		use := e.current
 		if (e.current.err != nil || len(e.current.errs) > 0) && e.good != nil {
 			use = e.good
 			note := fmt.Sprintf("the last good version (resourceVersion %s) is enforced until it is fixed", e.goodVersion)

@@ -207,7 +207,7 @@ func serviceFromAPI(svc *corev1.Service) inventory.Service {
 // informer holds Ferry's form of each policy and not its JSON tree.
 type policyObject struct {
 	metav1.ObjectMeta // name, namespace, uid and resourceVersion only
-	decoded           decodedPolicy
+	decoded           *decodedPolicy
 }
 
 // GetObjectKind implements runtime.Object.
@@ -240,9 +240,10 @@ func (tr *transformer) policy(kind string) cache.TransformFunc {
 				u.SetAnnotations(nil)
 			}
 		}
+		decoded := decodePolicy(kind, u)
 		return &policyObject{
 			ObjectMeta: metav1.ObjectMeta{Name: u.GetName(), Namespace: u.GetNamespace(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion()},
-			decoded:    decodePolicy(kind, u),
+			decoded:    &decoded,
 		}, nil
 	}
 }
