@@ -383,8 +383,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		for _, ip := range append([]netip.Addr{p.IP}, p.IPs...) {
 			localIPs[ip] = true
 		}
-		c := *p // Local's, shared: istiod's view is attached to a copy
-		snap.Pods = append(snap.Pods, &c)
+		snap.Pods = append(snap.Pods, p)
 		next.local = append(next.local, p.Key())
 	}
 	podPrefix := clusterID + "//Pod/"
@@ -395,7 +394,9 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		switch {
 		case r.pod != nil:
 			if i, ok := byUID[r.pod.Mesh.UID]; ok {
-				snap.Pods[i].Mesh = r.pod.Mesh
+				c := *snap.Pods[i] // Local's pod is shared: istiod's view goes on a copy
+				c.Mesh = r.pod.Mesh
+				snap.Pods[i] = &c
 				continue
 			}
 			if r.pod.NodeName == nodeName && localIPs[r.pod.IP] {
