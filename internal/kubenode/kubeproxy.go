@@ -15,11 +15,19 @@ import (
 func WaitKubeProxy(ctx context.Context, addrs ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// Each address as a whole word: 198.18.64.8 is not named by 198.18.64.80.
+	words := make([]*regexp.Regexp, len(addrs))
+	for i, a := range addrs {
+		if a == "" {
+			return fmt.Errorf("kube-proxy: no address to wait for in %q", addrs)
+		}
+		words[i] = regexp.MustCompile(`\b` + regexp.QuoteMeta(a) + `\b`)
+	}
 	var out []byte
 	for {
 		var err error
 		out, err = exec.CommandContext(ctx, "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
-		if err == nil && namesAll(out, addrs) {
+		if err == nil && namesAll(out, words) {
 			return nil
 		}
 		select {
@@ -30,11 +38,10 @@ func WaitKubeProxy(ctx context.Context, addrs ...string) error {
 	}
 }
 
-// namesAll reports whether rules names each of addrs as a whole address
-// (198.18.64.8 is not named by 198.18.64.80).
-func namesAll(rules []byte, addrs []string) bool {
-	for _, a := range addrs {
-		if a == "" || !regexp.MustCompile(`\b`+regexp.QuoteMeta(a)+`\b`).Match(rules) {
+// namesAll reports whether rules match every one of words.
+func namesAll(rules []byte, words []*regexp.Regexp) bool {
+	for _, w := range words {
+		if !w.Match(rules) {
 			return false
 		}
 	}
