@@ -64,7 +64,7 @@ func TestWorkloadMemory(t *testing.T) {
 		t.Fatalf("%d pods, last %+v", len(snap.Pods), snap.Pods[n-1])
 	}
 	t.Logf("%d bytes per pod held by the source and its snapshot (%d MB for %d pods)", per, per*n>>20, n)
-	if per > 512 {
-		t.Errorf("%d bytes per pod, want under 512", per)
+	if per > 448 {
+		t.Errorf("%d bytes per pod, want under 448", per)
 	}
 }

@@ -51,9 +51,9 @@ type Source struct {
 
 // state is what the stream has received, by type and resource name.
 type state struct {
-	res      map[string]map[string]*resource // last good (or never-good fail-closed) versions
-	refused  map[string]map[string]string    // resources whose latest version was refused: why
-	received map[string]bool                 // a response of the type arrived on some stream
+	res      map[string]*book              // last good (or never-good fail-closed) versions
+	refused  map[string]map[string]string // resources whose latest version was refused: why
+	received map[string]bool              // a response of the type arrived on some stream
 	// advertised are the resources whose versions the current stream told
 	// istiod it holds: istiod re-sends them only if they changed, and
 	// names them in RemovedResources if they are gone. (It sends
@@ -64,86 +64,39 @@ type state struct {
 	// held: a new one after every response of that type.
 	policyRevision uint64
 	// published is what the last snapshot held, for the next to say which
-	// pods it changed.
+	// pods it changed (with the resources the book merged since).
 	published published
-	// sortedRes are each type's resources in name order, as last sorted;
-	// touched, the names put or dropped since (put and drop keep them).
-	sortedRes map[string][]*resource
-	touched   map[string]map[string]bool
 }
 
 // put holds r as resource name of type t.
 func (st *state) put(t, name string, r resource) {
 	r.name = name
-	st.res[t][name] = &r
-	st.touch(t, name)
+	st.res[t].put(&r)
 }
 
 // drop forgets resource name of type t.
-func (st *state) drop(t, name string) {
-	delete(st.res[t], name)
-	st.touch(t, name)
-}
+func (st *state) drop(t, name string) { st.res[t].drop(name) }
 
-func (st *state) touch(t, name string) {
-	if st.touched[t] == nil {
-		st.touched[t] = map[string]bool{}
-	}
-	st.touched[t][name] = true
-}
-
-// sorted returns type t's resources in name order: the last order with the
-// resources touched since put in, replaced or taken out, or (many touched)
-// all sorted again.
-func (st *state) sorted(t string) []*resource {
-	sorted, touched := st.sortedRes[t], st.touched[t]
-	st.touched[t] = nil
-	if sorted == nil || len(touched) > 1000 {
-		sorted = sorted[:0]
-		for _, name := range slices.Sorted(maps.Keys(st.res[t])) {
-			sorted = append(sorted, st.res[t][name])
-		}
-	} else {
-		for name := range touched {
-			i, found := slices.BinarySearchFunc(sorted, name, func(r *resource, name string) int { return strings.Compare(r.name, name) })
-			switch r, held := st.res[t][name]; {
-			case held && found:
-				sorted[i] = r
-			case held:
-				sorted = slices.Insert(sorted, i, r)
-			case found:
-				sorted = slices.Delete(sorted, i, i+1)
-			}
-		}
-	}
-	st.sortedRes[t] = sorted
-	return sorted
-}
-
-// published is what a snapshot was made of: the node's pods by name, and
-// istiod's other pods and its Services as it sent them (by pointer: a
+// published is what a snapshot was made of besides istiod's pods: the
+// node's pods by name, the names of istiod's pods of this node that a local
+// pod's address hid, and istiod's Services as it sent them (by pointer: a
 // resource istiod sends again is decoded anew), in resource-name order.
 type published struct {
 	revision   uint64
 	namespaces map[string]inventory.Namespace
 	local      []string
-	pods       []publishedPod
+	hidden     map[string]bool
 	services   []*inventory.Service
 	// whole says the snapshot's pods cannot be told apart by name (pods
 	// of other clusters): the next lists no changes.
 	whole bool
 }
 
-type publishedPod struct {
-	key string
-	pod *inventory.Pod
-}
-
 func newState() *state {
-	s := &state{res: map[string]map[string]*resource{}, refused: map[string]map[string]string{}, received: map[string]bool{},
-		advertised: map[string]map[string]bool{}, sortedRes: map[string][]*resource{}, touched: map[string]map[string]bool{}}
+	s := &state{res: map[string]*book{}, refused: map[string]map[string]string{}, received: map[string]bool{},
+		advertised: map[string]map[string]bool{}}
 	for _, t := range types {
-		s.res[t] = map[string]*resource{}
+		s.res[t] = &book{}
 		s.refused[t] = map[string]string{}
 	}
 	return s
@@ -275,13 +228,13 @@ func (s *Source) connect(ctx context.Context, conn *grpc.ClientConn, st *state) 
 			req.Node = s.Config.node()
 		}
 		st.advertised[t] = map[string]bool{}
-		for name, r := range st.res[t] {
+		for r := range st.res[t].all {
 			if r.version != "" && !r.failClosed {
 				if req.InitialResourceVersions == nil {
 					req.InitialResourceVersions = map[string]string{}
 				}
-				req.InitialResourceVersions[name] = r.version
-				st.advertised[t][name] = true
+				req.InitialResourceVersions[r.name] = r.version
+				st.advertised[t][r.name] = true
 			}
 		}
 		if err := str.ads.Send(req); err != nil {
@@ -309,11 +262,15 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 		for _, r := range resp.GetResources() {
 			sent[r.GetName()] = true
 		}
-		for name := range held {
-			if !sent[name] && !st.advertised[t][name] {
-				st.drop(t, name)
-				delete(st.refused[t], name)
+		var gone []string
+		for r := range held.all {
+			if !sent[r.name] && !st.advertised[t][r.name] {
+				gone = append(gone, r.name)
 			}
+		}
+		for _, name := range gone {
+			st.drop(t, name)
+			delete(st.refused[t], name)
 		}
 	}
 	var rejects []string
@@ -328,7 +285,7 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 			msg := fmt.Sprintf("%s %s (version %s): %v", shortType(t), name, r.GetVersion(), err)
 			rejects = append(rejects, msg)
 			st.refused[t][name] = err.Error()
-			if old, ok := held[name]; (!ok || old.failClosed) && res.policy != nil {
+			if old, ok := held.get(name); (!ok || old.failClosed) && res.policy != nil {
 				// Never good: its fail-closed reading applies, never
 				// nothing (leaving out an ALLOW policy widens access).
 				res.failClosed = true
@@ -374,7 +331,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		TranslatedPolicies: []authz.TranslatedPolicy{},
 		PolicyRevision:     st.policyRevision,
 	}
-	next := published{revision: inventory.NewRevision(), namespaces: local.Namespaces}
+	next := published{revision: inventory.NewRevision(), namespaces: local.Namespaces, hidden: map[string]bool{}}
 	snap.Revision = next.revision
 	byUID := map[string]int{} // istiod's UID of a local pod → index in snap.Pods
 	localIPs := map[netip.Addr]bool{}
@@ -387,10 +344,10 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		next.local = append(next.local, p.Key())
 	}
 	podPrefix := clusterID + "//Pod/"
-	snap.Pods = slices.Grow(snap.Pods, len(st.res[TypeAddress]))
-	next.pods = make([]publishedPod, 0, len(st.res[TypeAddress]))
-	for _, r := range st.sorted(TypeAddress) {
-		name := r.name
+	addrs := st.res[TypeAddress]
+	touched := addrs.merge()
+	snap.Pods = slices.Grow(snap.Pods, addrs.len())
+	for _, r := range addrs.sorted {
 		switch {
 		case r.pod != nil:
 			if i, ok := byUID[r.pod.Mesh.UID]; ok {
@@ -399,30 +356,45 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 				snap.Pods[i] = &c
 				continue
 			}
+			// A pod of this cluster is named by its resource (its UID),
+			// and no node's pod has its name (byUID would have matched
+			// it); another cluster's may.
+			key, ok := strings.CutPrefix(r.name, podPrefix)
 			if r.pod.NodeName == nodeName && localIPs[r.pod.IP] {
+				next.hidden[key] = true
 				continue
 			}
 			snap.Pods = append(snap.Pods, r.pod)
-			// A pod of this cluster is named by its resource (its UID),
-			// so in the resources' order, and no node's pod has its name
-			// (byUID would have matched it); another cluster's may.
-			key, ok := strings.CutPrefix(name, podPrefix)
-			next.whole = next.whole || !ok || r.pod.Mesh.UID != name || !isKey(key, r.pod)
-			next.pods = append(next.pods, publishedPod{key, r.pod})
+			next.whole = next.whole || !ok || r.pod.Mesh.UID != r.name || !isKey(key, r.pod)
 		case r.service != nil:
 			snap.Services = append(snap.Services, *r.service)
 			next.services = append(next.services, r.service)
 		}
 	}
-	snap.Changes = st.published.changes(&next, snap)
+	// Resources of other names are Services, or pods of other clusters,
+	// which make the snapshot whole.
+	var touchedPods []string
+	for name := range touched {
+		if key, ok := strings.CutPrefix(name, podPrefix); ok {
+			touchedPods = append(touchedPods, key)
+		}
+	}
+	snap.Changes = st.published.changes(&next, snap, touchedPods, func(key string) *inventory.Pod {
+		if r, ok := addrs.get(podPrefix + key); ok && r.pod != nil && !next.hidden[key] {
+			return r.pod
+		}
+		return nil
+	})
 	st.published = next
-	for _, r := range st.sorted(TypeAuthorization) {
+	pols := st.res[TypeAuthorization]
+	pols.merge()
+	for _, r := range pols.sorted {
 		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *r.policy)
 	}
 	for _, t := range types {
 		for _, name := range slices.Sorted(maps.Keys(st.refused[t])) {
 			effect := "the last good version applies"
-			if r, ok := st.res[t][name]; !ok {
+			if r, ok := st.res[t].get(name); !ok {
 				effect = "left out"
 			} else if r.failClosed {
 				effect = "read fail-closed (no good version was ever received)"
@@ -435,48 +407,36 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 
 // changes lists the pods of snap (made of next) that differ from those of
 // the snapshot p was made of, or nil when it cannot: the first snapshot, or
-// namespaces or Services changed, or pods not told apart by name. The
-// node's pods are listed every time (they come from the local source, a
-// few).
-func (p *published) changes(next *published, snap *inventory.Snapshot) *inventory.Changes {
+// namespaces or Services changed, or pods not told apart by name. Those
+// are the istiod pods of the resources touched since (touched, by key),
+// the ones a local pod's address hid or stopped hiding, and the node's
+// pods, listed every time (they come from the local source, a few); listed
+// returns the istiod pod snap lists under a key, if any.
+func (p *published) changes(next *published, snap *inventory.Snapshot, touched []string, listed func(key string) *inventory.Pod) *inventory.Changes {
 	if p.revision == 0 || p.whole || next.whole || !slices.Equal(p.services, next.services) ||
 		!maps.EqualFunc(p.namespaces, next.namespaces, func(a, b inventory.Namespace) bool { return maps.Equal(a.Labels, b.Labels) }) {
 		return nil
 	}
-	changed := map[string]bool{}
-	for _, key := range slices.Concat(p.local, next.local) {
-		changed[key] = true
-	}
-	i, j := 0, 0
-	for i < len(p.pods) || j < len(next.pods) {
-		switch {
-		case j == len(next.pods) || i < len(p.pods) && p.pods[i].key < next.pods[j].key:
-			changed[p.pods[i].key] = true // gone
-			i++
-		case i == len(p.pods) || next.pods[j].key < p.pods[i].key:
-			changed[next.pods[j].key] = true // new
-			j++
-		default:
-			if p.pods[i].pod != next.pods[j].pod {
-				changed[next.pods[j].key] = true
-			}
-			i++
-			j++
-		}
-	}
-	c := &inventory.Changes{Since: p.revision, Pods: make(map[string]*inventory.Pod, len(changed))}
-	for key := range changed {
+	c := &inventory.Changes{Since: p.revision, Pods: map[string]*inventory.Pod{}}
+	for _, key := range touched {
 		c.Pods[key] = nil
 	}
-	// The node's pods come first in snap.Pods, then istiod's in next.pods'
-	// order.
+	for key := range p.hidden {
+		c.Pods[key] = nil
+	}
+	for key := range next.hidden {
+		c.Pods[key] = nil
+	}
+	for _, key := range p.local {
+		c.Pods[key] = nil
+	}
+	for key := range c.Pods {
+		c.Pods[key] = listed(key)
+	}
+	// The node's pods come first in snap.Pods, with istiod's view of each
+	// attached.
 	for k := range next.local {
 		c.Pods[snap.Pods[k].Key()] = snap.Pods[k]
-	}
-	for k, pp := range next.pods {
-		if changed[pp.key] {
-			c.Pods[pp.key] = snap.Pods[len(next.local)+k]
-		}
 	}
 	return c
 }
