@@ -51,7 +51,7 @@ type Source struct {
 
 // state is what the stream has received, by type and resource name.
 type state struct {
-	res      map[string]*book              // last good (or never-good fail-closed) versions
+	res      map[string]*book             // last good (or never-good fail-closed) versions
 	refused  map[string]map[string]string // resources whose latest version was refused: why
 	received map[string]bool              // a response of the type arrived on some stream
 	// advertised are the resources whose versions the current stream told
