@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ferrymesh/ferry/authz"
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
@@ -184,16 +185,14 @@ func TestPodMemory(t *testing.T) {
 		}
 	}
 	tr := &transformer{}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	kept := make([]any, n)
-	for i, p := range src {
-		kept[i], _ = tr.pod(p)
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := int(after.HeapAlloc-before.HeapAlloc) / n
+	kept, bytes := testutil.Retained(func() []any {
+		kept := make([]any, n)
+		for i, p := range src {
+			kept[i], _ = tr.pod(p)
+		}
+		return kept
+	})
+	per := int(bytes) / n
 	runtime.KeepAlive(kept)
 	runtime.KeepAlive(src)
 	t.Logf("%d bytes per pod in the informer (%d MB for %d pods)", per, per*n>>20, n)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
 	"github.com/ferrymesh/ferry/node/xds/workloadapi"
 )
@@ -41,23 +42,25 @@ func TestWorkloadMemory(t *testing.T) {
 		bodies[i] = a
 	}
 	local := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	st := newState()
-	for i, body := range bodies {
-		name := strings.Clone(names[i]) // as decoding the response allocates it
-		r, err := decode(TypeAddress, name, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st.put(TypeAddress, name, r)
+	type held struct {
+		st   *state
+		snap *inventory.Snapshot
 	}
-	snap := st.snapshot(local, "node-7", "Kubernetes")
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := int(after.HeapAlloc-before.HeapAlloc) / n
-	runtime.KeepAlive(st)
+	h, bytes := testutil.Retained(func() held {
+		st := newState()
+		for i, body := range bodies {
+			name := strings.Clone(names[i]) // as decoding the response allocates it
+			r, err := decode(TypeAddress, name, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.put(TypeAddress, name, r)
+		}
+		return held{st, st.snapshot(local, "node-7", "Kubernetes")}
+	})
+	per := int(bytes) / n
+	snap := h.snap
+	runtime.KeepAlive(h.st)
 	runtime.KeepAlive(bodies)
 	runtime.KeepAlive(names)
 	if len(snap.Pods) != n || snap.Pods[n-1].Mesh.AuthorizationPolicies[0] != "scale-999/policy-9" {
