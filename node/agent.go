@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
@@ -540,7 +541,7 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 	if s := a.current(); s != nil {
 		v = s.view.update(snap, fills)
 	} else {
-		v = buildView(snap, viewConfig{a.cfg.NodeName, a.cfg.TrustDomain, a.cfg.SystemNamespace}, fills)
+		v = buildView(snap, viewConfig{a.cfg.NodeName, unique.Make(a.cfg.TrustDomain), a.cfg.SystemNamespace}, fills)
 	}
 	engine, diags := a.compile(snap)
 	diags = slices.Concat(diags, snap.PolicyProblems)

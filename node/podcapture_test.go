@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unique"
 
 	"github.com/ferrymesh/ferry/node/cni"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -22,7 +23,7 @@ func TestViewFillsCapturedAddresses(t *testing.T) {
 	p := &podCapture{captured: map[netip.Addr]*capturedPod{
 		ip: {Pod: cni.Pod{Namespace: "mesh", Name: "web", UID: "u1", IPs: []netip.Addr{ip, v6}}, ip: ip},
 	}}
-	cfg := viewConfig{"n1", "cluster.local", "istio-system"}
+	cfg := viewConfig{"n1", unique.Make("cluster.local"), "istio-system"}
 	listed := netip.MustParseAddr("198.18.1.9")
 	snap := &inventory.Snapshot{Pods: []*inventory.Pod{
 		{Namespace: "mesh", Name: "web", UID: "u1", NodeName: "n1"},

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/node/inventory"
@@ -18,18 +19,20 @@ import (
 // modified.
 type Workload struct {
 	*inventory.Pod
-	trustDomain string
-	Enrolled    bool
-	Local       bool // scheduled on this agent's node
 	// src is the pod as the source listed it when the view filled in its
 	// addresses from capture (fill); nil otherwise.
 	src *inventory.Pod
+	// trustDomain is the view's, by handle: a cluster has one Workload a
+	// pod.
+	trustDomain unique.Handle[string]
+	Enrolled    bool
+	Local       bool // scheduled on this agent's node
 }
 
 // Identity is the pod's SPIFFE identity. (Made when asked: a cluster's
 // 100,000 pods would hold 5 MB of them.)
 func (w *Workload) Identity() certs.Identity {
-	return certs.Identity{TrustDomain: w.trustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+	return certs.Identity{TrustDomain: w.trustDomain.Value(), Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
 }
 
 // source returns the pod as its source listed it.
@@ -101,12 +104,14 @@ type view struct {
 
 // viewConfig is what a view needs of the agent's configuration.
 type viewConfig struct {
-	nodeName, trustDomain, systemNamespace string
+	nodeName        string
+	trustDomain     unique.Handle[string]
+	systemNamespace string
 }
 
 // newView indexes snap for the agent on nodeName.
 func newView(snap *inventory.Snapshot, nodeName, trustDomain, systemNamespace string) *view {
-	return buildView(snap, viewConfig{nodeName, trustDomain, systemNamespace}, nil)
+	return buildView(snap, viewConfig{nodeName, unique.Make(trustDomain), systemNamespace}, nil)
 }
 
 // buildView indexes snap whole, with the addresses fills has for this

@@ -7,10 +7,13 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"testing"
+	"unique"
 
+	"github.com/ferrymesh/ferry/internal/testutil"
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
@@ -43,7 +46,7 @@ type viewGen struct {
 	services   []inventory.Service
 }
 
-var genCfg = viewConfig{"n1", "cluster.local", "istio-system"}
+var genCfg = viewConfig{"n1", unique.Make("cluster.local"), "istio-system"}
 
 func (g *viewGen) ip() netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(g.rnd.IntN(12))}) }
 
@@ -366,5 +369,29 @@ func TestViewUpdateMisnamedChange(t *testing.T) {
 	got, want := dumpView(buildView(s1, genCfg, nil).update(s2, nil)), dumpView(buildView(s2, genCfg, nil))
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("misnamed change trusted:\n%s", diffDumps(got, want))
+	}
+}
+
+// TestViewMemory bounds what the view adds per pod of a 100k-pod cluster as
+// istiod sends it (the pods themselves are the snapshot's): its Workload
+// and its two index entries. It logs the figure.
+func TestViewMemory(t *testing.T) {
+	const n = 100_000
+	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}}
+	for i := range n {
+		ns, name := "scale-"+strconv.Itoa(i/100), "pod-"+strconv.Itoa(i)
+		snap.Pods = append(snap.Pods, &inventory.Pod{Namespace: ns, Name: name, ServiceAccount: "app",
+			NodeName: "node-" + strconv.Itoa(i/100), IP: netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}),
+			Mesh: &inventory.MeshWorkload{UID: "Kubernetes//Pod/" + ns + "/" + name, HBONE: true}})
+	}
+	v, bytes := testutil.Retained(func() *view { return newView(snap, "node-7", "cluster.local", "istio-system") })
+	per := int(bytes) / n
+	runtime.KeepAlive(snap)
+	if w, ok := v.byIP.Get(snap.Pods[n-1].IP); !ok || w.Pod != snap.Pods[n-1] || v.pods.Len() != n {
+		t.Fatalf("last pod's workload %+v, %d pods", w, v.pods.Len())
+	}
+	t.Logf("%d bytes per pod held by the view (%d MB for %d pods)", per, per*n>>20, n)
+	if per > 160 {
+		t.Errorf("%d bytes per pod, want under 160", per)
 	}
 }

@@ -380,7 +380,7 @@ func titleCase(s string) string {
 func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 	zw := ztWorkload{
 		UID: in.uid(w), WorkloadIPs: workloadIPs(w), Protocol: "TCP", NetworkMode: "Standard",
-		Name: w.Name, Namespace: w.Namespace, TrustDomain: w.trustDomain, ServiceAccount: w.ServiceAccount,
+		Name: w.Name, Namespace: w.Namespace, TrustDomain: w.trustDomain.Value(), ServiceAccount: w.ServiceAccount,
 		Node: w.NodeName, Status: "Healthy", ClusterID: cmp.Or(in.cfg.ClusterID, "Kubernetes"), Capacity: 1,
 	}
 	if w.Enrolled {
@@ -502,7 +502,7 @@ func (in *ztunnelInput) workloadState(w *Workload) ztWorkloadState {
 	st := ztWorkloadState{
 		State:       "Up",
 		Connections: ztConnections{Inbound: []ztConnection{}, Outbound: []ztConnection{}},
-		Info:        ztWorkloadInfo{Name: w.Name, Namespace: w.Namespace, TrustDomain: w.trustDomain, ServiceAccount: w.ServiceAccount},
+		Info:        ztWorkloadInfo{Name: w.Name, Namespace: w.Namespace, TrustDomain: w.trustDomain.Value(), ServiceAccount: w.ServiceAccount},
 	}
 	if in.captured != nil && !in.captured(w.IP) {
 		st.State = "Pending"
