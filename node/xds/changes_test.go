@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
@@ -116,4 +117,21 @@ func byKey(t *testing.T, s *inventory.Snapshot) map[string]*inventory.Pod {
 		m[s.Pods[i].Key()] = s.Pods[i]
 	}
 	return m
+}
+
+// TestSnapshotSharesPolicies: snapshots made between two changes of the
+// Authorizations share one list of them; a change makes a new one.
+func TestSnapshotSharesPolicies(t *testing.T) {
+	st := newState()
+	local := &inventory.Snapshot{}
+	st.put(TypeAuthorization, "a/p1", resource{policy: &authz.TranslatedPolicy{Namespace: "a", Name: "p1", Action: "DENY"}})
+	s1, s2 := st.snapshot(local, "n1", "Kubernetes"), st.snapshot(local, "n1", "Kubernetes")
+	if len(s1.TranslatedPolicies) != 1 || &s1.TranslatedPolicies[0] != &s2.TranslatedPolicies[0] {
+		t.Fatalf("unchanged policies not shared: %p, %p", s1.TranslatedPolicies, s2.TranslatedPolicies)
+	}
+	st.put(TypeAuthorization, "a/p0", resource{policy: &authz.TranslatedPolicy{Namespace: "a", Name: "p0", Action: "ALLOW"}})
+	s3 := st.snapshot(local, "n1", "Kubernetes")
+	if len(s3.TranslatedPolicies) != 2 || s3.TranslatedPolicies[0].Name != "p0" || len(s1.TranslatedPolicies) != 1 || s1.TranslatedPolicies[0].Name != "p1" {
+		t.Fatalf("after a change: %+v, and the first snapshot's %+v", s3.TranslatedPolicies, s1.TranslatedPolicies)
+	}
 }

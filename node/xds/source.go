@@ -63,6 +63,11 @@ type state struct {
 	// policyRevision is the Snapshot.PolicyRevision of the Authorizations
 	// held: a new one after every response of that type.
 	policyRevision uint64
+	// policies are the Authorizations held as of policiesRevision, for
+	// snapshots to share until the next response of that type (10k
+	// policies are 1.4 MB a copy).
+	policies         []authz.TranslatedPolicy
+	policiesRevision uint64
 	// published is what the last snapshot held, for the next to say which
 	// pods it changed (with the resources the book merged since).
 	published published
@@ -328,7 +333,7 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 	snap := &inventory.Snapshot{
 		Namespaces:         local.Namespaces,
 		Errors:             slices.Clone(local.Errors),
-		TranslatedPolicies: []authz.TranslatedPolicy{},
+		TranslatedPolicies: st.translatedPolicies(),
 		PolicyRevision:     st.policyRevision,
 	}
 	next := published{revision: inventory.NewRevision(), namespaces: local.Namespaces, hidden: map[string]bool{}}
@@ -386,11 +391,6 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		return nil
 	})
 	st.published = next
-	pols := st.res[TypeAuthorization]
-	pols.merge()
-	for _, r := range pols.sorted {
-		snap.TranslatedPolicies = append(snap.TranslatedPolicies, *r.policy)
-	}
 	for _, t := range types {
 		for _, name := range slices.Sorted(maps.Keys(st.refused[t])) {
 			effect := "the last good version applies"
@@ -403,6 +403,22 @@ func (st *state) snapshot(local *inventory.Snapshot, nodeName, clusterID string)
 		}
 	}
 	return snap
+}
+
+// translatedPolicies returns the Authorizations held, in name order: a
+// list of its own after each response of that type, shared by the
+// snapshots made until the next.
+func (st *state) translatedPolicies() []authz.TranslatedPolicy {
+	b := st.res[TypeAuthorization]
+	if st.policies == nil || st.policiesRevision != st.policyRevision || len(b.pending) > 0 {
+		b.merge()
+		st.policies = make([]authz.TranslatedPolicy, 0, len(b.sorted))
+		for _, r := range b.sorted {
+			st.policies = append(st.policies, *r.policy)
+		}
+		st.policiesRevision = st.policyRevision
+	}
+	return st.policies
 }
 
 // changes lists the pods of snap (made of next) that differ from those of
