@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -19,7 +18,7 @@ import (
 
 // kubeClients builds the API clients from a kubeconfig file, or in-cluster
 // configuration when path is empty.
-func kubeClients(path string) (kubernetes.Interface, dynamic.Interface, error) {
+func kubeClients(path string) (*kube.API, dynamic.Interface, error) {
 	var cfg *rest.Config
 	var err error
 	if path == "" {
@@ -31,7 +30,7 @@ func kubeClients(path string) (kubernetes.Interface, dynamic.Interface, error) {
 		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.UserAgent = "ferry/" + version
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kube.NewAPI(cfg)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferrymesh/ferry/node/inventory"
 )
@@ -21,12 +20,12 @@ import (
 // subresource (a JSON merge patch), the one write the agent's RBAC allows.
 // It is safe for concurrent use.
 type Annotator struct {
-	client kubernetes.Interface
+	client Client
 	log    *slog.Logger
 }
 
 // NewAnnotator returns an Annotator writing through client.
-func NewAnnotator(client kubernetes.Interface, log *slog.Logger) *Annotator {
+func NewAnnotator(client Client, log *slog.Logger) *Annotator {
 	return &Annotator{client: client, log: log}
 }
 
@@ -54,7 +53,7 @@ func (a *Annotator) SetRedirection(ctx context.Context, pod inventory.Pod, enabl
 	if err != nil {
 		return fmt.Errorf("kube: annotate pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	_, err = a.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "ferry-agent"}, "status")
+	_, err = a.client.Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "ferry-agent"}, "status")
 	if err != nil {
 		if !enabled && (apierrors.IsNotFound(err) || uidMismatch(err)) {
 			return nil

@@ -18,7 +18,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferrymesh/ferry/certs"
 	"github.com/ferrymesh/ferry/certs/istioca"
@@ -58,7 +57,7 @@ const (
 // until its entry expires; the impersonation check, ServiceAccountOnNode,
 // is never cached.
 type TokenReviewAuthenticator struct {
-	client  kubernetes.Interface
+	client  Client
 	cfg     TokenReviewConfig
 	cache   *reviewCache
 	flight  singleflight.Group
@@ -105,7 +104,7 @@ type TokenReviewConfig struct {
 
 // NewTokenReviewAuthenticator returns an authenticator that reviews tokens
 // with client, as cfg says.
-func NewTokenReviewAuthenticator(client kubernetes.Interface, cfg TokenReviewConfig) (*TokenReviewAuthenticator, error) {
+func NewTokenReviewAuthenticator(client Client, cfg TokenReviewConfig) (*TokenReviewAuthenticator, error) {
 	if client == nil {
 		return nil, errors.New("kube: token review authenticator: no client")
 	}
@@ -230,7 +229,7 @@ func (a *TokenReviewAuthenticator) reviewed(err error) {
 // review asks the API server about token, as Authenticate documents, and
 // returns the token's expiry too (zero if it does not say).
 func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (istioca.Caller, time.Time, error) {
-	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+	tr, err := a.client.TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.cfg.Audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -258,7 +257,7 @@ func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (is
 	if podName == "" {
 		return c, exp, nil
 	}
-	pod, err := a.client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
+	pod, err := a.client.Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return istioca.Caller{}, time.Time{}, fmt.Errorf("%w: token's pod %s/%s no longer exists", ErrUnauthenticated, ns, podName)
 	}
@@ -313,7 +312,7 @@ func (a *TokenReviewAuthenticator) ServiceAccountOnNode(ctx context.Context, nod
 		Limit:         500,
 	}
 	for {
-		list, err := a.client.CoreV1().Pods(namespace).List(ctx, opts)
+		list, err := a.client.Pods(namespace).List(ctx, opts)
 		if err != nil {
 			return false, fmt.Errorf("kube: pods on node %s: %w", node, err)
 		}

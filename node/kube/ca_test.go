@@ -43,7 +43,7 @@ func TestPrivilegedKubeCA(t *testing.T) {
 	td := ca.TrustDomain()
 	reg := prometheus.NewRegistry()
 	metrics := kube.NewCAMetrics(reg)
-	auth, err := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"),
+	auth, err := kube.NewTokenReviewAuthenticator(apiAs(t, c, "istio-system", "ferry-ca"),
 		kube.TokenReviewConfig{Audiences: []string{"istio-ca"}, Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)

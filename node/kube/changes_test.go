@@ -152,7 +152,7 @@ func TestSourceListsPodChanges(t *testing.T) {
 			{Group: "security.istio.io", Version: "v1", Resource: authorizationPolicies}: "AuthorizationPolicyList",
 			{Group: "security.istio.io", Version: "v1", Resource: peerAuthentications}:   "PeerAuthenticationList",
 		})
-		src := NewSource(client, dyn, slog.New(slog.DiscardHandler))
+		src := NewSource(clientset{client}, dyn, slog.New(slog.DiscardHandler))
 		var mu sync.Mutex
 		var last *inventory.Snapshot
 		ctx, cancel := context.WithCancel(t.Context())

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/certs"
@@ -46,10 +45,10 @@ func (w tWriter) Write(b []byte) (int, error) {
 // agentClients returns clients authenticated as the agent's service
 // account, with the RBAC from deploy/: every test here runs with exactly the
 // privileges an operator grants.
-func agentClients(t *testing.T, c *kubetest.Cluster) (kubernetes.Interface, dynamic.Interface) {
+func agentClients(t *testing.T, c *kubetest.Cluster) (*kube.API, dynamic.Interface) {
 	t.Helper()
 	cfg := c.ConfigForToken(c.Token(t, "istio-system", "ferry", kubetest.TokenOptions{}))
-	cs, err := kubernetes.NewForConfig(cfg)
+	api, err := kube.NewAPI(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +56,18 @@ func agentClients(t *testing.T, c *kubetest.Cluster) (kubernetes.Interface, dyna
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cs, dyn
+	return api, dyn
+}
+
+// apiAs returns the agent's Client of c, authenticated as namespace/
+// serviceAccount.
+func apiAs(t *testing.T, c *kubetest.Cluster, namespace, serviceAccount string) *kube.API {
+	t.Helper()
+	api, err := kube.NewAPI(c.ConfigForToken(c.Token(t, namespace, serviceAccount, kubetest.TokenOptions{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api
 }
 
 // runSource runs a Source until the test ends and returns a function that
@@ -317,7 +327,10 @@ subjects:
 		t.Fatal(err)
 	}
 	cfg := c.ConfigForToken(c.Token(t, "istio-system", "limited", kubetest.TokenOptions{}))
-	client := kubernetes.NewForConfigOrDie(cfg)
+	client, err := kube.NewAPI(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dyn := dynamic.NewForConfigOrDie(cfg)
 	published := make(chan struct{}, 1)
 	runCtx, cancel := context.WithCancel(ctx)
@@ -413,7 +426,7 @@ func TestPrivilegedKubeAnnotator(t *testing.T) {
 	}
 
 	// The agent's RBAC allows only the status subresource.
-	_, err := client.CoreV1().Pods("shop").Patch(ctx, "web-0", types.MergePatchType,
+	_, err := client.Pods("shop").Patch(ctx, "web-0", types.MergePatchType,
 		[]byte(`{"metadata":{"annotations":{"x":"y"}}}`), metav1.PatchOptions{})
 	if !apierrors.IsForbidden(err) {
 		t.Errorf("agent patching a pod (not its status): err = %v, want Forbidden", err)
@@ -434,7 +447,7 @@ func TestPrivilegedKubeTokenReview(t *testing.T) {
 	c.SetPodStatus(t, "shop", "batch-0", corev1.PodSucceeded, "198.18.1.11")
 
 	// The CA runs as ferry-ca, with deploy/'s RBAC.
-	auth, err := kube.NewTokenReviewAuthenticator(c.ClientAs(t, "istio-system", "ferry-ca"), kube.TokenReviewConfig{Audiences: []string{"istio-ca"}})
+	auth, err := kube.NewTokenReviewAuthenticator(apiAs(t, c, "istio-system", "ferry-ca"), kube.TokenReviewConfig{Audiences: []string{"istio-ca"}})
 	if err != nil {
 		t.Fatal(err)
 	}

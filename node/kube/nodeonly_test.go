@@ -35,7 +35,7 @@ func TestPrivilegedKubeSourceNodeOnly(t *testing.T) {
 
 	client, dyn := agentClients(t, c)
 	// What istiod sends instead, the agent may not read.
-	if _, err := client.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+	if _, err := client.Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("listing services: err = %v, want Forbidden", err)
 	}
 	for _, gvr := range []schema.GroupVersionResource{kubetest.AuthorizationPolicies, kubetest.PeerAuthentications} {

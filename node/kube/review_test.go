@@ -110,7 +110,7 @@ func newAuth(t *testing.T, b *reviewBackend, cfg kube.TokenReviewConfig) (*kube.
 	t.Helper()
 	cfg.Audiences = []string{"istio-ca"}
 	cfg.Metrics = kube.NewCAMetrics(prometheus.NewRegistry())
-	a, err := kube.NewTokenReviewAuthenticator(b.client, cfg)
+	a, err := kube.NewTokenReviewAuthenticator(kube.FromClientset(b.client), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestCAFloodBoundsReviews(t *testing.T) {
 	b := newReviewBackend()
 	reg := prometheus.NewRegistry()
 	metrics := kube.NewCAMetrics(reg)
-	auth, err := kube.NewTokenReviewAuthenticator(b.client, kube.TokenReviewConfig{Audiences: []string{"istio-ca"}, Metrics: metrics})
+	auth, err := kube.NewTokenReviewAuthenticator(kube.FromClientset(b.client), kube.TokenReviewConfig{Audiences: []string{"istio-ca"}, Metrics: metrics})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ferrymesh/ferry/authz"
@@ -57,7 +56,7 @@ const (
 //
 // Set the exported fields before Run; a Source runs once.
 type Source struct {
-	client kubernetes.Interface
+	client Client
 	dyn    dynamic.Interface
 	log    *slog.Logger
 
@@ -74,7 +73,7 @@ type Source struct {
 
 // NewSource returns a Source reading from client (pods, namespaces) and dyn
 // (the Istio policies). It starts nothing; Run does.
-func NewSource(client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logger) *Source {
+func NewSource(client Client, dyn dynamic.Interface, log *slog.Logger) *Source {
 	return &Source{client: client, dyn: dyn, log: log}
 }
 
@@ -96,7 +95,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	pods := cache.NewSharedIndexInformer(s.listWatcher("pods", s.client,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			onNode(&o)
-			list, err := s.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+			list, err := s.client.Pods(metav1.NamespaceAll).List(ctx, o)
 			if err != nil {
 				return nil, err
 			}
@@ -104,21 +103,21 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		},
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			onNode(&o)
-			return s.client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
+			return s.client.Pods(metav1.NamespaceAll).Watch(ctx, o)
 		}), &corev1.Pod{}, 0, cache.Indexers{})
 	namespaces := cache.NewSharedIndexInformer(s.listWatcher("namespaces", s.client,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return s.client.CoreV1().Namespaces().List(ctx, o)
+			return s.client.Namespaces().List(ctx, o)
 		},
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return s.client.CoreV1().Namespaces().Watch(ctx, o)
+			return s.client.Namespaces().Watch(ctx, o)
 		}), &corev1.Namespace{}, 0, cache.Indexers{})
 	services := cache.NewSharedIndexInformer(s.listWatcher("services", s.client,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return s.client.CoreV1().Services(metav1.NamespaceAll).List(ctx, o)
+			return s.client.Services(metav1.NamespaceAll).List(ctx, o)
 		},
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return s.client.CoreV1().Services(metav1.NamespaceAll).Watch(ctx, o)
+			return s.client.Services(metav1.NamespaceAll).Watch(ctx, o)
 		}), &corev1.Service{}, 0, cache.Indexers{})
 	aps := s.policyInformer(authorizationPolicies)
 	pas := s.policyInformer(peerAuthentications)

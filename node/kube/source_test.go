@@ -30,7 +30,7 @@ func TestSourceCoalesces(t *testing.T) {
 			{Group: "security.istio.io", Version: "v1", Resource: authorizationPolicies}: "AuthorizationPolicyList",
 			{Group: "security.istio.io", Version: "v1", Resource: peerAuthentications}:   "PeerAuthenticationList",
 		})
-		src := NewSource(client, dyn, slog.New(slog.DiscardHandler))
+		src := NewSource(clientset{client}, dyn, slog.New(slog.DiscardHandler))
 		src.Coalesce, src.MinInterval = 100*time.Millisecond, time.Second
 
 		var (

@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -35,7 +34,7 @@ type UninstallWatch struct {
 // WatchUninstall starts watching the DaemonSet that owns pod namespace/name
 // until ctx ends. A pod without one (an agent run by hand) is never
 // uninstalled this way.
-func WatchUninstall(ctx context.Context, c kubernetes.Interface, namespace, name string, log *slog.Logger) *UninstallWatch {
+func WatchUninstall(ctx context.Context, c Client, namespace, name string, log *slog.Logger) *UninstallWatch {
 	w := &UninstallWatch{synced: make(chan struct{})}
 	go w.run(ctx, c, namespace, name, log)
 	return w
@@ -44,10 +43,10 @@ func WatchUninstall(ctx context.Context, c kubernetes.Interface, namespace, name
 // Uninstalling reports whether the owning DaemonSet was deleted.
 func (w *UninstallWatch) Uninstalling() bool { return w.deleted.Load() }
 
-func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namespace, name string, log *slog.Logger) {
+func (w *UninstallWatch) run(ctx context.Context, c Client, namespace, name string, log *slog.Logger) {
 	var ds string
 	for ds == "" {
-		pod, err := c.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		pod, err := c.Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			ref := metav1.GetControllerOf(pod)
 			if ref == nil || ref.Kind != "DaemonSet" {
@@ -68,11 +67,11 @@ func (w *UninstallWatch) run(ctx context.Context, c kubernetes.Interface, namesp
 	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = byName
-			return c.AppsV1().DaemonSets(namespace).List(ctx, o)
+			return c.DaemonSets(namespace).List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = byName
-			return c.AppsV1().DaemonSets(namespace).Watch(ctx, o)
+			return c.DaemonSets(namespace).Watch(ctx, o)
 		},
 	}, c), &appsv1.DaemonSet{}, 0, cache.Indexers{})
 	// The handlers check the name too: the field selector is the API

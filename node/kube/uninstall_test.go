@@ -26,8 +26,8 @@ func TestUninstallWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	log := slog.New(slog.DiscardHandler)
-	w := WatchUninstall(ctx, c, "istio-system", "ferry-abc", log)
-	byHand := WatchUninstall(ctx, c, "istio-system", "by-hand", log)
+	w := WatchUninstall(ctx, clientset{c}, "istio-system", "ferry-abc", log)
+	byHand := WatchUninstall(ctx, clientset{c}, "istio-system", "by-hand", log)
 	select {
 	case <-w.synced:
 	case <-time.After(10 * time.Second):
