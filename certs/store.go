@@ -420,6 +420,14 @@ func (s *Store) Certificate(id Identity) (*tls.Certificate, error) {
 	return e.cert, nil
 }
 
+// issuing reports whether id is held and waits for its first certificate.
+func (s *Store) issuing(id Identity) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[id]
+	return e != nil && e.cert == nil
+}
+
 // Ready reports whether Certificate(id) would return a certificate now.
 func (s *Store) Ready(id Identity) bool {
 	s.mu.Lock()

@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -189,7 +190,7 @@ func (s *Store) ServerConfig(identityFor func(local netip.Addr) (Identity, error
 			if err != nil {
 				return nil, fmt.Errorf("certs: no server identity for %s: %w", local, err)
 			}
-			return s.Certificate(id)
+			return s.waitCertificate(hello.Context(), id)
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if cs.NegotiatedProtocol != ALPN {
@@ -216,8 +217,8 @@ func (s *Store) ClientConfig(src, want Identity) *tls.Config {
 		InsecureSkipVerify:     true, // VerifyConnection verifies the chain and the identity
 		SessionTicketsDisabled: true,
 		CurvePreferences:       s.curves(),
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return s.Certificate(src)
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return s.waitCertificate(cri.Context(), src)
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if want.IsZero() {
@@ -250,4 +251,22 @@ func ipOf(a net.Addr) netip.Addr {
 		return ap.Addr().Unmap()
 	}
 	return netip.Addr{}
+}
+
+// firstCertificateWait bounds how long a handshake waits for the first
+// certificate of a local identity: a new pod's first connections can come
+// before its agent has been issued one, and refusing them would fail a pod
+// that connects as it starts.
+const firstCertificateWait = 5 * time.Second
+
+// waitCertificate returns id's certificate, first waiting (within ctx and
+// firstCertificateWait) while the first one is being issued. An identity
+// not held, or one whose certificate expired, fails at once.
+func (s *Store) waitCertificate(ctx context.Context, id Identity) (*tls.Certificate, error) {
+	if s.issuing(id) {
+		wctx, cancel := context.WithTimeout(ctx, firstCertificateWait)
+		defer cancel()
+		_ = s.WaitReady(wctx, id) // if it fails, Certificate says why
+	}
+	return s.Certificate(id)
 }

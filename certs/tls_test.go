@@ -472,3 +472,45 @@ func TestRotationWithoutRestart(t *testing.T) {
 		}
 	})
 }
+
+// TestHandshakeWaitsForFirstCertificate: a handshake for a local identity
+// whose first certificate is being issued waits for it (a new pod's first
+// connection), on either side; it gives up after a bound; one for an
+// identity the store does not hold fails at once.
+func TestHandshakeWaitsForFirstCertificate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := certstest.NewCA(t)
+		a, b, stranger := ca.Identity("ns", "a"), ca.Identity("ns", "b"), ca.Identity("ns", "stranger")
+		g := &gateIssuer{next: ca.Issuer(), release: make(chan struct{})}
+		clients, servers := ca.StoreWith(t, ca.StoreConfig(), g), ca.Store(t, b)
+		clients.SetIdentities([]certs.Identity{a})
+		synctest.Wait()
+
+		start := time.Now()
+		done := make(chan certstest.Result)
+		go func() { done <- certstest.Handshake(t, clients.ClientConfig(a, b), servers.ServerConfig(fixed(b))) }()
+		time.Sleep(time.Second)
+		close(g.release)
+		r := <-done
+		if r.ClientErr != nil || r.ServerErr != nil || time.Since(start) != time.Second {
+			t.Fatalf("client handshake while issuing: client %v, server %v after %v; want success once issued (1s)", r.ClientErr, r.ServerErr, time.Since(start))
+		}
+
+		start = time.Now()
+		r = certstest.Handshake(t, clients.ClientConfig(stranger, b), servers.ServerConfig(fixed(b)))
+		if r.ClientErr == nil || time.Since(start) != 0 {
+			t.Errorf("identity not held: client %v after %v; want a refusal at once", r.ClientErr, time.Since(start))
+		}
+
+		// A server identity still issuing: the wait is bounded.
+		stuck := &gateIssuer{next: ca.Issuer(), release: make(chan struct{})}
+		slow := ca.StoreWith(t, ca.StoreConfig(), stuck)
+		slow.SetIdentities([]certs.Identity{b})
+		start = time.Now()
+		r = certstest.Handshake(t, ca.Store(t, a).ClientConfig(a, b), slow.ServerConfig(fixed(b)))
+		if r.ServerErr == nil || time.Since(start) != 5*time.Second {
+			t.Errorf("server identity never issued: server %v after %v; want a refusal after 5s", r.ServerErr, time.Since(start))
+		}
+		close(stuck.release)
+	})
+}
