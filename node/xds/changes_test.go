@@ -120,7 +120,8 @@ func byKey(t *testing.T, s *inventory.Snapshot) map[string]*inventory.Pod {
 }
 
 // TestSnapshotSharesPolicies: snapshots made between two changes of the
-// Authorizations share one list of them; a change makes a new one.
+// Authorizations share one list of them, which the source holds them in; a
+// change makes a new one.
 func TestSnapshotSharesPolicies(t *testing.T) {
 	st := newState()
 	local := &inventory.Snapshot{}
@@ -133,5 +134,9 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 	s3 := st.snapshot(local, "n1", "Kubernetes")
 	if len(s3.TranslatedPolicies) != 2 || s3.TranslatedPolicies[0].Name != "p0" || len(s1.TranslatedPolicies) != 1 || s1.TranslatedPolicies[0].Name != "p1" {
 		t.Fatalf("after a change: %+v, and the first snapshot's %+v", s3.TranslatedPolicies, s1.TranslatedPolicies)
+	}
+	// Each policy is held once: its resource points into the list.
+	if r, _ := st.res[TypeAuthorization].get("a/p1"); r.policy != &s3.TranslatedPolicies[1] {
+		t.Errorf("a/p1 held beside the list's copy")
 	}
 }

@@ -65,7 +65,7 @@ type state struct {
 	policyRevision uint64
 	// policies are the Authorizations held as of policiesRevision, for
 	// snapshots to share until the next response of that type (10k
-	// policies are 1.4 MB a copy).
+	// policies are 1.4 MB a copy); the resources point into it.
 	policies         []authz.TranslatedPolicy
 	policiesRevision uint64
 	// published is what the last snapshot held, for the next to say which
@@ -412,9 +412,12 @@ func (st *state) translatedPolicies() []authz.TranslatedPolicy {
 	b := st.res[TypeAuthorization]
 	if st.policies == nil || st.policiesRevision != st.policyRevision || len(b.pending) > 0 {
 		b.merge()
-		st.policies = make([]authz.TranslatedPolicy, 0, len(b.sorted))
-		for _, r := range b.sorted {
-			st.policies = append(st.policies, *r.policy)
+		st.policies = make([]authz.TranslatedPolicy, len(b.sorted))
+		for i, r := range b.sorted {
+			// The resource now points into the list (never changed):
+			// a policy is held once, not beside its copy.
+			st.policies[i] = *r.policy
+			r.policy = &st.policies[i]
 		}
 		st.policiesRevision = st.policyRevision
 	}
