@@ -153,7 +153,7 @@ spec: {selector: {matchLabels: {app: no-such-workload}}}
 		var diffs []string
 		for _, req := range []authz.Request{sc.Req, plain, port} {
 			want := crd.Decide(req)
-			req.BoundPolicies = snap.Pods[i].Mesh.AuthorizationPolicies
+			req.BoundPolicies = snap.Pods[i].Mesh.AuthorizationPolicies.Slice()
 			if got := translated.Decide(req); got.Allow != want.Allow {
 				diffs = append(diffs, fmt.Sprintf("from %q to port %d: Compile decides %+v, istiod's translation %+v",
 					req.SourcePrincipal, req.DestinationPort, want, got))

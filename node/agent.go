@@ -553,7 +553,7 @@ func (a *Agent) apply(snap *inventory.Snapshot) error {
 	bindings := map[*Workload]*authz.Binding{}
 	for _, w := range v.local {
 		if w.Mesh != nil {
-			bindings[w] = engine.Bind(w.Mesh.AuthorizationPolicies)
+			bindings[w] = engine.Bind(w.Mesh.AuthorizationPolicies.Slice())
 		}
 	}
 	a.state.Store(&state{view: v, engine: engine, bindings: bindings, diags: diags, at: time.Now()})
@@ -719,8 +719,7 @@ func (a *Agent) authorize(r tunnel.Request) error {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "deny", "unknown to istiod").Inc()
 		return fmt.Errorf("node: istiod has not sent pod %s/%s: deny until it does", w.Namespace, w.Name)
 	}
-	req := authzRequest(r.Peer, r.Src, w, r.Dst.Port())
-	req.Binding = s.bindings[w]
+	req := authzRequest(r.Peer, r.Src, w, r.Dst.Port(), s.bindings[w])
 	d := s.engine.Decide(req)
 	if d.Allow {
 		a.metrics.PolicyDecision.WithLabelValues(direction, "allow", "").Inc()

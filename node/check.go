@@ -70,7 +70,7 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 		return CheckResult{}, fmt.Errorf("one of --to-pod or --to is required")
 	}
 	engine, diags := compilePolicies(authz.Config{RootNamespace: rootNamespace, TrustDomain: trustDomain}, snap)
-	ex := engine.Explain(authzRequest(peer, netip.AddrPortFrom(q.FromIP, 0), w, q.Port))
+	ex := engine.Explain(authzRequest(peer, netip.AddrPortFrom(q.FromIP, 0), w, q.Port, nil))
 	d := ex.Decision
 	src := peer.String()
 	if src == "" {
@@ -83,14 +83,16 @@ func Check(snap *inventory.Snapshot, q CheckRequest, trustDomain, rootNamespace 
 }
 
 // authzRequest builds the policy engine's view of a connection from src (with
-// peer identity, zero for plaintext) to port on workload w.
-func authzRequest(peer certs.Identity, src netip.AddrPort, w *Workload, port uint16) authz.Request {
+// peer identity, zero for plaintext) to port on workload w: its policies
+// bound by istiod as binding resolved them, or (binding nil) by name.
+func authzRequest(peer certs.Identity, src netip.AddrPort, w *Workload, port uint16, binding *authz.Binding) authz.Request {
 	var bound []string
-	if w.Mesh != nil {
-		bound = w.Mesh.AuthorizationPolicies
+	if w.Mesh != nil && binding == nil {
+		bound = w.Mesh.AuthorizationPolicies.Slice()
 	}
 	return authz.Request{
 		BoundPolicies:   bound,
+		Binding:         binding,
 		SourcePrincipal: peer.Principal(),
 		SourceIP:        src.Addr().Unmap(),
 		Namespace:       w.Namespace,

@@ -15,7 +15,7 @@ func meshPod(name, ip, node, zone string, healthy bool, capacity uint32) *invent
 	return &inventory.Pod{Name: name, Namespace: "shop", ServiceAccount: name, NodeName: node, IP: netip.MustParseAddr(ip),
 		Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: healthy, Capacity: capacity,
 			Locality: unique.Make(inventory.Locality{Region: "r1", Zone: zone}),
-			Services: []string{"shop/web.shop.svc.cluster.local"}}}
+			Services: inventory.MakeNames("shop/web.shop.svc.cluster.local")}}
 }
 
 func endpointView(lb *inventory.LoadBalancing, pods ...*inventory.Pod) *view {

@@ -475,7 +475,7 @@ func (u *viewUpdate) unindex(w *Workload) {
 func (v *view) servicesSelecting(w *Workload) []*inventory.Service {
 	var out []*inventory.Service
 	if w.Mesh != nil {
-		for _, k := range w.Mesh.Services {
+		for k := range w.Mesh.Services.All() {
 			if s, ok := v.byHostname[k]; ok && !slices.Contains(out, s) {
 				out = append(out, s)
 			}

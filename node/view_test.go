@@ -71,7 +71,7 @@ func (g *viewGen) pod() inventory.Pod {
 	}
 	if g.rnd.IntN(3) == 0 {
 		p.Mesh = &inventory.MeshWorkload{HBONE: g.rnd.IntN(2) == 0, Healthy: true, Capacity: 1,
-			Services: []string{p.Namespace + "/" + g.pick("web", "db", "none") + ".svc"}}
+			Services: inventory.MakeNames(p.Namespace + "/" + g.pick("web", "db", "none") + ".svc")}
 	}
 	return p
 }

@@ -22,7 +22,7 @@ func TestRouteViaWaypoint(t *testing.T) {
 	byName := &inventory.Waypoint{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local", HBONEPort: 15008}
 	wpPod := &inventory.Pod{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "node3",
 		IP: netip.MustParseAddr("198.18.3.9"), Mesh: &inventory.MeshWorkload{Healthy: true, Capacity: 1,
-			Services: []string{"shop/waypoint.shop.svc.cluster.local"}}}
+			Services: inventory.MakeNames("shop/waypoint.shop.svc.cluster.local")}}
 	wpSvc := inventory.Service{Name: "waypoint", Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local",
 		ClusterIPs: []netip.Addr{wpVIP}, Ports: []inventory.ServicePort{{Port: 15008}}}
 	viewWith := func(svcWP, podWP *inventory.Waypoint, client *inventory.Pod) *view {

@@ -396,7 +396,7 @@ func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 		if l := m.Where(); l != (inventory.Locality{}) {
 			zw.Locality = &ztLocality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}
 		}
-		zw.Services = slices.Clone(m.Services)
+		zw.Services = m.Services.Slice()
 	} else {
 		for _, svc := range s.view.servicesByNS[w.Namespace] {
 			if svc.Selects(w.Pod) {
@@ -416,7 +416,7 @@ func (in *ztunnelInput) workload(s *state, w *Workload) ztWorkload {
 func (in *ztunnelInput) bound(s *state, w *Workload) (names []string, cp *ztPolicy) {
 	switch {
 	case w.Mesh != nil:
-		names = slices.Clone(w.Mesh.AuthorizationPolicies)
+		names = w.Mesh.AuthorizationPolicies.Slice()
 	case s.view.snap.TranslatedPolicies == nil:
 		x := s.engine.Explain(authz.Request{Namespace: w.Namespace, Labels: w.Labels})
 		for _, p := range x.Policies {

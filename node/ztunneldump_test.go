@@ -416,8 +416,8 @@ func TestZtunnelDumpXDS(t *testing.T) {
 		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}},
 		Pods: []*inventory.Pod{{
 			Name: "web-0", Namespace: "foo", ServiceAccount: "web", NodeName: "b", IP: netip.MustParseAddr("10.0.2.5"),
-			Mesh: &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/web-0", HBONE: true, AuthorizationPolicies: []string{"foo/allow"},
-				Services: []string{"foo/web.foo.svc.cluster.local"}, Locality: unique.Make(inventory.Locality{Region: "r1", Zone: "z1"}), Capacity: 2,
+			Mesh: &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/web-0", HBONE: true, AuthorizationPolicies: inventory.MakeNames("foo/allow"),
+				Services: inventory.MakeNames("foo/web.foo.svc.cluster.local"), Locality: unique.Make(inventory.Locality{Region: "r1", Zone: "z1"}), Capacity: 2,
 				TargetPorts: map[string]map[uint16]uint16{"foo/web.foo.svc.cluster.local": {81: 9091}}},
 		}},
 		Services: []inventory.Service{{Name: "web", Namespace: "foo", Hostname: "web.foo.svc.cluster.local",
@@ -485,7 +485,7 @@ func waypointSnapshot() *inventory.Snapshot {
 	byAddr := &inventory.Waypoint{Address: netip.MustParseAddr("10.96.1.9"), HBONEPort: 15008}
 	byHost := &inventory.Waypoint{Namespace: "foo", Hostname: "waypoint.foo.svc.cluster.local", HBONEPort: 15008}
 	mesh := func(name string, hbone bool, wp *inventory.Waypoint, svc string) *inventory.MeshWorkload {
-		return &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/" + name, HBONE: hbone, Services: []string{svc}, Waypoint: wp, Healthy: true, Capacity: 1}
+		return &inventory.MeshWorkload{UID: "Kubernetes//Pod/foo/" + name, HBONE: hbone, Services: inventory.MakeNames(svc), Waypoint: wp, Healthy: true, Capacity: 1}
 	}
 	return &inventory.Snapshot{
 		Namespaces: map[string]inventory.Namespace{"foo": {Name: "foo", Labels: ambient}},

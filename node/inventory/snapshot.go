@@ -3,7 +3,6 @@ package inventory
 import (
 	"context"
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"unique"
 
@@ -119,9 +118,10 @@ type MeshWorkload struct {
 	UID string
 	// AuthorizationPolicies are "namespace/name" of the selector policies
 	// istiod attached to the pod.
-	AuthorizationPolicies []string
-	// Services are "namespace/hostname" of the Services selecting the pod.
-	Services []string
+	AuthorizationPolicies Names
+	// Services are "namespace/hostname" of the Services selecting the pod,
+	// in name order.
+	Services Names
 	// TargetPorts maps a Service (as in Services) port to the pod's port
 	// where istiod resolved it (a named target port); absent ports use the
 	// Service's target port.
@@ -221,7 +221,7 @@ type ServicePort struct {
 // same namespace and every selector label matching.
 func (s *Service) Selects(pod *Pod) bool {
 	if pod.Mesh != nil && s.Hostname != "" {
-		return slices.Contains(pod.Mesh.Services, s.Namespace+"/"+s.Hostname)
+		return pod.Mesh.Services.Contains(s.Namespace + "/" + s.Hostname)
 	}
 	if len(s.Selector) == 0 || pod.Namespace != s.Namespace {
 		return false

@@ -129,7 +129,7 @@ func podFromWorkload(name string, w *workloadapi.Workload) (*inventory.Pod, erro
 		Mesh: &inventory.MeshWorkload{
 			UID:                   uid,
 			HBONE:                 w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE,
-			AuthorizationPolicies: internAll(w.GetAuthorizationPolicies()),
+			AuthorizationPolicies: inventory.MakeNames(w.GetAuthorizationPolicies()...),
 			Healthy:               w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
 		},
 	}
@@ -156,9 +156,10 @@ func podFromWorkload(name string, w *workloadapi.Workload) (*inventory.Pod, erro
 	} else {
 		p.Mesh.Capacity = 1
 	}
+	services := make([]string, 0, len(w.GetServices()))
 	for k, pl := range w.GetServices() {
 		k = inventory.Intern(k)
-		p.Mesh.Services = append(p.Mesh.Services, k)
+		services = append(services, k)
 		for _, port := range pl.GetPorts() {
 			if port.GetServicePort() > 65535 || port.GetTargetPort() > 65535 {
 				return nil, fmt.Errorf("services[%s]: port %d → %d out of range", k, port.GetServicePort(), port.GetTargetPort())
@@ -175,20 +176,9 @@ func podFromWorkload(name string, w *workloadapi.Workload) (*inventory.Pod, erro
 			p.Mesh.TargetPorts[k][uint16(port.GetServicePort())] = uint16(port.GetTargetPort())
 		}
 	}
-	slices.Sort(p.Mesh.Services)
+	slices.Sort(services)
+	p.Mesh.Services = inventory.MakeNames(services...)
 	return p, nil
-}
-
-// internAll returns ss's strings interned, in a slice of its own.
-func internAll(ss []string) []string {
-	if len(ss) == 0 {
-		return nil
-	}
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = inventory.Intern(s)
-	}
-	return out
 }
 
 func serviceFromProto(s *workloadapi.Service) (*inventory.Service, error) {

@@ -89,7 +89,7 @@ func TestPrivilegedIstiodSource(t *testing.T) {
 			svc = s.Services[i]
 		}
 		p := fooPods(s)
-		return len(p) == 1 && i >= 0 && len(p[0].Mesh.Services) == 1
+		return len(p) == 1 && i >= 0 && len(p[0].Mesh.Services.Slice()) == 1
 	})
 	web := fooPods(snap)[0]
 	if web.IP.String() != "198.18.2.10" || web.ServiceAccount != "web" || web.NodeName != "node2" || !web.Mesh.HBONE ||
@@ -116,7 +116,7 @@ spec:
 	}
 	snap = await(t, snaps, "allow-bar bound to web-0", func(s *inventory.Snapshot) bool {
 		p := fooPods(s)
-		return len(s.TranslatedPolicies) == 1 && len(p) == 1 && slices.Contains(p[0].Mesh.AuthorizationPolicies, "foo/allow-bar")
+		return len(s.TranslatedPolicies) == 1 && len(p) == 1 && p[0].Mesh.AuthorizationPolicies.Contains("foo/allow-bar")
 	})
 	p := snap.TranslatedPolicies[0]
 	if p.Scope != "WORKLOAD_SELECTOR" || p.Action != "ALLOW" || len(p.Groups) != 1 || len(p.Groups[0].Rules) != 2 {
@@ -139,7 +139,7 @@ spec:
 	}
 	snap = await(t, snaps, "the policy gone after istiod's restart", func(s *inventory.Snapshot) bool {
 		p := fooPods(s)
-		return len(s.TranslatedPolicies) == 0 && len(p) == 1 && len(p[0].Mesh.AuthorizationPolicies) == 0
+		return len(s.TranslatedPolicies) == 0 && len(p) == 1 && p[0].Mesh.AuthorizationPolicies == (inventory.Names{})
 	})
 	if !hasWeb(snap) {
 		t.Errorf("Service foo/web lost in istiod's resync: %+v", snap.Services)

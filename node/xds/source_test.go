@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -267,7 +268,7 @@ func TestSourceSubscribesAsZtunnelAndMergesLocalPods(t *testing.T) {
 		t.Fatalf("pods %+v, want foo/a (local), foo/b (node2) and foo/gone (on node1 for istiod, not in the local source)", snap.Pods)
 	}
 	a, b := snap.Pods[0], snap.Pods[1]
-	if a.Name != "a" || a.Labels["app"] != "a" || a.Mesh == nil || a.Mesh.AuthorizationPolicies[0] != "foo/allow" {
+	if a.Name != "a" || a.Labels["app"] != "a" || a.Mesh == nil || !slices.Equal(a.Mesh.AuthorizationPolicies.Slice(), []string{"foo/allow"}) {
 		t.Errorf("local pod %+v (mesh %+v)", a, a.Mesh)
 	}
 	if b.Name != "b" || b.IP.String() != "198.18.1.11" || b.ServiceAccount != "b" || !b.Mesh.HBONE || b.NodeName != "node2" {
@@ -429,7 +430,7 @@ func TestSourceMatchesLocalPodsByUID(t *testing.T) {
 	respond(t, s, TypeAuthorization, "p", nil)
 	f.request(s)
 	snap := f.settled()
-	if p := snap.Pods[0]; p.Name != "db" || p.Mesh == nil || len(p.Mesh.AuthorizationPolicies) != 1 || p.Mesh.AuthorizationPolicies[0] != "foo/own" {
+	if p := snap.Pods[0]; p.Name != "db" || p.Mesh == nil || !slices.Equal(p.Mesh.AuthorizationPolicies.Slice(), []string{"foo/own"}) {
 		t.Errorf("local pod %+v with %+v, want its own workload's policies", p, p.Mesh)
 	}
 }

@@ -106,7 +106,7 @@ func TestWaypointWithIstioHBONE(t *testing.T) {
 			Pods: []*inventory.Pod{
 				{Name: "client", Namespace: "shop", ServiceAccount: "client", NodeName: "a", IP: clientPod},
 				{Name: "web-0", Namespace: "shop", ServiceAccount: "web", NodeName: "b", IP: endpointPod,
-					Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1, Services: []string{"shop/web.shop.svc.cluster.local"}}},
+					Mesh: &inventory.MeshWorkload{HBONE: true, Healthy: true, Capacity: 1, Services: inventory.MakeNames("shop/web.shop.svc.cluster.local")}},
 				{Name: "waypoint-0", Namespace: "shop", ServiceAccount: "waypoint", NodeName: "c", IP: wp.Addr(),
 					Labels: map[string]string{"istio.io/dataplane-mode": "none"},
 					Mesh:   &inventory.MeshWorkload{Healthy: true, Capacity: 1}},
