@@ -263,10 +263,12 @@ const firstCertificateWait = 5 * time.Second
 // firstCertificateWait) while the first one is being issued. An identity
 // not held, or one whose certificate expired, fails at once.
 func (s *Store) waitCertificate(ctx context.Context, id Identity) (*tls.Certificate, error) {
-	if s.issuing(id) {
-		wctx, cancel := context.WithTimeout(ctx, firstCertificateWait)
-		defer cancel()
-		_ = s.WaitReady(wctx, id) // if it fails, Certificate says why
+	c, err := s.Certificate(id)
+	if err == nil || !s.issuing(id) {
+		return c, err
 	}
+	wctx, cancel := context.WithTimeout(ctx, firstCertificateWait)
+	defer cancel()
+	_ = s.WaitReady(wctx, id) // if it fails, Certificate says why
 	return s.Certificate(id)
 }
