@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 )
 
 // Client is what the agent calls of the Kubernetes API (the Istio policies
@@ -61,16 +63,25 @@ func NewAPI(cfg *rest.Config) (*API, error) {
 		}
 	}
 	codecs := serializer.NewCodecFactory(scheme).WithoutConversion()
+	// The groups share one connection pool and one rate limit, as a
+	// clientset's do.
+	cfg = rest.CopyConfig(cfg)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	if cfg.RateLimiter == nil {
+		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cmp.Or(cfg.QPS, rest.DefaultQPS), cmp.Or(cfg.Burst, rest.DefaultBurst))
+	}
+	httpClient, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
 	client := func(gv schema.GroupVersion, path string) (rest.Interface, error) {
 		c := rest.CopyConfig(cfg)
 		c.GroupVersion, c.APIPath, c.NegotiatedSerializer = &gv, path, codecs
-		if c.UserAgent == "" {
-			c.UserAgent = rest.DefaultKubernetesUserAgent()
-		}
-		return rest.RESTClientFor(c)
+		return rest.RESTClientForConfigAndClient(c, httpClient)
 	}
 	a := &API{params: runtime.NewParameterCodec(scheme)}
-	var err error
 	if a.core, err = client(corev1.SchemeGroupVersion, "/api"); err != nil {
 		return nil, err
 	}
