@@ -251,8 +251,11 @@ func (s *Source) connect(ctx context.Context, conn *grpc.ClientConn, st *state) 
 
 // handle applies one response and ACKs or NACKs it. On the first response of
 // a type after (re)connecting, istiod sends every resource the agent did not
-// advertise: held ones it neither sends nor advertised are gone.
-func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscoveryResponse, resync bool) error {
+// advertise: held ones it neither sends nor advertised are gone. Resources
+// are read one at a time (see response), so a malformed one found halfway
+// leaves those before it applied.
+func (s *Source) handle(str *stream, st *state, resp *response, resync bool) error {
+	defer resp.release()
 	t := resp.GetTypeUrl()
 	held, ok := st.res[t]
 	if !ok {
@@ -262,29 +265,22 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 	if t == TypeAuthorization {
 		st.policyRevision = inventory.NewPolicyRevision()
 	}
+	var sent map[string]bool
 	if resync {
-		sent := map[string]bool{}
-		for _, r := range resp.GetResources() {
-			sent[r.GetName()] = true
-		}
-		var gone []string
-		for r := range held.all {
-			if !sent[r.name] && !st.advertised[t][r.name] {
-				gone = append(gone, r.name)
-			}
-		}
-		for _, name := range gone {
-			st.drop(t, name)
-			delete(st.refused[t], name)
-		}
+		sent = map[string]bool{}
 	}
 	var rejects []string
-	for i, r := range resp.GetResources() {
-		// Let go of each resource once read: istiod's first answer holds
-		// the whole mesh (some 45 MB of messages at 100k pods), and what
-		// is read need not stay beside what it was decoded into.
-		resp.Resources[i] = nil
+	for r, err := range resp.resources() {
+		if err != nil {
+			// The message is malformed, as when gRPC cannot decode it:
+			// the stream ends, and the next one's first answer says what
+			// is gone (nothing is dropped from this one).
+			return fmt.Errorf("%s response: %w", shortType(t), err)
+		}
 		name := r.GetName()
+		if sent != nil {
+			sent[name] = true
+		}
 		res, err := decode(t, name, r.GetResource())
 		if err != nil {
 			msg := fmt.Sprintf("%s %s (version %s): %v", shortType(t), name, r.GetVersion(), err)
@@ -305,6 +301,18 @@ func (s *Source) handle(str *stream, st *state, resp *discoveryv3.DeltaDiscovery
 		}
 		res.version = r.GetVersion()
 		st.put(t, name, res)
+	}
+	if resync {
+		var gone []string
+		for r := range held.all {
+			if !sent[r.name] && !st.advertised[t][r.name] {
+				gone = append(gone, r.name)
+			}
+		}
+		for _, name := range gone {
+			st.drop(t, name)
+			delete(st.refused[t], name)
+		}
 	}
 	for _, name := range resp.GetRemovedResources() {
 		st.drop(t, name)

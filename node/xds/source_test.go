@@ -390,6 +390,44 @@ func TestSourceResumesWithVersionsAndResyncs(t *testing.T) {
 	}
 }
 
+// TestSourceEndsStreamOnUndecodableResource: resources are read one at a
+// time, so one that does not decode is found halfway through its response.
+// The stream ends (as when gRPC cannot decode a message) with the
+// resources before it applied and nothing held dropped, and the next
+// stream resumes from there.
+func TestSourceEndsStreamOnUndecodableResource(t *testing.T) {
+	f := newFixture(t)
+	s := f.stream()
+	f.subscribe(s)
+	f.local <- localSnapshot()
+	respond(t, s, TypeAddress, "a1", []res{{"Kubernetes//Pod/foo/b", "1", workload("foo", "b", "node2", "198.18.1.11")}})
+	f.request(s)
+	respond(t, s, TypeAuthorization, "p1", nil)
+	f.request(s)
+	f.snapshot()
+
+	resource := func(name, ip string) *discoveryv3.Resource {
+		a, err := anypb.New(workload("foo", name, "node2", ip))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &discoveryv3.Resource{Name: "Kubernetes//Pod/foo/" + name, Version: "2", Resource: a}
+	}
+	broken := resource("d", "198.18.1.13")
+	broken.ProtoReflect().SetUnknown([]byte{0xff}) // a varint that never ends
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: TypeAddress, Nonce: "a2",
+		Resources: []*discoveryv3.Resource{resource("c", "198.18.1.12"), broken, resource("e", "198.18.1.14")}}
+	if err := s.send(resp); err != nil {
+		t.Fatal(err)
+	}
+	s = f.stream()
+	reqs := f.subscribe(s)
+	v := reqs[0].GetInitialResourceVersions()
+	if len(v) != 2 || v["Kubernetes//Pod/foo/b"] != "1" || v["Kubernetes//Pod/foo/c"] != "2" {
+		t.Errorf("resumed with versions %v, want b (held) and c (read before the undecodable one)", v)
+	}
+}
+
 // TestSourceTakesIstiodsWholeState: istiod sends every address in one
 // response when a stream starts (9 MB at 100k pods), past gRPC's default
 // limit of 4 MiB.

@@ -140,26 +140,28 @@ func (c *Config) streamContext(ctx context.Context) (context.Context, error) {
 // goroutine, feeding responses to recv; the owner sends.
 type stream struct {
 	ads  discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	recv chan *discoveryv3.DeltaDiscoveryResponse
+	recv chan *response
 	err  chan error // the receive error that ended the stream
 }
 
 func openStream(ctx context.Context, conn *grpc.ClientConn) (*stream, error) {
-	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx,
+		grpc.ForceCodecV2(responseCodec{}))
 	if err != nil {
 		return nil, err
 	}
-	s := &stream{ads: ads, recv: make(chan *discoveryv3.DeltaDiscoveryResponse, 16), err: make(chan error, 1)}
+	s := &stream{ads: ads, recv: make(chan *response, 16), err: make(chan error, 1)}
 	go func() {
 		for {
-			r, err := ads.Recv()
-			if err != nil {
+			r := &response{}
+			if err := ads.RecvMsg(r); err != nil {
 				s.err <- err
 				return
 			}
 			select {
 			case s.recv <- r:
 			case <-ctx.Done():
+				r.release()
 				s.err <- ctx.Err()
 				return
 			}
