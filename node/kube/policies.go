@@ -37,8 +37,8 @@ type policyEntry struct {
 // decodedPolicy is one object as decoded: err when it could not be
 // identified, else ap or pa (by kind) and its error diagnostics.
 type decodedPolicy struct {
-	ap   authz.AuthorizationPolicy
-	pa   authz.PeerAuthentication
+	ap   *authz.AuthorizationPolicy
+	pa   *authz.PeerAuthentication
 	errs []authz.Diagnostic
 	err  error
 }
@@ -49,9 +49,9 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 		b.entries = map[types.UID]*policyEntry{}
 	}
 	for _, o := range objs {
-		uid := o.UID
+		uid := o.uid
 		if uid == "" {
-			uid = types.UID(o.Namespace + "/" + o.Name)
+			uid = types.UID(o.namespace + "/" + o.name)
 		}
 		seen[uid] = true
 		e := b.entries[uid]
@@ -59,10 +59,10 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 			e = &policyEntry{}
 			b.entries[uid] = e
 		}
-		if rv := o.ResourceVersion; e.resourceVersion != rv || rv == "" {
+		if rv := o.resourceVersion; e.resourceVersion != rv || rv == "" {
 			b.changed = true
 			e.resourceVersion = rv
-			e.current = o.decoded
+			e.current = &o.decoded
 			if e.current.err == nil && len(e.current.errs) == 0 {
 				e.good, e.goodVersion = e.current, rv
 			}
@@ -83,9 +83,9 @@ func (b *policyBook) add(snap *inventory.Snapshot, kind string, objs []*policyOb
 			continue
 		}
 		if kind == authz.KindAuthorizationPolicy {
-			snap.AuthorizationPolicies = append(snap.AuthorizationPolicies, use.ap)
+			snap.AuthorizationPolicies = append(snap.AuthorizationPolicies, *use.ap)
 		} else {
-			snap.PeerAuthentications = append(snap.PeerAuthentications, use.pa)
+			snap.PeerAuthentications = append(snap.PeerAuthentications, *use.pa)
 		}
 	}
 }
@@ -118,17 +118,17 @@ func decodePolicy(kind string, u *unstructured.Unstructured) decodedPolicy {
 		return fail(err)
 	}
 	if kind == authz.KindAuthorizationPolicy {
-		dp.ap, err = inventory.DecodeAuthorizationPolicy(b)
+		ap, err := inventory.DecodeAuthorizationPolicy(b)
 		if err != nil {
 			return fail(err)
 		}
-		dp.errs = authz.AuthorizationPolicyErrors(&dp.ap)
+		dp.ap, dp.errs = &ap, authz.AuthorizationPolicyErrors(&ap)
 	} else {
-		dp.pa, err = inventory.DecodePeerAuthentication(b)
+		pa, err := inventory.DecodePeerAuthentication(b)
 		if err != nil {
 			return fail(err)
 		}
-		dp.errs = authz.PeerAuthenticationErrors(&dp.pa)
+		dp.pa, dp.errs = &pa, authz.PeerAuthenticationErrors(&pa)
 	}
 	return dp
 }

@@ -475,7 +475,7 @@ func sortedObjects(store cache.Store) []*policyObject {
 		}
 	}
 	slices.SortFunc(out, func(a, b *policyObject) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
 	})
 	return out
 }

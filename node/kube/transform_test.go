@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -198,6 +199,44 @@ func TestPodMemory(t *testing.T) {
 	t.Logf("%d bytes per pod in the informer (%d MB for %d pods)", per, per*n>>20, n)
 	if per > 512 {
 		t.Errorf("%d bytes per pod, want under 512", per)
+	}
+}
+
+// TestPolicyMemory: what the informer holds per AuthorizationPolicy, each
+// with a selector and a rule naming one principal (as bench/inventory's).
+func TestPolicyMemory(t *testing.T) {
+	const n = 10_000
+	src := make([]*unstructured.Unstructured, n)
+	for i := range src {
+		ns := "scale-" + strconv.Itoa(i%1000)
+		src[i] = &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "pol-" + strconv.Itoa(i), "namespace": ns,
+				"uid": fmt.Sprintf("6f1d2c3b-0000-4000-8000-%012d", i), "resourceVersion": strconv.Itoa(1000 + i)},
+			"spec": map[string]any{
+				"selector": map[string]any{"matchLabels": map[string]any{"app": "a" + strconv.Itoa(i)}},
+				"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
+					"principals": []any{"cluster.local/ns/" + ns + "/sa/app"}}}}}},
+			},
+		}}
+	}
+	transform := (&transformer{}).policy(authz.KindAuthorizationPolicy)
+	kept, bytes := testutil.Retained(func() []any {
+		kept := make([]any, n)
+		for i, u := range src {
+			kept[i], _ = transform(u)
+		}
+		return kept
+	})
+	per := int(bytes) / n
+	runtime.KeepAlive(kept)
+	runtime.KeepAlive(src)
+	if o := kept[n-1].(*policyObject); o.decoded.err != nil || len(o.decoded.errs) > 0 {
+		t.Fatalf("last policy: %v %v", o.decoded.err, o.decoded.errs)
+	}
+	t.Logf("%d bytes per policy in the informer (%d MB for %d policies)", per, per*n>>20, n)
+	if per > 1280 {
+		t.Errorf("%d bytes per policy, want under 1280", per)
 	}
 }
 
