@@ -13,12 +13,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ferrymesh/ferry/authz"
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
@@ -55,7 +57,7 @@ func TestSnapshotChanges(t *testing.T) {
 	var built published
 	hints := map[string]bool{}
 	build := func() *inventory.Snapshot {
-		s := buildSnapshot(&book, &built, hints, pods, namespaces, services, aps, pas)
+		s := buildSnapshot(&book, &built, hints, false, pods, namespaces, services, aps, pas)
 		hints = map[string]bool{}
 		return s
 	}
@@ -130,6 +132,71 @@ func TestSnapshotChanges(t *testing.T) {
 	}
 	if s := build(); s.Changes == nil {
 		t.Errorf("nothing changed since: no changes listed")
+	}
+}
+
+// TestSnapshotSharesPolicies: a snapshot reads the policies again only
+// when their informers' handlers said they changed; until then it shares
+// the last snapshot's, revision and all.
+func TestSnapshotSharesPolicies(t *testing.T) {
+	tr := &transformer{}
+	pods, namespaces, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	aps, pas := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	policy := func(rv, principal string) {
+		t.Helper()
+		o, _ := tr.policy(authz.KindAuthorizationPolicy)(&unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "p", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
+			"spec": map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
+				"principals": []any{principal}}}}}}},
+		}})
+		if err := aps.Update(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod := func(i int, version string) {
+		t.Helper()
+		p := fullPod(i)
+		p.Labels["version"] = version
+		obj, _ := tr.pod(p)
+		if err := pods.Update(obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var book policyBook
+	var built published
+	build := func(policies bool, hints ...string) *inventory.Snapshot {
+		h := map[string]bool{}
+		for _, k := range hints {
+			h[k] = true
+		}
+		return buildSnapshot(&book, &built, h, policies, pods, namespaces, services, aps, pas)
+	}
+	principal := func(s *inventory.Snapshot) string {
+		t.Helper()
+		if len(s.AuthorizationPolicies) != 1 {
+			t.Fatalf("%d policies, want 1", len(s.AuthorizationPolicies))
+		}
+		return s.AuthorizationPolicies[0].Spec.Rules[0].From[0].Source.Principals[0]
+	}
+	pod(0, "v1")
+	policy("1", "a")
+	first := build(false) // the first snapshot reads them regardless
+	if principal(first) != "a" || first.PolicyRevision == 0 {
+		t.Fatalf("first: %q, revision %d", principal(first), first.PolicyRevision)
+	}
+	pod(0, "v2")
+	policy("2", "b") // its handler has not run yet
+	second := build(false, "shop/"+fullPod(0).Name)
+	if second.Changes == nil || len(second.Changes.Pods) != 1 || &second.AuthorizationPolicies[0] != &first.AuthorizationPolicies[0] ||
+		second.PolicyRevision != first.PolicyRevision {
+		t.Errorf("a pod changed: changes %v, policies shared %v, revisions %d and %d; want one pod and the policies shared",
+			second.Changes, &second.AuthorizationPolicies[0] == &first.AuthorizationPolicies[0], first.PolicyRevision, second.PolicyRevision)
+	}
+	third := build(true)
+	if principal(third) != "b" || third.PolicyRevision == second.PolicyRevision {
+		t.Errorf("after the policy's handler: %q, revision %d (was %d); want b, a new revision",
+			principal(third), third.PolicyRevision, second.PolicyRevision)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -163,11 +164,19 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		fn      cache.TransformFunc
 		handler cache.ResourceEventHandler
 	}
+	// The policies' handler says they changed: snapshots read them again
+	// only then.
+	var policiesChanged atomic.Bool
+	policyHandler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { policiesChanged.Store(true); changed() },
+		UpdateFunc: func(any, any) { policiesChanged.Store(true); changed() },
+		DeleteFunc: func(any) { policiesChanged.Store(true); changed() },
+	}
 	informers := []informer{{"pods", pods, tr.pod, podHandler}, {"namespaces", namespaces, tr.namespace, handler}}
 	if s.NodeOnly == "" {
 		informers = append(informers, informer{"services", services, tr.service, handler},
-			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy), handler},
-			informer{peerAuthentications, pas, tr.policy(authz.KindPeerAuthentication), handler})
+			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy), policyHandler},
+			informer{peerAuthentications, pas, tr.policy(authz.KindPeerAuthentication), policyHandler})
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -216,7 +225,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(&book, &built, hints.take(), pods.GetStore(), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
+		snap := buildSnapshot(&book, &built, hints.take(), policiesChanged.Swap(false), pods.GetStore(), namespaces.GetStore(), services.GetStore(),
+			aps.GetStore(), pas.GetStore())
 		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods), "services", len(snap.Services),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
@@ -365,6 +375,7 @@ type published struct {
 	pods       []*podInfo // sorted by namespace and name; terminal ones left out
 	namespaces []*corev1.Namespace
 	services   []*corev1.Service
+	policies   *inventory.Snapshot // its policy fields and Errors only
 }
 
 // buildSnapshot reads the informers' stores into a new Snapshot, policies
@@ -374,7 +385,10 @@ type published struct {
 // store: a pod the store changed whose handler has not run yet is as it was,
 // until the next snapshot; the first snapshot reads them all. The label
 // maps are shared with the stores, which never modify an object in place.
-func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
+// The policies are read again only when policies says a policy informer
+// changed since the last (10k of them are 5 MB to list, sort and copy);
+// else the snapshot shares the last one's.
+func buildSnapshot(book *policyBook, last *published, hints map[string]bool, policies bool, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}, Revision: inventory.NewRevision()}
 	next := published{revision: snap.Revision}
 	for _, obj := range namespaces.List() {
@@ -439,10 +453,19 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pod
 		snap.Services = append(snap.Services, serviceFromAPI(svc))
 	}
 
-	seen := map[types.UID]bool{}
-	book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
-	book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
-	snap.PolicyRevision = book.forget(seen)
+	if policies || last.policies == nil {
+		seen := map[types.UID]bool{}
+		book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
+		book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
+		snap.PolicyRevision = book.forget(seen)
+		next.policies = &inventory.Snapshot{AuthorizationPolicies: snap.AuthorizationPolicies, PeerAuthentications: snap.PeerAuthentications,
+			PolicyProblems: snap.PolicyProblems, Errors: snap.Errors, PolicyRevision: snap.PolicyRevision}
+	} else {
+		p := last.policies
+		snap.AuthorizationPolicies, snap.PeerAuthentications, snap.PolicyProblems, snap.Errors, snap.PolicyRevision =
+			p.AuthorizationPolicies, p.PeerAuthentications, p.PolicyProblems, p.Errors, p.PolicyRevision
+		next.policies = p
+	}
 
 	slices.SortFunc(next.namespaces, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
 	if changed != nil && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {

@@ -370,7 +370,7 @@ func TestParseServiceAccountUser(t *testing.T) {
 }
 
 // BenchmarkBuildSnapshot measures one snapshot of 100k pods (2,000
-// Deployments of 50) and 100 policies: the work after each coalesced change,
+// Deployments of 50) and 10k policies: the work after each coalesced change,
 // all of it read from the stores (whole, the first snapshot) or one pod
 // changed since the last (one-pod).
 func BenchmarkBuildSnapshot(b *testing.B) {
@@ -386,10 +386,10 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 	}
 	namespaces := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	aps := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	for i := range 100 {
+	for i := range 10_000 {
 		u := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-			"metadata": map[string]any{"name": fmt.Sprintf("p%d", i), "namespace": "shop"},
+			"metadata": map[string]any{"name": fmt.Sprintf("p%d", i), "namespace": "shop", "uid": fmt.Sprintf("uid-%d", i), "resourceVersion": "1"},
 			"spec": map[string]any{
 				"selector": map[string]any{"matchLabels": map[string]any{"app": fmt.Sprintf("app-%d", i)}},
 				"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
@@ -412,7 +412,7 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 			b.ReportAllocs()
 			var book policyBook
 			var built published
-			buildSnapshot(&book, &built, nil, pods, namespaces, services, aps, pas)
+			buildSnapshot(&book, &built, nil, true, pods, namespaces, services, aps, pas)
 			i := 0
 			for b.Loop() {
 				if whole {
@@ -425,8 +425,8 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 					b.Fatal(err)
 				}
 				i++
-				s := buildSnapshot(&book, &built, map[string]bool{"shop/" + p.Name: true}, pods, namespaces, services, aps, pas)
-				if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 100 || !whole && len(s.Changes.Pods) != 1 {
+				s := buildSnapshot(&book, &built, map[string]bool{"shop/" + p.Name: true}, whole, pods, namespaces, services, aps, pas)
+				if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 10_000 || !whole && len(s.Changes.Pods) != 1 {
 					b.Fatalf("%d pods, %d policies, changes %v", len(s.Pods), len(s.AuthorizationPolicies), s.Changes)
 				}
 			}
