@@ -265,6 +265,9 @@ func (s *Source) handle(str *stream, st *state, resp *response, resync bool) err
 	if t == TypeAuthorization {
 		st.policyRevision = inventory.NewPolicyRevision()
 	}
+	// Names sent, to find what is gone; on the first answer nothing is
+	// held, and 100k names need not be gathered to learn it.
+	resync = resync && held.len() > 0
 	var sent map[string]bool
 	if resync {
 		sent = map[string]bool{}
