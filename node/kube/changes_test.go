@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -24,13 +25,13 @@ import (
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
-// TestSnapshotChanges: each snapshot lists the pods added, changed (a new
-// object in the store) and removed (or finished) since the one before, with
-// its own entries; a namespace or Service that changed lists nothing (the
-// agent builds its view whole).
+// TestSnapshotChanges: each snapshot lists the pods added, changed (in
+// what Ferry reads of them) and removed (or finished) since the one before,
+// with its own entries; a namespace or Service that changed, or a relist,
+// lists nothing (the agent builds its view whole).
 func TestSnapshotChanges(t *testing.T) {
 	tr := &transformer{}
-	pods := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	pods := &podStore{transform: tr.pod, changed: func() {}}
 	namespaces := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	services := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	aps, pas := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -40,28 +41,30 @@ func TestSnapshotChanges(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pod := func(i int, mutate func(*corev1.Pod)) {
+	pod := func(i int, mutate func(*corev1.Pod)) *corev1.Pod {
 		t.Helper()
 		p := fullPod(i)
 		if mutate != nil {
 			mutate(p)
 		}
-		obj, _ := tr.pod(p)
-		put(pods, obj)
+		if err := pods.Update(p); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
+	var initial []any
 	for i := range 5 {
-		pod(i, nil)
+		initial = append(initial, fullPod(i))
+	}
+	if err := pods.Replace(initial, "1"); err != nil {
+		t.Fatal(err)
 	}
 	put(namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
 	var book policyBook
 	var built published
-	hints := map[string]bool{}
 	build := func() *inventory.Snapshot {
-		s := buildSnapshot(&book, &built, hints, false, pods, namespaces, services, aps, pas)
-		hints = map[string]bool{}
-		return s
+		return buildSnapshot(&book, &built, pods, false, namespaces, services, aps, pas)
 	}
-	hint := func(i int) { hints["shop/"+fullPod(i).Name] = true }
 	changes := func(s *inventory.Snapshot) map[string]string {
 		t.Helper()
 		if s.Changes == nil {
@@ -81,19 +84,16 @@ func TestSnapshotChanges(t *testing.T) {
 	}
 
 	first := build()
-	if first.Revision == 0 || first.Changes != nil {
-		t.Fatalf("first snapshot: revision %d, changes %v; want a revision, no changes", first.Revision, first.Changes)
+	if first.Revision == 0 || first.Changes != nil || len(first.Pods) != 5 {
+		t.Fatalf("first snapshot: revision %d, changes %v, %d pods; want a revision, no changes, 5 pods", first.Revision, first.Changes, len(first.Pods))
 	}
 	pod(1, func(p *corev1.Pod) { p.Labels["version"] = "v2" })
 	pod(7, nil)
-	if err := pods.Delete(mustObj(t, pods, "shop/web-7d9f8c6b5-00002")); err != nil {
+	if err := pods.Delete(fullPod(2)); err != nil {
 		t.Fatal(err)
 	}
 	pod(3, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })
-	for _, i := range []int{1, 7, 2, 3, 4} { // 4: named, unchanged
-		hint(i)
-	}
-	pod(0, func(p *corev1.Pod) { p.Labels["version"] = "v3" }) // its handler has not run yet
+	pod(4, func(p *corev1.Pod) { p.ResourceVersion = "99"; p.Status.Conditions = nil }) // nothing Ferry reads
 	second := build()
 	if second.Changes == nil || second.Changes.Since != first.Revision {
 		t.Fatalf("second snapshot: changes %+v, want them since %d", second.Changes, first.Revision)
@@ -107,19 +107,21 @@ func TestSnapshotChanges(t *testing.T) {
 	if got := changes(second); !maps.Equal(got, want) {
 		t.Errorf("changes = %v, want %v", got, want)
 	}
-	if i := slices.IndexFunc(second.Pods, func(p *inventory.Pod) bool { return p.Name == fullPod(0).Name }); second.Pods[i].Labels["version"] != "v1" {
-		t.Errorf("a pod changed before its handler ran: %v, want it as it was until then", second.Pods[i].Labels)
-	}
 	if len(second.Pods) != 4 {
 		t.Errorf("%d pods, want 4 (0, 1, 4, 7)", len(second.Pods))
 	}
-	hint(0)
-	third := build()
-	if got := changes(third); !maps.Equal(got, map[string]string{"shop/web-7d9f8c6b5-00000": string(fullPod(0).UID)}) {
-		t.Errorf("after pod 0's handler: changes = %v", got)
-	}
 	if got := changes(build()); len(got) != 0 {
 		t.Errorf("nothing changed: changes = %v", got)
+	}
+	// More changes than are merged one by one.
+	for i := 10; i < 110; i++ {
+		pod(i, nil)
+	}
+	pod(0, func(p *corev1.Pod) { p.Labels["version"] = "v3" })
+	if s := build(); len(changes(s)) != 101 || len(s.Pods) != 104 ||
+		!slices.IsSortedFunc(s.Pods, func(a, b *inventory.Pod) int { return strings.Compare(a.Key(), b.Key()) }) {
+		t.Errorf("101 changes: %d listed, %d pods (want 104), sorted %v", len(changes(s)), len(s.Pods),
+			slices.IsSortedFunc(s.Pods, func(a, b *inventory.Pod) int { return strings.Compare(a.Key(), b.Key()) }))
 	}
 
 	put(namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{"istio.io/dataplane-mode": "ambient"}}})
@@ -133,6 +135,12 @@ func TestSnapshotChanges(t *testing.T) {
 	if s := build(); s.Changes == nil {
 		t.Errorf("nothing changed since: no changes listed")
 	}
+	if err := pods.Replace(initial, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if s := build(); s.Changes != nil || len(s.Pods) != 5 {
+		t.Errorf("after a relist: changes %v, %d pods; want none listed, 5 pods", s.Changes, len(s.Pods))
+	}
 }
 
 // TestSnapshotSharesPolicies: a snapshot reads the policies again only
@@ -140,7 +148,8 @@ func TestSnapshotChanges(t *testing.T) {
 // the last snapshot's, revision and all.
 func TestSnapshotSharesPolicies(t *testing.T) {
 	tr := &transformer{}
-	pods, namespaces, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	pods := &podStore{transform: tr.pod, changed: func() {}}
+	namespaces, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
 	aps, pas := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
 	policy := func(rv, principal string) {
 		t.Helper()
@@ -158,19 +167,14 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 		t.Helper()
 		p := fullPod(i)
 		p.Labels["version"] = version
-		obj, _ := tr.pod(p)
-		if err := pods.Update(obj); err != nil {
+		if err := pods.Update(p); err != nil {
 			t.Fatal(err)
 		}
 	}
 	var book policyBook
 	var built published
-	build := func(policies bool, hints ...string) *inventory.Snapshot {
-		h := map[string]bool{}
-		for _, k := range hints {
-			h[k] = true
-		}
-		return buildSnapshot(&book, &built, h, policies, pods, namespaces, services, aps, pas)
+	build := func(policies bool) *inventory.Snapshot {
+		return buildSnapshot(&book, &built, pods, policies, namespaces, services, aps, pas)
 	}
 	principal := func(s *inventory.Snapshot) string {
 		t.Helper()
@@ -178,6 +182,9 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 			t.Fatalf("%d policies, want 1", len(s.AuthorizationPolicies))
 		}
 		return s.AuthorizationPolicies[0].Spec.Rules[0].From[0].Source.Principals[0]
+	}
+	if err := pods.Replace(nil, "1"); err != nil {
+		t.Fatal(err)
 	}
 	pod(0, "v1")
 	policy("1", "a")
@@ -187,7 +194,7 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 	}
 	pod(0, "v2")
 	policy("2", "b") // its handler has not run yet
-	second := build(false, "shop/"+fullPod(0).Name)
+	second := build(false)
 	if second.Changes == nil || len(second.Changes.Pods) != 1 || &second.AuthorizationPolicies[0] != &first.AuthorizationPolicies[0] ||
 		second.PolicyRevision != first.PolicyRevision {
 		t.Errorf("a pod changed: changes %v, policies shared %v, revisions %d and %d; want one pod and the policies shared",
@@ -198,15 +205,6 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 		t.Errorf("after the policy's handler: %q, revision %d (was %d); want b, a new revision",
 			principal(third), third.PolicyRevision, second.PolicyRevision)
 	}
-}
-
-func mustObj(t *testing.T, s cache.Store, key string) any {
-	t.Helper()
-	obj, ok, err := s.GetByKey(key)
-	if err != nil || !ok {
-		t.Fatalf("%s: %v %v", key, ok, err)
-	}
-	return obj
 }
 
 // TestSourceListsPodChanges runs the Source on a fake API: pods created,

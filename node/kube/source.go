@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,11 +32,12 @@ const (
 	peerAuthentications   = "peerauthentications"
 )
 
-// Source is an inventory.Source fed by informers on the Kubernetes API: all
-// Pods (stripped to the fields Ferry uses), Namespaces, and
+// Source is an inventory.Source fed by the Kubernetes API: all Pods
+// (stripped to the fields Ferry uses, kept by a reflector in a sorted store of
+// its own, see podStore), and informers on Namespaces and
 // security.istio.io/v1 AuthorizationPolicy and PeerAuthentication.
 //
-// Run publishes a first snapshot once every informer has synced. If the
+// Run publishes a first snapshot once every one has synced. If the
 // Istio CRDs are missing or the agent may not read them, it keeps waiting
 // (and logs why) rather than publishing a policy-less snapshot that would
 // allow what a policy denies. After that it publishes a whole new snapshot
@@ -79,33 +79,43 @@ func NewSource(client Client, dyn dynamic.Interface, log *slog.Logger) *Source {
 }
 
 // Run implements inventory.Source. It returns nil when ctx is done, after its
-// informers have stopped.
+// reflector and informers have stopped.
 func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) error {
 	coalesce := cmp.Or(s.Coalesce, 100*time.Millisecond)
 	minInterval := cmp.Or(s.MinInterval, time.Second)
 
-	// The pod informer's list, when it has to list (see listWatcher),
-	// keeps Ferry's copy of each pod as each page arrives: the reflector
-	// gathers every page before the informer's transform runs.
+	// The pods' list, when it has to list (see listWatcher), keeps Ferry's
+	// copy of each pod as each page arrives: the reflector gathers every
+	// page before its store sees one. A reflector has no watch error
+	// handler of the agent's, so the pods' list and watch say their own
+	// failures.
 	tr := &transformer{}
 	onNode := func(o *metav1.ListOptions) {
 		if s.NodeOnly != "" {
 			o.FieldSelector = "spec.nodeName=" + s.NodeOnly
 		}
 	}
-	pods := cache.NewSharedIndexInformer(s.listWatcher("pods", s.client,
+	podsFailed := func(ctx context.Context, err error) {
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("kubernetes watch failed, retrying", "resource", "pods", "err", err)
+		}
+	}
+	podsLW := s.listWatcher("pods", s.client,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			onNode(&o)
 			list, err := s.client.Pods(metav1.NamespaceAll).List(ctx, o)
 			if err != nil {
+				podsFailed(ctx, err)
 				return nil, err
 			}
 			return compactPods(list, tr.pod)
 		},
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			onNode(&o)
-			return s.client.Pods(metav1.NamespaceAll).Watch(ctx, o)
-		}), &corev1.Pod{}, 0, cache.Indexers{})
+			w, err := s.client.Pods(metav1.NamespaceAll).Watch(ctx, o)
+			podsFailed(ctx, err)
+			return w, err
+		})
 	namespaces := cache.NewSharedIndexInformer(s.listWatcher("namespaces", s.client,
 		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return s.client.Namespaces().List(ctx, o)
@@ -142,22 +152,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		},
 		DeleteFunc: func(any) { changed() },
 	}
-	// The pods' handler also names the pods that changed: the next
-	// snapshot looks only those up again.
-	hints := &podHints{}
-	podHandler := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { hints.add(obj); changed() },
-		UpdateFunc: func(oldObj, newObj any) {
-			if o, ok := oldObj.(*podInfo); ok {
-				if n, ok := newObj.(*podInfo); ok && o.sameAs(n) {
-					return
-				}
-			}
-			hints.add(newObj)
-			changed()
-		},
-		DeleteFunc: func(obj any) { hints.add(obj); changed() },
-	}
+	pods := &podStore{transform: tr.pod, changed: changed}
+	podReflector := cache.NewReflectorWithOptions(podsLW, &corev1.Pod{}, pods, cache.ReflectorOptions{Name: "pods", TypeDescription: "*v1.Pod"})
 	type informer struct {
 		name    string
 		inf     cache.SharedIndexInformer
@@ -172,7 +168,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		UpdateFunc: func(any, any) { policiesChanged.Store(true); changed() },
 		DeleteFunc: func(any) { policiesChanged.Store(true); changed() },
 	}
-	informers := []informer{{"pods", pods, tr.pod, podHandler}, {"namespaces", namespaces, tr.namespace, handler}}
+	informers := []informer{{"namespaces", namespaces, tr.namespace, handler}}
 	if s.NodeOnly == "" {
 		informers = append(informers, informer{"services", services, tr.service, handler},
 			informer{authorizationPolicies, aps, tr.policy(authz.KindAuthorizationPolicy), policyHandler},
@@ -199,6 +195,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		}
 		wg.Go(func() { i.inf.RunWithContext(ctx) })
 	}
+	wg.Go(func() { podReflector.RunWithContext(ctx) })
 
 	// Services only name connections in metrics and logs: the inventory
 	// does not wait for them (nor for their RBAC).
@@ -206,6 +203,9 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 	var missing []string
 	if !s.waitForSync(ctx, func() []string {
 		missing = missing[:0]
+		if !pods.hasSynced() {
+			missing = append(missing, "pods")
+		}
 		for _, i := range wait {
 			if !i.inf.HasSynced() {
 				missing = append(missing, i.name)
@@ -225,8 +225,7 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		case <-trigger:
 		default:
 		}
-		snap := buildSnapshot(&book, &built, hints.take(), policiesChanged.Swap(false), pods.GetStore(), namespaces.GetStore(), services.GetStore(),
-			aps.GetStore(), pas.GetStore())
+		snap := buildSnapshot(&book, &built, pods, policiesChanged.Swap(false), namespaces.GetStore(), services.GetStore(), aps.GetStore(), pas.GetStore())
 		s.log.Debug("kubernetes inventory", "namespaces", len(snap.Namespaces), "pods", len(snap.Pods), "services", len(snap.Services),
 			"authorizationPolicies", len(snap.AuthorizationPolicies), "peerAuthentications", len(snap.PeerAuthentications),
 			"rejected", len(snap.Errors))
@@ -294,7 +293,7 @@ func (s *Source) listWatcher(resource string, client any, lister cache.ListWithC
 	}, client)
 }
 
-// compactPods returns one page of pods as the pod informer keeps them
+// compactPods returns one page of pods as the pod store keeps them
 // (transform is its TransformFunc), so that a list gathered page by page
 // never holds every whole Pod at once. The page's continue token and
 // resource version are kept.
@@ -339,56 +338,22 @@ func (s *Source) waitForSync(ctx context.Context, unsynced func() []string) bool
 	}
 }
 
-// podHints names the pods the informer changed since the last snapshot.
-// It is safe for concurrent use.
-type podHints struct {
-	mu   sync.Mutex
-	keys map[string]bool
-}
-
-func (h *podHints) add(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.keys == nil {
-		h.keys = map[string]bool{}
-	}
-	h.keys[key] = true
-}
-
-// take returns the pods named since the last call, and forgets them.
-func (h *podHints) take() map[string]bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	keys := h.keys
-	h.keys = nil
-	return keys
-}
-
 // published is what the last snapshot was built from: the store's objects,
 // by pointer (the stores replace an object that changes).
 type published struct {
 	revision   uint64
-	pods       []*podInfo // sorted by namespace and name; terminal ones left out
 	namespaces []*corev1.Namespace
 	services   []*corev1.Service
 	policies   *inventory.Snapshot // its policy fields and Errors only
 }
 
-// buildSnapshot reads the informers' stores into a new Snapshot, policies
-// through book, with the pods it changed since the one last built from.
-// The pods are those last built from with the pods named in hints (the
-// pod informer's handler names every pod it changes) read again from the
-// store: a pod the store changed whose handler has not run yet is as it was,
-// until the next snapshot; the first snapshot reads them all. The label
-// maps are shared with the stores, which never modify an object in place.
-// The policies are read again only when policies says a policy informer
-// changed since the last (10k of them are 5 MB to list, sort and copy);
-// else the snapshot shares the last one's.
-func buildSnapshot(book *policyBook, last *published, hints map[string]bool, policies bool, pods, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
+// buildSnapshot reads the stores into a new Snapshot, policies through
+// book, with the pods changed since the one last built (as the pod store
+// tells them). The label maps are shared with the stores, which never
+// modify an object in place. The policies are read again only when
+// policies says a policy informer changed since the last (10k of them are
+// 5 MB to list, sort and copy); else the snapshot shares the last one's.
+func buildSnapshot(book *policyBook, last *published, pods *podStore, policies bool, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}, Revision: inventory.NewRevision()}
 	next := published{revision: snap.Revision}
 	for _, obj := range namespaces.List() {
@@ -400,44 +365,9 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pol
 		next.namespaces = append(next.namespaces, ns)
 	}
 
-	var changed map[string]bool // nil: all
-	if last.revision == 0 {
-		podObjs := pods.List()
-		next.pods = make([]*podInfo, 0, len(podObjs))
-		for _, obj := range podObjs {
-			if p, ok := obj.(*podInfo); ok && !p.terminal() {
-				next.pods = append(next.pods, p)
-			}
-		}
-		slices.SortFunc(next.pods, comparePods)
-	} else {
-		next.pods, changed = last.pods, map[string]bool{}
-		for key := range hints {
-			var p *podInfo
-			if obj, ok, _ := pods.GetByKey(key); ok {
-				if p, ok = obj.(*podInfo); ok && p.terminal() {
-					p = nil
-				}
-			}
-			ns, name, _ := strings.Cut(key, "/")
-			i, found := slices.BinarySearchFunc(next.pods, [2]string{ns, name}, func(q *podInfo, k [2]string) int {
-				return cmp.Or(cmp.Compare(q.Namespace, k[0]), cmp.Compare(q.Name, k[1]))
-			})
-			switch {
-			case found && p == nil:
-				next.pods = slices.Delete(next.pods, i, i+1)
-			case found && p != next.pods[i]:
-				next.pods[i] = p
-			case !found && p != nil:
-				next.pods = slices.Insert(next.pods, i, p)
-			default:
-				continue
-			}
-			changed[key] = true
-		}
-	}
-	snap.Pods = make([]*inventory.Pod, len(next.pods))
-	for i, p := range next.pods {
+	podList, changed, whole := pods.take()
+	snap.Pods = make([]*inventory.Pod, len(podList))
+	for i, p := range podList {
 		snap.Pods[i] = &p.Pod
 	}
 
@@ -468,15 +398,11 @@ func buildSnapshot(book *policyBook, last *published, hints map[string]bool, pol
 	}
 
 	slices.SortFunc(next.namespaces, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
-	if changed != nil && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
-		snap.Changes = &inventory.Changes{Since: last.revision, Pods: map[string]*inventory.Pod{}}
-		for key := range changed {
-			ns, name, _ := strings.Cut(key, "/")
-			i, found := slices.BinarySearchFunc(snap.Pods, [2]string{ns, name}, func(q *inventory.Pod, k [2]string) int {
-				return cmp.Or(cmp.Compare(q.Namespace, k[0]), cmp.Compare(q.Name, k[1]))
-			})
-			if found {
-				snap.Changes.Pods[key] = snap.Pods[i]
+	if !whole && last.revision != 0 && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
+		snap.Changes = &inventory.Changes{Since: last.revision, Pods: make(map[string]*inventory.Pod, len(changed))}
+		for key, p := range changed {
+			if p != nil {
+				snap.Changes.Pods[key] = &p.Pod
 			} else {
 				snap.Changes.Pods[key] = nil
 			}

@@ -40,15 +40,15 @@ const (
 	DryRunAnnotation = "istio.io/dry-run"
 )
 
-// podInfo is the informer's copy of a v1 Pod: what Ferry uses and nothing
+// podInfo is the pod store's copy of a v1 Pod: what Ferry uses and nothing
 // else. Strings that repeat across pods (namespace, service account, node,
 // label keys and values) are interned, and pods with equal labels (a
 // Deployment's replicas) or equal kept annotations share one map.
 //
 // Its Pod is the one every snapshot lists until the pod changes, so a
 // snapshot costs a pointer per pod. It holds the four metadata fields the
-// informer needs, not an ObjectMeta (a quarter of a kilobyte per pod, mostly
-// empty): GetObjectMeta builds one when the informer asks for a key.
+// reflector needs, not an ObjectMeta (a quarter of a kilobyte per pod, mostly
+// empty): GetObjectMeta builds one when the reflector asks for a key.
 type podInfo struct {
 	inventory.Pod
 	resourceVersion string
@@ -68,7 +68,7 @@ func (p *podInfo) DeepCopyObject() kruntime.Object {
 	return &c
 }
 
-// GetObjectMeta implements metav1.ObjectMetaAccessor, for the informer's
+// GetObjectMeta implements metav1.ObjectMetaAccessor, for the reflector's
 // keys and resource versions.
 func (p *podInfo) GetObjectMeta() metav1.Object {
 	return &metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: types.UID(p.UID), ResourceVersion: p.resourceVersion}
@@ -95,7 +95,7 @@ type transformer struct {
 	maps mapInterner
 }
 
-// pod is the pod informer's TransformFunc: *corev1.Pod → *podInfo.
+// pod is the pod store's TransformFunc: *corev1.Pod → *podInfo.
 // Anything else (tombstones, an already transformed pod) passes unchanged.
 func (tr *transformer) pod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)

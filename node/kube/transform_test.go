@@ -171,7 +171,7 @@ func TestPodSameAs(t *testing.T) {
 	}
 }
 
-// TestPodMemory bounds what the pod informer holds per pod, measured on the
+// TestPodMemory bounds what the pod store holds per pod, measured on the
 // heap over 100k transformed pods in 2,000 Deployments of 50 replicas (four
 // labels each, one of them the pod-template-hash). It logs the figure.
 func TestPodMemory(t *testing.T) {
@@ -185,18 +185,23 @@ func TestPodMemory(t *testing.T) {
 			src[i].Annotations = nil // not (yet) captured
 		}
 	}
-	tr := &transformer{}
-	kept, bytes := testutil.Retained(func() []any {
-		kept := make([]any, n)
-		for i, p := range src {
-			kept[i], _ = tr.pod(p)
+	list := make([]any, n)
+	for i, p := range src {
+		list[i] = p
+	}
+	store, bytes := testutil.Retained(func() *podStore {
+		s := &podStore{transform: (&transformer{}).pod, changed: func() {}}
+		if err := s.Replace(list, "1"); err != nil {
+			t.Fatal(err)
 		}
-		return kept
+		return s
 	})
 	per := int(bytes) / n
-	runtime.KeepAlive(kept)
+	if pods, _, _ := store.take(); len(pods) != n {
+		t.Fatalf("%d pods held, want %d", len(pods), n)
+	}
 	runtime.KeepAlive(src)
-	t.Logf("%d bytes per pod in the informer (%d MB for %d pods)", per, per*n>>20, n)
+	t.Logf("%d bytes per pod in the pod store (%d MB for %d pods)", per, per*n>>20, n)
 	if per > 512 {
 		t.Errorf("%d bytes per pod, want under 512", per)
 	}
@@ -375,14 +380,12 @@ func TestParseServiceAccountUser(t *testing.T) {
 // changed since the last (one-pod).
 func BenchmarkBuildSnapshot(b *testing.B) {
 	tr := &transformer{}
-	pods := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	pods := &podStore{transform: tr.pod, changed: func() {}}
+	var list []any
 	for i := range 100_000 {
 		p := fullPod(i)
 		p.Labels["app"] = fmt.Sprintf("app-%d", i/50)
-		obj, _ := tr.pod(p)
-		if err := pods.Add(obj); err != nil {
-			b.Fatal(err)
-		}
+		list = append(list, p)
 	}
 	namespaces := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	aps := cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -412,7 +415,10 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 			b.ReportAllocs()
 			var book policyBook
 			var built published
-			buildSnapshot(&book, &built, nil, true, pods, namespaces, services, aps, pas)
+			if err := pods.Replace(list, "1"); err != nil {
+				b.Fatal(err)
+			}
+			buildSnapshot(&book, &built, pods, true, namespaces, services, aps, pas)
 			i := 0
 			for b.Loop() {
 				if whole {
@@ -420,12 +426,11 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 				}
 				p := fullPod(7)
 				p.Labels["version"] = fmt.Sprint(i)
-				obj, _ := tr.pod(p)
-				if err := pods.Update(obj); err != nil {
+				if err := pods.Update(p); err != nil {
 					b.Fatal(err)
 				}
 				i++
-				s := buildSnapshot(&book, &built, map[string]bool{"shop/" + p.Name: true}, whole, pods, namespaces, services, aps, pas)
+				s := buildSnapshot(&book, &built, pods, whole, namespaces, services, aps, pas)
 				if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 10_000 || !whole && len(s.Changes.Pods) != 1 {
 					b.Fatalf("%d pods, %d policies, changes %v", len(s.Pods), len(s.AuthorizationPolicies), s.Changes)
 				}
