@@ -46,13 +46,12 @@ const (
 // Deployment's replicas) or equal kept annotations share one map.
 //
 // Its Pod is the one every snapshot lists until the pod changes, so a
-// snapshot costs a pointer per pod. It holds the four metadata fields the
-// reflector needs, not an ObjectMeta (a quarter of a kilobyte per pod, mostly
-// empty): GetObjectMeta builds one when the reflector asks for a key.
+// snapshot costs a pointer per pod. Of the metadata it holds the name,
+// namespace and UID, not an ObjectMeta (a quarter of a kilobyte per pod,
+// mostly empty): GetObjectMeta builds one when the reflector asks for a key.
 type podInfo struct {
 	inventory.Pod
-	resourceVersion string
-	phase           corev1.PodPhase
+	phase corev1.PodPhase
 	// labels and annotations hold Pod.Labels and Pod.Annotations: the
 	// interner forgets a map once no podInfo holds it.
 	labels, annotations *sharedMap // annotations: only those Ferry reads
@@ -69,9 +68,9 @@ func (p *podInfo) DeepCopyObject() kruntime.Object {
 }
 
 // GetObjectMeta implements metav1.ObjectMetaAccessor, for the reflector's
-// keys and resource versions.
+// keys. (The pod store reads no resource version.)
 func (p *podInfo) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: types.UID(p.UID), ResourceVersion: p.resourceVersion}
+	return &metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: types.UID(p.UID)}
 }
 
 // terminal reports whether the pod has finished: its IP may already belong
@@ -80,8 +79,9 @@ func (p *podInfo) terminal() bool {
 	return p.phase == corev1.PodSucceeded || p.phase == corev1.PodFailed
 }
 
-// sameAs reports whether q differs from p only in fields Ferry ignores
-// (resourceVersion), so an update between them changes no snapshot.
+// sameAs reports whether q holds what p holds: an update between them
+// touched only what Ferry does not keep (a condition, a restart count), and
+// changes no snapshot.
 func (p *podInfo) sameAs(q *podInfo) bool {
 	return p.Name == q.Name && p.Namespace == q.Namespace && p.UID == q.UID &&
 		p.ServiceAccount == q.ServiceAccount && p.NodeName == q.NodeName && p.IP == q.IP && slices.Equal(p.IPs, q.IPs) &&
@@ -111,9 +111,8 @@ func (tr *transformer) pod(obj any) (any, error) {
 			NodeName:       inventory.Intern(pod.Spec.NodeName),
 			HostNetwork:    pod.Spec.HostNetwork,
 		},
-		resourceVersion: pod.ResourceVersion,
-		labels:          tr.maps.intern(pod.Labels),
-		phase:           corev1.PodPhase(inventory.Intern(string(pod.Status.Phase))),
+		labels: tr.maps.intern(pod.Labels),
+		phase:  corev1.PodPhase(inventory.Intern(string(pod.Status.Phase))),
 	}
 	if pod.Status.PodIP != "" {
 		// A malformed IP (never written by a kubelet) leaves the pod without

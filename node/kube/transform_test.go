@@ -75,7 +75,7 @@ func TestTransformPod(t *testing.T) {
 	want := podInfo{
 		Pod: inventory.Pod{ServiceAccount: "web", NodeName: "node-3", IP: netip.MustParseAddr("10.1.0.8")}, phase: corev1.PodRunning,
 	}
-	if p.Name != "web-7d9f8c6b5-00007" || p.Namespace != "shop" || p.UID == "" || p.resourceVersion != "12345" ||
+	if p.Name != "web-7d9f8c6b5-00007" || p.Namespace != "shop" || p.UID == "" ||
 		p.ServiceAccount != want.ServiceAccount || p.NodeName != want.NodeName || p.IP != want.IP || p.phase != want.phase {
 		t.Errorf("transformed pod = %+v", p)
 	}
