@@ -141,15 +141,8 @@ func (s *Source) Run(ctx context.Context, publish func(*inventory.Snapshot)) err
 		}
 	}
 	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { changed() },
-		UpdateFunc: func(oldObj, newObj any) {
-			if o, ok := oldObj.(*podInfo); ok {
-				if n, ok := newObj.(*podInfo); ok && o.sameAs(n) {
-					return
-				}
-			}
-			changed()
-		},
+		AddFunc:    func(any) { changed() },
+		UpdateFunc: func(any, any) { changed() },
 		DeleteFunc: func(any) { changed() },
 	}
 	pods := &podStore{transform: tr.pod, changed: changed}
