@@ -199,8 +199,8 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 	t.Logf("agent DaemonSet ready %v after apply", time.Since(start).Round(time.Millisecond))
 
 	// What the kubelet reported on the way: a warning other than the
-	// missing ConfigMap (and a readiness probe failing before the process
-	// listens) is a finding about the manifests.
+	// missing ConfigMap (and a readiness or startup probe failing before
+	// the process listens) is a finding about the manifests.
 	evs, err := c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +223,7 @@ func TestPrivilegedRealNodeDeploy(t *testing.T) {
 		// became Ready above.
 		expected := e.Reason == "FailedMount" && strings.Contains(e.Message, "ferry-ca-root-cert") ||
 			e.Reason == "FailedMount" && strings.Contains(e.Message, "failed to sync ") ||
-			e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Readiness probe failed")
+			e.Reason == "Unhealthy" && (strings.HasPrefix(e.Message, "Readiness probe failed") || strings.HasPrefix(e.Message, "Startup probe failed"))
 		if !expected {
 			unexpected = append(unexpected, fmt.Sprintf("%s %s: %s: %s", e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message))
 		}
