@@ -14,8 +14,8 @@ import (
 // podStore is the pod reflector's store: Ferry's form of every pod that has
 // not finished (podInfo), in namespace and name order, with the pods changed
 // since the last snapshot beside them. An informer would keep a second index
-// of the cluster's pods in its own store (a map entry and a key, about 100
-// bytes a pod, 10 MB at 100k), plus a notification ring kept at its largest;
+// of the cluster's pods in its own store (a map entry and a key: 76 bytes a
+// pod, 7.6 MB at 100k), plus a notification ring kept at its largest (2 MB);
 // snapshots are made from the sorted list alone.
 type podStore struct {
 	transform cache.TransformFunc
@@ -142,9 +142,9 @@ func (s *podStore) hasSynced() bool {
 }
 
 // take returns the pods as of now, sorted, and the pods changed since the
-// last take by "namespace/name" (nil for one gone), or all nil changes
-// when any may have. The slice is the caller's until the next take, which
-// may change it in place.
+// last take by "namespace/name" (nil for one gone); whole says the store was
+// replaced since, so any pod may have changed, listed or not. The slice is
+// the caller's until the next take, which may change it in place.
 func (s *podStore) take() (pods []*podInfo, changed map[string]*podInfo, whole bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
