@@ -181,6 +181,12 @@ func (c *h2conn) tick() (time.Duration, bool) {
 	c.mu.Unlock()
 	if closeErr != nil {
 		c.writeCtl()
+		// writeCtl's GOAWAY stays buffered when a writer waits for wmu (the
+		// last writer out flushes): it goes out before the close, or the
+		// peer sees the connection end without it.
+		c.wmu.Lock()
+		c.flushLocked(nil)
+		c.wmu.Unlock()
 		c.close(closeErr)
 		return 0, false
 	}
