@@ -331,13 +331,12 @@ func (s *Source) waitForSync(ctx context.Context, unsynced func() []string) bool
 	}
 }
 
-// published is what the last snapshot was built from: the store's objects,
-// by pointer (the stores replace an object that changes).
+// published is the last snapshot and what it was built from: the stores'
+// objects, by pointer (the stores replace an object that changes).
 type published struct {
-	revision   uint64
+	snap       *inventory.Snapshot // the next shares its policies while none changed
 	namespaces []*corev1.Namespace
 	services   []*corev1.Service
-	policies   *inventory.Snapshot // its policy fields and Errors only
 }
 
 // buildSnapshot reads the stores into a new Snapshot, policies through
@@ -348,7 +347,7 @@ type published struct {
 // 5 MB to list, sort and copy); else the snapshot shares the last one's.
 func buildSnapshot(book *policyBook, last *published, pods *podStore, policies bool, namespaces, services, aps, pas cache.Store) *inventory.Snapshot {
 	snap := &inventory.Snapshot{Namespaces: map[string]inventory.Namespace{}, Revision: inventory.NewRevision()}
-	next := published{revision: snap.Revision}
+	next := published{snap: snap}
 	for _, obj := range namespaces.List() {
 		ns, ok := obj.(*corev1.Namespace)
 		if !ok {
@@ -376,23 +375,19 @@ func buildSnapshot(book *policyBook, last *published, pods *podStore, policies b
 		snap.Services = append(snap.Services, serviceFromAPI(svc))
 	}
 
-	if policies || last.policies == nil {
+	if p := last.snap; p != nil && !policies {
+		snap.AuthorizationPolicies, snap.PeerAuthentications, snap.PolicyProblems, snap.Errors, snap.PolicyRevision =
+			p.AuthorizationPolicies, p.PeerAuthentications, p.PolicyProblems, p.Errors, p.PolicyRevision
+	} else {
 		seen := map[types.UID]bool{}
 		book.add(snap, authz.KindAuthorizationPolicy, sortedObjects(aps), seen)
 		book.add(snap, authz.KindPeerAuthentication, sortedObjects(pas), seen)
 		snap.PolicyRevision = book.forget(seen)
-		next.policies = &inventory.Snapshot{AuthorizationPolicies: snap.AuthorizationPolicies, PeerAuthentications: snap.PeerAuthentications,
-			PolicyProblems: snap.PolicyProblems, Errors: snap.Errors, PolicyRevision: snap.PolicyRevision}
-	} else {
-		p := last.policies
-		snap.AuthorizationPolicies, snap.PeerAuthentications, snap.PolicyProblems, snap.Errors, snap.PolicyRevision =
-			p.AuthorizationPolicies, p.PeerAuthentications, p.PolicyProblems, p.Errors, p.PolicyRevision
-		next.policies = p
 	}
 
 	slices.SortFunc(next.namespaces, func(a, b *corev1.Namespace) int { return cmp.Compare(a.Name, b.Name) })
-	if !whole && last.revision != 0 && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
-		snap.Changes = &inventory.Changes{Since: last.revision, Pods: make(map[string]*inventory.Pod, len(changed))}
+	if !whole && last.snap != nil && slices.Equal(last.namespaces, next.namespaces) && slices.Equal(last.services, next.services) {
+		snap.Changes = &inventory.Changes{Since: last.snap.Revision, Pods: make(map[string]*inventory.Pod, len(changed))}
 		for key, p := range changed {
 			if p != nil {
 				snap.Changes.Pods[key] = &p.Pod
