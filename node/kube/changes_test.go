@@ -25,16 +25,36 @@ import (
 	"github.com/ferrymesh/ferry/node/inventory"
 )
 
+// sourceStores are a Source's stores, filled by a test, and the
+// snapshots built from them in turn.
+type sourceStores struct {
+	tr                             *transformer
+	pods                           *podStore
+	namespaces, services, aps, pas cache.Store
+	book                           policyBook
+	built                          published
+}
+
+func newSourceStores() *sourceStores {
+	tr := &transformer{}
+	store := func() cache.Store { return cache.NewStore(cache.MetaNamespaceKeyFunc) }
+	return &sourceStores{tr: tr, pods: &podStore{transform: tr.pod, changed: func() {}},
+		namespaces: store(), services: store(), aps: store(), pas: store()}
+}
+
+// build builds the next snapshot; policies says a policy informer's
+// handler ran since the last.
+func (s *sourceStores) build(policies bool) *inventory.Snapshot {
+	return buildSnapshot(&s.book, &s.built, s.pods, policies, s.namespaces, s.services, s.aps, s.pas)
+}
+
 // TestSnapshotChanges: each snapshot lists the pods added, changed (in
 // what Ferry reads of them) and removed (or finished) since the one before,
 // with its own entries; a namespace or Service that changed, or a relist,
 // lists nothing (the agent builds its view whole).
 func TestSnapshotChanges(t *testing.T) {
-	tr := &transformer{}
-	pods := &podStore{transform: tr.pod, changed: func() {}}
-	namespaces := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	services := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	aps, pas := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	st := newSourceStores()
+	pods, namespaces, services := st.pods, st.namespaces, st.services
 	put := func(s cache.Store, obj any) {
 		t.Helper()
 		if err := s.Update(obj); err != nil {
@@ -60,11 +80,7 @@ func TestSnapshotChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
-	var book policyBook
-	var built published
-	build := func() *inventory.Snapshot {
-		return buildSnapshot(&book, &built, pods, false, namespaces, services, aps, pas)
-	}
+	build := func() *inventory.Snapshot { return st.build(false) }
 	changes := func(s *inventory.Snapshot) map[string]string {
 		t.Helper()
 		if s.Changes == nil {
@@ -147,19 +163,16 @@ func TestSnapshotChanges(t *testing.T) {
 // when their informers' handlers said they changed; until then it shares
 // the last snapshot's, revision and all.
 func TestSnapshotSharesPolicies(t *testing.T) {
-	tr := &transformer{}
-	pods := &podStore{transform: tr.pod, changed: func() {}}
-	namespaces, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
-	aps, pas := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
+	st := newSourceStores()
 	policy := func(rv, principal string) {
 		t.Helper()
-		o, _ := tr.policy(authz.KindAuthorizationPolicy)(&unstructured.Unstructured{Object: map[string]any{
+		o, _ := st.tr.policy(authz.KindAuthorizationPolicy)(&unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
 			"metadata": map[string]any{"name": "p", "namespace": "shop", "uid": "u1", "resourceVersion": rv},
 			"spec": map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{
 				"principals": []any{principal}}}}}}},
 		}})
-		if err := aps.Update(o); err != nil {
+		if err := st.aps.Update(o); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -167,15 +180,11 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 		t.Helper()
 		p := fullPod(i)
 		p.Labels["version"] = version
-		if err := pods.Update(p); err != nil {
+		if err := st.pods.Update(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var book policyBook
-	var built published
-	build := func(policies bool) *inventory.Snapshot {
-		return buildSnapshot(&book, &built, pods, policies, namespaces, services, aps, pas)
-	}
+	build := st.build
 	principal := func(s *inventory.Snapshot) string {
 		t.Helper()
 		if len(s.AuthorizationPolicies) != 1 {
@@ -183,7 +192,7 @@ func TestSnapshotSharesPolicies(t *testing.T) {
 		}
 		return s.AuthorizationPolicies[0].Spec.Rules[0].From[0].Source.Principals[0]
 	}
-	if err := pods.Replace(nil, "1"); err != nil {
+	if err := st.pods.Replace(nil, "1"); err != nil {
 		t.Fatal(err)
 	}
 	pod(0, "v1")

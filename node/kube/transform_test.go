@@ -379,16 +379,13 @@ func TestParseServiceAccountUser(t *testing.T) {
 // all of it read from the stores (whole, the first snapshot) or one pod
 // changed since the last (one-pod).
 func BenchmarkBuildSnapshot(b *testing.B) {
-	tr := &transformer{}
-	pods := &podStore{transform: tr.pod, changed: func() {}}
+	st := newSourceStores()
 	var list []any
 	for i := range 100_000 {
 		p := fullPod(i)
 		p.Labels["app"] = fmt.Sprintf("app-%d", i/50)
 		list = append(list, p)
 	}
-	namespaces := cache.NewStore(cache.MetaNamespaceKeyFunc)
-	aps := cache.NewStore(cache.MetaNamespaceKeyFunc)
 	for i := range 10_000 {
 		u := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
@@ -401,11 +398,10 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 			},
 		}}
 		o, _ := (&transformer{}).policy(authz.KindAuthorizationPolicy)(u)
-		if err := aps.Add(o); err != nil {
+		if err := st.aps.Add(o); err != nil {
 			b.Fatal(err)
 		}
 	}
-	pas, services := cache.NewStore(cache.MetaNamespaceKeyFunc), cache.NewStore(cache.MetaNamespaceKeyFunc)
 	for _, whole := range []bool{true, false} {
 		name := "one-pod"
 		if whole {
@@ -413,24 +409,23 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
-			var book policyBook
-			var built published
-			if err := pods.Replace(list, "1"); err != nil {
+			st.book, st.built = policyBook{}, published{}
+			if err := st.pods.Replace(list, "1"); err != nil {
 				b.Fatal(err)
 			}
-			buildSnapshot(&book, &built, pods, true, namespaces, services, aps, pas)
+			st.build(true)
 			i := 0
 			for b.Loop() {
 				if whole {
-					built = published{}
+					st.built = published{}
 				}
 				p := fullPod(7)
 				p.Labels["version"] = fmt.Sprint(i)
-				if err := pods.Update(p); err != nil {
+				if err := st.pods.Update(p); err != nil {
 					b.Fatal(err)
 				}
 				i++
-				s := buildSnapshot(&book, &built, pods, whole, namespaces, services, aps, pas)
+				s := st.build(whole)
 				if len(s.Pods) != 100_000 || len(s.AuthorizationPolicies) != 10_000 || !whole && len(s.Changes.Pods) != 1 {
 					b.Fatalf("%d pods, %d policies, changes %v", len(s.Pods), len(s.AuthorizationPolicies), s.Changes)
 				}
